@@ -1,0 +1,49 @@
+//! The contract every sbx backend implements.
+//!
+//! - [`Runtime`]: a place where sandboxes live (a Docker engine, an E2B account).
+//! - [`Sandbox`]: one live sandbox; [`Sandbox::spawn`] starts a [`Process`].
+//! - [`FileStore`]: files in a sandbox, on the host, or in memory.
+//!
+//! The traits are deliberately small. Everything built on them lives once in
+//! [`SandboxExt`] and [`FileStoreExt`], which every implementor gets for free.
+//!
+//! Every crate of sbx returns one [`Error`], classified by a `Copy` [`ErrorKind`]:
+//!
+//! ```
+//! use runtime_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt};
+//!
+//! async fn show(sandbox: &dyn Sandbox) -> runtime_core::Result<()> {
+//!     let out = sandbox.exec(CommandSpec::shell("echo hi; exit 3")).await?;
+//!     assert_eq!(out.exit_code, Some(3)); // exit codes are data, not errors
+//!     assert_eq!(out.stdout_text(), "hi\n");
+//!     match sandbox.exec(CommandSpec::shell("sleep 60").timeout(std::time::Duration::from_secs(1))).await {
+//!         Err(e) if e.kind() == ErrorKind::Timeout => { /* killed, output in e.output() */ }
+//!         other => panic!("{other:?}"),
+//!     }
+//!     Ok(())
+//! }
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod command;
+mod error;
+mod ext;
+mod files;
+mod process;
+mod runtime;
+mod sandbox_types;
+
+pub use command::{
+    shell_quote, Command, CommandSpec, ExecOutput, ProcessEvent, ProcessInfo, PtySize, Signal,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use ext::{copy_tree, FileStoreExt, SandboxExt, DEFAULT_EXEC_LIMIT};
+pub use files::{
+    compare_paths, once_stream, sort_entries, ByteStream, EntryInfo, EntryKind, FileStore,
+};
+pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
+pub use runtime::{Runtime, Sandbox};
+pub use sandbox_types::{
+    Capabilities, ListFilter, Mount, MountSource, NetworkMode, Resources, SandboxInfo,
+    SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
+};

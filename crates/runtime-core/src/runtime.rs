@@ -1,0 +1,83 @@
+//! [`Runtime`] (where sandboxes live) and [`Sandbox`] (one live sandbox).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    Capabilities, CommandSpec, FileStore, ListFilter, Process, ProcessInfo, Result,
+    SandboxInfo, SandboxSpec,
+};
+
+/// A place where sandboxes live: an E2B account, a Docker engine.
+///
+/// # Contract
+/// - `create` returns a running sandbox, or an error that says what to fix (a missing image
+///   names the command that builds it).
+/// - Sandboxes outlive the process that made them until their time to live passes or they
+///   are killed; `connect`, `list` and `kill` work from any process.
+/// - `connect` resumes a paused sandbox.
+/// - `list` returns the sandboxes of this runtime that pass the filter, in no set order.
+///
+/// # Errors
+/// An unknown or already-killed id is [`ErrorKind::NotFound`](crate::ErrorKind::NotFound). An
+/// unreachable backend is [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) and
+/// retryable. Every error names the backend.
+#[async_trait]
+pub trait Runtime: Send + Sync + fmt::Debug {
+    /// The backend's name: `"docker"`, `"e2b"`, ...
+    fn name(&self) -> &'static str;
+    /// What this backend can do beyond the core contract.
+    fn capabilities(&self) -> Capabilities;
+    /// Makes a new sandbox.
+    async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>>;
+    /// Attaches to an existing sandbox, resuming it if paused.
+    async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>>;
+    /// Lists sandboxes.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>>;
+    /// Kills a sandbox by id.
+    async fn kill(&self, id: &str) -> Result<()>;
+}
+
+/// One live sandbox.
+///
+/// # Contract
+/// - [`Sandbox::spawn`] is the primitive; [`SandboxExt::exec`](crate::SandboxExt::exec) and
+///   friends are built on it once.
+/// - Exit codes are data: a command that exits non-zero is a successful call.
+/// - Commands started without a user run as the sandbox's default user; without a cwd, in
+///   its default directory.
+///
+/// # Timeouts
+/// A command's [`CommandSpec::timeout`] kills the command **and its children** inside the
+/// sandbox when it passes, and the call fails with
+/// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) carrying the output so far. No backend
+/// leaves a timed-out process running. The sandbox's own time to live is separate: see
+/// [`Sandbox::set_timeout`].
+///
+/// # Errors
+/// Calls on a sandbox that is gone fail with [`ErrorKind::NotFound`](crate::ErrorKind::NotFound).
+#[async_trait]
+pub trait Sandbox: Send + Sync + fmt::Debug {
+    /// The sandbox id.
+    fn id(&self) -> &str;
+    /// Starts a command and returns its handle at once.
+    async fn spawn(&self, spec: CommandSpec) -> Result<Process>;
+    /// The processes started through this backend that are still running.
+    async fn processes(&self) -> Result<Vec<ProcessInfo>>;
+    /// The sandbox's files.
+    fn files(&self) -> &dyn FileStore;
+    /// Current information.
+    async fn info(&self) -> Result<SandboxInfo>;
+    /// Sets the time to live, counted from now (shorter or longer than before).
+    async fn set_timeout(&self, timeout: Duration) -> Result<()>;
+    /// Kills the sandbox. Killing it again is [`ErrorKind::NotFound`](crate::ErrorKind::NotFound).
+    async fn kill(&self) -> Result<()>;
+    /// Pauses the sandbox; [`Runtime::connect`] resumes it.
+    async fn pause(&self) -> Result<()>;
+    /// An address (`host:port`) at which `port` inside the sandbox is reachable from where the
+    /// runtime runs. The port must have been asked for in [`SandboxSpec::ports`] on backends that
+    /// publish ports explicitly.
+    async fn host(&self, port: u16) -> Result<String>;
+}
