@@ -1,1 +1,32 @@
-//! stub
+//! The sbx behaviour suite, written once and run by every backend.
+//!
+//! Cases are plain async functions over [`runtime_core`] traits, registered through
+//! libtest-mimic as `backend::area::case` and gated by [`runtime_core::Capabilities`]: a case
+//! a backend cannot run shows as *ignored*, never as passed. Each case gets its own directory
+//! or sandboxes and cleans them up even when it fails; after the run, [`Suite::run`] fails if
+//! any sandbox labelled with the run is left.
+//!
+//! A backend's test target (with `harness = false`) is a `main` that registers itself:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use runtime_conformance::{Suite, SandboxTarget};
+//! use runtime_core::SandboxSpec;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut suite = Suite::new();
+//!     let runtime: Arc<dyn runtime_core::Runtime> = todo!("build your backend");
+//!     suite.add_sandbox(SandboxTarget::new("mybackend", runtime, SandboxSpec::new()));
+//!     suite.run()
+//! }
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod filestore;
+pub mod sandbox;
+mod suite;
+
+pub use suite::{
+    always, Case, CaseFuture, CaseResult, FsCtx, FsHarness, SandboxTarget, SbxCtx, Suite,
+    SUITE_LABEL,
+};

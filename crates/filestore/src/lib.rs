@@ -1,1 +1,16 @@
-//! stub
+//! File stores for sbx, and the path helpers backends share.
+//!
+//! - [`LocalFileStore`]: a directory on the host; nothing outside it can be read or written.
+//! - [`InMemoryFileStore`]: a tree in memory.
+//!
+//! Both implement [`runtime_core::FileStore`] and pass the FileStore part of the
+//! conformance suite (`cargo test -p runtime-filestore`).
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod local;
+mod memory;
+mod path;
+
+pub use local::LocalFileStore;
+pub use memory::InMemoryFileStore;
+pub use path::{join, normalize, parent};

@@ -328,7 +328,10 @@ mod tests {
             ["bash", "-l", "-c", "echo hi"]
         );
         let fallback = CommandSpec::shell("echo 'x'").argv_with_fallback();
-        assert!(fallback.contains(r#"exec bash -l -c 'echo '\''x'\'''"#), "{fallback}");
+        assert!(
+            fallback.contains(r#"exec bash -l -c 'echo '\''x'\'''"#),
+            "{fallback}"
+        );
         assert_eq!(
             CommandSpec::program("printf", ["%s\n", "a b"]).argv_with_fallback(),
             "printf '%s\n' 'a b'"

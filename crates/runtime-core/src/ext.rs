@@ -48,11 +48,12 @@ pub trait SandboxExt: Sandbox {
                 Err(e) => return Err(e.with_output(out)),
             }
         }
-        Err(
-            Error::new(ErrorKind::Unexpected, "the output ended without an exit code")
-                .with_operation("exec")
-                .with_output(out),
+        Err(Error::new(
+            ErrorKind::Unexpected,
+            "the output ended without an exit code",
         )
+        .with_operation("exec")
+        .with_output(out))
     }
 }
 
@@ -118,12 +119,10 @@ pub trait FileStoreExt: FileStore {
     /// Creates a directory and its parents; an existing directory is fine.
     async fn create_dir_all(&self, path: &str) -> Result<()> {
         match self.mkdir(path).await {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                match self.stat(path).await?.kind {
-                    EntryKind::Dir => Ok(()),
-                    _ => Err(e),
-                }
-            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => match self.stat(path).await?.kind {
+                EntryKind::Dir => Ok(()),
+                _ => Err(e),
+            },
             other => other,
         }
     }

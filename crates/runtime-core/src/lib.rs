@@ -44,6 +44,6 @@ pub use files::{
 pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
 pub use runtime::{Runtime, Sandbox};
 pub use sandbox_types::{
-    Capabilities, ListFilter, Mount, MountSource, NetworkMode, Resources, SandboxInfo,
-    SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
+    Capabilities, ListFilter, Mount, MountSource, NetworkMode, Resources, SandboxInfo, SandboxSpec,
+    SandboxState, DEFAULT_SANDBOX_TIMEOUT,
 };

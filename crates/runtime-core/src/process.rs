@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,7 +48,8 @@ pub trait ProcessControl: Send + Sync + fmt::Debug {
 /// are a feature). Call [`Process::kill`] to end it.
 pub struct Process {
     pid: u32,
-    events: EventStream,
+    // A mutex only to make `Process` `Sync`; `get_mut` never locks.
+    events: Mutex<EventStream>,
     control: Arc<dyn ProcessControl>,
     deadline: Option<(Instant, Duration)>,
     done: bool,
@@ -59,7 +60,7 @@ impl Process {
     pub fn new(pid: u32, events: EventStream, control: Arc<dyn ProcessControl>) -> Self {
         Process {
             pid,
-            events,
+            events: Mutex::new(events),
             control,
             deadline: None,
             done: false,
@@ -82,10 +83,11 @@ impl Process {
         if self.done {
             return None;
         }
+        let events = self.events.get_mut().unwrap_or_else(|p| p.into_inner());
         let next = match self.deadline {
-            None => self.events.next().await,
+            None => events.next().await,
             Some((at, timeout)) => {
-                match tokio::time::timeout_at(at, Pin::new(&mut self.events).next()).await {
+                match tokio::time::timeout_at(at, Pin::new(events).next()).await {
                     Ok(next) => next,
                     Err(_) => {
                         self.done = true;
@@ -211,9 +213,12 @@ mod tests {
         let events = futures_util::stream::iter(vec![Ok(ProcessEvent::Stdout("a".into()))])
             .chain(futures_util::stream::pending())
             .boxed();
-        let mut p = Process::new(7, events, control.clone())
-            .with_timeout(Some(Duration::from_millis(50)));
-        assert!(matches!(p.next_event().await, Some(Ok(ProcessEvent::Stdout(_)))));
+        let mut p =
+            Process::new(7, events, control.clone()).with_timeout(Some(Duration::from_millis(50)));
+        assert!(matches!(
+            p.next_event().await,
+            Some(Ok(ProcessEvent::Stdout(_)))
+        ));
         let err = p.next_event().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout);
         assert_eq!(control.0.load(Ordering::SeqCst), 1);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    Capabilities, CommandSpec, FileStore, ListFilter, Process, ProcessInfo, Result,
-    SandboxInfo, SandboxSpec,
+    Capabilities, CommandSpec, FileStore, ListFilter, Process, ProcessInfo, Result, SandboxInfo,
+    SandboxSpec,
 };
 
 /// A place where sandboxes live: an E2B account, a Docker engine.

@@ -436,7 +436,15 @@ mod tests {
             Mount::parse("cache:/c").unwrap().source,
             MountSource::Volume("cache".into())
         );
-        for bad in ["/a", "/a:b", "/a:/b:rx", ":/b", "/a:/b:ro:x", "a/b:/c", "/a:/b:overlay"] {
+        for bad in [
+            "/a",
+            "/a:b",
+            "/a:/b:rx",
+            ":/b",
+            "/a:/b:ro:x",
+            "a/b:/c",
+            "/a:/b:overlay",
+        ] {
             let e = Mount::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
             assert!(e.message().contains(bad), "{e}");

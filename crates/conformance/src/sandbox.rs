@@ -1,0 +1,630 @@
+//! The Sandbox cases: lifecycle, exec, stdin, timeouts, processes, files through commands,
+//! host ports. They are the definition of done for a backend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runtime_core::{
+    Capabilities, CommandSpec, ErrorKind, FileStoreExt, ListFilter, ProcessEvent, Sandbox,
+    SandboxExt, SandboxState, Signal,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::suite::{always, Case, CaseResult, SbxCtx};
+
+type Ctx = Arc<SbxCtx>;
+
+fn pause(c: &Capabilities) -> bool {
+    c.pause
+}
+fn host_ports(c: &Capabilities) -> bool {
+    c.host_ports
+}
+
+macro_rules! cases {
+    ($($area:literal: $name:ident $(if $needs:path)?),* $(,)?) => {
+        /// Every Sandbox case.
+        pub fn cases() -> Vec<Case<Ctx>> {
+            vec![$(Case {
+                area: $area,
+                name: stringify!($name),
+                needs: cases!(@needs $($needs)?),
+                run: |c| Box::pin($name(c)),
+            }),*]
+        }
+    };
+    (@needs) => { always };
+    (@needs $needs:path) => { $needs };
+}
+
+cases!(
+    "lifecycle": create_reports_info,
+    "lifecycle": list_filters_by_metadata,
+    "lifecycle": connect_by_id_runs_commands,
+    "lifecycle": connect_unknown_is_not_found,
+    "lifecycle": kill_twice_is_not_found,
+    "lifecycle": spec_env_reaches_commands,
+    "lifecycle": spec_cwd_is_the_default_cwd,
+    "lifecycle": set_timeout_extends_then_expires,
+    "lifecycle": pause_then_connect_resumes if pause,
+    "exec": stdout_and_exit_zero,
+    "exec": stderr_is_separate,
+    "exec": nonzero_exit_is_data,
+    "exec": program_args_are_not_shell_parsed,
+    "exec": shell_line_pipes_and_quotes,
+    "exec": multiline_script,
+    "exec": missing_program_exits_127,
+    "exec": cwd_option,
+    "exec": env_option,
+    "exec": user_root_option,
+    "exec": binary_stdout_round_trips,
+    "exec": large_output_5mb,
+    "exec": output_limit_truncates,
+    "exec": fifty_concurrent_commands,
+    "exec": output_streams_before_exit,
+    "stdin": stdin_round_trip,
+    "stdin": stdin_closed_when_not_requested,
+    "timeouts": timeout_returns_partial_output_and_kills,
+    "timeouts": timeout_kills_children,
+    "timeouts": finishing_before_the_timeout_is_ok,
+    "process": kill_running_process,
+    "process": background_process_is_listed_until_killed,
+    "process": interrupt_stops_process,
+    "files": files_and_commands_see_the_same_tree,
+    "host": host_port_serves_http if host_ports,
+);
+
+/// Whether a process whose command line matches `pattern` (an extended regex; write one
+/// letter as `[x]` so the search does not find itself) runs in the sandbox.
+async fn running(sb: &dyn Sandbox, pattern: &str) -> runtime_core::Result<bool> {
+    let script = format!(
+        "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done 2>/dev/null | grep -E -c -- {}",
+        runtime_core::shell_quote(pattern)
+    );
+    let out = sb.exec(CommandSpec::shell(script)).await?;
+    Ok(out.stdout_text().trim().parse::<u32>().unwrap_or(0) > 0)
+}
+
+/// Waits up to `limit` for `check` to hold.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+async fn create_reports_info(c: Ctx) -> CaseResult {
+    let sb = c.create(c.spec().metadata("purpose", "info")).await?;
+    let info = sb.info().await?;
+    assert_eq!(info.id, sb.id());
+    assert_eq!(
+        info.metadata.get("purpose").map(String::as_str),
+        Some("info")
+    );
+    assert_eq!(info.state, SandboxState::Running);
+    let expires = info.expires_at.expect("an expiry time");
+    assert!(
+        expires > std::time::SystemTime::now(),
+        "expiry is in the future"
+    );
+    assert!(!sb.id().is_empty() && sb.id().bytes().all(|b| b.is_ascii_alphanumeric()));
+    Ok(())
+}
+
+async fn list_filters_by_metadata(c: Ctx) -> CaseResult {
+    let tag = format!("{:x}", rand::random::<u32>());
+    let a = c.create(c.spec().metadata("pick", &tag)).await?;
+    let b = c.create(c.spec().metadata("pick", "other")).await?;
+    let found = c
+        .runtime()
+        .list(&ListFilter::all().metadata("pick", &tag))
+        .await?;
+    let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, [a.id()], "only the matching sandbox");
+    assert_eq!(found[0].metadata.get("pick"), Some(&tag));
+    let running = c
+        .runtime()
+        .list(
+            &ListFilter::all()
+                .metadata("pick", &tag)
+                .state(SandboxState::Paused),
+        )
+        .await?;
+    assert!(running.is_empty(), "the sandbox is not paused");
+    drop(b);
+    Ok(())
+}
+
+async fn connect_by_id_runs_commands(c: Ctx) -> CaseResult {
+    let sb = c.fresh().await?;
+    sb.files()
+        .write_str("/tmp/marker", "from the first handle")
+        .await?;
+    let again = c.runtime().connect(sb.id()).await?;
+    assert_eq!(again.id(), sb.id());
+    let out = again.exec_shell("cat /tmp/marker").await?;
+    assert_eq!(out.stdout_text(), "from the first handle");
+    Ok(())
+}
+
+async fn connect_unknown_is_not_found(c: Ctx) -> CaseResult {
+    let err = c.runtime().connect("nosuchsandbox0000").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    Ok(())
+}
+
+async fn kill_twice_is_not_found(c: Ctx) -> CaseResult {
+    let sb = c.fresh().await?;
+    let id = sb.id().to_string();
+    sb.kill().await?;
+    let err = c.runtime().kill(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = c.runtime().connect(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let listed = c.runtime().list(&ListFilter::all()).await?;
+    assert!(
+        listed.iter().all(|i| i.id != id),
+        "a killed sandbox is not listed"
+    );
+    Ok(())
+}
+
+async fn spec_env_reaches_commands(c: Ctx) -> CaseResult {
+    let sb = c.create(c.spec().env("SBX_SPEC_VAR", "from spec")).await?;
+    let out = sb.exec_shell("echo \"$SBX_SPEC_VAR\"").await?;
+    assert_eq!(out.stdout_text(), "from spec\n");
+    Ok(())
+}
+
+async fn spec_cwd_is_the_default_cwd(c: Ctx) -> CaseResult {
+    let sb = c.create(c.spec().cwd("/tmp")).await?;
+    let out = sb
+        .exec(CommandSpec::program("pwd", Vec::<String>::new()))
+        .await?;
+    assert_eq!(out.stdout_text(), "/tmp\n");
+    Ok(())
+}
+
+async fn set_timeout_extends_then_expires(c: Ctx) -> CaseResult {
+    let sb = c.create(c.spec().timeout(Duration::from_secs(4))).await?;
+    sb.set_timeout(Duration::from_secs(600)).await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        sb.exec_shell("true").await?.success(),
+        "extended past the first deadline"
+    );
+    sb.set_timeout(Duration::from_secs(2)).await?;
+    let id = sb.id().to_string();
+    let gone = eventually(Duration::from_secs(60), || async {
+        matches!(c.runtime().connect(&id).await, Err(e) if e.kind() == ErrorKind::NotFound)
+    })
+    .await;
+    assert!(gone, "the sandbox expired after its shortened time to live");
+    Ok(())
+}
+
+async fn pause_then_connect_resumes(c: Ctx) -> CaseResult {
+    let sb = c.fresh().await?;
+    sb.files().write_str("/tmp/state", "kept").await?;
+    sb.pause().await?;
+    assert_eq!(sb.info().await?.state, SandboxState::Paused);
+    let paused = c
+        .runtime()
+        .list(
+            &ListFilter::all()
+                .metadata(
+                    crate::SUITE_LABEL,
+                    c.spec().metadata[crate::SUITE_LABEL].clone(),
+                )
+                .state(SandboxState::Paused),
+        )
+        .await?;
+    assert!(paused.iter().any(|i| i.id == sb.id()), "listed as paused");
+    let again = c.runtime().connect(sb.id()).await?;
+    assert_eq!(again.info().await?.state, SandboxState::Running);
+    assert_eq!(
+        again.exec_shell("cat /tmp/state").await?.stdout_text(),
+        "kept"
+    );
+    Ok(())
+}
+
+async fn stdout_and_exit_zero(c: Ctx) -> CaseResult {
+    let out = c.shared().await?.exec_shell("echo hello").await?;
+    assert_eq!(
+        (out.stdout_text().as_str(), out.exit_code),
+        ("hello\n", Some(0))
+    );
+    assert!(out.stderr.is_empty());
+    Ok(())
+}
+
+async fn stderr_is_separate(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec_shell("echo out; echo err >&2")
+        .await?;
+    assert_eq!(out.stdout_text(), "out\n");
+    assert_eq!(out.stderr_text(), "err\n");
+    Ok(())
+}
+
+async fn nonzero_exit_is_data(c: Ctx) -> CaseResult {
+    let out = c.shared().await?.exec_shell("echo partial; exit 7").await?;
+    assert_eq!(out.exit_code, Some(7));
+    assert_eq!(out.stdout_text(), "partial\n");
+    assert!(!out.success());
+    Ok(())
+}
+
+async fn program_args_are_not_shell_parsed(c: Ctx) -> CaseResult {
+    let args = ["[%s]\n", "two words", "$HOME", "it's", "a;b", "*"];
+    let out = c
+        .shared()
+        .await?
+        .exec(CommandSpec::program("printf", args))
+        .await?;
+    assert_eq!(
+        out.stdout_text(),
+        "[two words]\n[$HOME]\n[it's]\n[a;b]\n[*]\n"
+    );
+    Ok(())
+}
+
+async fn shell_line_pipes_and_quotes(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec_shell(r#"printf 'b\na\nc\n' | sort | tr -d '\n'; echo " it's \"quoted\" $((6*7))""#)
+        .await?;
+    assert_eq!(out.stdout_text(), "abc it's \"quoted\" 42\n");
+    Ok(())
+}
+
+async fn multiline_script(c: Ctx) -> CaseResult {
+    let script = "x=1\nfor i in 1 2 3; do\n  x=$((x*2))\ndone\necho $x\n";
+    let out = c.shared().await?.exec_shell(script).await?;
+    assert_eq!(out.stdout_text(), "8\n");
+    Ok(())
+}
+
+async fn missing_program_exits_127(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec(CommandSpec::program("sbx-no-such-program", ["x"]))
+        .await?;
+    assert_eq!(out.exit_code, Some(127), "{out:?}");
+    Ok(())
+}
+
+async fn cwd_option(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    sb.files().mkdir("/tmp/cwd-case dir").await.or_else(|e| {
+        if e.kind() == ErrorKind::AlreadyExists {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    let out = sb
+        .exec(CommandSpec::shell("pwd").cwd("/tmp/cwd-case dir"))
+        .await?;
+    assert_eq!(out.stdout_text(), "/tmp/cwd-case dir\n");
+    let err = sb
+        .exec(CommandSpec::shell("pwd").cwd("/no/such/dir"))
+        .await
+        .map(|o| o.exit_code);
+    assert!(
+        matches!(err, Ok(Some(code)) if code != 0) || err.is_err(),
+        "a missing cwd fails: {err:?}"
+    );
+    Ok(())
+}
+
+async fn env_option(c: Ctx) -> CaseResult {
+    let spec = CommandSpec::shell("echo \"$A|$B\"")
+        .env("A", "1")
+        .env("B", "with space 'and' quotes");
+    let out = c.shared().await?.exec(spec).await?;
+    assert_eq!(out.stdout_text(), "1|with space 'and' quotes\n");
+    Ok(())
+}
+
+async fn user_root_option(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec(CommandSpec::program("id", ["-u"]).user("root"))
+        .await?;
+    assert_eq!(out.stdout_text(), "0\n");
+    Ok(())
+}
+
+async fn binary_stdout_round_trips(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let all: Vec<u8> = (0..=255u8).collect();
+    let path = format!("/tmp/bin-{:x}", rand::random::<u32>());
+    sb.files().write(&path, Bytes::from(all.clone())).await?;
+    let out = sb
+        .exec(CommandSpec::program("cat", [path.as_str()]))
+        .await?;
+    assert_eq!(out.stdout, all);
+    Ok(())
+}
+
+async fn large_output_5mb(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec_shell("head -c 5000000 /dev/zero | tr '\\0' 'x'")
+        .await?;
+    assert_eq!(out.stdout.len(), 5_000_000);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+    assert!(!out.truncated);
+    Ok(())
+}
+
+async fn output_limit_truncates(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec_with_limit(CommandSpec::shell("head -c 100000 /dev/zero"), 1000)
+        .await?;
+    assert_eq!(out.stdout.len(), 1000);
+    assert!(out.truncated);
+    assert_eq!(out.exit_code, Some(0));
+    Ok(())
+}
+
+async fn fifty_concurrent_commands(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let runs = (0..50).map(|i| async move {
+        let out = sb.exec_shell(&format!("echo {i}; echo e{i} >&2")).await?;
+        Ok::<_, runtime_core::Error>((i, out))
+    });
+    for result in futures_util::future::join_all(runs).await {
+        let (i, out) = result?;
+        assert_eq!(out.stdout_text(), format!("{i}\n"));
+        assert_eq!(out.stderr_text(), format!("e{i}\n"));
+    }
+    Ok(())
+}
+
+async fn output_streams_before_exit(c: Ctx) -> CaseResult {
+    // The command waits for input after its first line, so the first line must arrive on
+    // its own, while the process still runs.
+    let sb = c.shared().await?;
+    let mut p = sb
+        .spawn(CommandSpec::shell("echo first; read line; echo \"got $line\"").stdin(true))
+        .await?;
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"first\n") {
+        match p.next_event().await {
+            Some(Ok(ProcessEvent::Stdout(b))) => seen.extend_from_slice(&b),
+            other => panic!("expected the first line before anything else, got {other:?}"),
+        }
+    }
+    p.write_stdin("go\n").await?;
+    let mut rest = Vec::new();
+    loop {
+        match p.next_event().await {
+            Some(Ok(ProcessEvent::Stdout(b))) => rest.extend_from_slice(&b),
+            Some(Ok(ProcessEvent::Exited { code })) => {
+                assert_eq!(code, 0);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&rest), "got go\n");
+    Ok(())
+}
+
+async fn collect(p: &mut runtime_core::Process) -> runtime_core::Result<(Vec<u8>, i32)> {
+    let mut out = Vec::new();
+    while let Some(ev) = p.next_event().await {
+        match ev? {
+            ProcessEvent::Stdout(b) | ProcessEvent::Stderr(b) => out.extend_from_slice(&b),
+            ProcessEvent::Exited { code } => return Ok((out, code)),
+        }
+    }
+    panic!("no exit event");
+}
+
+async fn stdin_round_trip(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let mut p = sb
+        .spawn(CommandSpec::program("cat", Vec::<String>::new()).stdin(true))
+        .await?;
+    p.write_stdin("line one\n").await?;
+    p.write_stdin(Bytes::from(vec![0u8, 1, 2, 255])).await?;
+    p.close_stdin().await?;
+    let (out, code) = collect(&mut p).await?;
+    assert_eq!(code, 0);
+    assert_eq!(out, b"line one\n\x00\x01\x02\xff");
+    Ok(())
+}
+
+async fn stdin_closed_when_not_requested(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec(CommandSpec::shell("cat; echo done").timeout(Duration::from_secs(20)))
+        .await?;
+    assert_eq!(out.stdout_text(), "done\n");
+    Ok(())
+}
+
+async fn timeout_returns_partial_output_and_kills(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let start = Instant::now();
+    let err = sb
+        .exec(CommandSpec::shell("echo started; sleep 3017").timeout(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "returned at the deadline"
+    );
+    let out = err.output().expect("the output so far");
+    assert_eq!(out.stdout_text(), "started\n");
+    assert!(out.exit_code.is_none());
+    let gone = eventually(Duration::from_secs(10), || async {
+        !running(sb, "slee[p] 3017").await.unwrap_or(true)
+    })
+    .await;
+    assert!(gone, "the timed-out command is no longer running");
+    Ok(())
+}
+
+async fn timeout_kills_children(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let err = sb
+        .exec(CommandSpec::shell("sleep 3018 & sleep 3019 & wait").timeout(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let gone = eventually(Duration::from_secs(10), || async {
+        !running(sb, "slee[p] 301[89]").await.unwrap_or(true)
+    })
+    .await;
+    assert!(gone, "children of the timed-out command are gone too");
+    Ok(())
+}
+
+async fn finishing_before_the_timeout_is_ok(c: Ctx) -> CaseResult {
+    let out = c
+        .shared()
+        .await?
+        .exec(CommandSpec::shell("echo quick; exit 3").timeout(Duration::from_secs(30)))
+        .await?;
+    assert_eq!(
+        (out.stdout_text().as_str(), out.exit_code),
+        ("quick\n", Some(3))
+    );
+    Ok(())
+}
+
+async fn kill_running_process(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let mut p = sb
+        .spawn(CommandSpec::shell("sleep 3020 & sleep 3021"))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.kill().await?;
+    let (_, code) = collect(&mut p).await?;
+    assert_ne!(code, 0, "a killed process does not exit 0");
+    let gone = eventually(Duration::from_secs(10), || async {
+        !running(sb, "slee[p] 302[01]").await.unwrap_or(true)
+    })
+    .await;
+    assert!(gone, "the process and its child are gone");
+    Ok(())
+}
+
+async fn background_process_is_listed_until_killed(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let tag = format!("bg-{:x}", rand::random::<u32>());
+    let p = sb.spawn(CommandSpec::shell("sleep 3022").tag(&tag)).await?;
+    let pid = p.pid();
+    let listed = sb.processes().await?;
+    let me = listed
+        .iter()
+        .find(|i| i.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in {listed:?}"));
+    assert_eq!(me.tag.as_deref(), Some(tag.as_str()));
+    assert!(me.command.contains("sleep 3022"), "{me:?}");
+    p.kill().await?;
+    let gone = eventually(Duration::from_secs(10), || async {
+        sb.processes()
+            .await
+            .map(|l| l.iter().all(|i| i.pid != pid))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(gone, "a killed process leaves the list");
+    Ok(())
+}
+
+async fn interrupt_stops_process(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let mut p = sb.spawn(CommandSpec::program("sleep", ["3023"])).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.signal(Signal::Interrupt).await?;
+    let (_, code) = collect(&mut p).await?;
+    assert_eq!(code, 128 + 2, "killed by SIGINT");
+    Ok(())
+}
+
+async fn files_and_commands_see_the_same_tree(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let dir = format!("/tmp/same-{:x}", rand::random::<u32>());
+    sb.files()
+        .write_str(&format!("{dir}/from-api.txt"), "api")
+        .await?;
+    let out = sb
+        .exec_shell(&format!(
+            "cat {dir}/from-api.txt && printf cmd > {dir}/from-cmd.txt"
+        ))
+        .await?;
+    assert_eq!(out.stdout_text(), "api");
+    assert_eq!(
+        sb.files()
+            .read_to_string(&format!("{dir}/from-cmd.txt"))
+            .await?,
+        "cmd"
+    );
+    sb.files().remove(&dir).await?;
+    assert_eq!(
+        sb.exec_shell(&format!("test -e {dir}")).await?.exit_code,
+        Some(1)
+    );
+    Ok(())
+}
+
+async fn host_port_serves_http(c: Ctx) -> CaseResult {
+    let sb = c.create(c.spec().port(8000)).await?;
+    sb.files()
+        .write_str("/tmp/www/index.html", "served from the sandbox")
+        .await?;
+    let server = if c.target().has_python {
+        "cd /tmp/www && exec python3 -m http.server 8000"
+    } else {
+        "exec httpd -f -p 8000 -h /tmp/www"
+    };
+    let _server = sb.spawn(CommandSpec::shell(server)).await?;
+    let addr = sb.host(8000).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = String::new();
+    while Instant::now() < deadline && !body.contains("served from the sandbox") {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(mut conn) = tokio::net::TcpStream::connect(&addr).await else {
+            continue;
+        };
+        let req = "GET /index.html HTTP/1.0\r\nHost: sandbox\r\n\r\n";
+        if conn.write_all(req.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        let _ = conn.read_to_end(&mut buf).await;
+        body = String::from_utf8_lossy(&buf).into_owned();
+    }
+    assert!(
+        body.contains("served from the sandbox"),
+        "GET http://{addr}/index.html answered: {body:?}"
+    );
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    Ok(())
+}
