@@ -1,1 +1,490 @@
-//! stub
+//! The layered configuration of sbx, and the backend it picks.
+//!
+//! Layers, later wins:
+//!
+//! 1. built-in defaults;
+//! 2. a TOML file: `--config` / [`ConfigBuilder::file`], else `SBX_CONFIG`, else `./sbx.toml`
+//!    when present. An OpenHands `config.toml` loads too: `[core]` and `[sandbox]` are read,
+//!    its other sections (`[llm]`, `[agent]`, ...) are ignored;
+//! 3. the environment: the names users already have (`RUNTIME`, `SANDBOX_<KEY>`,
+//!    `SANDBOX_ENV_<NAME>`, `SANDBOX_VOLUMES`, `WORKSPACE_BASE`,
+//!    `WORKSPACE_MOUNT_PATH_IN_SANDBOX`, `E2B_API_KEY`, `E2B_DOMAIN`, `E2B_API_URL`,
+//!    `E2B_SANDBOX_URL`, `E2B_DEBUG`, `DOCKER_HOST`), then `SBX_<SECTION>__<KEY>` for every key
+//!    (`SBX_SANDBOX__TIMEOUT=60`), which wins when both name the same key. Empty values are
+//!    skipped;
+//! 4. values set in code or on the command line ([`ConfigBuilder::set`]).
+//!
+//! A bad value is an error naming the key, where the value came from (file and line, or the
+//! variable) and what was expected. Secrets are redacted in `Debug` and in
+//! [`Config::explain`].
+//!
+//! ```
+//! use runtime_config::{Config, RuntimeKind};
+//!
+//! let config = Config::builder()
+//!     .no_file()
+//!     .env_vars([("RUNTIME", "e2b"), ("E2B_API_KEY", "123456"), ("SANDBOX_TIMEOUT", "60")])
+//!     .load()?;
+//! assert_eq!(config.core.runtime, RuntimeKind::E2b);
+//! assert_eq!(config.e2b.api_key.as_ref().unwrap().expose(), "123456");
+//! assert_eq!(config.sandbox.timeout, 60);
+//! assert!(!format!("{config:?}").contains("123456"));
+//! # Ok::<(), runtime_core::Error>(())
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod env;
+mod sections;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use runtime_core::{Error, ErrorKind, Mount, Result, Runtime};
+use serde::{Deserialize, Serialize};
+
+pub use sections::{
+    CoreSection, DockerSection, E2bSection, RuntimeKind, SandboxSection, Secret,
+};
+
+use env::EnvLayer;
+
+/// The merged configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[core]`
+    pub core: CoreSection,
+    /// `[sandbox]`
+    pub sandbox: SandboxSection,
+    /// `[e2b]`
+    pub e2b: E2bSection,
+    /// `[docker]`
+    pub docker: DockerSection,
+    #[serde(skip)]
+    sources: Sources,
+}
+
+/// One setting of the merged configuration, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Setting {
+    /// The key, `section.name`.
+    pub key: String,
+    /// The value as TOML; secrets are `"***"`.
+    pub value: String,
+    /// Where it came from: `default`, a file path and line, an environment variable, or
+    /// `set in code`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Sources {
+    settings: Vec<Setting>,
+}
+
+/// Where a value may come from, for tests and tools: see [`Config::builder`].
+#[derive(Debug, Default)]
+pub struct ConfigBuilder {
+    file: FileChoice,
+    env: Option<Vec<(String, String)>>,
+    overrides: Vec<(String, toml::Value)>,
+}
+
+#[derive(Debug, Default)]
+enum FileChoice {
+    #[default]
+    Default,
+    Path(PathBuf),
+    None,
+}
+
+impl Config {
+    /// Loads defaults, the TOML file (`SBX_CONFIG` or `./sbx.toml`) and the process
+    /// environment.
+    pub fn load() -> Result<Config> {
+        Config::builder().load()
+    }
+
+    /// A builder to choose the file, the environment and overrides.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The mounts of `[sandbox] volumes`, plus the workspace when `[core] workspace_base` is set.
+    pub fn mounts(&self) -> Result<Vec<Mount>> {
+        let mut mounts = match &self.sandbox.volumes {
+            Some(v) => Mount::parse_list(v).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{} (key sandbox.volumes from {})", e.message(), self.source_of("sandbox.volumes")),
+                )
+            })?,
+            None => Vec::new(),
+        };
+        if let Some(base) = &self.core.workspace_base {
+            mounts.push(Mount {
+                source: runtime_core::MountSource::HostPath(base.clone()),
+                target: self.core.workspace_mount_path_in_sandbox.clone(),
+                read_only: false,
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Every setting with its value (secrets redacted) and where it came from, in key order.
+    pub fn explain(&self) -> &[Setting] {
+        &self.sources.settings
+    }
+
+    /// Where `key` (`section.name`) came from.
+    pub fn source_of(&self, key: &str) -> String {
+        self.sources
+            .settings
+            .iter()
+            .find(|s| s.key == key)
+            .map(|s| s.source.clone())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// The merged configuration as TOML, secrets redacted, each key followed by its source.
+    pub fn to_toml_with_sources(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for s in &self.sources.settings {
+            let (sec, name) = s.key.split_once('.').unwrap_or(("", &s.key));
+            if sec != section {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("[{sec}]\n"));
+                section = sec;
+            }
+            out.push_str(&format!("{name} = {}  # {}\n", s.value, s.source));
+        }
+        out
+    }
+
+    /// Builds the backend `[core] runtime` names.
+    ///
+    /// Each backend is behind a cargo feature of this crate (`docker`, `e2b`); asking for one
+    /// that is not compiled in is [`ErrorKind::Unsupported`].
+    pub async fn runtime(&self) -> Result<Arc<dyn Runtime>> {
+        match self.core.runtime {
+            RuntimeKind::Docker => self.docker_runtime().await,
+            RuntimeKind::E2b => Err(Error::new(
+                ErrorKind::Unsupported,
+                "the e2b backend is not built into this program; rebuild with the `e2b` feature \
+                 of runtime-config, or set runtime = \"docker\"",
+            )
+            .with_context("source", self.source_of("core.runtime"))),
+        }
+    }
+
+    #[cfg(feature = "docker")]
+    async fn docker_runtime(&self) -> Result<Arc<dyn Runtime>> {
+        let d = &self.docker;
+        let s = &self.sandbox;
+        let image = s
+            .runtime_container_image
+            .clone()
+            .or_else(|| d.image.clone())
+            .or_else(|| s.base_container_image.clone());
+        let network = if s.use_host_network {
+            "host".to_string()
+        } else {
+            d.network.clone()
+        };
+        let mut builder = runtime_docker::DockerRuntime::builder()
+            .network(runtime_core::NetworkMode::parse(&network))
+            .mounts(self.mounts()?)
+            .workdir(self.core.workspace_mount_path_in_sandbox.clone())
+            .env(s.runtime_startup_env_vars.clone())
+            .time_to_live(std::time::Duration::from_secs(s.time_to_live))
+            .label_prefix(d.label_prefix.clone())
+            .binding_address(s.runtime_binding_address.clone())
+            .additional_networks(s.additional_networks.clone());
+        if let Some(image) = image {
+            builder = builder.image(image);
+        }
+        if let Some(host) = &d.host {
+            builder = builder.host(host.clone());
+        }
+        let mut resources = runtime_core::Resources::new();
+        resources.cpus = d.cpus;
+        resources.memory_mb = d.memory_mb;
+        resources.pids = d.pids_limit;
+        if s.enable_gpu {
+            resources.gpus = Some(
+                s.cuda_visible_devices
+                    .as_deref()
+                    .map(|v| v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+                    .unwrap_or_default(),
+            );
+        }
+        builder = builder.resources(resources);
+        Ok(Arc::new(builder.build().await?))
+    }
+
+    #[cfg(not(feature = "docker"))]
+    async fn docker_runtime(&self) -> Result<Arc<dyn Runtime>> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "the docker backend is not built into this program; rebuild with the `docker` \
+             feature of runtime-config",
+        ))
+    }
+}
+
+impl ConfigBuilder {
+    /// Reads this TOML file (it must exist).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = FileChoice::Path(path.into());
+        self
+    }
+
+    /// Reads no TOML file at all.
+    pub fn no_file(mut self) -> Self {
+        self.file = FileChoice::None;
+        self
+    }
+
+    /// Uses these variables instead of the process environment.
+    pub fn env_vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.env = Some(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+        self
+    }
+
+    /// Sets `key` (`section.name`) to a value, above every other layer.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.overrides.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Merges the layers and validates the result.
+    pub fn load(self) -> Result<Config> {
+        let env_vars = self.env.unwrap_or_else(|| std::env::vars().collect());
+        let file = match self.file {
+            FileChoice::Path(p) => {
+                if !p.is_file() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("config file {} does not exist", p.display()),
+                    )
+                    .with_operation("load config"));
+                }
+                Some(p)
+            }
+            FileChoice::None => None,
+            FileChoice::Default => {
+                match env_vars.iter().find(|(k, v)| k == "SBX_CONFIG" && !v.is_empty()) {
+                    Some((_, p)) => {
+                        let p = PathBuf::from(p);
+                        if !p.is_file() {
+                            return Err(Error::new(
+                                ErrorKind::NotFound,
+                                format!("config file {} (from SBX_CONFIG) does not exist", p.display()),
+                            )
+                            .with_operation("load config"));
+                        }
+                        Some(p)
+                    }
+                    None => Some(PathBuf::from("sbx.toml")).filter(|p| p.is_file()),
+                }
+            }
+        };
+        let env = EnvLayer::from_vars(env_vars);
+
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut file_text = None;
+        let mut file_table = None;
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::from(e)
+                    .with_operation("load config")
+                    .with_context("file", path.display())
+            })?;
+            // Only the sections we own; an OpenHands file's [llm], [agent], ... are skipped.
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start].lines().count().max(1))
+                    .unwrap_or(0);
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{} is not valid TOML (line {line}): {}", path.display(), e.message()),
+                )
+                .with_operation("load config")
+            })?;
+            let owned: toml::Table = table
+                .into_iter()
+                .filter(|(k, _)| ["core", "sandbox", "e2b", "docker"].contains(&k.as_str()))
+                .collect();
+            figment = figment.merge(Toml::string(&owned.to_string()));
+            file_table = Some(owned);
+            file_text = Some(text);
+        }
+        figment = figment.merge(env.clone());
+        for (key, value) in &self.overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+
+        let ctx = ErrorContext {
+            file: file.as_deref(),
+            file_text: file_text.as_deref(),
+            file_table: file_table.as_ref(),
+            env: &env,
+            overrides: self.overrides.iter().map(|(k, _)| k.as_str()).collect(),
+        };
+        let mut config: Config = figment.extract_lossy().map_err(|e| ctx.map(e))?;
+        for key in config.core.ignored.keys() {
+            if !sections::OPENHANDS_CORE_KEYS.contains(&key.as_str()) {
+                return Err(ctx.unknown("core", key));
+            }
+        }
+        config.sources = Sources::collect(&config, &ctx);
+        config.mounts()?;
+        if config.sandbox.time_to_live == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "sandbox.time_to_live must be at least 1 second (from {})",
+                    config.source_of("sandbox.time_to_live")
+                ),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+struct ErrorContext<'a> {
+    file: Option<&'a Path>,
+    file_text: Option<&'a str>,
+    file_table: Option<&'a toml::Table>,
+    env: &'a EnvLayer,
+    overrides: Vec<&'a str>,
+}
+
+impl ErrorContext<'_> {
+    /// Where the value at `key` came from: the last layer that set it.
+    fn source(&self, key: &[&str]) -> String {
+        let dotted = key.join(".");
+        if self.overrides.iter().any(|o| dotted == *o || dotted.starts_with(&format!("{o}."))) {
+            return "set in code".into();
+        }
+        if let Some(var) = self.env.var_for(key) {
+            return format!("environment variable {var}");
+        }
+        if let (Some(path), Some(text), Some(table)) = (self.file, self.file_text, self.file_table) {
+            let present = key
+                .iter()
+                .try_fold(table, |t, k| match t.get(*k) {
+                    Some(toml::Value::Table(inner)) => Some(inner),
+                    Some(_) => Some(t),
+                    None => None,
+                })
+                .is_some();
+            if present {
+                return match find_line(text, key) {
+                    Some(line) => format!("{}, line {line}", path.display()),
+                    None => path.display().to_string(),
+                };
+            }
+        }
+        "default".into()
+    }
+
+    fn map(&self, e: figment::Error) -> Error {
+        let mut key: Vec<String> = e.path.clone();
+        if key.first().map(String::as_str) == Some("default") {
+            key.remove(0);
+        }
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            if key.last() != Some(field) {
+                key.push(field.clone());
+            }
+            if let [section, name] = key.as_slice() {
+                return self.unknown(section, name);
+            }
+        }
+        let kind = e.kind.to_string();
+        let key_ref: Vec<&str> = key.iter().map(String::as_str).collect();
+        let source = self.source(&key_ref);
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("bad configuration value for `{}` from {source}: {kind}", key.join(".")),
+        )
+        .with_operation("load config")
+    }
+
+    fn unknown(&self, section: &str, key: &str) -> Error {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "unknown configuration key `{section}.{key}` from {}; check the spelling \
+                 (see `sbx config` for every key)",
+                self.source(&[section, key])
+            ),
+        )
+        .with_operation("load config")
+    }
+}
+
+/// The 1-based line of `key` (`[section, name]`) in a TOML text, when written plainly.
+fn find_line(text: &str, key: &[&str]) -> Option<usize> {
+    let (section, name) = match key {
+        [s, n, ..] => (*s, *n),
+        _ => return None,
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            current = h.trim().to_string();
+            continue;
+        }
+        if current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == name {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+const SECRET_KEYS: &[&str] = &["e2b.api_key", "sandbox.api_key"];
+
+impl Sources {
+    fn collect(config: &Config, ctx: &ErrorContext<'_>) -> Sources {
+        let value = toml::Value::try_from(config).unwrap_or(toml::Value::Table(Default::default()));
+        let mut settings = Vec::new();
+        if let toml::Value::Table(sections) = value {
+            for (section, fields) in sections {
+                let toml::Value::Table(fields) = fields else { continue };
+                for (name, v) in fields {
+                    let key = format!("{section}.{name}");
+                    let value = if SECRET_KEYS.contains(&key.as_str()) {
+                        "\"***\"".to_string()
+                    } else {
+                        v.to_string()
+                    };
+                    let source = ctx.source(&[section.as_str(), name.as_str()]);
+                    settings.push(Setting { key, value, source });
+                }
+            }
+        }
+        Sources { settings }
+    }
+}
+
+#[cfg(test)]
+mod tests;

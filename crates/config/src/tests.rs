@@ -1,0 +1,267 @@
+use super::*;
+use runtime_core::MountSource;
+
+fn env(vars: &[(&str, &str)]) -> ConfigBuilder {
+    Config::builder().no_file().env_vars(vars.iter().map(|(k, v)| (*k, *v)))
+}
+
+fn toml_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn defaults_match_openhands_and_e2b() {
+    let c = env(&[]).load().unwrap();
+    assert_eq!(c.core.runtime, RuntimeKind::Docker);
+    assert_eq!(c.core.workspace_mount_path_in_sandbox, "/workspace");
+    assert_eq!(c.sandbox.timeout, 120);
+    assert_eq!(c.sandbox.time_to_live, 300);
+    assert_eq!(c.sandbox.close_delay, 3600);
+    assert!(c.sandbox.pause_closed_runtimes);
+    assert_eq!(c.e2b.domain, "e2b.app");
+    assert_eq!(c.e2b.template, "base");
+    assert_eq!(c.e2b.request_timeout, 60);
+    assert_eq!(c.docker.network, "bridge");
+    assert_eq!(c.docker.label_prefix, "sbx");
+    assert!(c.explain().iter().all(|s| s.source == "default"), "{:?}", c.explain());
+}
+
+#[test]
+fn file_wins_over_defaults() {
+    let f = toml_file("[sandbox]\ntimeout = 33\n[docker]\nimage = \"custom:1\"\n");
+    let c = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap();
+    assert_eq!(c.sandbox.timeout, 33);
+    assert_eq!(c.docker.image.as_deref(), Some("custom:1"));
+    assert_eq!(c.source_of("sandbox.timeout"), format!("{}, line 2", f.path().display()));
+    assert_eq!(c.source_of("sandbox.time_to_live"), "default");
+}
+
+#[test]
+fn env_wins_over_file() {
+    let f = toml_file("[sandbox]\ntimeout = 33\n");
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars([("SANDBOX_TIMEOUT", "44")])
+        .load()
+        .unwrap();
+    assert_eq!(c.sandbox.timeout, 44);
+    assert_eq!(c.source_of("sandbox.timeout"), "environment variable SANDBOX_TIMEOUT");
+}
+
+#[test]
+fn code_wins_over_env() {
+    let c = env(&[("SANDBOX_TIMEOUT", "44")]).set("sandbox.timeout", 55).load().unwrap();
+    assert_eq!(c.sandbox.timeout, 55);
+    assert_eq!(c.source_of("sandbox.timeout"), "set in code");
+}
+
+#[test]
+fn sbx_prefixed_wins_over_familiar_names() {
+    let c = env(&[("SANDBOX_TIMEOUT", "44"), ("SBX_SANDBOX__TIMEOUT", "66")]).load().unwrap();
+    assert_eq!(c.sandbox.timeout, 66);
+    assert_eq!(c.source_of("sandbox.timeout"), "environment variable SBX_SANDBOX__TIMEOUT");
+    let c = env(&[("E2B_DOMAIN", "a.dev"), ("SBX_E2B__DOMAIN", "b.dev")]).load().unwrap();
+    assert_eq!(c.e2b.domain, "b.dev");
+}
+
+#[test]
+fn every_familiar_env_name() {
+    let c = env(&[
+        ("RUNTIME", "e2b"),
+        ("WORKSPACE_BASE", "/srv/ws"),
+        ("WORKSPACE_MOUNT_PATH_IN_SANDBOX", "/ws"),
+        ("E2B_API_KEY", "e2b_abc"),
+        ("E2B_DOMAIN", "example.dev"),
+        ("E2B_API_URL", "http://127.0.0.1:3000"),
+        ("E2B_SANDBOX_URL", "http://127.0.0.1:49983"),
+        ("E2B_DEBUG", "true"),
+        ("DOCKER_HOST", "unix:///tmp/docker.sock"),
+        ("SANDBOX_VOLUMES", "/data:/data:ro"),
+        ("SANDBOX_USE_HOST_NETWORK", "1"),
+        ("SANDBOX_BASE_CONTAINER_IMAGE", "img:1"),
+        ("SANDBOX_ENV_GREETING", "hi"),
+        ("SANDBOX_RUNTIME_STARTUP_ENV_VARS", r#"{"A":"1"}"#),
+        ("SANDBOX_ADDITIONAL_NETWORKS", r#"["n1","n2"]"#),
+    ])
+    .load()
+    .unwrap();
+    assert_eq!(c.core.runtime, RuntimeKind::E2b);
+    assert_eq!(c.core.workspace_base.as_deref(), Some("/srv/ws"));
+    assert_eq!(c.core.workspace_mount_path_in_sandbox, "/ws");
+    assert_eq!(c.e2b.api_key.as_ref().map(Secret::expose), Some("e2b_abc"));
+    assert_eq!(c.e2b.domain, "example.dev");
+    assert_eq!(c.e2b.api_url.as_deref(), Some("http://127.0.0.1:3000"));
+    assert_eq!(c.e2b.sandbox_url.as_deref(), Some("http://127.0.0.1:49983"));
+    assert!(c.e2b.debug);
+    assert_eq!(c.docker.host.as_deref(), Some("unix:///tmp/docker.sock"));
+    assert!(c.sandbox.use_host_network);
+    assert_eq!(c.sandbox.base_container_image.as_deref(), Some("img:1"));
+    assert_eq!(c.sandbox.runtime_startup_env_vars.get("A").map(String::as_str), Some("1"));
+    assert_eq!(c.sandbox.additional_networks, ["n1", "n2"]);
+    let mounts = c.mounts().unwrap();
+    assert_eq!(mounts.len(), 2);
+    assert_eq!(mounts[0].source, MountSource::HostPath("/data".into()));
+    assert!(mounts[0].read_only);
+    assert_eq!(mounts[1].target, "/ws");
+}
+
+#[test]
+fn sandbox_env_prefix_reaches_startup_env() {
+    let c = env(&[("SANDBOX_ENV_GREETING", "hi")]).load().unwrap();
+    assert_eq!(c.sandbox.runtime_startup_env_vars.get("GREETING").map(String::as_str), Some("hi"));
+}
+
+#[test]
+fn numbers_load_into_string_fields_and_bools_accept_digits() {
+    let c = env(&[("E2B_API_KEY", "123456"), ("E2B_DEBUG", "0"), ("SANDBOX_ENABLE_GPU", "1")])
+        .load()
+        .unwrap();
+    assert_eq!(c.e2b.api_key.as_ref().unwrap().expose(), "123456");
+    assert!(!c.e2b.debug);
+    assert!(c.sandbox.enable_gpu);
+    let f = toml_file("[e2b]\napi_key = 123456\ndomain = \"x.dev\"\n");
+    let c = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap();
+    assert_eq!(c.e2b.api_key.as_ref().unwrap().expose(), "123456");
+}
+
+#[test]
+fn empty_env_values_are_skipped() {
+    let c = env(&[("SANDBOX_TIMEOUT", ""), ("RUNTIME", "")]).load().unwrap();
+    assert_eq!(c.sandbox.timeout, 120);
+    assert_eq!(c.core.runtime, RuntimeKind::Docker);
+}
+
+#[test]
+fn openhands_config_toml_loads() {
+    let f = toml_file(
+        r#"
+[core]
+workspace_base = "./workspace"
+runtime = "docker"
+default_agent = "CodeActAgent"
+max_iterations = 100
+
+[llm]
+model = "gpt-4o"
+api_key = "sk-secret"
+
+[agent]
+enable_browsing = true
+
+[sandbox]
+timeout = 240
+use_host_network = false
+base_container_image = "nikolaik/python-nodejs:python3.12-nodejs22"
+enable_auto_lint = true
+volumes = "/tmp/data:/data:rw"
+"#,
+    );
+    let c = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap();
+    assert_eq!(c.sandbox.timeout, 240);
+    assert_eq!(c.core.workspace_base.as_deref(), Some("./workspace"));
+    assert!(c.sandbox.enable_auto_lint);
+    assert_eq!(c.mounts().unwrap().len(), 2);
+    assert!(c.explain().iter().all(|s| !s.key.starts_with("llm")));
+}
+
+#[test]
+fn bad_type_names_key_and_file_line() {
+    let f = toml_file("[sandbox]\n\ntimeout = \"soon\"\n");
+    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let msg = e.to_string();
+    assert!(msg.contains("`sandbox.timeout`"), "{msg}");
+    assert!(msg.contains(&format!("{}, line 3", f.path().display())), "{msg}");
+    assert!(msg.contains("soon"), "{msg}");
+}
+
+#[test]
+fn bad_type_names_the_variable() {
+    let e = env(&[("SANDBOX_TIMEOUT", "soon")]).load().unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("`sandbox.timeout`"), "{msg}");
+    assert!(msg.contains("environment variable SANDBOX_TIMEOUT"), "{msg}");
+    let e = env(&[("SBX_DOCKER__MEMORY_MB", "lots")]).load().unwrap_err();
+    assert!(e.to_string().contains("environment variable SBX_DOCKER__MEMORY_MB"), "{e}");
+    let e = env(&[("E2B_DEBUG", "maybe")]).load().unwrap_err();
+    assert!(e.to_string().contains("`e2b.debug`"), "{e}");
+    let e = env(&[("RUNTIME", "kubernetes")]).load().unwrap_err();
+    assert!(e.to_string().contains("`core.runtime`") && e.to_string().contains("RUNTIME"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_owned_section_is_an_error() {
+    let f = toml_file("[sandbox]\ntimout = 5\n");
+    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("sandbox.timout"), "{msg}");
+    assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+    let f = toml_file("[core]\nruntme = \"docker\"\n");
+    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    assert!(e.to_string().contains("core.runtme"), "{e}");
+    assert!(e.to_string().contains("line 2"), "{e}");
+    let e = env(&[("SBX_DOCKER__IMAGES", "x")]).load().unwrap_err();
+    assert!(e.to_string().contains("docker.images") && e.to_string().contains("SBX_DOCKER__IMAGES"), "{e}");
+}
+
+#[test]
+fn bad_volume_entry_names_entry_key_and_source() {
+    let e = env(&[("SANDBOX_VOLUMES", "/a:/b,relative:path:zz")]).load().unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("'relative:path:zz'"), "{msg}");
+    assert!(msg.contains("sandbox.volumes"), "{msg}");
+    assert!(msg.contains("SANDBOX_VOLUMES"), "{msg}");
+}
+
+#[test]
+fn invalid_toml_names_file_and_line() {
+    let f = toml_file("[sandbox]\ntimeout = = 3\n");
+    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+}
+
+#[test]
+fn missing_config_file_is_not_found() {
+    let e = Config::builder().file("/no/such/sbx.toml").load().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    let e = Config::builder().env_vars([("SBX_CONFIG", "/no/such.toml")]).load().unwrap_err();
+    assert!(e.to_string().contains("SBX_CONFIG"), "{e}");
+}
+
+#[test]
+fn sbx_config_variable_picks_the_file() {
+    let f = toml_file("[docker]\nnetwork = \"none\"\n");
+    let c = Config::builder()
+        .env_vars([("SBX_CONFIG", f.path().to_str().unwrap())])
+        .load()
+        .unwrap();
+    assert_eq!(c.docker.network, "none");
+}
+
+#[test]
+fn secrets_are_redacted() {
+    let c = env(&[("E2B_API_KEY", "e2b_supersecret"), ("SANDBOX_API_KEY", "sk-other")]).load().unwrap();
+    assert!(!format!("{c:?}").contains("supersecret"));
+    assert!(!c.to_toml_with_sources().contains("supersecret"));
+    assert!(!c.to_toml_with_sources().contains("sk-other"));
+    let key = c.explain().iter().find(|s| s.key == "e2b.api_key").unwrap();
+    assert_eq!(key.value, "\"***\"");
+    assert_eq!(key.source, "environment variable E2B_API_KEY");
+}
+
+#[test]
+fn dump_lists_sections_with_sources() {
+    let c = env(&[("RUNTIME", "e2b")]).load().unwrap();
+    let dump = c.to_toml_with_sources();
+    assert!(dump.contains("[core]\n"), "{dump}");
+    assert!(dump.contains("runtime = \"e2b\"  # environment variable RUNTIME"), "{dump}");
+    assert!(dump.contains("timeout = 120  # default"), "{dump}");
+}
+
+#[test]
+fn zero_time_to_live_is_refused() {
+    let e = env(&[("SANDBOX_TIME_TO_LIVE", "0")]).load().unwrap_err();
+    assert!(e.to_string().contains("SANDBOX_TIME_TO_LIVE"), "{e}");
+}
