@@ -11,7 +11,10 @@ use crate::sections::SANDBOX_KEYS;
 const KNOWN: &[(&str, &str)] = &[
     ("RUNTIME", "core.runtime"),
     ("WORKSPACE_BASE", "core.workspace_base"),
-    ("WORKSPACE_MOUNT_PATH_IN_SANDBOX", "core.workspace_mount_path_in_sandbox"),
+    (
+        "WORKSPACE_MOUNT_PATH_IN_SANDBOX",
+        "core.workspace_mount_path_in_sandbox",
+    ),
     ("E2B_API_KEY", "e2b.api_key"),
     ("E2B_DOMAIN", "e2b.domain"),
     ("E2B_API_URL", "e2b.api_url"),
@@ -49,7 +52,10 @@ impl EnvLayer {
                 continue;
             }
             if let Some(rest) = var.strip_prefix("SBX_") {
-                if SBX_NOT_KEYS.contains(&var.as_str()) || rest.starts_with("TEST_") || rest.starts_with("REQUIRE_") {
+                if SBX_NOT_KEYS.contains(&var.as_str())
+                    || rest.starts_with("TEST_")
+                    || rest.starts_with("REQUIRE_")
+                {
                     continue;
                 }
                 let key = rest.split("__").map(str::to_lowercase).collect();
@@ -68,7 +74,11 @@ impl EnvLayer {
             } else if let Some(rest) = var.strip_prefix("SANDBOX_") {
                 let field = rest.to_lowercase();
                 if SANDBOX_KEYS.contains(&field.as_str()) {
-                    familiar.push(Setting { var, key: vec!["sandbox".into(), field], value });
+                    familiar.push(Setting {
+                        var,
+                        key: vec!["sandbox".into(), field],
+                        value,
+                    });
                 }
             }
         }

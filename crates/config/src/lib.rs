@@ -44,9 +44,7 @@ use figment::Figment;
 use runtime_core::{Error, ErrorKind, Mount, Result, Runtime};
 use serde::{Deserialize, Serialize};
 
-pub use sections::{
-    CoreSection, DockerSection, E2bSection, RuntimeKind, SandboxSection, Secret,
-};
+pub use sections::{CoreSection, DockerSection, E2bSection, RuntimeKind, SandboxSection, Secret};
 
 use env::EnvLayer;
 
@@ -119,7 +117,11 @@ impl Config {
             Some(v) => Mount::parse_list(v).map_err(|e| {
                 Error::new(
                     ErrorKind::InvalidInput,
-                    format!("{} (key sandbox.volumes from {})", e.message(), self.source_of("sandbox.volumes")),
+                    format!(
+                        "{} (key sandbox.volumes from {})",
+                        e.message(),
+                        self.source_of("sandbox.volumes")
+                    ),
                 )
             })?,
             None => Vec::new(),
@@ -220,7 +222,12 @@ impl Config {
             resources.gpus = Some(
                 s.cuda_visible_devices
                     .as_deref()
-                    .map(|v| v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+                    .map(|v| {
+                        v.split(',')
+                            .map(|x| x.trim().to_string())
+                            .filter(|x| !x.is_empty())
+                            .collect()
+                    })
                     .unwrap_or_default(),
             );
         }
@@ -258,7 +265,11 @@ impl ConfigBuilder {
         K: Into<String>,
         V: Into<String>,
     {
-        self.env = Some(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+        self.env = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
         self
     }
 
@@ -284,13 +295,19 @@ impl ConfigBuilder {
             }
             FileChoice::None => None,
             FileChoice::Default => {
-                match env_vars.iter().find(|(k, v)| k == "SBX_CONFIG" && !v.is_empty()) {
+                match env_vars
+                    .iter()
+                    .find(|(k, v)| k == "SBX_CONFIG" && !v.is_empty())
+                {
                     Some((_, p)) => {
                         let p = PathBuf::from(p);
                         if !p.is_file() {
                             return Err(Error::new(
                                 ErrorKind::NotFound,
-                                format!("config file {} (from SBX_CONFIG) does not exist", p.display()),
+                                format!(
+                                    "config file {} (from SBX_CONFIG) does not exist",
+                                    p.display()
+                                ),
                             )
                             .with_operation("load config"));
                         }
@@ -319,7 +336,11 @@ impl ConfigBuilder {
                     .unwrap_or(0);
                 Error::new(
                     ErrorKind::InvalidInput,
-                    format!("{} is not valid TOML (line {line}): {}", path.display(), e.message()),
+                    format!(
+                        "{} is not valid TOML (line {line}): {}",
+                        path.display(),
+                        e.message()
+                    ),
                 )
                 .with_operation("load config")
             })?;
@@ -376,13 +397,18 @@ impl ErrorContext<'_> {
     /// Where the value at `key` came from: the last layer that set it.
     fn source(&self, key: &[&str]) -> String {
         let dotted = key.join(".");
-        if self.overrides.iter().any(|o| dotted == *o || dotted.starts_with(&format!("{o}."))) {
+        if self
+            .overrides
+            .iter()
+            .any(|o| dotted == *o || dotted.starts_with(&format!("{o}.")))
+        {
             return "set in code".into();
         }
         if let Some(var) = self.env.var_for(key) {
             return format!("environment variable {var}");
         }
-        if let (Some(path), Some(text), Some(table)) = (self.file, self.file_text, self.file_table) {
+        if let (Some(path), Some(text), Some(table)) = (self.file, self.file_text, self.file_table)
+        {
             let present = key
                 .iter()
                 .try_fold(table, |t, k| match t.get(*k) {
@@ -419,7 +445,10 @@ impl ErrorContext<'_> {
         let source = self.source(&key_ref);
         Error::new(
             ErrorKind::InvalidInput,
-            format!("bad configuration value for `{}` from {source}: {kind}", key.join(".")),
+            format!(
+                "bad configuration value for `{}` from {source}: {kind}",
+                key.join(".")
+            ),
         )
         .with_operation("load config")
     }
@@ -469,7 +498,9 @@ impl Sources {
         let mut settings = Vec::new();
         if let toml::Value::Table(sections) = value {
             for (section, fields) in sections {
-                let toml::Value::Table(fields) = fields else { continue };
+                let toml::Value::Table(fields) = fields else {
+                    continue;
+                };
                 for (name, v) in fields {
                     let key = format!("{section}.{name}");
                     let value = if SECRET_KEYS.contains(&key.as_str()) {

@@ -2,7 +2,9 @@ use super::*;
 use runtime_core::MountSource;
 
 fn env(vars: &[(&str, &str)]) -> ConfigBuilder {
-    Config::builder().no_file().env_vars(vars.iter().map(|(k, v)| (*k, *v)))
+    Config::builder()
+        .no_file()
+        .env_vars(vars.iter().map(|(k, v)| (*k, *v)))
 }
 
 fn toml_file(text: &str) -> tempfile::NamedTempFile {
@@ -25,16 +27,27 @@ fn defaults_match_openhands_and_e2b() {
     assert_eq!(c.e2b.request_timeout, 60);
     assert_eq!(c.docker.network, "bridge");
     assert_eq!(c.docker.label_prefix, "sbx");
-    assert!(c.explain().iter().all(|s| s.source == "default"), "{:?}", c.explain());
+    assert!(
+        c.explain().iter().all(|s| s.source == "default"),
+        "{:?}",
+        c.explain()
+    );
 }
 
 #[test]
 fn file_wins_over_defaults() {
     let f = toml_file("[sandbox]\ntimeout = 33\n[docker]\nimage = \"custom:1\"\n");
-    let c = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap();
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap();
     assert_eq!(c.sandbox.timeout, 33);
     assert_eq!(c.docker.image.as_deref(), Some("custom:1"));
-    assert_eq!(c.source_of("sandbox.timeout"), format!("{}, line 2", f.path().display()));
+    assert_eq!(
+        c.source_of("sandbox.timeout"),
+        format!("{}, line 2", f.path().display())
+    );
     assert_eq!(c.source_of("sandbox.time_to_live"), "default");
 }
 
@@ -47,22 +60,35 @@ fn env_wins_over_file() {
         .load()
         .unwrap();
     assert_eq!(c.sandbox.timeout, 44);
-    assert_eq!(c.source_of("sandbox.timeout"), "environment variable SANDBOX_TIMEOUT");
+    assert_eq!(
+        c.source_of("sandbox.timeout"),
+        "environment variable SANDBOX_TIMEOUT"
+    );
 }
 
 #[test]
 fn code_wins_over_env() {
-    let c = env(&[("SANDBOX_TIMEOUT", "44")]).set("sandbox.timeout", 55).load().unwrap();
+    let c = env(&[("SANDBOX_TIMEOUT", "44")])
+        .set("sandbox.timeout", 55)
+        .load()
+        .unwrap();
     assert_eq!(c.sandbox.timeout, 55);
     assert_eq!(c.source_of("sandbox.timeout"), "set in code");
 }
 
 #[test]
 fn sbx_prefixed_wins_over_familiar_names() {
-    let c = env(&[("SANDBOX_TIMEOUT", "44"), ("SBX_SANDBOX__TIMEOUT", "66")]).load().unwrap();
+    let c = env(&[("SANDBOX_TIMEOUT", "44"), ("SBX_SANDBOX__TIMEOUT", "66")])
+        .load()
+        .unwrap();
     assert_eq!(c.sandbox.timeout, 66);
-    assert_eq!(c.source_of("sandbox.timeout"), "environment variable SBX_SANDBOX__TIMEOUT");
-    let c = env(&[("E2B_DOMAIN", "a.dev"), ("SBX_E2B__DOMAIN", "b.dev")]).load().unwrap();
+    assert_eq!(
+        c.source_of("sandbox.timeout"),
+        "environment variable SBX_SANDBOX__TIMEOUT"
+    );
+    let c = env(&[("E2B_DOMAIN", "a.dev"), ("SBX_E2B__DOMAIN", "b.dev")])
+        .load()
+        .unwrap();
     assert_eq!(c.e2b.domain, "b.dev");
 }
 
@@ -98,7 +124,13 @@ fn every_familiar_env_name() {
     assert_eq!(c.docker.host.as_deref(), Some("unix:///tmp/docker.sock"));
     assert!(c.sandbox.use_host_network);
     assert_eq!(c.sandbox.base_container_image.as_deref(), Some("img:1"));
-    assert_eq!(c.sandbox.runtime_startup_env_vars.get("A").map(String::as_str), Some("1"));
+    assert_eq!(
+        c.sandbox
+            .runtime_startup_env_vars
+            .get("A")
+            .map(String::as_str),
+        Some("1")
+    );
     assert_eq!(c.sandbox.additional_networks, ["n1", "n2"]);
     let mounts = c.mounts().unwrap();
     assert_eq!(mounts.len(), 2);
@@ -110,25 +142,41 @@ fn every_familiar_env_name() {
 #[test]
 fn sandbox_env_prefix_reaches_startup_env() {
     let c = env(&[("SANDBOX_ENV_GREETING", "hi")]).load().unwrap();
-    assert_eq!(c.sandbox.runtime_startup_env_vars.get("GREETING").map(String::as_str), Some("hi"));
+    assert_eq!(
+        c.sandbox
+            .runtime_startup_env_vars
+            .get("GREETING")
+            .map(String::as_str),
+        Some("hi")
+    );
 }
 
 #[test]
 fn numbers_load_into_string_fields_and_bools_accept_digits() {
-    let c = env(&[("E2B_API_KEY", "123456"), ("E2B_DEBUG", "0"), ("SANDBOX_ENABLE_GPU", "1")])
-        .load()
-        .unwrap();
+    let c = env(&[
+        ("E2B_API_KEY", "123456"),
+        ("E2B_DEBUG", "0"),
+        ("SANDBOX_ENABLE_GPU", "1"),
+    ])
+    .load()
+    .unwrap();
     assert_eq!(c.e2b.api_key.as_ref().unwrap().expose(), "123456");
     assert!(!c.e2b.debug);
     assert!(c.sandbox.enable_gpu);
     let f = toml_file("[e2b]\napi_key = 123456\ndomain = \"x.dev\"\n");
-    let c = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap();
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap();
     assert_eq!(c.e2b.api_key.as_ref().unwrap().expose(), "123456");
 }
 
 #[test]
 fn empty_env_values_are_skipped() {
-    let c = env(&[("SANDBOX_TIMEOUT", ""), ("RUNTIME", "")]).load().unwrap();
+    let c = env(&[("SANDBOX_TIMEOUT", ""), ("RUNTIME", "")])
+        .load()
+        .unwrap();
     assert_eq!(c.sandbox.timeout, 120);
     assert_eq!(c.core.runtime, RuntimeKind::Docker);
 }
@@ -158,7 +206,11 @@ enable_auto_lint = true
 volumes = "/tmp/data:/data:rw"
 "#,
     );
-    let c = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap();
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap();
     assert_eq!(c.sandbox.timeout, 240);
     assert_eq!(c.core.workspace_base.as_deref(), Some("./workspace"));
     assert!(c.sandbox.enable_auto_lint);
@@ -169,11 +221,18 @@ volumes = "/tmp/data:/data:rw"
 #[test]
 fn bad_type_names_key_and_file_line() {
     let f = toml_file("[sandbox]\n\ntimeout = \"soon\"\n");
-    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    let e = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     let msg = e.to_string();
     assert!(msg.contains("`sandbox.timeout`"), "{msg}");
-    assert!(msg.contains(&format!("{}, line 3", f.path().display())), "{msg}");
+    assert!(
+        msg.contains(&format!("{}, line 3", f.path().display())),
+        "{msg}"
+    );
     assert!(msg.contains("soon"), "{msg}");
 }
 
@@ -182,33 +241,58 @@ fn bad_type_names_the_variable() {
     let e = env(&[("SANDBOX_TIMEOUT", "soon")]).load().unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("`sandbox.timeout`"), "{msg}");
-    assert!(msg.contains("environment variable SANDBOX_TIMEOUT"), "{msg}");
-    let e = env(&[("SBX_DOCKER__MEMORY_MB", "lots")]).load().unwrap_err();
-    assert!(e.to_string().contains("environment variable SBX_DOCKER__MEMORY_MB"), "{e}");
+    assert!(
+        msg.contains("environment variable SANDBOX_TIMEOUT"),
+        "{msg}"
+    );
+    let e = env(&[("SBX_DOCKER__MEMORY_MB", "lots")])
+        .load()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("environment variable SBX_DOCKER__MEMORY_MB"),
+        "{e}"
+    );
     let e = env(&[("E2B_DEBUG", "maybe")]).load().unwrap_err();
     assert!(e.to_string().contains("`e2b.debug`"), "{e}");
     let e = env(&[("RUNTIME", "kubernetes")]).load().unwrap_err();
-    assert!(e.to_string().contains("`core.runtime`") && e.to_string().contains("RUNTIME"), "{e}");
+    assert!(
+        e.to_string().contains("`core.runtime`") && e.to_string().contains("RUNTIME"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_key_in_owned_section_is_an_error() {
     let f = toml_file("[sandbox]\ntimout = 5\n");
-    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    let e = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("sandbox.timout"), "{msg}");
     assert!(msg.contains(&f.path().display().to_string()), "{msg}");
     let f = toml_file("[core]\nruntme = \"docker\"\n");
-    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    let e = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap_err();
     assert!(e.to_string().contains("core.runtme"), "{e}");
     assert!(e.to_string().contains("line 2"), "{e}");
     let e = env(&[("SBX_DOCKER__IMAGES", "x")]).load().unwrap_err();
-    assert!(e.to_string().contains("docker.images") && e.to_string().contains("SBX_DOCKER__IMAGES"), "{e}");
+    assert!(
+        e.to_string().contains("docker.images") && e.to_string().contains("SBX_DOCKER__IMAGES"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_volume_entry_names_entry_key_and_source() {
-    let e = env(&[("SANDBOX_VOLUMES", "/a:/b,relative:path:zz")]).load().unwrap_err();
+    let e = env(&[("SANDBOX_VOLUMES", "/a:/b,relative:path:zz")])
+        .load()
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("'relative:path:zz'"), "{msg}");
     assert!(msg.contains("sandbox.volumes"), "{msg}");
@@ -218,15 +302,25 @@ fn bad_volume_entry_names_entry_key_and_source() {
 #[test]
 fn invalid_toml_names_file_and_line() {
     let f = toml_file("[sandbox]\ntimeout = = 3\n");
-    let e = Config::builder().file(f.path()).env_vars(Vec::<(String, String)>::new()).load().unwrap_err();
+    let e = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap_err();
     assert!(e.to_string().contains("line 2"), "{e}");
 }
 
 #[test]
 fn missing_config_file_is_not_found() {
-    let e = Config::builder().file("/no/such/sbx.toml").load().unwrap_err();
+    let e = Config::builder()
+        .file("/no/such/sbx.toml")
+        .load()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    let e = Config::builder().env_vars([("SBX_CONFIG", "/no/such.toml")]).load().unwrap_err();
+    let e = Config::builder()
+        .env_vars([("SBX_CONFIG", "/no/such.toml")])
+        .load()
+        .unwrap_err();
     assert!(e.to_string().contains("SBX_CONFIG"), "{e}");
 }
 
@@ -242,7 +336,12 @@ fn sbx_config_variable_picks_the_file() {
 
 #[test]
 fn secrets_are_redacted() {
-    let c = env(&[("E2B_API_KEY", "e2b_supersecret"), ("SANDBOX_API_KEY", "sk-other")]).load().unwrap();
+    let c = env(&[
+        ("E2B_API_KEY", "e2b_supersecret"),
+        ("SANDBOX_API_KEY", "sk-other"),
+    ])
+    .load()
+    .unwrap();
     assert!(!format!("{c:?}").contains("supersecret"));
     assert!(!c.to_toml_with_sources().contains("supersecret"));
     assert!(!c.to_toml_with_sources().contains("sk-other"));
@@ -256,7 +355,10 @@ fn dump_lists_sections_with_sources() {
     let c = env(&[("RUNTIME", "e2b")]).load().unwrap();
     let dump = c.to_toml_with_sources();
     assert!(dump.contains("[core]\n"), "{dump}");
-    assert!(dump.contains("runtime = \"e2b\"  # environment variable RUNTIME"), "{dump}");
+    assert!(
+        dump.contains("runtime = \"e2b\"  # environment variable RUNTIME"),
+        "{dump}"
+    );
     assert!(dump.contains("timeout = 120  # default"), "{dump}");
 }
 

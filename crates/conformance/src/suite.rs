@@ -183,8 +183,12 @@ impl SbxCtx {
     async fn cleanup(&self) {
         let ids = std::mem::take(&mut *self.made.lock().unwrap());
         for id in ids {
-            // Already killed by the case is fine.
-            let _ = self.target.runtime.kill(&id).await;
+            // Already killed by the case is fine; anything else is reported by the leak check.
+            if let Err(e) = self.target.runtime.kill(&id).await {
+                if e.kind() != runtime_core::ErrorKind::NotFound {
+                    eprintln!("warning: cleaning up sandbox {id}: {e}");
+                }
+            }
         }
     }
 }
@@ -394,12 +398,23 @@ impl Suite {
         self.rt.block_on(async {
             for target in &self.targets {
                 if let Some(sandbox) = target.shared.get() {
-                    let _ = sandbox.kill().await;
+                    if let Err(e) = sandbox.kill().await {
+                        eprintln!("warning: killing the shared sandbox {}: {e}", sandbox.id());
+                    }
                 }
+            }
+            // Targets may share a runtime, so every shared sandbox is gone before this looks.
+            for target in &self.targets {
                 let filter = ListFilter::all().metadata(SUITE_LABEL, self.run_id.clone());
                 if let Ok(left) = target.runtime.list(&filter).await {
                     for info in left {
-                        leaked.push(format!("{}: {}", target.label, info.id));
+                        if leaked.iter().any(|l: &String| l.starts_with(&info.id)) {
+                            continue;
+                        }
+                        leaked.push(format!(
+                            "{} (template {}, metadata {:?}, state {:?})",
+                            info.id, info.template, info.metadata, info.state
+                        ));
                         let _ = target.runtime.kill(&info.id).await;
                     }
                 }

@@ -1,1 +1,15 @@
-//! stub
+#![doc = include_str!("docs.md")]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod error;
+mod exec;
+mod files;
+mod process;
+mod runtime;
+mod sandbox;
+mod template;
+
+pub use files::DockerFiles;
+pub use runtime::{DockerRuntime, DockerRuntimeBuilder, DEFAULT_IMAGE};
+pub use sandbox::DockerSandbox;
+pub use template::TemplateFile;

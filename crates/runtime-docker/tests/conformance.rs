@@ -1,1 +1,408 @@
-fn main() {}
+//! The conformance suite against Docker, on the busybox image (`sbx-mini`) and the Debian image
+//! (`sbx-base`), plus what only this backend has: templates, sandboxes shared between
+//! processes, expiry with no process of ours running, and bounded memory.
+//!
+//! With `SBX_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
+//! cases show as ignored.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use runtime_conformance::{SandboxTarget, Suite, SUITE_LABEL};
+use runtime_core::{
+    CommandSpec, ErrorKind, FileStoreExt, ListFilter, ProcessEvent, Runtime, SandboxExt,
+    SandboxSpec,
+};
+use runtime_docker::DockerRuntime;
+
+const MINI: &str = "sbx-mini:latest";
+const BASE: &str = "sbx-base:bookworm";
+
+fn main() -> ExitCode {
+    if let Ok(mode) = std::env::var("SBX_TEST_CHILD") {
+        return child(&mode);
+    }
+    let require = std::env::var("SBX_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let mut suite = Suite::new();
+    let runtime = suite.tokio().block_on(async {
+        let rt = DockerRuntime::builder().build().await?;
+        for image in [MINI, BASE] {
+            if rt.docker().inspect_image(image).await.is_err() {
+                return Err(runtime_core::Error::new(
+                    ErrorKind::NotFound,
+                    format!("image {image} is missing; build it with `cargo xtask image`"),
+                ));
+            }
+        }
+        Ok::<_, runtime_core::Error>(rt)
+    });
+    let runtime = match runtime {
+        Ok(rt) => Arc::new(rt),
+        Err(e) if require => {
+            eprintln!("error: SBX_REQUIRE_DOCKER=1 but Docker is not usable: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            for label in ["docker_mini", "docker_base"] {
+                suite.add_ignored(label, &e.to_string());
+            }
+            return suite.run();
+        }
+    };
+    let dynrt: Arc<dyn Runtime> = runtime.clone();
+    suite.add_sandbox(SandboxTarget::new(
+        "docker_mini",
+        dynrt.clone(),
+        SandboxSpec::new().template(MINI),
+    ));
+    suite.add_sandbox(
+        SandboxTarget::new(
+            "docker_base",
+            dynrt.clone(),
+            SandboxSpec::new().template(BASE),
+        )
+        .with_python(true),
+    );
+
+    let run_id = suite.run_id().to_string();
+    let rt = runtime.clone();
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::templates::build_and_start".into(),
+        false,
+        move || templates(rt, id),
+    );
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::lifecycle::shared_between_processes".into(),
+        false,
+        move || shared_between_processes(id),
+    );
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::lifecycle::expires_with_no_process_of_ours".into(),
+        false,
+        move || expires_without_us(id),
+    );
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::memory::stdout_500mib_bounded".into(),
+        false,
+        move || memory_bounded(id, "stdout"),
+    );
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::memory::file_200mib_bounded".into(),
+        false,
+        move || memory_bounded(id, "file"),
+    );
+    let rt = runtime.clone();
+    suite.add_trial(
+        "docker::lifecycle::missing_image_is_not_found_with_hint".into(),
+        false,
+        move || async move {
+            let e = rt
+                .create(SandboxSpec::new().template("sbx-no-such-image:1"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+            assert!(e.to_string().contains("cargo xtask image"), "{e}");
+            Ok(())
+        },
+    );
+    let rt = runtime.clone();
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::safety::defaults_are_contained".into(),
+        false,
+        move || async move {
+            let sb = rt
+                .create(SandboxSpec::new().metadata(SUITE_LABEL, &id))
+                .await?;
+            let inspect = rt
+                .docker()
+                .inspect_container(&format!("sbx-{}", sb.id()), None)
+                .await
+                .unwrap();
+            let hc = inspect.host_config.unwrap();
+            assert_eq!(hc.privileged, Some(false));
+            assert_eq!(hc.init, Some(true));
+            assert!(hc
+                .security_opt
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o == "no-new-privileges"));
+            assert_eq!(hc.pids_limit, Some(1024));
+            assert_eq!(hc.memory, Some(2048 * 1024 * 1024));
+            // PID 1 is the init that reaps zombies.
+            let out = sb.exec_shell("cat /proc/1/cmdline | tr '\\0' ' '").await?;
+            assert!(out.stdout_text().contains("docker-init"), "{out:?}");
+            sb.kill().await
+        },
+    );
+    suite.run()
+}
+
+/// A template `FROM sbx-base:bookworm` with a start command serving a file and a ready command
+/// waiting for it.
+async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("sbx-test-tpl-{run_id}");
+    std::fs::write(
+        dir.path().join("e2b.toml"),
+        format!(
+            "template_id = \"tpl{run_id}\"\ntemplate_name = \"{name}\"\ndockerfile = \"e2b.Dockerfile\"\n\
+             start_cmd = \"echo started > /tmp/started; sleep 1; echo ready > /tmp/ready\"\n\
+             ready_cmd = \"test -f /tmp/ready\"\ncpu_count = 1\nmemory_mb = 512\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("e2b.Dockerfile"),
+        format!("FROM {BASE}\nRUN echo baked > /etc/sbx-template-marker\n"),
+    )
+    .unwrap();
+    let mut lines = Vec::new();
+    let tag = rt
+        .build_template(dir.path(), |l| lines.push(l.to_string()))
+        .await?;
+    assert_eq!(tag, name);
+    assert!(
+        lines.iter().any(|l| l.contains("Step")),
+        "build output was streamed: {lines:?}"
+    );
+    let result = async {
+        let sb = rt
+            .create(
+                SandboxSpec::new()
+                    .template(&name)
+                    .metadata(SUITE_LABEL, &run_id),
+            )
+            .await?;
+        // create returned only once ready_cmd succeeded.
+        assert_eq!(sb.files().read_to_string("/tmp/ready").await?, "ready\n");
+        assert_eq!(
+            sb.files()
+                .read_to_string("/etc/sbx-template-marker")
+                .await?,
+            "baked\n"
+        );
+        let inspect = rt
+            .docker()
+            .inspect_container(&format!("sbx-{}", sb.id()), None)
+            .await
+            .unwrap();
+        assert_eq!(inspect.host_config.unwrap().memory, Some(512 * 1024 * 1024));
+        sb.kill().await
+    }
+    .await;
+    let _ = rt
+        .docker()
+        .remove_image(
+            &name,
+            Some(bollard::image::RemoveImageOptions {
+                force: true,
+                noprune: false,
+            }),
+            None,
+        )
+        .await;
+    result
+}
+
+/// Runs this test binary as a child in `mode` and returns its stdout.
+async fn run_child(mode: &str, run_id: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = tokio::process::Command::new(exe)
+        .env("SBX_TEST_CHILD", mode)
+        .env("SBX_TEST_RUN_ID", run_id)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn shared_between_processes(run_id: String) -> runtime_core::Result<()> {
+    let tag = format!("xproc-{:x}", rand_u32());
+    let id = run_child(&format!("create:600:{tag}"), &run_id).await;
+    let rt = DockerRuntime::builder().build().await?;
+    let listed = rt.list(&ListFilter::all().metadata("xproc", &tag)).await?;
+    assert_eq!(
+        listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    let sb = rt.connect(&id).await?;
+    assert_eq!(
+        sb.files().read_to_string("/tmp/from-child").await?,
+        "written by the child"
+    );
+    let killed = run_child(&format!("kill:{id}"), &run_id).await;
+    assert_eq!(killed, "killed");
+    assert_eq!(
+        rt.connect(&id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    Ok(())
+}
+
+async fn expires_without_us(run_id: String) -> runtime_core::Result<()> {
+    let tag = format!("expire-{:x}", rand_u32());
+    let id = run_child(&format!("create:3:{tag}"), &run_id).await;
+    // The child has exited: nothing of ours runs for this sandbox now.
+    let rt = DockerRuntime::builder().build().await?;
+    let mut gone = false;
+    for _ in 0..120 {
+        let containers = rt
+            .docker()
+            .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+                all: true,
+                filters: [("label".to_string(), vec![format!("sbx.id={id}")])].into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        if containers.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(gone, "the expired sandbox's container was removed");
+    assert_eq!(
+        rt.connect(&id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    Ok(())
+}
+
+async fn memory_bounded(run_id: String, what: &str) -> runtime_core::Result<()> {
+    let report = run_child(&format!("memory:{what}"), &run_id).await;
+    let (bytes, peak_kib) = report.split_once(' ').unwrap();
+    let bytes: u64 = bytes.parse().unwrap();
+    let peak_kib: u64 = peak_kib.parse().unwrap();
+    let expected = if what == "stdout" {
+        500 << 20
+    } else {
+        200 << 20
+    };
+    assert_eq!(bytes, expected, "every byte arrived");
+    assert!(
+        peak_kib < 100 * 1024,
+        "peak RSS {peak_kib} KiB is under 100 MiB"
+    );
+    eprintln!(
+        "{what}: moved {bytes} bytes with a peak RSS of {} MiB",
+        peak_kib / 1024
+    );
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id()
+}
+
+/// Peak resident set size of this process, from the kernel's own accounting.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The child side of the cross-process and memory trials.
+fn child(mode: &str) -> ExitCode {
+    let run_id = std::env::var("SBX_TEST_RUN_ID").unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result: runtime_core::Result<String> = rt.block_on(async {
+        let docker = DockerRuntime::builder().build().await?;
+        let parts: Vec<&str> = mode.split(':').collect();
+        match parts.as_slice() {
+            ["create", ttl, tag] => {
+                let spec = SandboxSpec::new()
+                    .template(MINI)
+                    .metadata(SUITE_LABEL, &run_id)
+                    .metadata("xproc", *tag)
+                    .timeout(Duration::from_secs(ttl.parse().unwrap()));
+                let sb = docker.create(spec).await?;
+                sb.files()
+                    .write_str("/tmp/from-child", "written by the child")
+                    .await?;
+                Ok(sb.id().to_string())
+            }
+            ["kill", id] => {
+                docker.kill(id).await?;
+                Ok("killed".into())
+            }
+            ["memory", what] => {
+                let sb = docker
+                    .create(
+                        SandboxSpec::new()
+                            .template(MINI)
+                            .metadata(SUITE_LABEL, &run_id),
+                    )
+                    .await?;
+                let moved = async {
+                    if *what == "stdout" {
+                        let mut p = sb
+                            .spawn(CommandSpec::shell("head -c 524288000 /dev/zero"))
+                            .await?;
+                        let mut n = 0u64;
+                        while let Some(ev) = p.next_event().await {
+                            match ev? {
+                                ProcessEvent::Stdout(b) => n += b.len() as u64,
+                                ProcessEvent::Stderr(_) => {}
+                                ProcessEvent::Exited { code } => assert_eq!(code, 0),
+                            }
+                        }
+                        Ok::<u64, runtime_core::Error>(n)
+                    } else {
+                        // 200 MiB up from a generated stream, then down, counted.
+                        let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+                        let up =
+                            futures_util::stream::iter((0..200).map(move |_| Ok(chunk.clone())))
+                                .boxed();
+                        sb.files().write_stream("/tmp/big.bin", up).await?;
+                        let mut down = sb.files().read_stream("/tmp/big.bin").await?;
+                        let mut n = 0u64;
+                        while let Some(c) = down.next().await {
+                            let c = c?;
+                            assert!(c.iter().all(|&b| b == 7));
+                            n += c.len() as u64;
+                        }
+                        Ok(n)
+                    }
+                }
+                .await;
+                sb.kill().await?;
+                Ok(format!("{} {}", moved?, peak_rss_kib()))
+            }
+            _ => panic!("unknown child mode {mode}"),
+        }
+    });
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("child {mode}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

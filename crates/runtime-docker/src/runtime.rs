@@ -1,0 +1,700 @@
+//! [`DockerRuntime`] and its builder.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::container::{
+    Config, CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use bollard::models::{
+    ContainerStateStatusEnum, DeviceRequest, HostConfig, Mount as DockerMount, MountTypeEnum,
+    PortBinding,
+};
+use bollard::Docker;
+use runtime_core::{
+    Capabilities, ListFilter, Mount, MountSource, NetworkMode, Resources, Runtime, Sandbox,
+    SandboxInfo, SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
+};
+use runtime_core::{Error, ErrorKind, Result};
+use tracing::{debug, info_span, Instrument};
+
+use crate::error::{err, map, BACKEND};
+use crate::sandbox::DockerSandbox;
+use crate::template::TemplateInfo;
+
+/// The image used when neither the sandbox nor the configuration names one.
+pub const DEFAULT_IMAGE: &str = "sbx-base:bookworm";
+
+/// The container's main process: keeps the sandbox alive until the deadline in
+/// `/.sbx/deadline` (epoch seconds, put there before start) passes, then exits, and the
+/// engine removes the container. A jump in the clock (the container was paused) grants a
+/// grace period so a resumed sandbox is not killed before its new deadline is written.
+const INIT: &str = r#"last=$(date +%s); grace=0
+while :; do
+  now=$(date +%s)
+  if [ $((now - last)) -gt 5 ]; then grace=$((now + 15)); fi
+  last=$now
+  dl=0; read -r dl < /.sbx/deadline 2>/dev/null
+  case $dl in ''|*[!0-9]*) dl=0;; esac
+  if [ "$now" -ge "$dl" ] && [ "$now" -ge "$grace" ]; then exit 0; fi
+  sleep 1
+done"#;
+
+/// Label names, under a configurable prefix (default `sbx`).
+#[derive(Debug, Clone)]
+pub(crate) struct Labels {
+    prefix: String,
+}
+
+impl Labels {
+    pub(crate) fn id(&self) -> String {
+        format!("{}.id", self.prefix)
+    }
+    pub(crate) fn template(&self) -> String {
+        format!("{}.template", self.prefix)
+    }
+    pub(crate) fn created(&self) -> String {
+        format!("{}.created", self.prefix)
+    }
+    pub(crate) fn user(&self) -> String {
+        format!("{}.user", self.prefix)
+    }
+    pub(crate) fn workdir(&self) -> String {
+        format!("{}.workdir", self.prefix)
+    }
+    pub(crate) fn meta_prefix(&self) -> String {
+        format!("{}.meta.", self.prefix)
+    }
+    /// The container name of a sandbox id.
+    pub(crate) fn container(&self, id: &str) -> String {
+        format!("{}-{id}", self.prefix)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) image: String,
+    pub(crate) network: NetworkMode,
+    pub(crate) mounts: Vec<Mount>,
+    pub(crate) workdir: String,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) ttl: Duration,
+    pub(crate) labels: Labels,
+    pub(crate) binding_address: String,
+    pub(crate) additional_networks: Vec<String>,
+    pub(crate) resources: Resources,
+}
+
+/// Sandboxes as containers on a Docker engine.
+///
+/// See the [crate documentation](crate) for what it does and how to configure it.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    pub(crate) docker: Docker,
+    pub(crate) settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(BACKEND)
+    }
+}
+
+/// Builds a [`DockerRuntime`]: `DockerRuntime::builder().image("x").build().await?`.
+#[derive(Debug)]
+pub struct DockerRuntimeBuilder {
+    host: Option<String>,
+    image: String,
+    network: NetworkMode,
+    mounts: Vec<Mount>,
+    workdir: String,
+    env: BTreeMap<String, String>,
+    ttl: Duration,
+    label_prefix: String,
+    binding_address: String,
+    additional_networks: Vec<String>,
+    resources: Resources,
+}
+
+impl Default for DockerRuntimeBuilder {
+    fn default() -> Self {
+        DockerRuntimeBuilder {
+            host: None,
+            image: DEFAULT_IMAGE.into(),
+            network: NetworkMode::Bridge,
+            mounts: Vec::new(),
+            workdir: "/workspace".into(),
+            env: BTreeMap::new(),
+            ttl: DEFAULT_SANDBOX_TIMEOUT,
+            label_prefix: "sbx".into(),
+            binding_address: "127.0.0.1".into(),
+            additional_networks: Vec::new(),
+            resources: Resources::new().memory_mb(2048).pids(1024),
+        }
+    }
+}
+
+impl DockerRuntimeBuilder {
+    /// Engine address (`unix:///path`, `tcp://host:port`); default: `DOCKER_HOST` or the local
+    /// socket.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+    /// Image for sandboxes that name no template. Default [`DEFAULT_IMAGE`].
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = image.into();
+        self
+    }
+    /// Network mode. Default bridge.
+    pub fn network(mut self, network: NetworkMode) -> Self {
+        self.network = network;
+        self
+    }
+    /// Mounts every sandbox gets (on top of [`SandboxSpec::mounts`]).
+    pub fn mounts(mut self, mounts: Vec<Mount>) -> Self {
+        self.mounts = mounts;
+        self
+    }
+    /// Default working directory, created if missing. Default `/workspace`.
+    pub fn workdir(mut self, workdir: impl Into<String>) -> Self {
+        self.workdir = workdir.into();
+        self
+    }
+    /// Environment every sandbox starts with.
+    pub fn env(mut self, env: BTreeMap<String, String>) -> Self {
+        self.env = env;
+        self
+    }
+    /// Default time to live. Default 300 s.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Prefix of our labels and container names. Default `sbx`.
+    pub fn label_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.label_prefix = prefix.into();
+        self
+    }
+    /// Host address published ports bind to. Default `127.0.0.1`.
+    pub fn binding_address(mut self, address: impl Into<String>) -> Self {
+        self.binding_address = address.into();
+        self
+    }
+    /// Networks to connect every sandbox to after start.
+    pub fn additional_networks(mut self, networks: Vec<String>) -> Self {
+        self.additional_networks = networks;
+        self
+    }
+    /// Default limits (a sandbox's own [`SandboxSpec::resources`] wins field by field).
+    /// Default: 2048 MiB of memory, 1024 processes.
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+
+    /// Connects to the engine, negotiating the API version.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when no engine answers, naming the address tried.
+    pub async fn build(self) -> Result<DockerRuntime> {
+        let host = self
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let unavailable = |e: bollard::errors::Error| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no Docker engine answers at {host}; start one (`cargo xtask docker` installs \
+                     and starts Debian's docker.io) or set DOCKER_HOST"
+                ),
+            )
+            .with_backend(BACKEND)
+            .with_operation("connect to engine")
+            .with_source(e)
+        };
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "connect to engine",
+                format!("unsupported engine address {host:?}; use unix:///path or tcp://host:port"),
+            ));
+        }
+        .map_err(unavailable)?;
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        docker.ping().await.map_err(unavailable)?;
+        debug!(host, "connected to the Docker engine");
+        Ok(DockerRuntime {
+            docker,
+            settings: Arc::new(Settings {
+                image: self.image,
+                network: self.network,
+                mounts: self.mounts,
+                workdir: self.workdir,
+                env: self.env,
+                ttl: self.ttl,
+                labels: Labels {
+                    prefix: self.label_prefix,
+                },
+                binding_address: self.binding_address,
+                additional_networks: self.additional_networks,
+                resources: self.resources,
+            }),
+        })
+    }
+}
+
+pub(crate) fn epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `/.sbx`: the deadline file and the world-writable process registry, unpacked before start.
+fn sbx_dir(deadline: u64) -> Result<bytes::Bytes> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = |path: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        b.append_data(&mut h, path, std::io::empty())
+    };
+    dir(".sbx/", 0o755)?;
+    dir(".sbx/procs/", 0o1777)?;
+    let content = format!("{deadline}\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(content.len() as u64);
+    b.append_data(&mut h, ".sbx/deadline", content.as_bytes())?;
+    Ok(bytes::Bytes::from(b.into_inner()?))
+}
+
+fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..20)
+        .map(|_| ALPHABET[rand::random::<usize>() % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Whether `id` has the form of a sandbox id (so it can name a container safely).
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+impl DockerRuntime {
+    /// A builder with the defaults.
+    pub fn builder() -> DockerRuntimeBuilder {
+        DockerRuntimeBuilder::default()
+    }
+
+    /// The engine client, for tools and tests.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn not_found(id: &str, op: &'static str) -> Error {
+        err(
+            ErrorKind::NotFound,
+            op,
+            format!("sandbox {id} doesn't exist (killed, expired, or never made by this backend)"),
+        )
+        .with_context("sandbox_id", id)
+    }
+
+    /// Resolves the image for a template name: `None` or `base` is the default image.
+    fn image_for(&self, template: Option<&str>) -> String {
+        match template {
+            None | Some("") | Some("base") => self.settings.image.clone(),
+            Some(t) => t.to_string(),
+        }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<TemplateInfo> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(TemplateInfo::from_labels(
+                inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+            )),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(err(
+                ErrorKind::NotFound,
+                "create",
+                format!(
+                    "image '{image}' is not on this engine and no registry is used; build the \
+                         default image with `cargo xtask image`, build a template with `sbx \
+                         template build DIR`, or set [docker] image / sandbox.base_container_image"
+                ),
+            )
+            .with_context("image", image)),
+            Err(e) => Err(map(e, "create", "image")),
+        }
+    }
+
+    pub(crate) async fn sandbox_from_container(
+        &self,
+        id: &str,
+        op: &'static str,
+    ) -> Result<(DockerSandbox, SandboxState)> {
+        if !valid_id(id) {
+            return Err(Self::not_found(id, op));
+        }
+        let name = self.settings.labels.container(id);
+        let inspect = match self.docker.inspect_container(&name, None).await {
+            Ok(i) => i,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(Self::not_found(id, op)),
+            Err(e) => return Err(map(e, op, "sandbox")),
+        };
+        let labels = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if labels.get(&self.settings.labels.id()).map(String::as_str) != Some(id) {
+            return Err(Self::not_found(id, op));
+        }
+        let state = match inspect.state.as_ref().and_then(|s| s.status) {
+            Some(ContainerStateStatusEnum::RUNNING) => SandboxState::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => SandboxState::Paused,
+            _ => return Err(Self::not_found(id, op)),
+        };
+        let workdir = labels
+            .get(&self.settings.labels.workdir())
+            .cloned()
+            .unwrap_or_else(|| self.settings.workdir.clone());
+        let user = labels
+            .get(&self.settings.labels.user())
+            .cloned()
+            .filter(|u| !u.is_empty());
+        Ok((
+            DockerSandbox::new(self.clone(), id.to_string(), name, workdir, user),
+            state,
+        ))
+    }
+
+    pub(crate) fn info_from_labels(
+        &self,
+        id: &str,
+        labels: &HashMap<String, String>,
+        state: SandboxState,
+    ) -> SandboxInfo {
+        let l = &self.settings.labels;
+        let mut info = SandboxInfo::new(
+            id,
+            labels.get(&l.template()).cloned().unwrap_or_default(),
+            BACKEND,
+        );
+        let meta = l.meta_prefix();
+        info.metadata = labels
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&meta).map(|k| (k.to_string(), v.clone())))
+            .collect();
+        info.state = state;
+        if let Some(created) = labels.get(&l.created()).and_then(|c| c.parse::<u64>().ok()) {
+            info.started_at = UNIX_EPOCH + Duration::from_secs(created);
+        }
+        info
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        let id = new_id();
+        let span = info_span!("create", backend = BACKEND, sandbox_id = %id);
+        async move {
+            let s = &self.settings;
+            let image = self.image_for(spec.template.as_deref());
+            let template = self.ensure_image(&image).await?;
+            let ttl = spec.timeout.unwrap_or(s.ttl);
+            let now = SystemTime::now();
+            let deadline = epoch(now + ttl).max(epoch(now) + 1);
+            let workdir = spec.cwd.clone().unwrap_or_else(|| s.workdir.clone());
+
+            let l = &s.labels;
+            let mut labels: HashMap<String, String> = HashMap::new();
+            labels.insert(l.id(), id.clone());
+            labels.insert(
+                l.template(),
+                spec.template.clone().unwrap_or_else(|| image.clone()),
+            );
+            labels.insert(l.created(), epoch(now).to_string());
+            labels.insert(l.workdir(), workdir.clone());
+            labels.insert(l.user(), spec.user.clone().unwrap_or_default());
+            for (k, v) in &spec.metadata {
+                labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
+            }
+
+            let mut env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+
+            let network = spec.network.clone().unwrap_or_else(|| s.network.clone());
+            let publish = matches!(network, NetworkMode::Bridge | NetworkMode::Named(_));
+            let mut exposed = HashMap::new();
+            let mut bindings = HashMap::new();
+            for port in &spec.ports {
+                exposed.insert(format!("{port}/tcp"), HashMap::new());
+                if publish {
+                    bindings.insert(
+                        format!("{port}/tcp"),
+                        Some(vec![PortBinding {
+                            host_ip: Some(s.binding_address.clone()),
+                            host_port: Some(String::new()),
+                        }]),
+                    );
+                }
+            }
+
+            let mounts: Vec<DockerMount> = s
+                .mounts
+                .iter()
+                .chain(spec.mounts.iter())
+                .map(|m| DockerMount {
+                    target: Some(m.target.clone()),
+                    source: Some(match &m.source {
+                        MountSource::HostPath(p) | MountSource::Volume(p) => p.clone(),
+                    }),
+                    typ: Some(match m.source {
+                        MountSource::HostPath(_) => MountTypeEnum::BIND,
+                        MountSource::Volume(_) => MountTypeEnum::VOLUME,
+                    }),
+                    read_only: Some(m.read_only),
+                    ..Default::default()
+                })
+                .collect();
+
+            let r = &spec.resources;
+            let d = &s.resources;
+            let memory = r
+                .memory_mb
+                .or(template.memory_mb.map(u64::from))
+                .or(d.memory_mb)
+                .map(|mb| (mb * 1024 * 1024) as i64);
+            let gpus = r.gpus.clone().or_else(|| d.gpus.clone());
+            let host_config = HostConfig {
+                auto_remove: Some(true),
+                init: Some(true),
+                privileged: Some(false),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                network_mode: Some(network.as_str().to_string()),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                memory,
+                memory_swap: memory,
+                nano_cpus: r
+                    .cpus
+                    .or(template.cpu_count.map(f64::from))
+                    .or(d.cpus)
+                    .map(|c| (c * 1e9) as i64),
+                pids_limit: r.pids.or(d.pids).map(|p| p as i64),
+                device_requests: gpus.map(|ids| {
+                    vec![DeviceRequest {
+                        driver: Some(String::new()),
+                        count: ids.is_empty().then_some(-1),
+                        device_ids: (!ids.is_empty()).then_some(ids),
+                        capabilities: Some(vec![vec!["gpu".into()]]),
+                        options: None,
+                    }]
+                }),
+                ..Default::default()
+            };
+            let config = Config {
+                image: Some(image.clone()),
+                entrypoint: Some(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    INIT.into(),
+                    "sbx-init".into(),
+                ]),
+                cmd: Some(vec![]),
+                env: Some(env),
+                labels: Some(labels.clone()),
+                working_dir: Some(workdir.clone()),
+                exposed_ports: (!exposed.is_empty()).then_some(exposed),
+                host_config: Some(host_config),
+                ..Default::default()
+            };
+            let name = l.container(&id);
+            self.docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: name.clone(),
+                        platform: None,
+                    }),
+                    config,
+                )
+                .await
+                .map_err(|e| map(e, "create", "image").with_context("image", &image))?;
+            let started = async {
+                self.docker
+                    .upload_to_container(
+                        &name,
+                        Some(bollard::container::UploadToContainerOptions {
+                            path: "/".to_string(),
+                            ..Default::default()
+                        }),
+                        sbx_dir(deadline)?,
+                    )
+                    .await
+                    .map_err(|e| map(e, "create", "sandbox"))?;
+                self.docker
+                    .start_container::<String>(&name, None)
+                    .await
+                    .map_err(|e| map(e, "create", "sandbox"))?;
+                for net in &s.additional_networks {
+                    self.docker
+                        .connect_network(
+                            net,
+                            bollard::network::ConnectNetworkOptions {
+                                container: name.clone(),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(|e| map(e, "create", "network").with_context("network", net))?;
+                }
+                let sandbox = DockerSandbox::new(
+                    self.clone(),
+                    id.clone(),
+                    name.clone(),
+                    workdir,
+                    spec.user.clone(),
+                );
+                sandbox.wait_ready(&template).await?;
+                Ok::<_, Error>(sandbox)
+            }
+            .await;
+            match started {
+                Ok(sandbox) => {
+                    debug!(image, "sandbox created");
+                    Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+                }
+                Err(e) => {
+                    // Nothing half-made is left behind.
+                    let _ = self
+                        .docker
+                        .remove_container(
+                            &name,
+                            Some(RemoveContainerOptions {
+                                force: true,
+                                v: true,
+                                link: false,
+                            }),
+                        )
+                        .await;
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
+        let (sandbox, state) = self.sandbox_from_container(id, "connect").await?;
+        if state == SandboxState::Paused {
+            self.docker
+                .unpause_container(&self.settings.labels.container(id))
+                .await
+                .map_err(|e| map(e, "connect", "sandbox"))?;
+            sandbox.write_deadline(self.settings.ttl, "connect").await?;
+        }
+        Ok(Box::new(sandbox))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {
+        let l = &self.settings.labels;
+        let mut label_filters = vec![l.id()];
+        for (k, v) in &filter.metadata {
+            label_filters.push(format!("{}{k}={v}", l.meta_prefix()));
+        }
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), label_filters);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map(e, "list", "sandbox"))?;
+        let mut out = Vec::new();
+        for c in containers {
+            let labels = c.labels.unwrap_or_default();
+            let Some(id) = labels.get(&l.id()).cloned() else {
+                continue;
+            };
+            let state = match c.state.as_deref() {
+                Some("running") => SandboxState::Running,
+                Some("paused") => SandboxState::Paused,
+                _ => continue,
+            };
+            let info = self.info_from_labels(&id, &labels, state);
+            if filter.matches(&info) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn kill(&self, id: &str) -> Result<()> {
+        if !valid_id(id) {
+            return Err(Self::not_found(id, "kill"));
+        }
+        // Only containers carrying our id label are ever removed.
+        self.sandbox_from_container(id, "kill").await?;
+        match self
+            .docker
+            .remove_container(
+                &self.settings.labels.container(id),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(Self::not_found(id, "kill")),
+            // Removal already under way (the sandbox expired just now): it is going.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(map(e, "kill", "sandbox")),
+        }
+    }
+}
