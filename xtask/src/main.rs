@@ -1,1 +1,280 @@
-fn main() {}
+//! Project automation, with no dependencies beyond std.
+//!
+//! ```text
+//! cargo xtask ci        everything CI checks: engine, images, fmt, clippy, docs, tests
+//! cargo xtask docker    make sure a Docker engine answers (installs and starts docker.io if needed)
+//! cargo xtask image     build sbx-base:bookworm and sbx-mini:latest from Debian packages
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+const BASE_IMAGE: &str = "sbx-base:bookworm";
+const MINI_IMAGE: &str = "sbx-mini:latest";
+const BASE_PACKAGES: &str =
+    "bash,coreutils,procps,python3,ca-certificates,curl,findutils,grep,sed,tar,gzip";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let force = args.iter().any(|a| a == "--force");
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("docker") => docker(),
+        Some("image") => docker().and_then(|_| images(force)),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | docker | image [--force]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub(crate) fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+/// Runs a command, streaming its output, failing on a non-zero exit.
+pub(crate) fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn ci() -> Result {
+    docker()?;
+    images(false)?;
+    step("cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy (warnings are errors)");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo doc (warnings are errors)");
+    run(cargo()
+        .args(["doc", "--no-deps", "--workspace"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    step("cargo test (SBX_REQUIRE_DOCKER=1: a missing engine fails the run)");
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("SBX_REQUIRE_DOCKER", "1"))?;
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn apt_install(packages: &[&str]) -> Result {
+    if !is_root() {
+        return Err(format!(
+            "these Debian packages are needed: {}; install them (as root: apt-get install {})",
+            packages.join(" "),
+            packages.join(" ")
+        ));
+    }
+    step(&format!("apt-get install {}", packages.join(" ")));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn engine_answers() -> bool {
+    succeeds(Command::new("docker").arg("info"))
+}
+
+/// Makes sure a Docker engine answers: installs Debian's docker.io and starts dockerd if needed.
+fn docker() -> Result {
+    if engine_answers() {
+        return Ok(());
+    }
+    step("no Docker engine answers; starting one");
+    if !succeeds(Command::new("sh").args(["-c", "command -v dockerd"])) {
+        apt_install(&["docker.io"])?;
+    }
+    if !is_root() {
+        return Err(
+            "the Docker engine is not running and starting it needs root: sudo dockerd &".into(),
+        );
+    }
+    let log = std::fs::File::create("/var/log/sbx-dockerd.log").map_err(|e| e.to_string())?;
+    Command::new("dockerd")
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start dockerd: {e}"))?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(90) {
+        if engine_answers() {
+            eprintln!(
+                "Docker engine is up after {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err("dockerd did not answer within 90s; see /var/log/sbx-dockerd.log".into())
+}
+
+fn image_exists(name: &str) -> bool {
+    succeeds(Command::new("docker").args(["image", "inspect", name]))
+}
+
+/// Builds the two sandbox images from Debian packages, with no registry.
+fn images(force: bool) -> Result {
+    let need_base = force || !image_exists(BASE_IMAGE);
+    let need_mini = force || !image_exists(MINI_IMAGE);
+    if !need_base && !need_mini {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if need_base && !succeeds(Command::new("sh").args(["-c", "command -v debootstrap"])) {
+        missing.push("debootstrap");
+    }
+    if need_mini && !Path::new("/bin/busybox").exists() {
+        missing.push("busybox-static");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    let work = std::env::temp_dir().join(format!("sbx-image-{}", std::process::id()));
+    let result = (|| {
+        if need_mini {
+            build_mini(&work.join("mini"))?;
+        }
+        if need_base {
+            build_base(&work.join("base"))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn build_mini(rootfs: &Path) -> Result {
+    step(&format!(
+        "building {MINI_IMAGE} from Debian's busybox-static"
+    ));
+    for dir in [
+        "bin",
+        "tmp",
+        "etc",
+        "root",
+        "home/user",
+        "proc",
+        "sys",
+        "dev",
+        "workspace",
+    ] {
+        std::fs::create_dir_all(rootfs.join(dir)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
+    run(Command::new("chroot")
+        .arg(rootfs)
+        .args(["/bin/busybox", "--install", "-s", "/bin"]))?;
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\n")
+        .map_err(|e| e.to_string())?;
+    run(Command::new("chmod").arg("1777").arg(rootfs.join("tmp")))?;
+    run(Command::new("chown")
+        .arg("1000:1000")
+        .arg(rootfs.join("home/user")))?;
+    import(rootfs, MINI_IMAGE, "/bin/sh", "PATH=/bin")
+}
+
+fn build_base(rootfs: &Path) -> Result {
+    step(&format!(
+        "building {BASE_IMAGE}: debootstrap --variant=minbase bookworm ({BASE_PACKAGES}); about a minute"
+    ));
+    let mirror = std::env::var("SBX_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            &format!("--include={BASE_PACKAGES}"),
+            "bookworm",
+        ])
+        .arg(rootfs)
+        .arg(&mirror))?;
+    run(Command::new("chroot").arg(rootfs).args([
+        "useradd",
+        "--create-home",
+        "--uid",
+        "1000",
+        "--shell",
+        "/bin/bash",
+        "user",
+    ]))?;
+    run(Command::new("sh").arg("-c").arg(format!(
+        "rm -rf {r}/var/cache/apt/archives/*.deb {r}/var/lib/apt/lists/* && mkdir -p {r}/workspace",
+        r = rootfs.display()
+    )))?;
+    import(
+        rootfs,
+        BASE_IMAGE,
+        "/bin/bash",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8",
+    )
+}
+
+/// `tar -C rootfs -c . | docker import`.
+fn import(rootfs: &Path, tag: &str, shell: &str, env: &str) -> Result {
+    step(&format!("docker import {tag}"));
+    let script = format!(
+        "tar -C '{}' -c . | docker import -c 'CMD [\"{shell}\"]' -c 'ENV {env}' - {tag}",
+        rootfs.display()
+    );
+    run(Command::new("sh").arg("-c").arg(script))
+}

@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn display_has_backend_operation_kind_context_and_source() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk on fire");
+        let io = std::io::Error::other("disk on fire");
         let err = Error::new(ErrorKind::Unavailable, "engine not answering")
             .with_backend("docker")
             .with_operation("create")

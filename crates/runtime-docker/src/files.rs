@@ -327,7 +327,7 @@ impl FileStore for DockerFiles {
 
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
         let full = self.absolute(path, "list")?;
-        let depth = depth.max(1).min(4096).to_string();
+        let depth = depth.clamp(1, 4096).to_string();
         let out = self
             .helper(LIST, &[&full, &depth, STAT_FORMAT], "list", path)
             .await?;
