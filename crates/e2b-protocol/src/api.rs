@@ -1,0 +1,250 @@
+//! The control-plane REST API: request and response models, errors, the metadata filter.
+
+use std::collections::BTreeMap;
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+
+/// The `clientID` E2B reports for every sandbox.
+pub const CLIENT_ID: &str = "6532622b";
+
+/// `NewSandbox` (v1) and `NewSandboxV2`: what `POST /sandboxes` and `POST /v2/sandboxes` take.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    /// Template id or alias.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Time to live in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// Pause instead of kill at the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause: Option<bool>,
+    /// Metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Environment variables of the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// Internet access (snake_case on the wire, as the SDK sends it).
+    #[serde(
+        default,
+        rename = "allow_internet_access",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
+    /// v1 only: ask for an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+}
+
+/// `Sandbox`: the answer to create and connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxCreated {
+    /// Template id.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Sandbox id.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// Template alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Always [`CLIENT_ID`].
+    #[serde(rename = "clientID", default)]
+    pub client_id: String,
+    /// envd version.
+    #[serde(default)]
+    pub envd_version: String,
+    /// Token for envd (`X-Access-Token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    /// Token for user ports (always present, may be null).
+    #[serde(default)]
+    pub traffic_access_token: Option<String>,
+    /// Domain of the sandbox (always present, may be null).
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// `SandboxDetail` (`GET /sandboxes/{id}`) and `ListedSandbox` (list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDetail {
+    /// Template id.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Template alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Sandbox id.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// Always [`CLIENT_ID`].
+    #[serde(rename = "clientID", default)]
+    pub client_id: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub started_at: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub end_at: String,
+    /// envd version.
+    #[serde(default)]
+    pub envd_version: String,
+    /// CPUs.
+    #[serde(default)]
+    pub cpu_count: u32,
+    /// Memory.
+    #[serde(rename = "memoryMB", default)]
+    pub memory_mb: u64,
+    /// Disk.
+    #[serde(rename = "diskSizeMB", default)]
+    pub disk_size_mb: u64,
+    /// `running` or `paused`.
+    #[serde(default)]
+    pub state: String,
+    /// Metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Token for envd (detail only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    /// Domain (detail only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// `POST /v2/sandboxes/{id}/connect` and `POST /sandboxes/{id}/resume` bodies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectSandbox {
+    /// Seconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+}
+
+/// `POST /sandboxes/{id}/timeout` body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTimeout {
+    /// Seconds from now.
+    pub timeout: i64,
+}
+
+/// Every error body: `{"code": <status>, "message": "..."}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The HTTP status.
+    #[serde(default)]
+    pub code: u16,
+    /// What happened.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Characters Python's `quote(s, safe="/")` leaves alone, inverted.
+const QUOTE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~')
+    .remove(b'/');
+/// `quote_plus(s, safe="")`.
+const QUOTE_PLUS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~');
+
+/// The value of the `metadata` list parameter, encoded as the Python SDK does (before the
+/// HTTP client encodes it once more as a query value).
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// let m = BTreeMap::from([("k".to_string(), "v w".to_string())]);
+/// assert_eq!(e2b_protocol::encode_metadata_filter(&m), "k=v%2520w");
+/// ```
+pub fn encode_metadata_filter(metadata: &BTreeMap<String, String>) -> String {
+    metadata
+        .iter()
+        .map(|(k, v)| {
+            let k = utf8_percent_encode(k, QUOTE).to_string();
+            let v = utf8_percent_encode(v, QUOTE).to_string();
+            format!(
+                "{}={}",
+                utf8_percent_encode(&k, QUOTE_PLUS),
+                utf8_percent_encode(&v, QUOTE_PLUS)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn unescape(s: &str) -> String {
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Decodes the `metadata` parameter (already query-decoded once) as E2B's API does: unescape
+/// the whole, split on `&` and `=`, unescape each key and value.
+///
+/// ```
+/// let m = e2b_protocol::decode_metadata_filter("k=v%2520w&a=b");
+/// assert_eq!(m["k"], "v w");
+/// assert_eq!(m["a"], "b");
+/// ```
+pub fn decode_metadata_filter(param: &str) -> BTreeMap<String, String> {
+    unescape(param)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((unescape(k), unescape(v)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_filter_round_trip() {
+        let m = BTreeMap::from([
+            ("k".to_string(), "v w".to_string()),
+            ("odd key&=".to_string(), "100% ü/x".to_string()),
+        ]);
+        let encoded = encode_metadata_filter(&m);
+        // The HTTP layer's query encoding is undone by the server framework before this.
+        assert_eq!(decode_metadata_filter(&encoded), m);
+    }
+
+    #[test]
+    fn create_body_matches_the_sdk() {
+        let body: NewSandbox = serde_json::from_str(
+            r#"{"templateID":"base","timeout":120,"metadata":{"k":"v"},"envVars":{"E":"1"},"allow_internet_access":false,"autoPause":true,"autoResume":{"enabled":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(body.template_id, "base");
+        assert_eq!(body.timeout, Some(120));
+        assert_eq!(body.env_vars.unwrap()["E"], "1");
+        assert_eq!(body.allow_internet_access, Some(false));
+    }
+
+    #[test]
+    fn created_has_null_fields() {
+        let c = SandboxCreated {
+            template_id: "base".into(),
+            sandbox_id: "i1".into(),
+            client_id: CLIENT_ID.into(),
+            envd_version: "0.6.13".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""trafficAccessToken":null"#), "{json}");
+        assert!(json.contains(r#""domain":null"#), "{json}");
+        assert!(json.contains(r#""sandboxID":"i1""#), "{json}");
+    }
+}
