@@ -1,0 +1,570 @@
+//! The HTTP clients: the control plane (REST, retried) and envd (Connect with the JSON codec).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2b_protocol::api::ApiError;
+use e2b_protocol::connect::{code_for_status, kind_for_code};
+use e2b_protocol::{
+    encode_message, headers, ConnectError, EndStream, EnvelopeDecoder, STREAM_CONTENT_TYPE,
+    UNARY_CONTENT_TYPE,
+};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use runtime_core::{Error, ErrorKind, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::debug;
+
+use crate::config::E2bConfig;
+use crate::error::err;
+
+/// The user agent, as the Python SDK sends it on REST calls.
+pub(crate) const USER_AGENT: &str = concat!("sbx-runtime-e2b/", env!("CARGO_PKG_VERSION"));
+/// How many times a REST call is retried (the SDK's default).
+const RETRIES: u32 = 3;
+/// Keepalive interval asked of envd on streams, in seconds (the SDK's value).
+const KEEPALIVE_SECS: &str = "50";
+
+/// The control-plane client.
+#[derive(Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish()
+    }
+}
+
+/// A REST answer: status, headers we use, body.
+pub(crate) struct ApiResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) next_token: Option<String>,
+    pub(crate) body: Bytes,
+}
+
+impl ApiResponse {
+    pub(crate) fn json<T: DeserializeOwned>(&self, op: &'static str) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            err(
+                ErrorKind::Unexpected,
+                op,
+                format!("unexpected answer from the E2B API: {e}"),
+            )
+        })
+    }
+
+    /// Whether a 404 is the API's own JSON error (a missing sandbox) rather than a missing
+    /// route (an older server).
+    pub(crate) fn is_api_error(&self) -> bool {
+        serde_json::from_slice::<ApiError>(&self.body)
+            .map(|e| e.code != 0 || !e.message.is_empty())
+            .unwrap_or(false)
+    }
+
+    /// The error this answer means.
+    pub(crate) fn error(&self, op: &'static str) -> Error {
+        let body = serde_json::from_slice::<ApiError>(&self.body).ok();
+        let message = body
+            .map(|b| b.message)
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(300)
+                    .collect()
+            });
+        let status = self.status.as_u16();
+        let kind = match status {
+            400 | 422 => ErrorKind::InvalidInput,
+            401 => ErrorKind::Unauthenticated,
+            403 => ErrorKind::PermissionDenied,
+            404 => ErrorKind::NotFound,
+            409 => ErrorKind::Conflict,
+            429 => ErrorKind::RateLimited,
+            500..=599 => ErrorKind::Unavailable,
+            _ => ErrorKind::Unexpected,
+        };
+        let hint = match status {
+            401 => " (check E2B_API_KEY)",
+            _ => "",
+        };
+        err(kind, op, format!("{status}: {message}{hint}"))
+            .with_retryable(matches!(status, 429 | 500..=599))
+    }
+}
+
+impl Api {
+    pub(crate) fn new(config: &E2bConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| {
+                err(
+                    ErrorKind::Unexpected,
+                    "connect",
+                    "cannot build the HTTP client",
+                )
+                .with_source(e)
+            })?;
+        Ok(Api {
+            http,
+            base: config.api_url(),
+            key: config.api_key.clone(),
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// Sends a request, retrying 429/502/503/504 (or `Should-Retry: true`) as the SDK does.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+        op: &'static str,
+    ) -> Result<ApiResponse> {
+        let url = format!("{}{path}", self.base);
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .header(headers::API_KEY, &self.key)
+                .timeout(self.timeout)
+                .query(query);
+            if let Some(b) = &body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(b).expect("json"));
+            }
+            let result = req.send().await;
+            let response = match result {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => {
+                    return Err(err(
+                        ErrorKind::Timeout,
+                        op,
+                        format!("the E2B API did not answer within {:?}", self.timeout),
+                    )
+                    .with_source(e))
+                }
+                Err(e) => {
+                    if e.is_connect() && attempt < RETRIES {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(err(
+                        ErrorKind::Unavailable,
+                        op,
+                        format!("cannot reach the E2B API at {}", self.base),
+                    )
+                    .with_source(e));
+                }
+            };
+            let status = response.status();
+            let should_retry = response
+                .headers()
+                .get(headers::SHOULD_RETRY)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.eq_ignore_ascii_case("true"));
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let next_token = response
+                .headers()
+                .get(headers::NEXT_TOKEN)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(String::from);
+            let retry = should_retry.unwrap_or(matches!(status.as_u16(), 429 | 502 | 503 | 504));
+            if retry && !status.is_success() && attempt < RETRIES {
+                attempt += 1;
+                let wait = retry_after.unwrap_or_else(|| backoff(attempt));
+                if started.elapsed() + wait < self.timeout {
+                    debug!(%status, ?wait, attempt, path, "retrying the E2B API");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            let body = response.bytes().await.map_err(|e| {
+                err(ErrorKind::Unavailable, op, "the answer was cut").with_source(e)
+            })?;
+            return Ok(ApiResponse {
+                status,
+                next_token,
+                body,
+            });
+        }
+    }
+}
+
+/// `min(0.1 * 2^attempt, 10) * (0.5 + 0.5 * rand)` seconds.
+fn backoff(attempt: u32) -> Duration {
+    let base = (0.1 * 2f64.powi(attempt as i32)).min(10.0);
+    Duration::from_secs_f64(base * (0.5 + 0.5 * rand::random::<f64>()))
+}
+
+/// The envd client of one sandbox.
+#[derive(Clone)]
+pub(crate) struct Envd {
+    http: reqwest::Client,
+    /// HTTP/1.1 only, for file downloads (see the protocol notes).
+    http1: reqwest::Client,
+    pub(crate) base: String,
+    sandbox_id: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Envd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envd")
+            .field("base", &self.base)
+            .field("sandbox_id", &self.sandbox_id)
+            .finish()
+    }
+}
+
+/// The `Authorization` header for a user (`Basic base64("user:")`).
+pub(crate) fn basic_auth(user: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
+    )
+}
+
+impl Envd {
+    pub(crate) fn new(
+        base: String,
+        sandbox_id: String,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let build = |http1: bool| {
+            let b = reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(Duration::from_secs(10));
+            let b = if http1 { b.http1_only() } else { b };
+            b.build().map_err(|e| {
+                err(
+                    ErrorKind::Unexpected,
+                    "connect",
+                    "cannot build the HTTP client",
+                )
+                .with_source(e)
+            })
+        };
+        Ok(Envd {
+            http: build(false)?,
+            http1: build(true)?,
+            base,
+            sandbox_id,
+            token,
+            timeout,
+        })
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: Method,
+        path: &str,
+        user: Option<&str>,
+    ) -> RequestBuilder {
+        let mut req = client
+            .request(method, format!("{}{path}", self.base))
+            .header(headers::SANDBOX_ID, &self.sandbox_id)
+            .header(
+                headers::SANDBOX_PORT,
+                e2b_protocol::envd::ENVD_PORT.to_string(),
+            );
+        if let Some(t) = &self.token {
+            req = req.header(headers::ACCESS_TOKEN, t);
+        }
+        if let Some(u) = user {
+            req = req.header("authorization", basic_auth(u));
+        }
+        req
+    }
+
+    /// A unary Connect call.
+    pub(crate) async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+        user: Option<&str>,
+        op: &'static str,
+    ) -> Result<Resp> {
+        let body = serde_json::to_vec(request).expect("json");
+        let response = self
+            .request(&self.http, Method::POST, path, user)
+            .header("content-type", UNARY_CONTENT_TYPE)
+            .header("connect-protocol-version", "1")
+            .header(
+                headers::CONNECT_TIMEOUT,
+                self.timeout.as_millis().to_string(),
+            )
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, op, &self.base))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, op, &self.base))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                err(
+                    ErrorKind::Unexpected,
+                    op,
+                    format!("unexpected answer from envd: {e}"),
+                )
+            });
+        }
+        Err(envd_error(status.as_u16(), &bytes, op, &self.sandbox_id))
+    }
+
+    /// A server-streaming Connect call: the decoded messages, ending with an error if the
+    /// stream's end message carries one or the stream is cut.
+    pub(crate) async fn server_stream<Req: Serialize, Msg: DeserializeOwned + Send + 'static>(
+        &self,
+        path: &str,
+        request: &Req,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+        op: &'static str,
+    ) -> Result<BoxStream<'static, Result<Msg>>> {
+        let mut req = self
+            .request(&self.http, Method::POST, path, user)
+            .header("content-type", STREAM_CONTENT_TYPE)
+            .header("connect-protocol-version", "1")
+            .header("connect-content-encoding", "identity")
+            .header("connect-accept-encoding", "identity")
+            .header(headers::KEEPALIVE, KEEPALIVE_SECS)
+            .body(encode_message(request));
+        if let Some(t) = timeout {
+            req = req.header(headers::CONNECT_TIMEOUT, t.as_millis().max(1).to_string());
+        }
+        let response = req
+            .send()
+            .await
+            .map_err(|e| transport_error(e, op, &self.base))?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if !status.is_success() || !content_type.starts_with(STREAM_CONTENT_TYPE) {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(envd_error(status.as_u16(), &bytes, op, &self.sandbox_id));
+        }
+        Ok(decode_stream(response, op, self.sandbox_id.clone()))
+    }
+
+    /// `GET /files`, streamed, over HTTP/1.1.
+    pub(crate) async fn download(&self, path: &str, user: Option<&str>) -> Result<Response> {
+        let mut query = vec![("path", path.to_string())];
+        if let Some(u) = user {
+            query.push(("username", u.to_string()));
+        }
+        let response = self
+            .request(&self.http1, Method::GET, "/files", None)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, "read", &self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(envd_error(status, &bytes, "read", &self.sandbox_id).with_context("path", path))
+    }
+
+    /// `POST /files` with an octet-stream body.
+    pub(crate) async fn upload(
+        &self,
+        path: &str,
+        user: Option<&str>,
+        body: reqwest::Body,
+    ) -> Result<()> {
+        let mut query = vec![("path", path.to_string())];
+        if let Some(u) = user {
+            query.push(("username", u.to_string()));
+        }
+        let response = self
+            .request(&self.http1, Method::POST, "/files", None)
+            .query(&query)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, "write", &self.base))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        Err(envd_error(status, &bytes, "write", &self.sandbox_id).with_context("path", path))
+    }
+
+    /// `GET /health`: whether envd answers.
+    pub(crate) async fn health(&self) -> Result<bool> {
+        let response = self
+            .request(&self.http, Method::GET, "/health", None)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| transport_error(e, "health", &self.base))?;
+        Ok(response.status().is_success())
+    }
+}
+
+fn transport_error(e: reqwest::Error, op: &'static str, base: &str) -> Error {
+    if e.is_timeout() {
+        return err(ErrorKind::Timeout, op, "envd did not answer in time").with_source(e);
+    }
+    err(
+        ErrorKind::Unavailable,
+        op,
+        format!("cannot reach envd at {base}"),
+    )
+    .with_source(e)
+}
+
+/// Maps an envd (or edge proxy) error answer.
+pub(crate) fn envd_error(status: u16, body: &[u8], op: &'static str, sandbox_id: &str) -> Error {
+    if let Ok(e) = serde_json::from_slice::<ConnectError>(body) {
+        return connect_error(&e, op, sandbox_id);
+    }
+    #[derive(serde::Deserialize)]
+    struct Plain {
+        #[serde(default)]
+        message: String,
+    }
+    let message = serde_json::from_slice::<Plain>(body)
+        .map(|p| p.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(300).collect());
+    connect_error(
+        &ConnectError::new(code_for_status(status), message),
+        op,
+        sandbox_id,
+    )
+}
+
+/// Maps a Connect error; "was not found" from the proxy means the sandbox is gone.
+pub(crate) fn connect_error(e: &ConnectError, op: &'static str, sandbox_id: &str) -> Error {
+    if e.code == "unavailable" && e.message.contains("was not found") {
+        return err(
+            ErrorKind::NotFound,
+            op,
+            format!(
+                "sandbox {sandbox_id} is not running (expired or killed): {}",
+                e.message
+            ),
+        )
+        .with_context("sandbox_id", sandbox_id);
+    }
+    let kind = kind_for_code(&e.code);
+    err(kind, op, format!("{}: {}", e.code, e.message))
+        .with_retryable(kind == ErrorKind::Unavailable)
+}
+
+fn decode_stream<Msg: DeserializeOwned + Send + 'static>(
+    response: Response,
+    op: &'static str,
+    sandbox_id: String,
+) -> BoxStream<'static, Result<Msg>> {
+    struct State {
+        body: BoxStream<'static, reqwest::Result<Bytes>>,
+        decoder: EnvelopeDecoder,
+        done: bool,
+        sandbox_id: String,
+    }
+    let state = State {
+        body: response.bytes_stream().boxed(),
+        decoder: EnvelopeDecoder::default(),
+        done: false,
+        sandbox_id,
+    };
+    futures_util::stream::unfold(state, move |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            match s.decoder.next() {
+                Err(e) => {
+                    s.done = true;
+                    return Some((Err(err(ErrorKind::Unexpected, op, e.to_string())), s));
+                }
+                Ok(Some(env)) if env.is_end_stream() => {
+                    s.done = true;
+                    let end: EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
+                    return match end.error {
+                        Some(e) => Some((Err(connect_error(&e, op, &s.sandbox_id)), s)),
+                        None => None,
+                    };
+                }
+                Ok(Some(env)) => {
+                    let msg = serde_json::from_slice::<Msg>(&env.payload).map_err(|e| {
+                        err(
+                            ErrorKind::Unexpected,
+                            op,
+                            format!("unexpected message from envd: {e}"),
+                        )
+                    });
+                    return Some((msg, s));
+                }
+                Ok(None) => {}
+            }
+            match s.body.next().await {
+                Some(Ok(chunk)) => s.decoder.push(&chunk),
+                Some(Err(e)) => {
+                    s.done = true;
+                    return Some((
+                        Err(
+                            err(ErrorKind::Unavailable, op, "the stream from envd broke")
+                                .with_source(e),
+                        ),
+                        s,
+                    ));
+                }
+                None => {
+                    s.done = true;
+                    let cut = if s.decoder.pending() > 0 {
+                        " in the middle of a message"
+                    } else {
+                        ""
+                    };
+                    return Some((
+                        Err(err(
+                            ErrorKind::Unavailable,
+                            op,
+                            format!("the stream from envd ended without its end message{cut}"),
+                        )),
+                        s,
+                    ));
+                }
+            }
+        }
+    })
+    .boxed()
+}

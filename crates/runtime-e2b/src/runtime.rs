@@ -1,0 +1,428 @@
+//! [`E2bRuntime`] and its builder: the control plane.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use e2b_protocol::api::{ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail};
+use e2b_protocol::json::parse_rfc3339;
+use reqwest::{Method, StatusCode};
+use runtime_core::{
+    Capabilities, ErrorKind, ListFilter, NetworkMode, Result, Runtime, Sandbox, SandboxInfo,
+    SandboxSpec, SandboxState,
+};
+use tracing::{debug, info_span, Instrument};
+
+use crate::config::{E2bConfig, DEBUG_SANDBOX_ID};
+use crate::core::{Api, Envd};
+use crate::error::{err, BACKEND};
+use crate::sandbox::{Defaults, E2bSandbox};
+
+/// Metadata keys this backend keeps for itself (defaults E2B has no field for); hidden from
+/// `info`/`list`.
+pub(crate) const CWD_KEY: &str = "sbx.cwd";
+pub(crate) const USER_KEY: &str = "sbx.user";
+
+/// Sandboxes on E2B's cloud, or on any server that speaks its protocol (`e2b-local`).
+///
+/// See the [crate documentation](crate).
+#[derive(Clone)]
+pub struct E2bRuntime {
+    pub(crate) config: Arc<E2bConfig>,
+    pub(crate) api: Api,
+}
+
+impl std::fmt::Debug for E2bRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2bRuntime")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for E2bRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(BACKEND)
+    }
+}
+
+/// Builds an [`E2bRuntime`]. Every setting has the meaning the official SDKs give it.
+#[derive(Clone, Default)]
+pub struct E2bRuntimeBuilder {
+    api_key: Option<String>,
+    domain: Option<String>,
+    api_url: Option<String>,
+    sandbox_url: Option<String>,
+    debug: bool,
+    template: Option<String>,
+    request_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for E2bRuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2bRuntimeBuilder")
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("domain", &self.domain)
+            .field("api_url", &self.api_url)
+            .field("sandbox_url", &self.sandbox_url)
+            .field("debug", &self.debug)
+            .finish()
+    }
+}
+
+impl E2bRuntimeBuilder {
+    /// Reads `E2B_API_KEY`, `E2B_DOMAIN`, `E2B_API_URL`, `E2B_SANDBOX_URL` and `E2B_DEBUG`.
+    pub fn from_env(mut self) -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        self.api_key = var("E2B_API_KEY").or(self.api_key);
+        self.domain = var("E2B_DOMAIN").or(self.domain);
+        self.api_url = var("E2B_API_URL").or(self.api_url);
+        self.sandbox_url = var("E2B_SANDBOX_URL").or(self.sandbox_url);
+        if let Some(d) = var("E2B_DEBUG") {
+            self.debug = d.eq_ignore_ascii_case("true");
+        }
+        self
+    }
+    /// The API key, sent as `X-API-KEY`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+    /// The base domain (default `e2b.app`).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+    /// The control-plane URL (default `https://api.<domain>`).
+    pub fn api_url(mut self, url: impl Into<String>) -> Self {
+        self.api_url = Some(url.into());
+        self
+    }
+    /// One envd URL for every sandbox, routed by header (local servers).
+    pub fn sandbox_url(mut self, url: impl Into<String>) -> Self {
+        self.sandbox_url = Some(url.into());
+        self
+    }
+    /// Debug mode: `localhost:3000` and `localhost:49983`, as the SDKs do.
+    pub fn debug(mut self, debug: bool) -> Self {
+        self.debug = debug;
+        self
+    }
+    /// The template used when a sandbox names none (default `base`).
+    pub fn template(mut self, template: impl Into<String>) -> Self {
+        self.template = Some(template.into());
+        self
+    }
+    /// Deadline of each control-plane request and unary envd call (default 60 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Checks the settings. Makes no request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] when no API key is set, saying what to set.
+    pub fn build(self) -> Result<E2bRuntime> {
+        let config = E2bConfig {
+            api_key: self.api_key.unwrap_or_default(),
+            domain: self.domain.unwrap_or_else(|| "e2b.app".into()),
+            api_url: self.api_url,
+            sandbox_url: self.sandbox_url,
+            debug: self.debug,
+            template: self.template.unwrap_or_else(|| "base".into()),
+            request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(60)),
+        };
+        config.validate()?;
+        let api = Api::new(&config)?;
+        Ok(E2bRuntime {
+            config: Arc::new(config),
+            api,
+        })
+    }
+}
+
+fn hidden(key: &str) -> bool {
+    key == CWD_KEY || key == USER_KEY
+}
+
+impl E2bRuntime {
+    /// A builder with no settings.
+    pub fn builder() -> E2bRuntimeBuilder {
+        E2bRuntimeBuilder::default()
+    }
+
+    fn handle(&self, created: &SandboxCreated, defaults: Defaults) -> Result<E2bSandbox> {
+        let envd = Envd::new(
+            self.config
+                .envd_url(&created.sandbox_id, created.domain.as_deref()),
+            created.sandbox_id.clone(),
+            created.envd_access_token.clone(),
+            self.config.request_timeout,
+        )?;
+        Ok(E2bSandbox::new(
+            self.clone(),
+            created.sandbox_id.clone(),
+            created.domain.clone(),
+            envd,
+            defaults,
+        ))
+    }
+
+    pub(crate) fn not_found(id: &str, op: &'static str) -> runtime_core::Error {
+        err(
+            ErrorKind::NotFound,
+            op,
+            format!(
+                "sandbox {id} doesn't exist (killed, expired, or not visible with this API key)"
+            ),
+        )
+        .with_context("sandbox_id", id)
+    }
+
+    pub(crate) async fn detail(&self, id: &str, op: &'static str) -> Result<SandboxDetail> {
+        let r = self
+            .api
+            .send(Method::GET, &format!("/sandboxes/{id}"), &[], None, op)
+            .await?;
+        match r.status {
+            s if s.is_success() => r.json(op),
+            StatusCode::NOT_FOUND => Err(Self::not_found(id, op)),
+            _ => Err(r.error(op)),
+        }
+    }
+
+    pub(crate) fn info_from(&self, d: &SandboxDetail) -> SandboxInfo {
+        let mut info = SandboxInfo::new(
+            &d.sandbox_id,
+            d.alias.clone().unwrap_or_else(|| d.template_id.clone()),
+            BACKEND,
+        );
+        info.metadata = d
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !hidden(k))
+            .collect();
+        info.state = if d.state == "paused" {
+            SandboxState::Paused
+        } else {
+            SandboxState::Running
+        };
+        info.started_at = parse_rfc3339(&d.started_at).unwrap_or(SystemTime::UNIX_EPOCH);
+        info.expires_at = parse_rfc3339(&d.end_at);
+        info
+    }
+
+    fn defaults_from(metadata: Option<&BTreeMap<String, String>>) -> Defaults {
+        Defaults {
+            cwd: metadata.and_then(|m| m.get(CWD_KEY)).cloned(),
+            user: metadata.and_then(|m| m.get(USER_KEY)).cloned(),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for E2bRuntime {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.pause = true;
+        c.pty = true;
+        // Ports are reachable on E2B's own hosts; a server behind E2B_SANDBOX_URL has none.
+        c.host_ports = self.config.sandbox_url.is_none();
+        c
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        let span = info_span!("create", backend = BACKEND);
+        async move {
+            if !spec.mounts.is_empty() {
+                return Err(err(ErrorKind::Unsupported, "create", "E2B sandboxes cannot mount host paths"));
+            }
+            let r = &spec.resources;
+            if r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some() {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    "create",
+                    "E2B sets CPU and memory per template (cpu_count, memory_mb in e2b.toml), not per sandbox",
+                ));
+            }
+            let internet = match &spec.network {
+                None | Some(NetworkMode::Bridge) => None,
+                Some(NetworkMode::None) => Some(false),
+                Some(other) => {
+                    return Err(err(
+                        ErrorKind::Unsupported,
+                        "create",
+                        format!("network mode {:?} is not available on E2B", other.as_str()),
+                    ))
+                }
+            };
+            if self.config.debug {
+                // As the SDKs: debug mode makes no API call; the one sandbox is the local one.
+                let created = SandboxCreated {
+                    sandbox_id: DEBUG_SANDBOX_ID.into(),
+                    ..Default::default()
+                };
+                return Ok(Box::new(self.handle(&created, Defaults { cwd: spec.cwd, user: spec.user })?) as Box<dyn Sandbox>);
+            }
+            let mut metadata = spec.metadata.clone();
+            if let Some(cwd) = &spec.cwd {
+                metadata.insert(CWD_KEY.into(), cwd.clone());
+            }
+            if let Some(user) = &spec.user {
+                metadata.insert(USER_KEY.into(), user.clone());
+            }
+            let body = NewSandbox {
+                template_id: spec.template.clone().unwrap_or_else(|| self.config.template.clone()),
+                timeout: spec.timeout.map(|t| t.as_secs().max(1) as i64),
+                metadata: Some(metadata.clone()),
+                env_vars: Some(spec.env.clone()),
+                allow_internet_access: internet,
+                ..Default::default()
+            };
+            let json = serde_json::to_value(&body).expect("json");
+            let mut r = self.api.send(Method::POST, "/v2/sandboxes", &[], Some(json), "create").await?;
+            if r.status == StatusCode::NOT_FOUND && !r.is_api_error() {
+                // An older server without the v2 route.
+                let mut v1 = body.clone();
+                v1.secure = Some(true);
+                v1.timeout = Some(v1.timeout.unwrap_or(300));
+                let json = serde_json::to_value(&v1).expect("json");
+                r = self.api.send(Method::POST, "/sandboxes", &[], Some(json), "create").await?;
+            }
+            if !r.status.is_success() {
+                return Err(r.error("create"));
+            }
+            let created: SandboxCreated = r.json("create")?;
+            debug!(sandbox_id = %created.sandbox_id, "sandbox created");
+            let sandbox = self.handle(&created, Self::defaults_from(Some(&metadata)))?;
+            Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
+        if self.config.debug {
+            let created = SandboxCreated {
+                sandbox_id: id.into(),
+                ..Default::default()
+            };
+            return Ok(Box::new(self.handle(&created, Defaults::default())?));
+        }
+        let body = serde_json::to_value(ConnectSandbox::default()).expect("json");
+        let mut r = self
+            .api
+            .send(
+                Method::POST,
+                &format!("/v2/sandboxes/{id}/connect"),
+                &[],
+                Some(body),
+                "connect",
+            )
+            .await?;
+        if r.status == StatusCode::NOT_FOUND && !r.is_api_error() {
+            let body = serde_json::to_value(ConnectSandbox { timeout: Some(300) }).expect("json");
+            r = self
+                .api
+                .send(
+                    Method::POST,
+                    &format!("/sandboxes/{id}/connect"),
+                    &[],
+                    Some(body),
+                    "connect",
+                )
+                .await?;
+        }
+        match r.status {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(Self::not_found(id, "connect")),
+            _ => return Err(r.error("connect")),
+        }
+        let created: SandboxCreated = r.json("connect")?;
+        let detail = self.detail(id, "connect").await.ok();
+        let defaults = Self::defaults_from(detail.as_ref().and_then(|d| d.metadata.as_ref()));
+        Ok(Box::new(self.handle(&created, defaults)?))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {
+        let mut query: Vec<(&str, String)> = vec![("limit", "100".into())];
+        if !filter.metadata.is_empty() {
+            query.push((
+                "metadata",
+                e2b_protocol::encode_metadata_filter(&filter.metadata),
+            ));
+        }
+        let states: Vec<&str> = if filter.states.is_empty() {
+            vec!["running", "paused"]
+        } else {
+            filter
+                .states
+                .iter()
+                .filter_map(|s| match s {
+                    SandboxState::Running => Some("running"),
+                    SandboxState::Paused => Some("paused"),
+                    _ => None,
+                })
+                .collect()
+        };
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        query.push(("state", states.join(",")));
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        for _page in 0..1000 {
+            let mut q = query.clone();
+            if let Some(t) = &next {
+                q.push(("nextToken", t.clone()));
+            }
+            let r = self
+                .api
+                .send(Method::GET, "/v2/sandboxes", &q, None, "list")
+                .await?;
+            if !r.status.is_success() {
+                return Err(r.error("list"));
+            }
+            let page: Vec<SandboxDetail> = r.json("list")?;
+            out.extend(
+                page.iter()
+                    .map(|d| self.info_from(d))
+                    .filter(|i| filter.matches(i)),
+            );
+            match r.next_token {
+                Some(t) if !page.is_empty() => next = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn kill(&self, id: &str) -> Result<()> {
+        if self.config.debug {
+            return Ok(());
+        }
+        let r = self
+            .api
+            .send(
+                Method::DELETE,
+                &format!("/sandboxes/{id}"),
+                &[],
+                None,
+                "kill",
+            )
+            .await?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(Self::not_found(id, "kill")),
+            _ => Err(r.error("kill")),
+        }
+    }
+}

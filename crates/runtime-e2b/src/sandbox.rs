@@ -1,0 +1,164 @@
+//! [`E2bSandbox`]: one sandbox, through the control plane and its envd.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use e2b_protocol::api::SetTimeout;
+use reqwest::{Method, StatusCode};
+use runtime_core::{
+    CommandSpec, ErrorKind, FileStore, Process, ProcessInfo, Result, Runtime, Sandbox, SandboxInfo,
+};
+use tracing::{info_span, Instrument};
+
+use crate::core::Envd;
+use crate::error::{err, BACKEND};
+use crate::files::E2bFiles;
+use crate::runtime::E2bRuntime;
+
+/// Defaults E2B has no field for, kept by this backend in hidden metadata.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Defaults {
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: Option<String>,
+}
+
+/// A sandbox on E2B (or an E2B-compatible server).
+pub struct E2bSandbox {
+    runtime: E2bRuntime,
+    id: String,
+    domain: Option<String>,
+    envd: Envd,
+    defaults: Defaults,
+    files: E2bFiles,
+}
+
+impl std::fmt::Debug for E2bSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2bSandbox")
+            .field("id", &self.id)
+            .field("envd", &self.envd)
+            .finish()
+    }
+}
+
+impl E2bSandbox {
+    pub(crate) fn new(
+        runtime: E2bRuntime,
+        id: String,
+        domain: Option<String>,
+        envd: Envd,
+        defaults: Defaults,
+    ) -> Self {
+        let files = E2bFiles::new(envd.clone(), defaults.user.clone());
+        E2bSandbox {
+            runtime,
+            id,
+            domain,
+            envd,
+            defaults,
+            files,
+        }
+    }
+
+    /// Whether the sandbox's envd answers (`GET /health`).
+    pub async fn is_running(&self) -> Result<bool> {
+        match self.envd.health().await {
+            Ok(up) => Ok(up),
+            Err(e) if e.kind() == ErrorKind::Unavailable => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for E2bSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
+        let span = info_span!("spawn", backend = BACKEND, sandbox_id = %self.id);
+        crate::process::spawn(
+            &self.envd,
+            spec,
+            self.defaults.user.as_deref(),
+            self.defaults.cwd.as_deref(),
+        )
+        .instrument(span)
+        .await
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        crate::process::list(&self.envd).await
+    }
+
+    fn files(&self) -> &dyn FileStore {
+        &self.files
+    }
+
+    async fn info(&self) -> Result<SandboxInfo> {
+        let detail = self.runtime.detail(&self.id, "info").await?;
+        Ok(self.runtime.info_from(&detail))
+    }
+
+    async fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        if self.runtime.config.debug {
+            return Ok(());
+        }
+        let body = serde_json::to_value(SetTimeout {
+            timeout: timeout.as_secs().max(1) as i64,
+        })
+        .expect("json");
+        let r = self
+            .runtime
+            .api
+            .send(
+                Method::POST,
+                &format!("/sandboxes/{}/timeout", self.id),
+                &[],
+                Some(body),
+                "set_timeout",
+            )
+            .await?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, "set_timeout")),
+            _ => Err(r.error("set_timeout")),
+        }
+    }
+
+    async fn kill(&self) -> Result<()> {
+        self.runtime.kill(&self.id).await
+    }
+
+    async fn pause(&self) -> Result<()> {
+        let r = self
+            .runtime
+            .api
+            .send(
+                Method::POST,
+                &format!("/sandboxes/{}/pause", self.id),
+                &[],
+                Some(serde_json::json!({})),
+                "pause",
+            )
+            .await?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, "pause")),
+            StatusCode::CONFLICT => Err(err(
+                ErrorKind::Conflict,
+                "pause",
+                "the sandbox is already paused",
+            )),
+            _ => Err(r.error("pause")),
+        }
+    }
+
+    async fn host(&self, port: u16) -> Result<String> {
+        Ok(self
+            .runtime
+            .config
+            .host(&self.id, self.domain.as_deref(), port))
+    }
+}
