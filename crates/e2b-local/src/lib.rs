@@ -1,1 +1,137 @@
-//! wip
+//! `e2b-local`: E2B's control plane and envd, served over any sbx backend.
+//!
+//! Point the official E2B SDKs at it and they run against a local Docker engine:
+//!
+//! ```text
+//! e2b-local --api-key e2b_local_key &
+//! E2B_API_KEY=e2b_local_key E2B_API_URL=http://127.0.0.1:3000 \
+//!   E2B_SANDBOX_URL=http://127.0.0.1:49983 python3 -c \
+//!   'from e2b import Sandbox; s = Sandbox.create(); print(s.commands.run("echo hi").stdout)'
+//! ```
+//!
+//! The control plane (create, connect, info, list, kill, timeout, pause/resume) answers on one
+//! listener, envd (processes, filesystem, `/files`, `/health`) on another, routed by the
+//! `E2b-Sandbox-Id` header. With `E2B_DEBUG=true` the SDK skips the control plane and sends
+//! envd traffic for `debug_sandbox_id`: that sandbox is made on first use.
+//!
+//! The envd side is written over [`runtime_core::Sandbox`] only, so any backend can serve it.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod control;
+mod envd;
+mod procs;
+mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use runtime_core::Runtime;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use state::ServerConfig;
+
+/// A running pair of listeners (control plane and envd) over one backend.
+///
+/// ```no_run
+/// # async fn demo(runtime: std::sync::Arc<dyn runtime_core::Runtime>) -> std::io::Result<()> {
+/// use e2b_local::{Server, ServerConfig};
+/// let config = ServerConfig { api_key: Some("e2b_local_key".into()), ..Default::default() };
+/// let api = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// let envd = tokio::net::TcpListener::bind("127.0.0.1:49983").await?;
+/// Server::new(runtime, config).serve(api, envd, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    state: Arc<state::State>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.state.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server over `runtime`.
+    pub fn new(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Self {
+        Server {
+            state: Arc::new(state::State::new(runtime, config)),
+        }
+    }
+
+    /// The control-plane routes, for embedding in another server.
+    pub fn api_router(&self) -> axum::Router {
+        control::router(self.state.clone())
+    }
+
+    /// The envd routes, for embedding in another server.
+    pub fn envd_router(&self) -> axum::Router {
+        envd::router(self.state.clone())
+    }
+
+    /// Serves both listeners until `shutdown` completes, then kills the sandboxes this server
+    /// made (unless [`ServerConfig::keep_sandboxes`]).
+    pub async fn serve(
+        self,
+        api: TcpListener,
+        envd: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        info!(api = %api.local_addr()?, envd = %envd.local_addr()?, "e2b-local listening");
+        let api_server = axum::serve(
+            api,
+            self.api_router()
+                .layer(axum::middleware::from_fn(log_request)),
+        )
+        .with_graceful_shutdown(wait(rx.clone()));
+        let envd_server = axum::serve(
+            envd,
+            self.envd_router()
+                .layer(axum::middleware::from_fn(log_request)),
+        )
+        .with_graceful_shutdown(wait(rx));
+        let stopper = async move {
+            shutdown.await;
+            info!("shutting down");
+            let _ = tx.send(true);
+        };
+        let api_task = tokio::spawn(async move { api_server.await });
+        let envd_task = tokio::spawn(async move { envd_server.await });
+        stopper.await;
+        // Streams of running commands would hold the listeners open: give them a moment.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = api_task.await;
+            let _ = envd_task.await;
+        })
+        .await;
+        self.state.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Logs each request (method, path, status, time); never headers, which carry secrets.
+async fn log_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let sandbox = request
+        .headers()
+        .get(e2b_protocol::headers::SANDBOX_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    info!(%method, path, sandbox, status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    response
+}

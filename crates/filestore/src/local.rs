@@ -181,6 +181,8 @@ fn entry_from_meta(path: String, meta: &std::fs::Metadata, host: &Path) -> Entry
     e.size = meta.size();
     e.mode = meta.permissions().mode() & 0o7777;
     e.modified = meta.modified().ok();
+    e.owner = Some(meta.uid().to_string());
+    e.group = Some(meta.gid().to_string());
     if kind == EntryKind::Symlink {
         e.symlink_target = std::fs::read_link(host)
             .ok()

@@ -47,6 +47,10 @@ pub struct EntryInfo {
     pub modified: Option<SystemTime>,
     /// Where a symbolic link points, as written in the link.
     pub symlink_target: Option<String>,
+    /// Owner (a user name, or a numeric id where names are unknown), when the store knows it.
+    pub owner: Option<String>,
+    /// Group (a name, or a numeric id), when the store knows it.
+    pub group: Option<String>,
 }
 
 impl EntryInfo {
@@ -67,6 +71,8 @@ impl EntryInfo {
             mode: 0,
             modified: None,
             symlink_target: None,
+            owner: None,
+            group: None,
         }
     }
 

@@ -11,7 +11,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::{Error, ErrorKind, ProcessEvent, Result, Signal};
+use crate::{Error, ErrorKind, ProcessEvent, PtySize, Result, Signal};
 
 /// The events of one process, in order, ending with [`ProcessEvent::Exited`].
 pub type EventStream = BoxStream<'static, Result<ProcessEvent>>;
@@ -32,6 +32,15 @@ pub trait ProcessControl: Send + Sync + fmt::Debug {
     async fn close_stdin(&self) -> Result<()>;
     /// Sends `signal` to the process group.
     async fn signal(&self, signal: Signal) -> Result<()>;
+    /// Resizes the terminal of a PTY command. Backends without PTYs keep the default.
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        let _ = size;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this backend cannot resize terminals",
+        )
+        .with_operation("resize"))
+    }
 }
 
 /// A running process: its pid, its events, and control over its stdin and life.
@@ -136,6 +145,11 @@ impl Process {
         self.control.signal(Signal::Kill).await
     }
 
+    /// Resizes the terminal of a PTY command.
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<()> {
+        self.control.resize(PtySize { cols, rows }).await
+    }
+
     /// A cloneable handle to steer the process from another task.
     pub fn handle(&self) -> ProcessHandle {
         ProcessHandle {
@@ -182,6 +196,10 @@ impl ProcessHandle {
     /// Kills the process and its children.
     pub async fn kill(&self) -> Result<()> {
         self.control.signal(Signal::Kill).await
+    }
+    /// Resizes the terminal of a PTY command.
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<()> {
+        self.control.resize(PtySize { cols, rows }).await
     }
 }
 

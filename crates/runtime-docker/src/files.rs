@@ -46,8 +46,8 @@ mv -f -- "$1" "$2""#;
 const REMOVE: &str = r#"if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi
 rm -rf -- "$1""#;
 
-/// `stat -c` format: raw mode (hex), size, mtime, name, then a record end of `\x01`.
-const STAT_FORMAT: &str = "%f %s %Y %n\u{1}";
+/// `stat -c` format: raw mode (hex), size, mtime, owner, group, name, then a record end of `\x01`.
+const STAT_FORMAT: &str = "%f %s %Y %U %G %n\u{1}";
 
 /// The files of one container.
 #[derive(Clone)]
@@ -174,12 +174,16 @@ fn kind_of(mode: u32) -> EntryKind {
 
 /// Parses one `STAT_FORMAT` record (without the trailing `\x01`).
 fn parse_record(record: &str) -> Option<EntryInfo> {
-    let mut it = record.splitn(4, ' ');
+    let mut it = record.splitn(6, ' ');
     let mode = u32::from_str_radix(it.next()?, 16).ok()?;
     let size: u64 = it.next()?.parse().ok()?;
     let mtime: u64 = it.next()?.parse().ok()?;
+    let owner = it.next()?.to_string();
+    let group = it.next()?.to_string();
     let name = it.next()?;
     let mut e = EntryInfo::new(name, kind_of(mode));
+    e.owner = Some(owner);
+    e.group = Some(group);
     e.size = size;
     e.mode = mode & 0o7777;
     e.modified = Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));

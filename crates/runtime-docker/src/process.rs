@@ -120,6 +120,7 @@ pub(crate) async fn spawn(
 
     let control = Arc::new(DockerProcess {
         docker: docker.clone(),
+        exec_id: started.exec_id.clone(),
         container: container.to_string(),
         pid: pid.unwrap_or(0),
         input: Mutex::new(Some(started.input)),
@@ -199,6 +200,7 @@ pub(crate) async fn signal(
 
 struct DockerProcess {
     docker: Docker,
+    exec_id: String,
     container: String,
     pid: u32,
     input: Mutex<Option<Pin<Box<dyn AsyncWrite + Send>>>>,
@@ -246,5 +248,18 @@ impl ProcessControl for DockerProcess {
 
     async fn signal(&self, sig: Signal) -> Result<()> {
         signal(&self.docker, &self.container, self.pid, sig).await
+    }
+
+    async fn resize(&self, size: runtime_core::PtySize) -> Result<()> {
+        self.docker
+            .resize_exec(
+                &self.exec_id,
+                bollard::exec::ResizeExecOptions {
+                    width: size.cols,
+                    height: size.rows,
+                },
+            )
+            .await
+            .map_err(|e| sandbox_error(e, "resize"))
     }
 }

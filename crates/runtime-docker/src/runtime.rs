@@ -665,6 +665,19 @@ impl Runtime for DockerRuntime {
                 out.push(info);
             }
         }
+        // Expiry lives in each container's deadline file: read them all at once.
+        let deadlines = futures_util::future::join_all(out.iter().map(|info| {
+            let files = crate::files::DockerFiles::new(
+                self.docker.clone(),
+                l.container(&info.id),
+                "/".into(),
+            );
+            async move { crate::sandbox::deadline_of(&files).await }
+        }))
+        .await;
+        for (info, deadline) in out.iter_mut().zip(deadlines) {
+            info.expires_at = deadline;
+        }
         Ok(out)
     }
 

@@ -113,12 +113,13 @@ impl DockerSandbox {
         }
         Ok(())
     }
+}
 
-    async fn read_deadline(&self) -> Option<SystemTime> {
-        let text = self.files.read_to_string("/.sbx/deadline").await.ok()?;
-        let secs: u64 = text.trim().parse().ok()?;
-        Some(UNIX_EPOCH + Duration::from_secs(secs))
-    }
+/// When a sandbox expires, from its deadline file (`None` when it cannot be read, e.g. paused).
+pub(crate) async fn deadline_of(files: &DockerFiles) -> Option<SystemTime> {
+    let text = files.read_to_string("/.sbx/deadline").await.ok()?;
+    let secs: u64 = text.trim().parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[async_trait]
@@ -163,7 +164,7 @@ impl Sandbox for DockerSandbox {
         };
         let mut info = self.runtime.info_from_labels(&self.id, &labels, state);
         if state == SandboxState::Running {
-            info.expires_at = self.read_deadline().await;
+            info.expires_at = deadline_of(&self.files).await;
         }
         Ok(info)
     }

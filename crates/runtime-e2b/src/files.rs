@@ -46,6 +46,8 @@ fn entry(e: envd::EntryInfo) -> EntryInfo {
     out.mode = e.mode & 0o7777;
     out.modified = e.modified_time.as_deref().and_then(parse_rfc3339);
     out.symlink_target = e.symlink_target;
+    out.owner = (!e.owner.is_empty()).then_some(e.owner);
+    out.group = (!e.group.is_empty()).then_some(e.group);
     out
 }
 

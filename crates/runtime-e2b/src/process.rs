@@ -204,6 +204,20 @@ impl ProcessControl for E2bProcess {
         Ok(())
     }
 
+    async fn resize(&self, size: runtime_core::PtySize) -> Result<()> {
+        let req = e2b_protocol::envd::UpdateRequest {
+            process: ProcessSelector::pid(self.pid),
+            pty: Some(Pty {
+                size: PtySize {
+                    cols: size.cols.into(),
+                    rows: size.rows.into(),
+                },
+            }),
+        };
+        let _: envd::Empty = self.envd.unary(rpc::UPDATE, &req, None, "resize").await?;
+        Ok(())
+    }
+
     async fn signal(&self, signal: Signal) -> Result<()> {
         let wire = match signal {
             Signal::Kill => Some(envd::Signal::Kill),

@@ -1,0 +1,510 @@
+//! The control plane: `/sandboxes`, `/v2/sandboxes`, as E2B's API answers them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use e2b_protocol::api::{
+    ApiError, ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail, SetTimeout,
+};
+use e2b_protocol::envd::ENVD_VERSION;
+use e2b_protocol::json::rfc3339;
+use e2b_protocol::{decode_metadata_filter, headers, secrets_equal, CLIENT_ID};
+use runtime_core::{ErrorKind, ListFilter, SandboxInfo, SandboxState};
+use serde::Deserialize;
+use tracing::info;
+
+use crate::state::{hidden, State, TEMPLATE_KEY};
+
+type Shared = Arc<State>;
+
+/// An API error answer: `{"code": status, "message": ...}`.
+pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ApiError {
+        code: status.as_u16(),
+        message: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn not_found(id: &str) -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        format!("Sandbox \"{id}\" doesn't exist or you don't have access to it"),
+    )
+}
+
+fn from_error(e: &runtime_core::Error, id: &str) -> Response {
+    match e.kind() {
+        ErrorKind::NotFound => not_found(id),
+        ErrorKind::InvalidInput => api_error(StatusCode::BAD_REQUEST, e.to_string()),
+        ErrorKind::Conflict => api_error(StatusCode::CONFLICT, e.to_string()),
+        ErrorKind::Unavailable | ErrorKind::Timeout => {
+            api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        _ => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The routes of the control plane.
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/sandboxes", post(create_v1).get(list_v1))
+        .route("/v2/sandboxes", post(create_v2).get(list_v2))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/connect", post(connect_v1))
+        .route("/v2/sandboxes/{id}/connect", post(connect_v2))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+async fn authenticate(
+    AxState(state): AxState<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/health" || state.config.insecure_no_auth {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(headers::API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let expected = state.config.api_key.as_deref().unwrap_or_default();
+    if expected.is_empty() || !secrets_equal(given, expected) {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid API key, please check your E2B_API_KEY",
+        );
+    }
+    next.run(request).await
+}
+
+/// Parses a JSON body, answering 400 with the reason when it is not.
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn visible(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    metadata
+        .iter()
+        .filter(|(k, _)| !hidden(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn created(state: &State, info: &SandboxInfo) -> SandboxCreated {
+    SandboxCreated {
+        template_id: info
+            .metadata
+            .get(TEMPLATE_KEY)
+            .cloned()
+            .unwrap_or_else(|| "base".into()),
+        sandbox_id: info.id.clone(),
+        alias: None,
+        client_id: CLIENT_ID.into(),
+        envd_version: ENVD_VERSION.into(),
+        envd_access_token: (!state.config.insecure_no_auth).then(|| state.access_token(&info.id)),
+        traffic_access_token: None,
+        domain: None,
+    }
+}
+
+fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDetail {
+    let end = info
+        .expires_at
+        .unwrap_or_else(|| info.started_at + Duration::from_secs(300));
+    SandboxDetail {
+        template_id: info
+            .metadata
+            .get(TEMPLATE_KEY)
+            .cloned()
+            .unwrap_or_else(|| "base".into()),
+        alias: None,
+        sandbox_id: info.id.clone(),
+        client_id: CLIENT_ID.into(),
+        started_at: rfc3339(info.started_at),
+        end_at: rfc3339(end),
+        envd_version: ENVD_VERSION.into(),
+        cpu_count: 2,
+        memory_mb: 2048,
+        disk_size_mb: 0,
+        state: if info.state == SandboxState::Paused {
+            "paused"
+        } else {
+            "running"
+        }
+        .into(),
+        metadata: Some(visible(&info.metadata)),
+        envd_access_token: (with_token && !state.config.insecure_no_auth)
+            .then(|| state.access_token(&info.id)),
+        domain: None,
+    }
+}
+
+fn check_timeout(state: &State, timeout: i64) -> Result<Duration, Response> {
+    if timeout <= 0 {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "Timeout must be positive",
+        ));
+    }
+    let t = Duration::from_secs(timeout as u64);
+    if t > state.config.max_timeout {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Timeout cannot be greater than {} hours",
+                state.config.max_timeout.as_secs() / 3600
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
+    let req: NewSandbox = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.template_id.is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "templateID is required");
+    }
+    let timeout = match check_timeout(&state, req.timeout.unwrap_or(default_timeout)) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut spec = state.spec_for(
+        &req.template_id,
+        req.metadata.clone().unwrap_or_default(),
+        req.env_vars.clone().unwrap_or_default(),
+        Some(timeout),
+    );
+    if req.allow_internet_access == Some(false) {
+        spec = spec.network(runtime_core::NetworkMode::None);
+    }
+    if req.auto_pause == Some(true) {
+        spec = spec.metadata(crate::state::AUTO_PAUSE_KEY, "true");
+    }
+    let sandbox = match state.runtime.create(spec).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("template '{}' not found: {}", req.template_id, e.message()),
+            )
+        }
+        Err(e) => return from_error(&e, ""),
+    };
+    let info = match sandbox.info().await {
+        Ok(i) => i,
+        Err(e) => return from_error(&e, sandbox.id()),
+    };
+    info!(sandbox_id = %info.id, template = %req.template_id, "sandbox created");
+    state.remember_made(&info.id).await;
+    state.insert(sandbox).await;
+    (StatusCode::CREATED, Json(created(&state, &info))).into_response()
+}
+
+async fn create_v2(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+    create(state, body, 300).await
+}
+
+async fn create_v1(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+    create(state, body, 15).await
+}
+
+async fn connect(state: Shared, id: String, body: Bytes) -> Response {
+    let req: ConnectSandbox = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let timeout = match check_timeout(&state, req.timeout.unwrap_or(300)) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let before = match state.served(&id).await {
+        Ok(s) => s.sandbox.info().await,
+        Err(e) => return from_error(&e, &id),
+    };
+    let before = match before {
+        Ok(i) => i,
+        Err(e) => return from_error(&e, &id),
+    };
+    let was_paused = before.state == SandboxState::Paused;
+    // `connect` resumes a paused sandbox; a fresh handle replaces the cached one.
+    let sandbox = match state.runtime.connect(&id).await {
+        Ok(s) => s,
+        Err(e) => return from_error(&e, &id),
+    };
+    let new_end = SystemTime::now() + timeout;
+    let extend = was_paused || before.expires_at.is_none_or(|end| new_end > end);
+    if extend {
+        if let Err(e) = sandbox.set_timeout(timeout).await {
+            return from_error(&e, &id);
+        }
+    }
+    let info = match sandbox.info().await {
+        Ok(i) => i,
+        Err(e) => return from_error(&e, &id),
+    };
+    state.forget(&id).await;
+    state.insert(sandbox).await;
+    let status = if was_paused {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(created(&state, &info))).into_response()
+}
+
+async fn connect_v2(
+    AxState(state): AxState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    connect(state, id, body).await
+}
+
+async fn connect_v1(
+    AxState(state): AxState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    connect(state, id, body).await
+}
+
+async fn resume(AxState(state): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
+    match state.served(&id).await {
+        Ok(s) => match s.sandbox.info().await {
+            Ok(i) if i.state == SandboxState::Running => {
+                return api_error(
+                    StatusCode::CONFLICT,
+                    format!("Sandbox {id} is already running"),
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return from_error(&e, &id),
+        },
+        Err(e) => return from_error(&e, &id),
+    }
+    let resp = connect(state, id, body).await;
+    if resp.status().is_success() {
+        let (mut parts, body) = resp.into_parts();
+        parts.status = StatusCode::CREATED;
+        return Response::from_parts(parts, body);
+    }
+    resp
+}
+
+async fn detail(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+    let served = match state.served(&id).await {
+        Ok(s) => s,
+        Err(e) => return from_error(&e, &id),
+    };
+    match served.sandbox.info().await {
+        Ok(info) if info.state != SandboxState::Stopped => {
+            Json(detail_of(&state, &info, true)).into_response()
+        }
+        Ok(_) => not_found(&id),
+        Err(e) => {
+            if e.kind() == ErrorKind::NotFound {
+                state.forget(&id).await;
+            }
+            from_error(&e, &id)
+        }
+    }
+}
+
+async fn kill(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+    if let Err(e) = state.served(&id).await {
+        return from_error(&e, &id);
+    }
+    state.forget(&id).await;
+    match state.runtime.kill(&id).await {
+        Ok(()) => {
+            info!(sandbox_id = %id, "sandbox killed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => from_error(&e, &id),
+    }
+}
+
+async fn set_timeout(
+    AxState(state): AxState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: SetTimeout = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let timeout = match check_timeout(&state, req.timeout) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let served = match state.served(&id).await {
+        Ok(s) => s,
+        Err(e) => return from_error(&e, &id),
+    };
+    match served.sandbox.set_timeout(timeout).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => from_error(&e, &id),
+    }
+}
+
+async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+    let served = match state.served(&id).await {
+        Ok(s) => s,
+        Err(e) => return from_error(&e, &id),
+    };
+    match served.sandbox.pause().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) if e.kind() == ErrorKind::Conflict => api_error(
+            StatusCode::CONFLICT,
+            format!("Sandbox {id} is already paused"),
+        ),
+        Err(e) => from_error(&e, &id),
+    }
+}
+
+async fn metrics(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+    // The backends report no resource metrics; the sandbox must exist all the same.
+    match state.served(&id).await {
+        Ok(_) => Json(Vec::<serde_json::Value>::new()).into_response(),
+        Err(e) => from_error(&e, &id),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    metadata: Option<String>,
+    state: Option<String>,
+    order: Option<String>,
+    started_after: Option<String>,
+    template: Option<String>,
+    next_token: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_all(
+    state: &State,
+    q: &ListQuery,
+    default_states: &[SandboxState],
+) -> Result<Vec<SandboxInfo>, Response> {
+    let mut filter = ListFilter::all();
+    if let Some(m) = &q.metadata {
+        for (k, v) in decode_metadata_filter(m) {
+            filter = filter.metadata(k, v);
+        }
+    }
+    let states: Vec<SandboxState> = match &q.state {
+        Some(s) => s
+            .split(',')
+            .filter_map(|s| match s.trim() {
+                "running" => Some(SandboxState::Running),
+                "paused" => Some(SandboxState::Paused),
+                _ => None,
+            })
+            .collect(),
+        None => default_states.to_vec(),
+    };
+    for s in states {
+        filter = filter.state(s);
+    }
+    let mut list = state
+        .runtime
+        .list(&filter)
+        .await
+        .map_err(|e| from_error(&e, ""))?
+        .into_iter()
+        .filter(|i| i.metadata.contains_key(TEMPLATE_KEY))
+        .collect::<Vec<_>>();
+    if let Some(t) = &q.template {
+        list.retain(|i| i.metadata.get(TEMPLATE_KEY) == Some(t));
+    }
+    if let Some(after) = q
+        .started_after
+        .as_deref()
+        .and_then(e2b_protocol::json::parse_rfc3339)
+    {
+        list.retain(|i| i.started_at > after);
+    }
+    list.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    if q.order.as_deref() != Some("asc") {
+        list.reverse();
+    }
+    Ok(list)
+}
+
+async fn list_v2(AxState(state): AxState<Shared>, Query(q): Query<ListQuery>) -> Response {
+    let list = match list_all(&state, &q, &[SandboxState::Running, SandboxState::Paused]).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 100);
+    let start = q
+        .next_token
+        .as_deref()
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(0);
+    let page: Vec<SandboxDetail> = list
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|i| detail_of(&state, i, false))
+        .collect();
+    let mut headers = HeaderMap::new();
+    if start + limit < list.len() {
+        headers.insert(
+            headers::NEXT_TOKEN,
+            HeaderValue::from_str(&(start + limit).to_string()).expect("digits"),
+        );
+    }
+    let running = list
+        .iter()
+        .filter(|i| i.state == SandboxState::Running)
+        .count();
+    headers.insert(
+        "x-total-running",
+        HeaderValue::from_str(&running.to_string()).expect("digits"),
+    );
+    (headers, Json(page)).into_response()
+}
+
+async fn list_v1(AxState(state): AxState<Shared>, Query(q): Query<ListQuery>) -> Response {
+    match list_all(&state, &q, &[SandboxState::Running]).await {
+        Ok(list) => Json(
+            list.iter()
+                .map(|i| detail_of(&state, i, false))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(r) => r,
+    }
+}
