@@ -1028,19 +1028,56 @@ fn upload_error(e: &runtime_core::Error, path: &str) -> Response {
     }
 }
 
+/// Writes a file as `user`, as envd does: parents made and the file created with the user's
+/// ownership. Streams through `cat` on the sandbox, so it works over any backend with stdin.
 async fn write_one(
     served: &Served,
     user: &str,
     path: &str,
-    content: ByteStream,
+    mut content: ByteStream,
 ) -> Result<WriteInfo, Response> {
-    served
-        .sandbox
-        .files()
-        .write_stream(path, content)
-        .await
-        .map_err(|e| upload_error(&e, path))?;
-    chown(served, user, path).await;
+    const WRITE: &str = r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
+    let spec = CommandSpec::program("sh", ["-c", WRITE, "sbx", path])
+        .user(user)
+        .stdin(true);
+    let failed = |e: &runtime_core::Error| upload_error(e, path);
+    let mut process = served.sandbox.spawn(spec).await.map_err(|e| failed(&e))?;
+    let feed = async {
+        while let Some(chunk) = content.next().await {
+            process.write_stdin(chunk?).await?;
+        }
+        process.close_stdin().await
+    };
+    let fed = feed.await;
+    let mut stderr = Vec::new();
+    let mut code = None;
+    while let Some(ev) = process.next_event().await {
+        match ev {
+            Ok(runtime_core::ProcessEvent::Stderr(b)) => stderr.extend_from_slice(&b),
+            Ok(runtime_core::ProcessEvent::Exited { code: c }) => code = Some(c),
+            Ok(_) => {}
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    if let Err(e) = fed {
+        return Err(failed(&e));
+    }
+    if code != Some(0) {
+        let text = String::from_utf8_lossy(&stderr).trim().to_string();
+        let status = if text.contains("Permission denied") {
+            StatusCode::UNAUTHORIZED
+        } else if text.contains("Is a directory") || text.contains("Not a directory") {
+            StatusCode::BAD_REQUEST
+        } else if text.contains("No space") {
+            StatusCode::INSUFFICIENT_STORAGE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        return Err(plain_error(
+            status,
+            format!("cannot write '{path}': {text}"),
+        ));
+    }
     Ok(WriteInfo {
         path: path.to_string(),
         name: path.rsplit('/').next().unwrap_or_default().to_string(),
