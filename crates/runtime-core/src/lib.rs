@@ -32,6 +32,7 @@ mod files;
 mod process;
 mod runtime;
 mod sandbox_types;
+pub mod time;
 
 pub use command::{
     shell_quote, Command, CommandSpec, ExecOutput, ProcessEvent, ProcessInfo, PtySize, Signal,

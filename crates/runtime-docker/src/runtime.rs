@@ -293,6 +293,19 @@ fn new_id() -> String {
         .collect()
 }
 
+/// Whether an ended container was left behind: marked dead, or ended over 10 s ago.
+fn stuck(state: Option<&bollard::models::ContainerState>) -> bool {
+    let Some(state) = state else { return false };
+    if state.dead == Some(true) {
+        return true;
+    }
+    state
+        .finished_at
+        .as_deref()
+        .and_then(runtime_core::time::parse_rfc3339)
+        .is_some_and(|t| t.elapsed().is_ok_and(|d| d > Duration::from_secs(10)))
+}
+
 /// Whether `id` has the form of a sandbox id (so it can name a container safely).
 pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -355,7 +368,7 @@ impl DockerRuntime {
         &self,
         id: &str,
         op: &'static str,
-    ) -> Result<(DockerSandbox, SandboxState)> {
+    ) -> Result<(DockerSandbox, SandboxState, HashMap<String, String>)> {
         if !valid_id(id) {
             return Err(Self::not_found(id, op));
         }
@@ -378,6 +391,18 @@ impl DockerRuntime {
         let state = match inspect.state.as_ref().and_then(|s| s.status) {
             Some(ContainerStateStatusEnum::RUNNING) => SandboxState::Running,
             Some(ContainerStateStatusEnum::PAUSED) => SandboxState::Paused,
+            // The engine removes an ended container itself; only one whose removal failed (dead,
+            // or ended a while ago) is removed here, so the two never race.
+            Some(ContainerStateStatusEnum::DEAD) => {
+                self.reap(&name).await;
+                return Err(Self::not_found(id, op));
+            }
+            Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::EXITED)
+                if stuck(inspect.state.as_ref()) =>
+            {
+                self.reap(&name).await;
+                return Err(Self::not_found(id, op));
+            }
             _ => return Err(Self::not_found(id, op)),
         };
         let workdir = labels
@@ -391,7 +416,22 @@ impl DockerRuntime {
         Ok((
             DockerSandbox::new(self.clone(), id.to_string(), name, workdir, user),
             state,
+            labels,
         ))
+    }
+
+    /// Removes a container of ours that ended but was not removed (the engine's auto-remove
+    /// can fail when it races another operation on the container's files).
+    pub(crate) async fn reap(&self, name: &str) {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => debug!(container = name, "removed a container that had ended"),
+            Err(e) => debug!(container = name, error = %e, "could not remove an ended container"),
+        }
     }
 
     pub(crate) fn info_from_labels(
@@ -621,7 +661,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
-        let (sandbox, state) = self.sandbox_from_container(id, "connect").await?;
+        let (sandbox, state, _) = self.sandbox_from_container(id, "connect").await?;
         if state == SandboxState::Paused {
             self.docker
                 .unpause_container(&self.settings.labels.container(id))
@@ -658,6 +698,13 @@ impl Runtime for DockerRuntime {
             let state = match c.state.as_deref() {
                 Some("running") => SandboxState::Running,
                 Some("paused") => SandboxState::Paused,
+                Some("dead") | Some("exited") | Some("removing") => {
+                    // Let a removal under way finish; clean up one that failed.
+                    if let Some(id) = labels.get(&l.id()) {
+                        let _ = self.sandbox_from_container(id, "list").await;
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             let info = self.info_from_labels(&id, &labels, state);
@@ -686,11 +733,47 @@ impl Runtime for DockerRuntime {
             return Err(Self::not_found(id, "kill"));
         }
         // Only containers carrying our id label are ever removed.
-        self.sandbox_from_container(id, "kill").await?;
+        let (_, state, _) = self.sandbox_from_container(id, "kill").await?;
+        let name = self.settings.labels.container(id);
+        if state == SandboxState::Paused {
+            let _ = self.docker.unpause_container(&name).await;
+        }
+        // Kill the main process and let the engine's auto-remove take the container away; a
+        // forced remove racing auto-remove can leave a dead container behind on some storage
+        // drivers.
+        match self
+            .docker
+            .kill_container(
+                &name,
+                Some(bollard::container::KillContainerOptions { signal: "SIGKILL" }),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(Self::not_found(id, "kill")),
+            // Not running any more: it is on its way out already.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => return Err(map(e, "kill", "sandbox")),
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) = self.docker.inspect_container(&name, None).await
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Auto-remove did not happen: remove it ourselves, nothing races us now.
         match self
             .docker
             .remove_container(
-                &self.settings.labels.container(id),
+                &name,
                 Some(RemoveContainerOptions {
                     force: true,
                     v: true,
@@ -702,10 +785,6 @@ impl Runtime for DockerRuntime {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Err(Self::not_found(id, "kill")),
-            // Removal already under way (the sandbox expired just now): it is going.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
             }) => Ok(()),
             Err(e) => Err(map(e, "kill", "sandbox")),
         }

@@ -150,18 +150,11 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn info(&self) -> Result<SandboxInfo> {
-        let inspect = self
+        // NotFound once the sandbox has ended, even before the engine removed its container.
+        let (_, state, labels) = self
             .runtime
-            .docker
-            .inspect_container(&self.container, None)
-            .await
-            .map_err(|e| map(e, "info", "sandbox").with_context("sandbox_id", &self.id))?;
-        let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
-        let state = match inspect.state.and_then(|s| s.status) {
-            Some(bollard::models::ContainerStateStatusEnum::RUNNING) => SandboxState::Running,
-            Some(bollard::models::ContainerStateStatusEnum::PAUSED) => SandboxState::Paused,
-            _ => SandboxState::Stopped,
-        };
+            .sandbox_from_container(&self.id, "info")
+            .await?;
         let mut info = self.runtime.info_from_labels(&self.id, &labels, state);
         if state == SandboxState::Running {
             info.expires_at = deadline_of(&self.files).await;
