@@ -98,7 +98,33 @@ fn ci() -> Result {
     run(cargo()
         .args(["test", "--workspace"])
         .env("SBX_REQUIRE_DOCKER", "1"))?;
-    Ok(())
+    e2b_sdk_tests()
+}
+
+/// The official E2B Python SDK (tests/e2b-sdk, pinned versions) against e2b-local.
+fn e2b_sdk_tests() -> Result {
+    step("the official E2B Python SDK against e2b-local (tests/e2b-sdk)");
+    run(cargo().args(["build", "-p", "e2b-local"]))?;
+    let venv = root().join("target").join("e2b-sdk-venv");
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(root().join("tests/e2b-sdk/requirements.txt")))?;
+    run(Command::new(&python)
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
+        .arg(root().join("tests/e2b-sdk"))
+        .env("E2B_LOCAL_BIN", root().join("target/debug/e2b-local"))
+        .current_dir(root()))
 }
 
 fn is_root() -> bool {

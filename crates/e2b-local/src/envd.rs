@@ -44,7 +44,12 @@ pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/envs", get(envs))
-        .route("/files", get(download).post(upload))
+        .route(
+            "/files",
+            get(download)
+                .post(upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route(rpc::START, post(start))
         .route(rpc::CONNECT, post(connect))
         .route(rpc::STREAM_INPUT, post(stream_input))
@@ -95,11 +100,16 @@ enum Auth {
 }
 
 async fn target(state: &State, headers: &HeaderMap, auth: Auth) -> Result<Target, Response> {
-    let id = headers
+    let Some(id) = headers
         .get(headers::SANDBOX_ID)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or(e2b_runtime_debug_id())
-        .to_string();
+    else {
+        return Err(plain_error(
+            StatusCode::BAD_REQUEST,
+            "no E2b-Sandbox-Id header: this server serves many sandboxes and routes by that header",
+        ));
+    };
+    let id = id.to_string();
     if id == e2b_runtime_debug_id() {
         // Debug mode: the SDK sends no token, and the sandbox is made on first use.
         let served = state.debug_sandbox().await.map_err(|e| {
@@ -137,6 +147,38 @@ async fn target(state: &State, headers: &HeaderMap, auth: Auth) -> Result<Target
 
 fn e2b_runtime_debug_id() -> &'static str {
     "debug_sandbox_id"
+}
+
+/// The target of a `/files` request: by header, or, for a signed URL (which carries no
+/// header), the sandbox whose token made the signature.
+async fn file_target(
+    state: &State,
+    headers: &HeaderMap,
+    q: &FileQuery,
+    op: &str,
+) -> Result<Target, Response> {
+    if headers.contains_key(headers::SANDBOX_ID)
+        || q.signature.is_none()
+        || state.config.insecure_no_auth
+    {
+        return target(state, headers, Auth::HeaderOrSignature).await;
+    }
+    let sig = q.signature.as_deref().unwrap_or_default();
+    let path = q.path.as_deref().unwrap_or_default();
+    let user = q.username.as_deref().unwrap_or("");
+    let ids = state.known_ids().await;
+    for id in ids {
+        let token = state.access_token(&id);
+        if secrets_equal(
+            sig,
+            &file_signature(path, op, user, &token, q.signature_expiration),
+        ) {
+            let mut with_id = headers.clone();
+            with_id.insert(headers::SANDBOX_ID, id.parse().expect("ids are ASCII"));
+            return target(state, &with_id, Auth::HeaderOrSignature).await;
+        }
+    }
+    Err(plain_error(StatusCode::UNAUTHORIZED, "invalid signature"))
 }
 
 /// The user from `Authorization: Basic base64("user:")`, if any.
@@ -594,7 +636,7 @@ async fn first_message<T: DeserializeOwned>(body: Body) -> Result<T, ConnectErro
     let mut stream = body.into_data_stream();
     loop {
         if let Some(env) = decoder
-            .next()
+            .next_envelope()
             .map_err(|e| ConnectError::new("invalid_argument", e.0))?
         {
             return decode(&env.payload);
@@ -817,7 +859,7 @@ async fn stream_input(AxState(state): AxState<Shared>, headers: HeaderMap, body:
     let result: Result<(), ConnectError> = async {
         loop {
             while let Some(env) = decoder
-                .next()
+                .next_envelope()
                 .map_err(|e| ConnectError::new("invalid_argument", e.0))?
             {
                 if env.is_end_stream() {
@@ -942,7 +984,7 @@ async fn download(
     headers: HeaderMap,
     Query(q): Query<FileQuery>,
 ) -> Response {
-    let t = match target(&state, &headers, Auth::HeaderOrSignature).await {
+    let t = match file_target(&state, &headers, &q, "read").await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -1049,6 +1091,10 @@ async fn write_one(
         process.close_stdin().await
     };
     let fed = feed.await;
+    if fed.is_err() {
+        // The upload broke off: end the writer rather than wait for an end of input.
+        let _ = process.kill().await;
+    }
     let mut stderr = Vec::new();
     let mut code = None;
     while let Some(ev) = process.next_event().await {
@@ -1091,7 +1137,7 @@ async fn upload(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    let t = match target(&state, &headers, Auth::HeaderOrSignature).await {
+    let t = match file_target(&state, &headers, &q, "write").await {
         Ok(t) => t,
         Err(r) => return r,
     };

@@ -200,6 +200,19 @@ impl State {
         Ok(served)
     }
 
+    /// The ids of the sandboxes this server serves (cached, and any of ours on the backend).
+    pub(crate) async fn known_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.served.lock().await.keys().cloned().collect();
+        if let Ok(list) = self.runtime.list(&ListFilter::all()).await {
+            for info in list {
+                if info.metadata.contains_key(TEMPLATE_KEY) && !ids.contains(&info.id) {
+                    ids.push(info.id);
+                }
+            }
+        }
+        ids
+    }
+
     /// The sandbox behind `debug_sandbox_id`, made on first use.
     pub(crate) async fn debug_sandbox(&self) -> Result<Arc<Served>> {
         let mut slot = self.debug_sandbox.lock().await;

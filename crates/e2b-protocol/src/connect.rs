@@ -77,9 +77,9 @@ impl std::error::Error for FramingError {}
 /// let framed = encode_envelope(0, b"{\"a\":1}");
 /// let mut d = EnvelopeDecoder::default();
 /// d.push(&framed[..3]);
-/// assert!(d.next().unwrap().is_none());
+/// assert!(d.next_envelope().unwrap().is_none());
 /// d.push(&framed[3..]);
-/// assert_eq!(&d.next().unwrap().unwrap().payload[..], b"{\"a\":1}");
+/// assert_eq!(&d.next_envelope().unwrap().unwrap().payload[..], b"{\"a\":1}");
 /// ```
 #[derive(Debug, Default)]
 pub struct EnvelopeDecoder {
@@ -93,7 +93,7 @@ impl EnvelopeDecoder {
     }
 
     /// The next whole envelope, if one has arrived.
-    pub fn next(&mut self) -> Result<Option<Envelope>, FramingError> {
+    pub fn next_envelope(&mut self) -> Result<Option<Envelope>, FramingError> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -249,7 +249,7 @@ mod tests {
             for part in [&wire[..cut], &wire[cut..]] {
                 for byte in part.chunks(1) {
                     d.push(byte);
-                    while let Some(e) = d.next().unwrap() {
+                    while let Some(e) = d.next_envelope().unwrap() {
                         got.push(e);
                     }
                 }
@@ -266,10 +266,10 @@ mod tests {
     fn oversized_and_compressed_are_refused() {
         let mut d = EnvelopeDecoder::default();
         d.push(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert!(d.next().is_err());
+        assert!(d.next_envelope().is_err());
         let mut d = EnvelopeDecoder::default();
         d.push(&encode_envelope(FLAG_COMPRESSED, b"x"));
-        assert!(d.next().is_err());
+        assert!(d.next_envelope().is_err());
     }
 
     #[test]

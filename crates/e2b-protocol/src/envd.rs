@@ -354,9 +354,10 @@ fn enum_value<'de, D: Deserializer<'de>>(d: D) -> Result<EnumValue, D::Error> {
 }
 
 /// `FileType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FileType {
     /// `FILE_TYPE_UNSPECIFIED`.
+    #[default]
     Unspecified,
     /// `FILE_TYPE_FILE`.
     File,
@@ -388,12 +389,6 @@ impl<'de> Deserialize<'de> for FileType {
             EnumValue::Number(3) => FileType::Symlink,
             _ => FileType::Unspecified,
         })
-    }
-}
-
-impl Default for FileType {
-    fn default() -> Self {
-        FileType::Unspecified
     }
 }
 

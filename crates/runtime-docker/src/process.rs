@@ -124,7 +124,7 @@ pub(crate) async fn spawn(
         container: container.to_string(),
         pid: pid.unwrap_or(0),
         input: Mutex::new(Some(started.input)),
-        stdin_open: spec.stdin,
+        stdin_open: spec.stdin || tty,
     });
     let mut first = Vec::new();
     if !early_stderr.is_empty() {

@@ -510,7 +510,7 @@ fn decode_stream<Msg: DeserializeOwned + Send + 'static>(
             return None;
         }
         loop {
-            match s.decoder.next() {
+            match s.decoder.next_envelope() {
                 Err(e) => {
                     s.done = true;
                     return Some((Err(err(ErrorKind::Unexpected, op, e.to_string())), s));

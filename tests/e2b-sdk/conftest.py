@@ -1,0 +1,108 @@
+"""Runs the official E2B Python SDK against e2b-local over Docker.
+
+The session starts the `e2b-local` binary (E2B_LOCAL_BIN, default target/debug/e2b-local) on free
+loopback ports with a fresh API key, points the SDK at it through the environment variables it
+already reads, and stops it with SIGINT at the end.
+"""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def our_containers() -> list:
+    """Containers made through e2b-local (they carry its template label)."""
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=sbx.meta.sbx.e2b.template"],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.split()
+
+
+class LocalServer:
+    def __init__(self):
+        self.bin = os.environ.get("E2B_LOCAL_BIN", str(ROOT / "target" / "debug" / "e2b-local"))
+        self.key = "e2b_" + secrets.token_hex(16)
+        self.api_port, self.envd_port = free_port(), free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.envd_url = f"http://127.0.0.1:{self.envd_port}"
+        self.log = open(ROOT / "target" / f"e2b-local-pytest-{self.api_port}.log", "w")
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, SBX_LOG=os.environ.get("SBX_LOG", "info"))
+        self.proc = subprocess.Popen(
+            [self.bin, "--api-addr", f"127.0.0.1:{self.api_port}",
+             "--envd-addr", f"127.0.0.1:{self.envd_port}", "--api-key", self.key],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"e2b-local exited early; see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.api_url + "/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("e2b-local did not answer within 30s")
+
+    def stop(self) -> int:
+        """Ctrl-C, as a user would; returns the exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = LocalServer()
+    srv.start()
+    os.environ["E2B_API_KEY"] = srv.key
+    os.environ["E2B_API_URL"] = srv.api_url
+    os.environ["E2B_SANDBOX_URL"] = srv.envd_url
+    os.environ.pop("E2B_DEBUG", None)
+    yield srv
+    if srv.proc.poll() is None:
+        assert srv.stop() == 0
+    left = our_containers()
+    assert not left, f"containers left after e2b-local stopped: {left}"
+
+
+@pytest.fixture
+def sandbox(server):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create(metadata={"sandbox_test_id": uuid.uuid4().hex})
+    try:
+        yield sbx
+    finally:
+        try:
+            sbx.kill()
+        except Exception:
+            pass
+
+
+def processes_matching(sbx, pattern: str) -> int:
+    """How many processes in the sandbox have `pattern` (a grep -E regex) in their command line."""
+    cmd = ("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null"
+           f" | grep -E -c -- '{pattern}' || true")
+    return int(sbx.commands.run(cmd, user="root").stdout.strip() or "0")
