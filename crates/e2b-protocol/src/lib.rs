@@ -40,7 +40,7 @@ pub mod headers {
 }
 
 /// The signature of a file URL (`download_url`/`upload_url`):
-/// `v1_` + base64(sha256("path:operation:user:token[:expiration]")), unpadded.
+/// `v1_` + base64(sha256(`"path:operation:user:token[:expiration]"`)), unpadded.
 pub fn file_signature(
     path: &str,
     operation: &str,
