@@ -176,13 +176,38 @@ impl Config {
     pub async fn runtime(&self) -> Result<Arc<dyn Runtime>> {
         match self.core.runtime {
             RuntimeKind::Docker => self.docker_runtime().await,
-            RuntimeKind::E2b => Err(Error::new(
-                ErrorKind::Unsupported,
-                "the e2b backend is not built into this program; rebuild with the `e2b` feature \
-                 of runtime-config, or set runtime = \"docker\"",
-            )
-            .with_context("source", self.source_of("core.runtime"))),
+            RuntimeKind::E2b => self.e2b_runtime(),
         }
+    }
+
+    #[cfg(feature = "e2b")]
+    fn e2b_runtime(&self) -> Result<Arc<dyn Runtime>> {
+        let e = &self.e2b;
+        let mut builder = runtime_e2b::E2bRuntime::builder()
+            .domain(e.domain.clone())
+            .debug(e.debug)
+            .template(e.template.clone())
+            .request_timeout(std::time::Duration::from_secs(e.request_timeout.max(1)));
+        if let Some(key) = &e.api_key {
+            builder = builder.api_key(key.expose());
+        }
+        if let Some(url) = &e.api_url {
+            builder = builder.api_url(url.clone());
+        }
+        if let Some(url) = &e.sandbox_url {
+            builder = builder.sandbox_url(url.clone());
+        }
+        Ok(Arc::new(builder.build()?))
+    }
+
+    #[cfg(not(feature = "e2b"))]
+    fn e2b_runtime(&self) -> Result<Arc<dyn Runtime>> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "the e2b backend is not built into this program; rebuild with the `e2b` feature \
+             of runtime-config, or set runtime = \"docker\"",
+        )
+        .with_context("source", self.source_of("core.runtime")))
     }
 
     #[cfg(feature = "docker")]

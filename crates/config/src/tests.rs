@@ -367,3 +367,38 @@ fn zero_time_to_live_is_refused() {
     let e = env(&[("SANDBOX_TIME_TO_LIVE", "0")]).load().unwrap_err();
     assert!(e.to_string().contains("SANDBOX_TIME_TO_LIVE"), "{e}");
 }
+
+#[cfg(feature = "e2b")]
+#[tokio::test]
+async fn runtime_e2b_is_chosen_by_config() {
+    let c = env(&[
+        ("RUNTIME", "e2b"),
+        ("E2B_API_KEY", "e2b_x"),
+        ("E2B_API_URL", "http://127.0.0.1:9"),
+    ])
+    .load()
+    .unwrap();
+    let rt = c.runtime().await.unwrap();
+    assert_eq!(rt.name(), "e2b");
+    let c = env(&[("RUNTIME", "e2b")]).load().unwrap();
+    let e = c.runtime().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+    assert!(e.to_string().contains("E2B_API_KEY"), "{e}");
+}
+
+#[cfg(feature = "docker")]
+#[tokio::test]
+async fn runtime_docker_is_chosen_by_config() {
+    // Without an engine this is Unavailable, which names the address; with one, a runtime.
+    let c = env(&[("RUNTIME", "docker")]).load().unwrap();
+    match c.runtime().await {
+        Ok(rt) => assert_eq!(rt.name(), "docker"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+    }
+    let c = env(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")])
+        .load()
+        .unwrap();
+    let e = c.runtime().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert!(e.to_string().contains("/nonexistent/docker.sock"), "{e}");
+}
