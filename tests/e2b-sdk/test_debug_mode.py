@@ -11,6 +11,8 @@ from conftest import LocalServer, our_containers
 
 def port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As the server binds: a port in TIME_WAIT is free for it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
