@@ -211,6 +211,8 @@ pub enum Signal {
     Interrupt,
     /// SIGHUP (1).
     Hangup,
+    /// SIGTSTP (20): Ctrl-Z, stops the process until it is continued.
+    Stop,
 }
 
 impl Signal {
@@ -221,6 +223,7 @@ impl Signal {
             Signal::Term => 15,
             Signal::Interrupt => 2,
             Signal::Hangup => 1,
+            Signal::Stop => 20,
         }
     }
     /// The name without `SIG`, as `kill -s` takes it.
@@ -230,6 +233,7 @@ impl Signal {
             Signal::Term => "TERM",
             Signal::Interrupt => "INT",
             Signal::Hangup => "HUP",
+            Signal::Stop => "TSTP",
         }
     }
 }

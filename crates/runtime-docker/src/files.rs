@@ -597,16 +597,24 @@ mod tests {
 
     #[test]
     fn parses_stat_records() {
-        let e = parse_record("81a4 12 1700000000 /tmp/a b.txt").unwrap();
+        let e = parse_record("81a4 12 1700000000 user users /tmp/a b.txt").unwrap();
         assert_eq!(
             (e.kind, e.size, e.mode, e.name.as_str()),
             (EntryKind::File, 12, 0o644, "a b.txt")
         );
-        assert_eq!(parse_record("41ed 4096 1 /d").unwrap().kind, EntryKind::Dir);
         assert_eq!(
-            parse_record("a1ff 3 1 /l").unwrap().kind,
+            (e.owner.as_deref(), e.group.as_deref()),
+            (Some("user"), Some("users"))
+        );
+        assert_eq!(
+            parse_record("41ed 4096 1 root root /d").unwrap().kind,
+            EntryKind::Dir
+        );
+        assert_eq!(
+            parse_record("a1ff 3 1 root root /l").unwrap().kind,
             EntryKind::Symlink
         );
+        assert!(parse_record("81a4 12 1700000000 /missing-owner").is_none());
     }
 
     #[test]
