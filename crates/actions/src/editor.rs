@@ -113,8 +113,8 @@ pub(crate) fn str_replace(
         return Err("The `old_str` parameter cannot be empty.".into());
     }
     if old == new {
-        return Err(format!(
-            "No replacement was performed. `new_str` and `old_str` must be different."
+        return Err(String::from(
+            "No replacement was performed. `new_str` and `old_str` must be different.",
         ));
     }
     let at = match_lines(content, old);

@@ -137,22 +137,23 @@ impl Session {
         let existing = runtime
             .list(&ListFilter::all().metadata(SESSION_KEY, session_id))
             .await?;
-        let sandbox: Box<dyn Sandbox> =
-            match existing.first() {
-                Some(info) => runtime.connect(&info.id).await?,
-                None if options.attach_to_existing => return Err(Error::new(
+        let sandbox: Box<dyn Sandbox> = match existing.first() {
+            Some(info) => runtime.connect(&info.id).await?,
+            None if options.attach_to_existing => {
+                return Err(Error::new(
                     ErrorKind::NotFound,
                     format!(
                         "session {session_id} has no live sandbox to attach to (expired or killed)"
                     ),
                 )
-                .with_operation("open session")),
-                None => {
-                    let mut spec = options.spec.clone().metadata(SESSION_KEY, session_id);
-                    spec.timeout = Some(options.time_to_live);
-                    runtime.create(spec).await?
-                }
-            };
+                .with_operation("open session"))
+            }
+            None => {
+                let mut spec = options.spec.clone().metadata(SESSION_KEY, session_id);
+                spec.timeout = Some(options.time_to_live);
+                runtime.create(spec).await?
+            }
+        };
         let sandbox: Arc<dyn Sandbox> = Arc::from(sandbox);
         sandbox.set_timeout(options.time_to_live).await?;
         let mut shell = Shell::new(session_id, options.shell.clone());

@@ -167,7 +167,8 @@ pub struct FileEditArgs {
     pub new_str: Option<String>,
     /// Insert after this line (0 = top).
     pub insert_line: Option<i64>,
-    /// Range for `view`.
+    /// Range for `view` (OpenHands sends views as `read`; accepted here too).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub view_range: Option<Vec<i64>>,
     /// The agent's reasoning.
     pub thought: String,

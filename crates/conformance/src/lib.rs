@@ -22,6 +22,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod actions;
 pub mod filestore;
 pub mod sandbox;
 mod suite;

@@ -15,7 +15,7 @@ use runtime_core::{
 };
 use tokio::sync::OnceCell;
 
-use crate::{filestore, sandbox};
+use crate::{actions, filestore, sandbox};
 
 /// What a case returns. Assertions panic; backend errors come back through `?`.
 pub type CaseResult = runtime_core::Result<()>;
@@ -157,6 +157,14 @@ impl SbxCtx {
     pub fn runtime(&self) -> &dyn Runtime {
         self.target.runtime.as_ref()
     }
+    /// The runtime under test, shared.
+    pub fn runtime_arc(&self) -> Arc<dyn Runtime> {
+        self.target.runtime.clone()
+    }
+    /// Records a sandbox made by other means (a session) for clean-up.
+    pub fn track(&self, id: &str) {
+        self.made.lock().unwrap().push(id.to_string());
+    }
     /// The spec every case starts from: the target's template plus the suite label.
     pub fn spec(&self) -> SandboxSpec {
         self.target.spec.clone()
@@ -199,7 +207,8 @@ pub struct SandboxTarget {
     runtime: Arc<dyn Runtime>,
     spec: SandboxSpec,
     shared: OnceCell<Box<dyn Sandbox>>,
-    /// Whether the image has `python3` (the host-port case serves with it, else busybox httpd).
+    /// Whether the image has `python3` and bash: the host-port case serves with python, and the
+    /// agent-operation cases (`actions::*`) run.
     pub has_python: bool,
 }
 
@@ -330,7 +339,12 @@ impl Suite {
         let caps = target.runtime.capabilities();
         let target = Arc::new(target);
         self.targets.push(target.clone());
-        for case in sandbox::cases() {
+        let mut cases = sandbox::cases();
+        if target.has_python {
+            // The agent operations need bash and python3 in the image.
+            cases.extend(actions::cases());
+        }
+        for case in cases {
             let name = format!("{}::{}::{}", target.label, case.area, case.name);
             let t = target.clone();
             let rt = self.rt.clone();

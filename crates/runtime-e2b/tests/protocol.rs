@@ -365,7 +365,7 @@ async fn files_stream_over_http() {
                         .into_response()
                 } else {
                     Body::from_stream(futures_util::stream::iter(
-                        ["ab", "cd"].map(|s| Ok::<_, std::convert::Infallible>(s)),
+                        ["ab", "cd"].map(Ok::<_, std::convert::Infallible>),
                     ))
                     .into_response()
                 }
