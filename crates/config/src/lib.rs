@@ -212,6 +212,12 @@ impl Config {
 
     #[cfg(feature = "docker")]
     async fn docker_runtime(&self) -> Result<Arc<dyn Runtime>> {
+        Ok(Arc::new(self.docker().await?))
+    }
+
+    /// The Docker backend as configured, for what only it offers (template builds).
+    #[cfg(feature = "docker")]
+    pub async fn docker(&self) -> Result<runtime_docker::DockerRuntime> {
         let d = &self.docker;
         let s = &self.sandbox;
         let image = s
@@ -257,7 +263,7 @@ impl Config {
             );
         }
         builder = builder.resources(resources);
-        Ok(Arc::new(builder.build().await?))
+        builder.build().await
     }
 
     #[cfg(not(feature = "docker"))]

@@ -1,0 +1,413 @@
+//! Every `sbx` subcommand against Docker, as a user runs them: exit codes, `--json` output,
+//! a `cp` round trip of a directory, and the errors for an unknown id, a bad configuration and
+//! bad arguments. Without a Docker engine (and without `SBX_REQUIRE_DOCKER=1`) the tests that
+//! need one return early, saying so.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn sbx(args: &[&str]) -> Output {
+    sbx_env(args, &[])
+}
+
+fn sbx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sbx"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run sbx")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn docker_here() -> bool {
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "SBX_REQUIRE_DOCKER=1 but no Docker engine answers"
+        );
+        eprintln!("no Docker engine: skipped");
+    }
+    ok
+}
+
+/// Kills the sandboxes a test made, pass or fail.
+struct Made(String);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        let out = sbx(&["ls", "--json", "--meta", &format!("cli-test={}", self.0)]);
+        if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
+            for item in list {
+                if let Some(id) = item["id"].as_str() {
+                    let _ = sbx(&["kill", id]);
+                }
+            }
+        }
+    }
+}
+
+fn tag() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[test]
+fn run_streams_output_and_exits_with_the_command_code() {
+    if !docker_here() {
+        return;
+    }
+    let t = tag();
+    let _made = Made(t.clone());
+    let meta = format!("cli-test={t}");
+    let ok = sbx(&[
+        "run",
+        "--meta",
+        &meta,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "out\n");
+    assert_eq!(text(&ok.stderr), "err\n");
+    let three = sbx(&["run", "--meta", &meta, "--", "sh", "-c", "exit 3"]);
+    assert_eq!(three.status.code(), Some(3));
+    // A single argument with spaces is a shell line.
+    let line = sbx(&["run", "--meta", &meta, "--", "echo a b | tr a-z A-Z"]);
+    assert_eq!(text(&line.stdout), "A B\n");
+    // `run` kills its sandbox.
+    let left = sbx(&["ls", "--json", "--meta", &meta]);
+    assert_eq!(
+        serde_json::from_slice::<Vec<serde_json::Value>>(&left.stdout)
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn create_ls_exec_kill() {
+    if !docker_here() {
+        return;
+    }
+    let t = tag();
+    let _made = Made(t.clone());
+    let meta = format!("cli-test={t}");
+    let created = sbx(&["create", "--meta", &meta, "--env", "GREETING=hi there"]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let id = text(&created.stdout).trim().to_string();
+    assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+
+    let ls = sbx(&["ls", "--json", "--meta", &meta]);
+    let list: Vec<serde_json::Value> =
+        serde_json::from_slice(&ls.stdout).expect("ls --json is JSON");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["state"], "running");
+    assert_eq!(list[0]["metadata"]["cli-test"], t.as_str());
+    let table = sbx(&["ls", "--meta", &meta]);
+    assert!(
+        text(&table.stdout).starts_with("ID "),
+        "{}",
+        text(&table.stdout)
+    );
+    assert!(text(&table.stdout).contains(&id));
+
+    let exec = sbx(&["exec", &id, "--", "sh", "-c", "echo $GREETING; pwd"]);
+    assert_eq!(text(&exec.stdout), "hi there\n/workspace\n");
+    let exec = sbx(&[
+        "exec",
+        &id,
+        "--cwd",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "pwd; exit 5",
+    ]);
+    assert_eq!(
+        (text(&exec.stdout).as_str(), exec.status.code()),
+        ("/tmp\n", Some(5))
+    );
+    let timed = sbx(&["exec", &id, "--timeout", "1", "--", "sleep", "30"]);
+    assert_eq!(
+        timed.status.code(),
+        Some(124),
+        "a timeout exits 124, as timeout(1)"
+    );
+
+    // Input from a pipe reaches the command.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["exec", &id, "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "piped in\n");
+
+    // `shell` without a terminal reads commands from stdin.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args(["shell", &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from-shell\nexit 4\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        text(&out.stdout).contains("from-shell"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(4));
+
+    let kill = sbx(&["kill", &id]);
+    assert!(kill.status.success());
+    let again = sbx(&["kill", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("doesn't exist"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[test]
+fn cp_round_trip_of_a_directory() {
+    if !docker_here() {
+        return;
+    }
+    let t = tag();
+    let _made = Made(t.clone());
+    let id = text(&sbx(&["create", "--meta", &format!("cli-test={t}")]).stdout)
+        .trim()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("project");
+    std::fs::create_dir_all(src.join("src/deep")).unwrap();
+    std::fs::write(src.join("README"), "read me").unwrap();
+    std::fs::write(
+        src.join("src/deep/data.bin"),
+        (0..=255u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let up = sbx(&["cp", src.to_str().unwrap(), &format!("{id}:/tmp")]);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let check = sbx(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/project/README; wc -c < /tmp/project/src/deep/data.bin",
+    ]);
+    assert_eq!(text(&check.stdout), "read me256\n");
+    let back = dir.path().join("back");
+    let down = sbx(&["cp", &format!("{id}:/tmp/project"), back.to_str().unwrap()]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert_eq!(
+        std::fs::read_to_string(back.join("README")).unwrap(),
+        "read me"
+    );
+    assert_eq!(
+        std::fs::read(back.join("src/deep/data.bin")).unwrap(),
+        (0..=255u8).collect::<Vec<_>>()
+    );
+    let file = dir.path().join("one.txt");
+    let single = sbx(&[
+        "cp",
+        &format!("{id}:/tmp/project/README"),
+        file.to_str().unwrap(),
+    ]);
+    assert!(single.status.success());
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "read me");
+    let bad = sbx(&["cp", "/tmp/a", "/tmp/b"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("ID:/path"));
+}
+
+#[test]
+fn unknown_id_is_a_clear_error() {
+    if !docker_here() {
+        return;
+    }
+    let out = sbx(&["exec", "nosuchsandbox", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("sbx: error: "), "{err}");
+    assert!(err.contains("nosuchsandbox"), "{err}");
+    assert!(err.contains("sbx: hint: `sbx ls`"), "{err}");
+}
+
+#[test]
+fn bad_configuration_names_key_and_source() {
+    let out = sbx_env(&["ls"], &[("SBX_SANDBOX__TIMEOUT", "soon")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("sandbox.timeout") && err.contains("SBX_SANDBOX__TIMEOUT"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sbx.toml");
+    std::fs::write(&file, "[docker]\nimagee = \"x\"\n").unwrap();
+    let out = sbx(&["--config", file.to_str().unwrap(), "config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("docker.imagee"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sbx(&["--runtime", "kubernetes", "ls"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("core.runtime"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn config_prints_sources_and_redacts_secrets() {
+    let out = sbx_env(
+        &["config"],
+        &[("E2B_API_KEY", "e2b_topsecret"), ("SANDBOX_TIMEOUT", "77")],
+    );
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("timeout = 77  # environment variable SANDBOX_TIMEOUT"),
+        "{s}"
+    );
+    assert!(
+        s.contains("api_key = \"***\"  # environment variable E2B_API_KEY"),
+        "{s}"
+    );
+    assert!(!s.contains("topsecret"));
+}
+
+#[test]
+fn bad_arguments_exit_2_with_usage() {
+    for args in [
+        &["frobnicate"][..],
+        &["run"][..],
+        &["exec", "id"][..],
+        &["create", "--meta", "novalue"][..],
+    ] {
+        let out = sbx(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("Usage") || text(&out.stderr).contains("error"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn template_build_streams_and_tags() {
+    if !docker_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("sbx-cli-tpl-{}", std::process::id());
+    std::fs::write(
+        dir.path().join("e2b.toml"),
+        format!("template_id = \"{name}\"\ntemplate_name = \"{name}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("e2b.Dockerfile"),
+        "FROM sbx-mini:latest\nRUN echo built > /built\n",
+    )
+    .unwrap();
+    let out = sbx(&["template", "build", dir.path().to_str().unwrap()]);
+    let _ = Command::new("docker").args(["rmi", "-f", &name]).output();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), name);
+    assert!(
+        text(&out.stderr).contains("Step"),
+        "build output streamed: {}",
+        text(&out.stderr)
+    );
+    let missing = sbx(&["template", "build", "/no/such/dir"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn serve_e2b_answers_and_stops_on_ctrl_c() {
+    if !docker_here() {
+        return;
+    }
+    let port = |_: u8| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (api, envd) = (port(0), port(1));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sbx"))
+        .args([
+            "serve-e2b",
+            "--api-addr",
+            &format!("127.0.0.1:{api}"),
+            "--envd-addr",
+            &format!("127.0.0.1:{envd}"),
+            "--api-key",
+            "k",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", api)) {
+            use std::io::Read;
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            up = buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(up, "the API answered /health");
+    assert!(status.success(), "stopped cleanly on SIGINT");
+    let no_key = sbx_env(&["serve-e2b"], &[("E2B_API_KEY", "")]);
+    assert_eq!(no_key.status.code(), Some(2));
+}
