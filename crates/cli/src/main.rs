@@ -368,7 +368,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                 filter = filter.metadata(k, v);
             }
             let mut list = runtime.list(&filter).await?;
-            list.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+            list.sort_by_key(|i| i.started_at);
             if json {
                 let items: Vec<serde_json::Value> = list
                     .iter()
