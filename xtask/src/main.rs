@@ -4,6 +4,8 @@
 //! cargo xtask ci        everything CI checks: engine, images, fmt, clippy, docs, tests
 //! cargo xtask docker    make sure a Docker engine answers (installs and starts docker.io if needed)
 //! cargo xtask image     build sbx-base:bookworm and sbx-mini:latest from Debian packages
+//! cargo xtask run [-- CMD...]   set up (engine, images) and run a command in a fresh sandbox
+//! cargo xtask bench [--quick]   the benchmark against the Docker CLI and the E2B SDK
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -24,8 +26,14 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("docker") => docker(),
         Some("image") => docker().and_then(|_| images(force)),
+        Some("run") => docker()
+            .and_then(|_| images(false))
+            .and_then(|_| run_in_sandbox(&args[1..])),
+        Some("bench") => docker()
+            .and_then(|_| images(false))
+            .and_then(|_| bench(&args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask <ci | docker | image [--force]>");
+            eprintln!("usage: cargo xtask <ci | docker | image [--force] | run [-- CMD...] | bench [--quick]>");
             return ExitCode::from(2);
         }
     };
@@ -101,10 +109,8 @@ fn ci() -> Result {
     e2b_sdk_tests()
 }
 
-/// The official E2B Python SDK (tests/e2b-sdk, pinned versions) against e2b-local.
-fn e2b_sdk_tests() -> Result {
-    step("the official E2B Python SDK against e2b-local (tests/e2b-sdk)");
-    run(cargo().args(["build", "-p", "e2b-local"]))?;
+/// A virtualenv with the pinned official E2B SDK (tests/e2b-sdk/requirements.txt).
+fn sdk_python() -> Result<PathBuf> {
     let venv = root().join("target").join("e2b-sdk-venv");
     let python = venv.join("bin").join("python");
     if !python.exists() {
@@ -120,11 +126,54 @@ fn e2b_sdk_tests() -> Result {
             "-r",
         ])
         .arg(root().join("tests/e2b-sdk/requirements.txt")))?;
+    Ok(python)
+}
+
+/// The official E2B Python SDK (tests/e2b-sdk, pinned versions) against e2b-local.
+fn e2b_sdk_tests() -> Result {
+    step("the official E2B Python SDK against e2b-local (tests/e2b-sdk)");
+    run(cargo().args(["build", "-p", "e2b-local"]))?;
+    let python = sdk_python()?;
     run(Command::new(&python)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
         .arg(root().join("tests/e2b-sdk"))
         .env("E2B_LOCAL_BIN", root().join("target/debug/e2b-local"))
         .current_dir(root()))
+}
+
+/// Runs a command in a fresh sandbox with the `sbx` CLI.
+fn run_in_sandbox(args: &[String]) -> Result {
+    let words: Vec<String> = match args.iter().position(|a| a == "--") {
+        Some(i) => args[i + 1..].to_vec(),
+        None => args.to_vec(),
+    };
+    let words = if words.is_empty() {
+        vec!["echo \"hello from sandbox $(hostname), $(uname -sr)\"".to_string()]
+    } else {
+        words
+    };
+    step("sbx run");
+    run(cargo()
+        .args(["run", "--quiet", "-p", "sbx", "--", "run", "--"])
+        .args(&words))
+}
+
+/// The benchmark, built with optimisations.
+fn bench(args: &[String]) -> Result {
+    let python = sdk_python()?;
+    step("cargo run --release -p sbx-bench (builds with optimisations first; a few minutes)");
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "sbx-bench",
+            "--",
+            "--python",
+        ])
+        .arg(&python)
+        .args(args))
 }
 
 fn is_root() -> bool {

@@ -1,0 +1,415 @@
+//! `cargo xtask bench`: sbx against its peers, measured side by side in one run.
+//!
+//! 1. command round trip (`true` in a running sandbox): sbx vs `docker exec`;
+//! 2. create → first command → kill: sbx vs `docker run --rm`;
+//! 3. 64 MiB upload and download: sbx vs `docker cp`;
+//! 4. 50 sandboxes at once, 20 commands each: time, errors, peak memory of the process;
+//! 5. the E2B backend vs the official Python SDK against the same e2b-local: command round
+//!    trip and 8 MiB file round trip.
+//!
+//! Prints a Markdown table of ratios (sbx / peer, lower is better for sbx) and writes the raw
+//! figures to `bench-results/latest.json`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use runtime_core::{CommandSpec, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
+use runtime_docker::DockerRuntime;
+use serde_json::json;
+
+const IMAGE: &str = "sbx-base:bookworm";
+const LABEL: &str = "sbx-bench";
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug, Clone)]
+struct Series {
+    samples: Vec<f64>,
+}
+
+impl Series {
+    fn new() -> Self {
+        Series {
+            samples: Vec::new(),
+        }
+    }
+    fn add(&mut self, d: Duration) {
+        self.samples.push(d.as_secs_f64() * 1000.0);
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+        s[i]
+    }
+    fn median(&self) -> f64 {
+        self.pct(0.5)
+    }
+    fn p90(&self) -> f64 {
+        self.pct(0.9)
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({"median_ms": self.median(), "p90_ms": self.p90(), "n": self.samples.len(), "samples_ms": self.samples})
+    }
+}
+
+struct Row {
+    name: String,
+    ours: Series,
+    peer_name: String,
+    peer: Series,
+}
+
+async fn docker_cli(args: &[&str]) -> Res<()> {
+    let out = tokio::process::Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn spec() -> SandboxSpec {
+    SandboxSpec::new().template(IMAGE).metadata(LABEL, "1")
+}
+
+async fn round_trip(docker: &DockerRuntime, n: usize) -> Res<Row> {
+    let sb = docker.create(spec()).await?;
+    let container = format!("sbx-{}", sb.id());
+    let (mut ours, mut peer) = (Series::new(), Series::new());
+    for _ in 0..3 {
+        sb.exec(CommandSpec::program("true", Vec::<String>::new()))
+            .await?;
+        docker_cli(&["exec", &container, "true"]).await?;
+    }
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = sb
+            .exec(CommandSpec::program("true", Vec::<String>::new()))
+            .await?;
+        ours.add(t.elapsed());
+        assert_eq!(out.exit_code, Some(0));
+        let t = Instant::now();
+        docker_cli(&["exec", &container, "true"]).await?;
+        peer.add(t.elapsed());
+    }
+    sb.kill().await?;
+    Ok(Row {
+        name: "command round trip (`true`)".into(),
+        ours,
+        peer_name: "docker exec".into(),
+        peer,
+    })
+}
+
+async fn lifecycle(docker: &DockerRuntime, n: usize) -> Res<Row> {
+    let (mut ours, mut peer) = (Series::new(), Series::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        let sb = docker.create(spec()).await?;
+        sb.exec(CommandSpec::program("true", Vec::<String>::new()))
+            .await?;
+        sb.kill().await?;
+        ours.add(t.elapsed());
+        let t = Instant::now();
+        docker_cli(&["run", "--rm", "--label", "sbx-bench=1", IMAGE, "true"]).await?;
+        peer.add(t.elapsed());
+    }
+    Ok(Row {
+        name: "create → first command → kill".into(),
+        ours,
+        peer_name: "docker run --rm".into(),
+        peer,
+    })
+}
+
+async fn files(docker: &DockerRuntime, n: usize) -> Res<(Row, Row)> {
+    let sb = docker.create(spec()).await?;
+    let container = format!("sbx-{}", sb.id());
+    let data = Bytes::from(
+        (0..64u32 << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let dir = std::env::temp_dir().join(format!("sbx-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let host_file = dir.join("up.bin");
+    std::fs::write(&host_file, &data)?;
+    let (mut up, mut up_peer, mut down, mut down_peer) =
+        (Series::new(), Series::new(), Series::new(), Series::new());
+    for i in 0..n {
+        let t = Instant::now();
+        sb.files()
+            .write(&format!("/tmp/ours{i}.bin"), data.clone())
+            .await?;
+        up.add(t.elapsed());
+        let t = Instant::now();
+        docker_cli(&[
+            "cp",
+            host_file.to_str().unwrap(),
+            &format!("{container}:/tmp/peer{i}.bin"),
+        ])
+        .await?;
+        up_peer.add(t.elapsed());
+        let t = Instant::now();
+        let mut s = sb.files().read_stream(&format!("/tmp/ours{i}.bin")).await?;
+        let mut f = tokio::fs::File::create(dir.join("down.bin")).await?;
+        while let Some(c) = s.next().await {
+            tokio::io::AsyncWriteExt::write_all(&mut f, &c?).await?;
+        }
+        down.add(t.elapsed());
+        let t = Instant::now();
+        docker_cli(&[
+            "cp",
+            &format!("{container}:/tmp/peer{i}.bin"),
+            dir.join("peer-down.bin").to_str().unwrap(),
+        ])
+        .await?;
+        down_peer.add(t.elapsed());
+    }
+    assert_eq!(std::fs::metadata(dir.join("down.bin"))?.len(), 64 << 20);
+    sb.kill().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((
+        Row {
+            name: "64 MiB upload".into(),
+            ours: up,
+            peer_name: "docker cp".into(),
+            peer: up_peer,
+        },
+        Row {
+            name: "64 MiB download".into(),
+            ours: down,
+            peer_name: "docker cp".into(),
+            peer: down_peer,
+        },
+    ))
+}
+
+/// 50 sandboxes, 20 commands each, all at once (run in a child process so its peak RSS is
+/// this load's alone).
+async fn load(docker: Arc<DockerRuntime>) -> Res<serde_json::Value> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let d = docker.clone();
+        tasks.push(tokio::spawn(async move {
+            let sb = d.create(spec()).await?;
+            let mut errors = 0;
+            for j in 0..20 {
+                match sb.exec(CommandSpec::shell(format!("echo {i}-{j}"))).await {
+                    Ok(o) if o.stdout_text() == format!("{i}-{j}\n") => {}
+                    _ => errors += 1,
+                }
+            }
+            sb.kill().await?;
+            Ok::<u32, runtime_core::Error>(errors)
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(e) => errors += e,
+            Err(e) => {
+                eprintln!("load: {e}");
+                errors += 20;
+            }
+        }
+    }
+    Ok(
+        json!({"sandboxes": 50, "commands": 1000, "total_s": started.elapsed().as_secs_f64(), "errors": errors, "peak_rss_mib": peak_rss_kib() as f64 / 1024.0}),
+    )
+}
+
+async fn e2b(docker: DockerRuntime, python: &PathBuf, n: usize) -> Res<(Row, Row)> {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (api_addr, envd_addr) = (api.local_addr()?, envd.local_addr()?);
+    let key = "e2b_bench_key";
+    let server = e2b_local::Server::new(
+        Arc::new(docker),
+        e2b_local::ServerConfig {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(api, envd, async move {
+        let _ = stop_rx.await;
+    }));
+    let e2b = runtime_e2b::E2bRuntime::builder()
+        .api_key(key)
+        .api_url(format!("http://{api_addr}"))
+        .sandbox_url(format!("http://{envd_addr}"))
+        .build()?;
+    let sb = e2b.create(SandboxSpec::new().metadata(LABEL, "1")).await?;
+    let data = Bytes::from(vec![7u8; 8 << 20]);
+    let (mut cmd, mut file) = (Series::new(), Series::new());
+    for _ in 0..3 {
+        sb.exec(CommandSpec::shell("true")).await?;
+    }
+    for _ in 0..n {
+        let t = Instant::now();
+        sb.exec(CommandSpec::shell("true")).await?;
+        cmd.add(t.elapsed());
+    }
+    for _ in 0..(n / 4).max(3) {
+        let t = Instant::now();
+        sb.files().write("/tmp/rt.bin", data.clone()).await?;
+        let back = sb.files().read("/tmp/rt.bin").await?;
+        file.add(t.elapsed());
+        assert_eq!(back.len(), data.len());
+    }
+    sb.kill().await?;
+    let script = format!(
+        r#"
+import json, time
+from e2b import Sandbox
+s = Sandbox.create(metadata={{"{LABEL}": "1"}})
+for _ in range(3): s.commands.run("true")
+cmd = []
+for _ in range({n}):
+    t = time.perf_counter(); s.commands.run("true"); cmd.append((time.perf_counter() - t) * 1000)
+data = b"\x07" * (8 << 20)
+files = []
+for _ in range({m}):
+    t = time.perf_counter(); s.files.write("/tmp/rt.bin", data); b = s.files.read("/tmp/rt.bin", format="bytes"); files.append((time.perf_counter() - t) * 1000)
+    assert len(b) == len(data)
+s.kill()
+print(json.dumps({{"cmd": cmd, "file": files}}))
+"#,
+        m = (n / 4).max(3)
+    );
+    let out = tokio::process::Command::new(python)
+        .args(["-c", &script])
+        .env("E2B_API_KEY", key)
+        .env("E2B_API_URL", format!("http://{api_addr}"))
+        .env("E2B_SANDBOX_URL", format!("http://{envd_addr}"))
+        .output()
+        .await?;
+    let _ = stop_tx.send(());
+    let _ = handle.await;
+    if !out.status.success() {
+        return Err(format!(
+            "the Python SDK run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let series = |k: &str| Series {
+        samples: v[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect(),
+    };
+    Ok((
+        Row {
+            name: "E2B command round trip (via e2b-local)".into(),
+            ours: cmd,
+            peer_name: "official Python SDK".into(),
+            peer: series("cmd"),
+        },
+        Row {
+            name: "E2B 8 MiB write + read (via e2b-local)".into(),
+            ours: file,
+            peer_name: "official Python SDK".into(),
+            peer: series("file"),
+        },
+    ))
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if args.first().map(String::as_str) == Some("--load-only") {
+        let v =
+            rt.block_on(async { load(Arc::new(DockerRuntime::builder().build().await?)).await })?;
+        println!("{v}");
+        return Ok(());
+    }
+    let python = args
+        .iter()
+        .position(|a| a == "--python")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let quick = args.iter().any(|a| a == "--quick");
+    let n = if quick { 10 } else { 50 };
+    rt.block_on(async {
+        let docker = DockerRuntime::builder().build().await?;
+        let mut rows = Vec::new();
+        eprintln!("1/5 command round trip ({n} each)…");
+        rows.push(round_trip(&docker, n).await?);
+        eprintln!("2/5 create → command → kill ({} each)…", n / 5);
+        rows.push(lifecycle(&docker, (n / 5).max(3)).await?);
+        eprintln!("3/5 64 MiB upload and download…");
+        let (up, down) = files(&docker, if quick { 2 } else { 5 }).await?;
+        rows.push(up);
+        rows.push(down);
+        eprintln!("4/5 50 sandboxes × 20 commands (separate process)…");
+        let exe = std::env::current_exe()?;
+        let out = tokio::process::Command::new(exe).arg("--load-only").output().await?;
+        let load: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("load run: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        match &python {
+            Some(p) => {
+                eprintln!("5/5 E2B backend vs the Python SDK through e2b-local…");
+                let (c, f) = e2b(docker.clone(), p, n).await?;
+                rows.push(c);
+                rows.push(f);
+            }
+            None => eprintln!("5/5 skipped: no --python with the e2b SDK"),
+        }
+        let machine = format!(
+            "{} cores, {} MiB RAM, Docker {}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0) / 1024,
+            String::from_utf8_lossy(&std::process::Command::new("docker").args(["version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]).output()?.stdout).trim()
+        );
+        let mut table = String::from("| measure | sbx median (p90) ms | peer | peer median (p90) ms | ratio sbx/peer |\n|---|---|---|---|---|\n");
+        for r in &rows {
+            table.push_str(&format!(
+                "| {} | {:.1} ({:.1}) | {} | {:.1} ({:.1}) | {:.2} |\n",
+                r.name, r.ours.median(), r.ours.p90(), r.peer_name, r.peer.median(), r.peer.p90(), r.ours.median() / r.peer.median()
+            ));
+        }
+        table.push_str(&format!(
+            "| 50 sandboxes × 20 commands at once | {:.1} s total, {} errors, peak RSS {:.0} MiB | | | |\n",
+            load["total_s"].as_f64().unwrap_or(0.0), load["errors"], load["peak_rss_mib"].as_f64().unwrap_or(0.0)
+        ));
+        println!("Machine: {machine}\n\n{table}");
+        let raw = json!({
+            "machine": machine,
+            "rows": rows.iter().map(|r| json!({"name": r.name, "sbx": r.ours.json(), "peer_name": r.peer_name, "peer": r.peer.json()})).collect::<Vec<_>>(),
+            "load": load,
+        });
+        std::fs::create_dir_all("bench-results")?;
+        std::fs::write("bench-results/latest.json", serde_json::to_string_pretty(&raw)?)?;
+        std::fs::write("bench-results/latest.md", format!("Machine: {machine}\n\n{table}"))?;
+        eprintln!("raw figures: bench-results/latest.json");
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    })
+}
