@@ -22,7 +22,11 @@ async fn main() -> runtime_core::Result<()> {
     for step in steps {
         let action: Action = serde_json::from_str(step).expect("a valid action");
         let observation = session.run_action(action).await;
-        println!("--- {} ---\n{}\n", observation.observation, observation.to_agent_text());
+        println!(
+            "--- {} ---\n{}\n",
+            observation.observation,
+            observation.to_agent_text()
+        );
     }
     session.close().await
 }

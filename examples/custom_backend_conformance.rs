@@ -45,9 +45,15 @@ impl Runtime for Counting {
 
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
-    match suite.tokio().block_on(runtime_docker::DockerRuntime::builder().build()) {
+    match suite
+        .tokio()
+        .block_on(runtime_docker::DockerRuntime::builder().build())
+    {
         Ok(docker) => {
-            let ours = Arc::new(Counting { inner: Arc::new(docker), made: AtomicUsize::new(0) });
+            let ours = Arc::new(Counting {
+                inner: Arc::new(docker),
+                made: AtomicUsize::new(0),
+            });
             let spec = SandboxSpec::new().template("sbx-base:bookworm");
             suite.add_sandbox(SandboxTarget::new("counting", ours, spec).with_python(true));
         }

@@ -70,7 +70,32 @@ pub(crate) fn router(state: Shared) -> Router {
             state.clone(),
             authenticate,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Largest control-plane request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// Errors the framework answers itself (413, 405, ...) get the API's JSON body too: the SDK
+/// parses every error as `{"code", "message"}`.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => format!("request body over {MAX_BODY} bytes"),
+            s => s.canonical_reason().unwrap_or("error").to_string(),
+        };
+        return api_error(status, message);
+    }
+    response
 }
 
 async fn authenticate(

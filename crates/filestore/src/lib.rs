@@ -13,4 +13,4 @@ mod path;
 
 pub use local::LocalFileStore;
 pub use memory::InMemoryFileStore;
-pub use path::{join, normalize, parent};
+pub use path::{clean_absolute, join, normalize, parent};

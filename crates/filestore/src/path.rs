@@ -39,6 +39,27 @@ pub fn normalize(path: &str) -> Result<Vec<&str>> {
     Ok(parts)
 }
 
+/// An absolute path in a sandbox, cleaned as POSIX does: `..` at `/` stays at `/`
+/// (`/a/../../b` is `/b`), no empty parts, no `.`.
+///
+/// ```
+/// assert_eq!(runtime_filestore::clean_absolute("/home/user/../../../etc//x/."), "/etc/x");
+/// assert_eq!(runtime_filestore::clean_absolute("/"), "/");
+/// ```
+pub fn clean_absolute(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 /// Joins a directory and a name with exactly one `/` (an empty directory gives the name).
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {

@@ -14,10 +14,10 @@ use futures_util::{StreamExt, TryStreamExt};
 use runtime_core::{
     sort_entries, ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result,
 };
-use runtime_filestore::{join, normalize, parent};
+use runtime_filestore::{clean_absolute, join, parent};
 use tokio::io::AsyncWriteExt;
 
-use crate::error::{err, map, BACKEND};
+use crate::error::{err, map};
 use crate::exec::{run_helper, script, Collected};
 
 /// Content up to this size is written from memory; more is spooled to a temporary file.
@@ -82,8 +82,14 @@ impl DockerFiles {
         } else {
             join(&self.workdir, path)
         };
-        let parts = normalize(&full).map_err(|e| e.with_backend(BACKEND).with_operation(op))?;
-        Ok(format!("/{}", parts.join("/")))
+        if full.contains('\0') {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                op,
+                "the path contains a NUL byte",
+            ));
+        }
+        Ok(clean_absolute(&full))
     }
 
     async fn helper(

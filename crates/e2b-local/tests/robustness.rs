@@ -1,0 +1,767 @@
+//! Faults, hostile input and load against `e2b-local` over Docker.
+//!
+//! - a fault-injecting proxy between the E2B backend and e2b-local: 429/502/503 bursts, stalls
+//!   past the request timeout, streams cut mid-envelope or dropped: typed errors or correct
+//!   retries, and a command is never started twice by a retry;
+//! - malformed JSON, oversized bodies, bad ids, bad keys and tokens, hostile user names;
+//! - the server killed with SIGKILL and restarted: its sandboxes are served again;
+//! - no key or token in the logs at TRACE level;
+//! - 20 sandboxes and 200 concurrent command streams, with the server's peak memory.
+//!
+//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the tests return early.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use e2b_local::{Server, ServerConfig};
+use futures_util::StreamExt;
+use runtime_core::{
+    CommandSpec, ErrorKind, FileStoreExt, ListFilter, Runtime, SandboxExt, SandboxSpec,
+};
+use runtime_docker::DockerRuntime;
+use runtime_e2b::E2bRuntime;
+
+const LABEL: &str = "sbx-robustness";
+
+async fn docker() -> Option<DockerRuntime> {
+    match DockerRuntime::builder().build().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(
+                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                "SBX_REQUIRE_DOCKER=1: {e}"
+            );
+            eprintln!("no Docker engine: skipped ({e})");
+            None
+        }
+    }
+}
+
+/// An in-process server; returns (api, envd) addresses.
+async fn serve(key: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let docker = docker().await?;
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = (api.local_addr().unwrap(), envd.local_addr().unwrap());
+    let server = Server::new(
+        Arc::new(docker),
+        ServerConfig {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    tokio::spawn(server.serve(api, envd, std::future::pending()));
+    Some(addrs)
+}
+
+fn client(api: SocketAddr, envd: SocketAddr, key: &str, timeout: Duration) -> E2bRuntime {
+    E2bRuntime::builder()
+        .api_key(key)
+        .api_url(format!("http://{api}"))
+        .sandbox_url(format!("http://{envd}"))
+        .request_timeout(timeout)
+        .build()
+        .unwrap()
+}
+
+/// Kills the sandboxes one test labelled (tests run at once: each has its own label value).
+async fn kill_labelled(rt: &dyn Runtime, test: &str) {
+    if let Ok(list) = rt.list(&ListFilter::all().metadata(LABEL, test)).await {
+        for i in list {
+            let _ = rt.kill(&i.id).await;
+        }
+    }
+}
+
+// ---- the fault-injecting proxy --------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Answer with this status (and `Retry-After: 0` for 429) instead of forwarding.
+    Status(u16),
+    /// Wait this long before forwarding.
+    Stall(Duration),
+    /// Forward, but end the answer after this many bytes (cleanly, or by breaking it).
+    Cut { after: usize, abort: bool },
+}
+
+#[derive(Default)]
+struct Plan {
+    rules: Vec<(String, usize, Fault)>,
+    forwarded: HashMap<String, usize>,
+}
+
+#[derive(Clone)]
+struct Proxy {
+    api: SocketAddr,
+    envd: SocketAddr,
+    plan: Arc<Mutex<Plan>>,
+    http: reqwest::Client,
+}
+
+impl Proxy {
+    fn fault(&self, path_part: &str, times: usize, fault: Fault) {
+        self.plan
+            .lock()
+            .unwrap()
+            .rules
+            .push((path_part.into(), times, fault));
+    }
+    fn forwarded(&self, path_part: &str) -> usize {
+        self.plan
+            .lock()
+            .unwrap()
+            .forwarded
+            .iter()
+            .filter(|(p, _)| p.contains(path_part))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+async fn proxy_handler(State(p): State<Proxy>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let fault = {
+        let mut plan = p.plan.lock().unwrap();
+        let hit = plan
+            .rules
+            .iter_mut()
+            .find(|(part, left, _)| *left > 0 && path.contains(part.as_str()));
+        hit.map(|(_, left, f)| {
+            *left -= 1;
+            f.clone()
+        })
+    };
+    match &fault {
+        Some(Fault::Status(code)) => {
+            let mut r = Response::new(Body::from(format!(
+                "{{\"code\":{code},\"message\":\"injected\"}}"
+            )));
+            *r.status_mut() = axum::http::StatusCode::from_u16(*code).unwrap();
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            if *code == 429 {
+                r.headers_mut().insert("retry-after", "0".parse().unwrap());
+            }
+            return r;
+        }
+        Some(Fault::Stall(d)) => tokio::time::sleep(*d).await,
+        _ => {}
+    }
+    *p.plan
+        .lock()
+        .unwrap()
+        .forwarded
+        .entry(path.clone())
+        .or_default() += 1;
+    let envd = path.starts_with("/process.")
+        || path.starts_with("/filesystem.")
+        || path.starts_with("/files")
+        || path == "/health"
+        || path == "/envs";
+    let upstream = if envd { p.envd } else { p.api };
+    let url = format!(
+        "http://{upstream}{}",
+        req.uri()
+            .path_and_query()
+            .map(|x| x.as_str())
+            .unwrap_or("/")
+    );
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), 64 << 20)
+        .await
+        .unwrap_or_default();
+    let mut fwd = p.http.request(method, url).body(body);
+    for (k, v) in headers.iter() {
+        if k != "host" && k != "content-length" && k != "transfer-encoding" {
+            fwd = fwd.header(k, v);
+        }
+    }
+    let upstream = match fwd.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::builder()
+                .status(502)
+                .body(Body::from(e.to_string()))
+                .unwrap()
+        }
+    };
+    let mut builder = Response::builder().status(upstream.status().as_u16());
+    for (k, v) in upstream.headers() {
+        if k != "content-length" && k != "transfer-encoding" {
+            builder = builder.header(k, v);
+        }
+    }
+    let stream = upstream.bytes_stream();
+    let body = match fault {
+        Some(Fault::Cut { after, abort }) => {
+            let mut sent = 0usize;
+            let cut = stream
+                .map(move |chunk| {
+                    let chunk = chunk.unwrap_or_default();
+                    let room = after.saturating_sub(sent);
+                    sent += chunk.len();
+                    if room == 0 {
+                        return None;
+                    }
+                    Some(chunk.slice(..room.min(chunk.len())))
+                })
+                .take_while(|c| futures_util::future::ready(c.is_some()))
+                .map(|c| Ok::<Bytes, std::io::Error>(c.unwrap()));
+            if abort {
+                Body::from_stream(cut.chain(futures_util::stream::once(async {
+                    Err(std::io::Error::other("connection dropped"))
+                })))
+            } else {
+                Body::from_stream(cut)
+            }
+        }
+        _ => Body::from_stream(stream),
+    };
+    builder.body(body).unwrap()
+}
+
+async fn proxy(api: SocketAddr, envd: SocketAddr) -> (Proxy, SocketAddr) {
+    let p = Proxy {
+        api,
+        envd,
+        plan: Arc::default(),
+        http: reqwest::Client::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .fallback(proxy_handler)
+        .with_state(p.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (p, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_between_client_and_server() {
+    let key = "e2b_fault_key";
+    let Some((api, envd)) = serve(key).await else {
+        return;
+    };
+    let (p, addr) = proxy(api, envd).await;
+    let rt = client(addr, addr, key, Duration::from_secs(3));
+    let spec = || SandboxSpec::new().metadata(LABEL, "faults");
+
+    // A 429 then a 502 before create: retried, and the sandbox is made once.
+    p.fault("/v2/sandboxes", 1, Fault::Status(429));
+    p.fault("/v2/sandboxes", 1, Fault::Status(502));
+    let sb = rt
+        .create(spec())
+        .await
+        .expect("retried through 429 and 502");
+    assert_eq!(p.forwarded("/v2/sandboxes"), 1, "created once");
+
+    let result = async {
+        // A failed Start is not retried: the command must not run twice.
+        p.fault("/process.Process/Start", 1, Fault::Status(503));
+        let marker = format!("/tmp/ran-{:x}", rand::random::<u32>());
+        let e = sb
+            .exec(CommandSpec::shell(format!("echo x >> {marker}")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert_eq!(p.forwarded("/process.Process/Start"), 0);
+        sb.exec(CommandSpec::shell(format!("echo x >> {marker}")))
+            .await?;
+        let lines = sb
+            .exec(CommandSpec::shell(format!("wc -l < {marker}")))
+            .await?;
+        assert_eq!(
+            lines.stdout_text().trim(),
+            "1",
+            "the command ran exactly once"
+        );
+
+        // A stream cut in the middle of an envelope: a typed error, quickly.
+        p.fault(
+            "/process.Process/Start",
+            1,
+            Fault::Cut {
+                after: 40,
+                abort: false,
+            },
+        );
+        let started = Instant::now();
+        let e = sb
+            .exec(CommandSpec::shell("echo one; sleep 1; echo two"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        // A connection dropped mid-stream.
+        p.fault(
+            "/process.Process/Start",
+            1,
+            Fault::Cut {
+                after: 60,
+                abort: true,
+            },
+        );
+        let e = sb
+            .exec(CommandSpec::shell("echo one; sleep 1; echo two"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Unexpected),
+            "{e}"
+        );
+
+        // A stall past the request timeout: Timeout, not a hang.
+        p.fault("/sandboxes/", 1, Fault::Stall(Duration::from_secs(8)));
+        let started = Instant::now();
+        let e = sb.info().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(7),
+            "gave up at the timeout"
+        );
+
+        // A 503 burst longer than the retries: Unavailable and retryable.
+        p.fault("/v2/sandboxes", 4, Fault::Status(503));
+        let e = rt.list(&ListFilter::all()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.is_retryable());
+
+        // Files: a download cut short is an error, not a short file.
+        sb.files()
+            .write("/tmp/big.bin", Bytes::from(vec![1u8; 1 << 20]))
+            .await?;
+        p.fault(
+            "/files",
+            1,
+            Fault::Cut {
+                after: 1000,
+                abort: true,
+            },
+        );
+        let mut s = sb.files().read_stream("/tmp/big.bin").await?;
+        let mut got = 0usize;
+        let mut failed = false;
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(b) => got += b.len(),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            failed && got < 1 << 20,
+            "a cut download is reported ({got} bytes)"
+        );
+        // And everything works again afterwards.
+        assert_eq!(sb.exec_shell("echo fine").await?.stdout_text(), "fine\n");
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    let _ = sb.kill().await;
+    result.unwrap();
+}
+
+// ---- hostile input -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_get_clear_answers() {
+    let key = "e2b_hostile_key";
+    let Some((api, envd)) = serve(key).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let a = |p: &str| format!("http://{api}{p}");
+    let e = |p: &str| format!("http://{envd}{p}");
+    let json = |r: &str| {
+        serde_json::from_str::<serde_json::Value>(r).unwrap_or_else(|_| panic!("not JSON: {r}"))
+    };
+
+    // API keys: missing or wrong is 401, with the JSON body the SDK parses.
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(json(&r.text().await.unwrap())["code"], 401);
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", "e2b_hostile_kez")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Malformed JSON and oversized bodies.
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", key)
+        .body("{\"templateID\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(json(&r.text().await.unwrap())["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid request body"));
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", key)
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(json(&r.text().await.unwrap())["code"], 413);
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", key)
+        .body("{\"templateID\":\"base\",\"timeout\":-5}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Ids that are not ids.
+    for id in ["..%2F..%2Fetc", "UPPER", "a%00b", "x;rm -rf /"] {
+        let r = http
+            .get(a(&format!("/sandboxes/{id}")))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{id}");
+    }
+    let r = http
+        .get(e("/health"))
+        .header("e2b-sandbox-id", "../../containers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        json(&r.text().await.unwrap())["message"],
+        "The sandbox was not found"
+    );
+
+    // A real sandbox, to test its envd.
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", key)
+        .body(format!(
+            "{{\"templateID\":\"base\",\"metadata\":{{\"{LABEL}\":\"hostile\"}}}}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created = json(&r.text().await.unwrap());
+    let id = created["sandboxID"].as_str().unwrap().to_string();
+    let token = created["envdAccessToken"].as_str().unwrap().to_string();
+    let rpc = |path: &str, body: &'static str, token: Option<&str>| {
+        let mut req = http
+            .post(e(path))
+            .header("e2b-sandbox-id", &id)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.header("x-access-token", t);
+        }
+        req.send()
+    };
+    // Tokens.
+    assert_eq!(
+        rpc("/filesystem.Filesystem/Stat", "{\"path\":\"/\"}", None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        rpc(
+            "/filesystem.Filesystem/Stat",
+            "{\"path\":\"/\"}",
+            Some("wrong")
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    assert_eq!(
+        rpc(
+            "/filesystem.Filesystem/Stat",
+            "{\"path\":\"/\"}",
+            Some(&token)
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    // Malformed RPC bodies.
+    let r = rpc("/filesystem.Filesystem/Stat", "{\"path\":", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(&r.text().await.unwrap())["code"], "invalid_argument");
+    // A stream whose envelope claims 4 GiB.
+    let r = http
+        .post(e("/process.Process/Start"))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .header("content-type", "application/connect+json")
+        .body(vec![0u8, 0xff, 0xff, 0xff, 0xff, b'{'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body[0], 2, "an end-of-stream error");
+    assert!(String::from_utf8_lossy(&body[5..]).contains("invalid_argument"));
+    // Hostile user names: refused, never a path.
+    let r = http
+        .get(e("/files?path=/etc/hostname&username=../../root"))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(e("/process.Process/List"))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .header("authorization", "Basic Li4vLi4vZXRjOg==") // "../../etc:"
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Paths with `..` stay paths inside the sandbox.
+    let r = http
+        .get(e("/files?path=../../../etc/hostname"))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let hostname = r.text().await.unwrap();
+    assert_eq!(
+        hostname.trim().len(),
+        12,
+        "the sandbox's own /etc/hostname (a container id): {hostname}"
+    );
+    let r = http
+        .delete(a(&format!("/sandboxes/{id}")))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+// ---- restart, logs, load: the real binary --------------------------------------------------
+
+struct Bin {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_bin(key: &str, api: u16, envd: u16, level: &str, tag: &str) -> Bin {
+    let log = std::env::temp_dir().join(format!("e2b-local-{tag}-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_e2b-local"))
+        .args([
+            "--api-addr",
+            &format!("127.0.0.1:{api}"),
+            "--envd-addr",
+            &format!("127.0.0.1:{envd}"),
+            "--api-key",
+            key,
+        ])
+        .env("SBX_LOG", level)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Bin { child, log }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_server_restarts_and_serves_its_sandboxes_and_logs_no_secrets() {
+    if docker().await.is_none() {
+        return;
+    }
+    let key = format!("e2b_restart_{:x}", rand::random::<u64>());
+    let (api, envd) = (free_port(), free_port());
+    let mut server = start_bin(&key, api, envd, "trace", "restart");
+    let rt = client(
+        SocketAddr::from(([127, 0, 0, 1], api)),
+        SocketAddr::from(([127, 0, 0, 1], envd)),
+        &key,
+        Duration::from_secs(30),
+    );
+    let sb = rt
+        .create(SandboxSpec::new().metadata(LABEL, "restart"))
+        .await
+        .unwrap();
+    sb.files()
+        .write("/tmp/kept.txt", Bytes::from_static(b"survives"))
+        .await
+        .unwrap();
+    let token_seen = sb.exec_shell("echo hi").await.unwrap();
+    assert_eq!(token_seen.stdout_text(), "hi\n");
+
+    // SIGKILL: no clean-up runs. The sandbox lives on, with its time to live.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let log1 = std::fs::read_to_string(&server.log).unwrap();
+    let restarted = start_bin(&key, api, envd, "trace", "restart2");
+    let again = rt
+        .connect(sb.id())
+        .await
+        .expect("the restarted server knows the sandbox");
+    assert_eq!(
+        again
+            .exec_shell("cat /tmp/kept.txt")
+            .await
+            .unwrap()
+            .stdout_text(),
+        "survives"
+    );
+    again.kill().await.unwrap();
+    let log2 = std::fs::read_to_string(&restarted.log).unwrap();
+    drop(restarted);
+    drop(server);
+
+    // Secrets in no log line, at TRACE.
+    let docker = DockerRuntime::builder().build().await.unwrap();
+    let token = e2b_protocol_token(&key, sb.id());
+    for (name, log) in [("first", &log1), ("restarted", &log2)] {
+        assert!(log.contains("request"), "{name} log has request lines");
+        assert!(!log.contains(&key), "the API key is in the {name} log");
+        assert!(
+            !log.contains(&token),
+            "an access token is in the {name} log"
+        );
+    }
+    kill_labelled(&docker, "restart").await;
+}
+
+/// The access token e2b-local gives a sandbox (derived from the key).
+fn e2b_protocol_token(key: &str, id: &str) -> String {
+    // Same derivation as the server: the protocol crate is a dependency of both.
+    e2b_protocol::derive_token(key, id, "envd")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_20_sandboxes_200_concurrent_streams() {
+    let Some(docker) = docker().await else { return };
+    let key = format!("e2b_load_{:x}", rand::random::<u64>());
+    let (api, envd) = (free_port(), free_port());
+    let server = start_bin(&key, api, envd, "warn", "load");
+    let rt = Arc::new(client(
+        SocketAddr::from(([127, 0, 0, 1], api)),
+        SocketAddr::from(([127, 0, 0, 1], envd)),
+        &key,
+        Duration::from_secs(60),
+    ));
+    let sandboxes = futures_util::future::join_all(
+        (0..20).map(|_| rt.create(SandboxSpec::new().metadata(LABEL, "load"))),
+    )
+    .await;
+    let sandboxes: Vec<_> = sandboxes
+        .into_iter()
+        .map(|s| Arc::new(s.expect("created")))
+        .collect();
+    let started = Instant::now();
+    let streams = (0..200).map(|i| {
+        let sb = sandboxes[i % 20].clone();
+        async move {
+            let out = sb
+                .exec(CommandSpec::shell(format!(
+                    "for j in 1 2 3 4 5; do echo {i}-$j; sleep 0.2; done"
+                )))
+                .await?;
+            Ok::<bool, runtime_core::Error>(
+                out.stdout_text() == (1..=5).map(|j| format!("{i}-{j}\n")).collect::<String>(),
+            )
+        }
+    });
+    let results = futures_util::future::join_all(streams).await;
+    let elapsed = started.elapsed();
+    let errors = results.iter().filter(|r| !matches!(r, Ok(true))).count();
+    let peak = peak_rss_kib(server.child.id());
+    for sb in &sandboxes {
+        let _ = sb.kill().await;
+    }
+    eprintln!("load: 20 sandboxes, 200 concurrent streams in {:.1}s, {errors} errors, e2b-local peak RSS {} MiB", elapsed.as_secs_f64(), peak / 1024);
+    drop(server);
+    kill_labelled(&docker, "load").await;
+    assert_eq!(
+        errors,
+        0,
+        "{:?}",
+        results
+            .iter()
+            .filter(|r| !matches!(r, Ok(true)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        peak > 0 && peak < 512 * 1024,
+        "e2b-local's memory stays bounded: {peak} KiB"
+    );
+    let left = docker
+        .list(&ListFilter::all().metadata(LABEL, "load"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "no sandbox left: {left:?}");
+}
