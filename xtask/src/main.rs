@@ -103,9 +103,14 @@ fn ci() -> Result {
         .args(["doc", "--no-deps", "--workspace"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     step("cargo test (SBX_REQUIRE_DOCKER=1: a missing engine fails the run)");
-    run(cargo()
-        .args(["test", "--workspace"])
-        .env("SBX_REQUIRE_DOCKER", "1"))?;
+    let mut test = cargo();
+    test.args(["test", "--workspace"])
+        .env("SBX_REQUIRE_DOCKER", "1");
+    if is_root() {
+        // As root the engine can be stopped and started (crates/runtime-docker/tests/engine_restart.rs).
+        test.env("SBX_TEST_ENGINE_RESTART", "1");
+    }
+    run(&mut test)?;
     e2b_sdk_tests()
 }
 

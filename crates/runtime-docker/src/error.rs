@@ -29,7 +29,7 @@ pub(crate) fn map(e: bollard::errors::Error, op: &'static str, what: &str) -> Er
             (kind, msg)
         }
         B::RequestTimeoutError => (ErrorKind::Timeout, "the engine did not answer in time".into()),
-        B::IOError { .. } | B::HyperResponseError { .. } => (
+        B::IOError { .. } | B::HyperResponseError { .. } | B::HyperLegacyError { .. } => (
             ErrorKind::Unavailable,
             "cannot talk to the Docker engine; is it running? (start it with `cargo xtask docker`, \
              or point DOCKER_HOST at a running engine)"

@@ -85,6 +85,7 @@ pub(crate) struct Settings {
     pub(crate) binding_address: String,
     pub(crate) additional_networks: Vec<String>,
     pub(crate) resources: Resources,
+    pub(crate) max_file_bytes: Option<u64>,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -124,6 +125,7 @@ pub struct DockerRuntimeBuilder {
     binding_address: String,
     additional_networks: Vec<String>,
     resources: Resources,
+    max_file_bytes: Option<u64>,
 }
 
 impl Default for DockerRuntimeBuilder {
@@ -140,6 +142,7 @@ impl Default for DockerRuntimeBuilder {
             binding_address: "127.0.0.1".into(),
             additional_networks: Vec::new(),
             resources: Resources::new().memory_mb(2048).pids(1024),
+            max_file_bytes: Some(4 << 30),
         }
     }
 }
@@ -203,6 +206,13 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Largest file a process in a sandbox may write (`RLIMIT_FSIZE`; a process past it gets
+    /// `SIGXFSZ`). Default 4 GiB; `None` for no limit.
+    pub fn max_file_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.max_file_bytes = bytes;
+        self
+    }
+
     /// Connects to the engine, negotiating the API version.
     ///
     /// # Errors
@@ -255,6 +265,7 @@ impl DockerRuntimeBuilder {
                 binding_address: self.binding_address,
                 additional_networks: self.additional_networks,
                 resources: self.resources,
+                max_file_bytes: self.max_file_bytes,
             }),
         })
     }
@@ -557,6 +568,13 @@ impl Runtime for DockerRuntime {
                     .or(d.cpus)
                     .map(|c| (c * 1e9) as i64),
                 pids_limit: r.pids.or(d.pids).map(|p| p as i64),
+                ulimits: s.max_file_bytes.map(|b| {
+                    vec![bollard::models::ResourcesUlimits {
+                        name: Some("fsize".into()),
+                        soft: Some(b as i64),
+                        hard: Some(b as i64),
+                    }]
+                }),
                 device_requests: gpus.map(|ids| {
                     vec![DeviceRequest {
                         driver: Some(String::new()),
