@@ -34,6 +34,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod env;
+#[doc(hidden)]
+pub mod fuzzing;
 mod sections;
 
 use std::path::{Path, PathBuf};
@@ -96,6 +98,7 @@ enum FileChoice {
     #[default]
     Default,
     Path(PathBuf),
+    Text(String),
     None,
 }
 
@@ -283,6 +286,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Reads this TOML text, as if it were the file.
+    pub fn toml(mut self, text: impl Into<String>) -> Self {
+        self.file = FileChoice::Text(text.into());
+        self
+    }
+
     /// Reads no TOML file at all.
     pub fn no_file(mut self) -> Self {
         self.file = FileChoice::None;
@@ -313,6 +322,10 @@ impl ConfigBuilder {
     /// Merges the layers and validates the result.
     pub fn load(self) -> Result<Config> {
         let env_vars = self.env.unwrap_or_else(|| std::env::vars().collect());
+        let inline = match &self.file {
+            FileChoice::Text(t) => Some(t.clone()),
+            _ => None,
+        };
         let file = match self.file {
             FileChoice::Path(p) => {
                 if !p.is_file() {
@@ -324,7 +337,7 @@ impl ConfigBuilder {
                 }
                 Some(p)
             }
-            FileChoice::None => None,
+            FileChoice::None | FileChoice::Text(_) => None,
             FileChoice::Default => {
                 match env_vars
                     .iter()
@@ -353,12 +366,16 @@ impl ConfigBuilder {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         let mut file_text = None;
         let mut file_table = None;
+        let file = file.or_else(|| inline.as_ref().map(|_| PathBuf::from("<inline TOML>")));
         if let Some(path) = &file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::from(e)
-                    .with_operation("load config")
-                    .with_context("file", path.display())
-            })?;
+            let text = match &inline {
+                Some(t) => t.clone(),
+                None => std::fs::read_to_string(path).map_err(|e| {
+                    Error::from(e)
+                        .with_operation("load config")
+                        .with_context("file", path.display())
+                })?,
+            };
             // Only the sections we own; an OpenHands file's [llm], [agent], ... are skipped.
             let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 let line = e

@@ -402,3 +402,14 @@ async fn runtime_docker_is_chosen_by_config() {
     assert_eq!(e.kind(), ErrorKind::Unavailable);
     assert!(e.to_string().contains("/nonexistent/docker.sock"), "{e}");
 }
+
+#[test]
+fn inline_toml_is_a_file_layer() {
+    let c = Config::builder()
+        .toml("[sandbox]\ntimeout = 9\n")
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap();
+    assert_eq!(c.sandbox.timeout, 9);
+    assert_eq!(c.source_of("sandbox.timeout"), "<inline TOML>, line 2");
+}

@@ -8,6 +8,8 @@
 pub mod api;
 pub mod connect;
 pub mod envd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 
 pub use api::{decode_metadata_filter, encode_metadata_filter, CLIENT_ID};
