@@ -775,7 +775,24 @@ impl Runtime for DockerRuntime {
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
             }) => {}
-            Err(e) => return Err(map(e, "kill", "sandbox")),
+            // The engine could not deliver the kill (seen under load: "did not receive an exit
+            // event"): remove the container by force instead; it is not being auto-removed.
+            Err(e) => {
+                debug!(error = %e, container = %name, "kill failed; removing by force");
+                let options = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                };
+                return match self.docker.remove_container(&name, Some(options)).await {
+                    Ok(()) => Ok(()),
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(map(e, "kill", "sandbox")),
+                };
+            }
         }
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
