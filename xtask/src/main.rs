@@ -104,7 +104,7 @@ fn ci() -> Result {
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     step("cargo test (SBX_REQUIRE_DOCKER=1: a missing engine fails the run)");
     let mut test = cargo();
-    test.args(["test", "--workspace"])
+    test.args(["test", "--workspace", "--no-fail-fast"])
         .env("SBX_REQUIRE_DOCKER", "1");
     if is_root() {
         // As root the engine can be stopped and started (crates/runtime-docker/tests/engine_restart.rs).
