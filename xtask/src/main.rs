@@ -106,6 +106,8 @@ fn ci() -> Result {
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])
         .env("SBX_REQUIRE_DOCKER", "1");
+    // The official SDK runs alongside the load test of e2b-local.
+    test.env("E2B_SDK_PYTHON", sdk_python()?);
     if is_root() {
         // As root the engine can be stopped and started (crates/runtime-docker/tests/engine_restart.rs).
         test.env("SBX_TEST_ENGINE_RESTART", "1");

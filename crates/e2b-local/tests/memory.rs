@@ -28,7 +28,10 @@ async fn streaming_through_e2b_stays_bounded() {
     let docker = match DockerRuntime::builder().build().await {
         Ok(d) => d,
         Err(e) => {
-            assert!(std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"), "{e}");
+            assert!(
+                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                "{e}"
+            );
             eprintln!("no Docker engine: skipped");
             return;
         }
@@ -37,7 +40,13 @@ async fn streaming_through_e2b_stays_bounded() {
     let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());
     let key = "e2b_memory_key";
-    let server = Server::new(Arc::new(docker), ServerConfig { api_key: Some(key.into()), ..Default::default() });
+    let server = Server::new(
+        Arc::new(docker),
+        ServerConfig {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
     tokio::spawn(server.serve(api, envd, std::future::pending()));
     let rt = E2bRuntime::builder()
         .api_key(key)
@@ -46,10 +55,15 @@ async fn streaming_through_e2b_stays_bounded() {
         .request_timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let sb = rt.create(SandboxSpec::new().template("sbx-mini:latest")).await.unwrap();
+    let sb = rt
+        .create(SandboxSpec::new().template("sbx-mini:latest"))
+        .await
+        .unwrap();
     let result = async {
         // 500 MiB of stdout, counted as it streams.
-        let mut p = sb.spawn(CommandSpec::shell("head -c 524288000 /dev/zero")).await?;
+        let mut p = sb
+            .spawn(CommandSpec::shell("head -c 524288000 /dev/zero"))
+            .await?;
         let mut n = 0u64;
         while let Some(ev) = p.next_event().await {
             match ev? {

@@ -722,6 +722,24 @@ async fn load_20_sandboxes_200_concurrent_streams() {
         .into_iter()
         .map(|s| Arc::new(s.expect("created")))
         .collect();
+    // The official SDK in parallel, when a Python with it is given (`cargo xtask ci` does).
+    let sdk = std::env::var("E2B_SDK_PYTHON").ok().map(|python| {
+        let script = format!(
+            "from e2b import Sandbox\n\
+             s = Sandbox.create(metadata={{'{LABEL}': 'load'}})\n\
+             for i in range(50):\n    assert s.commands.run(f'echo sdk{{i}}').stdout == f'sdk{{i}}\\n'\n\
+             s.kill()\nprint('sdk ok')\n"
+        );
+        tokio::process::Command::new(python)
+            .args(["-c", &script])
+            .env("E2B_API_KEY", &key)
+            .env("E2B_API_URL", format!("http://127.0.0.1:{api}"))
+            .env("E2B_SANDBOX_URL", format!("http://127.0.0.1:{envd}"))
+            .output()
+    });
+    if sdk.is_none() {
+        eprintln!("E2B_SDK_PYTHON is not set: the official SDK does not run alongside");
+    }
     let started = Instant::now();
     let streams = (0..200).map(|i| {
         let sb = sandboxes[i % 20].clone();
@@ -736,8 +754,25 @@ async fn load_20_sandboxes_200_concurrent_streams() {
             )
         }
     });
-    let results = futures_util::future::join_all(streams).await;
+    let (results, sdk_out) = tokio::join!(futures_util::future::join_all(streams), async {
+        match sdk {
+            Some(run) => Some(run.await),
+            None => None,
+        }
+    });
     let elapsed = started.elapsed();
+    let sdk_ok = match sdk_out {
+        None => true,
+        Some(out) => {
+            let out = out.expect("run python");
+            let ok =
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sdk ok");
+            if !ok {
+                eprintln!("SDK run failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            ok
+        }
+    };
     let errors = results.iter().filter(|r| !matches!(r, Ok(true))).count();
     let peak = peak_rss_kib(server.child.id());
     for sb in &sandboxes {
@@ -754,6 +789,10 @@ async fn load_20_sandboxes_200_concurrent_streams() {
             .iter()
             .filter(|r| !matches!(r, Ok(true)))
             .collect::<Vec<_>>()
+    );
+    assert!(
+        sdk_ok,
+        "the official SDK's 50 commands alongside all succeeded"
     );
     assert!(
         peak > 0 && peak < 512 * 1024,
