@@ -104,35 +104,52 @@ pub(crate) async fn spawn(
         pty: spec.pty.is_some(),
         user: user.map(String::from),
     });
-    let mut ended = false;
-    let events: EventStream = stream
-        .filter_map(move |msg| {
-            let out = match msg {
-                Ok(EventMessage { event }) => match event {
-                    envd::ProcessEvent::Data(DataEvent::Stdout(b) | DataEvent::Pty(b)) => {
-                        Some(Ok(ProcessEvent::Stdout(Bytes::from(b))))
-                    }
-                    envd::ProcessEvent::Data(DataEvent::Stderr(b)) => {
-                        Some(Ok(ProcessEvent::Stderr(Bytes::from(b))))
-                    }
-                    envd::ProcessEvent::End(end) => {
-                        ended = true;
-                        Some(Ok(ProcessEvent::Exited {
-                            code: exit_code(&end),
-                        }))
-                    }
-                    envd::ProcessEvent::Start { .. } | envd::ProcessEvent::Keepalive(_) => None,
-                },
-                Err(e) if e.kind() == ErrorKind::Unavailable && !ended => Some(Err(err(
-                    ErrorKind::Unavailable,
-                    "spawn",
-                    format!("the command ended without an end event: {e}"),
-                ))),
-                Err(e) => Some(Err(e)),
+    let events: EventStream = futures_util::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        loop {
+            let event = match stream.next().await {
+                Some(Ok(EventMessage { event })) => event,
+                Some(Err(e)) if e.kind() == ErrorKind::Unavailable => {
+                    let e = err(
+                        ErrorKind::Unavailable,
+                        "spawn",
+                        format!("the command ended without an end event: {e}"),
+                    );
+                    return Some((Err(e), None));
+                }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    let e = err(
+                        ErrorKind::Unavailable,
+                        "spawn",
+                        "the command ended without an end event",
+                    );
+                    return Some((Err(e), None));
+                }
             };
-            futures_util::future::ready(out)
-        })
-        .boxed();
+            let item = match event {
+                envd::ProcessEvent::Data(DataEvent::Stdout(b) | DataEvent::Pty(b)) => {
+                    ProcessEvent::Stdout(Bytes::from(b))
+                }
+                envd::ProcessEvent::Data(DataEvent::Stderr(b)) => {
+                    ProcessEvent::Stderr(Bytes::from(b))
+                }
+                envd::ProcessEvent::End(end) => {
+                    // Read the end-of-stream message too, so the connection can be reused.
+                    while stream.next().await.is_some() {}
+                    return Some((
+                        Ok(ProcessEvent::Exited {
+                            code: exit_code(&end),
+                        }),
+                        None,
+                    ));
+                }
+                envd::ProcessEvent::Start { .. } | envd::ProcessEvent::Keepalive(_) => continue,
+            };
+            return Some((Ok(item), Some(stream)));
+        }
+    })
+    .boxed();
     Ok(Process::new(pid, events, control).with_timeout(spec.timeout))
 }
 
