@@ -99,6 +99,13 @@ fn main() -> ExitCode {
         move || memory_bounded(id, "file"),
     );
     let rt = runtime.clone();
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::options::mounts_networks_user_and_limits".into(),
+        false,
+        move || options(rt, id),
+    );
+    let rt = runtime.clone();
     suite.add_trial(
         "docker::lifecycle::missing_image_is_not_found_with_hint".into(),
         false,
@@ -212,6 +219,90 @@ async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Resu
     result
 }
 
+/// What a sandbox spec asks of the container: mounts (read-only honoured), network modes, the
+/// user, and resource limits.
+async fn options(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+    use runtime_core::{Mount, MountSource, NetworkMode, Resources};
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("hello"), "from the host").unwrap();
+    let path = host.path().to_str().unwrap().to_string();
+    let spec = || {
+        SandboxSpec::new()
+            .template(BASE)
+            .metadata(SUITE_LABEL, &run_id)
+    };
+    let ro = rt
+        .create(spec().mount(Mount {
+            source: MountSource::HostPath(path.clone()),
+            target: "/data".into(),
+            read_only: true,
+        }))
+        .await?;
+    let result = async {
+        assert_eq!(
+            ro.exec_shell("cat /data/hello").await?.stdout_text(),
+            "from the host"
+        );
+        assert_ne!(
+            ro.exec_shell("touch /data/x").await?.exit_code,
+            Some(0),
+            "read-only is honoured"
+        );
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    ro.kill().await?;
+    result?;
+    let rw = rt
+        .create(spec().mount(Mount {
+            source: MountSource::HostPath(path.clone()),
+            target: "/data".into(),
+            read_only: false,
+        }))
+        .await?;
+    let wrote = rw.exec_shell("echo back > /data/from-sandbox").await;
+    rw.kill().await?;
+    assert_eq!(wrote?.exit_code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("from-sandbox")).unwrap(),
+        "back\n"
+    );
+
+    let none = rt.create(spec().network(NetworkMode::None)).await?;
+    let ifaces = none.exec_shell("grep -c : /proc/net/dev").await;
+    none.kill().await?;
+    assert_eq!(
+        ifaces?.stdout_text().trim(),
+        "1",
+        "only loopback without a network"
+    );
+
+    let limited = rt
+        .create(
+            spec()
+                .user("user")
+                .resources(Resources::new().cpus(0.5).memory_mb(300).pids(50)),
+        )
+        .await?;
+    let whoami = limited.exec_shell("id -un").await;
+    let inspect = rt
+        .docker()
+        .inspect_container(&format!("sbx-{}", limited.id()), None)
+        .await
+        .unwrap();
+    limited.kill().await?;
+    assert_eq!(
+        whoami?.stdout_text(),
+        "user\n",
+        "commands run as the spec's user"
+    );
+    let hc = inspect.host_config.unwrap();
+    assert_eq!(hc.nano_cpus, Some(500_000_000));
+    assert_eq!(hc.memory, Some(300 << 20));
+    assert_eq!(hc.pids_limit, Some(50));
+    Ok(())
+}
+
 /// Runs this test binary as a child in `mode` and returns its stdout.
 async fn run_child(mode: &str, run_id: &str) -> String {
     let exe = std::env::current_exe().unwrap();
@@ -254,8 +345,25 @@ async fn shared_between_processes(run_id: String) -> runtime_core::Result<()> {
 
 async fn expires_without_us(run_id: String) -> runtime_core::Result<()> {
     let tag = format!("expire-{:x}", rand_u32());
-    let id = run_child(&format!("create:3:{tag}"), &run_id).await;
-    // The child has exited: nothing of ours runs for this sandbox now.
+    // The child makes the sandbox, says its id, then is killed with SIGKILL: no clean-up of
+    // ours runs, and nothing of ours runs for this sandbox afterwards.
+    let exe = std::env::current_exe().unwrap();
+    let mut child = tokio::process::Command::new(exe)
+        .env("SBX_TEST_CHILD", format!("create-hang:3:{tag}"))
+        .env("SBX_TEST_RUN_ID", &run_id)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(
+        &mut tokio::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .await
+    .unwrap();
+    let id = line.trim().to_string();
+    assert!(!id.is_empty(), "the child made a sandbox");
+    child.kill().await.unwrap();
     let rt = DockerRuntime::builder().build().await?;
     let mut gone = false;
     for _ in 0..120 {
@@ -344,6 +452,20 @@ fn child(mode: &str) -> ExitCode {
                     .write_str("/tmp/from-child", "written by the child")
                     .await?;
                 Ok(sb.id().to_string())
+            }
+            ["create-hang", ttl, tag] => {
+                let spec = SandboxSpec::new()
+                    .template(MINI)
+                    .metadata(SUITE_LABEL, &run_id)
+                    .metadata("xproc", *tag)
+                    .timeout(Duration::from_secs(ttl.parse().unwrap()));
+                let sb = docker.create(spec).await?;
+                println!("{}", sb.id());
+                use std::io::Write;
+                std::io::stdout().flush().unwrap();
+                // Waits to be killed with SIGKILL by the parent.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(String::new())
             }
             ["kill", id] => {
                 docker.kill(id).await?;
