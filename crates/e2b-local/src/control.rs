@@ -223,6 +223,14 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
+    if req.auto_pause == Some(true) {
+        // Pausing at the deadline instead of killing is not implemented: say so rather than
+        // kill a sandbox the client expects to find paused.
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "autoPause (lifecycle on_timeout=pause) is not supported by e2b-local; the sandbox would be killed at its timeout",
+        );
+    }
     let mut spec = state.spec_for(
         &req.template_id,
         req.metadata.clone().unwrap_or_default(),
@@ -231,9 +239,6 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     );
     if req.allow_internet_access == Some(false) {
         spec = spec.network(runtime_core::NetworkMode::None);
-    }
-    if req.auto_pause == Some(true) {
-        spec = spec.metadata(crate::state::AUTO_PAUSE_KEY, "true");
     }
     let sandbox = match state.runtime.create(spec).await {
         Ok(s) => s,

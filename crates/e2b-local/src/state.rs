@@ -16,7 +16,6 @@ use crate::procs::Processes;
 pub(crate) const TEMPLATE_KEY: &str = "sbx.e2b.template";
 pub(crate) const ENVS_KEY: &str = "sbx.e2b.envs";
 pub(crate) const INSTANCE_KEY: &str = "sbx.e2b.server";
-pub(crate) const AUTO_PAUSE_KEY: &str = "sbx.e2b.autopause";
 
 /// Whether a metadata key is the server's own.
 pub(crate) fn hidden(key: &str) -> bool {
