@@ -434,6 +434,19 @@ async fn hostile_requests_get_clear_answers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // What is not supported says so.
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", key)
+        .body("{\"templateID\":\"base\",\"autoPause\":true}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(json(&r.text().await.unwrap())["message"]
+        .as_str()
+        .unwrap()
+        .contains("autoPause"));
     // Ids that are not ids.
     for id in ["..%2F..%2Fetc", "UPPER", "a%00b", "x;rm -rf /"] {
         let r = http
