@@ -389,14 +389,19 @@ impl Session {
         Ok(())
     }
 
+    /// Remembers a file's current text for `undo_edit`.
     async fn remember(&self, path: &str) {
         if let Ok(old) = self.read_text(path).await {
-            let mut undo = self.undo.lock().await;
-            let history = undo.entry(path.to_string()).or_default();
-            history.push(old);
-            if history.len() > UNDO_DEPTH {
-                history.remove(0);
-            }
+            self.push_undo(path, old).await;
+        }
+    }
+
+    async fn push_undo(&self, path: &str, old: String) {
+        let mut undo = self.undo.lock().await;
+        let history = undo.entry(path.to_string()).or_default();
+        history.push(old);
+        if history.len() > UNDO_DEPTH {
+            history.remove(0);
         }
     }
 
@@ -456,14 +461,7 @@ impl Session {
 
     async fn save_edit(&self, path: &str, old: &str, new: String) -> Result<()> {
         let mode = self.sandbox.files().stat(path).await.ok().map(|e| e.mode);
-        {
-            let mut undo = self.undo.lock().await;
-            let history = undo.entry(path.to_string()).or_default();
-            history.push(old.to_string());
-            if history.len() > UNDO_DEPTH {
-                history.remove(0);
-            }
-        }
+        self.push_undo(path, old.to_string()).await;
         self.sandbox.files().write(path, Bytes::from(new)).await?;
         self.restore_mode(path, mode).await
     }
@@ -658,13 +656,7 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         process.close_stdin().await?;
         let (_, stderr, code) = drain(&mut process, None).await?;
         if code != 0 {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                format!(
-                    "tar in the sandbox failed: {}",
-                    String::from_utf8_lossy(&stderr)
-                ),
-            ));
+            return Err(tar_failed(&stderr));
         }
         Ok(())
     }
@@ -687,13 +679,7 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         let (_, stderr, code) = drain(&mut process, Some(&mut file)).await?;
         file.flush().await?;
         if code != 0 {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                format!(
-                    "tar in the sandbox failed: {}",
-                    String::from_utf8_lossy(&stderr)
-                ),
-            ));
+            return Err(tar_failed(&stderr));
         }
         let dest = match host_dir {
             Some(d) => d.to_path_buf(),
@@ -941,6 +927,16 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
             _ => Ok(()),
         }
     }
+}
+
+fn tar_failed(stderr: &[u8]) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        format!(
+            "tar in the sandbox failed: {}",
+            String::from_utf8_lossy(stderr).trim()
+        ),
+    )
 }
 
 /// Reads a process to its end: stdout (into `sink` when given), stderr, exit code.

@@ -27,6 +27,19 @@ pub mod filestore;
 pub mod sandbox;
 mod suite;
 
+/// Peak resident set size of this process in KiB, from the kernel's own accounting
+/// (`VmHWM` in `/proc/self/status`), for tests that bound memory.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 pub use suite::{
     always, Case, CaseFuture, CaseResult, FsCtx, FsHarness, SandboxTarget, SbxCtx, Suite,
     SUITE_LABEL,

@@ -13,16 +13,6 @@ use runtime_core::{CommandSpec, ProcessEvent, Runtime, SandboxSpec};
 use runtime_docker::DockerRuntime;
 use runtime_e2b::E2bRuntime;
 
-/// Peak resident set size of this process, from the kernel's own accounting.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_through_e2b_stays_bounded() {
     let docker = match DockerRuntime::builder().build().await {
@@ -73,7 +63,7 @@ async fn streaming_through_e2b_stays_bounded() {
             }
         }
         assert_eq!(n, 500 << 20);
-        let after_stdout = peak_rss_kib();
+        let after_stdout = runtime_conformance::peak_rss_kib();
         // 200 MiB up from a generated stream, then down, counted.
         let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
         let up = futures_util::stream::iter((0..200).map(move |_| Ok(chunk.clone()))).boxed();
@@ -91,7 +81,7 @@ async fn streaming_through_e2b_stays_bounded() {
     .await;
     let _ = sb.kill().await;
     let after_stdout = result.unwrap();
-    let peak = peak_rss_kib();
+    let peak = runtime_conformance::peak_rss_kib();
     eprintln!(
         "E2B via e2b-local, client and server together: 500 MiB stdout peak RSS {} MiB, then a 200 MiB file: {} MiB",
         after_stdout / 1024,

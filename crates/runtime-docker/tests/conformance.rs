@@ -420,16 +420,6 @@ fn rand_u32() -> u32 {
         ^ std::process::id()
 }
 
-/// Peak resident set size of this process, from the kernel's own accounting.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// The child side of the cross-process and memory trials.
 fn child(mode: &str) -> ExitCode {
     let run_id = std::env::var("SBX_TEST_RUN_ID").unwrap_or_default();
@@ -512,7 +502,11 @@ fn child(mode: &str) -> ExitCode {
                 }
                 .await;
                 sb.kill().await?;
-                Ok(format!("{} {}", moved?, peak_rss_kib()))
+                Ok(format!(
+                    "{} {}",
+                    moved?,
+                    runtime_conformance::peak_rss_kib()
+                ))
             }
             _ => panic!("unknown child mode {mode}"),
         }
