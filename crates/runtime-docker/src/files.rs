@@ -3,8 +3,6 @@
 //! Reads and writes stream through the engine's archive API (one request each); metadata
 //! operations run POSIX `sh`/`find`/`stat` helpers, which both GNU and busybox provide.
 
-use std::path::PathBuf;
-
 use async_trait::async_trait;
 use bollard::container::{DownloadFromContainerOptions, UploadToContainerOptions};
 use bollard::Docker;
@@ -15,12 +13,12 @@ use runtime_core::{
     sort_entries, ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result,
 };
 use runtime_filestore::{clean_absolute, join, parent};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::{err, map};
-use crate::exec::{run_helper, script, Collected};
+use crate::exec::{exit_code, run_helper, script, start, Collected, ExecRequest};
 
-/// Content up to this size is written from memory; more is spooled to a temporary file.
+/// Content up to this size is written from memory in one archive request; more streams
+/// through `cat` in the container.
 const SPOOL_AT: usize = 8 << 20;
 /// How many symbolic links a read follows.
 const MAX_LINKS: usize = 16;
@@ -42,6 +40,9 @@ const RENAME: &str = r#"if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi
 mkdir -p -- "$(dirname -- "$2")" || exit 1
 if [ -d "$2" ] && [ ! -L "$2" ]; then rmdir -- "$2" 2>/dev/null || exit 39; fi
 mv -f -- "$1" "$2""#;
+
+const WRITE: &str = r#"if [ -d "$1" ]; then exit 21; fi
+mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
 
 const REMOVE: &str = r#"if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi
 rm -rf -- "$1""#;
@@ -103,6 +104,54 @@ impl DockerFiles {
         match out.code {
             0 => Ok(out),
             code => Err(status_error(code, &out, op, path)),
+        }
+    }
+
+    /// Streams content of unknown size into `cat` in the container (memory stays bounded).
+    async fn write_by_exec(
+        &self,
+        full: &str,
+        head: Bytes,
+        mut rest: ByteStream,
+        path: &str,
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let req = ExecRequest {
+            cmd: script(WRITE, &[full]),
+            user: Some("root".into()),
+            stdin: true,
+            ..Default::default()
+        };
+        let mut started = start(&self.docker, &self.container, req, "write").await?;
+        let fed: Result<()> = async {
+            started.input.write_all(&head).await?;
+            while let Some(chunk) = rest.next().await {
+                started.input.write_all(&chunk?).await?;
+            }
+            started.input.shutdown().await?;
+            Ok(())
+        }
+        .await;
+        let mut stderr = Vec::new();
+        while let Some(frame) = started.output.next().await {
+            if let Ok(bollard::container::LogOutput::StdErr { message }) = frame {
+                stderr.extend_from_slice(&message);
+            }
+        }
+        let code = exit_code(&self.docker, &started.exec_id, "write").await?;
+        fed.map_err(|e| e.with_context("path", path))?;
+        match code {
+            0 => Ok(()),
+            code => Err(status_error(
+                code,
+                &Collected {
+                    stdout: Vec::new(),
+                    stderr,
+                    code,
+                },
+                "write",
+                path,
+            )),
         }
     }
 
@@ -253,40 +302,27 @@ impl FileStore for DockerFiles {
         let dir = parent(&full).to_string();
         let name = full.rsplit('/').next().unwrap_or_default().to_string();
 
-        // Take the content in: memory up to SPOOL_AT, a temporary file past it.
+        // Small content goes in one archive request; past SPOOL_AT the size is not known up
+        // front (a tar header needs it), so the rest streams into `cat` in the container.
         let mut memory = BytesMut::new();
-        let mut spool: Option<(tokio::fs::File, tempfile::TempPath)> = None;
         let mut size: u64 = 0;
         while let Some(chunk) = content.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
-            match &mut spool {
-                Some((file, _)) => file.write_all(&chunk).await?,
-                None if memory.len() + chunk.len() > SPOOL_AT => {
-                    let temp = tempfile::NamedTempFile::new()?.into_temp_path();
-                    let mut file = tokio::fs::File::create(&temp).await?;
-                    file.write_all(&memory).await?;
-                    file.write_all(&chunk).await?;
-                    memory = BytesMut::new();
-                    spool = Some((file, temp));
-                }
-                None => memory.extend_from_slice(&chunk),
+            if memory.len() + chunk.len() > SPOOL_AT {
+                memory.extend_from_slice(&chunk);
+                return self
+                    .write_by_exec(&full, memory.freeze(), content, path)
+                    .await;
             }
+            memory.extend_from_slice(&chunk);
         }
-        // `_temp` removes the spool file when this call ends, however it ends.
-        let (spooled, _temp): (Option<PathBuf>, Option<tempfile::TempPath>) = match spool {
-            Some((mut file, temp)) => {
-                file.flush().await?;
-                (Some(temp.to_path_buf()), Some(temp))
-            }
-            None => (None, None),
-        };
         let memory = memory.freeze();
         let header = tar_header(&name, size)?;
 
         let mut made_parent = false;
         let result = loop {
-            let body = tar_body(header.clone(), memory.clone(), spooled.clone(), size).await?;
+            let body = tar_body(header.clone(), memory.clone(), size);
             let upload = self
                 .docker
                 .upload_to_container_streaming(
@@ -442,30 +478,10 @@ fn tar_header(name: &str, size: u64) -> Result<Bytes> {
 }
 
 /// header, content, padding to 512, and the two zero blocks that end an archive.
-async fn tar_body(
-    header: Bytes,
-    memory: Bytes,
-    spooled: Option<PathBuf>,
-    size: u64,
-) -> Result<BoxStream<'static, Bytes>> {
+fn tar_body(header: Bytes, content: Bytes, size: u64) -> BoxStream<'static, Bytes> {
     let pad = ((512 - size % 512) % 512) as usize;
     let trailer = Bytes::from(vec![0u8; pad + 1024]);
-    let content: BoxStream<'static, Bytes> = match spooled {
-        Some(p) => {
-            let file = tokio::fs::File::open(p).await?;
-            // The archive is already sized: a read error can only end it early, which the
-            // engine rejects as a short archive.
-            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                .take_while(|r| futures_util::future::ready(r.is_ok()))
-                .filter_map(|r| async move { r.ok() })
-                .boxed()
-        }
-        None => futures_util::stream::once(async move { memory }).boxed(),
-    };
-    Ok(futures_util::stream::once(async move { header })
-        .chain(content)
-        .chain(futures_util::stream::once(async move { trailer }))
-        .boxed())
+    futures_util::stream::iter([header, content, trailer]).boxed()
 }
 
 struct TarEntry {

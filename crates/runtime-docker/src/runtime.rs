@@ -802,7 +802,7 @@ impl Runtime for DockerRuntime {
             {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Auto-remove did not happen: remove it ourselves, nothing races us now.
         match self

@@ -63,22 +63,35 @@ impl DockerSandbox {
 
     pub(crate) async fn write_deadline(&self, ttl: Duration, op: &'static str) -> Result<()> {
         let deadline = epoch(SystemTime::now() + ttl).to_string();
-        let out = run_helper(
-            &self.runtime.docker,
-            &self.container,
-            script(SET_DEADLINE, &[&deadline]),
-            None,
-            op,
-        )
-        .await?;
-        if out.code != 0 {
-            return Err(err(
-                ErrorKind::Unexpected,
+        // An exec can fail to start on a busy engine; the write is idempotent, so try again.
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            let out = run_helper(
+                &self.runtime.docker,
+                &self.container,
+                script(SET_DEADLINE, &[&deadline]),
+                None,
                 op,
-                format!("could not write the deadline: {}", out.stderr_text()),
-            ));
+            )
+            .await?;
+            if out.code == 0 {
+                return Ok(());
+            }
+            last = Some(out);
         }
-        Ok(())
+        let out = last.expect("tried");
+        Err(err(
+            ErrorKind::Unexpected,
+            op,
+            format!(
+                "could not write the deadline (exit code {}): {}",
+                out.code,
+                out.stderr_text()
+            ),
+        ))
     }
 
     /// Runs a template's start command in the background and waits for its ready command.
