@@ -36,7 +36,8 @@ def our_containers() -> list:
 
 
 class LocalServer:
-    def __init__(self):
+    def __init__(self, *extra_args: str):
+        self.extra_args = list(extra_args)
         self.bin = os.environ.get("E2B_LOCAL_BIN", str(ROOT / "target" / "debug" / "e2b-local"))
         self.key = "e2b_" + secrets.token_hex(16)
         self.api_port, self.envd_port = free_port(), free_port()
@@ -49,7 +50,8 @@ class LocalServer:
         env = dict(os.environ, SBX_LOG=os.environ.get("SBX_LOG", "info"))
         self.proc = subprocess.Popen(
             [self.bin, "--api-addr", f"127.0.0.1:{self.api_port}",
-             "--envd-addr", f"127.0.0.1:{self.envd_port}", "--api-key", self.key],
+             "--envd-addr", f"127.0.0.1:{self.envd_port}", "--api-key", self.key,
+             *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )
         deadline = time.time() + 30

@@ -1,5 +1,6 @@
 """E2B_DEBUG=true: the SDK makes no API call and sends envd traffic for `debug_sandbox_id` to
-localhost:49983. e2b-local serves it from a sandbox made on first use, killed on shutdown."""
+localhost:49983. e2b-local started with --debug serves it from a sandbox made on first use, killed
+on shutdown. (Without --debug that id is an unknown sandbox: see crates/e2b-local/tests/security.rs.)"""
 
 import socket
 
@@ -24,7 +25,7 @@ def test_debug_mode(monkeypatch):
     if not (port_free(3000) and port_free(49983)):
         pytest.skip("ports 3000 and 49983 (fixed by the SDK's debug mode) are in use")
     before = set(our_containers())
-    srv = LocalServer()
+    srv = LocalServer("--debug")
     srv.api_port, srv.envd_port = 3000, 49983
     srv.api_url, srv.envd_url = "http://127.0.0.1:3000", "http://127.0.0.1:49983"
     srv.start()

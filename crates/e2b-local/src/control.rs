@@ -16,11 +16,11 @@ use e2b_protocol::api::{
 use e2b_protocol::envd::ENVD_VERSION;
 use e2b_protocol::json::rfc3339;
 use e2b_protocol::{decode_metadata_filter, headers, secrets_equal, CLIENT_ID};
-use runtime_core::{ErrorKind, ListFilter, SandboxInfo, SandboxState};
+use runtime_core::{ErrorKind, SandboxInfo, SandboxState};
 use serde::Deserialize;
 use tracing::info;
 
-use crate::state::{hidden, State, TEMPLATE_KEY};
+use crate::state::{hidden, reserved, State, TEMPLATE_KEY};
 
 type Shared = Arc<State>;
 
@@ -219,6 +219,19 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if req.template_id.is_empty() {
         return api_error(StatusCode::BAD_REQUEST, "templateID is required");
     }
+    if let Some(key) = req
+        .metadata
+        .iter()
+        .flat_map(|m| m.keys())
+        .find(|k| reserved(k))
+    {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "metadata key '{key}' is reserved for the server (keys starting with 'sbx.e2b.')"
+            ),
+        );
+    }
     let timeout = match check_timeout(&state, req.timeout.unwrap_or(default_timeout)) {
         Ok(t) => t,
         Err(r) => return r,
@@ -277,11 +290,7 @@ async fn connect(state: Shared, id: String, body: Bytes) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let before = match state.served(&id).await {
-        Ok(s) => s.sandbox.info().await,
-        Err(e) => return from_error(&e, &id),
-    };
-    let before = match before {
+    let before = match state.owned_info(&id).await {
         Ok(i) => i,
         Err(e) => return from_error(&e, &id),
     };
@@ -329,17 +338,14 @@ async fn connect_v1(
 }
 
 async fn resume(AxState(state): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
-    match state.served(&id).await {
-        Ok(s) => match s.sandbox.info().await {
-            Ok(i) if i.state == SandboxState::Running => {
-                return api_error(
-                    StatusCode::CONFLICT,
-                    format!("Sandbox {id} is already running"),
-                )
-            }
-            Ok(_) => {}
-            Err(e) => return from_error(&e, &id),
-        },
+    match state.owned_info(&id).await {
+        Ok(i) if i.state == SandboxState::Running => {
+            return api_error(
+                StatusCode::CONFLICT,
+                format!("Sandbox {id} is already running"),
+            )
+        }
+        Ok(_) => {}
         Err(e) => return from_error(&e, &id),
     }
     let resp = connect(state, id, body).await;
@@ -352,11 +358,7 @@ async fn resume(AxState(state): AxState<Shared>, Path(id): Path<String>, body: B
 }
 
 async fn detail(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
-    let served = match state.served(&id).await {
-        Ok(s) => s,
-        Err(e) => return from_error(&e, &id),
-    };
-    match served.sandbox.info().await {
+    match state.owned_info(&id).await {
         Ok(info) if info.state != SandboxState::Stopped => {
             Json(detail_of(&state, &info, true)).into_response()
         }
@@ -371,7 +373,7 @@ async fn detail(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Resp
 }
 
 async fn kill(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
-    if let Err(e) = state.served(&id).await {
+    if let Err(e) = state.owned_info(&id).await {
         return from_error(&e, &id);
     }
     state.forget(&id).await;
@@ -410,10 +412,20 @@ async fn set_timeout(
 async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
     let served = match state.served(&id).await {
         Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::Conflict => {
+            return api_error(
+                StatusCode::CONFLICT,
+                format!("Sandbox {id} is already paused"),
+            )
+        }
         Err(e) => return from_error(&e, &id),
     };
     match served.sandbox.pause().await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            // envd is gone until the sandbox is resumed: the next envd call must look again.
+            state.mark_stale(&id).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) if e.kind() == ErrorKind::Conflict => api_error(
             StatusCode::CONFLICT,
             format!("Sandbox {id} is already paused"),
@@ -424,7 +436,7 @@ async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respo
 
 async fn metrics(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
     // The backends report no resource metrics; the sandbox must exist all the same.
-    match state.served(&id).await {
+    match state.owned_info(&id).await {
         Ok(_) => Json(Vec::<serde_json::Value>::new()).into_response(),
         Err(e) => from_error(&e, &id),
     }
@@ -447,7 +459,7 @@ async fn list_all(
     q: &ListQuery,
     default_states: &[SandboxState],
 ) -> Result<Vec<SandboxInfo>, Response> {
-    let mut filter = ListFilter::all();
+    let mut filter = state.owned_filter();
     if let Some(m) = &q.metadata {
         for (k, v) in decode_metadata_filter(m) {
             filter = filter.metadata(k, v);

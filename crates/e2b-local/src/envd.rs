@@ -21,7 +21,7 @@ use e2b_protocol::envd::{
 };
 use e2b_protocol::{
     encode_message, file_signature, headers, secrets_equal, ConnectError, EnvelopeDecoder,
-    STREAM_CONTENT_TYPE,
+    DEBUG_SANDBOX_ID, STREAM_CONTENT_TYPE,
 };
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -87,30 +87,46 @@ fn from_core(e: &runtime_core::Error) -> ConnectError {
 struct Target {
     id: String,
     served: Arc<Served>,
-    token: Option<String>,
 }
 
-enum Auth {
+/// How a request proves it may use the sandbox it names.
+enum Auth<'a> {
     /// `X-Access-Token` required (RPCs).
     Header,
-    /// The header or a file-URL signature (`/files`).
-    HeaderOrSignature,
+    /// The header token, or the URL's signature for `op` (`/files`).
+    File {
+        query: &'a FileQuery,
+        op: &'static str,
+    },
     /// None (`/health`).
     None,
 }
 
-async fn target(state: &State, headers: &HeaderMap, auth: Auth) -> Result<Target, Response> {
-    let Some(id) = headers
+/// Finds the sandbox a request is for, after checking its credentials.
+///
+/// The check comes first and uses only what the server holds (tokens are derived from the
+/// server's secret and the sandbox id): a rejected request reaches no backend, resumes nothing
+/// and extends nothing.
+async fn target(state: &State, headers: &HeaderMap, auth: Auth<'_>) -> Result<Target, Response> {
+    let id = match headers
         .get(headers::SANDBOX_ID)
         .and_then(|v| v.to_str().ok())
-    else {
-        return Err(plain_error(
-            StatusCode::BAD_REQUEST,
-            "no E2b-Sandbox-Id header: this server serves many sandboxes and routes by that header",
-        ));
+    {
+        Some(id) => id.to_string(),
+        None => match &auth {
+            Auth::File { query, op } if query.signature.is_some() => {
+                signed_sandbox(state, query, op).await?
+            }
+            _ => return Err(plain_error(
+                StatusCode::BAD_REQUEST,
+                "no E2b-Sandbox-Id header: this server serves many sandboxes and routes by that header",
+            )),
+        },
     };
-    let id = id.to_string();
-    if id == e2b_runtime_debug_id() {
+    if id == DEBUG_SANDBOX_ID {
+        if !state.config.debug {
+            return Err(sandbox_not_found(&id));
+        }
         // Debug mode: the SDK sends no token, and the sandbox is made on first use.
         let served = state.debug_sandbox().await.map_err(|e| {
             plain_error(
@@ -118,64 +134,55 @@ async fn target(state: &State, headers: &HeaderMap, auth: Auth) -> Result<Target
                 format!("cannot make the debug sandbox: {e}"),
             )
         })?;
-        return Ok(Target {
-            id,
-            served,
-            token: None,
-        });
+        return Ok(Target { id, served });
+    }
+    if !state.config.insecure_no_auth {
+        let token = state.access_token(&id);
+        match auth {
+            Auth::Header => {
+                let given = headers
+                    .get(headers::ACCESS_TOKEN)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !secrets_equal(given, &token) {
+                    return Err(plain_error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized access, please provide a valid access token or method signing if supported",
+                    ));
+                }
+            }
+            Auth::File { query, op } => check_file_auth(&token, headers, query, op)?,
+            Auth::None => {}
+        }
     }
     let served = match state.live(&id).await {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::NotFound => return Err(sandbox_not_found(&id)),
         Err(e) => return Err(plain_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     };
-    let token = (!state.config.insecure_no_auth).then(|| state.access_token(&id));
-    if let (Some(expected), Auth::Header) = (&token, auth) {
-        let given = headers
-            .get(headers::ACCESS_TOKEN)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if !secrets_equal(given, expected) {
-            return Err(plain_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized access, please provide a valid access token or method signing if supported",
-            ));
-        }
-    }
-    Ok(Target { id, served, token })
+    Ok(Target { id, served })
 }
 
-fn e2b_runtime_debug_id() -> &'static str {
-    "debug_sandbox_id"
-}
-
-/// The target of a `/files` request: by header, or, for a signed URL (which carries no
-/// header), the sandbox whose token made the signature.
-async fn file_target(
-    state: &State,
-    headers: &HeaderMap,
-    q: &FileQuery,
-    op: &str,
-) -> Result<Target, Response> {
-    if headers.contains_key(headers::SANDBOX_ID)
-        || q.signature.is_none()
-        || state.config.insecure_no_auth
-    {
-        return target(state, headers, Auth::HeaderOrSignature).await;
+/// The sandbox of a signed `/files` URL that carries no sandbox header (the SDK's
+/// `download_url`/`upload_url` with `E2B_SANDBOX_URL`): the one among those this server holds
+/// whose token made the signature. No backend call: a forged signature costs hashing only.
+async fn signed_sandbox(state: &State, q: &FileQuery, op: &str) -> Result<String, Response> {
+    if state.config.insecure_no_auth {
+        return Err(plain_error(
+            StatusCode::BAD_REQUEST,
+            "no E2b-Sandbox-Id header: without access tokens a signed URL names no sandbox",
+        ));
     }
     let sig = q.signature.as_deref().unwrap_or_default();
     let path = q.path.as_deref().unwrap_or_default();
     let user = q.username.as_deref().unwrap_or("");
-    let ids = state.known_ids().await;
-    for id in ids {
+    for id in state.cached_ids().await {
         let token = state.access_token(&id);
         if secrets_equal(
             sig,
             &file_signature(path, op, user, &token, q.signature_expiration),
         ) {
-            let mut with_id = headers.clone();
-            with_id.insert(headers::SANDBOX_ID, id.parse().expect("ids are ASCII"));
-            return target(state, &with_id, Auth::HeaderOrSignature).await;
+            return Ok(id);
         }
     }
     Err(plain_error(StatusCode::UNAUTHORIZED, "invalid signature"))
@@ -911,15 +918,13 @@ struct FileQuery {
     signature_expiration: Option<u64>,
 }
 
-/// Checks the header token or the URL signature of a `/files` request.
+/// Checks the header token or the URL signature of a `/files` request against `token`.
 fn check_file_auth(
-    t: &Target,
+    token: &str,
     headers: &HeaderMap,
     q: &FileQuery,
-    path: &str,
     op: &str,
 ) -> Result<(), Response> {
-    let Some(token) = &t.token else { return Ok(()) };
     if let Some(given) = headers
         .get(headers::ACCESS_TOKEN)
         .and_then(|v| v.to_str().ok())
@@ -951,7 +956,7 @@ fn check_file_auth(
         }
     }
     let expected = file_signature(
-        path,
+        q.path.as_deref().unwrap_or(""),
         op,
         q.username.as_deref().unwrap_or(""),
         token,
@@ -984,14 +989,20 @@ async fn download(
     headers: HeaderMap,
     Query(q): Query<FileQuery>,
 ) -> Response {
-    let t = match file_target(&state, &headers, &q, "read").await {
+    let t = match target(
+        &state,
+        &headers,
+        Auth::File {
+            query: &q,
+            op: "read",
+        },
+    )
+    .await
+    {
         Ok(t) => t,
         Err(r) => return r,
     };
     let raw = q.path.clone().unwrap_or_default();
-    if let Err(r) = check_file_auth(&t, &headers, &q, &raw, "read") {
-        return r;
-    }
     let user = match user_of(&state, &t.served, q.username.clone()).await {
         Ok(u) => u,
         Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),
@@ -1137,13 +1148,19 @@ async fn upload(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    let t = match file_target(&state, &headers, &q, "write").await {
+    let t = match target(
+        &state,
+        &headers,
+        Auth::File {
+            query: &q,
+            op: "write",
+        },
+    )
+    .await
+    {
         Ok(t) => t,
         Err(r) => return r,
     };
-    if let Err(r) = check_file_auth(&t, &headers, &q, q.path.as_deref().unwrap_or(""), "write") {
-        return r;
-    }
     let user = match user_of(&state, &t.served, q.username.clone()).await {
         Ok(u) => u,
         Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),

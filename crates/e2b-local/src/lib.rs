@@ -21,6 +21,7 @@
 
 mod control;
 mod envd;
+mod hosts;
 mod procs;
 mod state;
 
@@ -66,14 +67,23 @@ impl Server {
         }
     }
 
-    /// The control-plane routes, for embedding in another server.
+    /// The control-plane routes, for embedding in another server. Requests naming a host
+    /// that is not allowed are refused (see [`ServerConfig::allowed_hosts`]).
     pub fn api_router(&self) -> axum::Router {
-        control::router(self.state.clone())
+        self.guarded(control::router(self.state.clone()))
     }
 
-    /// The envd routes, for embedding in another server.
+    /// The envd routes, for embedding in another server. Requests naming a host that is not
+    /// allowed are refused (see [`ServerConfig::allowed_hosts`]).
     pub fn envd_router(&self) -> axum::Router {
-        envd::router(self.state.clone())
+        self.guarded(envd::router(self.state.clone()))
+    }
+
+    fn guarded(&self, router: axum::Router) -> axum::Router {
+        router.layer(axum::middleware::from_fn_with_state(
+            self.state.clone(),
+            hosts::check,
+        ))
     }
 
     /// Serves both listeners until `shutdown` completes, then kills the sandboxes this server
@@ -84,6 +94,7 @@ impl Server {
         envd: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.check_binds(&[api.local_addr()?, envd.local_addr()?])?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -116,6 +127,43 @@ impl Server {
         })
         .await;
         self.state.shutdown().await;
+        Ok(())
+    }
+}
+
+impl Server {
+    /// Refuses listeners the configuration does not allow: beyond loopback without
+    /// [`ServerConfig::allow_remote`], and any but loopback in debug or no-auth mode.
+    fn check_binds(&self, addrs: &[std::net::SocketAddr]) -> std::io::Result<()> {
+        let config = &self.state.config;
+        for addr in addrs {
+            if addr.ip().is_loopback() {
+                continue;
+            }
+            let refuse =
+                |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+            if config.debug {
+                return refuse(format!(
+                    "debug mode serves a sandbox without tokens: it listens on loopback only, not {addr}"
+                ));
+            }
+            if config.insecure_no_auth {
+                return refuse(format!(
+                    "without authentication the server listens on loopback only, not {addr}"
+                ));
+            }
+            if !config.allow_remote {
+                return refuse(format!(
+                    "{addr} is reachable beyond this machine; pass --allow-remote \
+                     (ServerConfig::allow_remote) to serve there, or bind 127.0.0.1"
+                ));
+            }
+            tracing::warn!(
+                %addr,
+                "listening beyond loopback: anyone who reaches this port can try API keys; \
+                 put TLS in front of it and use a strong key"
+            );
+        }
         Ok(())
     }
 }

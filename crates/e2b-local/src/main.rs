@@ -23,9 +23,20 @@ struct Args {
     /// The API key clients must send. Default: E2B_API_KEY.
     #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Accept any API key and no access tokens (only on a machine you trust).
+    /// Accept any API key and no access tokens (loopback only, on a machine you trust).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Serve the SDK's debug mode (E2B_DEBUG=true): envd requests for `debug_sandbox_id` need
+    /// no token and make that sandbox on first use. Loopback only.
+    #[arg(long)]
+    debug: bool,
+    /// Listen on addresses beyond loopback (prints a warning; put TLS in front).
+    #[arg(long)]
+    allow_remote: bool,
+    /// A host name clients may use to reach the server, besides IP addresses and localhost
+    /// (repeatable). Requests naming any other host are refused (DNS rebinding).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Leave the sandboxes running when the server stops.
     #[arg(long)]
     keep_sandboxes: bool,
@@ -90,6 +101,9 @@ async fn run(args: Args) -> Result<(), String> {
         insecure_no_auth: args.insecure_no_auth,
         keep_sandboxes: args.keep_sandboxes,
         max_timeout: Duration::from_secs(args.max_timeout_hours.max(1) * 3600),
+        debug: args.debug,
+        allow_remote: args.allow_remote,
+        allowed_hosts: args.allowed_hosts,
         ..Default::default()
     };
     let shutdown = async {

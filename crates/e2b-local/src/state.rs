@@ -12,14 +12,22 @@ use tracing::{debug, info};
 
 use crate::procs::Processes;
 
-/// Metadata keys the server keeps on each sandbox (hidden from the API).
+/// Metadata keys the server keeps on each sandbox (hidden from the API, refused from clients).
 pub(crate) const TEMPLATE_KEY: &str = "sbx.e2b.template";
 pub(crate) const ENVS_KEY: &str = "sbx.e2b.envs";
 pub(crate) const INSTANCE_KEY: &str = "sbx.e2b.server";
+/// Who may see and use a sandbox: a digest of the API key that made it.
+pub(crate) const OWNER_KEY: &str = "sbx.e2b.owner";
 
-/// Whether a metadata key is the server's own.
+/// Whether a metadata key is hidden from the API (the server's own, and the E2B backend's).
 pub(crate) fn hidden(key: &str) -> bool {
-    key.starts_with("sbx.e2b.") || key == "sbx.cwd" || key == "sbx.user"
+    reserved(key) || key == "sbx.cwd" || key == "sbx.user"
+}
+
+/// Whether a metadata key belongs to the server: a client may not set it (it would claim
+/// another tenant's sandbox, or escape clean-up).
+pub(crate) fn reserved(key: &str) -> bool {
+    key.starts_with("sbx.e2b.")
 }
 
 /// Settings of a server.
@@ -35,6 +43,15 @@ pub struct ServerConfig {
     pub default_user: String,
     /// Longest time to live a sandbox may be given.
     pub max_timeout: Duration,
+    /// Serve the SDK's debug mode: envd requests for `debug_sandbox_id` need no token and
+    /// make that sandbox on first use. Only for a server on loopback.
+    pub debug: bool,
+    /// Host names requests may carry besides IP addresses, `localhost` and `*.localhost`
+    /// (a request naming any other host is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Accept listeners on addresses beyond loopback. Off: [`Server::serve`](crate::Server::serve)
+    /// refuses them, since anyone who reaches the port can try keys and tokens.
+    pub allow_remote: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -44,6 +61,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("keep_sandboxes", &self.keep_sandboxes)
             .field("default_user", &self.default_user)
+            .field("max_timeout", &self.max_timeout)
+            .field("debug", &self.debug)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("allow_remote", &self.allow_remote)
             .finish()
     }
 }
@@ -56,6 +77,9 @@ impl Default for ServerConfig {
             keep_sandboxes: false,
             default_user: "user".into(),
             max_timeout: Duration::from_secs(24 * 3600),
+            debug: false,
+            allowed_hosts: Vec::new(),
+            allow_remote: false,
         }
     }
 }
@@ -96,6 +120,8 @@ pub(crate) struct State {
     secret: String,
     /// A random id of this server process, put on the sandboxes it makes.
     pub(crate) instance: String,
+    /// The tenant of this server's key: only sandboxes labelled with it are visible.
+    owner: String,
     served: Mutex<HashMap<String, Arc<Served>>>,
     made: Mutex<HashSet<String>>,
     debug_sandbox: Mutex<Option<String>>,
@@ -109,9 +135,14 @@ impl State {
             .api_key
             .clone()
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        let owner = match &config.api_key {
+            Some(key) if !config.insecure_no_auth => e2b_protocol::derive_token(key, "", "owner"),
+            _ => "anonymous".to_string(),
+        };
         State {
             runtime,
             config,
+            owner,
             secret,
             instance: format!("{:016x}", rand::random::<u64>()),
             served: Mutex::new(HashMap::new()),
@@ -142,32 +173,64 @@ impl State {
         served
     }
 
+    /// Makes the next [`State::live`] ask the backend whether the sandbox still runs.
+    pub(crate) async fn mark_stale(&self, id: &str) {
+        self.alive.lock().await.remove(id);
+    }
+
     pub(crate) async fn forget(&self, id: &str) {
         self.served.lock().await.remove(id);
         self.alive.lock().await.remove(id);
     }
 
-    /// The handle of a live sandbox this server serves (made by it, or by an earlier run of it).
-    pub(crate) async fn served(&self, id: &str) -> Result<Arc<Served>> {
-        if let Some(s) = self.served.lock().await.get(id).cloned() {
-            return Ok(s);
-        }
-        let sandbox = self.runtime.connect(id).await?;
-        let info = sandbox.info().await?;
-        if !info.metadata.contains_key(TEMPLATE_KEY) {
-            // Not one of ours: the E2B API does not show it.
+    /// What the backend says of a sandbox this tenant owns, without attaching to it or
+    /// resuming it. Another tenant's sandbox, or one not made through this API, is `NotFound`.
+    pub(crate) async fn owned_info(&self, id: &str) -> Result<runtime_core::SandboxInfo> {
+        let info = self.runtime.info(id).await?;
+        if info.metadata.get(OWNER_KEY) != Some(&self.owner) {
             return Err(runtime_core::Error::new(
                 ErrorKind::NotFound,
-                "not an e2b-local sandbox",
+                format!("sandbox {id} doesn't exist or you don't have access to it"),
             ));
         }
+        Ok(info)
+    }
+
+    /// The handle of a running sandbox this tenant owns: cached, or attached. Never resumes a
+    /// paused sandbox (that is `connect`'s job): a paused one is [`ErrorKind::Conflict`].
+    pub(crate) async fn served(&self, id: &str) -> Result<Arc<Served>> {
+        if let Some(s) = self.cached(id).await {
+            return Ok(s);
+        }
+        let info = self.owned_info(id).await?;
+        if info.state != runtime_core::SandboxState::Running {
+            return Err(runtime_core::Error::new(
+                ErrorKind::Conflict,
+                format!("sandbox {id} is paused; resume it (connect) first"),
+            ));
+        }
+        let sandbox = self.runtime.connect(id).await?;
         Ok(self.insert(sandbox).await)
     }
 
-    /// Like [`State::served`], but confirms the sandbox is still alive when it was not seen
-    /// for a second (it may have expired).
+    /// A sandbox's handle if this server holds one (no backend call).
+    pub(crate) async fn cached(&self, id: &str) -> Option<Arc<Served>> {
+        self.served.lock().await.get(id).cloned()
+    }
+
+    /// Like [`State::served`], for envd: confirms the sandbox is still running when it was not
+    /// seen for a second (it may have expired or been paused). A paused sandbox is `NotFound`:
+    /// envd is gone until it is resumed.
     pub(crate) async fn live(&self, id: &str) -> Result<Arc<Served>> {
-        let served = self.served(id).await?;
+        let served = match self.served(id).await {
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                return Err(runtime_core::Error::new(
+                    ErrorKind::NotFound,
+                    "the sandbox is paused",
+                ))
+            }
+            other => other?,
+        };
         let fresh = self
             .alive
             .lock()
@@ -186,7 +249,7 @@ impl State {
                     return Err(runtime_core::Error::new(
                         ErrorKind::NotFound,
                         "the sandbox is not running",
-                    ))
+                    ));
                 }
                 Err(e) => {
                     if e.kind() == ErrorKind::NotFound {
@@ -199,17 +262,14 @@ impl State {
         Ok(served)
     }
 
-    /// The ids of the sandboxes this server serves (cached, and any of ours on the backend).
-    pub(crate) async fn known_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.served.lock().await.keys().cloned().collect();
-        if let Ok(list) = self.runtime.list(&ListFilter::all()).await {
-            for info in list {
-                if info.metadata.contains_key(TEMPLATE_KEY) && !ids.contains(&info.id) {
-                    ids.push(info.id);
-                }
-            }
-        }
-        ids
+    /// The ids of the sandboxes this server holds a handle to (no backend call).
+    pub(crate) async fn cached_ids(&self) -> Vec<String> {
+        self.served.lock().await.keys().cloned().collect()
+    }
+
+    /// The list filter of this tenant's sandboxes.
+    pub(crate) fn owned_filter(&self) -> ListFilter {
+        ListFilter::all().metadata(OWNER_KEY, self.owner.clone())
     }
 
     /// The sandbox behind `debug_sandbox_id`, made on first use.
@@ -240,6 +300,7 @@ impl State {
         let mut spec = SandboxSpec::new()
             .metadata(TEMPLATE_KEY, template)
             .metadata(INSTANCE_KEY, &self.instance)
+            .metadata(OWNER_KEY, &self.owner)
             .metadata(ENVS_KEY, serde_json::to_string(&envs).expect("json"))
             .env("E2B_SANDBOX", "true");
         if template != "base" {

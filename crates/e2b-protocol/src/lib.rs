@@ -61,6 +61,9 @@ pub fn file_signature(
     )
 }
 
+/// The id the SDKs use for the one sandbox of debug mode (`E2B_DEBUG=true`).
+pub const DEBUG_SANDBOX_ID: &str = "debug_sandbox_id";
+
 /// Compares two secrets in constant time.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;

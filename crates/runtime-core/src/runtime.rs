@@ -36,6 +36,27 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>>;
     /// Lists sandboxes.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>>;
+    /// Information about one sandbox, without attaching to it or resuming it: a paused
+    /// sandbox stays paused. The default looks the id up in [`Runtime::list`]; backends
+    /// override it with a direct look-up.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown or ended sandbox.
+    async fn info(&self, id: &str) -> Result<SandboxInfo> {
+        self.list(&ListFilter::all())
+            .await?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| {
+                crate::Error::new(
+                    crate::ErrorKind::NotFound,
+                    format!("sandbox {id} doesn't exist (killed, expired, or never made here)"),
+                )
+                .with_backend(self.name())
+                .with_operation("info")
+                .with_context("sandbox_id", id)
+            })
+    }
     /// Kills a sandbox by id.
     async fn kill(&self, id: &str) -> Result<()>;
 }

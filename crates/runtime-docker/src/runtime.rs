@@ -746,6 +746,12 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
+    async fn info(&self, id: &str) -> Result<SandboxInfo> {
+        use runtime_core::Sandbox as _;
+        let (sandbox, _, _) = self.sandbox_from_container(id, "info").await?;
+        sandbox.info().await
+    }
+
     async fn kill(&self, id: &str) -> Result<()> {
         if !valid_id(id) {
             return Err(Self::not_found(id, "kill"));

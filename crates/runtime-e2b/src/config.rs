@@ -18,8 +18,7 @@ const SHARED_HOST_DOMAINS: &[&str] = &[
     "foxtrot-2.e2b.dev",
 ];
 
-/// The id the SDKs use for the one sandbox of debug mode.
-pub const DEBUG_SANDBOX_ID: &str = "debug_sandbox_id";
+pub use e2b_protocol::DEBUG_SANDBOX_ID;
 
 /// Where and how to reach E2B. Built by [`E2bRuntimeBuilder`](crate::E2bRuntimeBuilder).
 #[derive(Clone)]

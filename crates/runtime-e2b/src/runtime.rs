@@ -405,6 +405,11 @@ impl Runtime for E2bRuntime {
         Ok(out)
     }
 
+    async fn info(&self, id: &str) -> Result<SandboxInfo> {
+        let detail = self.detail(id, "info").await?;
+        Ok(self.info_from(&detail))
+    }
+
     async fn kill(&self, id: &str) -> Result<()> {
         if self.config.debug {
             return Ok(());

@@ -1,0 +1,429 @@
+//! Attacks on `e2b-local`, each performed and shown to do no harm (the security issue's
+//! findings 1, 3 and 5):
+//!
+//! - envd's `debug_sandbox_id` without debug mode: no sandbox is made, nothing runs;
+//! - a request naming a foreign host (DNS rebinding): refused on both ports;
+//! - listeners beyond loopback: refused without `allow_remote`, always in debug/no-auth mode;
+//! - a request with a bad token or a forged file signature: rejected before the backend is
+//!   asked anything (a paused sandbox stays paused, its deadline unchanged);
+//! - a second server with another key on the same engine: cannot list, read, use or kill the
+//!   first one's sandboxes; reserved metadata keys are refused.
+//!
+//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the tests return early.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use e2b_local::{Server, ServerConfig};
+use runtime_core::{
+    Capabilities, ListFilter, Runtime, Sandbox, SandboxInfo, SandboxSpec, SandboxState,
+};
+use runtime_docker::DockerRuntime;
+use serde_json::json;
+
+async fn docker() -> Option<DockerRuntime> {
+    match DockerRuntime::builder().build().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(
+                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                "SBX_REQUIRE_DOCKER=1: {e}"
+            );
+            eprintln!("no Docker engine: skipped ({e})");
+            None
+        }
+    }
+}
+
+/// A runtime that counts every call the server makes to the backend.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Runtime>,
+    calls: AtomicUsize,
+}
+
+impl Counting {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Runtime for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn create(&self, spec: SandboxSpec) -> runtime_core::Result<Box<dyn Sandbox>> {
+        self.count();
+        self.inner.create(spec).await
+    }
+    async fn connect(&self, id: &str) -> runtime_core::Result<Box<dyn Sandbox>> {
+        self.count();
+        self.inner.connect(id).await
+    }
+    async fn list(&self, filter: &ListFilter) -> runtime_core::Result<Vec<SandboxInfo>> {
+        self.count();
+        self.inner.list(filter).await
+    }
+    async fn info(&self, id: &str) -> runtime_core::Result<SandboxInfo> {
+        self.count();
+        self.inner.info(id).await
+    }
+    async fn kill(&self, id: &str) -> runtime_core::Result<()> {
+        self.count();
+        self.inner.kill(id).await
+    }
+}
+
+struct Served {
+    api: SocketAddr,
+    envd: SocketAddr,
+    key: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Served {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());
+    let key = config.api_key.clone().unwrap_or_default();
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(Server::new(runtime, config).serve(api, envd, async {
+        let _ = rx.await;
+    }));
+    Served {
+        api: a,
+        envd: e,
+        key,
+        stop,
+        task,
+    }
+}
+
+fn keyed(key: &str) -> ServerConfig {
+    ServerConfig {
+        api_key: Some(key.into()),
+        ..Default::default()
+    }
+}
+
+/// Containers of ours on the engine (any sandbox, from any test).
+async fn sandbox_ids(docker: &DockerRuntime) -> Vec<String> {
+    docker
+        .list(&ListFilter::all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+async fn create(http: &reqwest::Client, s: &Served, metadata: serde_json::Value) -> String {
+    let r = http
+        .post(format!("http://{}/sandboxes", s.api))
+        .header("x-api-key", &s.key)
+        .header("content-type", "application/json")
+        .body(json!({"templateID": "base", "timeout": 120, "metadata": metadata}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    body["sandboxID"].as_str().unwrap().to_string()
+}
+
+/// A `process.Start` of `sh -c <cmd>` as root, the way the critical finding ran it.
+fn start_as_root(
+    http: &reqwest::Client,
+    envd: SocketAddr,
+    sandbox: &str,
+    cmd: &str,
+) -> reqwest::RequestBuilder {
+    let body = json!({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}});
+    let mut framed = vec![0u8];
+    let payload = serde_json::to_vec(&body).unwrap();
+    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&payload);
+    http.post(format!("http://{envd}/process.Process/Start"))
+        .header("content-type", "application/connect+json")
+        .header("e2b-sandbox-id", sandbox)
+        .header("authorization", "Basic cm9vdDo=")
+        .body(framed)
+}
+
+#[tokio::test]
+async fn debug_sandbox_needs_debug_mode() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let server = serve(docker.clone(), keyed("e2b_security_debug")).await;
+    let http = reqwest::Client::new();
+    let before = sandbox_ids(&docker).await;
+    let r = start_as_root(&http, server.envd, "debug_sandbox_id", "id -u > /tmp/pwned")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "{}", r.text().await.unwrap());
+    let upload = http
+        .post(format!("http://{}/files?path=/tmp/pwned", server.envd))
+        .header("e2b-sandbox-id", "debug_sandbox_id")
+        .header("content-type", "application/octet-stream")
+        .body("owned")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 502);
+    let after = sandbox_ids(&docker).await;
+    let made: Vec<_> = after.iter().filter(|id| !before.contains(id)).collect();
+    assert!(made.is_empty(), "a sandbox was made: {made:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_host_names_are_refused() {
+    let Some(docker) = docker().await else { return };
+    let counting = Arc::new(Counting {
+        inner: Arc::new(docker),
+        calls: AtomicUsize::new(0),
+    });
+    let server = serve(counting.clone(), keyed("e2b_security_hosts")).await;
+    let http = reqwest::Client::new();
+    // A page on attacker.example whose name now resolves to 127.0.0.1.
+    let r = http
+        .post(format!("http://{}/sandboxes", server.api))
+        .header("host", format!("attacker.example:{}", server.api.port()))
+        .header("x-api-key", &server.key)
+        .header("content-type", "application/json")
+        .body(json!({"templateID": "base"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = start_as_root(&http, server.envd, "debug_sandbox_id", "true")
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(counting.calls(), 0, "a refused request reached the backend");
+    // The names a local client uses still work.
+    for host in ["localhost", "127.0.0.1"] {
+        let r = http
+            .get(format!("http://{}/health", server.api))
+            .header("host", format!("{host}:{}", server.api.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn listeners_beyond_loopback_need_consent() {
+    let Some(docker) = docker().await else { return };
+    let docker: Arc<dyn Runtime> = Arc::new(docker);
+    let attempt = |config: ServerConfig| {
+        let docker = docker.clone();
+        async move {
+            let api = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+            let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                Server::new(docker, config).serve(api, envd, async {}),
+            )
+            .await
+            .expect("serve returns")
+        }
+    };
+    let e = attempt(keyed("k")).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("--allow-remote"), "{e}");
+    let debug = ServerConfig {
+        debug: true,
+        allow_remote: true,
+        ..keyed("k")
+    };
+    assert!(attempt(debug).await.is_err(), "debug mode beyond loopback");
+    let no_auth = ServerConfig {
+        insecure_no_auth: true,
+        allow_remote: true,
+        ..Default::default()
+    };
+    assert!(attempt(no_auth).await.is_err(), "no auth beyond loopback");
+    let consented = ServerConfig {
+        allow_remote: true,
+        ..keyed("k")
+    };
+    attempt(consented).await.expect("allowed with allow_remote");
+}
+
+#[tokio::test]
+async fn rejected_requests_have_no_effect() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let counting = Arc::new(Counting {
+        inner: docker.clone(),
+        calls: AtomicUsize::new(0),
+    });
+    let server = serve(counting.clone(), keyed("e2b_security_auth")).await;
+    let http = reqwest::Client::new();
+    let id = create(&http, &server, json!({})).await;
+    let r = http
+        .post(format!("http://{}/sandboxes/{id}/pause", server.api))
+        .header("x-api-key", &server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let paused = docker.info(&id).await.unwrap();
+    assert_eq!(paused.state, SandboxState::Paused);
+
+    let calls = counting.calls();
+    // A wrong token, on an RPC and on /files.
+    let r = start_as_root(&http, server.envd, &id, "true")
+        .header("x-access-token", "0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!("http://{}/files?path=/etc/hostname", server.envd))
+        .header("e2b-sandbox-id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A forged signature with no sandbox header: nothing is listed, no deadline is read.
+    let r = http
+        .get(format!(
+            "http://{}/files?path=/etc/hostname&signature=v1_forged",
+            server.envd
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        counting.calls(),
+        calls,
+        "a rejected request reached the backend"
+    );
+    let still = docker.info(&id).await.unwrap();
+    assert_eq!(
+        still.state,
+        SandboxState::Paused,
+        "a rejected request resumed it"
+    );
+    assert_eq!(
+        still.expires_at, paused.expires_at,
+        "a rejected request moved the deadline"
+    );
+
+    // Even with the right token, envd does not resume a paused sandbox: it is gone until
+    // resumed through the API.
+    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    let r = start_as_root(&http, server.envd, &id, "true")
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(docker.info(&id).await.unwrap().state, SandboxState::Paused);
+    docker.kill(&id).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_other() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let a = serve(docker.clone(), keyed("e2b_tenant_a")).await;
+    let b = serve(docker.clone(), keyed("e2b_tenant_b")).await;
+    let http = reqwest::Client::new();
+    let id = create(&http, &a, json!({"who": "a"})).await;
+
+    // B lists nothing of A's, and A's sandbox is 404 to B on every route.
+    let list = http
+        .get(format!("http://{}/v2/sandboxes", b.api))
+        .header("x-api-key", &b.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!list.contains(&id), "B lists A's sandbox: {list}");
+    for (method, path) in [
+        ("GET", format!("/sandboxes/{id}")),
+        ("DELETE", format!("/sandboxes/{id}")),
+        ("POST", format!("/sandboxes/{id}/timeout")),
+        ("POST", format!("/sandboxes/{id}/pause")),
+        ("POST", format!("/sandboxes/{id}/connect")),
+        ("GET", format!("/sandboxes/{id}/metrics")),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), format!("http://{}{path}", b.api))
+            .header("x-api-key", &b.key)
+            .header("content-type", "application/json")
+            .body(json!({"timeout": 60}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+    }
+    // B's holder can compute B's token for any id: B's envd still does not serve A's sandbox.
+    let forged = e2b_protocol::derive_token(&b.key, &id, "envd");
+    let r = start_as_root(&http, b.envd, &id, "touch /tmp/pwned")
+        .header("x-access-token", &forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    // A's sandbox is untouched and still A's.
+    let r = http
+        .get(format!("http://{}/sandboxes/{id}", a.api))
+        .header("x-api-key", &a.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let detail: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(detail["metadata"], json!({"who": "a"}));
+    assert_eq!(docker.info(&id).await.unwrap().state, SandboxState::Running);
+
+    // A client cannot claim the server's own metadata keys.
+    for key in ["sbx.e2b.owner", "sbx.e2b.server", "sbx.e2b.template"] {
+        let r = http
+            .post(format!("http://{}/sandboxes", b.api))
+            .header("x-api-key", &b.key)
+            .header("content-type", "application/json")
+            .body(json!({"templateID": "base", "metadata": {key: "x"}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{key}");
+    }
+    a.stop().await;
+    b.stop().await;
+    assert!(
+        docker.info(&id).await.is_err(),
+        "A's sandbox outlived A's server"
+    );
+}
