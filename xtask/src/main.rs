@@ -4,6 +4,7 @@
 //! cargo xtask ci        everything CI checks: engine, images, fmt, clippy, docs, tests
 //! cargo xtask docker    make sure a Docker engine answers (installs and starts docker.io if needed)
 //! cargo xtask image     build sbx-base:bookworm and sbx-mini:latest from Debian packages
+//! cargo xtask agent     build sbx-agent fully static (prints its path; SBX_AGENT_BIN points there)
 //! cargo xtask run [-- CMD...]   set up (engine, images) and run a command in a fresh sandbox
 //! cargo xtask bench [--quick]   the benchmark against the Docker CLI and the E2B SDK
 //! ```
@@ -26,14 +27,17 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("docker") => docker(),
         Some("image") => docker().and_then(|_| images(force)),
+        Some("agent") => agent().map(|path| println!("{}", path.display())),
         Some("run") => docker()
             .and_then(|_| images(false))
-            .and_then(|_| run_in_sandbox(&args[1..])),
+            .and_then(|_| agent())
+            .and_then(|bin| run_in_sandbox(&args[1..], &bin)),
         Some("bench") => docker()
             .and_then(|_| images(false))
-            .and_then(|_| bench(&args[1..])),
+            .and_then(|_| agent())
+            .and_then(|bin| bench(&args[1..], &bin)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | docker | image [--force] | run [-- CMD...] | bench [--quick]>");
+            eprintln!("usage: cargo xtask <ci | docker | image [--force] | agent | run [-- CMD...] | bench [--quick]>");
             return ExitCode::from(2);
         }
     };
@@ -84,9 +88,42 @@ fn cargo() -> Command {
     c
 }
 
+/// The target `sbx-agent` is built for: the host's gnu target, linked statically.
+const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds `sbx-agent` fully static (`-C target-feature=+crt-static` on the gnu target: no musl
+/// here) and returns its path. The flag applies to that target only, so build scripts and
+/// proc macros of the host build are untouched.
+fn agent() -> Result<PathBuf> {
+    step("cargo build --release -p sbx-agent (static)");
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sbx-agent",
+            "--target",
+            AGENT_TARGET,
+        ])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        ))?;
+    let bin = root()
+        .join("target")
+        .join(AGENT_TARGET)
+        .join("release")
+        .join("sbx-agent");
+    if !bin.exists() {
+        return Err(format!("the build left no binary at {}", bin.display()));
+    }
+    Ok(bin)
+}
+
 fn ci() -> Result {
     docker()?;
     images(false)?;
+    let agent = agent()?;
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("cargo clippy (warnings are errors)");
@@ -105,7 +142,8 @@ fn ci() -> Result {
     step("cargo test (SBX_REQUIRE_DOCKER=1: a missing engine fails the run)");
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])
-        .env("SBX_REQUIRE_DOCKER", "1");
+        .env("SBX_REQUIRE_DOCKER", "1")
+        .env("SBX_AGENT_BIN", &agent);
     // The official SDK runs alongside the load test of e2b-local.
     test.env("E2B_SDK_PYTHON", sdk_python()?);
     if is_root() {
@@ -113,7 +151,7 @@ fn ci() -> Result {
         test.env("SBX_TEST_ENGINE_RESTART", "1");
     }
     run(&mut test)?;
-    e2b_sdk_tests()
+    e2b_sdk_tests(&agent)
 }
 
 /// A virtualenv with the pinned official E2B SDK (tests/e2b-sdk/requirements.txt).
@@ -137,7 +175,7 @@ fn sdk_python() -> Result<PathBuf> {
 }
 
 /// The official E2B Python SDK (tests/e2b-sdk, pinned versions) against e2b-local.
-fn e2b_sdk_tests() -> Result {
+fn e2b_sdk_tests(agent: &Path) -> Result {
     step("the official E2B Python SDK against e2b-local (tests/e2b-sdk)");
     run(cargo().args(["build", "-p", "e2b-local"]))?;
     let python = sdk_python()?;
@@ -145,11 +183,12 @@ fn e2b_sdk_tests() -> Result {
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
         .arg(root().join("tests/e2b-sdk"))
         .env("E2B_LOCAL_BIN", root().join("target/debug/e2b-local"))
+        .env("SBX_AGENT_BIN", agent)
         .current_dir(root()))
 }
 
 /// Runs a command in a fresh sandbox with the `sbx` CLI.
-fn run_in_sandbox(args: &[String]) -> Result {
+fn run_in_sandbox(args: &[String], agent: &Path) -> Result {
     let words: Vec<String> = match args.iter().position(|a| a == "--") {
         Some(i) => args[i + 1..].to_vec(),
         None => args.to_vec(),
@@ -162,11 +201,12 @@ fn run_in_sandbox(args: &[String]) -> Result {
     step("sbx run");
     run(cargo()
         .args(["run", "--quiet", "-p", "sbx", "--", "run", "--"])
-        .args(&words))
+        .args(&words)
+        .env("SBX_AGENT_BIN", agent))
 }
 
 /// The benchmark, built with optimisations.
-fn bench(args: &[String]) -> Result {
+fn bench(args: &[String], agent: &Path) -> Result {
     let python = sdk_python()?;
     step("cargo run --release -p sbx-bench (builds with optimisations first; a few minutes)");
     run(cargo()
@@ -180,7 +220,8 @@ fn bench(args: &[String]) -> Result {
             "--python",
         ])
         .arg(&python)
-        .args(args))
+        .args(args)
+        .env("SBX_AGENT_BIN", agent))
 }
 
 fn is_root() -> bool {

@@ -1,14 +1,17 @@
 #![doc = include_str!("docs.md")]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod agent;
 mod error;
 mod exec;
 mod files;
+mod keeper;
 mod process;
 mod runtime;
 mod sandbox;
 mod template;
 
+pub use agent::AGENT_BIN_ENV;
 pub use files::DockerFiles;
 pub use runtime::{DockerRuntime, DockerRuntimeBuilder, DEFAULT_IMAGE};
 pub use sandbox::DockerSandbox;

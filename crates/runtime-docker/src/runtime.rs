@@ -21,17 +21,24 @@ use runtime_core::{Error, ErrorKind, Result};
 use tracing::{debug, info_span, Instrument};
 
 use crate::error::{err, map, BACKEND};
-use crate::sandbox::DockerSandbox;
+use crate::keeper::Keeper;
+use crate::sandbox::{DockerSandbox, Ttl};
 use crate::template::TemplateInfo;
 
 /// The image used when neither the sandbox nor the configuration names one.
 pub const DEFAULT_IMAGE: &str = "sbx-base:bookworm";
 
-/// The container's main process: keeps the sandbox alive until the deadline in
-/// `/.sbx/deadline` (epoch seconds, put there before start) passes, then exits, and the
-/// engine removes the container. A jump in the clock (the container was paused) grants a
-/// grace period so a resumed sandbox is not killed before its new deadline is written.
-const INIT: &str = r#"last=$(date +%s); grace=0
+/// The container's main process when the deadline keeper holds its time to live: it only
+/// waits. The keeper, outside the sandbox, kills the container at its deadline.
+const IDLE: &str = "while :; do sleep 3600; done";
+
+/// The container's main process when no keeper is available (no `sbx-agent` binary): keeps the
+/// sandbox alive until the deadline in `/.sbx/deadline` (epoch seconds, put there before start)
+/// passes, then exits, and the engine removes the container. Root in the sandbox can change
+/// that file or stop this loop: see [`crate::keeper`] for the time to live the sandbox cannot
+/// change. A jump in the clock (the container was paused) grants a grace period so a resumed
+/// sandbox is not killed before its new deadline is written.
+const DEADLINE_FILE_INIT: &str = r#"last=$(date +%s); grace=0
 while :; do
   now=$(date +%s)
   if [ $((now - last)) -gt 5 ]; then grace=$((now + 15)); fi
@@ -64,6 +71,14 @@ impl Labels {
     pub(crate) fn workdir(&self) -> String {
         format!("{}.workdir", self.prefix)
     }
+    /// Who keeps the time to live: `keeper` (outside the sandbox) or `file` (inside it).
+    pub(crate) fn ttl(&self) -> String {
+        format!("{}.ttl", self.prefix)
+    }
+    /// The deadline set at create (epoch seconds); the keeper's state overrides it.
+    pub(crate) fn deadline(&self) -> String {
+        format!("{}.deadline", self.prefix)
+    }
     pub(crate) fn meta_prefix(&self) -> String {
         format!("{}.meta.", self.prefix)
     }
@@ -86,6 +101,8 @@ pub(crate) struct Settings {
     pub(crate) additional_networks: Vec<String>,
     pub(crate) resources: Resources,
     pub(crate) max_file_bytes: Option<u64>,
+    /// Keeps deadlines outside the sandboxes; `None` without an agent binary.
+    pub(crate) keeper: Option<Arc<Keeper>>,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -126,6 +143,9 @@ pub struct DockerRuntimeBuilder {
     additional_networks: Vec<String>,
     resources: Resources,
     max_file_bytes: Option<u64>,
+    agent_binary: Option<std::path::PathBuf>,
+    use_agent: bool,
+    engine_socket: String,
 }
 
 impl Default for DockerRuntimeBuilder {
@@ -143,6 +163,9 @@ impl Default for DockerRuntimeBuilder {
             additional_networks: Vec::new(),
             resources: Resources::new().memory_mb(2048).pids(1024),
             max_file_bytes: Some(4 << 30),
+            agent_binary: None,
+            use_agent: true,
+            engine_socket: "/var/run/docker.sock".into(),
         }
     }
 }
@@ -213,6 +236,28 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// The static `sbx-agent` binary the backend runs on the engine (the deadline keeper).
+    /// Default: `SBX_AGENT_BIN`, else `sbx-agent` beside the running program. Without one, a
+    /// sandbox keeps its own deadline and root inside it can change it (a warning says so).
+    pub fn agent_binary(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.agent_binary = Some(path.into());
+        self
+    }
+
+    /// Runs no `sbx-agent`, whatever [`DockerRuntimeBuilder::agent_binary`] or `SBX_AGENT_BIN`
+    /// say: each sandbox keeps its own deadline (root inside it can change it).
+    pub fn without_agent(mut self) -> Self {
+        self.use_agent = false;
+        self
+    }
+
+    /// The engine's socket as a path on the engine's host, mounted into the deadline keeper.
+    /// Default `/var/run/docker.sock`.
+    pub fn engine_socket(mut self, path: impl Into<String>) -> Self {
+        self.engine_socket = path.into();
+        self
+    }
+
     /// Connects to the engine, negotiating the API version.
     ///
     /// # Errors
@@ -250,6 +295,26 @@ impl DockerRuntimeBuilder {
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
         debug!(host, "connected to the Docker engine");
+        let binary = if self.use_agent {
+            crate::agent::find(self.agent_binary.as_deref())
+                .map_err(|m| err(ErrorKind::InvalidInput, "connect to engine", m))?
+        } else {
+            None
+        };
+        let keeper = match binary {
+            Some(path) => Some(Arc::new(Keeper::new(
+                docker.clone(),
+                &self.label_prefix,
+                &path,
+                &self.engine_socket,
+            )?)),
+            None => {
+                if self.use_agent {
+                    warn_no_agent();
+                }
+                None
+            }
+        };
         Ok(DockerRuntime {
             docker,
             settings: Arc::new(Settings {
@@ -266,9 +331,21 @@ impl DockerRuntimeBuilder {
                 additional_networks: self.additional_networks,
                 resources: self.resources,
                 max_file_bytes: self.max_file_bytes,
+                keeper,
             }),
         })
     }
+}
+
+/// Says once per process that sandboxes keep their own deadline.
+fn warn_no_agent() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(
+            "no sbx-agent binary (set SBX_AGENT_BIN, or build it with `cargo xtask agent`): each \
+             sandbox keeps its own deadline, which root inside it can change"
+        )
+    });
 }
 
 pub(crate) fn epoch(t: SystemTime) -> u64 {
@@ -277,8 +354,9 @@ pub(crate) fn epoch(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// `/.sbx`: the deadline file and the world-writable process registry, unpacked before start.
-fn sbx_dir(deadline: u64) -> Result<bytes::Bytes> {
+/// `/.sbx`: the world-writable process registry, and the deadline file when the sandbox keeps
+/// its own deadline, unpacked before start.
+fn sbx_dir(deadline: Option<u64>) -> Result<bytes::Bytes> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dir = |path: &str, mode: u32| {
         let mut h = tar::Header::new_gnu();
@@ -289,11 +367,13 @@ fn sbx_dir(deadline: u64) -> Result<bytes::Bytes> {
     };
     dir(".sbx/", 0o755)?;
     dir(".sbx/procs/", 0o1777)?;
-    let content = format!("{deadline}\n");
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(content.len() as u64);
-    b.append_data(&mut h, ".sbx/deadline", content.as_bytes())?;
+    if let Some(deadline) = deadline {
+        let content = format!("{deadline}\n");
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, ".sbx/deadline", content.as_bytes())?;
+    }
     Ok(bytes::Bytes::from(b.into_inner()?))
 }
 
@@ -424,11 +504,49 @@ impl DockerRuntime {
             .get(&self.settings.labels.user())
             .cloned()
             .filter(|u| !u.is_empty());
+        let ttl = Ttl::from_labels(&labels, &self.settings.labels);
         Ok((
-            DockerSandbox::new(self.clone(), id.to_string(), name, workdir, user),
+            DockerSandbox::new(self.clone(), id.to_string(), name, workdir, user, ttl),
             state,
             labels,
         ))
+    }
+
+    /// When sandbox `id` expires. `kept`: the keeper's deadlines when already read.
+    pub(crate) async fn deadline(
+        &self,
+        id: &str,
+        ttl: &Ttl,
+        kept: Option<&std::collections::BTreeMap<String, u64>>,
+    ) -> Option<SystemTime> {
+        let secs = match ttl {
+            Ttl::Keeper { initial } => {
+                let held = match (kept, &self.settings.keeper) {
+                    (Some(map), _) => map.get(id).copied(),
+                    (None, Some(keeper)) => keeper.deadline(id).await,
+                    (None, None) => None,
+                };
+                held.or(*initial)
+            }
+            Ttl::File => {
+                let files = crate::files::DockerFiles::new(
+                    self.docker.clone(),
+                    self.settings.labels.container(id),
+                    "/".into(),
+                );
+                crate::sandbox::own_deadline(&files).await
+            }
+        };
+        secs.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    }
+
+    /// Kills a sandbox found running past its deadline (the keeper was not running, or the
+    /// sandbox keeps its own deadline and changed it).
+    pub(crate) async fn reap_expired(&self, id: &str) {
+        debug!(sandbox_id = id, "sandbox past its deadline; killing it");
+        if let Err(e) = Runtime::kill(self, id).await {
+            debug!(sandbox_id = id, error = %e, "could not kill an expired sandbox");
+        }
     }
 
     /// Removes a container of ours that ended but was not removed (the engine's auto-remove
@@ -502,6 +620,12 @@ impl Runtime for DockerRuntime {
             labels.insert(l.created(), epoch(now).to_string());
             labels.insert(l.workdir(), workdir.clone());
             labels.insert(l.user(), spec.user.clone().unwrap_or_default());
+            let keeper = s.keeper.clone();
+            labels.insert(
+                l.ttl(),
+                if keeper.is_some() { "keeper" } else { "file" }.to_string(),
+            );
+            labels.insert(l.deadline(), deadline.to_string());
             for (k, v) in &spec.metadata {
                 labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
             }
@@ -591,7 +715,12 @@ impl Runtime for DockerRuntime {
                 entrypoint: Some(vec![
                     "/bin/sh".into(),
                     "-c".into(),
-                    INIT.into(),
+                    if keeper.is_some() {
+                        IDLE
+                    } else {
+                        DEADLINE_FILE_INIT
+                    }
+                    .into(),
                     "sbx-init".into(),
                 ]),
                 cmd: Some(vec![]),
@@ -621,7 +750,7 @@ impl Runtime for DockerRuntime {
                             path: "/".to_string(),
                             ..Default::default()
                         }),
-                        sbx_dir(deadline)?,
+                        sbx_dir(keeper.is_none().then_some(deadline))?,
                     )
                     .await
                     .map_err(|e| map(e, "create", "sandbox"))?;
@@ -629,6 +758,11 @@ impl Runtime for DockerRuntime {
                     .start_container::<String>(&name, None)
                     .await
                     .map_err(|e| map(e, "create", "sandbox"))?;
+                // The container exists before the keeper is looked for, so a keeper about to
+                // leave for lack of sandboxes sees it; a sandbox is never left without one.
+                if let Some(keeper) = &keeper {
+                    keeper.ensure().await?;
+                }
                 for net in &s.additional_networks {
                     self.docker
                         .connect_network(
@@ -647,6 +781,7 @@ impl Runtime for DockerRuntime {
                     name.clone(),
                     workdir,
                     spec.user.clone(),
+                    Ttl::from_labels(&labels, l),
                 );
                 sandbox.wait_ready(&template).await?;
                 Ok::<_, Error>(sandbox)
@@ -680,12 +815,26 @@ impl Runtime for DockerRuntime {
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
         let (sandbox, state, _) = self.sandbox_from_container(id, "connect").await?;
-        if state == SandboxState::Paused {
-            self.docker
-                .unpause_container(&self.settings.labels.container(id))
-                .await
-                .map_err(|e| map(e, "connect", "sandbox"))?;
-            sandbox.write_deadline(self.settings.ttl, "connect").await?;
+        match state {
+            SandboxState::Paused => {
+                // The new deadline first: a keeper must not find it running past the old one.
+                if sandbox.ttl_kept_outside() {
+                    sandbox.write_deadline(self.settings.ttl, "connect").await?;
+                }
+                self.docker
+                    .unpause_container(&self.settings.labels.container(id))
+                    .await
+                    .map_err(|e| map(e, "connect", "sandbox"))?;
+                if !sandbox.ttl_kept_outside() {
+                    sandbox.write_deadline(self.settings.ttl, "connect").await?;
+                }
+            }
+            _ => {
+                if sandbox.expired().await {
+                    self.reap_expired(id).await;
+                    return Err(Self::not_found(id, "connect"));
+                }
+            }
         }
         Ok(Box::new(sandbox))
     }
@@ -727,23 +876,31 @@ impl Runtime for DockerRuntime {
             };
             let info = self.info_from_labels(&id, &labels, state);
             if filter.matches(&info) {
-                out.push(info);
+                out.push((info, Ttl::from_labels(&labels, l)));
             }
         }
-        // Expiry lives in each container's deadline file: read them all at once.
-        let deadlines = futures_util::future::join_all(out.iter().map(|info| {
-            let files = crate::files::DockerFiles::new(
-                self.docker.clone(),
-                l.container(&info.id),
-                "/".into(),
-            );
-            async move { crate::sandbox::deadline_of(&files).await }
-        }))
+        // Deadlines: the keeper's, read at once, else each sandbox's own.
+        let kept = match &self.settings.keeper {
+            Some(k) => k.deadlines().await,
+            None => Default::default(),
+        };
+        let deadlines = futures_util::future::join_all(
+            out.iter()
+                .map(|(info, ttl)| self.deadline(&info.id, ttl, Some(&kept))),
+        )
         .await;
-        for (info, deadline) in out.iter_mut().zip(deadlines) {
+        let now = SystemTime::now();
+        let mut live = Vec::with_capacity(out.len());
+        for ((mut info, _), deadline) in out.into_iter().zip(deadlines) {
             info.expires_at = deadline;
+            // Past its deadline and still running (no keeper ran): end it now.
+            if info.state == SandboxState::Running && deadline.is_some_and(|d| d <= now) {
+                self.reap_expired(&info.id).await;
+                continue;
+            }
+            live.push(info);
         }
-        Ok(out)
+        Ok(live)
     }
 
     async fn info(&self, id: &str) -> Result<SandboxInfo> {

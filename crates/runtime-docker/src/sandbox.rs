@@ -1,11 +1,11 @@
 //! [`DockerSandbox`]: one container.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use runtime_core::{
-    CommandSpec, ErrorKind, FileStore, FileStoreExt, Process, ProcessInfo, Result, Sandbox,
-    SandboxExt, SandboxInfo, SandboxState,
+    CommandSpec, ErrorKind, FileStore, Process, ProcessInfo, Result, Sandbox, SandboxExt,
+    SandboxInfo, SandboxState,
 };
 use tracing::{debug, info_span, Instrument};
 
@@ -15,7 +15,36 @@ use crate::files::DockerFiles;
 use crate::runtime::{epoch, DockerRuntime};
 use crate::template::TemplateInfo;
 
-const SET_DEADLINE: &str = r#"printf '%s\n' "$1" > /.sbx/deadline"#;
+/// Replaces `/.sbx/deadline` whole (a reader never sees it empty), for sandboxes that keep their
+/// own deadline.
+const SET_DEADLINE: &str =
+    r#"printf '%s\n' "$1" > /.sbx/deadline.new && mv -f /.sbx/deadline.new /.sbx/deadline"#;
+
+/// The most the host reads of a deadline file the sandbox can write.
+const DEADLINE_BYTES: usize = 32;
+
+/// Who keeps a sandbox's time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ttl {
+    /// The deadline keeper, outside the sandbox; `initial` is the deadline set at create.
+    Keeper { initial: Option<u64> },
+    /// The sandbox itself, in `/.sbx/deadline` (no agent binary was available).
+    File,
+}
+
+impl Ttl {
+    pub(crate) fn from_labels(
+        labels: &std::collections::HashMap<String, String>,
+        l: &crate::runtime::Labels,
+    ) -> Self {
+        match labels.get(&l.ttl()).map(String::as_str) {
+            Some("keeper") => Ttl::Keeper {
+                initial: labels.get(&l.deadline()).and_then(|d| d.parse().ok()),
+            },
+            _ => Ttl::File,
+        }
+    }
+}
 
 /// How long [`TemplateInfo::ready_cmd`] may take to succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -27,6 +56,7 @@ pub struct DockerSandbox {
     container: String,
     user: Option<String>,
     files: DockerFiles,
+    ttl: Ttl,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -45,6 +75,7 @@ impl DockerSandbox {
         container: String,
         workdir: String,
         user: Option<String>,
+        ttl: Ttl,
     ) -> Self {
         let files = DockerFiles::new(runtime.docker.clone(), container.clone(), workdir);
         DockerSandbox {
@@ -53,7 +84,21 @@ impl DockerSandbox {
             container,
             user,
             files,
+            ttl,
         }
+    }
+
+    /// Whether the deadline keeper, outside the sandbox, holds its time to live.
+    pub(crate) fn ttl_kept_outside(&self) -> bool {
+        matches!(self.ttl, Ttl::Keeper { .. })
+    }
+
+    /// Whether the sandbox is past its deadline.
+    pub(crate) async fn expired(&self) -> bool {
+        self.runtime
+            .deadline(&self.id, &self.ttl, None)
+            .await
+            .is_some_and(|d| d <= SystemTime::now())
     }
 
     /// The container's name on the engine.
@@ -62,7 +107,19 @@ impl DockerSandbox {
     }
 
     pub(crate) async fn write_deadline(&self, ttl: Duration, op: &'static str) -> Result<()> {
-        let deadline = epoch(SystemTime::now() + ttl).to_string();
+        let deadline = epoch(SystemTime::now() + ttl);
+        if let (Ttl::Keeper { .. }, Some(keeper)) = (&self.ttl, &self.runtime.settings.keeper) {
+            return keeper.set_deadline(&self.id, deadline).await;
+        }
+        if self.ttl_kept_outside() {
+            return Err(err(
+                ErrorKind::Unavailable,
+                op,
+                "this sandbox's deadline is held by the deadline keeper, and this process has \
+                 no sbx-agent binary to run one; set SBX_AGENT_BIN (see `cargo xtask agent`)",
+            ));
+        }
+        let deadline = deadline.to_string();
         // An exec can fail to start on a busy engine; the write is idempotent, so try again.
         let mut last = None;
         for attempt in 0..3 {
@@ -128,11 +185,23 @@ impl DockerSandbox {
     }
 }
 
-/// When a sandbox expires, from its deadline file (`None` when it cannot be read, e.g. paused).
-pub(crate) async fn deadline_of(files: &DockerFiles) -> Option<SystemTime> {
-    let text = files.read_to_string("/.sbx/deadline").await.ok()?;
-    let secs: u64 = text.trim().parse().ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+/// The deadline a sandbox keeps in its own `/.sbx/deadline` (epoch seconds), reading at most
+/// [`DEADLINE_BYTES`] of it whatever the sandbox put there. `None` when it cannot be read
+/// (paused, missing, not a number).
+pub(crate) async fn own_deadline(files: &DockerFiles) -> Option<u64> {
+    use futures_util::StreamExt;
+    let mut stream = files.read_stream("/.sbx/deadline").await.ok()?;
+    let mut head = Vec::with_capacity(DEADLINE_BYTES);
+    while head.len() < DEADLINE_BYTES {
+        match stream.next().await {
+            Some(Ok(chunk)) => head.extend_from_slice(&chunk[..chunk.len().min(DEADLINE_BYTES)]),
+            _ => break,
+        }
+    }
+    // Dropping the stream closes the download: the rest of a huge file is never read.
+    drop(stream);
+    head.truncate(DEADLINE_BYTES);
+    std::str::from_utf8(&head).ok()?.trim().parse().ok()
 }
 
 #[async_trait]
@@ -169,8 +238,18 @@ impl Sandbox for DockerSandbox {
             .sandbox_from_container(&self.id, "info")
             .await?;
         let mut info = self.runtime.info_from_labels(&self.id, &labels, state);
-        if state == SandboxState::Running {
-            info.expires_at = deadline_of(&self.files).await;
+        if state == SandboxState::Running || self.ttl_kept_outside() {
+            info.expires_at = self.runtime.deadline(&self.id, &self.ttl, None).await;
+        }
+        if state == SandboxState::Running && info.expires_at.is_some_and(|d| d <= SystemTime::now())
+        {
+            self.runtime.reap_expired(&self.id).await;
+            return Err(err(
+                ErrorKind::NotFound,
+                "info",
+                format!("sandbox {} reached its time to live", self.id),
+            )
+            .with_context("sandbox_id", &self.id));
         }
         Ok(info)
     }

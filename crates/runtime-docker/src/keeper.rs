@@ -1,0 +1,297 @@
+//! The deadline keeper: where a sandbox's time to live lives, out of the sandbox's reach.
+//!
+//! A container of its own on the engine, `<prefix>-keeper`, runs `sbx-agent keeper` with the
+//! engine's socket and no network. It kills each running sandbox labelled `<prefix>.ttl=keeper`
+//! whose deadline has passed, whether or not any process of ours runs. A deadline is the
+//! sandbox's `<prefix>.deadline` label (set at create) until [`Keeper::set_deadline`] writes
+//! `/state/<id>` into the keeper's container through the engine's archive API: one engine call,
+//! no exec, nothing inside the sandbox. The keeper removes itself once no sandbox is left; the
+//! next sandbox starts a new one ([`Keeper::ensure`]).
+//!
+//! Its image, `sbx-keeper:<digest of the binary>`, is imported from the binary alone (no
+//! registry, no builder), so it works on a remote engine as well.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::container::{Config, CreateContainerOptions, DownloadFromContainerOptions};
+use bollard::image::CreateImageOptions;
+use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use runtime_core::{ErrorKind, Result};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use crate::error::{err, map};
+
+/// Largest keeper state the backend reads (a deadline file is a dozen bytes).
+const MAX_STATE: usize = 16 << 20;
+
+/// How long a keeper seen running is trusted to still run before looking again.
+const SEEN_FOR: Duration = Duration::from_secs(2);
+
+/// The keeper of one engine and label prefix.
+pub(crate) struct Keeper {
+    docker: Docker,
+    /// The keeper's container name.
+    name: String,
+    prefix: String,
+    image: String,
+    binary: Arc<Vec<u8>>,
+    /// The engine's socket, as a path on the engine's host.
+    socket: String,
+    /// When the keeper was last seen running.
+    seen: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keeper {
+    /// A keeper that runs `binary` (a static `sbx-agent`).
+    pub(crate) fn new(docker: Docker, prefix: &str, binary: &Path, socket: &str) -> Result<Self> {
+        let bytes = std::fs::read(binary).map_err(|e| {
+            err(
+                ErrorKind::InvalidInput,
+                "connect to engine",
+                format!("cannot read the agent binary {}: {e}", binary.display()),
+            )
+        })?;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&bytes);
+        let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(Keeper {
+            docker,
+            name: format!("{prefix}-keeper"),
+            prefix: prefix.to_string(),
+            image: format!("{prefix}-keeper:{tag}"),
+            binary: Arc::new(bytes),
+            socket: socket.to_string(),
+            seen: Mutex::new(None),
+        })
+    }
+
+    /// Makes sure the keeper runs: imports its image and makes or starts its container when
+    /// needed. Cheap when it was seen running a moment ago.
+    pub(crate) async fn ensure(&self) -> Result<()> {
+        let mut seen = self.seen.lock().await;
+        if seen.is_some_and(|t| t.elapsed() < SEEN_FOR) {
+            return Ok(());
+        }
+        for _ in 0..5 {
+            match self.docker.inspect_container(&self.name, None).await {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                    *seen = Some(Instant::now());
+                    return Ok(());
+                }
+                Ok(_) => match self
+                    .docker
+                    .start_container::<String>(&self.name, None)
+                    .await
+                {
+                    Ok(()) => {
+                        debug!(keeper = %self.name, "started the deadline keeper");
+                    }
+                    // Gone in between (it removed itself): make a new one.
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404 | 409,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(map(e, "keeper", "keeper")),
+                },
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => self.make().await?,
+                Err(e) => return Err(map(e, "keeper", "keeper")),
+            }
+        }
+        Err(err(
+            ErrorKind::Unavailable,
+            "keeper",
+            format!(
+                "the deadline keeper container {} does not stay up; see `docker logs {}`",
+                self.name, self.name
+            ),
+        ))
+    }
+
+    /// Imports the image if missing and makes the container (another process may make it at
+    /// the same time: a name conflict is fine).
+    async fn make(&self) -> Result<()> {
+        if self.docker.inspect_image(&self.image).await.is_err() {
+            self.import().await?;
+        }
+        let mut labels = HashMap::new();
+        labels.insert(format!("{}.keeper", self.prefix), "1".to_string());
+        let config = Config {
+            image: Some(self.image.clone()),
+            entrypoint: Some(vec![
+                "/sbx-agent".into(),
+                "keeper".into(),
+                "--prefix".into(),
+                self.prefix.clone(),
+                "--name".into(),
+                self.name.clone(),
+            ]),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{}:/var/run/docker.sock", self.socket)]),
+                network_mode: Some("none".into()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                    maximum_retry_count: None,
+                }),
+                memory: Some(64 << 20),
+                pids_limit: Some(32),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: self.name.clone(),
+                    platform: None,
+                }),
+                config,
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(keeper = %self.name, image = %self.image, "made the deadline keeper");
+                Ok(())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(map(e, "keeper", "keeper")),
+        }
+    }
+
+    /// `docker import` of a root file system holding the binary and an empty `/state`.
+    async fn import(&self) -> Result<()> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o700);
+        dir.set_size(0);
+        tar.append_data(&mut dir, "state/", std::io::empty())
+            .and_then(|_| {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o755);
+                h.set_size(self.binary.len() as u64);
+                tar.append_data(&mut h, "sbx-agent", self.binary.as_slice())
+            })
+            .map_err(|e| err(ErrorKind::Unexpected, "keeper", e.to_string()))?;
+        let body = tar
+            .into_inner()
+            .map_err(|e| err(ErrorKind::Unexpected, "keeper", e.to_string()))?;
+        let (repo, tag) = self.image.split_once(':').expect("name:tag");
+        self.docker
+            .create_image(
+                Some(CreateImageOptions {
+                    from_src: "-",
+                    repo,
+                    tag,
+                    ..Default::default()
+                }),
+                Some(Bytes::from(body)),
+                None,
+            )
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| map(e, "keeper", "image"))?;
+        info!(image = %self.image, "imported the deadline keeper's image");
+        Ok(())
+    }
+
+    /// Sets the deadline of sandbox `id` (epoch seconds): one archive upload to the keeper.
+    pub(crate) async fn set_deadline(&self, id: &str, deadline: u64) -> Result<()> {
+        self.ensure().await?;
+        let content = format!("{deadline}\n");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o600);
+        h.set_size(content.len() as u64);
+        tar.append_data(&mut h, id, content.as_bytes())
+            .map_err(|e| err(ErrorKind::Unexpected, "set_timeout", e.to_string()))?;
+        let body = tar
+            .into_inner()
+            .map_err(|e| err(ErrorKind::Unexpected, "set_timeout", e.to_string()))?;
+        self.docker
+            .upload_to_container(
+                &self.name,
+                Some(bollard::container::UploadToContainerOptions {
+                    path: "/state".to_string(),
+                    ..Default::default()
+                }),
+                Bytes::from(body),
+            )
+            .await
+            .map_err(|e| map(e, "set_timeout", "keeper"))
+    }
+
+    /// The deadlines the keeper holds (files under `/state`), by sandbox id. Empty when there
+    /// is no keeper.
+    pub(crate) async fn deadlines(&self) -> BTreeMap<String, u64> {
+        self.read_state("/state").await.unwrap_or_default()
+    }
+
+    /// The deadline the keeper holds for `id`, if any.
+    pub(crate) async fn deadline(&self, id: &str) -> Option<u64> {
+        self.read_state(&format!("/state/{id}"))
+            .await
+            .and_then(|mut m| m.remove(id))
+    }
+
+    /// Reads deadline files from the keeper's container (its own data, never a sandbox's).
+    async fn read_state(&self, path: &str) -> Option<BTreeMap<String, u64>> {
+        let mut stream = self.docker.download_from_container(
+            &self.name,
+            Some(DownloadFromContainerOptions {
+                path: path.to_string(),
+            }),
+        );
+        let mut raw = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.ok()?;
+            if raw.len() + chunk.len() > MAX_STATE {
+                return None;
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let mut out = BTreeMap::new();
+        let mut archive = tar::Archive::new(raw.as_slice());
+        for entry in archive.entries().ok()? {
+            let mut entry = entry.ok()?;
+            let name = entry
+                .path()
+                .ok()?
+                .file_name()?
+                .to_string_lossy()
+                .to_string();
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let mut text = String::new();
+            use std::io::Read;
+            let _ = (&mut entry).take(32).read_to_string(&mut text);
+            if let Ok(d) = text.trim().parse() {
+                out.insert(name, d);
+            }
+        }
+        Some(out)
+    }
+}

@@ -1,0 +1,206 @@
+//! The time to live against a hostile sandbox (the security issue's finding 2): root inside a
+//! sandbox cannot extend its life, the host never reads more than a few bytes the sandbox
+//! wrote, and thousands of deadline updates in a row leave a sandbox alive.
+//!
+//! Needs Docker and the static agent binary (`cargo xtask agent`, found through
+//! `SBX_AGENT_BIN` or the workspace's target directory).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use runtime_core::{ListFilter, Runtime, SandboxExt, SandboxSpec, SandboxState};
+use runtime_docker::DockerRuntime;
+
+const LABEL: &str = "sbx-ttl-test";
+
+fn agent_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SBX_AGENT_BIN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/sbx-agent");
+    built.exists().then_some(built)
+}
+
+/// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine,
+/// unless `SBX_REQUIRE_DOCKER=1`.
+async fn kept() -> Option<DockerRuntime> {
+    let require = std::env::var("SBX_REQUIRE_DOCKER").as_deref() == Ok("1");
+    let Some(bin) = agent_binary() else {
+        assert!(
+            !require,
+            "no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"
+        );
+        eprintln!("no agent binary: skipped");
+        return None;
+    };
+    match DockerRuntime::builder().agent_binary(bin).build().await {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            assert!(!require, "SBX_REQUIRE_DOCKER=1: {e}");
+            eprintln!("no Docker engine: skipped ({e})");
+            None
+        }
+    }
+}
+
+async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let containers = rt
+            .docker()
+            .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+                all: true,
+                filters: [("label".to_string(), vec![format!("sbx.id={id}")])].into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        if containers.is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// Root in the sandbox rewrites every deadline it can find, looks for the engine, and stops
+/// every process it can: the sandbox still ends at its deadline.
+#[tokio::test]
+async fn root_inside_cannot_extend_its_life() {
+    let Some(rt) = kept().await else { return };
+    let spec = SandboxSpec::new()
+        .metadata(LABEL, "extend")
+        .timeout(Duration::from_secs(5))
+        .user("root");
+    let sb = rt.create(spec).await.unwrap();
+    let created = Instant::now();
+    let attack = r#"
+        far=4102444800
+        mkdir -p /.sbx && printf '%s\n' $far > /.sbx/deadline
+        ls /var/run/docker.sock /run/docker.sock 2>/dev/null && echo ENGINE-REACHABLE
+        for p in $(ls /proc | grep -E '^[0-9]+$'); do
+          [ "$p" != "$$" ] && [ "$p" != 1 ] && kill -STOP "$p" 2>/dev/null
+        done
+        echo done
+    "#;
+    let out = sb.exec_shell(attack).await.unwrap();
+    assert!(!out.stdout_text().contains("ENGINE-REACHABLE"), "{out:?}");
+    assert!(out.stdout_text().contains("done"), "{out:?}");
+    let info = rt.info(sb.id()).await.unwrap();
+    let deadline = info.expires_at.expect("a deadline");
+    assert!(
+        deadline < SystemTime::now() + Duration::from_secs(10),
+        "the deadline moved: {deadline:?}"
+    );
+    assert!(
+        gone_within(&rt, sb.id(), Duration::from_secs(20)).await,
+        "the sandbox outlived its deadline (created {:?} ago)",
+        created.elapsed()
+    );
+}
+
+/// The peak resident memory of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A 1 GiB (sparse) deadline file written by root in the sandbox: listing and info read a few
+/// bytes of it at most, with the keeper and without it.
+#[tokio::test]
+async fn a_huge_deadline_file_is_not_read() {
+    let Some(with_keeper) = kept().await else {
+        return;
+    };
+    let without = DockerRuntime::builder()
+        .without_agent()
+        .build()
+        .await
+        .unwrap();
+    for (rt, mode) in [(&with_keeper, "keeper"), (&without, "file")] {
+        let sb = rt
+            .create(
+                SandboxSpec::new()
+                    .metadata(LABEL, "huge")
+                    .timeout(Duration::from_secs(120))
+                    .user("root"),
+            )
+            .await
+            .unwrap();
+        let out = sb
+            .exec_shell("mkdir -p /.sbx && truncate -s 1G /.sbx/deadline && echo ok")
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_text(), "ok\n", "{mode}: {out:?}");
+        let listed = rt
+            .list(&ListFilter::all().metadata(LABEL, "huge"))
+            .await
+            .unwrap();
+        let _ = sb.info().await;
+        let peak = peak_rss_kib();
+        assert!(
+            peak < 200 * 1024,
+            "{mode}: peak RSS {peak} KiB: the deadline file was read whole"
+        );
+        if mode == "keeper" {
+            // The keeper's deadline stands; the file inside means nothing.
+            assert!(listed.iter().any(|i| i.id == sb.id()), "{mode}: {listed:?}");
+            let info = sb.info().await.unwrap();
+            assert!(info.expires_at.is_some(), "{mode}: {info:?}");
+        }
+        let _ = rt.kill(sb.id()).await;
+    }
+}
+
+/// The exact `set_timeout` the finding repeated until sandboxes died: 3,000 in a row.
+#[tokio::test]
+async fn three_thousand_deadline_updates_leave_it_alive() {
+    let Some(rt) = kept().await else { return };
+    let sb = rt
+        .create(
+            SandboxSpec::new()
+                .metadata(LABEL, "updates")
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for i in 0..3000 {
+        sb.set_timeout(Duration::from_secs(60 + (i % 7)))
+            .await
+            .unwrap_or_else(|e| panic!("update {i}: {e}"));
+    }
+    eprintln!("3000 deadline updates in {:?}", started.elapsed());
+    let info = sb.info().await.unwrap();
+    assert_eq!(info.state, SandboxState::Running);
+    let out = sb.exec_shell("echo alive").await.unwrap();
+    assert_eq!(out.stdout_text(), "alive\n");
+    sb.kill().await.unwrap();
+}
+
+/// Paused, a sandbox is not killed at its deadline; resumed, it gets a fresh one.
+#[tokio::test]
+async fn a_paused_sandbox_outlives_its_deadline_and_resumes() {
+    let Some(rt) = kept().await else { return };
+    let sb = rt
+        .create(
+            SandboxSpec::new()
+                .metadata(LABEL, "pause")
+                .timeout(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap();
+    sb.pause().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let resumed = rt.connect(sb.id()).await.unwrap();
+    let out = resumed.exec_shell("echo back").await.unwrap();
+    assert_eq!(out.stdout_text(), "back\n");
+    let end = resumed.info().await.unwrap().expires_at.unwrap();
+    assert!(end > SystemTime::now() + Duration::from_secs(60), "{end:?}");
+    resumed.kill().await.unwrap();
+}
