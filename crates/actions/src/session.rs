@@ -662,7 +662,11 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
     }
 
     /// Copies a sandbox file or directory to the host, into `host_dir` (a new temporary
-    /// directory when `None`), modes kept. Returns the host path of the copy.
+    /// directory when `None`), permission bits kept. Returns the host path of the copy.
+    ///
+    /// What the sandbox sends is not trusted: setuid, setgid and sticky bits are dropped,
+    /// device files and FIFOs are left out, and so are symbolic links that would lead outside
+    /// the copy (each left-out entry is logged as a warning).
     pub async fn copy_from(&self, sandbox_path: &str, host_dir: Option<&Path>) -> Result<PathBuf> {
         self.touch().await;
         let path = self.resolve(sandbox_path).await;
@@ -688,15 +692,13 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
                 .tempdir()?
                 .keep(),
         };
-        let (src, out) = (archive.path().to_path_buf(), dest.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&out)?;
-            let mut tar = tar::Archive::new(std::fs::File::open(src)?);
-            tar.set_preserve_permissions(true);
-            tar.unpack(&out)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
+        // The archive comes from the sandbox: unpacked with no setuid bits, devices or links
+        // that lead out of `dest` (see `LocalFileStore::unpack`).
+        let store = runtime_filestore::LocalFileStore::new(&dest)?;
+        let src = archive.path().to_path_buf();
+        tokio::task::spawn_blocking(move || store.unpack(std::fs::File::open(src)?, ""))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
         Ok(dest.join(name))
     }
 

@@ -181,7 +181,7 @@ fn written_within(state: &Path, window: Duration) -> bool {
 }
 
 /// The deadline in `<state>/<id>`: epoch seconds, read from at most 32 bytes.
-fn read_deadline(state: &Path, id: &str) -> Option<u64> {
+pub(crate) fn read_deadline(state: &Path, id: &str) -> Option<u64> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
     }

@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
+//! sbx-agent deadlines [--state DIR]
 //! ```
 //!
-//! `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]. It is built fully
-//! static (`cargo xtask agent`) so it runs in an image that holds nothing else.
+//! `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]; `deadlines` is
+//! the backend's channel to the keeper's state: see [`deadlines`]. It is built fully static
+//! (`cargo xtask agent`) so it runs in an image that holds nothing else.
 
+mod deadlines;
 mod docker;
 mod keeper;
 
@@ -22,13 +25,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("deadlines") => match args.get(1..) {
+            Some([]) | None => deadlines::run(std::path::Path::new("/state")),
+            Some([flag, dir]) if flag == "--state" => deadlines::run(std::path::Path::new(dir)),
+            Some(other) => {
+                eprintln!("sbx-agent deadlines: unexpected arguments {other:?}");
+                ExitCode::from(2)
+            }
+        },
         Some("--version") => {
             println!("sbx-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => {
             eprintln!(
-                "usage: sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]"
+                "usage: sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]"
             );
             ExitCode::from(2)
         }

@@ -256,6 +256,47 @@ fn cp_round_trip_of_a_directory() {
     assert!(text(&bad.stderr).contains("ID:/path"));
 }
 
+/// Root in the sandbox plants a setuid-root file, links to host files, a FIFO and a device:
+/// `sbx cp` out of it brings none of them to the host (the security issue's finding 4).
+#[test]
+fn cp_from_a_hostile_sandbox_is_safe() {
+    if !docker_here() {
+        return;
+    }
+    let t = tag();
+    let _made = Made(t.clone());
+    let id = text(&sbx(&["create", "--meta", &format!("cli-test={t}")]).stdout)
+        .trim()
+        .to_string();
+    let plant = sbx(&[
+        "exec",
+        &id,
+        "--user",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/h/sub && echo x > /tmp/h/suid && chmod 4755 /tmp/h/suid \
+         && ln -s /etc/shadow /tmp/h/shadow && ln -s ../../../../etc /tmp/h/sub/up \
+         && mkfifo /tmp/h/fifo && mknod /tmp/h/null c 1 3 && echo planted",
+    ]);
+    assert_eq!(text(&plant.stdout), "planted\n", "{}", text(&plant.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let back = dir.path().join("back");
+    let down = sbx(&["cp", &format!("{id}:/tmp/h"), back.to_str().unwrap()]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    use std::os::unix::fs::MetadataExt;
+    let suid = std::fs::symlink_metadata(back.join("suid")).unwrap();
+    assert!(suid.is_file());
+    assert_eq!(suid.mode() & 0o7000, 0, "setuid kept on the host");
+    for gone in ["shadow", "sub/up", "fifo", "null"] {
+        assert!(
+            std::fs::symlink_metadata(back.join(gone)).is_err(),
+            "{gone} reached the host"
+        );
+    }
+}
+
 #[test]
 fn unknown_id_is_a_clear_error() {
     if !docker_here() {

@@ -64,6 +64,7 @@ cases!(
     browse_error_status,
     env_vars_reach_shell_and_ipython_and_survive_restart,
     copy_directory_both_ways_with_modes,
+    copy_from_trusts_nothing_from_the_sandbox,
     list_files_directories_first,
     attach_to_gone_session_is_not_found,
     attach_reuses_the_sandbox,
@@ -712,6 +713,41 @@ async fn copy_directory_both_ways_with_modes(c: Ctx) -> CaseResult {
         assert_eq!(mode, 0o755);
         let file = s.copy_from("/tmp/in/proj/readme.md", None).await?;
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello");
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&host);
+    result?;
+    s.close().await
+}
+
+/// A sandbox that plants a setuid file, links to host files and a FIFO: the copy on the host
+/// has none of them (the security issue's finding 4).
+async fn copy_from_trusts_nothing_from_the_sandbox(c: Ctx) -> CaseResult {
+    let s = open(&c).await?;
+    let plant =
+        "mkdir -p /tmp/h/sub && printf '#!/bin/sh\\n' > /tmp/h/suid && chmod 4755 /tmp/h/suid \
+        && ln -s /etc/shadow /tmp/h/shadow && ln -s ../../../../../../etc /tmp/h/sub/up \
+        && ln -s suid /tmp/h/ok && mkfifo /tmp/h/fifo && echo planted";
+    assert_eq!(run(&s, plant).await?.output, "planted\n");
+    let host = std::env::temp_dir().join(format!("sbx-copy-{:x}", rand::random::<u64>()));
+    let result = async {
+        let back = s.copy_from("/tmp/h", Some(&host)).await?;
+        use std::os::unix::fs::MetadataExt;
+        let suid = std::fs::symlink_metadata(back.join("suid")).unwrap();
+        assert!(suid.is_file());
+        assert_eq!(suid.mode() & 0o7000, 0, "setuid bit kept on the host");
+        for gone in ["shadow", "sub/up", "fifo"] {
+            assert!(
+                std::fs::symlink_metadata(back.join(gone)).is_err(),
+                "{gone} was copied to the host"
+            );
+        }
+        assert_eq!(
+            std::fs::read_link(back.join("ok")).unwrap(),
+            std::path::Path::new("suid"),
+            "a link inside the copy is kept"
+        );
         Ok::<_, runtime_core::Error>(())
     }
     .await;

@@ -10,7 +10,9 @@
 mod local;
 mod memory;
 mod path;
+mod unpack;
 
 pub use local::LocalFileStore;
 pub use memory::InMemoryFileStore;
 pub use path::{clean_absolute, join, normalize, parent};
+pub use unpack::Unpacked;

@@ -63,7 +63,12 @@ impl LocalFileStore {
     ///
     /// With `follow_final`, a final symbolic link is followed (and must stay inside);
     /// without, only the directories leading to it are checked.
-    fn resolve(&self, path: &str, follow_final: bool, op: &'static str) -> Result<PathBuf> {
+    pub(crate) fn resolve(
+        &self,
+        path: &str,
+        follow_final: bool,
+        op: &'static str,
+    ) -> Result<PathBuf> {
         if path.starts_with('/') {
             return Err(Error::new(
                 ErrorKind::InvalidInput,

@@ -132,7 +132,10 @@ impl<T: FileStore + ?Sized> FileStoreExt for T {}
 
 /// Copies a file or a directory tree from one store to another, streaming each file.
 ///
-/// Directories are created at `to`; symbolic links and special files are skipped.
+/// Directories are created at `to`; symbolic links and special files are skipped, and no
+/// permission bits are carried over (files get the destination's defaults). A listing entry
+/// that is not under `from_path` (or climbs with `..`) stops the copy with
+/// [`ErrorKind::InvalidInput`]: a hostile source cannot place files beside the destination.
 ///
 /// ```
 /// # async fn demo(a: &dyn runtime_core::FileStore, b: &dyn runtime_core::FileStore)
@@ -157,11 +160,29 @@ pub async fn copy_tree(
             let entries = from.list(from_path, u32::MAX).await?;
             let prefix = root.path.trim_end_matches('/');
             for entry in entries {
-                let rel = entry
-                    .path
-                    .strip_prefix(prefix)
-                    .unwrap_or(&entry.path)
-                    .trim_start_matches('/');
+                // The listing may come from a hostile sandbox: every entry must lie under the
+                // copied directory, with no `.`/`..` to climb out of the destination.
+                let under = if prefix.is_empty() {
+                    Some(entry.path.trim_start_matches('/'))
+                } else {
+                    entry
+                        .path
+                        .strip_prefix(prefix)
+                        .and_then(|r| r.strip_prefix('/'))
+                };
+                let rel = under
+                    .filter(|r| {
+                        !r.is_empty() && r.split('/').all(|p| !matches!(p, "" | "." | ".."))
+                    })
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidInput,
+                            "the source listed an entry outside the directory being copied; \
+                             the copy stopped there",
+                        )
+                        .with_operation("copy_tree")
+                        .with_context("path", &entry.path)
+                    })?;
                 let dest = format!("{}/{}", to_path.trim_end_matches('/'), rel);
                 match entry.kind {
                     EntryKind::Dir => to.create_dir_all(&dest).await?,

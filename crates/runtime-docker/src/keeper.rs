@@ -8,6 +8,11 @@
 //! no exec, nothing inside the sandbox. The keeper removes itself once no sandbox is left; the
 //! next sandbox starts a new one ([`Keeper::ensure`]).
 //!
+//! State goes through one attached exec of `sbx-agent deadlines` in the keeper's container, kept
+//! open per process: a deadline read or write is a line each way. When that channel cannot be
+//! had (a keeper made by another version of the binary is running), the engine's archive API
+//! reads and writes the same files, at tens of milliseconds a call.
+//!
 //! Its image, `sbx-keeper:<digest of the binary>`, is imported from the binary alone (no
 //! registry, no builder), so it works on a remote engine as well.
 
@@ -46,6 +51,43 @@ pub(crate) struct Keeper {
     socket: String,
     /// When the keeper was last seen running.
     seen: Mutex<Option<Instant>>,
+    /// The open `sbx-agent deadlines` exec, if any.
+    channel: Mutex<Option<Channel>>,
+}
+
+/// One attached exec of `sbx-agent deadlines`: a request line in, an answer line out.
+struct Channel {
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    output: futures_util::stream::BoxStream<
+        'static,
+        std::result::Result<bollard::container::LogOutput, bollard::errors::Error>,
+    >,
+    buf: Vec<u8>,
+}
+
+impl Channel {
+    async fn ask(&mut self, request: &str) -> std::result::Result<String, String> {
+        use tokio::io::AsyncWriteExt;
+        self.input
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.input.flush().await.map_err(|e| e.to_string())?;
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            match self.output.next().await {
+                Some(Ok(bollard::container::LogOutput::StdOut { message })) => {
+                    self.buf.extend_from_slice(&message)
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the channel closed".into()),
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Keeper {
@@ -78,6 +120,7 @@ impl Keeper {
             binary: Arc::new(bytes),
             socket: socket.to_string(),
             seen: Mutex::new(None),
+            channel: Mutex::new(None),
         })
     }
 
@@ -217,8 +260,95 @@ impl Keeper {
         Ok(())
     }
 
-    /// Sets the deadline of sandbox `id` (epoch seconds): one archive upload to the keeper.
+    /// Whether the keeper's container is running now (nothing is made).
+    async fn running(&self) -> bool {
+        if self
+            .seen
+            .lock()
+            .await
+            .is_some_and(|t| t.elapsed() < SEEN_FOR)
+        {
+            return true;
+        }
+        matches!(
+            self.docker.inspect_container(&self.name, None).await,
+            Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true)
+        )
+    }
+
+    /// Asks the keeper's state one request over the channel, opening it when needed (and
+    /// starting the keeper first when `start`; reads do not start one). `None` when no channel
+    /// can be had: the caller uses the archive API instead.
+    async fn ask(&self, request: &str, start: bool) -> Option<String> {
+        let mut channel = self.channel.lock().await;
+        for _ in 0..2 {
+            if channel.is_none() {
+                if start {
+                    self.ensure().await.ok()?;
+                } else if !self.running().await {
+                    return None;
+                }
+                *channel = self.open().await;
+                channel.as_ref()?;
+            }
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                channel.as_mut().expect("open").ask(request),
+            )
+            .await;
+            match answer {
+                Ok(Ok(line)) if !line.starts_with("error ") => return Some(line),
+                Ok(Ok(line)) => {
+                    debug!(request, answer = %line, "the keeper refused a request");
+                    return None;
+                }
+                Ok(Err(e)) => debug!(error = %e, "the keeper channel failed; reopening"),
+                Err(_) => debug!("the keeper channel did not answer; reopening"),
+            }
+            *channel = None;
+        }
+        None
+    }
+
+    async fn open(&self) -> Option<Channel> {
+        let request = crate::exec::ExecRequest {
+            cmd: vec!["/sbx-agent".into(), "deadlines".into()],
+            stdin: true,
+            ..Default::default()
+        };
+        match crate::exec::start(&self.docker, &self.name, request, "keeper").await {
+            Ok(started) => {
+                let mut channel = Channel {
+                    input: started.input,
+                    output: started.output,
+                    buf: Vec::new(),
+                };
+                // A keeper of another version may not have the command: check once.
+                match channel.ask("get probe").await {
+                    Ok(a) if a == "none" || a.parse::<u64>().is_ok() => Some(channel),
+                    other => {
+                        debug!(answer = ?other, "no deadline channel in this keeper; using the archive API");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot open the keeper channel; using the archive API");
+                None
+            }
+        }
+    }
+
+    /// Sets the deadline of sandbox `id` (epoch seconds).
     pub(crate) async fn set_deadline(&self, id: &str, deadline: u64) -> Result<()> {
+        if self
+            .ask(&format!("set {id} {deadline}"), true)
+            .await
+            .as_deref()
+            == Some("ok")
+        {
+            return Ok(());
+        }
         self.ensure().await?;
         let content = format!("{deadline}\n");
         let mut tar = tar::Builder::new(Vec::new());
@@ -243,14 +373,25 @@ impl Keeper {
             .map_err(|e| map(e, "set_timeout", "keeper"))
     }
 
-    /// The deadlines the keeper holds (files under `/state`), by sandbox id. Empty when there
-    /// is no keeper.
+    /// The deadlines the keeper holds, by sandbox id. Empty when there is no keeper.
     pub(crate) async fn deadlines(&self) -> BTreeMap<String, u64> {
+        if let Some(all) = self.ask("all", false).await {
+            return all
+                .split_whitespace()
+                .filter_map(|pair| {
+                    let (id, secs) = pair.split_once('=')?;
+                    Some((id.to_string(), secs.parse().ok()?))
+                })
+                .collect();
+        }
         self.read_state("/state").await.unwrap_or_default()
     }
 
     /// The deadline the keeper holds for `id`, if any.
     pub(crate) async fn deadline(&self, id: &str) -> Option<u64> {
+        if let Some(answer) = self.ask(&format!("get {id}"), false).await {
+            return answer.parse().ok();
+        }
         self.read_state(&format!("/state/{id}"))
             .await
             .and_then(|mut m| m.remove(id))

@@ -880,9 +880,10 @@ impl Runtime for DockerRuntime {
             }
         }
         // Deadlines: the keeper's, read at once, else each sandbox's own.
+        let any_kept = out.iter().any(|(_, ttl)| matches!(ttl, Ttl::Keeper { .. }));
         let kept = match &self.settings.keeper {
-            Some(k) => k.deadlines().await,
-            None => Default::default(),
+            Some(k) if any_kept => k.deadlines().await,
+            _ => Default::default(),
         };
         let deadlines = futures_util::future::join_all(
             out.iter()

@@ -1,0 +1,104 @@
+//! `sbx-agent deadlines`: the backend's channel to the keeper's state.
+//!
+//! The Docker backend runs this in the keeper's container through one attached exec and keeps
+//! it open: a deadline update is then one line each way (well under a millisecond), where the
+//! engine's archive API costs tens of milliseconds a call. One request a line on stdin, one
+//! answer a line on stdout:
+//!
+//! ```text
+//! set <id> <epoch-secs>   →  ok
+//! get <id>                →  <epoch-secs> | none
+//! all                     →  <id>=<epoch-secs> ... (space-separated, maybe empty)
+//! ```
+//!
+//! Anything else is answered `error <why>`. Files are replaced whole (written beside, then
+//! renamed), so the keeper never reads a half-written deadline.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::keeper::read_deadline;
+
+/// Serves requests from stdin until it closes.
+pub(crate) fn run(state: &Path) -> ExitCode {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let answer = answer(state, &line);
+        if writeln!(stdout, "{answer}")
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The answer to one request line.
+pub(crate) fn answer(state: &Path, line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["set", id, secs] if valid_id(id) => match secs.parse::<u64>() {
+            Ok(secs) => match write(state, id, secs) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error cannot write the deadline of {id}: {e}"),
+            },
+            Err(_) => format!("error not a number of seconds: {secs}"),
+        },
+        ["get", id] if valid_id(id) => match read_deadline(state, id) {
+            Some(secs) => secs.to_string(),
+            None => "none".into(),
+        },
+        ["all"] => {
+            let mut pairs = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(state) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if !valid_id(&name) {
+                        continue;
+                    }
+                    if let Some(secs) = read_deadline(state, &name) {
+                        pairs.push(format!("{name}={secs}"));
+                    }
+                }
+            }
+            pairs.join(" ")
+        }
+        _ => format!("error unknown request: {line}"),
+    }
+}
+
+fn write(state: &Path, id: &str, secs: u64) -> std::io::Result<()> {
+    let tmp = state.join(format!(".{id}.new"));
+    std::fs::write(&tmp, format!("{secs}\n"))?;
+    std::fs::rename(&tmp, state.join(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+
+    #[test]
+    fn requests_and_answers() {
+        let dir = std::env::temp_dir().join(format!("sbx-deadlines-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(answer(&dir, "get abc"), "none");
+        assert_eq!(answer(&dir, "set abc 1700000000"), "ok");
+        assert_eq!(answer(&dir, "set def 1800000000"), "ok");
+        assert_eq!(answer(&dir, "get abc"), "1700000000");
+        let mut all: Vec<String> = answer(&dir, "all").split(' ').map(str::to_string).collect();
+        all.sort();
+        assert_eq!(all, ["abc=1700000000", "def=1800000000"]);
+        assert!(answer(&dir, "set ../etc 1").starts_with("error"));
+        assert!(answer(&dir, "set abc soon").starts_with("error"));
+        assert!(answer(&dir, "rm abc").starts_with("error"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
