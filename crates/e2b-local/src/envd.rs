@@ -207,7 +207,7 @@ fn valid_user(user: &str) -> bool {
         && user
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        && !user.starts_with('-')
+        && !user.starts_with(['-', '.'])
 }
 
 async fn user_of(
@@ -1017,10 +1017,13 @@ async fn download(
                     StatusCode::NOT_FOUND,
                     format!("path '{path}' does not exist"),
                 ),
-                ErrorKind::InvalidInput => plain_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("path '{path}' is a directory"),
-                ),
+                ErrorKind::InvalidInput => {
+                    let what = match fs.stat(&path).await {
+                        Ok(e) if e.kind == EntryKind::Dir => "is a directory",
+                        _ => "is not a regular file (a FIFO, device or socket)",
+                    };
+                    plain_error(StatusCode::BAD_REQUEST, format!("path '{path}' {what}"))
+                }
                 ErrorKind::PermissionDenied => plain_error(StatusCode::UNAUTHORIZED, e.to_string()),
                 _ => plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }

@@ -427,3 +427,49 @@ async fn tenants_cannot_reach_each_other() {
         "A's sandbox outlived A's server"
     );
 }
+
+/// Finding 10 through envd: `..` as a user name is refused (not a 500 from the engine), and a
+/// FIFO is not called a directory.
+#[tokio::test]
+async fn small_findings_are_answered_clearly() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let server = serve(docker.clone(), keyed("e2b_security_small")).await;
+    let http = reqwest::Client::new();
+    let id = create(&http, &server, json!({})).await;
+    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    use base64::Engine as _;
+    for user in ["..", "."] {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+        let r = http
+            .post(format!("http://{}/filesystem.Filesystem/Stat", server.envd))
+            .header("content-type", "application/json")
+            .header("e2b-sandbox-id", &id)
+            .header("x-access-token", &token)
+            .header("authorization", format!("Basic {basic}"))
+            .body(r#"{"path":"/tmp"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{user}: {}", r.text().await.unwrap());
+    }
+    let sandbox = docker.connect(&id).await.unwrap();
+    use runtime_core::SandboxExt;
+    let out = sandbox
+        .exec_shell("mkfifo /tmp/pipe && echo ok")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "ok\n");
+    let r = http
+        .get(format!("http://{}/files?path=/tmp/pipe", server.envd))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("not a regular file"), "{text}");
+    docker.kill(&id).await.unwrap();
+    server.stop().await;
+}

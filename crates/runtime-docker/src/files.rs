@@ -206,6 +206,8 @@ fn status_error(code: i32, out: &Collected, op: &'static str, path: &str) -> Err
                 ErrorKind::AlreadyExists
             } else if text.contains("Read-only file system") {
                 ErrorKind::PermissionDenied
+            } else if text.contains("File name too long") {
+                ErrorKind::InvalidInput
             } else {
                 ErrorKind::Unexpected
             };

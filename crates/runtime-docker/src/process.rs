@@ -49,6 +49,29 @@ for p in *; do
   fi
 done"#;
 
+/// Refuses a user the engine would misread: `name`, `uid`, `name:group` or `uid:gid`, each
+/// part letters, digits, `_`, `-` and `.`, not starting with `.` or `-`.
+fn check_user(user: &str) -> Result<()> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && !p.starts_with(['.', '-'])
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    let mut parts = user.splitn(2, ':');
+    let ok = parts.next().is_some_and(part_ok) && parts.next().is_none_or(part_ok);
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorKind::InvalidInput,
+            "spawn",
+            format!("invalid user '{user}': use a user name or uid from the image, as NAME, UID, NAME:GROUP or UID:GID"),
+        ))
+    }
+}
+
 /// Starts `spec` in `container`.
 pub(crate) async fn spawn(
     docker: &Docker,
@@ -65,11 +88,15 @@ pub(crate) async fn spawn(
             cmd.extend(args.iter().cloned());
         }
     }
+    let user = spec.user.clone().or_else(|| default_user.map(String::from));
+    if let Some(u) = &user {
+        check_user(u)?;
+    }
     let tty = spec.pty.is_some();
     let req = ExecRequest {
         cmd,
         env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        user: spec.user.clone().or_else(|| default_user.map(String::from)),
+        user,
         cwd: spec.cwd.clone(),
         stdin: spec.stdin || tty,
         tty,
@@ -261,5 +288,28 @@ impl ProcessControl for DockerProcess {
             )
             .await
             .map_err(|e| sandbox_error(e, "resize"))
+    }
+}
+
+#[cfg(test)]
+mod user_tests {
+    #[test]
+    fn user_names() {
+        for ok in [
+            "root",
+            "user",
+            "1000",
+            "1000:1000",
+            "www-data",
+            "a.b",
+            "user:staff",
+        ] {
+            assert!(super::check_user(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", "../root", "-u", "a:b:c", "a b", "user:", ":g",
+        ] {
+            assert!(super::check_user(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -103,6 +103,8 @@ pub(crate) struct Settings {
     pub(crate) max_file_bytes: Option<u64>,
     /// Keeps deadlines outside the sandboxes; `None` without an agent binary.
     pub(crate) keeper: Option<Arc<Keeper>>,
+    /// Whether a missing keeper is worth a warning (not when the agent was turned off).
+    pub(crate) agent_wanted: bool,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -308,12 +310,7 @@ impl DockerRuntimeBuilder {
                 &path,
                 &self.engine_socket,
             )?)),
-            None => {
-                if self.use_agent {
-                    warn_no_agent();
-                }
-                None
-            }
+            None => None,
         };
         Ok(DockerRuntime {
             docker,
@@ -332,12 +329,14 @@ impl DockerRuntimeBuilder {
                 resources: self.resources,
                 max_file_bytes: self.max_file_bytes,
                 keeper,
+                agent_wanted: self.use_agent,
             }),
         })
     }
 }
 
-/// Says once per process that sandboxes keep their own deadline.
+/// Says once per process, at the first sandbox made without a keeper, that sandboxes keep their
+/// own deadline.
 fn warn_no_agent() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -621,6 +620,9 @@ impl Runtime for DockerRuntime {
             labels.insert(l.workdir(), workdir.clone());
             labels.insert(l.user(), spec.user.clone().unwrap_or_default());
             let keeper = s.keeper.clone();
+            if keeper.is_none() && s.agent_wanted {
+                warn_no_agent();
+            }
             labels.insert(
                 l.ttl(),
                 if keeper.is_some() { "keeper" } else { "file" }.to_string(),
@@ -951,7 +953,7 @@ impl Runtime for DockerRuntime {
                 return match self.docker.remove_container(&name, Some(options)).await {
                     Ok(()) => Ok(()),
                     Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404,
+                        status_code: 404 | 409,
                         ..
                     }) => Ok(()),
                     Err(e) => Err(map(e, "kill", "sandbox")),
@@ -982,8 +984,10 @@ impl Runtime for DockerRuntime {
             .await
         {
             Ok(()) => Ok(()),
+            // Gone, or "removal already in progress": either way the sandbox is ended.
             Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
+                status_code: 404 | 409,
+                ..
             }) => Ok(()),
             Err(e) => Err(map(e, "kill", "sandbox")),
         }
