@@ -98,23 +98,7 @@ enum Cmd {
         command: TemplateCmd,
     },
     /// Serve the E2B API and envd over this machine's backend (see e2b-local).
-    ServeE2b {
-        /// Address of the control plane.
-        #[arg(long, default_value = "127.0.0.1:3000")]
-        api_addr: std::net::SocketAddr,
-        /// Address of envd.
-        #[arg(long, default_value = "127.0.0.1:49983")]
-        envd_addr: std::net::SocketAddr,
-        /// The API key clients must send (default: E2B_API_KEY).
-        #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
-        /// Accept any client (only on a machine you trust).
-        #[arg(long)]
-        insecure_no_auth: bool,
-        /// Leave sandboxes running when stopped.
-        #[arg(long)]
-        keep_sandboxes: bool,
-    },
+    ServeE2b(e2b_local::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,45 +276,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             println!("{tag}");
             Ok(0)
         }
-        Cmd::ServeE2b {
-            api_addr,
-            envd_addr,
-            api_key,
-            insecure_no_auth,
-            keep_sandboxes,
-        } => {
-            let api_key = api_key.filter(|k| !k.is_empty());
-            if api_key.is_none() && !insecure_no_auth {
-                return Err(fail(
-                    "no API key",
-                    Some("pass --api-key or set E2B_API_KEY (clients send the same key)"),
-                ));
-            }
+        Cmd::ServeE2b(args) => {
+            args.config().map_err(|e| fail(e, None))?;
             let runtime = config.runtime().await?;
-            let api = tokio::net::TcpListener::bind(api_addr)
-                .await
-                .map_err(|e| fail(format!("cannot listen on {api_addr}: {e}"), None))?;
-            let envd = tokio::net::TcpListener::bind(envd_addr)
-                .await
-                .map_err(|e| fail(format!("cannot listen on {envd_addr}: {e}"), None))?;
             eprintln!(
-                "serving E2B: E2B_API_URL=http://{api_addr} E2B_SANDBOX_URL=http://{envd_addr}"
+                "serving E2B: E2B_API_URL=http://{} E2B_SANDBOX_URL=http://{}",
+                args.api_addr, args.envd_addr
             );
-            let server = e2b_local::Server::new(
-                runtime,
-                e2b_local::ServerConfig {
-                    api_key,
-                    insecure_no_auth,
-                    keep_sandboxes,
-                    ..Default::default()
-                },
-            );
-            server
-                .serve(api, envd, async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await
-                .map_err(|e| fail(e.to_string(), None))?;
+            args.serve(runtime, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| fail(e, None))?;
             Ok(0)
         }
         other => {
@@ -451,7 +408,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
             }
             Ok(0)
         }
-        Cmd::Config | Cmd::Template { .. } | Cmd::ServeE2b { .. } => unreachable!("handled before"),
+        Cmd::Config | Cmd::Template { .. } | Cmd::ServeE2b(_) => unreachable!("handled before"),
     }
 }
 

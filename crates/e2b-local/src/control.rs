@@ -244,6 +244,17 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
             "autoPause (lifecycle on_timeout=pause) is not supported by e2b-local; the sandbox would be killed at its timeout",
         );
     }
+    let _admission = match state.admit_create().await {
+        Ok(a) => a,
+        Err((message, retry_after)) => {
+            let mut r = api_error(StatusCode::TOO_MANY_REQUESTS, message);
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_str(&retry_after.to_string()).expect("digits"),
+            );
+            return r;
+        }
+    };
     let mut spec = state.spec_for(
         &req.template_id,
         req.metadata.clone().unwrap_or_default(),

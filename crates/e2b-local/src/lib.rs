@@ -19,21 +19,23 @@
 // Handlers return a ready HTTP answer as their error; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
+mod args;
 mod control;
 mod envd;
 mod hosts;
+mod listen;
 mod procs;
 mod state;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use runtime_core::Runtime;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use state::ServerConfig;
+pub use args::ServeArgs;
+pub use state::{Limits, ServerConfig};
 
 /// A running pair of listeners (control plane and envd) over one backend.
 ///
@@ -87,7 +89,8 @@ impl Server {
     }
 
     /// Serves both listeners until `shutdown` completes, then kills the sandboxes this server
-    /// made (unless [`ServerConfig::keep_sandboxes`]).
+    /// made (unless [`ServerConfig::keep_sandboxes`]). Listeners beyond loopback are refused
+    /// unless [`ServerConfig::allow_remote`]; [`ServerConfig::limits`] applies to each.
     pub async fn serve(
         self,
         api: TcpListener,
@@ -96,36 +99,30 @@ impl Server {
     ) -> std::io::Result<()> {
         self.check_binds(&[api.local_addr()?, envd.local_addr()?])?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
         info!(api = %api.local_addr()?, envd = %envd.local_addr()?, "e2b-local listening");
-        let api_server = axum::serve(
-            api.tap_io(no_delay),
+        let limits = self.state.config.limits.clone();
+        let grace = std::time::Duration::from_secs(5);
+        let api_task = tokio::spawn(listen::serve(
+            api,
             self.api_router()
                 .layer(axum::middleware::from_fn(log_request)),
-        )
-        .with_graceful_shutdown(wait(rx.clone()));
-        let envd_server = axum::serve(
-            envd.tap_io(no_delay),
+            limits.clone(),
+            rx.clone(),
+            grace,
+        ));
+        let envd_task = tokio::spawn(listen::serve(
+            envd,
             self.envd_router()
                 .layer(axum::middleware::from_fn(log_request)),
-        )
-        .with_graceful_shutdown(wait(rx));
-        let stopper = async move {
-            shutdown.await;
-            info!("shutting down");
-            let _ = tx.send(true);
-        };
-        let api_task = tokio::spawn(async move { api_server.await });
-        let envd_task = tokio::spawn(async move { envd_server.await });
-        stopper.await;
-        // Streams of running commands would hold the listeners open: give them a moment.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            let _ = api_task.await;
-            let _ = envd_task.await;
-        })
-        .await;
+            limits,
+            rx,
+            grace,
+        ));
+        shutdown.await;
+        info!("shutting down");
+        let _ = tx.send(true);
+        let _ = api_task.await;
+        let _ = envd_task.await;
         self.state.shutdown().await;
         Ok(())
     }
@@ -165,14 +162,6 @@ impl Server {
             );
         }
         Ok(())
-    }
-}
-
-/// Small stream frames go out at once: without `TCP_NODELAY`, Nagle's algorithm holds a frame
-/// back until the client acknowledges the previous one (a delayed ACK costs ~40 ms).
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
 }
 

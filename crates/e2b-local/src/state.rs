@@ -30,6 +30,32 @@ pub(crate) fn reserved(key: &str) -> bool {
     key.starts_with("sbx.e2b.")
 }
 
+/// What a server allows, per listener and per API key.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections per listener; more are closed at once. Default 1024.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long an idle HTTP/1
+    /// connection is kept. Default 30 s.
+    pub header_timeout: Duration,
+    /// Sandboxes a key may have at once (running or paused); past it, create is `429`.
+    /// Default 100.
+    pub max_sandboxes: usize,
+    /// Creates a key may make a minute; past it, create is `429` with `Retry-After`. Default 60.
+    pub creates_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(30),
+            max_sandboxes: 100,
+            creates_per_minute: 60,
+        }
+    }
+}
+
 /// Settings of a server.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -49,6 +75,8 @@ pub struct ServerConfig {
     /// Host names requests may carry besides IP addresses, `localhost` and `*.localhost`
     /// (a request naming any other host is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Connection, timing and per-key limits.
+    pub limits: Limits,
     /// Accept listeners on addresses beyond loopback. Off: [`Server::serve`](crate::Server::serve)
     /// refuses them, since anyone who reaches the port can try keys and tokens.
     pub allow_remote: bool,
@@ -65,6 +93,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("debug", &self.debug)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("allow_remote", &self.allow_remote)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -80,6 +109,7 @@ impl Default for ServerConfig {
             debug: false,
             allowed_hosts: Vec::new(),
             allow_remote: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -127,6 +157,10 @@ pub(crate) struct State {
     debug_sandbox: Mutex<Option<String>>,
     /// When each sandbox was last confirmed alive.
     alive: Mutex<HashMap<String, Instant>>,
+    /// The key's create budget: tokens left, and when they were last counted.
+    creates: Mutex<(f64, Instant)>,
+    /// Creates under way (counted against `max_sandboxes` until they are listed).
+    creating: Mutex<usize>,
 }
 
 impl State {
@@ -141,7 +175,6 @@ impl State {
         };
         State {
             runtime,
-            config,
             owner,
             secret,
             instance: format!("{:016x}", rand::random::<u64>()),
@@ -149,7 +182,62 @@ impl State {
             made: Mutex::new(HashSet::new()),
             debug_sandbox: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
+            creates: Mutex::new((config.limits.creates_per_minute as f64, Instant::now())),
+            creating: Mutex::new(0),
+            config,
         }
+    }
+
+    /// Admits one create under the key's limits, or says how long to wait. The admission is
+    /// held until the returned guard is dropped (when the sandbox is made or the create fails).
+    pub(crate) async fn admit_create(
+        self: &Arc<Self>,
+    ) -> std::result::Result<CreateAdmission, (String, u64)> {
+        let limits = &self.config.limits;
+        {
+            let mut bucket = self.creates.lock().await;
+            let per_sec = limits.creates_per_minute as f64 / 60.0;
+            let (tokens, at) = *bucket;
+            let now = Instant::now();
+            let tokens = (tokens + now.duration_since(at).as_secs_f64() * per_sec)
+                .min(limits.creates_per_minute as f64);
+            if tokens < 1.0 {
+                let wait = if per_sec > 0.0 {
+                    ((1.0 - tokens) / per_sec).ceil() as u64
+                } else {
+                    60
+                };
+                *bucket = (tokens, now);
+                return Err((
+                    format!(
+                        "Rate limit exceeded: at most {} sandbox creates a minute for this key",
+                        limits.creates_per_minute
+                    ),
+                    wait.max(1),
+                ));
+            }
+            *bucket = (tokens - 1.0, now);
+        }
+        let mut creating = self.creating.lock().await;
+        let existing = self
+            .runtime
+            .list(&self.owned_filter())
+            .await
+            .map(|l| l.len())
+            .unwrap_or(0);
+        if existing + *creating >= limits.max_sandboxes {
+            return Err((
+                format!(
+                    "You have reached the maximum number of concurrent sandboxes ({}); kill one first",
+                    limits.max_sandboxes
+                ),
+                5,
+            ));
+        }
+        *creating += 1;
+        Ok(CreateAdmission {
+            state: self.clone(),
+        })
     }
 
     /// The envd access token of a sandbox.
@@ -341,5 +429,21 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// One admitted create; counted until dropped.
+pub(crate) struct CreateAdmission {
+    state: Arc<State>,
+}
+
+impl Drop for CreateAdmission {
+    fn drop(&mut self) {
+        let state = self.state.clone();
+        // Drop cannot wait: decrement on the runtime.
+        tokio::spawn(async move {
+            let mut creating = state.creating.lock().await;
+            *creating = creating.saturating_sub(1);
+        });
     }
 }

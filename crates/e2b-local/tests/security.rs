@@ -473,3 +473,108 @@ async fn small_findings_are_answered_clearly() {
     docker.kill(&id).await.unwrap();
     server.stop().await;
 }
+
+/// Finding 6: connections that say nothing, or send half a header, are closed after the
+/// header timeout; past the cap, new connections are closed at once; the server keeps
+/// answering real clients.
+#[tokio::test]
+async fn silent_and_slow_connections_are_dropped_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(docker) = docker().await else { return };
+    let config = ServerConfig {
+        limits: e2b_local::Limits {
+            max_connections: 40,
+            header_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..keyed("e2b_security_conns")
+    };
+    let server = serve(Arc::new(docker), config).await;
+    let mut silent = Vec::new();
+    for i in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(server.envd).await.unwrap();
+        if i % 2 == 0 {
+            // Slowloris: half a request, then nothing.
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .await
+                .unwrap();
+        }
+        silent.push(s);
+    }
+    // Every one of them is closed by the server within a few header timeouts.
+    let closed = futures_util::future::join_all(silent.iter_mut().map(|s| async move {
+        let mut buf = [0u8; 512];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(_) => continue, // an error answer, then the close
+                    }
+                }
+            })
+            .await,
+            Ok(true)
+        )
+    }))
+    .await;
+    let open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(open, 0, "{open} of 200 idle connections were kept");
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/health", server.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+/// Finding 6: a key past its concurrent sandboxes or its create rate gets `429` with
+/// `Retry-After`, as E2B answers.
+#[tokio::test]
+async fn per_key_limits_answer_429() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let http = reqwest::Client::new();
+    let post = |s: &Served| {
+        http.post(format!("http://{}/sandboxes", s.api))
+            .header("x-api-key", &s.key)
+            .header("content-type", "application/json")
+            .body(json!({"templateID": "base", "timeout": 60}).to_string())
+            .send()
+    };
+
+    let one = ServerConfig {
+        limits: e2b_local::Limits {
+            max_sandboxes: 1,
+            ..Default::default()
+        },
+        ..keyed("e2b_security_quota")
+    };
+    let server = serve(docker.clone(), one).await;
+    assert_eq!(post(&server).await.unwrap().status(), 201);
+    let r = post(&server).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    server.stop().await; // kills what it made
+
+    let rate = ServerConfig {
+        limits: e2b_local::Limits {
+            creates_per_minute: 2,
+            ..Default::default()
+        },
+        ..keyed("e2b_security_rate")
+    };
+    let server = serve(docker.clone(), rate).await;
+    assert_eq!(post(&server).await.unwrap().status(), 201);
+    assert_eq!(post(&server).await.unwrap().status(), 201);
+    let r = post(&server).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    server.stop().await;
+}

@@ -20,6 +20,10 @@ use tracing::debug;
 use crate::config::E2bConfig;
 use crate::error::err;
 
+/// Idle pooled connections are dropped before a server closes them (e2b-local keeps an idle
+/// HTTP/1 connection 30 s by default): a request never races the server's close.
+const POOL_IDLE: Duration = Duration::from_secs(20);
+
 /// The user agent, as the Python SDK sends it on REST calls.
 pub(crate) const USER_AGENT: &str = concat!("sbx-runtime-e2b/", env!("CARGO_PKG_VERSION"));
 /// How many times a REST call is retried (the SDK's default).
@@ -105,6 +109,7 @@ impl Api {
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| {
                 err(
@@ -257,7 +262,8 @@ impl Envd {
         let build = |http1: bool| {
             let b = reqwest::Client::builder()
                 .user_agent(USER_AGENT)
-                .connect_timeout(Duration::from_secs(10));
+                .connect_timeout(Duration::from_secs(10))
+                .pool_idle_timeout(POOL_IDLE);
             let b = if http1 { b.http1_only() } else { b };
             b.build().map_err(|e| {
                 err(

@@ -1,0 +1,118 @@
+//! The command-line options of a server, shared by the `e2b-local` binary and `sbx serve-e2b`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runtime_core::Runtime;
+
+use crate::{Limits, Server, ServerConfig};
+
+/// How to serve: addresses, keys, modes and limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the control plane (what E2B_API_URL points at).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub api_addr: SocketAddr,
+    /// Address of envd (what E2B_SANDBOX_URL points at).
+    #[arg(long, default_value = "127.0.0.1:49983")]
+    pub envd_addr: SocketAddr,
+    /// The API key clients must send. Default: E2B_API_KEY.
+    #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Accept any API key and no access tokens (loopback only, on a machine you trust).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Serve the SDK's debug mode (E2B_DEBUG=true): envd requests for `debug_sandbox_id` need
+    /// no token and make that sandbox on first use. Loopback only.
+    #[arg(long)]
+    pub debug: bool,
+    /// Listen on addresses beyond loopback (prints a warning; put TLS in front).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// A host name clients may use to reach the server, besides IP addresses and localhost
+    /// (repeatable). Requests naming any other host are refused (DNS rebinding).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Leave the sandboxes running when the server stops.
+    #[arg(long)]
+    pub keep_sandboxes: bool,
+    /// Longest sandbox time to live a client may ask for, in hours.
+    #[arg(long, default_value_t = 24)]
+    pub max_timeout_hours: u64,
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and an idle HTTP/1 connection
+    /// is kept).
+    #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
+    pub header_timeout_secs: u64,
+    /// Sandboxes a key may have at once; past it, create answers 429.
+    #[arg(long, default_value_t = Limits::default().max_sandboxes)]
+    pub max_sandboxes: usize,
+    /// Sandbox creates a key may make a minute; past it, create answers 429 with Retry-After.
+    #[arg(long, default_value_t = Limits::default().creates_per_minute)]
+    pub creates_per_minute: u32,
+}
+
+impl ServeArgs {
+    /// The server configuration these options describe.
+    ///
+    /// # Errors
+    /// No API key without `--insecure-no-auth`.
+    pub fn config(&self) -> Result<ServerConfig, String> {
+        let api_key = self.api_key.clone().filter(|k| !k.is_empty());
+        if api_key.is_none() && !self.insecure_no_auth {
+            return Err(
+                "no API key: pass --api-key or set E2B_API_KEY (clients send the same key), \
+                 or run with --insecure-no-auth on a machine you trust"
+                    .into(),
+            );
+        }
+        Ok(ServerConfig {
+            api_key,
+            insecure_no_auth: self.insecure_no_auth,
+            keep_sandboxes: self.keep_sandboxes,
+            max_timeout: Duration::from_secs(self.max_timeout_hours.max(1) * 3600),
+            debug: self.debug,
+            allow_remote: self.allow_remote,
+            allowed_hosts: self.allowed_hosts.clone(),
+            limits: Limits {
+                max_connections: self.max_connections,
+                header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+                max_sandboxes: self.max_sandboxes,
+                creates_per_minute: self.creates_per_minute,
+            },
+            ..Default::default()
+        })
+    }
+
+    /// Binds both addresses and serves `runtime` until `shutdown` completes.
+    ///
+    /// # Errors
+    /// A bad option, an address that cannot be bound or is refused (beyond loopback without
+    /// `--allow-remote`), with what to do.
+    pub async fn serve(
+        self,
+        runtime: Arc<dyn Runtime>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
+        let config = self.config()?;
+        let api = tokio::net::TcpListener::bind(self.api_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", self.api_addr))?;
+        let envd = tokio::net::TcpListener::bind(self.envd_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", self.envd_addr))?;
+        tracing::info!(
+            "serving E2B: E2B_API_URL=http://{} E2B_SANDBOX_URL=http://{}",
+            self.api_addr,
+            self.envd_addr
+        );
+        Server::new(runtime, config)
+            .serve(api, envd, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
