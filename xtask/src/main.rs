@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! cargo xtask ci        everything CI checks: engine, images, fmt, clippy, docs, tests
-//! cargo xtask docker    make sure a Docker engine answers (installs and starts docker.io if needed)
+//! cargo xtask docker [--gvisor]   make sure a Docker engine answers (installs and starts
+//!                       docker.io if needed); --gvisor also installs gVisor (runsc) and
+//!                       registers it with the engine as the OCI runtime `runsc`
 //! cargo xtask image     build sbx-base:bookworm and sbx-mini:latest from Debian packages
 //! cargo xtask agent     build sbx-agent fully static (prints its path; SBX_AGENT_BIN points there)
 //! cargo xtask run [-- CMD...]   set up (engine, images) and run a command in a fresh sandbox
@@ -25,7 +27,13 @@ fn main() -> ExitCode {
     let force = args.iter().any(|a| a == "--force");
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("docker") => docker(),
+        Some("docker") => docker().and_then(|_| {
+            if args.iter().any(|a| a == "--gvisor") {
+                gvisor()
+            } else {
+                Ok(())
+            }
+        }),
         Some("image") => docker().and_then(|_| images(force)),
         Some("agent") => agent().map(|path| println!("{}", path.display())),
         Some("run") => docker()
@@ -37,7 +45,7 @@ fn main() -> ExitCode {
             .and_then(|_| agent())
             .and_then(|bin| bench(&args[1..], &bin)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | docker | image [--force] | agent | run [-- CMD...] | bench [--quick]>");
+            eprintln!("usage: cargo xtask <ci | docker [--gvisor] | image [--force] | agent | run [-- CMD...] | bench [--quick]>");
             return ExitCode::from(2);
         }
     };
@@ -122,6 +130,7 @@ fn agent() -> Result<PathBuf> {
 
 fn ci() -> Result {
     docker()?;
+    gvisor()?;
     images(false)?;
     let agent = agent()?;
     step("cargo fmt --check");
@@ -143,6 +152,7 @@ fn ci() -> Result {
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])
         .env("SBX_REQUIRE_DOCKER", "1")
+        .env("SBX_REQUIRE_GVISOR", "1")
         .env("SBX_AGENT_BIN", &agent);
     // The official SDK runs alongside the load test of e2b-local.
     test.env("E2B_SDK_PYTHON", sdk_python()?);
@@ -285,6 +295,54 @@ fn docker() -> Result {
         std::thread::sleep(Duration::from_millis(500));
     }
     Err("dockerd did not answer within 90s; see /var/log/sbx-dockerd.log".into())
+}
+
+/// Whether the engine has an OCI runtime named `runsc`.
+fn engine_has_runsc() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"runsc\""))
+        .unwrap_or(false)
+}
+
+/// Installs gVisor from Debian's packages and registers it with the engine as `runsc`, with
+/// the ptrace platform (no KVM here) and the container's own network namespace
+/// (`--network=host` to runsc: without it, runsc refuses a namespace it did not make).
+fn gvisor() -> Result {
+    if engine_has_runsc() {
+        return Ok(());
+    }
+    step("registering gVisor (runsc) with the Docker engine");
+    if !succeeds(Command::new("sh").args(["-c", "command -v runsc"])) {
+        apt_install(&["runsc"])?;
+    }
+    if !is_root() {
+        return Err("registering runsc in /etc/docker/daemon.json needs root".into());
+    }
+    // Merge into daemon.json with python3 (xtask has no JSON parser of its own).
+    let merge = r#"
+import json, os, sys
+p = "/etc/docker/daemon.json"
+c = json.load(open(p)) if os.path.exists(p) and os.path.getsize(p) > 0 else {}
+c.setdefault("runtimes", {})["runsc"] = {
+    "path": "/usr/bin/runsc",
+    "runtimeArgs": ["--platform=ptrace", "--network=host", "--file-access=shared"],
+}
+os.makedirs("/etc/docker", exist_ok=True)
+json.dump(c, open(p, "w"), indent=2)
+"#;
+    run(Command::new("python3").arg("-c").arg(merge))?;
+    // dockerd reloads its runtimes on SIGHUP.
+    run(Command::new("sh").args(["-c", "kill -HUP $(pidof dockerd)"]))?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if engine_has_runsc() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err("the engine did not pick up runsc after a reload; see /etc/docker/daemon.json".into())
 }
 
 fn image_exists(name: &str) -> bool {

@@ -278,7 +278,7 @@ fn cp_from_a_hostile_sandbox_is_safe() {
         "-c",
         "mkdir -p /tmp/h/sub && echo x > /tmp/h/suid && chmod 4755 /tmp/h/suid \
          && ln -s /etc/shadow /tmp/h/shadow && ln -s ../../../../etc /tmp/h/sub/up \
-         && mkfifo /tmp/h/fifo && mknod /tmp/h/null c 1 3 && echo planted",
+         && mkfifo /tmp/h/fifo && { mknod /tmp/h/null c 1 3 2>/dev/null || true; } && echo planted",
     ]);
     assert_eq!(text(&plant.stdout), "planted\n", "{}", text(&plant.stderr));
     let dir = tempfile::tempdir().unwrap();

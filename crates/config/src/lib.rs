@@ -248,6 +248,15 @@ impl Config {
         if let Some(host) = &d.host {
             builder = builder.host(host.clone());
         }
+        if let Some(caps) = &d.capabilities {
+            builder = builder.capabilities(caps.clone());
+        }
+        if let Some(runtime) = &d.runtime {
+            builder = builder.oci_runtime(runtime.clone());
+        }
+        if let Some(bin) = &d.agent_binary {
+            builder = builder.agent_binary(bin.clone());
+        }
         let mut resources = runtime_core::Resources::new();
         resources.cpus = d.cpus;
         resources.memory_mb = d.memory_mb;

@@ -367,7 +367,7 @@ pub struct DockerSection {
     pub image: Option<String>,
     /// `bridge`, `none`, `host`, or a network name. Default `bridge`.
     pub network: String,
-    /// CPU limit per sandbox (fractions allowed). Unset: no limit.
+    /// CPU limit per sandbox (fractions allowed). Default 1.
     pub cpus: Option<f64>,
     /// Memory limit per sandbox in MiB. Default 2048.
     pub memory_mb: Option<u64>,
@@ -375,6 +375,15 @@ pub struct DockerSection {
     pub pids_limit: Option<u64>,
     /// Prefix of the labels that mark containers as ours. Default `sbx`.
     pub label_prefix: String,
+    /// Linux capabilities sandboxes get; every other one is dropped. Default: the backend's
+    /// set (`runtime_docker::DEFAULT_CAPABILITIES`, without `NET_RAW` and `MKNOD`).
+    pub capabilities: Option<Vec<String>>,
+    /// An OCI runtime registered with the engine, e.g. `runsc` for gVisor. Default: the
+    /// engine's own.
+    pub runtime: Option<String>,
+    /// The static `sbx-agent` binary (the deadline keeper). Default: `SBX_AGENT_BIN`, else
+    /// beside the running program.
+    pub agent_binary: Option<std::path::PathBuf>,
 }
 
 impl Default for DockerSection {
@@ -383,10 +392,13 @@ impl Default for DockerSection {
             host: None,
             image: None,
             network: "bridge".into(),
-            cpus: None,
+            cpus: Some(1.0),
             memory_mb: Some(2048),
             pids_limit: Some(1024),
             label_prefix: "sbx".into(),
+            capabilities: None,
+            runtime: None,
+            agent_binary: None,
         }
     }
 }

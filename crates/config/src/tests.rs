@@ -413,3 +413,29 @@ fn inline_toml_is_a_file_layer() {
     assert_eq!(c.sandbox.timeout, 9);
     assert_eq!(c.source_of("sandbox.timeout"), "<inline TOML>, line 2");
 }
+
+#[test]
+fn docker_hardening_keys_load() {
+    let c = env(&[]).load().unwrap();
+    assert_eq!(c.docker.cpus, Some(1.0), "a CPU quota by default");
+    assert_eq!(c.docker.capabilities, None);
+    assert_eq!(c.docker.runtime, None);
+    let f = toml_file(
+        "[docker]\ncapabilities = [\"CHOWN\", \"NET_RAW\"]\nruntime = \"runsc\"\nagent_binary = \"/opt/sbx-agent\"\ncpus = 0.5\n",
+    );
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars([("SBX_DOCKER__RUNTIME", "runc")])
+        .load()
+        .unwrap();
+    assert_eq!(
+        c.docker.capabilities,
+        Some(vec!["CHOWN".to_string(), "NET_RAW".to_string()])
+    );
+    assert_eq!(c.docker.runtime.as_deref(), Some("runc"), "env wins");
+    assert_eq!(
+        c.docker.agent_binary.as_deref(),
+        Some(std::path::Path::new("/opt/sbx-agent"))
+    );
+    assert_eq!(c.docker.cpus, Some(0.5));
+}

@@ -13,6 +13,8 @@ mod template;
 
 pub use agent::AGENT_BIN_ENV;
 pub use files::DockerFiles;
-pub use runtime::{DockerRuntime, DockerRuntimeBuilder, DEFAULT_IMAGE};
+pub use runtime::{
+    DockerRuntime, DockerRuntimeBuilder, DEFAULT_CAPABILITIES, DEFAULT_CPUS, DEFAULT_IMAGE,
+};
 pub use sandbox::DockerSandbox;
 pub use template::TemplateFile;

@@ -28,6 +28,25 @@ use crate::template::TemplateInfo;
 /// The image used when neither the sandbox nor the configuration names one.
 pub const DEFAULT_IMAGE: &str = "sbx-base:bookworm";
 
+/// The Linux capabilities a sandbox gets by default: what `apt-get`, `pip`, `sudo` and a
+/// server on port 80 need as root in the sandbox. Left out of Docker's own default set:
+/// `NET_RAW` (raw sockets: spoofing, sniffing the bridge), `MKNOD` (device files), `SETFCAP`,
+/// `SETPCAP` and `SYS_CHROOT`.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+    "AUDIT_WRITE",
+];
+
+/// The CPU limit of a sandbox when neither it nor the configuration sets one.
+pub const DEFAULT_CPUS: f64 = 1.0;
+
 /// The container's main process when the deadline keeper holds its time to live: it only
 /// waits. The keeper, outside the sandbox, kills the container at its deadline.
 const IDLE: &str = "while :; do sleep 3600; done";
@@ -101,6 +120,8 @@ pub(crate) struct Settings {
     pub(crate) additional_networks: Vec<String>,
     pub(crate) resources: Resources,
     pub(crate) max_file_bytes: Option<u64>,
+    pub(crate) capabilities: Vec<String>,
+    pub(crate) oci_runtime: Option<String>,
     /// Keeps deadlines outside the sandboxes; `None` without an agent binary.
     pub(crate) keeper: Option<Arc<Keeper>>,
     /// Whether a missing keeper is worth a warning (not when the agent was turned off).
@@ -148,6 +169,8 @@ pub struct DockerRuntimeBuilder {
     agent_binary: Option<std::path::PathBuf>,
     use_agent: bool,
     engine_socket: String,
+    capabilities: Vec<String>,
+    oci_runtime: Option<String>,
 }
 
 impl Default for DockerRuntimeBuilder {
@@ -163,11 +186,16 @@ impl Default for DockerRuntimeBuilder {
             label_prefix: "sbx".into(),
             binding_address: "127.0.0.1".into(),
             additional_networks: Vec::new(),
-            resources: Resources::new().memory_mb(2048).pids(1024),
+            resources: Resources::new()
+                .memory_mb(2048)
+                .pids(1024)
+                .cpus(DEFAULT_CPUS),
             max_file_bytes: Some(4 << 30),
             agent_binary: None,
             use_agent: true,
             engine_socket: "/var/run/docker.sock".into(),
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            oci_runtime: None,
         }
     }
 }
@@ -225,7 +253,7 @@ impl DockerRuntimeBuilder {
         self
     }
     /// Default limits (a sandbox's own [`SandboxSpec::resources`] wins field by field).
-    /// Default: 2048 MiB of memory, 1024 processes.
+    /// Default: 1 CPU ([`DEFAULT_CPUS`]), 2048 MiB of memory, 1024 processes.
     pub fn resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
         self
@@ -243,6 +271,20 @@ impl DockerRuntimeBuilder {
     /// sandbox keeps its own deadline and root inside it can change it (a warning says so).
     pub fn agent_binary(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.agent_binary = Some(path.into());
+        self
+    }
+
+    /// The Linux capabilities sandboxes get (names as in `capabilities(7)`, without `CAP_`);
+    /// every other one is dropped. Default [`DEFAULT_CAPABILITIES`].
+    pub fn capabilities(mut self, capabilities: Vec<String>) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// An OCI runtime registered with the engine to run sandboxes with, e.g. `runsc` (gVisor;
+    /// `cargo xtask docker --gvisor` registers it). Default: the engine's (`runc`).
+    pub fn oci_runtime(mut self, runtime: impl Into<String>) -> Self {
+        self.oci_runtime = Some(runtime.into());
         self
     }
 
@@ -328,6 +370,8 @@ impl DockerRuntimeBuilder {
                 additional_networks: self.additional_networks,
                 resources: self.resources,
                 max_file_bytes: self.max_file_bytes,
+                capabilities: self.capabilities,
+                oci_runtime: self.oci_runtime,
                 keeper,
                 agent_wanted: self.use_agent,
             }),
@@ -354,8 +398,10 @@ pub(crate) fn epoch(t: SystemTime) -> u64 {
 }
 
 /// `/.sbx`: the world-writable process registry, and the deadline file when the sandbox keeps
-/// its own deadline, unpacked before start.
-fn sbx_dir(deadline: Option<u64>) -> Result<bytes::Bytes> {
+/// its own deadline, unpacked before start. Under gVisor, also `/tmp/.sbx-keep`: gVisor mounts
+/// a tmpfs of its own over an empty `/tmp`, where files written through the engine would never
+/// be seen; a `/tmp` that is not empty stays on the container's file system.
+fn sbx_dir(deadline: Option<u64>, gvisor: bool) -> Result<bytes::Bytes> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dir = |path: &str, mode: u32| {
         let mut h = tar::Header::new_gnu();
@@ -372,6 +418,13 @@ fn sbx_dir(deadline: Option<u64>) -> Result<bytes::Bytes> {
         h.set_mode(0o644);
         h.set_size(content.len() as u64);
         b.append_data(&mut h, ".sbx/deadline", content.as_bytes())?;
+    }
+    if gvisor {
+        let note = b"keeps /tmp on the container's file system under gVisor (see sbx)\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o444);
+        h.set_size(note.len() as u64);
+        b.append_data(&mut h, "tmp/.sbx-keep", &note[..])?;
     }
     Ok(bytes::Bytes::from(b.into_inner()?))
 }
@@ -683,6 +736,10 @@ impl Runtime for DockerRuntime {
                 init: Some(true),
                 privileged: Some(false),
                 security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(s.capabilities.clone()),
+                cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),
+                runtime: s.oci_runtime.clone(),
                 network_mode: Some(network.as_str().to_string()),
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
                 mounts: (!mounts.is_empty()).then_some(mounts),
@@ -752,7 +809,12 @@ impl Runtime for DockerRuntime {
                             path: "/".to_string(),
                             ..Default::default()
                         }),
-                        sbx_dir(keeper.is_none().then_some(deadline))?,
+                        sbx_dir(
+                            keeper.is_none().then_some(deadline),
+                            s.oci_runtime
+                                .as_deref()
+                                .is_some_and(|r| r.contains("runsc")),
+                        )?,
                     )
                     .await
                     .map_err(|e| map(e, "create", "sandbox"))?;

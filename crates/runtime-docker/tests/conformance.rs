@@ -1,5 +1,6 @@
-//! The conformance suite against Docker, on the busybox image (`sbx-mini`) and the Debian image
-//! (`sbx-base`), plus what only this backend has: templates, sandboxes shared between
+//! The conformance suite against Docker, on the busybox image (`sbx-mini`), the Debian image
+//! (`sbx-base`) and the busybox image under gVisor (`docker_gvisor`, when `runsc` is
+//! registered), plus what only this backend has: templates, sandboxes shared between
 //! processes, expiry with no process of ours running, and bounded memory.
 //!
 //! With `SBX_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
@@ -65,6 +66,38 @@ fn main() -> ExitCode {
         )
         .with_python(true),
     );
+
+    // Once more on the Debian image under gVisor (`runsc`), when the engine has it
+    // (`cargo xtask docker --gvisor`; CI requires it with SBX_REQUIRE_GVISOR=1).
+    let gvisor = suite.tokio().block_on(async {
+        let info = runtime.docker().info().await.ok()?;
+        info.runtimes?.contains_key("runsc").then_some(())?;
+        DockerRuntime::builder()
+            .oci_runtime("runsc")
+            .build()
+            .await
+            .ok()
+    });
+    match gvisor {
+        // On the busybox image: Debian's gVisor (2022-12) answers EINVAL to the `statx` calls
+        // of bookworm's coreutils 9.1 (`ls -l`, `stat` fail), which busybox does not make.
+        Some(rt) => suite.add_sandbox(SandboxTarget::new(
+            "docker_gvisor",
+            Arc::new(rt),
+            SandboxSpec::new().template(MINI),
+        )),
+        None if std::env::var("SBX_REQUIRE_GVISOR").is_ok_and(|v| v == "1") => {
+            eprintln!(
+                "error: SBX_REQUIRE_GVISOR=1 but the engine has no `runsc` runtime; \
+                 register it with `cargo xtask docker --gvisor`"
+            );
+            return ExitCode::from(2);
+        }
+        None => suite.add_ignored(
+            "docker_gvisor",
+            "the engine has no `runsc` runtime (cargo xtask docker --gvisor registers gVisor)",
+        ),
+    }
 
     let run_id = suite.run_id().to_string();
     let rt = runtime.clone();
@@ -143,9 +176,45 @@ fn main() -> ExitCode {
                 .any(|o| o == "no-new-privileges"));
             assert_eq!(hc.pids_limit, Some(1024));
             assert_eq!(hc.memory, Some(2048 * 1024 * 1024));
+            assert_eq!(hc.nano_cpus, Some(1_000_000_000), "a CPU quota by default");
+            assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+            let caps = hc.cap_add.unwrap_or_default();
+            for dropped in ["NET_RAW", "MKNOD", "SYS_ADMIN", "NET_ADMIN"] {
+                assert!(!caps.iter().any(|c| c == dropped), "{dropped} granted");
+            }
+            assert_eq!(
+                hc.cgroupns_mode,
+                Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE)
+            );
             // PID 1 is the init that reaps zombies.
             let out = sb.exec_shell("cat /proc/1/cmdline | tr '\\0' ' '").await?;
             assert!(out.stdout_text().contains("docker-init"), "{out:?}");
+            // Even root in the sandbox opens no raw socket and makes no device file.
+            let raw = sb
+                .exec(
+                    CommandSpec::program(
+                        "python3",
+                        [
+                            "-c",
+                            "import socket\ntry:\n socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print('raw socket')\nexcept PermissionError: print('refused')",
+                        ],
+                    )
+                    .user("root"),
+                )
+                .await?;
+            assert_eq!(raw.stdout_text(), "refused\n", "{raw:?}");
+            let mknod = sb
+                .exec(CommandSpec::shell("mknod /tmp/null c 1 3 && echo made").user("root"))
+                .await?;
+            assert_ne!(mknod.stdout_text(), "made\n", "{mknod:?}");
+            // apt-get's privilege drop and chown still work as root.
+            let chown = sb
+                .exec(
+                    CommandSpec::shell("touch /tmp/f && chown 1000:1000 /tmp/f && setpriv --help >/dev/null 2>&1; su -s /bin/sh -c 'id -u' user")
+                        .user("root"),
+                )
+                .await?;
+            assert_eq!(chown.stdout_text(), "1000\n", "{chown:?}");
             sb.kill().await
         },
     );
