@@ -40,6 +40,26 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a missing engine must fail the run instead of skipping (`SBX_REQUIRE_DOCKER=1`, as
+/// CI sets it).
+pub fn engine_required() -> bool {
+    std::env::var("SBX_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
+}
+
+/// For a plain `#[test]` that needs the engine: the value, or `None` after saying why the test
+/// is skipped. With [`engine_required`] a missing engine fails the test instead, so no run in
+/// CI passes a test it skipped. (Suites on [`Suite`] report such cases as *ignored*.)
+pub fn or_skip<T, E: std::fmt::Display>(made: Result<T, E>) -> Option<T> {
+    match made {
+        Ok(v) => Some(v),
+        Err(e) => {
+            assert!(!engine_required(), "SBX_REQUIRE_DOCKER=1: {e}");
+            eprintln!("no Docker engine: skipped ({e})");
+            None
+        }
+    }
+}
+
 pub use suite::{
     always, Case, CaseFuture, CaseResult, FsCtx, FsHarness, SandboxTarget, SbxCtx, Suite,
     SUITE_LABEL,

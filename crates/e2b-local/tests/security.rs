@@ -25,17 +25,7 @@ use runtime_docker::DockerRuntime;
 use serde_json::json;
 
 async fn docker() -> Option<DockerRuntime> {
-    match DockerRuntime::builder().build().await {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(
-                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
-                "SBX_REQUIRE_DOCKER=1: {e}"
-            );
-            eprintln!("no Docker engine: skipped ({e})");
-            None
-        }
-    }
+    runtime_conformance::or_skip(DockerRuntime::builder().build().await)
 }
 
 /// A runtime that counts every call the server makes to the backend.

@@ -7,17 +7,7 @@ use runtime_core::{CommandSpec, ErrorKind, FileStoreExt, Runtime, SandboxExt, Sa
 use runtime_docker::DockerRuntime;
 
 async fn docker() -> Option<DockerRuntime> {
-    match DockerRuntime::builder().build().await {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(
-                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
-                "SBX_REQUIRE_DOCKER=1: {e}"
-            );
-            eprintln!("no Docker engine: skipped ({e})");
-            None
-        }
-    }
+    runtime_conformance::or_skip(DockerRuntime::builder().build().await)
 }
 
 #[tokio::test]

@@ -22,26 +22,13 @@ fn agent_binary() -> Option<PathBuf> {
     built.exists().then_some(built)
 }
 
-/// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine,
-/// unless `SBX_REQUIRE_DOCKER=1`.
+/// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine
+/// or the agent binary, unless `SBX_REQUIRE_DOCKER=1`.
 async fn kept() -> Option<DockerRuntime> {
-    let require = std::env::var("SBX_REQUIRE_DOCKER").as_deref() == Ok("1");
-    let Some(bin) = agent_binary() else {
-        assert!(
-            !require,
-            "no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"
-        );
-        eprintln!("no agent binary: skipped");
-        return None;
-    };
-    match DockerRuntime::builder().agent_binary(bin).build().await {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            assert!(!require, "SBX_REQUIRE_DOCKER=1: {e}");
-            eprintln!("no Docker engine: skipped ({e})");
-            None
-        }
-    }
+    let bin = runtime_conformance::or_skip(
+        agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"),
+    )?;
+    runtime_conformance::or_skip(DockerRuntime::builder().agent_binary(bin).build().await)
 }
 
 async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
@@ -100,16 +87,6 @@ async fn root_inside_cannot_extend_its_life() {
     );
 }
 
-/// The peak resident memory of this process, in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A 1 GiB (sparse) deadline file written by root in the sandbox: listing and info read a few
 /// bytes of it at most, with the keeper and without it.
 #[tokio::test]
@@ -142,7 +119,7 @@ async fn a_huge_deadline_file_is_not_read() {
             .await
             .unwrap();
         let _ = sb.info().await;
-        let peak = peak_rss_kib();
+        let peak = runtime_conformance::peak_rss_kib();
         assert!(
             peak < 200 * 1024,
             "{mode}: peak RSS {peak} KiB: the deadline file was read whole"
