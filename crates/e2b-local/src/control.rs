@@ -93,7 +93,16 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
             StatusCode::PAYLOAD_TOO_LARGE => format!("request body over {MAX_BODY} bytes"),
             s => s.canonical_reason().unwrap_or("error").to_string(),
         };
-        return api_error(status, message);
+        let mut answer = api_error(status, message);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot carry another request,
+            // and the client must not try (it would see a connection closed under it).
+            answer.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
+        return answer;
     }
     response
 }

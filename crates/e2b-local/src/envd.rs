@@ -318,7 +318,8 @@ async fn unary(AxState(state): AxState<Shared>, headers: HeaderMap, request: Req
         Ok(u) => u,
         Err(e) => return connect_error_response(&e),
     };
-    let fs = t.served.sandbox.files();
+    let files = files_for(&t.served, &user);
+    let fs = files.get();
     match path.as_str() {
         rpc::STAT => reply(
             async {
@@ -350,7 +351,6 @@ async fn unary(AxState(state): AxState<Shared>, headers: HeaderMap, request: Req
                     Err(_) => {}
                 }
                 fs.mkdir(&p).await.map_err(|e| from_core(&e))?;
-                chown(&t.served, &user, &p).await;
                 Ok(EntryResponse {
                     entry: entry_info(fs, &p).await?,
                 })
@@ -598,15 +598,29 @@ async fn to_wire(fs: &dyn FileStore, e: runtime_core::EntryInfo, shown: String) 
 }
 
 /// Gives what the API made to the user, as envd does.
-async fn chown(served: &Served, user: &str, path: &str) {
-    if user == "root" {
-        return;
+/// A sandbox's files as `user` sees them (permissions checked, new files theirs), or the
+/// sandbox's own files on a backend that acts as one user.
+enum Files<'a> {
+    AsUser(Box<dyn FileStore>),
+    Shared(&'a dyn FileStore),
+}
+
+impl Files<'_> {
+    fn get(&self) -> &dyn FileStore {
+        match self {
+            Files::AsUser(f) => f.as_ref(),
+            Files::Shared(f) => *f,
+        }
     }
-    use runtime_core::SandboxExt;
-    let spec =
-        CommandSpec::program("chown", [format!("{user}:{user}"), path.to_string()]).user("root");
-    if let Err(e) = served.sandbox.exec(spec).await {
-        debug!(error = %e, path, "chown failed");
+}
+
+fn files_for<'a>(served: &'a Served, user: &str) -> Files<'a> {
+    match served.sandbox.files_as(user) {
+        Ok(f) => Files::AsUser(f),
+        Err(e) => {
+            debug!(error = %e, "files as one user");
+            Files::Shared(served.sandbox.files())
+        }
     }
 }
 
@@ -1008,7 +1022,8 @@ async fn download(
         Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),
     };
     let path = resolve(&user, &raw);
-    let fs = t.served.sandbox.files();
+    let files = files_for(&t.served, &user);
+    let fs = files.get();
     let content = match fs.read_stream(&path).await {
         Ok(s) => s,
         Err(e) => {
@@ -1084,60 +1099,20 @@ fn upload_error(e: &runtime_core::Error, path: &str) -> Response {
     }
 }
 
-/// Writes a file as `user`, as envd does: parents made and the file created with the user's
-/// ownership. Streams through `cat` on the sandbox, so it works over any backend with stdin.
+/// Writes a file as `user`, as envd does: parents made, the file the user's, and replaced
+/// whole (a cut upload leaves the old content; a link at the path is replaced, not followed).
 async fn write_one(
     served: &Served,
     user: &str,
     path: &str,
-    mut content: ByteStream,
+    content: ByteStream,
 ) -> Result<WriteInfo, Response> {
-    const WRITE: &str = r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
-    let spec = CommandSpec::program("sh", ["-c", WRITE, "sbx", path])
-        .user(user)
-        .stdin(true);
-    let failed = |e: &runtime_core::Error| upload_error(e, path);
-    let mut process = served.sandbox.spawn(spec).await.map_err(|e| failed(&e))?;
-    let feed = async {
-        while let Some(chunk) = content.next().await {
-            process.write_stdin(chunk?).await?;
-        }
-        process.close_stdin().await
-    };
-    let fed = feed.await;
-    if fed.is_err() {
-        // The upload broke off: end the writer rather than wait for an end of input.
-        let _ = process.kill().await;
-    }
-    let mut stderr = Vec::new();
-    let mut code = None;
-    while let Some(ev) = process.next_event().await {
-        match ev {
-            Ok(runtime_core::ProcessEvent::Stderr(b)) => stderr.extend_from_slice(&b),
-            Ok(runtime_core::ProcessEvent::Exited { code: c }) => code = Some(c),
-            Ok(_) => {}
-            Err(e) => return Err(failed(&e)),
-        }
-    }
-    if let Err(e) = fed {
-        return Err(failed(&e));
-    }
-    if code != Some(0) {
-        let text = String::from_utf8_lossy(&stderr).trim().to_string();
-        let status = if text.contains("Permission denied") {
-            StatusCode::UNAUTHORIZED
-        } else if text.contains("Is a directory") || text.contains("Not a directory") {
-            StatusCode::BAD_REQUEST
-        } else if text.contains("No space") {
-            StatusCode::INSUFFICIENT_STORAGE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        return Err(plain_error(
-            status,
-            format!("cannot write '{path}': {text}"),
-        ));
-    }
+    let files = files_for(served, user);
+    files
+        .get()
+        .write_stream(path, content)
+        .await
+        .map_err(|e| upload_error(&e, path))?;
     Ok(WriteInfo {
         path: path.to_string(),
         name: path.rsplit('/').next().unwrap_or_default().to_string(),

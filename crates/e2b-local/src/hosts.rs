@@ -42,7 +42,8 @@ fn hostname(host: &str) -> &str {
     host.split(':').next().unwrap_or("")
 }
 
-/// Middleware: refuses a request whose host is not [`allowed`].
+/// Middleware: refuses a request whose host is not [`allowed`] (a request naming no host at
+/// all, as HTTP/1.0 allows, passes: browsers always name one).
 pub(crate) async fn check(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     request: Request,
@@ -72,7 +73,8 @@ pub(crate) async fn check(
                 ),
             )
         }
-        None => crate::control::api_error(StatusCode::BAD_REQUEST, "no Host header"),
+        // HTTP/1.0 without a Host header: no browser sends that, so it is no rebinding.
+        None => next.run(request).await,
     }
 }
 

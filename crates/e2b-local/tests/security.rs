@@ -568,3 +568,111 @@ async fn per_key_limits_answer_429() {
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
     server.stop().await;
 }
+
+/// Finding 7 through `/files`: a cut upload leaves the old content, a large upload does not
+/// write through a link to `/etc/shadow`, and a download as `user` cannot read what `user`
+/// cannot.
+#[tokio::test]
+async fn uploads_are_atomic_and_run_as_the_user() {
+    use runtime_core::{CommandSpec, FileStoreExt, SandboxExt};
+    use tokio::io::AsyncWriteExt;
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let server = serve(docker.clone(), keyed("e2b_security_uploads")).await;
+    let http = reqwest::Client::new();
+    let id = create(&http, &server, json!({})).await;
+    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    let sandbox = docker.connect(&id).await.unwrap();
+    let shadow = || async {
+        sandbox
+            .exec(CommandSpec::shell("md5sum /etc/shadow").user("root"))
+            .await
+            .unwrap()
+            .stdout_text()
+    };
+    let before = shadow().await;
+    sandbox
+        .files()
+        .write_str("/home/user/keep.txt", "old content")
+        .await
+        .unwrap();
+    sandbox
+        .exec(CommandSpec::shell("ln -s /etc/shadow /home/user/link").user("user"))
+        .await
+        .unwrap();
+
+    // A client that promises 20 MiB and goes away after 10.
+    let mut raw = tokio::net::TcpStream::connect(server.envd).await.unwrap();
+    let head = format!(
+        "POST /files?path=/home/user/keep.txt&username=user HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         E2b-Sandbox-Id: {id}\r\nX-Access-Token: {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        20 << 20
+    );
+    raw.write_all(head.as_bytes()).await.unwrap();
+    raw.write_all(&vec![b'x'; 10 << 20]).await.unwrap();
+    drop(raw);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sandbox
+            .files()
+            .read_to_string("/home/user/keep.txt")
+            .await
+            .unwrap(),
+        "old content",
+        "a cut upload destroyed the old content"
+    );
+
+    // Over 8 MiB (streamed) onto the user's link to /etc/shadow: the link is replaced.
+    let r = http
+        .post(format!(
+            "http://{}/files?path=/home/user/link&username=user",
+            server.envd
+        ))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .header("content-type", "application/octet-stream")
+        .body(vec![b'y'; 12 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(shadow().await, before, "/etc/shadow was written");
+    let kind = sandbox
+        .exec_shell("stat -c '%U %F %s' /home/user/link")
+        .await
+        .unwrap();
+    assert_eq!(
+        kind.stdout_text(),
+        format!("user regular file {}\n", 12 << 20)
+    );
+
+    // As `user`, /etc/shadow cannot be read or written.
+    let r = http
+        .get(format!(
+            "http://{}/files?path=/etc/shadow&username=user",
+            server.envd
+        ))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
+    let r = http
+        .post(format!(
+            "http://{}/files?path=/etc/shadow&username=user",
+            server.envd
+        ))
+        .header("e2b-sandbox-id", &id)
+        .header("x-access-token", &token)
+        .header("content-type", "application/octet-stream")
+        .body("owned")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(shadow().await, before);
+    docker.kill(&id).await.unwrap();
+    server.stop().await;
+}

@@ -87,8 +87,23 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     async fn spawn(&self, spec: CommandSpec) -> Result<Process>;
     /// The processes started through this backend that are still running.
     async fn processes(&self) -> Result<Vec<ProcessInfo>>;
-    /// The sandbox's files.
+    /// The sandbox's files, as the backend's own identity sees them (root on Docker).
     fn files(&self) -> &dyn FileStore;
+    /// The sandbox's files as `user` sees them: reads and writes are checked with that user's
+    /// permissions, and what is made belongs to them (as E2B's envd does for each request).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend acts as one
+    /// user only (the default); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
+    /// for a user name the sandbox cannot have.
+    fn files_as(&self, user: &str) -> Result<Box<dyn FileStore>> {
+        let _ = user;
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend's files act as one user only",
+        )
+        .with_operation("files_as"))
+    }
     /// Current information.
     async fn info(&self) -> Result<SandboxInfo>;
     /// Sets the time to live, counted from now (shorter or longer than before).

@@ -147,12 +147,24 @@ pub(crate) async fn run_helper(
     stdin: Option<Bytes>,
     op: &'static str,
 ) -> Result<Collected> {
+    run_helper_as(docker, container, "root", cmd, stdin, op).await
+}
+
+/// Runs a helper as `user`, feeding `stdin` if given, and collects everything it prints.
+pub(crate) async fn run_helper_as(
+    docker: &Docker,
+    container: &str,
+    user: &str,
+    cmd: Vec<String>,
+    stdin: Option<Bytes>,
+    op: &'static str,
+) -> Result<Collected> {
     let mut started = start(
         docker,
         container,
         ExecRequest {
             cmd,
-            user: Some("root".into()),
+            user: Some(user.into()),
             stdin: stdin.is_some(),
             ..Default::default()
         },

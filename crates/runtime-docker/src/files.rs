@@ -1,10 +1,14 @@
 //! [`DockerFiles`]: a container's files, through the archive (tar) API and small helpers.
 //!
-//! Reads and writes stream through the engine's archive API (one request each); metadata
-//! operations run POSIX `sh`/`find`/`stat` helpers, which both GNU and busybox provide.
+//! Reads stream through the engine's archive API (one request), or through `cat` run as the
+//! store's user when it has one (so the kernel checks that user's permissions). Writes go
+//! through `cat` as the store's user (root when none) into a temporary file beside the target,
+//! renamed over it only once every byte arrived: a cut write leaves the old content, and a
+//! symbolic link at the target is replaced, never written through. Metadata operations run
+//! POSIX `sh`/`find`/`stat` helpers, which both GNU and busybox provide, as the store's user.
 
 use async_trait::async_trait;
-use bollard::container::{DownloadFromContainerOptions, UploadToContainerOptions};
+use bollard::container::DownloadFromContainerOptions;
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
@@ -15,10 +19,11 @@ use runtime_core::{
 use runtime_filestore::{clean_absolute, join, parent};
 
 use crate::error::{err, map};
-use crate::exec::{exit_code, run_helper, script, start, Collected, ExecRequest};
+use crate::exec::{exit_code, run_helper_as, script, start, Collected, ExecRequest};
 
-/// Content up to this size is written from memory in one archive request; more streams
-/// through `cat` in the container.
+/// Content up to this size is written from memory in one exec whose script checks the size
+/// before the rename; more streams through a second exec, renamed after the host saw every
+/// byte go out.
 const SPOOL_AT: usize = 8 << 20;
 /// How many symbolic links a read follows.
 const MAX_LINKS: usize = 16;
@@ -41,8 +46,28 @@ mkdir -p -- "$(dirname -- "$2")" || exit 1
 if [ -d "$2" ] && [ ! -L "$2" ]; then rmdir -- "$2" 2>/dev/null || exit 39; fi
 mv -f -- "$1" "$2""#;
 
-const WRITE: &str = r#"if [ -d "$1" ]; then exit 21; fi
-mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
+/// Writes stdin to the temporary file `$2` beside `$1` (parents made), then, when `$3` (the
+/// expected size) is given, checks the size and renames it over `$1`, keeping an existing
+/// file's permission bits. A short write (the sender was cut off) leaves `$1` as it was.
+const WRITE: &str = r#"if [ -d "$1" ] && [ ! -L "$1" ]; then exit 21; fi
+mkdir -p -- "$(dirname -- "$1")" || exit 1
+cat > "$2" || { rm -f -- "$2"; exit 1; }
+[ -z "$3" ] && exit 0
+if [ "$(($(wc -c < "$2")))" != "$3" ]; then rm -f -- "$2"; exit 5; fi
+if [ -f "$1" ] && [ ! -L "$1" ]; then m=$(stat -c %a -- "$1" 2>/dev/null) && chmod "$m" -- "$2"; fi
+mv -f -- "$2" "$1" || { rm -f -- "$2"; exit 1; }"#;
+
+/// Renames the finished temporary file `$2` over `$1` (see [`WRITE`]); `$3` set removes `$2`
+/// instead (the write failed).
+const FINISH: &str = r#"if [ -n "$3" ]; then rm -f -- "$2"; exit 0; fi
+if [ -f "$1" ] && [ ! -L "$1" ]; then m=$(stat -c %a -- "$1" 2>/dev/null) && chmod "$m" -- "$2"; fi
+mv -f -- "$2" "$1" || { rm -f -- "$2"; exit 1; }"#;
+
+/// Streams a regular file as the store's user.
+const CAT: &str = r#"if [ ! -e "$1" ]; then exit 2; fi
+if [ -d "$1" ]; then exit 21; fi
+if [ ! -f "$1" ]; then exit 22; fi
+exec cat -- "$1""#;
 
 const REMOVE: &str = r#"if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi
 rm -rf -- "$1""#;
@@ -50,18 +75,21 @@ rm -rf -- "$1""#;
 /// `stat -c` format: raw mode (hex), size, mtime, owner, group, name, then a record end of `\x01`.
 const STAT_FORMAT: &str = "%f %s %Y %U %G %n\u{1}";
 
-/// The files of one container.
+/// The files of one container, as root or as one user.
 #[derive(Clone)]
 pub struct DockerFiles {
     docker: Docker,
     container: String,
     workdir: String,
+    /// Whose permissions apply and who owns what is made; root when `None`.
+    user: Option<String>,
 }
 
 impl std::fmt::Debug for DockerFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerFiles")
             .field("container", &self.container)
+            .field("user", &self.user)
             .finish()
     }
 }
@@ -72,7 +100,20 @@ impl DockerFiles {
             docker,
             container,
             workdir,
+            user: None,
         }
+    }
+
+    /// The same files as `user` sees them.
+    pub(crate) fn as_user(&self, user: &str) -> Self {
+        DockerFiles {
+            user: Some(user.to_string()),
+            ..self.clone()
+        }
+    }
+
+    fn runs_as(&self) -> &str {
+        self.user.as_deref().unwrap_or("root")
     }
 
     /// An absolute, normalised path: relative paths are relative to the sandbox's working
@@ -100,25 +141,41 @@ impl DockerFiles {
         op: &'static str,
         path: &str,
     ) -> Result<Collected> {
-        let out = run_helper(&self.docker, &self.container, script(body, args), None, op).await?;
+        let out = run_helper_as(
+            &self.docker,
+            &self.container,
+            self.runs_as(),
+            script(body, args),
+            None,
+            op,
+        )
+        .await?;
         match out.code {
             0 => Ok(out),
             code => Err(status_error(code, &out, op, path)),
         }
     }
 
-    /// Streams content of unknown size into `cat` in the container (memory stays bounded).
+    /// Streams content into a temporary file beside `full` through `cat` run as the store's
+    /// user (memory stays bounded), then renames it over `full`: with `size` known, the same
+    /// script checks it and renames; without, a second exec renames once every byte went out.
     async fn write_by_exec(
         &self,
         full: &str,
         head: Bytes,
         mut rest: ByteStream,
+        size: Option<u64>,
         path: &str,
     ) -> Result<()> {
         use tokio::io::AsyncWriteExt;
+        let tmp = join(
+            parent(full),
+            &format!(".sbx-write-{:016x}", rand::random::<u64>()),
+        );
+        let size_arg = size.map(|s| s.to_string()).unwrap_or_default();
         let req = ExecRequest {
-            cmd: script(WRITE, &[full]),
-            user: Some("root".into()),
+            cmd: script(WRITE, &[full, &tmp, &size_arg]),
+            user: Some(self.runs_as().to_string()),
             stdin: true,
             ..Default::default()
         };
@@ -128,10 +185,13 @@ impl DockerFiles {
             while let Some(chunk) = rest.next().await {
                 started.input.write_all(&chunk?).await?;
             }
-            started.input.shutdown().await?;
             Ok(())
         }
         .await;
+        // End of input either way: `cat` finishes, and what it wrote is renamed only if every
+        // byte went out.
+        let closed = started.input.shutdown().await;
+        let fed = fed.and(closed.map_err(runtime_core::Error::from));
         let mut stderr = Vec::new();
         while let Some(frame) = started.output.next().await {
             if let Ok(bollard::container::LogOutput::StdErr { message }) = frame {
@@ -139,8 +199,7 @@ impl DockerFiles {
             }
         }
         let code = exit_code(&self.docker, &started.exec_id, "write").await?;
-        fed.map_err(|e| e.with_context("path", path))?;
-        match code {
+        let staged = match code {
             0 => Ok(()),
             code => Err(status_error(
                 code,
@@ -152,7 +211,99 @@ impl DockerFiles {
                 "write",
                 path,
             )),
+        };
+        if size.is_some() {
+            // The script renamed (or refused a short write and kept the old content).
+            return fed.and(staged).map_err(|e| e.with_context("path", path));
         }
+        // Only now is it known whether every byte went out: rename, or throw the rest away.
+        let failed = fed.is_err() || staged.is_err();
+        let finish = self
+            .helper(
+                FINISH,
+                &[full, &tmp, if failed { "discard" } else { "" }],
+                "write",
+                path,
+            )
+            .await;
+        fed.map_err(|e| e.with_context("path", path))?;
+        staged?;
+        finish.map(drop)
+    }
+
+    /// Streams a regular file through `cat` run as the store's user: the kernel checks that
+    /// user's permissions, and files the archive API cannot read whole (`/proc`) stream too.
+    async fn read_as_user(&self, full: &str, path: &str) -> Result<ByteStream> {
+        use bollard::container::LogOutput;
+        let req = ExecRequest {
+            cmd: script(CAT, &[full]),
+            user: Some(self.runs_as().to_string()),
+            ..Default::default()
+        };
+        let mut started = start(&self.docker, &self.container, req, "read").await?;
+        // Errors are known before the first byte of content: wait for content or the end.
+        let mut stderr = Vec::new();
+        let first = loop {
+            match started.output.next().await {
+                Some(Ok(LogOutput::StdOut { message })) if !message.is_empty() => {
+                    break Some(message)
+                }
+                Some(Ok(LogOutput::StdErr { message })) => stderr.extend_from_slice(&message),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(map(e, "read", "file").with_context("path", path)),
+                None => break None,
+            }
+        };
+        let Some(first) = first else {
+            let code = exit_code(&self.docker, &started.exec_id, "read").await?;
+            return match code {
+                0 => Ok(futures_util::stream::empty().boxed()),
+                22 => Err(err(
+                    ErrorKind::InvalidInput,
+                    "read",
+                    "the path is not a regular file (a FIFO, device or socket)",
+                )
+                .with_context("path", path)),
+                code => Err(status_error(
+                    code,
+                    &Collected {
+                        stdout: Vec::new(),
+                        stderr,
+                        code,
+                    },
+                    "read",
+                    path,
+                )),
+            };
+        };
+        let docker = self.docker.clone();
+        let exec_id = started.exec_id.clone();
+        let owned = path.to_string();
+        let rest = started.output.filter_map(|frame| async move {
+            match frame {
+                Ok(LogOutput::StdOut { message }) => Some(Ok(message)),
+                Ok(_) => None,
+                Err(e) => Some(Err(map(e, "read", "file"))),
+            }
+        });
+        // A failure after the first byte (the file vanished) ends the stream with an error.
+        let tail = futures_util::stream::once(async move {
+            match exit_code(&docker, &exec_id, "read").await {
+                Ok(0) => None,
+                Ok(code) => Some(Err(err(
+                    ErrorKind::Unexpected,
+                    "read",
+                    format!("cat exited with code {code} part way"),
+                )
+                .with_context("path", owned))),
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .filter_map(|x| async move { x });
+        Ok(futures_util::stream::once(async move { Ok(first) })
+            .chain(rest)
+            .chain(tail)
+            .boxed())
     }
 
     /// Opens the archive of `path` and returns the first entry's header and the rest.
@@ -198,19 +349,24 @@ fn status_error(code: i32, out: &Collected, op: &'static str, path: &str) -> Err
             ErrorKind::Conflict,
             "the destination is a directory that is not empty".to_string(),
         ),
+        5 => (
+            ErrorKind::Unavailable,
+            "the content did not arrive whole; the file was left as it was".to_string(),
+        ),
         _ => {
             let text = out.stderr_text();
-            let kind = if text.contains("Permission denied") {
-                ErrorKind::PermissionDenied
-            } else if text.contains("Not a directory") || text.contains("File exists") {
-                ErrorKind::AlreadyExists
-            } else if text.contains("Read-only file system") {
-                ErrorKind::PermissionDenied
-            } else if text.contains("File name too long") {
-                ErrorKind::InvalidInput
-            } else {
-                ErrorKind::Unexpected
-            };
+            let kind =
+                if text.contains("Permission denied") || text.contains("Operation not permitted") {
+                    ErrorKind::PermissionDenied
+                } else if text.contains("Not a directory") || text.contains("File exists") {
+                    ErrorKind::AlreadyExists
+                } else if text.contains("Read-only file system") {
+                    ErrorKind::PermissionDenied
+                } else if text.contains("File name too long") {
+                    ErrorKind::InvalidInput
+                } else {
+                    ErrorKind::Unexpected
+                };
             (
                 kind,
                 format!("the helper failed with exit code {code}: {text}"),
@@ -250,6 +406,10 @@ fn parse_record(record: &str) -> Option<EntryInfo> {
 #[async_trait]
 impl FileStore for DockerFiles {
     async fn read_stream(&self, path: &str) -> Result<ByteStream> {
+        if self.user.is_some() {
+            let full = self.absolute(path, "read")?;
+            return self.read_as_user(&full, path).await;
+        }
         let mut target = self.absolute(path, "read")?;
         for _ in 0..MAX_LINKS {
             let (entry, reader) = self
@@ -301,76 +461,22 @@ impl FileStore for DockerFiles {
         if full == "/" {
             return Err(err(ErrorKind::InvalidInput, "write", "cannot write to /"));
         }
-        let dir = parent(&full).to_string();
-        let name = full.rsplit('/').next().unwrap_or_default().to_string();
-
-        // Small content goes in one archive request; past SPOOL_AT the size is not known up
-        // front (a tar header needs it), so the rest streams into `cat` in the container.
+        // Up to SPOOL_AT the whole content is in memory and its size known, so one exec can
+        // check it arrived whole before the rename; past it, the rename waits for the end.
         let mut memory = BytesMut::new();
-        let mut size: u64 = 0;
         while let Some(chunk) = content.next().await {
             let chunk = chunk?;
-            size += chunk.len() as u64;
-            if memory.len() + chunk.len() > SPOOL_AT {
-                memory.extend_from_slice(&chunk);
+            memory.extend_from_slice(&chunk);
+            if memory.len() > SPOOL_AT {
                 return self
-                    .write_by_exec(&full, memory.freeze(), content, path)
+                    .write_by_exec(&full, memory.freeze(), content, None, path)
                     .await;
             }
-            memory.extend_from_slice(&chunk);
         }
-        let memory = memory.freeze();
-        let header = tar_header(&name, size)?;
-
-        let mut made_parent = false;
-        let result = loop {
-            let body = tar_body(header.clone(), memory.clone(), size);
-            let upload = self
-                .docker
-                .upload_to_container_streaming(
-                    &self.container,
-                    Some(UploadToContainerOptions {
-                        path: dir.clone(),
-                        no_overwrite_dir_non_dir: "true".to_string(),
-                    }),
-                    body,
-                )
-                .await;
-            match upload {
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) if !made_parent => {
-                    made_parent = true;
-                    self.helper(MKDIR, &[&dir], "write", path)
-                        .await
-                        .or_else(|e| {
-                            if e.kind() == ErrorKind::AlreadyExists {
-                                Ok(Collected {
-                                    stdout: vec![],
-                                    stderr: vec![],
-                                    code: 0,
-                                })
-                            } else {
-                                Err(e)
-                            }
-                        })?;
-                }
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 400 | 500,
-                    message,
-                }) if message.contains("directory") => {
-                    break Err(err(
-                        ErrorKind::InvalidInput,
-                        "write",
-                        format!("cannot write a file there: {message}"),
-                    )
-                    .with_context("path", path));
-                }
-                Err(e) => break Err(map(e, "write", "directory").with_context("path", path)),
-                Ok(()) => break Ok(()),
-            }
-        };
-        result
+        let size = memory.len() as u64;
+        let empty = futures_util::stream::empty().boxed();
+        self.write_by_exec(&full, memory.freeze(), empty, Some(size), path)
+            .await
     }
 
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
@@ -450,40 +556,6 @@ impl FileStore for DockerFiles {
             .await
             .map(drop)
     }
-}
-
-/// The tar header block(s) for one regular file (long names get a GNU long-name entry).
-fn tar_header(name: &str, size: u64) -> Result<Bytes> {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_mtime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    );
-    let mut builder = tar::Builder::new(Vec::new());
-    // The content follows separately: append nothing, which writes exactly the header(s).
-    builder
-        .append_data(&mut header, name, std::io::empty())
-        .map_err(|e| {
-            err(
-                ErrorKind::InvalidInput,
-                "write",
-                format!("bad file name: {e}"),
-            )
-        })?;
-    // Not `into_inner`: that would end the archive with its two zero blocks.
-    Ok(Bytes::from(builder.get_ref().clone()))
-}
-
-/// header, content, padding to 512, and the two zero blocks that end an archive.
-fn tar_body(header: Bytes, content: Bytes, size: u64) -> BoxStream<'static, Bytes> {
-    let pad = ((512 - size % 512) % 512) as usize;
-    let trailer = Bytes::from(vec![0u8; pad + 1024]);
-    futures_util::stream::iter([header, content, trailer]).boxed()
 }
 
 struct TarEntry {
@@ -645,14 +717,5 @@ mod tests {
     fn tar_numbers() {
         assert_eq!(octal(b"0000644\0"), Some(0o644));
         assert_eq!(octal(b"\x80\0\0\0\0\0\0\x01\0\0\0\0"), Some(1 << 32));
-    }
-
-    #[test]
-    fn header_for_long_names() {
-        let name = "x".repeat(200);
-        let h = tar_header(&name, 5).unwrap();
-        assert_eq!(h.len() % 512, 0);
-        assert!(h.len() > 512, "a long-name entry precedes the header");
-        assert!(h.len() < 2048, "no end-of-archive blocks: {}", h.len());
     }
 }

@@ -51,7 +51,7 @@ done"#;
 
 /// Refuses a user the engine would misread: `name`, `uid`, `name:group` or `uid:gid`, each
 /// part letters, digits, `_`, `-` and `.`, not starting with `.` or `-`.
-fn check_user(user: &str) -> Result<()> {
+pub(crate) fn check_user(user: &str) -> Result<()> {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.len() <= 32

@@ -231,6 +231,11 @@ impl Sandbox for DockerSandbox {
         &self.files
     }
 
+    fn files_as(&self, user: &str) -> Result<Box<dyn FileStore>> {
+        crate::process::check_user(user).map_err(|e| e.with_context("sandbox_id", &self.id))?;
+        Ok(Box::new(self.files.as_user(user)))
+    }
+
     async fn info(&self) -> Result<SandboxInfo> {
         // NotFound once the sandbox has ended, even before the engine removed its container.
         let (_, state, labels) = self

@@ -78,3 +78,112 @@ async fn kills_that_race_each_other_all_end_well() {
     assert!(succeeded >= 1);
     assert_eq!(rt.info(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+/// Finding 7 on the Docker backend: writes are atomic (a cut write leaves the old content and
+/// no stray file), a link at the target is replaced rather than written through, and a user's
+/// store is held to that user's permissions for reads and writes.
+#[tokio::test]
+async fn writes_are_atomic_and_held_to_the_user() {
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    let Some(rt) = docker().await else { return };
+    let sb = rt
+        .create(SandboxSpec::new().metadata("sbx-security-test", "writes"))
+        .await
+        .unwrap();
+    let shadow_before = sb
+        .exec(CommandSpec::shell("md5sum /etc/shadow").user("root"))
+        .await
+        .unwrap()
+        .stdout_text();
+    // A cut write, large (streamed) and small (in memory): the old content stays.
+    for (size, name) in [(200usize << 20, "big"), (1 << 20, "small")] {
+        let path = format!("/tmp/{name}.txt");
+        sb.files().write_str(&path, "old content").await.unwrap();
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        let chunks = size / (1 << 20);
+        let cut = futures_util::stream::iter((0..chunks).map(move |i| {
+            if i == chunks / 2 {
+                Err(runtime_core::Error::new(
+                    ErrorKind::Unavailable,
+                    "the client went away",
+                ))
+            } else {
+                Ok(chunk.clone())
+            }
+        }))
+        .boxed();
+        assert!(sb.files().write_stream(&path, cut).await.is_err(), "{name}");
+        assert_eq!(
+            sb.files().read_to_string(&path).await.unwrap(),
+            "old content",
+            "{name}: a cut write destroyed the old content"
+        );
+        let left = sb
+            .exec_shell("ls -A /tmp | grep -c sbx-write || true")
+            .await
+            .unwrap();
+        assert_eq!(
+            left.stdout_text(),
+            "0\n",
+            "{name}: a temporary file was left"
+        );
+    }
+    // A link to /etc/shadow at the target: replaced by the file, shadow untouched; as root
+    // (the big, streamed path) and as a user.
+    let user = sb.files_as("user").unwrap();
+    sb.exec(
+        CommandSpec::shell("ln -s /etc/shadow /tmp/as-root && ln -s /etc/shadow /tmp/roots")
+            .user("root"),
+    )
+    .await
+    .unwrap();
+    sb.exec(CommandSpec::shell("ln -s /etc/shadow /tmp/as-user").user("user"))
+        .await
+        .unwrap();
+    // Root's link in the sticky /tmp is not the user's to replace: refused, not followed.
+    let e = user
+        .write("/tmp/roots", Bytes::from_static(b"mine"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let big = futures_util::stream::iter(
+        (0..12).map(|_| Ok::<_, runtime_core::Error>(Bytes::from(vec![b'y'; 1 << 20]))),
+    )
+    .boxed();
+    sb.files().write_stream("/tmp/as-root", big).await.unwrap();
+    user.write("/tmp/as-user", Bytes::from_static(b"mine"))
+        .await
+        .unwrap();
+    let shadow_after = sb
+        .exec(CommandSpec::shell("md5sum /etc/shadow").user("root"))
+        .await
+        .unwrap()
+        .stdout_text();
+    assert_eq!(shadow_before, shadow_after, "/etc/shadow was written");
+    let owned = sb
+        .exec_shell("stat -c '%U %F' /tmp/as-user /tmp/as-root")
+        .await
+        .unwrap();
+    assert_eq!(
+        owned.stdout_text(),
+        "user regular file\nroot regular file\n",
+        "{owned:?}"
+    );
+    // The user's permissions hold: no writing /etc/passwd, no reading /etc/shadow.
+    let e = user
+        .write("/etc/passwd", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let e = user.read("/etc/shadow").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        sb.files().read("/etc/shadow").await.is_ok(),
+        "root reads it"
+    );
+    // Files the archive API reads as empty stream in full as a user (/proc).
+    let status = user.read_to_string("/proc/self/status").await.unwrap();
+    assert!(status.contains("Name:"), "{status}");
+    sb.kill().await.unwrap();
+}

@@ -26,6 +26,14 @@ impl E2bFiles {
     fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }
+
+    /// The same files as `user` sees them (envd runs each request as its user).
+    pub(crate) fn as_user(&self, user: &str) -> Self {
+        E2bFiles {
+            envd: self.envd.clone(),
+            user: Some(user.to_string()),
+        }
+    }
 }
 
 fn entry(e: envd::EntryInfo) -> EntryInfo {

@@ -96,6 +96,10 @@ impl Sandbox for E2bSandbox {
         &self.files
     }
 
+    fn files_as(&self, user: &str) -> Result<Box<dyn FileStore>> {
+        Ok(Box::new(self.files.as_user(user)))
+    }
+
     async fn info(&self) -> Result<SandboxInfo> {
         let detail = self.runtime.detail(&self.id, "info").await?;
         Ok(self.runtime.info_from(&detail))
