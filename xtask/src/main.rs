@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             .and_then(|_| agent())
             .and_then(|bin| run_in_sandbox(&args[1..], &bin)),
         Some("bench") => docker()
+            .and_then(|_| gvisor())
             .and_then(|_| images(false))
             .and_then(|_| agent())
             .and_then(|bin| bench(&args[1..], &bin)),

@@ -5,7 +5,9 @@
 //! 3. 64 MiB upload and download: sbx vs `docker cp`;
 //! 4. 50 sandboxes at once, 20 commands each: time, errors, peak memory of the process;
 //! 5. the E2B backend vs the official Python SDK against the same e2b-local: command round
-//!    trip and 8 MiB file round trip.
+//!    trip and 8 MiB file round trip;
+//! 6. under gVisor (when the engine has `runsc`): rows 1 and 2 again, against `docker exec` and
+//!    `docker run --rm --runtime=runsc`.
 //!
 //! Prints a Markdown table of ratios (sbx / peer, lower is better for sbx) and writes the raw
 //! figures to `bench-results/latest.json`.
@@ -93,7 +95,7 @@ fn spec() -> SandboxSpec {
     SandboxSpec::new().template(IMAGE).metadata(LABEL, "1")
 }
 
-async fn round_trip(docker: &DockerRuntime, n: usize) -> Res<Row> {
+async fn round_trip(docker: &DockerRuntime, n: usize, under: &str) -> Res<Row> {
     let sb = docker.create(spec()).await?;
     let container = format!("sbx-{}", sb.id());
     let (mut ours, mut peer) = (Series::new(), Series::new());
@@ -115,14 +117,14 @@ async fn round_trip(docker: &DockerRuntime, n: usize) -> Res<Row> {
     }
     sb.kill().await?;
     Ok(Row {
-        name: "command round trip (`true`)".into(),
+        name: format!("command round trip (`true`){under}"),
         ours,
         peer_name: "docker exec".into(),
         peer,
     })
 }
 
-async fn lifecycle(docker: &DockerRuntime, n: usize) -> Res<Row> {
+async fn lifecycle(docker: &DockerRuntime, n: usize, run_args: &[&str], under: &str) -> Res<Row> {
     let (mut ours, mut peer) = (Series::new(), Series::new());
     for _ in 0..n {
         let t = Instant::now();
@@ -132,13 +134,18 @@ async fn lifecycle(docker: &DockerRuntime, n: usize) -> Res<Row> {
         sb.kill().await?;
         ours.add(t.elapsed());
         let t = Instant::now();
-        docker_cli(&["run", "--rm", "--label", "sbx-bench=1", IMAGE, "true"]).await?;
+        let mut args = vec!["run", "--rm", "--label", "sbx-bench=1"];
+        args.extend_from_slice(run_args);
+        args.extend([IMAGE, "true"]);
+        docker_cli(&args).await?;
         peer.add(t.elapsed());
     }
     Ok(Row {
-        name: "create → first command → kill".into(),
+        name: format!("create → first command → kill{under}"),
         ours,
-        peer_name: "docker run --rm".into(),
+        peer_name: format!("docker run --rm {}", run_args.join(" "))
+            .trim_end()
+            .to_string(),
         peer,
     })
 }
@@ -362,26 +369,41 @@ fn main() -> Res<()> {
     rt.block_on(async {
         let docker = DockerRuntime::builder().build().await?;
         let mut rows = Vec::new();
-        eprintln!("1/5 command round trip ({n} each)…");
-        rows.push(round_trip(&docker, n).await?);
-        eprintln!("2/5 create → command → kill ({} each)…", n / 5);
-        rows.push(lifecycle(&docker, (n / 5).max(3)).await?);
-        eprintln!("3/5 64 MiB upload and download…");
+        eprintln!("1/6 command round trip ({n} each)…");
+        rows.push(round_trip(&docker, n, "").await?);
+        eprintln!("2/6 create → command → kill ({} each)…", n / 5);
+        rows.push(lifecycle(&docker, (n / 5).max(3), &[], "").await?);
+        eprintln!("3/6 64 MiB upload and download…");
         let (up, down) = files(&docker, if quick { 2 } else { 5 }).await?;
         rows.push(up);
         rows.push(down);
-        eprintln!("4/5 50 sandboxes × 20 commands (separate process)…");
+        eprintln!("4/6 50 sandboxes × 20 commands (separate process)…");
         let exe = std::env::current_exe()?;
         let out = tokio::process::Command::new(exe).arg("--load-only").output().await?;
         let load: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("load run: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
         match &python {
             Some(p) => {
-                eprintln!("5/5 E2B backend vs the Python SDK through e2b-local…");
+                eprintln!("5/6 E2B backend vs the Python SDK through e2b-local…");
                 let (c, f) = e2b(docker.clone(), p, n).await?;
                 rows.push(c);
                 rows.push(f);
             }
-            None => eprintln!("5/5 skipped: no --python with the e2b SDK"),
+            None => eprintln!("5/6 skipped: no --python with the e2b SDK"),
+        }
+        let has_runsc = docker
+            .docker()
+            .info()
+            .await
+            .ok()
+            .and_then(|i| i.runtimes)
+            .is_some_and(|r| r.contains_key("runsc"));
+        if has_runsc {
+            eprintln!("6/6 under gVisor (runsc)…");
+            let gvisor = DockerRuntime::builder().oci_runtime("runsc").build().await?;
+            rows.push(round_trip(&gvisor, n, " under gVisor").await?);
+            rows.push(lifecycle(&gvisor, (n / 5).max(3), &["--runtime=runsc"], " under gVisor").await?);
+        } else {
+            eprintln!("6/6 skipped: the engine has no runsc (cargo xtask docker --gvisor)");
         }
         let machine = format!(
             "{} cores, {} MiB RAM, Docker {}",
