@@ -245,6 +245,9 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
+    if let Some(why) = unsupported_options(&req) {
+        return api_error(StatusCode::BAD_REQUEST, why);
+    }
     if req.auto_pause == Some(true) {
         // Pausing at the deadline instead of killing is not implemented: say so rather than
         // kill a sandbox the client expects to find paused.
@@ -291,6 +294,56 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     state.remember_made(&info.id).await;
     state.insert(sandbox).await;
     (StatusCode::CREATED, Json(created(&state, &info))).into_response()
+}
+
+/// What a create asks for that this server cannot honour: refused with a reason, never
+/// silently dropped (a dropped network policy would leave a sandbox more open than asked).
+fn unsupported_options(req: &NewSandbox) -> Option<String> {
+    let set = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    if let Some(serde_json::Value::Object(network)) = &req.network {
+        let asked: Vec<&str> = network
+            .iter()
+            .filter(|(k, v)| match (k.as_str(), v) {
+                // What every sandbox here already has.
+                ("allowPublicTraffic", serde_json::Value::Bool(true)) => false,
+                ("maskRequestHost", serde_json::Value::Bool(false)) => false,
+                (_, serde_json::Value::Null) => false,
+                (_, serde_json::Value::Array(a)) => !a.is_empty(),
+                (_, serde_json::Value::Object(o)) => !o.is_empty(),
+                (_, serde_json::Value::String(s)) => !s.is_empty(),
+                _ => true,
+            })
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !asked.is_empty() {
+            return Some(format!(
+                "network options ({}) are not enforced by e2b-local yet, so the sandbox is not \
+                 made; create it without them, or with allow_internet_access=false for no network",
+                asked.join(", ")
+            ));
+        }
+    } else if set(&req.network) {
+        return Some("network must be an object".into());
+    }
+    if let Some(serde_json::Value::Object(o)) = &req.auto_resume {
+        if o.get("enabled") == Some(&serde_json::Value::Bool(true)) {
+            return Some(
+                "autoResume is not supported by e2b-local yet; resume with connect".into(),
+            );
+        }
+    }
+    if set(&req.mcp) {
+        return Some("mcp (the MCP gateway) is not available in e2b-local".into());
+    }
+    if set(&req.volume_mounts) {
+        return Some("volumeMounts (E2B volumes) are not available in e2b-local".into());
+    }
+    None
 }
 
 async fn create_v2(AxState(state): AxState<Shared>, body: Bytes) -> Response {

@@ -676,3 +676,50 @@ async fn uploads_are_atomic_and_run_as_the_user() {
     docker.kill(&id).await.unwrap();
     server.stop().await;
 }
+
+/// A network policy the server cannot enforce is refused, never dropped: a sandbox made
+/// without it would be more open than its creator asked.
+#[tokio::test]
+async fn unenforced_network_options_are_refused() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let server = serve(docker.clone(), keyed("e2b_security_network")).await;
+    let http = reqwest::Client::new();
+    let before = sandbox_ids(&docker).await.len();
+    for body in [
+        json!({"templateID": "base", "network": {"denyOut": ["0.0.0.0/0"]}}),
+        json!({"templateID": "base", "network": {"allowOut": ["example.com"], "denyOut": ["0.0.0.0/0"]}}),
+        json!({"templateID": "base", "network": {"allowPublicTraffic": false}}),
+        json!({"templateID": "base", "network": {"maskRequestHost": "localhost:${PORT}"}}),
+        json!({"templateID": "base", "autoResume": {"enabled": true}}),
+        json!({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]}),
+    ] {
+        let r = http
+            .post(format!("http://{}/v2/sandboxes", server.api))
+            .header("x-api-key", &server.key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    assert_eq!(
+        sandbox_ids(&docker).await.len(),
+        before,
+        "a sandbox was made"
+    );
+    // What every sandbox here has anyway is accepted.
+    let id = create(&http, &server, json!({})).await;
+    let r = http
+        .post(format!("http://{}/v2/sandboxes", server.api))
+        .header("x-api-key", &server.key)
+        .header("content-type", "application/json")
+        .body(json!({"templateID": "base", "network": {"allowPublicTraffic": true}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let _ = docker.kill(&id).await;
+    server.stop().await;
+}

@@ -37,6 +37,19 @@ pub struct NewSandbox {
     /// v1 only: ask for an access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
+    /// Network policy (`allowOut`, `denyOut`, `allowPublicTraffic`, `maskRequestHost`, ...),
+    /// kept as sent: a server must honour it or refuse it, never drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<serde_json::Value>,
+    /// `{"enabled": bool}`: resume on traffic to a paused sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<serde_json::Value>,
+    /// An MCP gateway configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<serde_json::Value>,
+    /// Volumes to mount (`[{"name","path"}]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<serde_json::Value>,
 }
 
 /// `Sandbox`: the answer to create and connect.

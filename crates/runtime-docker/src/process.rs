@@ -38,12 +38,13 @@ exec "$@""#;
 const SIGNAL: &str =
     r#"kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2" 2>/dev/null; exit 0"#;
 
-/// Lists recorded processes that still run: `pid NUL tag LF command LF NUL cwd NUL`.
+/// Lists recorded processes that still run: `pid NUL tag LF command LF NUL cwd NUL`. The
+/// records are world-writable: at most 8 KiB of each is read, with no NUL to shift the fields.
 const LIST: &str = r#"cd /.sbx/procs 2>/dev/null || exit 0
 for p in *; do
   [ -f "$p" ] || continue
   if [ -d "/proc/$p" ]; then
-    printf '%s\0' "$p"; cat "$p"; printf '\0%s\0' "$(readlink "/proc/$p/cwd" 2>/dev/null)"
+    printf '%s\0' "$p"; head -c 8192 "$p" | tr -d '\000'; printf '\0%s\0' "$(readlink "/proc/$p/cwd" 2>/dev/null)"
   else
     rm -f "$p"
   fi

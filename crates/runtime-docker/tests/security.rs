@@ -187,3 +187,27 @@ async fn writes_are_atomic_and_held_to_the_user() {
     assert!(status.contains("Name:"), "{status}");
     sb.kill().await.unwrap();
 }
+
+/// The process registry is world-writable: a 1 GiB record planted there is read 8 KiB at most
+/// when the host lists processes.
+#[tokio::test]
+async fn a_huge_process_record_is_not_read() {
+    let Some(rt) = docker().await else { return };
+    let sb = rt
+        .create(SandboxSpec::new().metadata("sbx-security-test", "procs"))
+        .await
+        .unwrap();
+    let out = sb
+        .exec(CommandSpec::shell("truncate -s 1G /.sbx/procs/1 && echo ok").user("root"))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "ok\n", "{out:?}");
+    let listed = sb.processes().await.unwrap();
+    assert!(listed.iter().any(|p| p.pid == 1), "{listed:?}");
+    let peak = runtime_conformance::peak_rss_kib();
+    assert!(
+        peak < 300 * 1024,
+        "peak RSS {peak} KiB: the record was read whole"
+    );
+    sb.kill().await.unwrap();
+}
