@@ -696,7 +696,8 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         // that lead out of `dest` (see `LocalFileStore::unpack`).
         let store = runtime_filestore::LocalFileStore::new(&dest)?;
         let src = archive.path().to_path_buf();
-        tokio::task::spawn_blocking(move || store.unpack(std::fs::File::open(src)?, ""))
+        let top = name.clone();
+        tokio::task::spawn_blocking(move || store.unpack(std::fs::File::open(src)?, "", &top))
             .await
             .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
         Ok(dest.join(name))
@@ -942,17 +943,44 @@ fn tar_failed(stderr: &[u8]) -> Error {
 }
 
 /// Reads a process to its end: stdout (into `sink` when given), stderr, exit code.
+/// Most bytes a helper's output may take (what the sandbox sends is not trusted to be small):
+/// a copy out of a sandbox, and the text collected from a helper.
+const MAX_DRAIN: u64 = 8 << 30;
+const MAX_COLLECTED: usize = 16 << 20;
+
 async fn drain(
     process: &mut runtime_core::Process,
     mut sink: Option<&mut tokio::fs::File>,
 ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
     let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut written: u64 = 0;
+    let too_much = |what: &str| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("the sandbox sent more {what} than a copy or a helper may take; stopped"),
+        )
+    };
     while let Some(ev) = process.next_event().await {
         match ev? {
             ProcessEvent::Stdout(b) => match sink.as_mut() {
-                Some(f) => f.write_all(&b).await?,
+                Some(f) => {
+                    written += b.len() as u64;
+                    if written > MAX_DRAIN {
+                        let _ = process.kill().await;
+                        return Err(too_much("than 8 GiB"));
+                    }
+                    f.write_all(&b).await?
+                }
+                None if out.len() + b.len() > MAX_COLLECTED => {
+                    let _ = process.kill().await;
+                    return Err(too_much("output"));
+                }
                 None => out.extend_from_slice(&b),
             },
+            ProcessEvent::Stderr(b) if err.len() + b.len() > MAX_COLLECTED => {
+                let _ = process.kill().await;
+                return Err(too_much("errors"));
+            }
             ProcessEvent::Stderr(b) => err.extend_from_slice(&b),
             ProcessEvent::Exited { code } => return Ok((out, err, code)),
         }

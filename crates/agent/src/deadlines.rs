@@ -53,8 +53,9 @@ pub(crate) fn answer(state: &Path, line: &str) -> String {
             Err(_) => format!("error not a number of seconds: {secs}"),
         },
         ["get", id] if valid_id(id) => match read_deadline(state, id) {
-            Some(secs) => secs.to_string(),
-            None => "none".into(),
+            Ok(Some(secs)) => secs.to_string(),
+            Ok(None) => "none".into(),
+            Err(()) => format!("error the deadline of {id} cannot be read"),
         },
         ["all"] => {
             let mut pairs = Vec::new();
@@ -64,8 +65,11 @@ pub(crate) fn answer(state: &Path, line: &str) -> String {
                     if !valid_id(&name) {
                         continue;
                     }
-                    if let Some(secs) = read_deadline(state, &name) {
-                        pairs.push(format!("{name}={secs}"));
+                    match read_deadline(state, &name) {
+                        Ok(Some(secs)) => pairs.push(format!("{name}={secs}")),
+                        Ok(None) => {}
+                        // One unreadable file makes the whole answer unknown.
+                        Err(()) => return format!("error the deadline of {name} cannot be read"),
                     }
                 }
             }

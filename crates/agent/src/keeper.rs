@@ -123,7 +123,7 @@ fn now() -> u64 {
 
 /// One pass: kills what expired; returns how many sandboxes of ours exist.
 fn round(engine: &Engine, o: &Options, now: u64) -> std::io::Result<usize> {
-    let filter = format!(r#"{{"label":["{}.id"]}}"#, o.prefix);
+    let filter = format!(r#"{{"label":["{p}.id","{p}.ttl=keeper"]}}"#, p = o.prefix);
     let list = engine.get_json(&format!(
         "/containers/json?all=1&filters={}",
         encode(&filter)
@@ -137,16 +137,18 @@ fn round(engine: &Engine, o: &Options, now: u64) -> std::io::Result<usize> {
             continue;
         };
         alive.insert(id.to_string());
-        if labels[format!("{}.ttl", o.prefix)].as_str() != Some("keeper")
-            || c["State"].as_str() != Some("running")
-        {
+        if c["State"].as_str() != Some("running") {
             continue;
         }
-        let deadline = read_deadline(&o.state, id).or_else(|| {
-            labels[format!("{}.deadline", o.prefix)]
+        // A file that cannot be read now is no reason to fall back to the deadline set at
+        // create: the sandbox waits for the next round.
+        let deadline = match read_deadline(&o.state, id) {
+            Ok(Some(secs)) => Some(secs),
+            Ok(None) => labels[format!("{}.deadline", o.prefix)]
                 .as_str()
-                .and_then(|d| d.parse().ok())
-        });
+                .and_then(|d| d.parse().ok()),
+            Err(()) => None,
+        };
         let Some(deadline) = deadline else { continue };
         if now >= deadline {
             let container = c["Id"].as_str().unwrap_or_default();
@@ -180,18 +182,20 @@ fn written_within(state: &Path, window: Duration) -> bool {
     })
 }
 
-/// The deadline in `<state>/<id>`: epoch seconds, read from at most 32 bytes.
-pub(crate) fn read_deadline(state: &Path, id: &str) -> Option<u64> {
+/// The deadline in `<state>/<id>`: epoch seconds, read from at most 32 bytes. `Ok(None)`: no
+/// file; `Err`: a file that cannot be read or parsed (or an id that names no file).
+pub(crate) fn read_deadline(state: &Path, id: &str) -> Result<Option<u64>, ()> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
+        return Err(());
     }
+    let file = match std::fs::File::open(state.join(id)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return Err(()),
+    };
     let mut text = String::new();
-    std::fs::File::open(state.join(id))
-        .ok()?
-        .take(32)
-        .read_to_string(&mut text)
-        .ok()?;
-    text.trim().parse().ok()
+    file.take(32).read_to_string(&mut text).map_err(|_| ())?;
+    text.trim().parse().map(Some).map_err(|_| ())
 }
 
 /// Removes the deadline files of sandboxes that are gone (a minute after their last write, so
@@ -239,11 +243,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sbx-keeper-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("abc"), "1700000000\n").unwrap();
-        assert_eq!(read_deadline(&dir, "abc"), Some(1_700_000_000));
+        assert_eq!(read_deadline(&dir, "abc"), Ok(Some(1_700_000_000)));
         std::fs::write(dir.join("big"), "9".repeat(10_000)).unwrap();
-        assert_eq!(read_deadline(&dir, "big"), None, "only 32 bytes are read");
-        assert_eq!(read_deadline(&dir, "../etc"), None);
-        assert_eq!(read_deadline(&dir, "missing"), None);
+        assert_eq!(
+            read_deadline(&dir, "big"),
+            Err(()),
+            "only 32 bytes are read"
+        );
+        std::fs::write(dir.join("empty"), "").unwrap();
+        assert_eq!(
+            read_deadline(&dir, "empty"),
+            Err(()),
+            "half-written: not a deadline"
+        );
+        assert_eq!(read_deadline(&dir, "../etc"), Err(()));
+        assert_eq!(read_deadline(&dir, "missing"), Ok(None));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,7 +65,9 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/health", get(|| async { StatusCode::OK }))
-        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such route") })
+        // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
+        // found" for a sandbox that is running.
+        .fallback(not_served)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -73,6 +75,24 @@ pub(crate) fn router(state: Shared) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+async fn not_served(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    // A path naming something that cannot be a sandbox is a missing sandbox, as before.
+    let mut parts = uri.path().trim_start_matches('/').split('/');
+    if let (Some("sandboxes"), Some(id)) = (parts.next(), parts.next()) {
+        let id_like = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !id_like {
+            return not_found(id);
+        }
+    }
+    api_error(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "{method} {} is not served by e2b-local (a feature of E2B's cloud it does not have yet)",
+            uri.path()
+        ),
+    )
 }
 
 /// Largest control-plane request body.
@@ -522,6 +542,7 @@ struct ListQuery {
     state: Option<String>,
     order: Option<String>,
     started_after: Option<String>,
+    started_before: Option<String>,
     template: Option<String>,
     next_token: Option<String>,
     limit: Option<usize>,
@@ -563,12 +584,20 @@ async fn list_all(
     if let Some(t) = &q.template {
         list.retain(|i| i.metadata.get(TEMPLATE_KEY) == Some(t));
     }
+    // Both bounds include the boundary, as E2B's API does.
     if let Some(after) = q
         .started_after
         .as_deref()
         .and_then(e2b_protocol::json::parse_rfc3339)
     {
-        list.retain(|i| i.started_at > after);
+        list.retain(|i| i.started_at >= after);
+    }
+    if let Some(before) = q
+        .started_before
+        .as_deref()
+        .and_then(e2b_protocol::json::parse_rfc3339)
+    {
+        list.retain(|i| i.started_at <= before);
     }
     list.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
     if q.order.as_deref() != Some("asc") {

@@ -58,7 +58,16 @@ pub(crate) fn router(state: Shared) -> Router {
             post(unimplemented_stream),
         )
         .route("/{*rpc}", post(unary))
-        .fallback(|| async { plain_error(StatusCode::NOT_FOUND, "no such route") })
+        // Never 404 for a route envd has and this server lacks: the SDK reads 404 as "the
+        // sandbox is gone".
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                plain_error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!("{method} {} is not served by e2b-local's envd", uri.path()),
+                )
+            },
+        )
         .with_state(state)
 }
 
@@ -152,7 +161,19 @@ async fn target(state: &State, headers: &HeaderMap, auth: Auth<'_>) -> Result<Ta
                 }
             }
             Auth::File { query, op } => check_file_auth(&token, headers, query, op)?,
-            Auth::None => {}
+            Auth::None => {
+                let given = headers
+                    .get(headers::ACCESS_TOKEN)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !secrets_equal(given, &token) {
+                    // No credentials: answered from what the server holds, no backend call.
+                    return match state.held_alive(&id).await {
+                        Some(served) => Ok(Target { id, served }),
+                        None => Err(sandbox_not_found(&id)),
+                    };
+                }
+            }
         }
     }
     let served = match state.live(&id).await {
@@ -318,7 +339,10 @@ async fn unary(AxState(state): AxState<Shared>, headers: HeaderMap, request: Req
         Ok(u) => u,
         Err(e) => return connect_error_response(&e),
     };
-    let files = files_for(&t.served, &user);
+    let files = match files_for(&t.served, &user) {
+        Ok(f) => f,
+        Err(e) => return connect_error_response(&from_core(&e)),
+    };
     let fs = files.get();
     match path.as_str() {
         rpc::STAT => reply(
@@ -614,13 +638,12 @@ impl Files<'_> {
     }
 }
 
-fn files_for<'a>(served: &'a Served, user: &str) -> Files<'a> {
+fn files_for<'a>(served: &'a Served, user: &str) -> Result<Files<'a>, runtime_core::Error> {
     match served.sandbox.files_as(user) {
-        Ok(f) => Files::AsUser(f),
-        Err(e) => {
-            debug!(error = %e, "files as one user");
-            Files::Shared(served.sandbox.files())
-        }
+        Ok(f) => Ok(Files::AsUser(f)),
+        // A backend whose files act as one user: the request runs as that one.
+        Err(e) if e.kind() == ErrorKind::Unsupported => Ok(Files::Shared(served.sandbox.files())),
+        Err(e) => Err(e),
     }
 }
 
@@ -1022,7 +1045,10 @@ async fn download(
         Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),
     };
     let path = resolve(&user, &raw);
-    let files = files_for(&t.served, &user);
+    let files = match files_for(&t.served, &user) {
+        Ok(f) => f,
+        Err(e) => return plain_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let fs = files.get();
     let content = match fs.read_stream(&path).await {
         Ok(s) => s,
@@ -1107,7 +1133,7 @@ async fn write_one(
     path: &str,
     content: ByteStream,
 ) -> Result<WriteInfo, Response> {
-    let files = files_for(served, user);
+    let files = files_for(served, user).map_err(|e| upload_error(&e, path))?;
     files
         .get()
         .write_stream(path, content)

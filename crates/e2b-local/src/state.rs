@@ -219,12 +219,16 @@ impl State {
             *bucket = (tokens - 1.0, now);
         }
         let mut creating = self.creating.lock().await;
-        let existing = self
-            .runtime
-            .list(&self.owned_filter())
-            .await
-            .map(|l| l.len())
-            .unwrap_or(0);
+        // A count that cannot be had admits nothing: the limit must hold.
+        let existing = match self.runtime.list(&self.owned_filter()).await {
+            Ok(l) => l.len(),
+            Err(e) => {
+                return Err((
+                    format!("cannot count this key's sandboxes now ({e}); try again"),
+                    5,
+                ))
+            }
+        };
         if existing + *creating >= limits.max_sandboxes {
             return Err((
                 format!(
@@ -299,6 +303,13 @@ impl State {
         }
         let sandbox = self.runtime.connect(id).await?;
         Ok(self.insert(sandbox).await)
+    }
+
+    /// A sandbox's handle if this server holds one and has not seen it stop or pause (no
+    /// backend call): what a request without credentials may learn.
+    pub(crate) async fn held_alive(&self, id: &str) -> Option<Arc<Served>> {
+        let served = self.cached(id).await?;
+        self.alive.lock().await.contains_key(id).then_some(served)
     }
 
     /// A sandbox's handle if this server holds one (no backend call).

@@ -114,10 +114,12 @@ fn keyed(key: &str) -> ServerConfig {
     }
 }
 
-/// Containers of ours on the engine (any sandbox, from any test).
-async fn sandbox_ids(docker: &DockerRuntime) -> Vec<String> {
+/// The sandboxes on the engine that belong to the server with this API key (tests run at
+/// once, each with its own key).
+async fn sandbox_ids(docker: &DockerRuntime, key: &str) -> Vec<String> {
+    let owner = e2b_protocol::derive_token(key, "", "owner");
     docker
-        .list(&ListFilter::all())
+        .list(&ListFilter::all().metadata("sbx.e2b.owner", owner))
         .await
         .unwrap()
         .into_iter()
@@ -164,7 +166,7 @@ async fn debug_sandbox_needs_debug_mode() {
     let docker = Arc::new(docker);
     let server = serve(docker.clone(), keyed("e2b_security_debug")).await;
     let http = reqwest::Client::new();
-    let before = sandbox_ids(&docker).await;
+    let before = sandbox_ids(&docker, &server.key).await;
     let r = start_as_root(&http, server.envd, "debug_sandbox_id", "id -u > /tmp/pwned")
         .send()
         .await
@@ -179,7 +181,7 @@ async fn debug_sandbox_needs_debug_mode() {
         .await
         .unwrap();
     assert_eq!(upload.status(), 502);
-    let after = sandbox_ids(&docker).await;
+    let after = sandbox_ids(&docker, &server.key).await;
     let made: Vec<_> = after.iter().filter(|id| !before.contains(id)).collect();
     assert!(made.is_empty(), "a sandbox was made: {made:?}");
     server.stop().await;
@@ -685,7 +687,7 @@ async fn unenforced_network_options_are_refused() {
     let docker = Arc::new(docker);
     let server = serve(docker.clone(), keyed("e2b_security_network")).await;
     let http = reqwest::Client::new();
-    let before = sandbox_ids(&docker).await.len();
+    let before = sandbox_ids(&docker, &server.key).await.len();
     for body in [
         json!({"templateID": "base", "network": {"denyOut": ["0.0.0.0/0"]}}),
         json!({"templateID": "base", "network": {"allowOut": ["example.com"], "denyOut": ["0.0.0.0/0"]}}),
@@ -705,7 +707,7 @@ async fn unenforced_network_options_are_refused() {
         assert_eq!(r.status(), 400, "{body}");
     }
     assert_eq!(
-        sandbox_ids(&docker).await.len(),
+        sandbox_ids(&docker, &server.key).await.len(),
         before,
         "a sandbox was made"
     );

@@ -22,19 +22,22 @@ pub struct Unpacked {
     pub skipped: Vec<(String, &'static str)>,
 }
 
-/// Permission bits a copy may carry: never setuid, setgid or sticky.
-const MODE_BITS: u32 = 0o777;
+/// Permission bits a copy may carry: never setuid, setgid or sticky, nor write for group and
+/// others.
+const MODE_BITS: u32 = 0o755;
 
 impl LocalFileStore {
-    /// Unpacks a tar archive into `into` (a path in this store, made if missing), for archives
-    /// that come from a sandbox and so may be hostile. Blocking: call it from
-    /// `spawn_blocking` in async code.
+    /// Unpacks a tar archive of one file or directory named `top` into `into` (a path in this
+    /// store, made if missing), for archives that come from a sandbox and so may be hostile.
+    /// Blocking: call it from `spawn_blocking` in async code.
     ///
     /// # Contract
-    /// - Nothing is written outside `into`: entries with absolute names or `..` are skipped,
-    ///   and no write goes through a symbolic link (one in the way is replaced, not followed).
-    /// - Files and directories keep their permission bits without setuid, setgid and sticky;
-    ///   ownership is never restored (everything belongs to the user running this).
+    /// - Nothing is written outside `into/top`: entries that are not `top` or under it (a
+    ///   `.git/hooks/pre-commit` beside it), absolute names and `..` are skipped, and no write
+    ///   goes through a symbolic link (one in the way is replaced, not followed).
+    /// - Files and directories keep their permission bits without setuid, setgid, sticky and
+    ///   write for group and others; ownership is never restored (everything belongs to the
+    ///   user running this).
     /// - Device files, FIFOs and sockets are skipped.
     /// - A symbolic link is made only when it resolves inside `into` (relative, and still inside
     ///   once every link of the copy is resolved); others are skipped. A hard link becomes a
@@ -55,11 +58,22 @@ impl LocalFileStore {
     /// let archive = tar.into_inner()?;
     ///
     /// let store = LocalFileStore::new(std::env::temp_dir().join("sbx-doc-unpack"))?;
-    /// let done = store.unpack(archive.as_slice(), "copy")?;
+    /// let done = store.unpack(archive.as_slice(), "copy", "bin")?;
     /// assert_eq!(done.files, 1);
     /// # Ok(()) }
     /// ```
-    pub fn unpack(&self, archive: impl Read, into: &str) -> Result<Unpacked> {
+    pub fn unpack(&self, archive: impl Read, into: &str, top: &str) -> Result<Unpacked> {
+        let top = safe_relative(top)
+            .filter(|t| t.components().count() == 1)
+            .ok_or_else(|| {
+                Error::new(
+                    runtime_core::ErrorKind::InvalidInput,
+                    "the top of an archive is one plain name",
+                )
+                .with_backend("local")
+                .with_operation("unpack")
+                .with_context("top", top)
+            })?;
         let dest = self.resolve(into, true, "unpack")?;
         std::fs::create_dir_all(&dest).map_err(|e| unpack_io(e, into))?;
         let dest = dest.canonicalize().map_err(|e| unpack_io(e, into))?;
@@ -75,6 +89,10 @@ impl LocalFileStore {
             };
             if rel.as_os_str().is_empty() {
                 continue; // "./": the destination itself
+            }
+            if !rel.starts_with(&top) {
+                done.skipped.push((raw, "outside the item being copied"));
+                continue;
             }
             let target = dest.join(&rel);
             if !parents_are_real_dirs(&dest, &rel) {
@@ -161,15 +179,12 @@ impl LocalFileStore {
         // Every link once more, resolved as the kernel would: one that leads out through
         // other links of the copy goes.
         for (raw, link) in links {
-            match link.canonicalize() {
-                Ok(real) if real.starts_with(&dest) => done.links += 1,
-                Ok(_) => {
-                    let _ = std::fs::remove_file(&link);
-                    done.skipped
-                        .push((raw, "a link that leads outside the copy"));
-                }
-                // Dangling: it was checked lexically; keep it.
-                Err(_) => done.links += 1,
+            if resolves_inside(&link, &dest) {
+                done.links += 1;
+            } else {
+                let _ = std::fs::remove_file(&link);
+                done.skipped
+                    .push((raw, "a link that leads outside the copy"));
             }
         }
         for (path, why) in &done.skipped {
@@ -254,6 +269,34 @@ fn create_no_follow(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Whether the link at `link` leads inside `dest` as the kernel would follow it: through every
+/// link of the copy, and for a dangling link through as much of its path as exists (the rest,
+/// not yet there, must not climb with `..`).
+fn resolves_inside(link: &Path, dest: &Path) -> bool {
+    if let Ok(real) = link.canonicalize() {
+        return real.starts_with(dest);
+    }
+    let Ok(target) = std::fs::read_link(link) else {
+        return false;
+    };
+    let joined = link.parent().unwrap_or(dest).join(target);
+    let parts: Vec<Component> = joined.components().collect();
+    for keep in (0..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..keep].iter().collect();
+        let Ok(real) = prefix.canonicalize() else {
+            continue;
+        };
+        let rest = &parts[keep..];
+        if rest.iter().any(|c| !matches!(c, Component::Normal(_))) {
+            return false;
+        }
+        let mut end = real;
+        end.extend(rest.iter().map(|c| c.as_os_str()));
+        return end.starts_with(dest);
+    }
+    false
+}
+
 /// Whether a link at `rel` pointing at `target` stays inside the copy, by its words alone.
 fn lexically_inside(rel: &Path, target: &Path) -> bool {
     if target.is_absolute() {
@@ -320,6 +363,20 @@ mod tests {
         add(T::Fifo, 0o666, "dir/fifo", None, b"");
         add(T::Link, 0o644, "dir/hard", Some("/etc/passwd"), b"");
         add(T::Link, 0o644, "dir/hard2", Some("dir/suid"), b"");
+        add(
+            T::Regular,
+            0o755,
+            ".git/hooks/pre-commit",
+            None,
+            b"#!/bin/sh\n",
+        );
+        add(
+            T::Symlink,
+            0o777,
+            "dir/dangling",
+            Some("here/../../nowhere"),
+            b"",
+        );
         t.into_inner().unwrap()
     }
 
@@ -334,7 +391,7 @@ mod tests {
         std::fs::write(&victim, "untouched").unwrap();
         std::os::unix::fs::symlink(&victim, root.join("copy/dir/suid")).unwrap();
 
-        let done = store.unpack(hostile().as_slice(), "copy").unwrap();
+        let done = store.unpack(hostile().as_slice(), "copy", "dir").unwrap();
         let dir = root.join("copy/dir");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
         let suid = std::fs::symlink_metadata(dir.join("suid")).unwrap();
@@ -355,7 +412,11 @@ mod tests {
                 .is_symlink(),
             "a link out was made"
         );
-        for gone in ["shadow", "sneaky", "null", "fifo", "hard"] {
+        assert!(
+            !root.join("copy/.git").exists(),
+            "an entry beside the copy was made"
+        );
+        for gone in ["shadow", "sneaky", "null", "fifo", "hard", "dangling"] {
             assert!(
                 std::fs::symlink_metadata(dir.join(gone)).is_err(),
                 "{gone} was made"
@@ -371,7 +432,7 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("hard2")).unwrap(), b"#!/bin/sh\n");
         assert_eq!(done.files, 3, "{done:?}"); // suid, up/planted (a real directory), hard2
         assert_eq!(done.links, 2, "{done:?}"); // fine, here
-        assert_eq!(done.skipped.len(), 8, "{:?}", done.skipped);
+        assert_eq!(done.skipped.len(), 10, "{:?}", done.skipped);
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub(crate) async fn exit_code(docker: &Docker, exec_id: &str, op: &'static str) 
     ))
 }
 
+/// Most bytes of a helper's stdout and stderr the host collects.
+const MAX_HELPER_STDOUT: usize = 64 << 20;
+const MAX_HELPER_STDERR: usize = 64 << 10;
+
 /// Output of a helper command, collected.
 #[derive(Debug)]
 pub(crate) struct Collected {
@@ -196,6 +200,15 @@ pub(crate) async fn run_helper_as(
             }
             LogOutput::StdErr { message } => out.stderr.extend_from_slice(&message),
             LogOutput::StdIn { .. } => {}
+        }
+        // The helper runs the sandbox's own programs, which root in it can replace: what it
+        // prints is bounded before it is trusted.
+        if out.stdout.len() > MAX_HELPER_STDOUT || out.stderr.len() > MAX_HELPER_STDERR {
+            return Err(err(
+                ErrorKind::Unexpected,
+                op,
+                "a helper in the sandbox printed more than a helper may; stopped reading it",
+            ));
         }
     }
     out.code = exit_code(docker, &started.exec_id, op).await?;

@@ -46,22 +46,41 @@ mkdir -p -- "$(dirname -- "$2")" || exit 1
 if [ -d "$2" ] && [ ! -L "$2" ]; then rmdir -- "$2" 2>/dev/null || exit 39; fi
 mv -f -- "$1" "$2""#;
 
-/// Writes stdin to the temporary file `$2` beside `$1` (parents made), then, when `$3` (the
-/// expected size) is given, checks the size and renames it over `$1`, keeping an existing
-/// file's permission bits. A short write (the sender was cut off) leaves `$1` as it was.
-const WRITE: &str = r#"if [ -d "$1" ] && [ ! -L "$1" ]; then exit 21; fi
+/// The rename of a finished temporary file `$2` over `$1` (`$3` set: removes `$2` instead, the
+/// write failed). An existing file's permission bits carry over only where nobody else can
+/// swap the temporary file for a link in between (the directory is the writer's and not
+/// writable by others, or sticky), since `chmod` follows links. `mv -T` replaces a link at
+/// `$1`, even one to a directory, instead of moving into it.
+macro_rules! finish_script {
+    () => {
+        r#"if [ -n "$3" ]; then rm -f -- "$2"; exit 0; fi
+if [ -f "$1" ] && [ ! -L "$1" ]; then
+  set -- "$1" "$2" "" $(stat -c '%u %a' -- "$(dirname -- "$1")" 2>/dev/null)
+  if [ "$4" = "$(id -u)" ] && { [ $((0$5 & 022)) -eq 0 ] || [ $((0$5 & 01000)) -ne 0 ]; }; then
+    m=$(stat -c %a -- "$1" 2>/dev/null) && chmod "$(printf '%o' $((0$m & 0777)))" -- "$2"
+  fi
+fi
+mv -fT -- "$2" "$1" || { rm -f -- "$2"; exit 1; }"#
+    };
+}
+
+/// See [`finish_script`].
+const FINISH: &str = finish_script!();
+
+/// Writes stdin to the temporary file `$2` beside `$1` (made exclusively; parents made). With
+/// `$3`, the expected size, checks it all arrived and renames ([`FINISH`]) in the same exec; a
+/// short write (the sender was cut off) leaves `$1` as it was.
+const WRITE: &str = concat!(
+    r#"if [ -d "$1" ] && [ ! -L "$1" ]; then exit 21; fi
 mkdir -p -- "$(dirname -- "$1")" || exit 1
+set -C
 cat > "$2" || { rm -f -- "$2"; exit 1; }
 [ -z "$3" ] && exit 0
 if [ "$(($(wc -c < "$2")))" != "$3" ]; then rm -f -- "$2"; exit 5; fi
-if [ -f "$1" ] && [ ! -L "$1" ]; then m=$(stat -c %a -- "$1" 2>/dev/null) && chmod "$m" -- "$2"; fi
-mv -f -- "$2" "$1" || { rm -f -- "$2"; exit 1; }"#;
-
-/// Renames the finished temporary file `$2` over `$1` (see [`WRITE`]); `$3` set removes `$2`
-/// instead (the write failed).
-const FINISH: &str = r#"if [ -n "$3" ]; then rm -f -- "$2"; exit 0; fi
-if [ -f "$1" ] && [ ! -L "$1" ]; then m=$(stat -c %a -- "$1" 2>/dev/null) && chmod "$m" -- "$2"; fi
-mv -f -- "$2" "$1" || { rm -f -- "$2"; exit 1; }"#;
+set -- "$1" "$2" ""
+"#,
+    finish_script!()
+);
 
 /// Streams a regular file as the store's user.
 const CAT: &str = r#"if [ ! -e "$1" ]; then exit 2; fi
@@ -158,7 +177,8 @@ impl DockerFiles {
 
     /// Streams content into a temporary file beside `full` through `cat` run as the store's
     /// user (memory stays bounded), then renames it over `full`: with `size` known, the same
-    /// script checks it and renames; without, a second exec renames once every byte went out.
+    /// script checks it all arrived and renames; without, a second exec renames once every byte
+    /// went out.
     async fn write_by_exec(
         &self,
         full: &str,
@@ -212,12 +232,11 @@ impl DockerFiles {
                 path,
             )),
         };
-        if size.is_some() {
-            // The script renamed (or refused a short write and kept the old content).
-            return fed.and(staged).map_err(|e| e.with_context("path", path));
+        let failed = fed.is_err() || staged.is_err();
+        if size.is_some() && !failed {
+            return Ok(()); // checked and renamed by the script
         }
         // Only now is it known whether every byte went out: rename, or throw the rest away.
-        let failed = fed.is_err() || staged.is_err();
         let finish = self
             .helper(
                 FINISH,
@@ -461,8 +480,8 @@ impl FileStore for DockerFiles {
         if full == "/" {
             return Err(err(ErrorKind::InvalidInput, "write", "cannot write to /"));
         }
-        // Up to SPOOL_AT the whole content is in memory and its size known, so one exec can
-        // check it arrived whole before the rename; past it, the rename waits for the end.
+        // Up to SPOOL_AT the whole content is in memory and its size known, so one exec checks
+        // it arrived whole and renames; past it, the rename waits for the end of the stream.
         let mut memory = BytesMut::new();
         while let Some(chunk) = content.next().await {
             let chunk = chunk?;

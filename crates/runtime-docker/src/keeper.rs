@@ -188,13 +188,18 @@ impl Keeper {
             ]),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!("{}:/var/run/docker.sock", self.socket)]),
+                // The state outlives a keeper container removed by hand: the next one keeps
+                // the extended deadlines instead of falling back to those set at create.
+                binds: Some(vec![
+                    format!("{}:/var/run/docker.sock", self.socket),
+                    format!("{}-keeper-state:/state", self.prefix),
+                ]),
                 network_mode: Some("none".into()),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::ON_FAILURE),
                     maximum_retry_count: None,
                 }),
-                memory: Some(64 << 20),
+                memory: Some(256 << 20),
                 pids_limit: Some(32),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 ..Default::default()
@@ -373,32 +378,40 @@ impl Keeper {
             .map_err(|e| map(e, "set_timeout", "keeper"))
     }
 
-    /// The deadlines the keeper holds, by sandbox id. Empty when there is no keeper.
-    pub(crate) async fn deadlines(&self) -> BTreeMap<String, u64> {
+    /// The deadlines the keeper holds, by sandbox id; `None` when they cannot be read now
+    /// (then nobody may act on a deadline it does not know).
+    pub(crate) async fn deadlines(&self) -> Option<BTreeMap<String, u64>> {
         if let Some(all) = self.ask("all", false).await {
-            return all
-                .split_whitespace()
-                .filter_map(|pair| {
-                    let (id, secs) = pair.split_once('=')?;
-                    Some((id.to_string(), secs.parse().ok()?))
-                })
-                .collect();
+            return Some(
+                all.split_whitespace()
+                    .filter_map(|pair| {
+                        let (id, secs) = pair.split_once('=')?;
+                        Some((id.to_string(), secs.parse().ok()?))
+                    })
+                    .collect(),
+            );
         }
-        self.read_state("/state").await.unwrap_or_default()
+        self.read_state("/state").await.ok()
     }
 
-    /// The deadline the keeper holds for `id`, if any.
-    pub(crate) async fn deadline(&self, id: &str) -> Option<u64> {
+    /// The deadline the keeper holds for `id`.
+    pub(crate) async fn deadline(&self, id: &str) -> Held {
         if let Some(answer) = self.ask(&format!("get {id}"), false).await {
-            return answer.parse().ok();
+            return match answer.parse() {
+                Ok(secs) => Held::Set(secs),
+                Err(_) if answer == "none" => Held::Unset,
+                Err(_) => Held::Unknown,
+            };
         }
-        self.read_state(&format!("/state/{id}"))
-            .await
-            .and_then(|mut m| m.remove(id))
+        match self.read_state(&format!("/state/{id}")).await {
+            Ok(mut m) => m.remove(id).map(Held::Set).unwrap_or(Held::Unknown),
+            Err(StateError::NoFile) => Held::Unset,
+            Err(StateError::Unreadable) => Held::Unknown,
+        }
     }
 
     /// Reads deadline files from the keeper's container (its own data, never a sandbox's).
-    async fn read_state(&self, path: &str) -> Option<BTreeMap<String, u64>> {
+    async fn read_state(&self, path: &str) -> Result<BTreeMap<String, u64>, StateError> {
         let mut stream = self.docker.download_from_container(
             &self.name,
             Some(DownloadFromContainerOptions {
@@ -407,25 +420,37 @@ impl Keeper {
         );
         let mut raw = Vec::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.ok()?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                // The keeper is there and has no file for it; a missing keeper knows nothing.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                }) if message.contains("Could not find the file") => {
+                    return Err(StateError::NoFile)
+                }
+                Err(_) => return Err(StateError::Unreadable),
+            };
             if raw.len() + chunk.len() > MAX_STATE {
-                return None;
+                return Err(StateError::Unreadable);
             }
             raw.extend_from_slice(&chunk);
         }
         let mut out = BTreeMap::new();
         let mut archive = tar::Archive::new(raw.as_slice());
-        for entry in archive.entries().ok()? {
-            let mut entry = entry.ok()?;
-            let name = entry
-                .path()
-                .ok()?
-                .file_name()?
-                .to_string_lossy()
-                .to_string();
+        let entries = archive.entries().map_err(|_| StateError::Unreadable)?;
+        for entry in entries {
+            let mut entry = entry.map_err(|_| StateError::Unreadable)?;
             if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
+            let Some(name) = entry
+                .path()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            else {
+                continue;
+            };
             let mut text = String::new();
             use std::io::Read;
             let _ = (&mut entry).take(32).read_to_string(&mut text);
@@ -433,6 +458,25 @@ impl Keeper {
                 out.insert(name, d);
             }
         }
-        Some(out)
+        Ok(out)
     }
+}
+
+/// What the keeper holds for one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// A deadline set after create (epoch seconds).
+    Set(u64),
+    /// Nothing: the deadline set at create stands.
+    Unset,
+    /// It cannot be read now: no deadline may be acted on.
+    Unknown,
+}
+
+/// Why the keeper's state could not be read.
+enum StateError {
+    /// The keeper runs and has no such file.
+    NoFile,
+    /// The keeper is missing, or the engine failed.
+    Unreadable,
 }

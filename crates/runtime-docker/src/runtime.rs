@@ -21,7 +21,7 @@ use runtime_core::{Error, ErrorKind, Result};
 use tracing::{debug, info_span, Instrument};
 
 use crate::error::{err, map, BACKEND};
-use crate::keeper::Keeper;
+use crate::keeper::{Held, Keeper};
 use crate::sandbox::{DockerSandbox, Ttl};
 use crate::template::TemplateInfo;
 
@@ -43,6 +43,9 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "NET_BIND_SERVICE",
     "AUDIT_WRITE",
 ];
+
+/// The most bytes a sandbox's labels (its metadata) may take.
+const MAX_LABEL_BYTES: usize = 32 << 10;
 
 /// The CPU limit of a sandbox when neither it nor the configuration sets one.
 pub const DEFAULT_CPUS: f64 = 1.0;
@@ -391,6 +394,22 @@ fn warn_no_agent() {
     });
 }
 
+/// When a sandbox was made, as its label holds it: epoch seconds and nanoseconds, so sandboxes
+/// made in the same second still list in the order they were made.
+fn created_label(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// Reads a `created` label: `SECS.NANOS`, or whole seconds (older sandboxes).
+fn parse_created(label: &str) -> Option<SystemTime> {
+    let (secs, nanos) = label.split_once('.').unwrap_or((label, "0"));
+    let nanos: u32 = format!("{:0<9}", &nanos[..nanos.len().min(9)])
+        .parse()
+        .ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos))
+}
+
 pub(crate) fn epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -564,21 +583,28 @@ impl DockerRuntime {
         ))
     }
 
-    /// When sandbox `id` expires. `kept`: the keeper's deadlines when already read.
+    /// When sandbox `id` expires; `None` when that cannot be known now (nothing may then be
+    /// done on its account). `kept`: the keeper's deadlines when already read (`Some(None)`:
+    /// the read failed); `None` to ask the keeper.
     pub(crate) async fn deadline(
         &self,
         id: &str,
         ttl: &Ttl,
-        kept: Option<&std::collections::BTreeMap<String, u64>>,
+        kept: Option<Option<&std::collections::BTreeMap<String, u64>>>,
     ) -> Option<SystemTime> {
         let secs = match ttl {
             Ttl::Keeper { initial } => {
                 let held = match (kept, &self.settings.keeper) {
-                    (Some(map), _) => map.get(id).copied(),
+                    (Some(Some(map)), _) => map.get(id).copied().map_or(Held::Unset, Held::Set),
+                    (Some(None), _) => Held::Unknown,
                     (None, Some(keeper)) => keeper.deadline(id).await,
-                    (None, None) => None,
+                    (None, None) => Held::Unknown,
                 };
-                held.or(*initial)
+                match held {
+                    Held::Set(secs) => Some(secs),
+                    Held::Unset => *initial,
+                    Held::Unknown => None,
+                }
             }
             Ttl::File => {
                 let files = crate::files::DockerFiles::new(
@@ -633,8 +659,8 @@ impl DockerRuntime {
             .filter_map(|(k, v)| k.strip_prefix(&meta).map(|k| (k.to_string(), v.clone())))
             .collect();
         info.state = state;
-        if let Some(created) = labels.get(&l.created()).and_then(|c| c.parse::<u64>().ok()) {
-            info.started_at = UNIX_EPOCH + Duration::from_secs(created);
+        if let Some(created) = labels.get(&l.created()).and_then(|c| parse_created(c)) {
+            info.started_at = created;
         }
         info
     }
@@ -669,7 +695,7 @@ impl Runtime for DockerRuntime {
                 l.template(),
                 spec.template.clone().unwrap_or_else(|| image.clone()),
             );
-            labels.insert(l.created(), epoch(now).to_string());
+            labels.insert(l.created(), created_label(now));
             labels.insert(l.workdir(), workdir.clone());
             labels.insert(l.user(), spec.user.clone().unwrap_or_default());
             let keeper = s.keeper.clone();
@@ -683,6 +709,18 @@ impl Runtime for DockerRuntime {
             labels.insert(l.deadline(), deadline.to_string());
             for (k, v) in &spec.metadata {
                 labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
+            }
+            // Labels travel in every listing of the engine (the keeper's too): keep them small.
+            let label_bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if label_bytes > MAX_LABEL_BYTES {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "create",
+                    format!(
+                        "the sandbox's metadata takes {label_bytes} bytes; at most {MAX_LABEL_BYTES} \
+                         fit (keep large values in files inside the sandbox)"
+                    ),
+                ));
             }
 
             let mut env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -947,11 +985,11 @@ impl Runtime for DockerRuntime {
         let any_kept = out.iter().any(|(_, ttl)| matches!(ttl, Ttl::Keeper { .. }));
         let kept = match &self.settings.keeper {
             Some(k) if any_kept => k.deadlines().await,
-            _ => Default::default(),
+            _ => None,
         };
         let deadlines = futures_util::future::join_all(
             out.iter()
-                .map(|(info, ttl)| self.deadline(&info.id, ttl, Some(&kept))),
+                .map(|(info, ttl)| self.deadline(&info.id, ttl, Some(kept.as_ref()))),
         )
         .await;
         let now = SystemTime::now();
@@ -1053,5 +1091,22 @@ impl Runtime for DockerRuntime {
             }) => Ok(()),
             Err(e) => Err(map(e, "kill", "sandbox")),
         }
+    }
+}
+
+#[cfg(test)]
+mod created_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn created_keeps_sub_second_precision() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(super::created_label(t), "1700000000.123456789");
+        assert_eq!(super::parse_created("1700000000.123456789"), Some(t));
+        assert_eq!(
+            super::parse_created("1700000000"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(super::parse_created("x"), None);
     }
 }

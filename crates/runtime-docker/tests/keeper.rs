@@ -1,0 +1,70 @@
+//! The deadline keeper removed by hand (in a test binary of its own: other tests rely on the
+//! keeper running). Until a new one runs, no sbx process kills a sandbox on a deadline it
+//! cannot read; the new keeper keeps the extended deadlines, which outlive it on a volume.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use runtime_core::{Runtime, SandboxExt, SandboxSpec, SandboxState};
+use runtime_docker::DockerRuntime;
+
+fn agent_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SBX_AGENT_BIN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/sbx-agent");
+    built.exists().then_some(built)
+}
+
+#[tokio::test]
+async fn a_keeper_removed_by_hand_loses_no_extended_deadline() {
+    let Some(bin) = runtime_conformance::or_skip(
+        agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"),
+    ) else {
+        return;
+    };
+    let Some(rt) =
+        runtime_conformance::or_skip(DockerRuntime::builder().agent_binary(bin).build().await)
+    else {
+        return;
+    };
+    let spec = |t: u64| {
+        SandboxSpec::new()
+            .metadata("sbx-keeper-test", "removed")
+            .timeout(Duration::from_secs(t))
+    };
+    let sb = rt.create(spec(3)).await.unwrap();
+    sb.set_timeout(Duration::from_secs(120)).await.unwrap();
+    let removed = tokio::process::Command::new("docker")
+        .args(["rm", "-f", "sbx-keeper"])
+        .output()
+        .await
+        .unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+    // Past the deadline set at create: the host cannot read the keeper's state and must not
+    // take the label's deadline for the truth.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let info = rt.info(sb.id()).await.unwrap();
+    assert_eq!(info.state, SandboxState::Running);
+    assert!(
+        rt.list(&runtime_core::ListFilter::all().metadata("sbx-keeper-test", "removed"))
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.id == sb.id()),
+        "listing killed it"
+    );
+    // A new sandbox brings a new keeper, which reads the extended deadline from the volume.
+    let other = rt.create(spec(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = sb.exec_shell("echo alive").await.unwrap();
+    assert_eq!(out.stdout_text(), "alive\n");
+    let end = rt.info(sb.id()).await.unwrap().expires_at.unwrap();
+    assert!(
+        end > std::time::SystemTime::now() + Duration::from_secs(60),
+        "{end:?}"
+    );
+    other.kill().await.unwrap();
+    sb.kill().await.unwrap();
+}

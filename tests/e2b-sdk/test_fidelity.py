@@ -1,0 +1,51 @@
+"""E2B fidelity, checked with the unchanged SDK: a paused sandbox is gone for envd at once,
+list filters include their boundary and order sandboxes made in the same second, /proc files
+stream, and a route e2b-local does not serve is never taken for a missing sandbox."""
+
+import uuid
+
+import pytest
+from e2b import Sandbox, SandboxQuery
+from e2b.exceptions import NotFoundException, SandboxException
+
+
+def test_paused_sandbox_is_not_running_at_once(sandbox):
+    assert sandbox.commands.run("true").exit_code == 0
+    assert sandbox.pause() is True
+    assert not sandbox.is_running()
+    with pytest.raises(SandboxException) as raised:
+        sandbox.commands.run("true")
+    assert "is paused" not in str(raised.value), "the engine's 409 reached the SDK"
+    resumed = Sandbox.connect(sandbox.sandbox_id)
+    assert resumed.is_running()
+    assert resumed.commands.run("echo back").stdout == "back\n"
+
+
+def test_list_started_after_includes_its_boundary(server):
+    tag = uuid.uuid4().hex
+    a = Sandbox.create(metadata={"since": tag})
+    b = Sandbox.create(metadata={"since": tag})
+    try:
+        first, second = a.get_info(), b.get_info()
+        assert first.started_at < second.started_at, "start times keep sub-second precision"
+        query = SandboxQuery(metadata={"since": tag}, started_after=second.started_at)
+        assert [s.sandbox_id for s in Sandbox.list(query=query).next_items()] == [b.sandbox_id]
+        query = SandboxQuery(metadata={"since": tag}, started_after=first.started_at)
+        listed = [s.sandbox_id for s in Sandbox.list(query=query).next_items()]
+        assert listed == [b.sandbox_id, a.sandbox_id], "newest first, in the order made"
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_proc_files_stream(sandbox):
+    status = sandbox.files.read("/proc/self/status")
+    assert "Name:" in status
+
+
+def test_unserved_route_is_not_a_missing_sandbox(sandbox):
+    with pytest.raises(SandboxException) as raised:
+        sandbox.create_snapshot()
+    assert not isinstance(raised.value, NotFoundException), raised.value
+    assert "not served by e2b-local" in str(raised.value)
+    assert sandbox.is_running()
