@@ -147,13 +147,16 @@ async fn target(state: &State, headers: &HeaderMap, auth: Auth<'_>) -> Result<Ta
     }
     if !state.config.insecure_no_auth {
         let token = state.access_token(&id);
+        let token_given = secrets_equal(
+            headers
+                .get(headers::ACCESS_TOKEN)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            &token,
+        );
         match auth {
             Auth::Header => {
-                let given = headers
-                    .get(headers::ACCESS_TOKEN)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                if !secrets_equal(given, &token) {
+                if !token_given {
                     return Err(plain_error(
                         StatusCode::UNAUTHORIZED,
                         "unauthorized access, please provide a valid access token or method signing if supported",
@@ -162,11 +165,7 @@ async fn target(state: &State, headers: &HeaderMap, auth: Auth<'_>) -> Result<Ta
             }
             Auth::File { query, op } => check_file_auth(&token, headers, query, op)?,
             Auth::None => {
-                let given = headers
-                    .get(headers::ACCESS_TOKEN)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                if !secrets_equal(given, &token) {
+                if !token_given {
                     // No credentials: answered from what the server holds, no backend call.
                     return match state.held_alive(&id).await {
                         Some(served) => Ok(Target { id, served }),

@@ -171,7 +171,7 @@ impl DockerFiles {
         .await?;
         match out.code {
             0 => Ok(out),
-            code => Err(status_error(code, &out, op, path)),
+            code => Err(status_error(code, &out.stderr, op, path)),
         }
     }
 
@@ -221,16 +221,7 @@ impl DockerFiles {
         let code = exit_code(&self.docker, &started.exec_id, "write").await?;
         let staged = match code {
             0 => Ok(()),
-            code => Err(status_error(
-                code,
-                &Collected {
-                    stdout: Vec::new(),
-                    stderr,
-                    code,
-                },
-                "write",
-                path,
-            )),
+            code => Err(status_error(code, &stderr, "write", path)),
         };
         let failed = fed.is_err() || staged.is_err();
         if size.is_some() && !failed {
@@ -283,16 +274,7 @@ impl DockerFiles {
                     "the path is not a regular file (a FIFO, device or socket)",
                 )
                 .with_context("path", path)),
-                code => Err(status_error(
-                    code,
-                    &Collected {
-                        stdout: Vec::new(),
-                        stderr,
-                        code,
-                    },
-                    "read",
-                    path,
-                )),
+                code => Err(status_error(code, &stderr, "read", path)),
             };
         };
         let docker = self.docker.clone();
@@ -349,7 +331,7 @@ impl DockerFiles {
     }
 }
 
-fn status_error(code: i32, out: &Collected, op: &'static str, path: &str) -> Error {
+fn status_error(code: i32, stderr: &[u8], op: &'static str, path: &str) -> Error {
     let (kind, msg) = match code {
         2 => (ErrorKind::NotFound, "no such file or directory".to_string()),
         17 => (
@@ -373,7 +355,7 @@ fn status_error(code: i32, out: &Collected, op: &'static str, path: &str) -> Err
             "the content did not arrive whole; the file was left as it was".to_string(),
         ),
         _ => {
-            let text = out.stderr_text();
+            let text = String::from_utf8_lossy(stderr).trim().to_string();
             let kind =
                 if text.contains("Permission denied") || text.contains("Operation not permitted") {
                     ErrorKind::PermissionDenied

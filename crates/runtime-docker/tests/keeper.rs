@@ -2,31 +2,15 @@
 //! keeper running). Until a new one runs, no sbx process kills a sandbox on a deadline it
 //! cannot read; the new keeper keeps the extended deadlines, which outlive it on a volume.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use runtime_core::{Runtime, SandboxExt, SandboxSpec, SandboxState};
-use runtime_docker::DockerRuntime;
 
-fn agent_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SBX_AGENT_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/x86_64-unknown-linux-gnu/release/sbx-agent");
-    built.exists().then_some(built)
-}
+mod common;
 
 #[tokio::test]
 async fn a_keeper_removed_by_hand_loses_no_extended_deadline() {
-    let Some(bin) = runtime_conformance::or_skip(
-        agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"),
-    ) else {
-        return;
-    };
-    let Some(rt) =
-        runtime_conformance::or_skip(DockerRuntime::builder().agent_binary(bin).build().await)
-    else {
+    let Some(rt) = common::kept().await else {
         return;
     };
     let spec = |t: u64| {

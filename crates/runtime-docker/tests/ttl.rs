@@ -5,7 +5,6 @@
 //! Needs Docker and the static agent binary (`cargo xtask agent`, found through
 //! `SBX_AGENT_BIN` or the workspace's target directory).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use runtime_core::{ListFilter, Runtime, SandboxExt, SandboxSpec, SandboxState};
@@ -13,23 +12,8 @@ use runtime_docker::DockerRuntime;
 
 const LABEL: &str = "sbx-ttl-test";
 
-fn agent_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SBX_AGENT_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/x86_64-unknown-linux-gnu/release/sbx-agent");
-    built.exists().then_some(built)
-}
-
-/// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine
-/// or the agent binary, unless `SBX_REQUIRE_DOCKER=1`.
-async fn kept() -> Option<DockerRuntime> {
-    let bin = runtime_conformance::or_skip(
-        agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"),
-    )?;
-    runtime_conformance::or_skip(DockerRuntime::builder().agent_binary(bin).build().await)
-}
+mod common;
+use common::kept;
 
 async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
     let started = Instant::now();
