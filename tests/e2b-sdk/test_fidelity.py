@@ -49,3 +49,12 @@ def test_unserved_route_is_not_a_missing_sandbox(sandbox):
     assert not isinstance(raised.value, NotFoundException), raised.value
     assert "not served by e2b-local" in str(raised.value)
     assert sandbox.is_running()
+
+
+def test_symlink_target_is_the_resolved_path(sandbox):
+    sandbox.files.write("/home/user/real.txt", "x")
+    sandbox.commands.run("cd /home/user && ln -s real.txt rel-link && ln -s rel-link chain")
+    for name in ["rel-link", "chain"]:
+        info = sandbox.files.get_info(f"/home/user/{name}")
+        assert info.symlink_target == "/home/user/real.txt", (name, info)
+        assert info.type.value == "symlink", (name, info)

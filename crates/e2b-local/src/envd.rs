@@ -589,15 +589,39 @@ async fn entry_info(fs: &dyn FileStore, path: &str) -> Result<envd::EntryInfo, C
     Ok(to_wire(fs, e, path.to_string()).await)
 }
 
-/// A core entry as envd's `EntryInfo`: links carry their target's type, as envd reports them.
+/// Where a link leads, as envd reports it: the absolute path at the end of the whole chain
+/// and what is there; a broken or looping link is its own path, of no type.
+async fn resolve_link(
+    fs: &dyn FileStore,
+    link: &str,
+    target: Option<&str>,
+) -> (String, Option<EntryKind>) {
+    let mut at = runtime_filestore::clean_absolute(&follow(link, target));
+    for _ in 0..40 {
+        match fs.stat(&at).await {
+            Ok(e) if e.kind == EntryKind::Symlink => {
+                at = runtime_filestore::clean_absolute(&follow(&at, e.symlink_target.as_deref()))
+            }
+            Ok(e) => return (at, Some(e.kind)),
+            Err(_) => break,
+        }
+    }
+    (link.to_string(), None)
+}
+
+/// A core entry as envd's `EntryInfo`: a link carries its target's type and, as
+/// `symlinkTarget`, the resolved absolute path, as envd reports them.
 async fn to_wire(fs: &dyn FileStore, e: runtime_core::EntryInfo, shown: String) -> envd::EntryInfo {
+    let mut symlink_target = None;
     let (file_type, kind_char) = match e.kind {
         EntryKind::Dir => (FileType::Directory, 'd'),
         EntryKind::Symlink => {
-            let target = follow(&shown, e.symlink_target.as_deref());
-            let t = match fs.stat(&target).await {
-                Ok(t) if t.kind == EntryKind::Dir => FileType::Directory,
-                _ => FileType::File,
+            let (target, kind) = resolve_link(fs, &shown, e.symlink_target.as_deref()).await;
+            symlink_target = Some(target);
+            let t = match kind {
+                Some(EntryKind::Dir) => FileType::Directory,
+                Some(_) => FileType::File,
+                None => FileType::Unspecified,
             };
             (t, 'L')
         }
@@ -615,12 +639,11 @@ async fn to_wire(fs: &dyn FileStore, e: runtime_core::EntryInfo, shown: String) 
         group: e.group.unwrap_or_default(),
         modified_time: e.modified.map(e2b_protocol::json::rfc3339),
         is_symlink: e.kind == EntryKind::Symlink,
-        symlink_target: e.symlink_target,
+        symlink_target,
         metadata: BTreeMap::new(),
     }
 }
 
-/// Gives what the API made to the user, as envd does.
 /// A sandbox's files as `user` sees them (permissions checked, new files theirs), or the
 /// sandbox's own files on a backend that acts as one user.
 enum Files<'a> {

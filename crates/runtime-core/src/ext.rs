@@ -45,6 +45,11 @@ pub trait SandboxExt: Sandbox {
                     out.exit_code = Some(code);
                     return Ok(out);
                 }
+                // A command that timed out is never worth running again blindly, whatever
+                // the backend said: it may have had effects before it hung.
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    return Err(e.with_output(out).with_retryable(false))
+                }
                 Err(e) => return Err(e.with_output(out)),
             }
         }

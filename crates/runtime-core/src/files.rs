@@ -45,7 +45,8 @@ pub struct EntryInfo {
     pub mode: u32,
     /// Last modification time, when the store knows it.
     pub modified: Option<SystemTime>,
-    /// Where a symbolic link points, as written in the link.
+    /// Where a symbolic link points: as written in the link where the store can read that,
+    /// else (E2B's envd) the absolute path the whole chain of links resolves to.
     pub symlink_target: Option<String>,
     /// Owner (a user name, or a numeric id where names are unknown), when the store knows it.
     pub owner: Option<String>,

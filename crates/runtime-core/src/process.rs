@@ -109,7 +109,9 @@ impl Process {
                             ),
                         )
                         .with_operation("exec")
-                        .with_context("pid", self.pid);
+                        .with_context("pid", self.pid)
+                        // Running it again would run a command that hung, maybe with effects.
+                        .with_retryable(false);
                         if let Err(e) = kill {
                             err = err.with_context("kill_error", e);
                         }
@@ -239,6 +241,10 @@ mod tests {
         ));
         let err = p.next_event().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(
+            !err.is_retryable(),
+            "a command that timed out is not run again"
+        );
         assert_eq!(control.0.load(Ordering::SeqCst), 1);
         assert!(p.next_event().await.is_none());
     }
