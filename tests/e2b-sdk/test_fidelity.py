@@ -58,3 +58,15 @@ def test_symlink_target_is_the_resolved_path(sandbox):
         info = sandbox.files.get_info(f"/home/user/{name}")
         assert info.symlink_target == "/home/user/real.txt", (name, info)
         assert info.type.value == "symlink", (name, info)
+
+
+def test_killed_mid_command_is_a_timeout_not_an_exit_code(server):
+    """As on E2B: the stream breaks off, the SDK finds the sandbox gone and raises
+    TimeoutException (SandboxNotRunningException), not CommandExitException(137)."""
+    from e2b.exceptions import TimeoutException
+
+    sbx = Sandbox.create()
+    handle = sbx.commands.run("sleep 60", background=True)
+    assert Sandbox.kill(sbx.sandbox_id) is True
+    with pytest.raises(TimeoutException):
+        handle.wait()

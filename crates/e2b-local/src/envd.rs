@@ -671,19 +671,20 @@ fn files_for<'a>(served: &'a Served, user: &str) -> Result<Files<'a>, runtime_co
 
 // ---- streams -----------------------------------------------------------------------------
 
-fn stream_response(body: BoxStream<'static, Bytes>) -> Response {
+/// An HTTP 200 stream of envelopes; an `Err` item breaks the response off (no end).
+fn stream_response(body: BoxStream<'static, std::io::Result<Bytes>>) -> Response {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, STREAM_CONTENT_TYPE)
-        .body(Body::from_stream(
-            body.map(Ok::<_, std::convert::Infallible>),
-        ))
+        .body(Body::from_stream(body))
         .expect("response")
 }
 
 /// An HTTP 200 stream that holds only an end-of-stream error.
 fn stream_error(e: ConnectError) -> Response {
-    stream_response(futures_util::stream::once(async move { encode_end_stream(Some(&e)) }).boxed())
+    stream_response(
+        futures_util::stream::once(async move { Ok(encode_end_stream(Some(&e))) }).boxed(),
+    )
 }
 
 async fn unimplemented_stream(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
@@ -745,7 +746,7 @@ fn event_stream(
     rx: mpsc::Receiver<Item>,
     keepalive: Duration,
     prelude: Option<Item>,
-) -> BoxStream<'static, Bytes> {
+) -> BoxStream<'static, std::io::Result<Bytes>> {
     let start = encode_message(&EventMessage {
         event: envd::ProcessEvent::Start { pid },
     });
@@ -772,7 +773,7 @@ fn event_stream(
                         let ka = encode_message(&EventMessage {
                             event: envd::ProcessEvent::Keepalive(envd::Empty {}),
                         });
-                        return Some((ka, s));
+                        return Some((Ok(ka), s));
                     }
                 },
             };
@@ -784,26 +785,30 @@ fn event_stream(
                         s.done = true;
                         frame.extend_from_slice(&encode_end_stream(None));
                     }
-                    Some((Bytes::from(frame), s))
+                    Some((Ok(Bytes::from(frame)), s))
                 }
                 Some(Item::Fail(e)) => {
                     s.done = true;
-                    Some((encode_end_stream(Some(&e)), s))
+                    Some((Ok(encode_end_stream(Some(&e))), s))
+                }
+                Some(Item::Gone) => {
+                    s.done = true;
+                    Some((Err(std::io::Error::other("the sandbox is gone")), s))
                 }
                 None => {
                     s.done = true;
                     Some((
-                        encode_end_stream(Some(&ConnectError::new(
+                        Ok(encode_end_stream(Some(&ConnectError::new(
                             "unavailable",
                             "the process stream ended",
-                        ))),
+                        )))),
                         s,
                     ))
                 }
             }
         },
     );
-    futures_util::stream::once(async move { start })
+    futures_util::stream::once(async move { Ok(start) })
         .chain(body)
         .boxed()
 }
@@ -869,10 +874,23 @@ async fn start(AxState(state): AxState<Shared>, headers: HeaderMap, body: Body) 
     }
     debug!(sandbox_id = %t.id, pid = process.pid(), "process started");
     let pid = process.pid();
+    let weak = Arc::downgrade(&t.served);
+    let alive: crate::procs::AliveProbe = Arc::new(move || {
+        let weak = weak.clone();
+        Box::pin(async move {
+            match weak.upgrade() {
+                Some(s) => matches!(
+                    s.sandbox.info().await,
+                    Ok(i) if i.state == runtime_core::SandboxState::Running
+                ),
+                None => false,
+            }
+        })
+    });
     let (_entry, rx) = t
         .served
         .processes
-        .start(process, config, req.tag.clone(), pty);
+        .start(process, config, req.tag.clone(), pty, alive);
     stream_response(event_stream(pid, rx, keepalive_interval(&headers), None))
 }
 
@@ -901,9 +919,9 @@ async fn connect(AxState(state): AxState<Shared>, headers: HeaderMap, body: Body
     let rx = entry.watch();
     let prelude = entry.ended();
     let prelude = match prelude {
-        Some(Item::Fail(_)) => Some(Item::Event(envd::ProcessEvent::End(EndEvent::signaled(
-            "killed",
-        )))),
+        Some(Item::Fail(_) | Item::Gone) => Some(Item::Event(envd::ProcessEvent::End(
+            EndEvent::signaled("killed"),
+        ))),
         other => other,
     };
     stream_response(event_stream(
@@ -960,8 +978,11 @@ async fn stream_input(AxState(state): AxState<Shared>, headers: HeaderMap, body:
     .await;
     match result {
         Ok(()) => stream_response(
-            futures_util::stream::iter(vec![encode_envelope(0, b"{}"), encode_end_stream(None)])
-                .boxed(),
+            futures_util::stream::iter(vec![
+                Ok(encode_envelope(0, b"{}")),
+                Ok(encode_end_stream(None)),
+            ])
+            .boxed(),
         ),
         Err(e) => stream_error(e),
     }

@@ -23,7 +23,14 @@ pub(crate) enum Item {
     Event(WireEvent),
     /// The stream ends with this error (a deadline, a broken backend).
     Fail(ConnectError),
+    /// The sandbox went away under the process (killed, or its time to live ran out): the
+    /// stream breaks off with no end, as envd's connection does when its sandbox dies.
+    Gone,
 }
+
+/// Whether the sandbox still runs; asked only when a process ends as if killed.
+pub(crate) type AliveProbe =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
 
 pub(crate) struct Entry {
     pub(crate) pid: u32,
@@ -64,6 +71,7 @@ impl Processes {
         config: ProcessConfig,
         tag: Option<String>,
         pty: bool,
+        alive: AliveProbe,
     ) -> (Arc<Entry>, mpsc::Receiver<Item>) {
         let entry = Arc::new(Entry {
             pid: process.pid(),
@@ -79,7 +87,7 @@ impl Processes {
             .lock()
             .unwrap()
             .insert(entry.pid, entry.clone());
-        tokio::spawn(pump(self.clone(), entry.clone(), process));
+        tokio::spawn(pump(self.clone(), entry.clone(), process, alive));
         (entry, first)
     }
 
@@ -147,7 +155,7 @@ fn data(stdout: bool, pty: bool, chunk: &[u8]) -> Item {
     }))
 }
 
-async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process) {
+async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process, alive: AliveProbe) {
     let end = loop {
         match process.next_event().await {
             Some(Ok(ProcessEvent::Stdout(b))) => {
@@ -159,6 +167,10 @@ async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process) {
                 for chunk in b.chunks(MAX_CHUNK) {
                     fan_out(&entry, data(false, entry.pty, chunk)).await;
                 }
+            }
+            // Killed by a signal, maybe because the whole sandbox went: look before saying so.
+            Some(Ok(ProcessEvent::Exited { code })) if code >= 128 && !alive().await => {
+                break Item::Gone;
             }
             Some(Ok(ProcessEvent::Exited { code })) => {
                 break Item::Event(WireEvent::End(EndEvent::exited(code)));
@@ -179,6 +191,7 @@ async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process) {
                 schedule_forget(all);
                 return;
             }
+            Some(Err(_)) if !alive().await => break Item::Gone,
             Some(Err(e)) => break Item::Fail(ConnectError::new("unavailable", e.to_string())),
             None => {
                 break Item::Fail(ConnectError::new(
