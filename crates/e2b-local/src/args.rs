@@ -105,11 +105,6 @@ impl ServeArgs {
         let envd = tokio::net::TcpListener::bind(self.envd_addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", self.envd_addr))?;
-        tracing::info!(
-            "serving E2B: E2B_API_URL=http://{} E2B_SANDBOX_URL=http://{}",
-            self.api_addr,
-            self.envd_addr
-        );
         Server::new(runtime, config)
             .serve(api, envd, shutdown)
             .await

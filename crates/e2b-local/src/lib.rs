@@ -99,7 +99,11 @@ impl Server {
     ) -> std::io::Result<()> {
         self.check_binds(&[api.local_addr()?, envd.local_addr()?])?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        info!(api = %api.local_addr()?, envd = %envd.local_addr()?, "e2b-local listening");
+        info!(
+            "e2b-local listening: E2B_API_URL=http://{} E2B_SANDBOX_URL=http://{}",
+            api.local_addr()?,
+            envd.local_addr()?
+        );
         let limits = self.state.config.limits.clone();
         let grace = std::time::Duration::from_secs(5);
         let api_task = tokio::spawn(listen::serve(
