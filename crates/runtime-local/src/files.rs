@@ -1,0 +1,308 @@
+//! [`LocalFiles`]: the machine's files by system calls, as one user.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::users::{as_user, Ident, Names};
+
+/// Read chunk size.
+const CHUNK: usize = 64 * 1024;
+/// Prefix of the temporary files writes go through.
+const TEMP_PREFIX: &str = ".sbx-write-";
+
+/// The files of a local sandbox, seen as one user.
+///
+/// - Relative paths are relative to the sandbox's working directory.
+/// - Writes are atomic: content goes to a temporary file in the same directory, renamed over
+///   the target when complete. A write cut short (an error in the stream, a dropped future)
+///   leaves the old content and no temporary file. A write onto a symbolic link replaces the
+///   link; it never writes through it.
+/// - Acting as another user (see [`Sandbox::files_as`](runtime_core::Sandbox::files_as)),
+///   every system call runs on a thread with that user's uid, gid and groups: the kernel checks
+///   their permissions, and what is made belongs to them.
+#[derive(Debug, Clone)]
+pub struct LocalFiles {
+    base: Arc<PathBuf>,
+    who: Option<Arc<Ident>>,
+}
+
+impl LocalFiles {
+    pub(crate) fn new(base: PathBuf, who: Option<Ident>) -> Self {
+        LocalFiles {
+            base: Arc::new(base),
+            who: who.map(Arc::new),
+        }
+    }
+
+    fn path(&self, path: &str) -> Result<PathBuf> {
+        if path.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidInput, "the path is empty"));
+        }
+        if path.as_bytes().contains(&0) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a path cannot contain a NUL byte",
+            ));
+        }
+        Ok(self.base.join(path))
+    }
+
+    async fn run<T, F>(&self, op: &'static str, path: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        as_user(self.who.as_deref(), f)
+            .await
+            .map_err(|e| io_error(e, op, path))
+    }
+}
+
+/// An I/O error as sbx classifies it, naming the operation and path.
+pub(crate) fn io_error(e: io::Error, op: &'static str, path: &str) -> Error {
+    let err = match e.raw_os_error() {
+        // A read-only file system is not going away: retrying cannot help.
+        Some(libc::EROFS) => {
+            Error::new(ErrorKind::PermissionDenied, format!("{e}")).with_retryable(false)
+        }
+        Some(libc::EISDIR) => Error::new(ErrorKind::InvalidInput, format!("{e}")),
+        Some(libc::ENOTDIR) if op == "read" || op == "list" => {
+            Error::new(ErrorKind::NotFound, format!("{e}"))
+        }
+        _ => Error::from(e),
+    };
+    err.with_backend("local")
+        .with_operation(op)
+        .with_context("path", path)
+}
+
+fn kind_of(ft: fs::FileType) -> EntryKind {
+    if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Other
+    }
+}
+
+fn entry(shown: String, real: &Path, meta: &fs::Metadata, names: &Names) -> EntryInfo {
+    let mut e = EntryInfo::new(shown, kind_of(meta.file_type()));
+    e.size = meta.len();
+    e.mode = meta.mode() & 0o7777;
+    e.modified = meta.modified().ok();
+    if meta.file_type().is_symlink() {
+        e.symlink_target = fs::read_link(real)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned());
+    }
+    e.owner = Some(names.user(meta.uid()));
+    e.group = Some(names.group(meta.gid()));
+    e
+}
+
+fn walk(
+    real: &Path,
+    shown: &str,
+    depth: u32,
+    names: &Names,
+    out: &mut Vec<EntryInfo>,
+) -> io::Result<()> {
+    for item in fs::read_dir(real)? {
+        let item = item?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let child_shown = if shown.is_empty() || shown == "/" {
+            format!("{}{name}", shown)
+        } else {
+            format!("{shown}/{name}")
+        };
+        let child = item.path();
+        let meta = match fs::symlink_metadata(&child) {
+            Ok(m) => m,
+            // Gone between the listing and the look: not an error of the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let is_dir = meta.file_type().is_dir();
+        out.push(entry(child_shown.clone(), &child, &meta, names));
+        if is_dir && depth > 1 {
+            match walk(&child, &child_shown, depth - 1, names, out) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a temporary file unless disarmed: a write that does not finish leaves nothing.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn temp_beside(target: &Path) -> PathBuf {
+    let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
+    target.with_file_name(name)
+}
+
+/// Opens the temporary file for a write onto `target`: parents made, the mode of a file it
+/// replaces kept (permission bits only), never following a link.
+fn open_temp(target: &Path) -> io::Result<(fs::File, PathBuf)> {
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mode = match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        Ok(m) if m.is_file() => m.mode() & 0o777,
+        _ => 0o644,
+    };
+    let temp = temp_beside(target);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(&temp)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok((file, temp))
+}
+
+#[async_trait]
+impl FileStore for LocalFiles {
+    async fn read_stream(&self, path: &str) -> Result<ByteStream> {
+        let real = self.path(path)?;
+        let file = self
+            .run("read", path, move || {
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&real)?;
+                if f.metadata()?.is_dir() {
+                    return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                Ok(f)
+            })
+            .await?;
+        let shown = path.to_string();
+        let file = tokio::fs::File::from_std(file);
+        let stream = futures_util::stream::unfold(Some(file), move |file| {
+            let shown = shown.clone();
+            async move {
+                let mut file = file?;
+                let mut buf = vec![0u8; CHUNK];
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(Bytes::from(buf)), Some(file)))
+                    }
+                    Err(e) => Some((Err(io_error(e, "read", &shown)), None)),
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn write_stream(&self, path: &str, mut content: ByteStream) -> Result<()> {
+        let real = self.path(path)?;
+        let target = real.clone();
+        let (file, temp) = self.run("write", path, move || open_temp(&target)).await?;
+        let mut guard = TempGuard(Some(temp.clone()));
+        let mut file = tokio::fs::File::from_std(file);
+        while let Some(chunk) = content.next().await {
+            let chunk = chunk.map_err(|e| e.with_operation("write").with_context("path", path))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| io_error(e, "write", path))?;
+        }
+        file.flush().await.map_err(|e| io_error(e, "write", path))?;
+        drop(file);
+        self.run("write", path, move || fs::rename(&temp, &real))
+            .await?;
+        guard.0 = None;
+        Ok(())
+    }
+
+    async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
+        let real = self.path(path)?;
+        let shown = path.trim_end_matches('/').to_string();
+        let shown = if shown.is_empty() && path.starts_with('/') {
+            "/".to_string()
+        } else {
+            shown
+        };
+        let mut entries = self
+            .run("list", path, move || {
+                if !fs::metadata(&real)?.is_dir() {
+                    return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+                }
+                let names = Names::load();
+                let mut out = Vec::new();
+                walk(&real, &shown, depth.max(1), &names, &mut out)?;
+                Ok(out)
+            })
+            .await?;
+        runtime_core::sort_entries(&mut entries);
+        Ok(entries)
+    }
+
+    async fn stat(&self, path: &str) -> Result<EntryInfo> {
+        let real = self.path(path)?;
+        let shown = path.to_string();
+        self.run("stat", path, move || {
+            let meta = fs::symlink_metadata(&real)?;
+            Ok(entry(shown, &real, &meta, &Names::load()))
+        })
+        .await
+    }
+
+    async fn mkdir(&self, path: &str) -> Result<()> {
+        let real = self.path(path)?;
+        self.run("mkdir", path, move || {
+            if fs::symlink_metadata(&real).is_ok() {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            fs::create_dir_all(&real)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (a, b) = (self.path(from)?, self.path(to)?);
+        self.run("rename", from, move || fs::rename(&a, &b))
+            .await
+            .map_err(|e| e.with_context("to", to))
+    }
+
+    async fn remove(&self, path: &str) -> Result<()> {
+        let real = self.path(path)?;
+        self.run("remove", path, move || {
+            if fs::symlink_metadata(&real)?.is_dir() {
+                fs::remove_dir_all(&real)
+            } else {
+                fs::remove_file(&real)
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,509 @@
+//! Processes: each in its own process group (a session of its own on a PTY), run as a named
+//! user, owned by a task that enforces the deadline whether or not anyone reads the output.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use runtime_core::{
+    Command, CommandSpec, Error, ErrorKind, EventStream, Process, ProcessControl, ProcessEvent,
+    ProcessInfo, PtySize, Result, Signal,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::users::Ident;
+
+/// Events buffered per process before its output pipes fill (and it waits on them).
+const BUFFER: usize = 64;
+/// Read chunk size.
+const CHUNK: usize = 32 * 1024;
+/// How long output is drained after the process ends, for what it wrote last; children it
+/// left in the background may hold the pipes open forever.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// The processes of one sandbox that are still running.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    running: Mutex<HashMap<u32, ProcessInfo>>,
+}
+
+impl Registry {
+    pub(crate) fn list(&self) -> Vec<ProcessInfo> {
+        let mut v: Vec<_> = self.running.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    /// Kills every process group still running (the sandbox is going away).
+    pub(crate) fn kill_all(&self) {
+        for pid in self.running.lock().unwrap().keys() {
+            kill_group(*pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn kill_group(pgid: u32, signal: i32) {
+    // SAFETY: kill(2) on a negative pid signals that process group.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), signal);
+    }
+}
+
+/// What a sandbox fixes for every command.
+#[derive(Debug, Clone)]
+pub(crate) struct Defaults {
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: Ident,
+}
+
+/// The program and arguments: a shell line runs with `bash -l -c` where bash exists.
+fn argv(spec: &CommandSpec) -> Vec<String> {
+    match &spec.command {
+        Command::Program { .. } => spec.argv(),
+        Command::Shell(line) => {
+            if has_bash() {
+                spec.argv()
+            } else {
+                vec!["sh".into(), "-c".into(), line.clone()]
+            }
+        }
+    }
+}
+
+fn has_bash() -> bool {
+    static BASH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BASH.get_or_init(|| {
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+        path.split(':')
+            .any(|d| std::path::Path::new(d).join("bash").is_file())
+    })
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Starts `spec` as `user` with the sandbox's defaults.
+pub(crate) fn spawn(
+    spec: &CommandSpec,
+    defaults: &Defaults,
+    user: Ident,
+    registry: &Arc<Registry>,
+) -> Result<Process> {
+    let argv = argv(spec);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let switch = !user.is_current();
+    if switch {
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    for (k, v) in defaults.env.iter() {
+        cmd.env(k, v);
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let cwd = spec
+        .cwd
+        .clone()
+        .or_else(|| defaults.cwd.clone())
+        .unwrap_or_else(|| user.home.clone());
+    cmd.current_dir(&cwd);
+
+    let pty = match spec.pty {
+        Some(size) => Some(open_pty(size)?),
+        None => None,
+    };
+    let (groups, gid, uid) = (user.groups.clone(), user.gid, user.uid);
+    let slave_fd = pty.as_ref().map(|(_, s)| s.as_raw_fd());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            match slave_fd {
+                Some(fd) => {
+                    if libc::setsid() == -1 || libc::ioctl(fd, libc::TIOCSCTTY as _, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                None => {
+                    if libc::setpgid(0, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            if switch
+                && (libc::setgroups(groups.len(), groups.as_ptr()) == -1
+                    || libc::setgid(gid) == -1
+                    || libc::setuid(uid) == -1)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel(BUFFER);
+    let spawned = match pty {
+        Some((master, slave)) => {
+            let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+            cmd.stdin(dup(&slave)?)
+                .stdout(dup(&slave)?)
+                .stderr(dup(&slave)?);
+            cmd.env("TERM", "xterm-256color");
+            let child = tokio::process::Command::from(cmd).spawn();
+            drop(slave);
+            let child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    return shell_like_failure(&e, &argv[0], &cwd)
+                        .ok_or_else(|| spawn_error(e, &argv[0], &cwd))
+                }
+            };
+            let reader = std::fs::File::from(master.try_clone()?);
+            let out = read_pty(reader, tx.clone());
+            let stdin = spec
+                .stdin
+                .then(|| {
+                    master
+                        .try_clone()
+                        .map(|fd| Stdin::Pty(std::fs::File::from(fd)))
+                })
+                .transpose()?;
+            (child, vec![out], stdin, Some(master))
+        }
+        None => {
+            cmd.stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            let mut child = match tokio::process::Command::from(cmd).spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    return shell_like_failure(&e, &argv[0], &cwd)
+                        .ok_or_else(|| spawn_error(e, &argv[0], &cwd))
+                }
+            };
+            let out = read_pipe(child.stdout.take(), tx.clone(), true);
+            let err = read_pipe(child.stderr.take(), tx.clone(), false);
+            let stdin = child.stdin.take().map(Stdin::Pipe);
+            (child, vec![out, err], stdin, None)
+        }
+    };
+    let (child, readers, stdin, master) = spawned;
+    let pid = child.id().unwrap_or_default();
+    let mut info = ProcessInfo::new(pid, spec.to_string());
+    info.tag = spec.tag.clone();
+    info.cwd = Some(cwd);
+    registry.running.lock().unwrap().insert(pid, info);
+    let exited = Arc::new(AtomicBool::new(false));
+    tokio::spawn(own(
+        child,
+        readers,
+        tx,
+        spec.timeout,
+        registry.clone(),
+        exited.clone(),
+    ));
+    let control = Arc::new(Control {
+        pgid: pid,
+        stdin: tokio::sync::Mutex::new(stdin),
+        master,
+        exited,
+    });
+    let events: EventStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (e, rx))
+    }));
+    Ok(Process::new(pid, events, control).with_timeout(spec.timeout))
+}
+
+fn spawn_error(e: io::Error, program: &str, cwd: &str) -> Error {
+    Error::from(e)
+        .with_backend("local")
+        .with_operation("spawn")
+        .with_context("program", program)
+        .with_context("cwd", cwd)
+}
+
+/// A program the system would not start, reported as a shell reports it: 127 for a missing
+/// program, 126 for one that cannot be run. Exit codes are data on every backend.
+fn shell_like_failure(e: &io::Error, program: &str, cwd: &str) -> Option<Process> {
+    if !std::path::Path::new(cwd).is_dir() {
+        return None;
+    }
+    let (code, why) = match e.raw_os_error() {
+        Some(libc::ENOENT) => (127, "not found"),
+        Some(libc::EACCES) | Some(libc::ENOEXEC) => (126, "cannot execute"),
+        _ => return None,
+    };
+    let events = vec![
+        Ok(ProcessEvent::Stderr(Bytes::from(format!(
+            "sh: {program}: {why}\n"
+        )))),
+        Ok(ProcessEvent::Exited { code }),
+    ];
+    #[derive(Debug)]
+    struct Ended;
+    #[async_trait]
+    impl ProcessControl for Ended {
+        async fn write_stdin(&self, _: Bytes) -> Result<()> {
+            Err(no_stdin())
+        }
+        async fn close_stdin(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn signal(&self, _: Signal) -> Result<()> {
+            Ok(())
+        }
+    }
+    Some(Process::new(
+        0,
+        Box::pin(futures_util::stream::iter(events)),
+        Arc::new(Ended),
+    ))
+}
+
+fn open_pty(size: PtySize) -> Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty fills two fds; we own them from here.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if r == -1 {
+        return Err(Error::from(io::Error::last_os_error())
+            .with_backend("local")
+            .with_operation("openpty"));
+    }
+    // SAFETY: fresh fds from openpty.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: setting close-on-exec on an fd we own.
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok((master, slave))
+}
+
+type Tx = mpsc::Sender<Result<ProcessEvent>>;
+
+/// Reads a pipe to its end. When the reader of the events is gone, output is read and dropped,
+/// so the process never blocks on a full pipe.
+fn read_pipe(
+    pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
+    tx: Tx,
+    stdout: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(mut pipe) = pipe else { return };
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let b = Bytes::copy_from_slice(&buf[..n]);
+                    let ev = if stdout {
+                        ProcessEvent::Stdout(b)
+                    } else {
+                        ProcessEvent::Stderr(b)
+                    };
+                    let _ = tx.send(Ok(ev)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Reads a PTY's master on a thread of its own until every copy of the terminal is closed.
+fn read_pty(mut master: std::fs::File, tx: Tx) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let b = Bytes::copy_from_slice(&buf[..n]);
+                    let _ = tx.blocking_send(Ok(ProcessEvent::Stdout(b)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EIO: the terminal's last user is gone.
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Owns a process to its end: enforces its deadline (killing its whole group), drains its
+/// output, reports its exit, and takes it off the list.
+async fn own(
+    mut child: tokio::process::Child,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    tx: Tx,
+    timeout: Option<Duration>,
+    registry: Arc<Registry>,
+    exited: Arc<AtomicBool>,
+) {
+    let pid = child.id().unwrap_or_default();
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (status, timed_out) = tokio::select! {
+        status = child.wait() => (status, false),
+        () = deadline => {
+            kill_group(pid, libc::SIGKILL);
+            (child.wait().await, true)
+        }
+    };
+    exited.store(true, Ordering::SeqCst);
+    registry.running.lock().unwrap().remove(&pid);
+    if timed_out {
+        // Whatever it left behind in its group goes too.
+        kill_group(pid, libc::SIGKILL);
+    }
+    let drain = futures_util::future::join_all(readers);
+    let _ = tokio::time::timeout(DRAIN, drain).await;
+    let end = if timed_out {
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "command did not finish within {:?}; it was killed with its children",
+                timeout.unwrap_or_default()
+            ),
+        )
+        .with_backend("local")
+        .with_operation("exec")
+        .with_context("pid", pid)
+        .with_retryable(false))
+    } else {
+        match status {
+            Ok(s) => Ok(ProcessEvent::Exited {
+                code: s.code().or(s.signal().map(|n| 128 + n)).unwrap_or(-1),
+            }),
+            Err(e) => Err(Error::from(e)
+                .with_backend("local")
+                .with_operation("wait")
+                .with_context("pid", pid)),
+        }
+    };
+    let _ = tx.send(end).await;
+}
+
+#[derive(Debug)]
+enum Stdin {
+    Pipe(tokio::process::ChildStdin),
+    Pty(std::fs::File),
+}
+
+#[derive(Debug)]
+struct Control {
+    pgid: u32,
+    stdin: tokio::sync::Mutex<Option<Stdin>>,
+    master: Option<OwnedFd>,
+    exited: Arc<AtomicBool>,
+}
+
+fn no_stdin() -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "this process was started without stdin (CommandSpec::stdin(true)), or it was closed",
+    )
+    .with_backend("local")
+    .with_operation("write_stdin")
+}
+
+#[async_trait]
+impl ProcessControl for Control {
+    async fn write_stdin(&self, data: Bytes) -> Result<()> {
+        let mut stdin = self.stdin.lock().await;
+        let io = match stdin.as_mut() {
+            None => return Err(no_stdin()),
+            Some(Stdin::Pipe(p)) => p.write_all(&data).await,
+            Some(Stdin::Pty(f)) => {
+                let mut f = f.try_clone().map_err(Error::from)?;
+                tokio::task::spawn_blocking(move || f.write_all(&data))
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+            }
+        };
+        io.map_err(|e| {
+            Error::from(e)
+                .with_backend("local")
+                .with_operation("write_stdin")
+        })
+    }
+
+    async fn close_stdin(&self) -> Result<()> {
+        let mut stdin = self.stdin.lock().await;
+        match stdin.take() {
+            // On a terminal, end of file is Ctrl-D.
+            Some(Stdin::Pty(mut f)) => {
+                let _ = f.write_all(&[4]);
+            }
+            Some(Stdin::Pipe(mut p)) => {
+                let _ = p.shutdown().await;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        // After the exit the group id may belong to someone else: nothing to signal.
+        if !self.exited.load(Ordering::SeqCst) {
+            kill_group(self.pgid, signal.number());
+        }
+        Ok(())
+    }
+
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        let Some(master) = &self.master else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this process has no terminal (start it with CommandSpec::pty)",
+            )
+            .with_backend("local")
+            .with_operation("resize"));
+        };
+        let ws = libc::winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize on a terminal fd we own.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } == -1 {
+            return Err(Error::from(io::Error::last_os_error())
+                .with_backend("local")
+                .with_operation("resize"));
+        }
+        Ok(())
+    }
+}

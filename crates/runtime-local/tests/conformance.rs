@@ -1,0 +1,291 @@
+//! The whole conformance suite against the local backend (`local::*`), plus what only this
+//! backend promises: atomic writes, writes onto links, binary-safe names, and deadlines kept
+//! with nobody reading the output.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use runtime_conformance::{SandboxTarget, Suite};
+use runtime_core::{
+    CommandSpec, ErrorKind, FileStore, FileStoreExt, Runtime, Sandbox, SandboxSpec,
+};
+use runtime_local::LocalRuntime;
+
+/// A case of this backend's own, over the runtime.
+type OwnCase = fn(Arc<dyn Runtime>) -> runtime_conformance::CaseFuture;
+
+fn main() -> ExitCode {
+    // Before any thread: the cases assume each sandbox starts with a /tmp of its own, as a
+    // container does. Local sandboxes share the machine, so this run gets a private /tmp.
+    let private_tmp = private_tmp();
+    let mut suite = Suite::new();
+    let runtime: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
+    let has_python = which("python3") && which("bash");
+    if !private_tmp {
+        eprintln!("note: not root, so no private /tmp: the actions cases are not run");
+    }
+    // An empty home: `bash -l` reads no profile of the user running the tests.
+    let home = tempfile::tempdir().expect("a home directory");
+    let spec = SandboxSpec::new().env("HOME", home.path().to_string_lossy());
+    suite.add_sandbox(
+        SandboxTarget::new("local", runtime.clone(), spec).with_python(has_python && private_tmp),
+    );
+    let trials: [(&str, OwnCase); 5] = [
+        (
+            "local::own::names_with_control_characters_round_trip",
+            |r| Box::pin(names_with_control_characters(r)),
+        ),
+        ("local::own::a_cut_write_keeps_the_old_content", |r| {
+            Box::pin(cut_write_keeps_old(r))
+        }),
+        ("local::own::write_onto_a_link_to_shadow_is_refused", |r| {
+            Box::pin(write_onto_shadow_link(r))
+        }),
+        ("local::own::timed_out_command_nobody_reads_is_gone", |r| {
+            Box::pin(timed_out_unread(r))
+        }),
+        ("local::own::files_as_a_user_belong_to_them", |r| {
+            Box::pin(files_as_user(r))
+        }),
+    ];
+    for (name, case) in trials {
+        let r = runtime.clone();
+        suite.add_trial(name.into(), false, move || case(r));
+    }
+    suite.run()
+}
+
+/// Moves this process into a mount namespace of its own with a fresh tmpfs on /tmp; false
+/// where that is not allowed (not root).
+fn private_tmp() -> bool {
+    if euid() != 0 {
+        return false;
+    }
+    // SAFETY: called before any other thread exists; plain system calls.
+    unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(
+                c"tmpfs".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"mode=1777".as_ptr().cast(),
+            ) == 0
+    }
+}
+
+fn which(program: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| std::path::Path::new(d).join(program).is_file())
+}
+
+async fn scratch(sb: &dyn Sandbox) -> runtime_core::Result<String> {
+    let dir = format!("/tmp/sbx-local-{:016x}", rand::random::<u64>());
+    sb.files().mkdir(&dir).await?;
+    Ok(dir)
+}
+
+/// Names with newlines, tabs, escapes and non-ASCII: listed and copied back whole.
+async fn names_with_control_characters(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+    let sb = rt.create(SandboxSpec::new()).await?;
+    let dir = scratch(sb.as_ref()).await?;
+    let names = [
+        "plain.txt",
+        "new\nline",
+        "tab\there",
+        "esc\u{1b}[31mred",
+        "bell\u{7}",
+        "caf\u{e9} \u{1f980}",
+        " lead and trail ",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        sb.files()
+            .write_str(&format!("{dir}/{n}"), &format!("content {i}"))
+            .await?;
+    }
+    let listed = sb.files().list(&dir, 1).await?;
+    let mut got: Vec<String> = listed.iter().map(|e| e.name.clone()).collect();
+    got.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(
+            sb.files().read_to_string(&format!("{dir}/{n}")).await?,
+            format!("content {i}")
+        );
+    }
+    // A directory copy out of the sandbox takes every one of them.
+    let back = tempfile::tempdir().unwrap();
+    let host = copy_out(sb.files(), &dir, back.path()).await?;
+    assert_eq!(host, names.len());
+    sb.files().remove(&dir).await?;
+    sb.kill().await
+}
+
+/// Copies every file of `dir` to a host directory by the store's own calls.
+async fn copy_out(
+    store: &dyn FileStore,
+    dir: &str,
+    to: &std::path::Path,
+) -> runtime_core::Result<usize> {
+    let mut n = 0;
+    for e in store.list(dir, 1).await? {
+        let bytes = store.read(&e.path).await?;
+        std::fs::write(to.join(&e.name), bytes)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A 200 MiB write whose stream fails half-way, and one whose future is dropped half-way:
+/// the old content is intact and no temporary file is left.
+async fn cut_write_keeps_old(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+    let sb = rt.create(SandboxSpec::new()).await?;
+    let dir = scratch(sb.as_ref()).await?;
+    let path = format!("{dir}/precious");
+    sb.files().write_str(&path, "old content").await?;
+    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+    let failing = futures_util::stream::iter((0..200).map(move |i| {
+        if i == 100 {
+            Err(runtime_core::Error::new(
+                ErrorKind::Unavailable,
+                "connection cut",
+            ))
+        } else {
+            Ok(chunk.clone())
+        }
+    }));
+    let err = sb
+        .files()
+        .write_stream(&path, Box::pin(failing))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(sb.files().read_to_string(&path).await?, "old content");
+
+    // Dropped mid-way: the future is cancelled while the stream still has data to come.
+    let chunk = Bytes::from(vec![b'y'; 1 << 20]);
+    let (tx, rx) = tokio::sync::mpsc::channel::<runtime_core::Result<Bytes>>(4);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let files = sb.files();
+    let write = files.write_stream(&path, Box::pin(stream));
+    let feed = async {
+        for _ in 0..100 {
+            tx.send(Ok(chunk.clone())).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::select! {
+        r = write => panic!("the write ended with the stream still open: {r:?}"),
+        () = feed => {}
+    }
+    assert_eq!(sb.files().read_to_string(&path).await?, "old content");
+    let left: Vec<String> = sb
+        .files()
+        .list(&dir, 1)
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(left, ["precious"], "no temporary file is left");
+    sb.files().remove(&dir).await?;
+    sb.kill().await
+}
+
+/// As a non-root user, a write onto a link to `/etc/shadow` replaces the link in the user's
+/// own directory and never touches the shadow file; a root write replaces the link too.
+async fn write_onto_shadow_link(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+    let sb = rt.create(SandboxSpec::new()).await?;
+    let before = std::fs::read("/etc/shadow").ok();
+    let dir = scratch(sb.as_ref()).await?;
+    let link = format!("{dir}/innocent");
+    std::os::unix::fs::symlink("/etc/shadow", &link)?;
+    if euid() == 0 {
+        // As nobody: the directory is root's, so the user may not even replace the link.
+        let nobody = sb.files_as("nobody")?;
+        let err = nobody.write_str(&link, "pwned").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        // In a directory the user owns, the link is replaced, the shadow file untouched.
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534))?;
+        nobody.write_str(&link, "mine").await?;
+        assert_eq!(std::fs::read_to_string(&link)?, "mine");
+        assert!(!std::fs::symlink_metadata(&link)?.file_type().is_symlink());
+    }
+    // As the backend's own identity: the link is replaced, not written through.
+    std::fs::remove_file(&link)?;
+    std::os::unix::fs::symlink("/etc/shadow", &link)?;
+    sb.files().write_str(&link, "replaced").await?;
+    assert!(!std::fs::symlink_metadata(&link)?.file_type().is_symlink());
+    assert_eq!(
+        std::fs::read("/etc/shadow").ok(),
+        before,
+        "shadow untouched"
+    );
+    sb.files().remove(&dir).await?;
+    sb.kill().await
+}
+
+fn euid() -> u32 {
+    // SAFETY: plain getter.
+    unsafe { libc::geteuid() }
+}
+
+/// A command with a deadline whose output nobody reads: gone from `ps` within a second of it,
+/// children included.
+async fn timed_out_unread(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+    let sb = rt.create(SandboxSpec::new()).await?;
+    let marker = format!("{}", 3_000_000 + rand::random::<u32>() % 1_000_000);
+    let p = sb
+        .spawn(
+            CommandSpec::shell(format!("yes; sleep {marker} & sleep {marker}"))
+                .timeout(Duration::from_secs(1)),
+        )
+        .await?;
+    drop(p); // nobody reads
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()?;
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        !ps.lines().any(|l| l.contains(&marker) || l == "yes"),
+        "left running:\n{ps}"
+    );
+    sb.kill().await
+}
+
+/// What a user writes through `files_as` belongs to them, and what they may not read stays
+/// unread.
+async fn files_as_user(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+    use std::os::unix::fs::MetadataExt;
+    if euid() != 0 {
+        eprintln!("not root: the credential switch is not exercised");
+        return Ok(());
+    }
+    let sb = rt.create(SandboxSpec::new()).await?;
+    let dir = scratch(sb.as_ref()).await?;
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534))?;
+    let nobody = sb.files_as("nobody")?;
+    nobody.write_str(&format!("{dir}/theirs.txt"), "x").await?;
+    let meta = std::fs::metadata(format!("{dir}/theirs.txt"))?;
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    let err = nobody.read("/etc/shadow").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    let e = nobody.stat(&format!("{dir}/theirs.txt")).await?;
+    assert_eq!(e.owner.as_deref(), Some("nobody"));
+    sb.files().remove(&dir).await?;
+    sb.kill().await
+}
