@@ -1,23 +1,32 @@
 //! `sbx-agent`: the program sbx runs on a Docker engine beside its sandboxes.
 //!
 //! ```text
+//! sbx-agent serve [--listen HOST:PORT]... [--socket PATH]... [--stdio] [--token-file PATH] [--user NAME] [--cwd DIR]
 //! sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
 //! sbx-agent deadlines [--state DIR]
 //! ```
 //!
-//! `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]; `deadlines` is
+//! `serve` is envd inside a sandbox: see [`serve`]. `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]; `deadlines` is
 //! the backend's channel to the keeper's state: see [`deadlines`]. It is built fully static
 //! (`cargo xtask agent`) so it runs in an image that holds nothing else.
 
 mod deadlines;
 mod docker;
 mod keeper;
+mod serve;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("serve") => match serve::Options::parse(&args[1..]) {
+            Ok(options) => serve::run(options),
+            Err(e) => {
+                eprintln!("sbx-agent serve: {e}\nusage: {}", serve::USAGE);
+                ExitCode::from(2)
+            }
+        },
         Some("keeper") => match keeper::Options::parse(&args[1..]) {
             Ok(options) => keeper::run(&options),
             Err(e) => {
@@ -39,7 +48,8 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]"
+                "usage: {}\n       sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]",
+                serve::USAGE
             );
             ExitCode::from(2)
         }

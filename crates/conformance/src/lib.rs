@@ -40,6 +40,41 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Moves this process into a mount namespace of its own with fresh, empty tmpfs mounts on
+/// `/tmp` and on root's home `/root`, for targets whose sandboxes share the machine
+/// (`runtime-local`, an agent on the host): the cases assume each sandbox starts with a `/tmp`
+/// of its own and a home with no profile in it, as a container does, and some write there
+/// (`~/.bashrc`). Call it first thing in `main` (before any thread exists) or in a child
+/// about to `exec`. False where that is not allowed (not root); such a target should then
+/// leave out the cases that write fixed paths (`actions`).
+pub fn private_scratch() -> bool {
+    let tmpfs = |at: &std::ffi::CStr, mode: &std::ffi::CStr| {
+        // SAFETY: a mount in this process's own namespace, valid C strings.
+        unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                at.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                mode.as_ptr().cast(),
+            ) == 0
+        }
+    };
+    // SAFETY: plain system calls, single-threaded as documented.
+    let own = unsafe {
+        libc::geteuid() == 0
+            && libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+    };
+    own && tmpfs(c"/tmp", c"mode=1777") && tmpfs(c"/root", c"mode=0700")
+}
+
 /// Whether a missing engine must fail the run instead of skipping (`SBX_REQUIRE_DOCKER=1`, as
 /// CI sets it).
 pub fn engine_required() -> bool {

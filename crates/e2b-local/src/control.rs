@@ -496,7 +496,7 @@ async fn set_timeout(
         Ok(s) => s,
         Err(e) => return from_error(&e, &id),
     };
-    match served.sandbox.set_timeout(timeout).await {
+    match served.sandbox().set_timeout(timeout).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => from_error(&e, &id),
     }
@@ -513,7 +513,7 @@ async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respo
         }
         Err(e) => return from_error(&e, &id),
     };
-    match served.sandbox.pause().await {
+    match served.sandbox().pause().await {
         Ok(()) => {
             // envd is gone until the sandbox is resumed: the next envd call must look again.
             state.mark_stale(&id).await;

@@ -21,10 +21,9 @@
 
 mod args;
 mod control;
-mod envd;
 mod hosts;
 mod listen;
-mod procs;
+mod resolve;
 mod state;
 
 use std::future::Future;

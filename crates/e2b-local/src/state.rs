@@ -4,13 +4,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runtime_core::{
-    CommandSpec, ErrorKind, ListFilter, Result, Runtime, Sandbox, SandboxExt, SandboxSpec,
-};
+use runtime_core::{ErrorKind, ListFilter, Result, Runtime, Sandbox, SandboxSpec};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
-use crate::procs::Processes;
+use envd::Served;
 
 /// Metadata keys the server keeps on each sandbox (hidden from the API, refused from clients).
 pub(crate) const TEMPLATE_KEY: &str = "sbx.e2b.template";
@@ -111,34 +109,6 @@ impl Default for ServerConfig {
             allow_remote: false,
             limits: Limits::default(),
         }
-    }
-}
-
-/// One sandbox the server has a handle to.
-pub(crate) struct Served {
-    pub(crate) sandbox: Box<dyn Sandbox>,
-    pub(crate) processes: Arc<Processes>,
-    /// The default user, once known to exist in the image.
-    user: Mutex<Option<String>>,
-}
-
-impl Served {
-    /// The user commands run as when the request names none: the configured default if the
-    /// image has it, else root.
-    pub(crate) async fn default_user(&self, wanted: &str) -> String {
-        let mut cached = self.user.lock().await;
-        if let Some(u) = cached.as_ref() {
-            return u.clone();
-        }
-        let probe = CommandSpec::program("id", ["-u", wanted]).user("root");
-        let exists = matches!(self.sandbox.exec(probe).await, Ok(o) if o.success());
-        let user = if exists {
-            wanted.to_string()
-        } else {
-            "root".to_string()
-        };
-        *cached = Some(user.clone());
-        user
     }
 }
 
@@ -255,11 +225,7 @@ impl State {
 
     pub(crate) async fn insert(&self, sandbox: Box<dyn Sandbox>) -> Arc<Served> {
         let id = sandbox.id().to_string();
-        let served = Arc::new(Served {
-            sandbox,
-            processes: Arc::new(Processes::default()),
-            user: Mutex::new(None),
-        });
+        let served = Arc::new(Served::new(sandbox, self.config.default_user.clone()));
         self.served.lock().await.insert(id.clone(), served.clone());
         self.alive.lock().await.insert(id, Instant::now());
         served
@@ -337,7 +303,7 @@ impl State {
             .get(id)
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
         if !fresh {
-            match served.sandbox.info().await {
+            match served.sandbox().info().await {
                 Ok(info) if info.state == runtime_core::SandboxState::Running => {
                     self.alive
                         .lock()

@@ -1,5 +1,6 @@
 //! The HTTP clients: the control plane (REST, retried) and envd (Connect with the JSON codec).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use tracing::debug;
 
 use crate::config::E2bConfig;
+use crate::conn::{Conn, Connect};
 use crate::error::err;
 
 /// Idle pooled connections are dropped before a server closes them (e2b-local keeps an idle
@@ -228,6 +230,8 @@ pub(crate) struct Envd {
     http: reqwest::Client,
     /// HTTP/1.1 only, for file downloads (see the protocol notes).
     http1: reqwest::Client,
+    /// A connection that is not a URL (an agent's stdio), when there is one.
+    conn: Option<Arc<Conn>>,
     pub(crate) base: String,
     sandbox_id: String,
     token: Option<String>,
@@ -277,11 +281,40 @@ impl Envd {
         Ok(Envd {
             http: build(false)?,
             http1: build(true)?,
+            conn: None,
             base,
             sandbox_id,
             token,
             timeout,
         })
+    }
+
+    /// The client of an envd reached through `connect` rather than a URL.
+    pub(crate) fn over(
+        connect: Arc<dyn Connect>,
+        sandbox_id: String,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut envd = Envd::new("http://envd".into(), sandbox_id, token, timeout)?;
+        envd.conn = Some(Arc::new(Conn::new(connect)));
+        Ok(envd)
+    }
+
+    /// Sends a request over this client's transport.
+    async fn send(&self, request: RequestBuilder, op: &'static str) -> Result<Response> {
+        match &self.conn {
+            None => request
+                .send()
+                .await
+                .map_err(|e| transport_error(e, op, &self.base)),
+            Some(conn) => {
+                let request = request.build().map_err(|e| {
+                    err(ErrorKind::InvalidInput, op, "cannot build the envd request").with_source(e)
+                })?;
+                conn.send(request, op).await
+            }
+        }
     }
 
     fn request(
@@ -317,18 +350,19 @@ impl Envd {
     ) -> Result<Resp> {
         let body = serde_json::to_vec(request).expect("json");
         let response = self
-            .request(&self.http, Method::POST, path, user)
-            .header("content-type", UNARY_CONTENT_TYPE)
-            .header("connect-protocol-version", "1")
-            .header(
-                headers::CONNECT_TIMEOUT,
-                self.timeout.as_millis().to_string(),
+            .send(
+                self.request(&self.http, Method::POST, path, user)
+                    .header("content-type", UNARY_CONTENT_TYPE)
+                    .header("connect-protocol-version", "1")
+                    .header(
+                        headers::CONNECT_TIMEOUT,
+                        self.timeout.as_millis().to_string(),
+                    )
+                    .timeout(self.timeout)
+                    .body(body),
+                op,
             )
-            .timeout(self.timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(e, op, &self.base))?;
+            .await?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -367,10 +401,7 @@ impl Envd {
         if let Some(t) = timeout {
             req = req.header(headers::CONNECT_TIMEOUT, t.as_millis().max(1).to_string());
         }
-        let response = req
-            .send()
-            .await
-            .map_err(|e| transport_error(e, op, &self.base))?;
+        let response = self.send(req, op).await?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -392,11 +423,12 @@ impl Envd {
             query.push(("username", u.to_string()));
         }
         let response = self
-            .request(&self.http1, Method::GET, "/files", None)
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| transport_error(e, "read", &self.base))?;
+            .send(
+                self.request(&self.http1, Method::GET, "/files", None)
+                    .query(&query),
+                "read",
+            )
+            .await?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -417,13 +449,14 @@ impl Envd {
             query.push(("username", u.to_string()));
         }
         let response = self
-            .request(&self.http1, Method::POST, "/files", None)
-            .query(&query)
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(e, "write", &self.base))?;
+            .send(
+                self.request(&self.http1, Method::POST, "/files", None)
+                    .query(&query)
+                    .header("content-type", "application/octet-stream")
+                    .body(body),
+                "write",
+            )
+            .await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.unwrap_or_default();
         if (200..300).contains(&status) {
@@ -435,11 +468,12 @@ impl Envd {
     /// `GET /health`: whether envd answers.
     pub(crate) async fn health(&self) -> Result<bool> {
         let response = self
-            .request(&self.http, Method::GET, "/health", None)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| transport_error(e, "health", &self.base))?;
+            .send(
+                self.request(&self.http, Method::GET, "/health", None)
+                    .timeout(Duration::from_secs(5)),
+                "health",
+            )
+            .await?;
         Ok(response.status().is_success())
     }
 }

@@ -14,10 +14,11 @@ use runtime_core::{
 };
 use tracing::{debug, info_span, Instrument};
 
+use crate::client::Defaults;
 use crate::config::{E2bConfig, DEBUG_SANDBOX_ID};
 use crate::core::{Api, Envd};
 use crate::error::{err, BACKEND};
-use crate::sandbox::{Defaults, E2bSandbox};
+use crate::sandbox::E2bSandbox;
 
 /// Metadata keys this backend keeps for itself (defaults E2B has no field for); hidden from
 /// `info`/`list`.

@@ -10,33 +10,24 @@ use runtime_core::{
 };
 use tracing::{info_span, Instrument};
 
+use crate::client::{Defaults, EnvdClient};
 use crate::core::Envd;
 use crate::error::{err, BACKEND};
-use crate::files::E2bFiles;
 use crate::runtime::E2bRuntime;
-
-/// Defaults E2B has no field for, kept by this backend in hidden metadata.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Defaults {
-    pub(crate) cwd: Option<String>,
-    pub(crate) user: Option<String>,
-}
 
 /// A sandbox on E2B (or an E2B-compatible server).
 pub struct E2bSandbox {
     runtime: E2bRuntime,
     id: String,
     domain: Option<String>,
-    envd: Envd,
-    defaults: Defaults,
-    files: E2bFiles,
+    client: EnvdClient,
 }
 
 impl std::fmt::Debug for E2bSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("E2bSandbox")
             .field("id", &self.id)
-            .field("envd", &self.envd)
+            .field("envd", &self.client.envd)
             .finish()
     }
 }
@@ -49,24 +40,17 @@ impl E2bSandbox {
         envd: Envd,
         defaults: Defaults,
     ) -> Self {
-        let files = E2bFiles::new(envd.clone(), defaults.user.clone());
         E2bSandbox {
             runtime,
             id,
             domain,
-            envd,
-            defaults,
-            files,
+            client: EnvdClient::new(envd, defaults),
         }
     }
 
     /// Whether the sandbox's envd answers (`GET /health`).
     pub async fn is_running(&self) -> Result<bool> {
-        match self.envd.health().await {
-            Ok(up) => Ok(up),
-            Err(e) if e.kind() == ErrorKind::Unavailable => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.client.is_running().await
     }
 }
 
@@ -78,26 +62,19 @@ impl Sandbox for E2bSandbox {
 
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
         let span = info_span!("spawn", backend = BACKEND, sandbox_id = %self.id);
-        crate::process::spawn(
-            &self.envd,
-            spec,
-            self.defaults.user.as_deref(),
-            self.defaults.cwd.as_deref(),
-        )
-        .instrument(span)
-        .await
+        self.client.spawn(spec).instrument(span).await
     }
 
     async fn processes(&self) -> Result<Vec<ProcessInfo>> {
-        crate::process::list(&self.envd).await
+        self.client.processes().await
     }
 
     fn files(&self) -> &dyn FileStore {
-        &self.files
+        self.client.files()
     }
 
     fn files_as(&self, user: &str) -> Result<Box<dyn FileStore>> {
-        Ok(Box::new(self.files.as_user(user)))
+        Ok(Box::new(self.client.files_as(user)))
     }
 
     async fn info(&self) -> Result<SandboxInfo> {

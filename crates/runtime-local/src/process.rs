@@ -65,9 +65,17 @@ pub(crate) struct Defaults {
     pub(crate) user: Ident,
 }
 
-/// The program and arguments: a shell line runs with `bash -l -c` where bash exists.
-fn argv(spec: &CommandSpec) -> Vec<String> {
+/// The program and arguments: a shell line runs with `bash -l -c` where bash exists. A program
+/// that cannot be run is handed to `sh`, which says why and exits 127 (missing) or 126 (not
+/// executable), as on every other backend: exit codes are data.
+fn argv(spec: &CommandSpec, path: &str, cwd: &str) -> Vec<String> {
     match &spec.command {
+        Command::Program { program, args } if !runnable(program, path, cwd) => {
+            let mut v = vec!["sh".into(), "-c".into(), r#"exec "$0" "$@""#.into()];
+            v.push(program.clone());
+            v.extend(args.iter().cloned());
+            v
+        }
         Command::Program { .. } => spec.argv(),
         Command::Shell(line) => {
             if has_bash() {
@@ -77,6 +85,21 @@ fn argv(spec: &CommandSpec) -> Vec<String> {
             }
         }
     }
+}
+
+/// Whether `program` names an executable file, directly or on `path`.
+fn runnable(program: &str, path: &str, cwd: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return ok(&std::path::Path::new(cwd).join(program));
+    }
+    !program.is_empty()
+        && path
+            .split(':')
+            .any(|d| ok(&std::path::Path::new(d).join(program)))
 }
 
 fn has_bash() -> bool {
@@ -97,7 +120,25 @@ pub(crate) fn spawn(
     user: Ident,
     registry: &Arc<Registry>,
 ) -> Result<Process> {
-    let argv = argv(spec);
+    let path = spec
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| {
+            defaults
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone())
+        })
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    let cwd = spec
+        .cwd
+        .clone()
+        .or_else(|| defaults.cwd.clone())
+        .unwrap_or_else(|| user.home.clone());
+    let argv = argv(spec, &path, &cwd);
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     let switch = !user.is_current();
@@ -115,11 +156,6 @@ pub(crate) fn spawn(
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
-    let cwd = spec
-        .cwd
-        .clone()
-        .or_else(|| defaults.cwd.clone())
-        .unwrap_or_else(|| user.home.clone());
     cmd.current_dir(&cwd);
 
     let pty = match spec.pty {
@@ -163,13 +199,7 @@ pub(crate) fn spawn(
             cmd.env("TERM", "xterm-256color");
             let child = tokio::process::Command::from(cmd).spawn();
             drop(slave);
-            let child = match child {
-                Ok(c) => c,
-                Err(e) => {
-                    return shell_like_failure(&e, &argv[0], &cwd)
-                        .ok_or_else(|| spawn_error(e, &argv[0], &cwd))
-                }
-            };
+            let child = child.map_err(|e| spawn_error(e, &argv[0], &cwd))?;
             let reader = std::fs::File::from(master.try_clone()?);
             let out = read_pty(reader, tx.clone());
             let stdin = spec
@@ -190,13 +220,9 @@ pub(crate) fn spawn(
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-            let mut child = match tokio::process::Command::from(cmd).spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    return shell_like_failure(&e, &argv[0], &cwd)
-                        .ok_or_else(|| spawn_error(e, &argv[0], &cwd))
-                }
-            };
+            let mut child = tokio::process::Command::from(cmd)
+                .spawn()
+                .map_err(|e| spawn_error(e, &argv[0], &cwd))?;
             let out = read_pipe(child.stdout.take(), tx.clone(), true);
             let err = read_pipe(child.stderr.take(), tx.clone(), false);
             let stdin = child.stdin.take().map(Stdin::Pipe);
@@ -236,44 +262,6 @@ fn spawn_error(e: io::Error, program: &str, cwd: &str) -> Error {
         .with_operation("spawn")
         .with_context("program", program)
         .with_context("cwd", cwd)
-}
-
-/// A program the system would not start, reported as a shell reports it: 127 for a missing
-/// program, 126 for one that cannot be run. Exit codes are data on every backend.
-fn shell_like_failure(e: &io::Error, program: &str, cwd: &str) -> Option<Process> {
-    if !std::path::Path::new(cwd).is_dir() {
-        return None;
-    }
-    let (code, why) = match e.raw_os_error() {
-        Some(libc::ENOENT) => (127, "not found"),
-        Some(libc::EACCES) | Some(libc::ENOEXEC) => (126, "cannot execute"),
-        _ => return None,
-    };
-    let events = vec![
-        Ok(ProcessEvent::Stderr(Bytes::from(format!(
-            "sh: {program}: {why}\n"
-        )))),
-        Ok(ProcessEvent::Exited { code }),
-    ];
-    #[derive(Debug)]
-    struct Ended;
-    #[async_trait]
-    impl ProcessControl for Ended {
-        async fn write_stdin(&self, _: Bytes) -> Result<()> {
-            Err(no_stdin())
-        }
-        async fn close_stdin(&self) -> Result<()> {
-            Ok(())
-        }
-        async fn signal(&self, _: Signal) -> Result<()> {
-            Ok(())
-        }
-    }
-    Some(Process::new(
-        0,
-        Box::pin(futures_util::stream::iter(events)),
-        Arc::new(Ended),
-    ))
 }
 
 fn open_pty(size: PtySize) -> Result<(OwnedFd, OwnedFd)> {

@@ -17,14 +17,14 @@ use runtime_local::LocalRuntime;
 type OwnCase = fn(Arc<dyn Runtime>) -> runtime_conformance::CaseFuture;
 
 fn main() -> ExitCode {
-    // Before any thread: the cases assume each sandbox starts with a /tmp of its own, as a
-    // container does. Local sandboxes share the machine, so this run gets a private /tmp.
-    let private_tmp = private_tmp();
+    // Before any thread: the cases assume each sandbox starts with a /tmp and a home of its
+    // own, as a container does. Local sandboxes share the machine, so this run gets its own.
+    let private_tmp = runtime_conformance::private_scratch();
     let mut suite = Suite::new();
     let runtime: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
     let has_python = which("python3") && which("bash");
     if !private_tmp {
-        eprintln!("note: not root, so no private /tmp: the actions cases are not run");
+        eprintln!("note: not root, so no private /tmp and home: the actions cases are not run");
     }
     // An empty home: `bash -l` reads no profile of the user running the tests.
     let home = tempfile::tempdir().expect("a home directory");
@@ -55,32 +55,6 @@ fn main() -> ExitCode {
         suite.add_trial(name.into(), false, move || case(r));
     }
     suite.run()
-}
-
-/// Moves this process into a mount namespace of its own with a fresh tmpfs on /tmp; false
-/// where that is not allowed (not root).
-fn private_tmp() -> bool {
-    if euid() != 0 {
-        return false;
-    }
-    // SAFETY: called before any other thread exists; plain system calls.
-    unsafe {
-        libc::unshare(libc::CLONE_NEWNS) == 0
-            && libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) == 0
-            && libc::mount(
-                c"tmpfs".as_ptr(),
-                c"/tmp".as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                c"mode=1777".as_ptr().cast(),
-            ) == 0
-    }
 }
 
 fn which(program: &str) -> bool {

@@ -1,0 +1,284 @@
+//! `/files`: downloads and uploads, by access token or signed URL.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use e2b_protocol::envd::WriteInfo;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use runtime_core::{ByteStream, EntryKind, ErrorKind};
+use tokio::sync::mpsc;
+
+use crate::auth::{user_of, Auth, FileQuery};
+use crate::filesystem::{files_for, resolve};
+use crate::wire::plain_error;
+use crate::{Served, Shared};
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',').any(|part| {
+                let mut it = part.split(';');
+                let name = it.next().unwrap_or("").trim();
+                let q0 = it.any(|p| p.trim().replace(' ', "") == "q=0");
+                (name == "gzip" || name == "*") && !q0
+            })
+        })
+        .unwrap_or(false)
+}
+
+pub(crate) async fn download(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let served = match state
+        .resolve(
+            &headers,
+            Auth::File {
+                query: &q,
+                op: "read",
+            },
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let raw = q.path.clone().unwrap_or_default();
+    let user = match user_of(&served, q.username.clone()).await {
+        Ok(u) => u,
+        Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),
+    };
+    let path = resolve(&user, &raw);
+    let files = match files_for(&served, &user) {
+        Ok(f) => f,
+        Err(e) => return plain_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let fs = files.get();
+    let content = match fs.read_stream(&path).await {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::NotFound => plain_error(
+                    StatusCode::NOT_FOUND,
+                    format!("path '{path}' does not exist"),
+                ),
+                ErrorKind::InvalidInput => {
+                    let what = match fs.stat(&path).await {
+                        Ok(e) if e.kind == EntryKind::Dir => "is a directory",
+                        _ => "is not a regular file (a FIFO, device or socket)",
+                    };
+                    plain_error(StatusCode::BAD_REQUEST, format!("path '{path}' {what}"))
+                }
+                ErrorKind::PermissionDenied => plain_error(StatusCode::UNAUTHORIZED, e.to_string()),
+                _ => plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+    };
+    let name = path.rsplit('/').next().unwrap_or_default().replace('"', "");
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("inline; filename=\"{name}\""),
+        );
+    let io = content.map_err(std::io::Error::other);
+    if accepts_gzip(&headers) {
+        let reader = tokio_util::io::StreamReader::new(io);
+        let gz =
+            async_compression::tokio::bufread::GzipEncoder::new(tokio::io::BufReader::new(reader));
+        builder
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(Body::from_stream(tokio_util::io::ReaderStream::new(gz)))
+            .expect("response")
+    } else {
+        builder.body(Body::from_stream(io)).expect("response")
+    }
+}
+
+/// A request body, decompressed when it says `Content-Encoding: gzip`.
+fn body_stream(headers: &HeaderMap, body: Body) -> ByteStream {
+    let gz = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let raw = body.into_data_stream().map_err(std::io::Error::other);
+    let stream: BoxStream<'static, std::io::Result<Bytes>> = if gz {
+        let reader = tokio_util::io::StreamReader::new(raw);
+        let dec =
+            async_compression::tokio::bufread::GzipDecoder::new(tokio::io::BufReader::new(reader));
+        tokio_util::io::ReaderStream::new(dec).boxed()
+    } else {
+        raw.boxed()
+    };
+    stream
+        .map_err(|e| {
+            runtime_core::Error::new(ErrorKind::InvalidInput, format!("reading the upload: {e}"))
+        })
+        .boxed()
+}
+
+fn upload_error(e: &runtime_core::Error, path: &str) -> Response {
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::AlreadyExists => plain_error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot write '{path}': {}", e.message()),
+        ),
+        ErrorKind::PermissionDenied => plain_error(StatusCode::UNAUTHORIZED, e.to_string()),
+        _ => plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Writes a file as `user`, as envd does: parents made, the file the user's, and replaced
+/// whole (a cut upload leaves the old content; a link at the path is replaced, not followed).
+async fn write_one(
+    served: &Served,
+    user: &str,
+    path: &str,
+    content: ByteStream,
+) -> Result<WriteInfo, Response> {
+    let files = files_for(served, user).map_err(|e| upload_error(&e, path))?;
+    files
+        .get()
+        .write_stream(path, content)
+        .await
+        .map_err(|e| upload_error(&e, path))?;
+    Ok(WriteInfo {
+        path: path.to_string(),
+        name: path.rsplit('/').next().unwrap_or_default().to_string(),
+        kind: "file".into(),
+    })
+}
+
+pub(crate) async fn upload(
+    AxState(state): AxState<Shared>,
+    Query(q): Query<FileQuery>,
+    request: Request,
+) -> Response {
+    let headers = request.headers().clone();
+    let served = match state
+        .resolve(
+            &headers,
+            Auth::File {
+                query: &q,
+                op: "write",
+            },
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let user = match user_of(&served, q.username.clone()).await {
+        Ok(u) => u,
+        Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (parts, body) = request.into_parts();
+    if !content_type.starts_with("multipart/form-data") {
+        let Some(raw) = q.path.as_deref() else {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                "the path parameter is required for octet-stream uploads",
+            );
+        };
+        let path = resolve(&user, raw);
+        return match write_one(&served, &user, &path, body_stream(&headers, body)).await {
+            Ok(info) => Json(vec![info]).into_response(),
+            Err(r) => r,
+        };
+    }
+    let decoded = Body::from_stream(body_stream(&headers, body));
+    let request = Request::from_parts(parts, decoded);
+    let mut multipart = match axum::extract::Multipart::from_request(request, &()).await {
+        Ok(m) => m,
+        Err(e) => {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid multipart body: {e}"),
+            )
+        }
+    };
+    let mut written: Vec<WriteInfo> = Vec::new();
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid multipart body: {e}"),
+                )
+            }
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let raw = match q
+            .path
+            .clone()
+            .or_else(|| field.file_name().map(String::from))
+        {
+            Some(p) => p,
+            None => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    "a file part has no destination path",
+                )
+            }
+        };
+        let path = resolve(&user, &raw);
+        if written.iter().any(|w| w.path == path) {
+            return plain_error(
+                StatusCode::BAD_REQUEST,
+                format!("path '{path}' is written twice in one request"),
+            );
+        }
+        // Stream the part into the sandbox: a channel joins the part reader to the writer.
+        let (tx, mut rx) = mpsc::channel::<runtime_core::Result<Bytes>>(8);
+        let content: ByteStream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
+        let feed = async move {
+            loop {
+                match field.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(runtime_core::Error::new(
+                                ErrorKind::InvalidInput,
+                                format!("reading the upload: {e}"),
+                            )))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        };
+        let (_, result) = tokio::join!(feed, write_one(&served, &user, &path, content));
+        match result {
+            Ok(info) => written.push(info),
+            Err(r) => return r,
+        }
+    }
+    if written.is_empty() {
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            "no file part named 'file' in the upload",
+        );
+    }
+    Json(written).into_response()
+}

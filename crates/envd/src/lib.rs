@@ -1,0 +1,138 @@
+//! envd, E2B's in-sandbox daemon, served over any [`runtime_core::Sandbox`]: the process and
+//! filesystem services (Connect RPC with the JSON codec), `/files`, `/health` and `/envs`, as
+//! the official SDKs speak them (see `e2b-protocol`).
+//!
+//! [`router`] builds the routes over a [`Resolve`], which finds the sandbox a request is for
+//! after checking its credentials: `e2b-local` resolves by the `E2b-Sandbox-Id` header among
+//! many sandboxes; `sbx-agent` serves one sandbox with one token ([`OneSandbox`]).
+//!
+//! ```no_run
+//! # async fn serve(sandbox: Box<dyn runtime_core::Sandbox>) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! let served = Arc::new(envd::Served::new(sandbox, "user"));
+//! let app = envd::router(Arc::new(envd::OneSandbox::new(served, Some("token".into()))));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:49983").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// An `Err` here is a whole HTTP answer, made once per rejected request.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod files;
+mod filesystem;
+mod process;
+mod procs;
+mod served;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use e2b_protocol::envd::rpc;
+use e2b_protocol::ConnectError;
+
+pub use auth::{check_file_auth, unauthorized, Auth, FileQuery, OneSandbox, Resolve};
+pub use served::Served;
+pub use wire::{plain_error, sandbox_not_found};
+
+use crate::auth::{basic_user, user_of};
+use crate::wire::{connect_error_response, stream_error, MAX_UNARY};
+
+type Shared = Arc<dyn Resolve>;
+
+/// The routes of envd over `resolver`.
+pub fn router(resolver: Arc<dyn Resolve>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/envs", get(envs))
+        .route(
+            "/files",
+            get(files::download)
+                .post(files::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(rpc::START, post(process::start))
+        .route(rpc::CONNECT, post(process::connect))
+        .route(rpc::STREAM_INPUT, post(process::stream_input))
+        .route(
+            "/filesystem.Filesystem/WatchDir",
+            post(unimplemented_stream),
+        )
+        .route("/{*rpc}", post(unary))
+        // Never 404 for a route envd has and this server lacks: the SDK reads 404 as "the
+        // sandbox is gone".
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                plain_error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!("{method} {} is not served by this envd", uri.path()),
+                )
+            },
+        )
+        .with_state(resolver)
+}
+
+async fn health(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    match state.resolve(&headers, Auth::None).await {
+        Ok(_) => (
+            StatusCode::NO_CONTENT,
+            [(header::CACHE_CONTROL, "no-store")],
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn envs(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    let served = match state.resolve(&headers, Auth::Header).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match state.envs(&served).await {
+        Ok(envs) => Json(envs).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The unary RPCs of both services.
+async fn unary(AxState(state): AxState<Shared>, headers: HeaderMap, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let served = match state.resolve(&headers, Auth::Header).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let body = match axum::body::to_bytes(request.into_body(), MAX_UNARY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return connect_error_response(&ConnectError::new(
+                "resource_exhausted",
+                format!("request body over {MAX_UNARY} bytes"),
+            ))
+        }
+    };
+    if path.starts_with("/filesystem.Filesystem/") {
+        let user = match user_of(&served, basic_user(&headers)).await {
+            Ok(u) => u,
+            Err(e) => return connect_error_response(&e),
+        };
+        filesystem::unary(&served, &user, &path, &body).await
+    } else {
+        process::unary(&served, &path, &body).await
+    }
+}
+
+async fn unimplemented_stream(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = state.resolve(&headers, Auth::Header).await {
+        return r;
+    }
+    stream_error(ConnectError::new(
+        "unimplemented",
+        "this sandbox cannot watch directories",
+    ))
+}

@@ -1,0 +1,68 @@
+//! [`Served`]: one sandbox as envd serves it.
+
+use std::sync::Arc;
+
+use runtime_core::{CommandSpec, Sandbox, SandboxExt};
+use tokio::sync::Mutex;
+
+use crate::procs::Processes;
+
+/// One sandbox as envd serves it: the sandbox, the processes started through envd (kept for
+/// `Connect` and `List`), and the user requests run as when they name none.
+pub struct Served {
+    pub(crate) sandbox: Box<dyn Sandbox>,
+    pub(crate) processes: Arc<Processes>,
+    wanted_user: String,
+    /// The default user, once known to exist in the sandbox.
+    user: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("sandbox", &self.sandbox.id())
+            .field("default_user", &self.wanted_user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    /// Serves `sandbox`; requests that name no user run as `default_user` where the sandbox
+    /// has that user, else as root (E2B's templates have `user`).
+    pub fn new(sandbox: Box<dyn Sandbox>, default_user: impl Into<String>) -> Self {
+        Served {
+            sandbox,
+            processes: Arc::new(Processes::default()),
+            wanted_user: default_user.into(),
+            user: Mutex::new(None),
+        }
+    }
+
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        self.sandbox.id()
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &dyn Sandbox {
+        self.sandbox.as_ref()
+    }
+
+    /// The user commands run as when the request names none: the configured default if the
+    /// sandbox has it, else root.
+    pub async fn default_user(&self) -> String {
+        let mut cached = self.user.lock().await;
+        if let Some(u) = cached.as_ref() {
+            return u.clone();
+        }
+        let probe = CommandSpec::program("id", ["-u", self.wanted_user.as_str()]).user("root");
+        let exists = matches!(self.sandbox.exec(probe).await, Ok(o) if o.success());
+        let user = if exists {
+            self.wanted_user.clone()
+        } else {
+            "root".to_string()
+        };
+        *cached = Some(user.clone());
+        user
+    }
+}

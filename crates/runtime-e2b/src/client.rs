@@ -1,0 +1,103 @@
+//! [`EnvdClient`]: envd's process and filesystem services as sbx types, over a URL (E2B's
+//! cloud, `e2b-local`) or over any connection ([`Connect`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runtime_core::{CommandSpec, ErrorKind, Process, ProcessInfo, Result};
+
+use crate::conn::Connect;
+use crate::core::Envd;
+use crate::files::E2bFiles;
+
+/// Defaults for commands that do not name their own.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Defaults {
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: Option<String>,
+}
+
+/// The commands and files of one sandbox through its envd: what [`E2bSandbox`](crate::E2bSandbox)
+/// uses, and what a backend that runs envd itself (the Docker backend with `sbx-agent`) uses
+/// over the agent's connection.
+///
+/// ```no_run
+/// # async fn run(connect: std::sync::Arc<dyn runtime_e2b::Connect>) -> runtime_core::Result<()> {
+/// use runtime_core::{CommandSpec, FileStoreExt};
+/// let envd = runtime_e2b::EnvdClient::over(connect, "sandbox-1", Some("token".into()))?;
+/// let mut p = envd.spawn(CommandSpec::shell("echo hi")).await?;
+/// envd.files().write_str("/tmp/x", "y").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EnvdClient {
+    pub(crate) envd: Envd,
+    defaults: Defaults,
+    files: E2bFiles,
+}
+
+/// How long a unary envd call may take.
+const UNARY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl EnvdClient {
+    pub(crate) fn new(envd: Envd, defaults: Defaults) -> Self {
+        let files = E2bFiles::new(envd.clone(), defaults.user.clone());
+        EnvdClient {
+            envd,
+            defaults,
+            files,
+        }
+    }
+
+    /// A client of the envd that `connect` reaches, for sandbox `id`, sending `token` as
+    /// `X-Access-Token`. Every request is multiplexed on one HTTP/2 connection, reopened when
+    /// it drops.
+    pub fn over(
+        connect: Arc<dyn Connect>,
+        id: impl Into<String>,
+        token: Option<String>,
+    ) -> Result<Self> {
+        let envd = Envd::over(connect, id.into(), token, UNARY_TIMEOUT)?;
+        Ok(EnvdClient::new(envd, Defaults::default()))
+    }
+
+    /// Sets the user and working directory of commands (and the user of files) that name none.
+    pub fn with_defaults(self, user: Option<String>, cwd: Option<String>) -> Self {
+        EnvdClient::new(self.envd, Defaults { cwd, user })
+    }
+
+    /// Starts a command (see [`Sandbox::spawn`](runtime_core::Sandbox::spawn)).
+    pub async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
+        crate::process::spawn(
+            &self.envd,
+            spec,
+            self.defaults.user.as_deref(),
+            self.defaults.cwd.as_deref(),
+        )
+        .await
+    }
+
+    /// The processes started through envd that still run.
+    pub async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        crate::process::list(&self.envd).await
+    }
+
+    /// The files, as the default user.
+    pub fn files(&self) -> &E2bFiles {
+        &self.files
+    }
+
+    /// The files as `user` sees them.
+    pub fn files_as(&self, user: &str) -> E2bFiles {
+        self.files.as_user(user)
+    }
+
+    /// Whether envd answers `GET /health` (an unreachable envd is `false`).
+    pub async fn is_running(&self) -> Result<bool> {
+        match self.envd.health().await {
+            Ok(up) => Ok(up),
+            Err(e) if e.kind() == ErrorKind::Unavailable => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
