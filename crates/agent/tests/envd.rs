@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use runtime_conformance::{SandboxTarget, Suite};
 use runtime_core::{
-    Capabilities, CommandSpec, Error, ErrorKind, ExecOutput, FileStore, FileStoreExt, ListFilter,
-    Process, ProcessEvent, ProcessInfo, Result, Runtime, Sandbox, SandboxInfo, SandboxSpec,
+    Capabilities, CommandSpec, Error, ErrorKind, ExecOutput, FileStore, FileStoreExt,
+    FsEventStream, ListFilter, Metrics, Process, ProcessEvent, ProcessInfo, Result, Runtime,
+    Sandbox, SandboxInfo, SandboxSpec,
 };
 use runtime_e2b::{Connect, EnvdClient, EnvdIo};
 use tokio::io::AsyncBufReadExt;
@@ -43,6 +44,11 @@ fn main() -> ExitCode {
         "agent_auth::nothing_but_health_without_the_token".into(),
         false,
         nothing_but_health_without_the_token,
+    );
+    suite.add_trial(
+        "agent_files::metadata_kept_read_back_and_replaced".into(),
+        false,
+        metadata_kept_read_back_and_replaced,
     );
     let static_bin = std::env::var("SBX_AGENT_BIN").ok();
     for (label, image) in [("mini", "sbx-mini:latest"), ("base", "sbx-base:bookworm")] {
@@ -115,7 +121,7 @@ async fn start_agent(
     token: &str,
     spec: &SandboxSpec,
     home: &std::path::Path,
-) -> Result<(Child, Arc<dyn Connect>)> {
+) -> Result<(Child, Arc<dyn Connect>, Option<std::net::SocketAddr>)> {
     let mut cmd = tokio::process::Command::new(AGENT);
     cmd.arg("serve");
     if tcp {
@@ -147,6 +153,7 @@ async fn start_agent(
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut tcp_addr = None;
     let connect: Arc<dyn Connect> = if tcp {
         let line = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
             .await
@@ -156,6 +163,7 @@ async fn start_agent(
             .strip_prefix("sbx-agent: listening on tcp ")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| Error::new(ErrorKind::Unexpected, format!("agent said: {line}")))?;
+        tcp_addr = Some(addr);
         Arc::new(Tcp(addr))
     } else {
         let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
@@ -167,7 +175,7 @@ async fn start_agent(
             eprintln!("agent: {l}");
         }
     });
-    Ok((child, connect))
+    Ok((child, connect, tcp_addr))
 }
 
 /// One agent: a sandbox as far as the suite can tell.
@@ -234,12 +242,14 @@ impl Runtime for AgentRuntime {
         let mut c = Capabilities::none();
         c.pty = true;
         c.host_ports = true;
+        c.watch = true;
+        c.metrics = true;
         c
     }
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
         let id = format!("{:016x}", rand::random::<u64>());
         let token = format!("{:032x}", rand::random::<u128>());
-        let (child, connect) = start_agent(self.tcp, &token, &spec, &self.home).await?;
+        let (child, connect, _) = start_agent(self.tcp, &token, &spec, &self.home).await?;
         let client = EnvdClient::over(connect, id.clone(), Some(token))?
             .with_defaults(spec.user.clone(), spec.cwd.clone());
         let ttl = spec
@@ -356,6 +366,14 @@ impl Sandbox for AgentSandbox {
     async fn pause(&self) -> Result<()> {
         Err(Error::unsupported("agent", "pause"))
     }
+    async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
+        self.alive().await?;
+        self.0.client.watch(path, recursive).await
+    }
+    async fn metrics(&self) -> Result<Metrics> {
+        self.alive().await?;
+        self.0.client.metrics().await
+    }
     async fn host(&self, port: u16) -> Result<String> {
         Ok(format!("127.0.0.1:{port}"))
     }
@@ -366,7 +384,7 @@ impl Sandbox for AgentSandbox {
 /// An agent with a token answers `/health` to anyone and nothing else without the token.
 async fn nothing_but_health_without_the_token() -> runtime_conformance::CaseResult {
     let home = tempfile::tempdir()?;
-    let (mut child, connect) =
+    let (mut child, connect, _) =
         start_agent(true, "right-token", &SandboxSpec::new(), home.path()).await?;
     let wrong = EnvdClient::over(connect.clone(), "x", Some("wrong-token".into()))?;
     let none = EnvdClient::over(connect.clone(), "x", None)?;
@@ -389,6 +407,80 @@ async fn nothing_but_health_without_the_token() -> runtime_conformance::CaseResu
     assert!(!std::path::Path::new(&marker).exists(), "nothing ran");
     let out = collect(right.spawn(CommandSpec::shell("echo let in")).await?).await?;
     assert_eq!(out.stdout_text(), "let in\n");
+    let _ = child.kill().await;
+    Ok(())
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status and body.
+async fn http1(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{head}\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+/// `X-Metadata-*` on an upload: kept with the file (keys lowercased), in the answer and in
+/// `Stat`; replaced by the next upload; refused whole when invalid.
+async fn metadata_kept_read_back_and_replaced() -> runtime_conformance::CaseResult {
+    let home = tempfile::tempdir()?;
+    let dir = tempfile::tempdir()?;
+    let (mut child, connect, addr) =
+        start_agent(true, "t", &SandboxSpec::new(), home.path()).await?;
+    let addr = addr.expect("a TCP agent has an address");
+    let client = EnvdClient::over(connect, "x", Some("t".into()))?;
+    let path = dir.path().join("m.txt");
+    let path = path.to_str().unwrap();
+    let upload = |extra: &str| {
+        format!(
+            "POST /files?path={path}&username=root HTTP/1.1\r\nX-Access-Token: t\r\n\
+             Content-Type: application/octet-stream{extra}"
+        )
+    };
+    let (status, body) = http1(
+        addr,
+        &upload("\r\nX-Metadata-Owner: Alice\r\nX-Metadata-Stage: draft 1"),
+        b"hello",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""metadata":{"owner":"Alice","stage":"draft 1"}"#),
+        "{body}"
+    );
+    let e = client.files().stat(path).await?;
+    assert_eq!(e.metadata.get("owner").map(String::as_str), Some("Alice"));
+    assert_eq!(e.metadata.len(), 2);
+    // Another upload replaces the set; one without headers clears it.
+    let (status, body) = http1(addr, &upload("\r\nX-Metadata-Stage: final"), b"v2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        client.files().stat(path).await?.metadata,
+        std::collections::BTreeMap::from([("stage".to_string(), "final".to_string())])
+    );
+    let (status, body) = http1(addr, &upload(""), b"v3").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("metadata"), "{body}");
+    assert!(client.files().stat(path).await?.metadata.is_empty());
+    // Invalid: refused before anything is written.
+    let long = "k".repeat(300);
+    let (status, body) = http1(addr, &upload(&format!("\r\nX-Metadata-{long}: v")), b"v4").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid metadata"), "{body}");
+    assert_eq!(client.files().read_to_string(path).await?, "v3");
     let _ = child.kill().await;
     Ok(())
 }

@@ -73,7 +73,38 @@ cases!(
     "process": interrupt_stops_process,
     "files": files_and_commands_see_the_same_tree,
     "host": host_port_serves_http if host_ports,
+    "watch": watch_reports_each_change_in_order if watch,
+    "watch": watch_recursive_sees_new_directories if watch,
+    "watch": watch_refuses_missing_and_file_paths if watch,
+    "watch": watch_sees_api_writes_as_the_file if watch,
+    "metrics": metrics_are_plausible if metrics,
 );
+
+fn watch(c: &Capabilities) -> bool {
+    c.watch
+}
+
+fn metrics(c: &Capabilities) -> bool {
+    c.metrics
+}
+
+/// Reads events until `want` have come (or 10 s pass); returns what came.
+async fn events_until(
+    events: &mut runtime_core::FsEventStream,
+    want: usize,
+) -> Vec<(String, runtime_core::FsEventKind)> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < want {
+        match tokio::time::timeout_at(deadline.into(), events.next()).await {
+            Ok(Some(Ok(e))) => got.push((e.name, e.kind)),
+            Ok(Some(Err(e))) => panic!("the watch failed: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    got
+}
 
 /// Whether a process whose command line matches `pattern` (an extended regex; write one
 /// letter as `[x]` so the search does not find itself) runs in the sandbox.
@@ -629,5 +660,140 @@ async fn host_port_serves_http(c: Ctx) -> CaseResult {
         "GET http://{addr}/index.html answered: {body:?}"
     );
     assert!(body.starts_with("HTTP/1."), "{body}");
+    Ok(())
+}
+
+async fn watch_reports_each_change_in_order(c: Ctx) -> CaseResult {
+    use runtime_core::FsEventKind::*;
+    let sb = c.shared().await?;
+    let dir = format!("/tmp/watch-{:x}", rand::random::<u32>());
+    sb.files().mkdir(&dir).await?;
+    let mut events = sb.watch(&dir, false).await?;
+    let out = sb
+        .exec_shell(&format!(
+            "cd {dir} && printf x > a.txt && mv a.txt b.txt && chmod 600 b.txt && rm b.txt"
+        ))
+        .await?;
+    assert!(out.success(), "{out:?}");
+    let got = events_until(&mut events, 6).await;
+    let want = [
+        ("a.txt", Create),
+        ("a.txt", Write),
+        ("a.txt", Rename),
+        ("b.txt", Create),
+        ("b.txt", Chmod),
+        ("b.txt", Remove),
+    ];
+    let want: Vec<(String, _)> = want.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+    assert_eq!(got, want);
+    drop(events);
+    sb.files().remove(&dir).await?;
+    Ok(())
+}
+
+async fn watch_recursive_sees_new_directories(c: Ctx) -> CaseResult {
+    use runtime_core::FsEventKind::*;
+    let sb = c.shared().await?;
+    let dir = format!("/tmp/watch-r-{:x}", rand::random::<u32>());
+    sb.files().mkdir(&format!("{dir}/old")).await?;
+    let mut flat = sb.watch(&dir, false).await?;
+    let mut deep = sb.watch(&dir, true).await?;
+    // A directory made and filled at once: its file is seen even if it came before the
+    // directory's own watch.
+    let out = sb
+        .exec_shell(&format!(
+            "mkdir -p {dir}/new/deeper && printf y > {dir}/new/deeper/f.txt && printf z > {dir}/old/g.txt"
+        ))
+        .await?;
+    assert!(out.success(), "{out:?}");
+    let wanted = ["new", "new/deeper", "new/deeper/f.txt", "old/g.txt"];
+    let mut got = Vec::new();
+    // Entries found when a new directory is watched may also come as their own events.
+    while !wanted
+        .iter()
+        .all(|w| got.iter().any(|(n, k)| n == w && *k == Create))
+    {
+        let more = events_until(&mut deep, 1).await;
+        if more.is_empty() {
+            break;
+        }
+        got.extend(more);
+    }
+    for want in wanted {
+        assert!(
+            got.iter().any(|(n, k)| n == want && *k == Create),
+            "no create of {want} in {got:?}"
+        );
+    }
+    // Not recursive: only the directory's own entries.
+    let got = events_until(&mut flat, 1).await;
+    assert_eq!(got, [("new".to_string(), Create)]);
+    let more = tokio::time::timeout(Duration::from_millis(500), async {
+        use futures_util::StreamExt;
+        flat.next().await
+    })
+    .await;
+    assert!(more.is_err(), "nothing from below: {more:?}");
+    sb.files().remove(&dir).await?;
+    Ok(())
+}
+
+async fn watch_refuses_missing_and_file_paths(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let err = sb
+        .watch("/tmp/sbx-no-such-dir-here", false)
+        .await
+        .err()
+        .expect("a missing directory is refused");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let file = format!("/tmp/watch-file-{:x}", rand::random::<u32>());
+    sb.files().write_str(&file, "x").await?;
+    let err = sb
+        .watch(&file, false)
+        .await
+        .err()
+        .expect("a file is refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    sb.files().remove(&file).await?;
+    Ok(())
+}
+
+/// A write through the sandbox's file API shows as the file being made and written, never as
+/// a temporary file of the backend.
+async fn watch_sees_api_writes_as_the_file(c: Ctx) -> CaseResult {
+    use runtime_core::FsEventKind::*;
+    let sb = c.shared().await?;
+    let dir = format!("/tmp/watch-api-{:x}", rand::random::<u32>());
+    sb.files().mkdir(&dir).await?;
+    let mut events = sb.watch(&dir, false).await?;
+    sb.files()
+        .write_str(&format!("{dir}/doc.txt"), "v1")
+        .await?;
+    let got = events_until(&mut events, 2).await;
+    assert_eq!(
+        got,
+        [
+            ("doc.txt".to_string(), Create),
+            ("doc.txt".to_string(), Write)
+        ]
+    );
+    sb.files().remove(&dir).await?;
+    Ok(())
+}
+
+async fn metrics_are_plausible(c: Ctx) -> CaseResult {
+    let sb = c.shared().await?;
+    let m = sb.metrics().await?;
+    assert!(m.cpu_count >= 1, "{m:?}");
+    assert!((0.0..=100.0).contains(&m.cpu_used_pct), "{m:?}");
+    assert!(
+        m.mem_total > 0 && m.mem_used > 0 && m.mem_used <= m.mem_total,
+        "{m:?}"
+    );
+    assert!(m.disk_total > 0 && m.disk_used <= m.disk_total, "{m:?}");
+    let age = std::time::SystemTime::now()
+        .duration_since(m.timestamp)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "measured now: {m:?}");
     Ok(())
 }

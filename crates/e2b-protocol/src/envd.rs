@@ -39,6 +39,14 @@ pub mod rpc {
     pub const LIST_DIR: &str = "/filesystem.Filesystem/ListDir";
     /// `filesystem.Filesystem/Remove`.
     pub const REMOVE: &str = "/filesystem.Filesystem/Remove";
+    /// `filesystem.Filesystem/WatchDir` (server stream).
+    pub const WATCH_DIR: &str = "/filesystem.Filesystem/WatchDir";
+    /// `filesystem.Filesystem/CreateWatcher`.
+    pub const CREATE_WATCHER: &str = "/filesystem.Filesystem/CreateWatcher";
+    /// `filesystem.Filesystem/GetWatcherEvents`.
+    pub const GET_WATCHER_EVENTS: &str = "/filesystem.Filesystem/GetWatcherEvents";
+    /// `filesystem.Filesystem/RemoveWatcher`.
+    pub const REMOVE_WATCHER: &str = "/filesystem.Filesystem/RemoveWatcher";
 }
 
 /// `ProcessConfig`.
@@ -490,6 +498,146 @@ pub struct WriteInfo {
     /// `file`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The file's metadata as read back after the write; left out when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The prefix of the upload headers that carry file metadata (`X-Metadata-<key>: <value>`).
+pub const METADATA_HEADER_PREFIX: &str = "x-metadata-";
+
+/// Checks file metadata as envd does before keeping it in `user.e2b.<key>` attributes: keys
+/// of 1 to 246 bytes, keys and values printable ASCII, at most 4096 bytes in all (each key
+/// counted with its 9-byte prefix).
+pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), String> {
+    const PREFIX_LEN: usize = "user.e2b.".len();
+    let printable = |s: &str| s.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    let mut total = 0;
+    for (k, v) in metadata {
+        if k.is_empty() || k.len() > 255 - PREFIX_LEN {
+            return Err(format!("key '{k}' must be 1 to {} bytes", 255 - PREFIX_LEN));
+        }
+        if !printable(k) || !printable(v) {
+            return Err(format!(
+                "key '{k}': keys and values must be printable ASCII"
+            ));
+        }
+        total += PREFIX_LEN + k.len() + v.len();
+    }
+    if total > 4096 {
+        return Err(format!("{total} bytes in all; at most 4096"));
+    }
+    Ok(())
+}
+
+/// `WatchDirRequest` and `CreateWatcherRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchRequest {
+    /// The directory.
+    #[serde(default)]
+    pub path: String,
+    /// Also below it.
+    #[serde(default)]
+    pub recursive: bool,
+    /// Attach the entry to create, write and chmod events.
+    #[serde(default)]
+    pub include_entry: bool,
+    /// Allow watching a network mount.
+    #[serde(default)]
+    pub allow_network_mounts: bool,
+}
+
+/// What happened to an entry (`EventType`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// Not set.
+    #[default]
+    #[serde(rename = "EVENT_TYPE_UNSPECIFIED")]
+    Unspecified,
+    /// Made.
+    #[serde(rename = "EVENT_TYPE_CREATE")]
+    Create,
+    /// Written.
+    #[serde(rename = "EVENT_TYPE_WRITE")]
+    Write,
+    /// Removed.
+    #[serde(rename = "EVENT_TYPE_REMOVE")]
+    Remove,
+    /// Moved away.
+    #[serde(rename = "EVENT_TYPE_RENAME")]
+    Rename,
+    /// Attributes changed.
+    #[serde(rename = "EVENT_TYPE_CHMOD")]
+    Chmod,
+}
+
+/// `FilesystemEvent`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesystemEvent {
+    /// The entry's path relative to the watched directory.
+    #[serde(default)]
+    pub name: String,
+    /// What happened.
+    #[serde(rename = "type", default)]
+    pub kind: EventType,
+    /// The entry, when asked for (create, write, chmod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryInfo>,
+}
+
+/// `WatchDirResponse`: one message of the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WatchDirResponse {
+    /// The watch is in place.
+    Start(Empty),
+    /// A change.
+    Filesystem(Box<FilesystemEvent>),
+    /// Nothing happened for a while.
+    Keepalive(Empty),
+}
+
+/// `CreateWatcherResponse`, `GetWatcherEventsRequest`, `RemoveWatcherRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatcherId {
+    /// The watcher.
+    #[serde(default)]
+    pub watcher_id: String,
+}
+
+/// `GetWatcherEventsResponse`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatcherEvents {
+    /// What happened since the last call.
+    #[serde(default)]
+    pub events: Vec<FilesystemEvent>,
+}
+
+/// envd's `GET /metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvdMetrics {
+    /// Unix seconds.
+    pub ts: i64,
+    /// CPUs.
+    pub cpu_count: u32,
+    /// CPU used, percent.
+    pub cpu_used_pct: f32,
+    /// Memory, MiB (deprecated by envd, still sent).
+    pub mem_total_mib: u64,
+    /// Memory used, MiB (deprecated by envd, still sent).
+    pub mem_used_mib: u64,
+    /// Memory, bytes.
+    pub mem_total: u64,
+    /// Memory used, bytes.
+    pub mem_used: u64,
+    /// Page cache, bytes.
+    pub mem_cache: u64,
+    /// Disk used, bytes.
+    pub disk_used: u64,
+    /// Disk size, bytes.
+    pub disk_total: u64,
 }
 
 /// Go's `FileMode.String()` for a kind and permission bits: `-rw-r--r--`, `drwxr-xr-x`, `Lrwxrwxrwx`.

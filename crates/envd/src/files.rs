@@ -5,7 +5,9 @@ use axum::extract::{FromRequest, Query, Request, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use e2b_protocol::envd::WriteInfo;
+use std::collections::BTreeMap;
+
+use e2b_protocol::envd::{validate_metadata, WriteInfo, METADATA_HEADER_PREFIX};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use runtime_core::{ByteStream, EntryKind, ErrorKind};
@@ -137,23 +139,68 @@ fn upload_error(e: &runtime_core::Error, path: &str) -> Response {
 
 /// Writes a file as `user`, as envd does: parents made, the file the user's, and replaced
 /// whole (a cut upload leaves the old content; a link at the path is replaced, not followed).
+///
+/// With `metadata`, the file then carries it (replacing any it had); the answer has what the
+/// file carries after the write.
 async fn write_one(
     served: &Served,
     user: &str,
     path: &str,
     content: ByteStream,
+    metadata: &BTreeMap<String, String>,
 ) -> Result<WriteInfo, Response> {
     let files = files_for(served, user).map_err(|e| upload_error(&e, path))?;
-    files
-        .get()
-        .write_stream(path, content)
+    let fs = files.get();
+    fs.write_stream(path, content)
         .await
         .map_err(|e| upload_error(&e, path))?;
+    if !metadata.is_empty() {
+        match fs.set_metadata(path, metadata).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                return Err(plain_error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "file metadata is not supported by this sandbox ({}); '{path}' was \
+                         written without it",
+                        e.message()
+                    ),
+                ))
+            }
+            Err(e) => return Err(upload_error(&e, path)),
+        }
+    }
+    let metadata = fs.stat(path).await.map(|e| e.metadata).unwrap_or_default();
     Ok(WriteInfo {
         path: path.to_string(),
         name: path.rsplit('/').next().unwrap_or_default().to_string(),
         kind: "file".into(),
+        metadata,
     })
+}
+
+/// The metadata an upload carries in `X-Metadata-<key>` headers: keys lowercased, the first
+/// value of each kept, checked as envd checks it.
+fn upload_metadata(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Response> {
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix(METADATA_HEADER_PREFIX) else {
+            continue;
+        };
+        if key.is_empty() || out.contains_key(key) {
+            continue;
+        }
+        let value = value.to_str().map_err(|_| {
+            plain_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid metadata: the value of '{key}' is not printable ASCII"),
+            )
+        })?;
+        out.insert(key.to_ascii_lowercase(), value.to_string());
+    }
+    validate_metadata(&out)
+        .map_err(|m| plain_error(StatusCode::BAD_REQUEST, format!("invalid metadata: {m}")))?;
+    Ok(out)
 }
 
 pub(crate) async fn upload(
@@ -179,6 +226,10 @@ pub(crate) async fn upload(
         Ok(u) => u,
         Err(e) => return plain_error(StatusCode::UNAUTHORIZED, e.message),
     };
+    let metadata = match upload_metadata(&headers) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -193,7 +244,15 @@ pub(crate) async fn upload(
             );
         };
         let path = resolve(&user, raw);
-        return match write_one(&served, &user, &path, body_stream(&headers, body)).await {
+        return match write_one(
+            &served,
+            &user,
+            &path,
+            body_stream(&headers, body),
+            &metadata,
+        )
+        .await
+        {
             Ok(info) => Json(vec![info]).into_response(),
             Err(r) => r,
         };
@@ -268,7 +327,7 @@ pub(crate) async fn upload(
                 }
             }
         };
-        let (_, result) = tokio::join!(feed, write_one(&served, &user, &path, content));
+        let (_, result) = tokio::join!(feed, write_one(&served, &user, &path, content, &metadata));
         match result {
             Ok(info) => written.push(info),
             Err(r) => return r,

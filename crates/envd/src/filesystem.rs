@@ -1,8 +1,6 @@
 //! The filesystem service: `Stat`, `MakeDir`, `Move`, `ListDir`, `Remove`, and how envd
 //! reports entries and resolves paths.
 
-use std::collections::BTreeMap;
-
 use e2b_protocol::envd::{
     self, permissions_string, rpc, EntryResponse, FileType, ListDirRequest, ListDirResponse,
     MoveRequest, PathRequest,
@@ -117,7 +115,7 @@ pub(crate) async fn unary(served: &Served, user: &str, path: &str, body: &[u8]) 
         ),
         p => connect_error_response(&ConnectError::new(
             "unimplemented",
-            format!("{p} is not available: this sandbox cannot watch directories"),
+            format!("{p} is not a known method"),
         )),
     }
 }
@@ -196,7 +194,11 @@ async fn resolve_link(
 
 /// A core entry as envd's `EntryInfo`: a link carries its target's type and, as
 /// `symlinkTarget`, the resolved absolute path, as envd reports them.
-async fn to_wire(fs: &dyn FileStore, e: runtime_core::EntryInfo, shown: String) -> envd::EntryInfo {
+pub(crate) async fn to_wire(
+    fs: &dyn FileStore,
+    e: runtime_core::EntryInfo,
+    shown: String,
+) -> envd::EntryInfo {
     let mut symlink_target = None;
     let (file_type, kind_char) = match e.kind {
         EntryKind::Dir => (FileType::Directory, 'd'),
@@ -225,7 +227,7 @@ async fn to_wire(fs: &dyn FileStore, e: runtime_core::EntryInfo, shown: String) 
         modified_time: e.modified.map(e2b_protocol::json::rfc3339),
         is_symlink: e.kind == EntryKind::Symlink,
         symlink_target,
-        metadata: BTreeMap::new(),
+        metadata: e.metadata,
     }
 }
 

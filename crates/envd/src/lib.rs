@@ -25,6 +25,7 @@ mod filesystem;
 mod process;
 mod procs;
 mod served;
+mod watch;
 mod wire;
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub use served::Served;
 pub use wire::{plain_error, sandbox_not_found};
 
 use crate::auth::{basic_user, user_of};
-use crate::wire::{connect_error_response, stream_error, MAX_UNARY};
+use crate::wire::{connect_error_response, MAX_UNARY};
 
 type Shared = Arc<dyn Resolve>;
 
@@ -60,10 +61,8 @@ pub fn router(resolver: Arc<dyn Resolve>) -> Router {
         .route(rpc::START, post(process::start))
         .route(rpc::CONNECT, post(process::connect))
         .route(rpc::STREAM_INPUT, post(process::stream_input))
-        .route(
-            "/filesystem.Filesystem/WatchDir",
-            post(unimplemented_stream),
-        )
+        .route(rpc::WATCH_DIR, post(watch::watch_dir))
+        .route("/metrics", get(metrics))
         .route("/{*rpc}", post(unary))
         // Never 404 for a route envd has and this server lacks: the SDK reads 404 as "the
         // sandbox is gone".
@@ -116,23 +115,58 @@ async fn unary(AxState(state): AxState<Shared>, headers: HeaderMap, request: Req
             ))
         }
     };
+    // A user that cannot be is refused for every call, as envd does.
+    let user = match user_of(&served, basic_user(&headers)).await {
+        Ok(u) => u,
+        Err(e) => return connect_error_response(&e),
+    };
     if path.starts_with("/filesystem.Filesystem/") {
-        let user = match user_of(&served, basic_user(&headers)).await {
-            Ok(u) => u,
-            Err(e) => return connect_error_response(&e),
-        };
-        filesystem::unary(&served, &user, &path, &body).await
+        match path.as_str() {
+            rpc::CREATE_WATCHER | rpc::GET_WATCHER_EVENTS | rpc::REMOVE_WATCHER => {
+                watch::unary(&served, &user, &path, &body).await
+            }
+            _ => filesystem::unary(&served, &user, &path, &body).await,
+        }
     } else {
         process::unary(&served, &path, &body).await
     }
 }
 
-async fn unimplemented_stream(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = state.resolve(&headers, Auth::Header).await {
-        return r;
+/// `GET /metrics`: what the sandbox uses now, as envd reports it.
+async fn metrics(AxState(state): AxState<Shared>, headers: HeaderMap) -> Response {
+    let served = match state.resolve(&headers, Auth::Header).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match served.sandbox.metrics().await {
+        Ok(m) => {
+            const MIB: u64 = 1 << 20;
+            let ts = m
+                .timestamp
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            let body = e2b_protocol::envd::EnvdMetrics {
+                ts,
+                cpu_count: m.cpu_count,
+                cpu_used_pct: m.cpu_used_pct as f32,
+                mem_total_mib: m.mem_total / MIB,
+                mem_used_mib: m.mem_used / MIB,
+                mem_total: m.mem_total,
+                mem_used: m.mem_used,
+                mem_cache: m.mem_cache,
+                disk_used: m.disk_used,
+                disk_total: m.disk_total,
+            };
+            ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+        }
+        Err(e) if e.kind() == runtime_core::ErrorKind::Unsupported => plain_error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "metrics are not available for this sandbox: {}",
+                e.message()
+            ),
+        ),
+        Err(e) => plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    stream_error(ConnectError::new(
-        "unimplemented",
-        "this sandbox cannot watch directories",
-    ))
 }

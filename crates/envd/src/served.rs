@@ -6,12 +6,14 @@ use runtime_core::{CommandSpec, Sandbox, SandboxExt};
 use tokio::sync::Mutex;
 
 use crate::procs::Processes;
+use crate::watch::Watchers;
 
 /// One sandbox as envd serves it: the sandbox, the processes started through envd (kept for
 /// `Connect` and `List`), and the user requests run as when they name none.
 pub struct Served {
     pub(crate) sandbox: Box<dyn Sandbox>,
     pub(crate) processes: Arc<Processes>,
+    pub(crate) watchers: Watchers,
     wanted_user: String,
     /// The default user, once known to exist in the sandbox.
     user: Mutex<Option<String>>,
@@ -33,6 +35,7 @@ impl Served {
         Served {
             sandbox,
             processes: Arc::new(Processes::default()),
+            watchers: Watchers::default(),
             wanted_user: default_user.into(),
             user: Mutex::new(None),
         }

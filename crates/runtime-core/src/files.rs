@@ -1,6 +1,7 @@
 //! [`FileStore`]: files somewhere (in a sandbox, on the host, in memory).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -52,6 +53,9 @@ pub struct EntryInfo {
     pub owner: Option<String>,
     /// Group (a name, or a numeric id), when the store knows it.
     pub group: Option<String>,
+    /// Key-value metadata kept with the file (see [`FileStore::set_metadata`]); empty where
+    /// the store keeps none.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl EntryInfo {
@@ -74,6 +78,7 @@ impl EntryInfo {
             symlink_target: None,
             owner: None,
             group: None,
+            metadata: BTreeMap::new(),
         }
     }
 
@@ -135,7 +140,62 @@ pub trait FileStore: Send + Sync + fmt::Debug {
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Removes an entry, recursively.
     async fn remove(&self, path: &str) -> Result<()>;
+    /// Replaces the key-value metadata kept with a file (an empty map clears it), as E2B's
+    /// envd keeps it in extended attributes. Keys are lowercase printable ASCII.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the store keeps no
+    /// metadata (the default); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
+    /// for keys or values it cannot keep.
+    async fn set_metadata(&self, path: &str, metadata: &BTreeMap<String, String>) -> Result<()> {
+        let _ = (path, metadata);
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this store keeps no file metadata",
+        )
+        .with_operation("set_metadata"))
+    }
 }
+
+/// What happened to an entry under a watched directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum FsEventKind {
+    /// Made, or moved in.
+    Create,
+    /// Written to.
+    Write,
+    /// Removed.
+    Remove,
+    /// Moved away (its new name, if still watched, comes as a `Create`).
+    Rename,
+    /// Its permissions or other attributes changed.
+    Chmod,
+}
+
+/// One change under a watched directory, from [`Sandbox::watch`](crate::Sandbox::watch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FsEvent {
+    /// The entry's path relative to the watched directory (`a.txt`, `sub/b.txt`).
+    pub name: String,
+    /// What happened.
+    pub kind: FsEventKind,
+}
+
+impl FsEvent {
+    /// A new event; for backends.
+    pub fn new(name: impl Into<String>, kind: FsEventKind) -> Self {
+        FsEvent {
+            name: name.into(),
+            kind,
+        }
+    }
+}
+
+/// The events of a watch, in the order they happened; dropping it stops watching.
+pub type FsEventStream = BoxStream<'static, Result<FsEvent>>;
 
 /// Builds a [`ByteStream`] from one buffer.
 pub fn once_stream(content: impl Into<Bytes>) -> ByteStream {

@@ -40,11 +40,12 @@ pub use command::{
 pub use error::{Error, ErrorKind, Result};
 pub use ext::{copy_tree, FileStoreExt, SandboxExt, DEFAULT_EXEC_LIMIT};
 pub use files::{
-    compare_paths, once_stream, sort_entries, ByteStream, EntryInfo, EntryKind, FileStore,
+    compare_paths, once_stream, sort_entries, ByteStream, EntryInfo, EntryKind, FileStore, FsEvent,
+    FsEventKind, FsEventStream,
 };
 pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
 pub use runtime::{Runtime, Sandbox};
 pub use sandbox_types::{
-    Capabilities, ListFilter, Mount, MountSource, NetworkMode, Resources, SandboxInfo, SandboxSpec,
-    SandboxState, DEFAULT_SANDBOX_TIMEOUT,
+    Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,
+    SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
 };

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    Capabilities, CommandSpec, FileStore, ListFilter, Process, ProcessInfo, Result, SandboxInfo,
-    SandboxSpec,
+    Capabilities, CommandSpec, FileStore, FsEventStream, ListFilter, Metrics, Process, ProcessInfo,
+    Result, SandboxInfo, SandboxSpec,
 };
 
 /// A place where sandboxes live: an E2B account, a Docker engine.
@@ -112,6 +112,35 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     async fn kill(&self) -> Result<()>;
     /// Pauses the sandbox; [`Runtime::connect`] resumes it.
     async fn pause(&self) -> Result<()>;
+    /// Watches a directory: one event per change to an entry in it (and, with `recursive`,
+    /// in every directory below it, including ones made later), in order, until the stream is
+    /// dropped.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend cannot
+    /// watch ([`Capabilities::watch`]); [`ErrorKind::NotFound`](crate::ErrorKind::NotFound)
+    /// for a missing path and [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for
+    /// one that is not a directory.
+    async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
+        let _ = (path, recursive);
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend cannot watch directories",
+        )
+        .with_operation("watch"))
+    }
+    /// What the sandbox uses now: CPU, memory, disk.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend cannot
+    /// measure ([`Capabilities::metrics`]).
+    async fn metrics(&self) -> Result<Metrics> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend cannot measure what a sandbox uses",
+        )
+        .with_operation("metrics"))
+    }
     /// An address (`host:port`) at which `port` inside the sandbox is reachable from where the
     /// runtime runs. The port must have been asked for in [`SandboxSpec::ports`] on backends that
     /// publish ports explicitly.

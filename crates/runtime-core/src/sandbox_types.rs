@@ -345,6 +345,50 @@ impl SandboxInfo {
     }
 }
 
+/// What a sandbox uses, at one moment: from [`Sandbox::metrics`](crate::Sandbox::metrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// When it was measured.
+    pub timestamp: SystemTime,
+    /// CPUs the sandbox may use.
+    pub cpu_count: u32,
+    /// CPU used, in percent of `cpu_count` CPUs (0 to 100).
+    pub cpu_used_pct: f64,
+    /// Memory used, in bytes.
+    pub mem_used: u64,
+    /// Memory the sandbox may use, in bytes.
+    pub mem_total: u64,
+    /// Page cache the kernel can reclaim, in bytes (not in `mem_used`).
+    pub mem_cache: u64,
+    /// Disk used, in bytes.
+    pub disk_used: u64,
+    /// Disk size, in bytes.
+    pub disk_total: u64,
+}
+
+impl Metrics {
+    /// A record measured now with everything zero; for backends.
+    pub fn new() -> Self {
+        Metrics {
+            timestamp: SystemTime::now(),
+            cpu_count: 0,
+            cpu_used_pct: 0.0,
+            mem_used: 0,
+            mem_total: 0,
+            mem_cache: 0,
+            disk_used: 0,
+            disk_total: 0,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Which sandboxes [`Runtime::list`](crate::Runtime::list) returns.
 ///
 /// Every metadata pair must match, and the state must be one of `states` (any state when empty).
@@ -400,6 +444,10 @@ pub struct Capabilities {
     pub network_modes: bool,
     /// Building templates locally.
     pub templates: bool,
+    /// [`Sandbox::watch`](crate::Sandbox::watch): directory change events.
+    pub watch: bool,
+    /// [`Sandbox::metrics`](crate::Sandbox::metrics): CPU, memory and disk use.
+    pub metrics: bool,
 }
 
 impl Capabilities {
@@ -417,6 +465,8 @@ impl Capabilities {
             resource_limits: true,
             network_modes: true,
             templates: true,
+            watch: true,
+            metrics: true,
         }
     }
 }

@@ -4,10 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime_core::{CommandSpec, ErrorKind, Process, ProcessInfo, Result};
+use e2b_protocol::envd::{rpc, EventType, WatchDirResponse, WatchRequest};
+use futures_util::StreamExt;
+use runtime_core::{
+    CommandSpec, ErrorKind, FsEvent, FsEventKind, FsEventStream, Metrics, Process, ProcessInfo,
+    Result,
+};
 
 use crate::conn::Connect;
 use crate::core::Envd;
+use crate::error::err;
 use crate::files::E2bFiles;
 
 /// Defaults for commands that do not name their own.
@@ -90,6 +96,77 @@ impl EnvdClient {
     /// The files as `user` sees them.
     pub fn files_as(&self, user: &str) -> E2bFiles {
         self.files.as_user(user)
+    }
+
+    /// Watches a directory through envd's `WatchDir` (see
+    /// [`Sandbox::watch`](runtime_core::Sandbox::watch)).
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
+        let req = WatchRequest {
+            path: path.to_string(),
+            recursive,
+            ..Default::default()
+        };
+        let mut stream = self
+            .envd
+            .server_stream::<_, WatchDirResponse>(
+                rpc::WATCH_DIR,
+                &req,
+                self.defaults.user.as_deref(),
+                None,
+                "watch",
+            )
+            .await?;
+        match stream.next().await {
+            Some(Ok(WatchDirResponse::Start(_))) => {}
+            Some(Ok(other)) => {
+                return Err(err(
+                    ErrorKind::Unexpected,
+                    "watch",
+                    format!("expected the start of the watch, got {other:?}"),
+                ))
+            }
+            Some(Err(e)) => return Err(e.with_context("path", path)),
+            None => {
+                return Err(err(
+                    ErrorKind::Unexpected,
+                    "watch",
+                    "the watch ended before it started",
+                ))
+            }
+        }
+        let events = stream.filter_map(|m| async move {
+            match m {
+                Ok(WatchDirResponse::Filesystem(ev)) => {
+                    let kind = match ev.kind {
+                        EventType::Create => FsEventKind::Create,
+                        EventType::Write => FsEventKind::Write,
+                        EventType::Remove => FsEventKind::Remove,
+                        EventType::Rename => FsEventKind::Rename,
+                        EventType::Chmod => FsEventKind::Chmod,
+                        EventType::Unspecified => return None,
+                    };
+                    Some(Ok(FsEvent::new(ev.name.clone(), kind)))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        });
+        Ok(Box::pin(events))
+    }
+
+    /// What the sandbox uses now, from envd's `GET /metrics`.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let m = self.envd.metrics().await?;
+        let mut out = Metrics::new();
+        out.timestamp = std::time::UNIX_EPOCH + Duration::from_secs(m.ts.max(0) as u64);
+        out.cpu_count = m.cpu_count;
+        out.cpu_used_pct = m.cpu_used_pct as f64;
+        out.mem_used = m.mem_used;
+        out.mem_total = m.mem_total;
+        out.mem_cache = m.mem_cache;
+        out.disk_used = m.disk_used;
+        out.disk_total = m.disk_total;
+        Ok(out)
     }
 
     /// Whether envd answers `GET /health` (an unreachable envd is `false`).

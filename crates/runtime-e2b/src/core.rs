@@ -465,6 +465,29 @@ impl Envd {
         Err(envd_error(status, &bytes, "write", &self.sandbox_id).with_context("path", path))
     }
 
+    /// `GET /metrics`.
+    pub(crate) async fn metrics(&self) -> Result<e2b_protocol::envd::EnvdMetrics> {
+        let request = self
+            .request(&self.http, Method::GET, "/metrics", None)
+            .timeout(self.timeout);
+        let response = self.send(request, "metrics").await?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, "metrics", &self.base))?;
+        if !(200..300).contains(&status) {
+            return Err(envd_error(status, &bytes, "metrics", &self.sandbox_id));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            err(
+                ErrorKind::Unexpected,
+                "metrics",
+                format!("unexpected metrics from envd: {e}"),
+            )
+        })
+    }
+
     /// `GET /health`: whether envd answers.
     pub(crate) async fn health(&self) -> Result<bool> {
         let response = self

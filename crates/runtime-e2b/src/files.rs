@@ -56,6 +56,7 @@ fn entry(e: envd::EntryInfo) -> EntryInfo {
     out.symlink_target = e.symlink_target;
     out.owner = (!e.owner.is_empty()).then_some(e.owner);
     out.group = (!e.group.is_empty()).then_some(e.group);
+    out.metadata = e.metadata;
     out
 }
 

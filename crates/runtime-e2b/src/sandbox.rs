@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use e2b_protocol::api::SetTimeout;
 use reqwest::{Method, StatusCode};
 use runtime_core::{
-    CommandSpec, ErrorKind, FileStore, Process, ProcessInfo, Result, Runtime, Sandbox, SandboxInfo,
+    CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
+    Runtime, Sandbox, SandboxInfo,
 };
 use tracing::{info_span, Instrument};
 
@@ -134,6 +135,14 @@ impl Sandbox for E2bSandbox {
             )),
             _ => Err(r.error("pause")),
         }
+    }
+
+    async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
+        self.client.watch(path, recursive).await
+    }
+
+    async fn metrics(&self) -> Result<Metrics> {
+        self.client.metrics().await
     }
 
     async fn host(&self, port: u16) -> Result<String> {

@@ -1,5 +1,6 @@
 //! [`LocalFiles`]: the machine's files by system calls, as one user.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -17,7 +18,7 @@ use crate::users::{as_user, Ident, Names};
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;
 /// Prefix of the temporary files writes go through.
-const TEMP_PREFIX: &str = ".sbx-write-";
+pub(crate) const TEMP_PREFIX: &str = ".sbx-write-";
 
 /// The files of a local sandbox, seen as one user.
 ///
@@ -109,6 +110,7 @@ fn entry(shown: String, real: &Path, meta: &fs::Metadata, names: &Names) -> Entr
     }
     e.owner = Some(names.user(meta.uid()));
     e.group = Some(names.group(meta.gid()));
+    e.metadata = crate::xattr::read(real);
     e
 }
 
@@ -292,6 +294,27 @@ impl FileStore for LocalFiles {
         self.run("rename", from, move || fs::rename(&a, &b))
             .await
             .map_err(|e| e.with_context("to", to))
+    }
+
+    async fn set_metadata(&self, path: &str, metadata: &BTreeMap<String, String>) -> Result<()> {
+        crate::xattr::validate(metadata).map_err(|m| {
+            Error::new(ErrorKind::InvalidInput, m)
+                .with_backend("local")
+                .with_operation("set_metadata")
+                .with_context("path", path)
+        })?;
+        let real = self.path(path)?;
+        let metadata = metadata.clone();
+        self.run("set_metadata", path, move || {
+            crate::xattr::replace(&real, &metadata).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTSUP) => io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this file system keeps no extended attributes",
+                ),
+                _ => e,
+            })
+        })
+        .await
     }
 
     async fn remove(&self, path: &str) -> Result<()> {

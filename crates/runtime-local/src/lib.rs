@@ -24,9 +24,12 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod files;
+mod metrics;
 mod process;
 mod runtime;
 mod users;
+mod watch;
+mod xattr;
 
 pub use files::LocalFiles;
 pub use runtime::{LocalRuntime, LocalSandbox};

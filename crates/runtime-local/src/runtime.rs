@@ -8,12 +8,14 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use runtime_core::{
-    Capabilities, CommandSpec, Error, ErrorKind, FileStore, ListFilter, Process, ProcessInfo,
-    Result, Runtime, Sandbox, SandboxInfo, SandboxSpec, DEFAULT_SANDBOX_TIMEOUT,
+    Capabilities, CommandSpec, Error, ErrorKind, FileStore, FsEventStream, ListFilter, Metrics,
+    Process, ProcessInfo, Result, Runtime, Sandbox, SandboxInfo, SandboxSpec,
+    DEFAULT_SANDBOX_TIMEOUT,
 };
 use tokio::sync::watch;
 
 use crate::files::LocalFiles;
+use crate::metrics::CpuSampler;
 use crate::process::{self, Defaults, Registry};
 use crate::users::{self, Ident};
 
@@ -88,6 +90,7 @@ struct State {
     /// When it expires; `None` for a sandbox with no time to live.
     deadline: watch::Sender<Option<SystemTime>>,
     killed: AtomicBool,
+    cpu: CpuSampler,
 }
 
 impl State {
@@ -121,6 +124,8 @@ impl Runtime for LocalRuntime {
         let mut caps = Capabilities::none();
         caps.pty = true;
         caps.host_ports = true;
+        caps.watch = true;
+        caps.metrics = true;
         caps
     }
 
@@ -260,6 +265,7 @@ impl LocalSandbox {
             processes: Arc::new(Registry::default()),
             deadline,
             killed: AtomicBool::new(false),
+            cpu: CpuSampler::default(),
         });
         Ok(LocalSandbox::from_state(state))
     }
@@ -365,6 +371,17 @@ impl Sandbox for LocalSandbox {
 
     async fn pause(&self) -> Result<()> {
         Err(Error::unsupported(BACKEND, "pause"))
+    }
+
+    async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
+        self.alive("watch")?;
+        let root = self.state.files_base(&self.state.defaults.user).join(path);
+        crate::watch::watch(&root, path, recursive)
+    }
+
+    async fn metrics(&self) -> Result<Metrics> {
+        self.alive("metrics")?;
+        Ok(self.state.cpu.measure().await)
     }
 
     async fn host(&self, port: u16) -> Result<String> {
