@@ -116,7 +116,7 @@ fn agent() -> Result<PathBuf> {
         ])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
+            "-C target-feature=+crt-static -C strip=symbols",
         ))?;
     let bin = root()
         .join("target")
