@@ -2,17 +2,20 @@
 //!
 //! ```text
 //! sbx-agent serve [--listen HOST:PORT]... [--socket PATH]... [--stdio] [--token-file PATH] [--user NAME] [--cwd DIR]
+//! sbx-agent relay SOCKET
 //! sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
 //! sbx-agent deadlines [--state DIR]
 //! ```
 //!
-//! `serve` is envd inside a sandbox: see [`serve`]. `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]; `deadlines` is
+//! `serve` is envd inside a sandbox: see [`serve`]; `relay` joins stdio to its socket for a
+//! host that reaches it through one attached exec. `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]; `deadlines` is
 //! the backend's channel to the keeper's state: see [`deadlines`]. It is built fully static
 //! (`cargo xtask agent`) so it runs in an image that holds nothing else.
 
 mod deadlines;
 mod docker;
 mod keeper;
+mod relay;
 mod serve;
 
 use std::process::ExitCode;
@@ -24,6 +27,13 @@ fn main() -> ExitCode {
             Ok(options) => serve::run(options),
             Err(e) => {
                 eprintln!("sbx-agent serve: {e}\nusage: {}", serve::USAGE);
+                ExitCode::from(2)
+            }
+        },
+        Some("relay") => match args.get(1..) {
+            Some([socket]) => relay::run(socket),
+            _ => {
+                eprintln!("usage: sbx-agent relay SOCKET");
                 ExitCode::from(2)
             }
         },
@@ -48,7 +58,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: {}\n       sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]",
+                "usage: {}\n       sbx-agent relay SOCKET\n       sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]",
                 serve::USAGE
             );
             ExitCode::from(2)

@@ -166,6 +166,10 @@ async fn serve(o: Options) -> Result<(), String> {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        // Only this agent's own user (root in a sandbox) may connect.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
         eprintln!("sbx-agent: listening on unix {}", path.display());
         let app = app.clone();
         tasks.spawn(async move {

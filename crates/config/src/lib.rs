@@ -46,7 +46,9 @@ use figment::Figment;
 use runtime_core::{Error, ErrorKind, Mount, Result, Runtime};
 use serde::{Deserialize, Serialize};
 
-pub use sections::{CoreSection, DockerSection, E2bSection, RuntimeKind, SandboxSection, Secret};
+pub use sections::{
+    AgentMode, CoreSection, DockerSection, E2bSection, RuntimeKind, SandboxSection, Secret,
+};
 
 use env::EnvLayer;
 
@@ -257,6 +259,7 @@ impl Config {
         if let Some(bin) = &d.agent_binary {
             builder = builder.agent_binary(bin.clone());
         }
+        builder = builder.agent_inside(d.agent == sections::AgentMode::Auto);
         let mut resources = runtime_core::Resources::new();
         resources.cpus = d.cpus;
         resources.memory_mb = d.memory_mb;

@@ -381,9 +381,24 @@ pub struct DockerSection {
     /// An OCI runtime registered with the engine, e.g. `runsc` for gVisor. Default: the
     /// engine's own.
     pub runtime: Option<String>,
-    /// The static `sbx-agent` binary (the deadline keeper). Default: `SBX_AGENT_BIN`, else
-    /// beside the running program.
+    /// The static `sbx-agent` binary (the deadline keeper, and the agent inside sandboxes).
+    /// Default: `SBX_AGENT_BIN`, else beside the running program.
     pub agent_binary: Option<std::path::PathBuf>,
+    /// The agent inside sandboxes: `auto` (default) runs it wherever it can run, so commands
+    /// and files take about a millisecond; `off` sends them through the engine's exec API.
+    pub agent: AgentMode,
+}
+
+/// `[docker] agent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum AgentMode {
+    /// Wherever it can run (a Linux x86_64 image, an agent binary at hand).
+    #[default]
+    Auto,
+    /// Never: the engine's exec API.
+    Off,
 }
 
 impl Default for DockerSection {
@@ -399,6 +414,7 @@ impl Default for DockerSection {
             capabilities: None,
             runtime: None,
             agent_binary: None,
+            agent: AgentMode::Auto,
         }
     }
 }

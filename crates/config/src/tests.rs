@@ -421,7 +421,7 @@ fn docker_hardening_keys_load() {
     assert_eq!(c.docker.capabilities, None);
     assert_eq!(c.docker.runtime, None);
     let f = toml_file(
-        "[docker]\ncapabilities = [\"CHOWN\", \"NET_RAW\"]\nruntime = \"runsc\"\nagent_binary = \"/opt/sbx-agent\"\ncpus = 0.5\n",
+        "[docker]\ncapabilities = [\"CHOWN\", \"NET_RAW\"]\nruntime = \"runsc\"\nagent_binary = \"/opt/sbx-agent\"\ncpus = 0.5\nagent = \"off\"\n",
     );
     let c = Config::builder()
         .file(f.path())
@@ -438,4 +438,12 @@ fn docker_hardening_keys_load() {
         Some(std::path::Path::new("/opt/sbx-agent"))
     );
     assert_eq!(c.docker.cpus, Some(0.5));
+    assert_eq!(c.docker.agent, crate::AgentMode::Off);
+    assert_eq!(
+        env(&[]).load().unwrap().docker.agent,
+        crate::AgentMode::Auto
+    );
+    let bad = toml_file("[docker]\nagent = \"sometimes\"\n");
+    let e = Config::builder().file(bad.path()).load().unwrap_err();
+    assert!(e.to_string().contains("agent"), "{e}");
 }

@@ -168,12 +168,28 @@ impl Keeper {
         ))
     }
 
-    /// Imports the image if missing and makes the container (another process may make it at
-    /// the same time: a name conflict is fine).
-    async fn make(&self) -> Result<()> {
+    /// The agent binary this keeper runs.
+    pub(crate) fn binary(&self) -> &[u8] {
+        &self.binary
+    }
+
+    /// The keeper's image (`prefix-keeper:tag`), imported when missing: it holds the binary.
+    pub(crate) async fn ensure_image(&self) -> Result<&str> {
         if self.docker.inspect_image(&self.image).await.is_err() {
             self.import().await?;
         }
+        Ok(&self.image)
+    }
+
+    /// A short digest of the binary, naming what is made from it.
+    pub(crate) fn tag(&self) -> &str {
+        self.image.rsplit(':').next().unwrap_or_default()
+    }
+
+    /// Imports the image if missing and makes the container (another process may make it at
+    /// the same time: a name conflict is fine).
+    async fn make(&self) -> Result<()> {
+        self.ensure_image().await?;
         let mut labels = HashMap::new();
         labels.insert(format!("{}.keeper", self.prefix), "1".to_string());
         let config = Config {

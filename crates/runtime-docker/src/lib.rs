@@ -5,6 +5,7 @@ mod agent;
 mod error;
 mod exec;
 mod files;
+mod inside;
 mod keeper;
 mod process;
 mod runtime;

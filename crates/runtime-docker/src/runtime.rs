@@ -21,6 +21,7 @@ use runtime_core::{Error, ErrorKind, Result};
 use tracing::{debug, info_span, Instrument};
 
 use crate::error::{err, map, BACKEND};
+use crate::inside::{self, Inside};
 use crate::keeper::{Held, Keeper};
 use crate::sandbox::{DockerSandbox, Ttl};
 use crate::template::TemplateInfo;
@@ -97,6 +98,10 @@ impl Labels {
     pub(crate) fn ttl(&self) -> String {
         format!("{}.ttl", self.prefix)
     }
+    /// The token of the agent inside the sandbox; absent on the exec path.
+    pub(crate) fn agent(&self) -> String {
+        format!("{}.agent", self.prefix)
+    }
     /// The deadline set at create (epoch seconds); the keeper's state overrides it.
     pub(crate) fn deadline(&self) -> String {
         format!("{}.deadline", self.prefix)
@@ -129,6 +134,8 @@ pub(crate) struct Settings {
     pub(crate) keeper: Option<Arc<Keeper>>,
     /// Whether a missing keeper is worth a warning (not when the agent was turned off).
     pub(crate) agent_wanted: bool,
+    /// The agent inside sandboxes (the fast path); `None` without a binary or when turned off.
+    pub(crate) inside: Option<Arc<Inside>>,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -171,6 +178,7 @@ pub struct DockerRuntimeBuilder {
     max_file_bytes: Option<u64>,
     agent_binary: Option<std::path::PathBuf>,
     use_agent: bool,
+    agent_inside: bool,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -196,6 +204,7 @@ impl Default for DockerRuntimeBuilder {
             max_file_bytes: Some(4 << 30),
             agent_binary: None,
             use_agent: true,
+            agent_inside: true,
             engine_socket: "/var/run/docker.sock".into(),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             oci_runtime: None,
@@ -292,9 +301,20 @@ impl DockerRuntimeBuilder {
     }
 
     /// Runs no `sbx-agent`, whatever [`DockerRuntimeBuilder::agent_binary`] or `SBX_AGENT_BIN`
-    /// say: each sandbox keeps its own deadline (root inside it can change it).
+    /// say: each sandbox keeps its own deadline (root inside it can change it), and commands
+    /// and files go through the engine's exec API.
     pub fn without_agent(mut self) -> Self {
         self.use_agent = false;
+        self
+    }
+
+    /// Whether sandboxes run the agent inside them (`[docker] agent = "auto" | "off"`; default
+    /// on): commands, files, watching and metrics then go to it over one attached exec, about
+    /// a millisecond a command. Off, or where the agent cannot run (an image that is not Linux
+    /// x86_64, no agent binary), they go through the engine's exec API (tens of milliseconds
+    /// a command). The deadline keeper is not affected.
+    pub fn agent_inside(mut self, on: bool) -> Self {
+        self.agent_inside = on;
         self
     }
 
@@ -357,6 +377,14 @@ impl DockerRuntimeBuilder {
             )?)),
             None => None,
         };
+        let inside = match (&keeper, self.agent_inside) {
+            (Some(k), true) => Some(Arc::new(Inside::new(
+                docker.clone(),
+                &self.label_prefix,
+                k.clone(),
+            ))),
+            _ => None,
+        };
         Ok(DockerRuntime {
             docker,
             settings: Arc::new(Settings {
@@ -377,6 +405,7 @@ impl DockerRuntimeBuilder {
                 oci_runtime: self.oci_runtime,
                 keeper,
                 agent_wanted: self.use_agent,
+                inside,
             }),
         })
     }
@@ -420,7 +449,7 @@ pub(crate) fn epoch(t: SystemTime) -> u64 {
 /// its own deadline, unpacked before start. Under gVisor, also `/tmp/.sbx-keep`: gVisor mounts
 /// a tmpfs of its own over an empty `/tmp`, where files written through the engine would never
 /// be seen; a `/tmp` that is not empty stays on the container's file system.
-fn sbx_dir(deadline: Option<u64>, gvisor: bool) -> Result<bytes::Bytes> {
+fn sbx_dir(deadline: Option<u64>, gvisor: bool, token: Option<&str>) -> Result<bytes::Bytes> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dir = |path: &str, mode: u32| {
         let mut h = tar::Header::new_gnu();
@@ -437,6 +466,18 @@ fn sbx_dir(deadline: Option<u64>, gvisor: bool) -> Result<bytes::Bytes> {
         h.set_mode(0o644);
         h.set_size(content.len() as u64);
         b.append_data(&mut h, ".sbx/deadline", content.as_bytes())?;
+    }
+    if let Some(token) = token {
+        // The agent's directory and token: root only (uid 0 in the header).
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o700);
+        h.set_size(0);
+        b.append_data(&mut h, ".sbx-run/", std::io::empty())?;
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o400);
+        h.set_size(token.len() as u64);
+        b.append_data(&mut h, ".sbx-run/token", token.as_bytes())?;
     }
     if gvisor {
         let note = b"keeps /tmp on the container's file system under gVisor (see sbx)\n";
@@ -507,9 +548,18 @@ impl DockerRuntime {
 
     async fn ensure_image(&self, image: &str) -> Result<TemplateInfo> {
         match self.docker.inspect_image(image).await {
-            Ok(inspect) => Ok(TemplateInfo::from_labels(
-                inspect.config.and_then(|c| c.labels).unwrap_or_default(),
-            )),
+            Ok(inspect) => {
+                let linux_x86_64 = inspect.os.as_deref().is_none_or(|o| o == "linux")
+                    && inspect
+                        .architecture
+                        .as_deref()
+                        .is_none_or(|a| a == "amd64" || a == "x86_64");
+                let mut info = TemplateInfo::from_labels(
+                    inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+                );
+                info.agent_can_run = linux_x86_64;
+                Ok(info)
+            }
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Err(err(
@@ -576,8 +626,17 @@ impl DockerRuntime {
             .cloned()
             .filter(|u| !u.is_empty());
         let ttl = Ttl::from_labels(&labels, &self.settings.labels);
+        let token = labels.get(&self.settings.labels.agent()).cloned();
         Ok((
-            DockerSandbox::new(self.clone(), id.to_string(), name, workdir, user, ttl),
+            DockerSandbox::new(
+                self.clone(),
+                id.to_string(),
+                name,
+                workdir,
+                user,
+                ttl,
+                token.as_deref(),
+            )?,
             state,
             labels,
         ))
@@ -673,7 +732,11 @@ impl Runtime for DockerRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all()
+        let mut c = Capabilities::all();
+        // Only the agent inside a sandbox watches and measures it.
+        c.watch = self.settings.inside.is_some();
+        c.metrics = self.settings.inside.is_some();
+        c
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
@@ -707,6 +770,18 @@ impl Runtime for DockerRuntime {
                 if keeper.is_some() { "keeper" } else { "file" }.to_string(),
             );
             labels.insert(l.deadline(), deadline.to_string());
+            // The fast path where the agent can run here.
+            let inside = match &s.inside {
+                Some(i) if template.agent_can_run => {
+                    i.ensure().await?;
+                    Some(i.clone())
+                }
+                _ => None,
+            };
+            let token = inside.as_ref().map(|_| inside::new_token());
+            if let Some(t) = &token {
+                labels.insert(l.agent(), t.clone());
+            }
             for (k, v) in &spec.metadata {
                 labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
             }
@@ -743,7 +818,7 @@ impl Runtime for DockerRuntime {
                 }
             }
 
-            let mounts: Vec<DockerMount> = s
+            let mut mounts: Vec<DockerMount> = s
                 .mounts
                 .iter()
                 .chain(spec.mounts.iter())
@@ -760,6 +835,9 @@ impl Runtime for DockerRuntime {
                     ..Default::default()
                 })
                 .collect();
+            if let Some(i) = &inside {
+                mounts.push(i.mount());
+            }
 
             let r = &spec.resources;
             let d = &s.resources;
@@ -809,17 +887,23 @@ impl Runtime for DockerRuntime {
             };
             let config = Config {
                 image: Some(image.clone()),
-                entrypoint: Some(vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    if keeper.is_some() {
-                        IDLE
-                    } else {
-                        DEADLINE_FILE_INIT
-                    }
-                    .into(),
-                    "sbx-init".into(),
-                ]),
+                entrypoint: Some(match &inside {
+                    Some(_) => inside::entrypoint(
+                        spec.user.as_deref().unwrap_or("root"),
+                        &workdir,
+                    ),
+                    None => vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        if keeper.is_some() {
+                            IDLE
+                        } else {
+                            DEADLINE_FILE_INIT
+                        }
+                        .into(),
+                        "sbx-init".into(),
+                    ],
+                }),
                 cmd: Some(vec![]),
                 env: Some(env),
                 labels: Some(labels.clone()),
@@ -852,6 +936,7 @@ impl Runtime for DockerRuntime {
                             s.oci_runtime
                                 .as_deref()
                                 .is_some_and(|r| r.contains("runsc")),
+                            token.as_deref(),
                         )?,
                     )
                     .await
@@ -884,7 +969,8 @@ impl Runtime for DockerRuntime {
                     workdir,
                     spec.user.clone(),
                     Ttl::from_labels(&labels, l),
-                );
+                    token.as_deref(),
+                )?;
                 sandbox.wait_ready(&template).await?;
                 Ok::<_, Error>(sandbox)
             }

@@ -4,8 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use runtime_core::{
-    CommandSpec, ErrorKind, FileStore, Process, ProcessInfo, Result, Sandbox, SandboxExt,
-    SandboxInfo, SandboxState,
+    CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
+    Sandbox, SandboxExt, SandboxInfo, SandboxState,
 };
 use tracing::{debug, info_span, Instrument};
 
@@ -57,6 +57,8 @@ pub struct DockerSandbox {
     user: Option<String>,
     files: DockerFiles,
     ttl: Ttl,
+    /// The agent inside the sandbox, when it runs one (the fast path).
+    agent: Option<runtime_e2b::EnvdClient>,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -76,15 +78,61 @@ impl DockerSandbox {
         workdir: String,
         user: Option<String>,
         ttl: Ttl,
-    ) -> Self {
+        agent_token: Option<&str>,
+    ) -> Result<Self> {
+        let agent = match agent_token {
+            Some(token) => Some(crate::inside::client(
+                &runtime.docker,
+                &container,
+                &id,
+                token,
+                user.as_deref().unwrap_or("root"),
+                &workdir,
+            )?),
+            None => None,
+        };
         let files = DockerFiles::new(runtime.docker.clone(), container.clone(), workdir);
-        DockerSandbox {
+        Ok(DockerSandbox {
             runtime,
             id,
             container,
             user,
             files,
             ttl,
+            agent,
+        })
+    }
+
+    /// Whether commands and files go to the agent inside the sandbox (else the exec API).
+    pub fn uses_agent(&self) -> bool {
+        self.agent.is_some()
+    }
+
+    /// An error of the agent path as this backend reports it: a sandbox that is gone (or
+    /// paused) is [`ErrorKind::NotFound`] / [`ErrorKind::Conflict`], as on the exec path.
+    async fn agent_error(&self, e: runtime_core::Error, op: &'static str) -> runtime_core::Error {
+        if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Unexpected) {
+            return e.with_context("sandbox_id", &self.id);
+        }
+        match self
+            .runtime
+            .docker
+            .inspect_container(&self.container, None)
+            .await
+        {
+            Ok(c) => match c.state.and_then(|s| s.status) {
+                Some(bollard::models::ContainerStateStatusEnum::RUNNING) => {
+                    e.with_context("sandbox_id", &self.id)
+                }
+                Some(bollard::models::ContainerStateStatusEnum::PAUSED) => err(
+                    ErrorKind::Conflict,
+                    op,
+                    format!("sandbox {} is paused; connect to resume it", self.id),
+                )
+                .with_context("sandbox_id", &self.id),
+                _ => gone(&self.id, op),
+            },
+            Err(_) => gone(&self.id, op),
         }
     }
 
@@ -212,6 +260,12 @@ impl Sandbox for DockerSandbox {
 
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
         let span = info_span!("spawn", backend = BACKEND, sandbox_id = %self.id);
+        if let Some(agent) = &self.agent {
+            return match agent.spawn(spec).instrument(span).await {
+                Ok(p) => Ok(p),
+                Err(e) => Err(self.agent_error(e, "spawn").await),
+            };
+        }
         crate::process::spawn(
             &self.runtime.docker,
             &self.container,
@@ -224,16 +278,56 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        if let Some(agent) = &self.agent {
+            return match agent.processes().await {
+                Ok(p) => Ok(p),
+                Err(e) => Err(self.agent_error(e, "processes").await),
+            };
+        }
         crate::process::list(&self.runtime.docker, &self.container).await
     }
 
     fn files(&self) -> &dyn FileStore {
-        &self.files
+        match &self.agent {
+            Some(agent) => agent.files(),
+            None => &self.files,
+        }
     }
 
     fn files_as(&self, user: &str) -> Result<Box<dyn FileStore>> {
         crate::process::check_user(user).map_err(|e| e.with_context("sandbox_id", &self.id))?;
-        Ok(Box::new(self.files.as_user(user)))
+        match &self.agent {
+            Some(agent) => Ok(Box::new(agent.files_as(user))),
+            None => Ok(Box::new(self.files.as_user(user))),
+        }
+    }
+
+    async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
+        let Some(agent) = &self.agent else {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "watch",
+                "this sandbox has no agent inside it (the exec path cannot watch directories)",
+            ));
+        };
+        match agent.watch(path, recursive).await {
+            Ok(w) => Ok(w),
+            Err(e) => Err(self.agent_error(e, "watch").await),
+        }
+    }
+
+    async fn metrics(&self) -> Result<Metrics> {
+        let Some(agent) = &self.agent else {
+            return Err(err(
+                ErrorKind::Unsupported,
+                "metrics",
+                "this sandbox has no agent inside it (the exec path cannot measure it)",
+            ));
+        };
+        match agent.metrics().await {
+            Ok(m) => Ok(m),
+            Err(e) => Err(self.agent_error(e, "metrics").await),
+        }
     }
 
     async fn info(&self) -> Result<SandboxInfo> {
@@ -322,4 +416,13 @@ impl Sandbox for DockerSandbox {
             .with_context("sandbox_id", &self.id)),
         }
     }
+}
+
+fn gone(id: &str, op: &'static str) -> runtime_core::Error {
+    err(
+        ErrorKind::NotFound,
+        op,
+        format!("sandbox {id} doesn't exist (killed, expired, or never made here)"),
+    )
+    .with_context("sandbox_id", id)
 }

@@ -74,6 +74,8 @@ pub(crate) struct TemplateInfo {
     pub(crate) ready_cmd: Option<String>,
     pub(crate) cpu_count: Option<u32>,
     pub(crate) memory_mb: Option<u32>,
+    /// Whether the image is Linux on x86_64, where the agent runs.
+    pub(crate) agent_can_run: bool,
 }
 
 impl TemplateInfo {
@@ -84,6 +86,7 @@ impl TemplateInfo {
             ready_cmd: get(READY_LABEL),
             cpu_count: get(CPU_LABEL).and_then(|v| v.parse().ok()),
             memory_mb: get(MEMORY_LABEL).and_then(|v| v.parse().ok()),
+            agent_can_run: true,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The conformance suite against Docker, on the busybox image (`sbx-mini`), the Debian image
 //! (`sbx-base`) and the busybox image under gVisor (`docker_gvisor`, when `runsc` is
-//! registered), plus what only this backend has: templates, sandboxes shared between
+//! registered), all with the agent inside the sandboxes, and on the Debian image through the
+//! engine's exec API (`docker_exec`, the fallback path), plus what only this backend has: templates, sandboxes shared between
 //! processes, expiry with no process of ours running, and bounded memory.
 //!
 //! With `SBX_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
@@ -66,6 +67,26 @@ fn main() -> ExitCode {
         )
         .with_python(true),
     );
+
+    // The exec path (no agent inside the sandboxes) stays a target of its own, so neither
+    // path rots: the Debian image, with the agent turned off.
+    let exec_path = suite
+        .tokio()
+        .block_on(DockerRuntime::builder().agent_inside(false).build());
+    match exec_path {
+        Ok(rt) => suite.add_sandbox(
+            SandboxTarget::new(
+                "docker_exec",
+                Arc::new(rt),
+                SandboxSpec::new().template(BASE),
+            )
+            .with_python(true),
+        ),
+        Err(e) => {
+            eprintln!("error: the exec-path runtime: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     // Once more on the Debian image under gVisor (`runsc`), when the engine has it
     // (`cargo xtask docker --gvisor`; CI requires it with SBX_REQUIRE_GVISOR=1).
