@@ -334,7 +334,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                             "id": i.id, "template": i.template, "state": i.state.as_str(), "metadata": i.metadata,
                             "started_at": runtime_core::time::rfc3339(i.started_at),
                             "expires_at": i.expires_at.map(runtime_core::time::rfc3339),
-                            "backend": i.backend,
+                            "backend": i.backend, "details": i.details,
                         })
                     })
                     .collect();

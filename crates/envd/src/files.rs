@@ -77,7 +77,7 @@ pub(crate) async fn download(
                     };
                     plain_error(StatusCode::BAD_REQUEST, format!("path '{path}' {what}"))
                 }
-                ErrorKind::PermissionDenied => plain_error(StatusCode::UNAUTHORIZED, e.to_string()),
+                ErrorKind::PermissionDenied => plain_error(StatusCode::FORBIDDEN, e.to_string()),
                 _ => plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
@@ -132,7 +132,7 @@ fn upload_error(e: &runtime_core::Error, path: &str) -> Response {
             StatusCode::BAD_REQUEST,
             format!("cannot write '{path}': {}", e.message()),
         ),
-        ErrorKind::PermissionDenied => plain_error(StatusCode::UNAUTHORIZED, e.to_string()),
+        ErrorKind::PermissionDenied => plain_error(StatusCode::FORBIDDEN, e.to_string()),
         _ => plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -151,24 +151,19 @@ async fn write_one(
 ) -> Result<WriteInfo, Response> {
     let files = files_for(served, user).map_err(|e| upload_error(&e, path))?;
     let fs = files.get();
-    fs.write_stream(path, content)
-        .await
-        .map_err(|e| upload_error(&e, path))?;
-    if !metadata.is_empty() {
-        match fs.set_metadata(path, metadata).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Unsupported => {
-                return Err(plain_error(
-                    StatusCode::NOT_IMPLEMENTED,
-                    format!(
-                        "file metadata is not supported by this sandbox ({}); '{path}' was \
-                         written without it",
-                        e.message()
-                    ),
-                ))
-            }
-            Err(e) => return Err(upload_error(&e, path)),
+    match fs.write_stream_with_metadata(path, content, metadata).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::Unsupported && !metadata.is_empty() => {
+            return Err(plain_error(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "file metadata is not supported by this sandbox ({}); '{path}' was not \
+                     written",
+                    e.message()
+                ),
+            ))
         }
+        Err(e) => return Err(upload_error(&e, path)),
     }
     let metadata = fs.stat(path).await.map(|e| e.metadata).unwrap_or_default();
     Ok(WriteInfo {

@@ -53,7 +53,7 @@ pub struct EntryInfo {
     pub owner: Option<String>,
     /// Group (a name, or a numeric id), when the store knows it.
     pub group: Option<String>,
-    /// Key-value metadata kept with the file (see [`FileStore::set_metadata`]); empty where
+    /// Key-value metadata kept with the file (see [`FileStore::write_stream_with_metadata`]); empty where
     /// the store keeps none.
     pub metadata: BTreeMap<String, String>,
 }
@@ -140,20 +140,30 @@ pub trait FileStore: Send + Sync + fmt::Debug {
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Removes an entry, recursively.
     async fn remove(&self, path: &str) -> Result<()>;
-    /// Replaces the key-value metadata kept with a file (an empty map clears it), as E2B's
-    /// envd keeps it in extended attributes. Keys are lowercase printable ASCII.
+    /// Writes a file as [`FileStore::write_stream`] does, with key-value metadata kept with
+    /// it (replacing any it had), as E2B's envd keeps it in extended attributes. Keys are
+    /// lowercase printable ASCII. With no metadata it is `write_stream`.
     ///
     /// # Errors
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the store keeps no
-    /// metadata (the default); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
-    /// for keys or values it cannot keep.
-    async fn set_metadata(&self, path: &str, metadata: &BTreeMap<String, String>) -> Result<()> {
-        let _ = (path, metadata);
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), before anything is written,
+    /// where the store keeps no metadata (the default);
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for keys or values it cannot
+    /// keep.
+    async fn write_stream_with_metadata(
+        &self,
+        path: &str,
+        content: ByteStream,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if metadata.is_empty() {
+            return self.write_stream(path, content).await;
+        }
         Err(crate::Error::new(
             crate::ErrorKind::Unsupported,
             "this store keeps no file metadata",
         )
-        .with_operation("set_metadata"))
+        .with_operation("write")
+        .with_context("path", path))
     }
 }
 

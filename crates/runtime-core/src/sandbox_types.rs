@@ -328,6 +328,10 @@ pub struct SandboxInfo {
     pub expires_at: Option<SystemTime>,
     /// The backend it lives on.
     pub backend: String,
+    /// Facts of the backend beyond these fields, for people and tools (Docker: `agent` is
+    /// `inside` when commands and files go to the agent in the sandbox, `exec` when they go
+    /// through the engine's exec API).
+    pub details: BTreeMap<String, String>,
 }
 
 impl SandboxInfo {
@@ -341,6 +345,7 @@ impl SandboxInfo {
             started_at: SystemTime::now(),
             expires_at: None,
             backend: backend.to_string(),
+            details: BTreeMap::new(),
         }
     }
 }

@@ -721,6 +721,12 @@ impl DockerRuntime {
         if let Some(created) = labels.get(&l.created()).and_then(|c| parse_created(c)) {
             info.started_at = created;
         }
+        let path = if labels.contains_key(&l.agent()) {
+            "inside"
+        } else {
+            "exec"
+        };
+        info.details.insert("agent".into(), path.into());
         info
     }
 }

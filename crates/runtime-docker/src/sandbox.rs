@@ -261,6 +261,10 @@ impl Sandbox for DockerSandbox {
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
         let span = info_span!("spawn", backend = BACKEND, sandbox_id = %self.id);
         if let Some(agent) = &self.agent {
+            if let Some(user) = &spec.user {
+                crate::process::check_user(user)
+                    .map_err(|e| e.with_context("sandbox_id", &self.id))?;
+            }
             return match agent.spawn(spec).instrument(span).await {
                 Ok(p) => Ok(p),
                 Err(e) => Err(self.agent_error(e, "spawn").await),

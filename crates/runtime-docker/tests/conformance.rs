@@ -239,6 +239,13 @@ fn main() -> ExitCode {
             sb.kill().await
         },
     );
+    let rt = runtime.clone();
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::agent::info_says_which_path_and_only_root_reaches_it".into(),
+        false,
+        move || agent_path(rt, id),
+    );
     suite.run()
 }
 
@@ -611,4 +618,71 @@ fn child(mode: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent inside a sandbox: `info` says which path a sandbox takes; the sandbox's user can
+/// neither read the agent's token nor reach its socket; root killing the agent costs a
+/// reconnect, not the sandbox.
+async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+    let sb = rt
+        .create(
+            SandboxSpec::new()
+                .template(BASE)
+                .metadata(SUITE_LABEL, &run_id),
+        )
+        .await?;
+    let result = async {
+        let info = sb.info().await?;
+        assert_eq!(
+            info.details.get("agent").map(String::as_str),
+            Some("inside")
+        );
+        let as_user = |line: &str| CommandSpec::shell(line).user("user");
+        let out = sb.exec(as_user("cat /.sbx-run/token")).await?;
+        assert_ne!(out.exit_code, Some(0), "the token is root's: {out:?}");
+        let out = sb
+            .exec(as_user(
+                "python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); \
+                 s.connect(\"/.sbx-run/agent.sock\")'",
+            ))
+            .await?;
+        assert_ne!(out.exit_code, Some(0), "the socket is root's: {out:?}");
+        assert!(out.stderr_text().contains("Permission"), "{out:?}");
+        // Root kills the agent: it is started again and the next command finds it.
+        let _ = sb
+            .exec(
+                CommandSpec::shell(
+                    "kill -9 $(pidof sbx-agent | tr ' ' '\\n' | grep -v $$) 2>/dev/null; true",
+                )
+                .user("root"),
+            )
+            .await;
+        let mut ok = false;
+        for _ in 0..50 {
+            if let Ok(o) = sb.exec_shell("echo back").await {
+                if o.stdout_text() == "back\n" {
+                    ok = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(ok, "commands work again after the agent was killed");
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    sb.kill().await?;
+    result?;
+    let exec_rt = DockerRuntime::builder().agent_inside(false).build().await?;
+    let sb = exec_rt
+        .create(
+            SandboxSpec::new()
+                .template(MINI)
+                .metadata(SUITE_LABEL, &run_id),
+        )
+        .await?;
+    let info = sb.info().await;
+    sb.kill().await?;
+    assert_eq!(info?.details.get("agent").map(String::as_str), Some("exec"));
+    Ok(())
 }

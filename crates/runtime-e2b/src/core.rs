@@ -443,20 +443,20 @@ impl Envd {
         path: &str,
         user: Option<&str>,
         body: reqwest::Body,
+        metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
         let mut query = vec![("path", path.to_string())];
         if let Some(u) = user {
             query.push(("username", u.to_string()));
         }
-        let response = self
-            .send(
-                self.request(&self.http1, Method::POST, "/files", None)
-                    .query(&query)
-                    .header("content-type", "application/octet-stream")
-                    .body(body),
-                "write",
-            )
-            .await?;
+        let mut request = self
+            .request(&self.http1, Method::POST, "/files", None)
+            .query(&query)
+            .header("content-type", "application/octet-stream");
+        for (k, v) in metadata {
+            request = request.header(format!("X-Metadata-{k}"), v);
+        }
+        let response = self.send(request.body(body), "write").await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.unwrap_or_default();
         if (200..300).contains(&status) {

@@ -1,5 +1,7 @@
 //! [`E2bFiles`]: a sandbox's files through envd (`/files` and the filesystem service).
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use e2b_protocol::envd::{
     self, rpc, EntryResponse, FileType, ListDirRequest, ListDirResponse, MoveRequest, PathRequest,
@@ -79,8 +81,19 @@ impl FileStore for E2bFiles {
     }
 
     async fn write_stream(&self, path: &str, content: ByteStream) -> Result<()> {
+        self.write_stream_with_metadata(path, content, &BTreeMap::new())
+            .await
+    }
+
+    /// The metadata travels as `X-Metadata-<key>` headers of the upload, as the SDK sends it.
+    async fn write_stream_with_metadata(
+        &self,
+        path: &str,
+        content: ByteStream,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
         let body = reqwest::Body::wrap_stream(content.map_err(std::io::Error::other));
-        self.envd.upload(path, self.user(), body).await
+        self.envd.upload(path, self.user(), body, metadata).await
     }
 
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {

@@ -37,6 +37,48 @@ pub struct LocalFiles {
 }
 
 impl LocalFiles {
+    /// The atomic write: a temporary file beside the target, filled, given its metadata, then
+    /// renamed over the target.
+    async fn write(
+        &self,
+        path: &str,
+        mut content: ByteStream,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> Result<()> {
+        let real = self.path(path)?;
+        let target = real.clone();
+        let temp = temp_beside(&real);
+        let mut guard = TempGuard::new(temp.clone());
+        let (made, dropped) = (temp.clone(), guard.dropped.clone());
+        let file = self
+            .run("write", path, move || open_temp(&target, &made, &dropped))
+            .await?;
+        let mut file = tokio::fs::File::from_std(file);
+        while let Some(chunk) = content.next().await {
+            let chunk = chunk.map_err(|e| e.with_operation("write").with_context("path", path))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| io_error(e, "write", path))?;
+        }
+        file.flush().await.map_err(|e| io_error(e, "write", path))?;
+        drop(file);
+        self.run("write", path, move || {
+            if let Some(m) = &metadata {
+                crate::xattr::replace(&temp, m).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOTSUP) => io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "this file system keeps no extended attributes",
+                    ),
+                    _ => e,
+                })?;
+            }
+            fs::rename(&temp, &real)
+        })
+        .await?;
+        guard.path = None;
+        Ok(())
+    }
+
     pub(crate) fn new(base: PathBuf, who: Option<Ident>) -> Self {
         LocalFiles {
             base: Arc::new(base),
@@ -75,7 +117,9 @@ pub(crate) fn io_error(e: io::Error, op: &'static str, path: &str) -> Error {
         Some(libc::EROFS) => {
             Error::new(ErrorKind::PermissionDenied, format!("{e}")).with_retryable(false)
         }
-        Some(libc::EISDIR) => Error::new(ErrorKind::InvalidInput, format!("{e}")),
+        Some(libc::EISDIR) | Some(libc::ENAMETOOLONG) => {
+            Error::new(ErrorKind::InvalidInput, format!("{e}"))
+        }
         Some(libc::ENOTDIR) if op == "read" || op == "list" => {
             Error::new(ErrorKind::NotFound, format!("{e}"))
         }
@@ -150,11 +194,29 @@ fn walk(
 }
 
 /// Removes a temporary file unless disarmed: a write that does not finish leaves nothing.
-struct TempGuard(Option<PathBuf>);
+///
+/// The guard exists before the file does: a write cancelled while the file is being made on a
+/// worker thread sets `dropped`, and the worker, which looks at it once the file exists,
+/// removes the file itself.
+struct TempGuard {
+    path: Option<PathBuf>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TempGuard {
+    fn new(path: PathBuf) -> Self {
+        TempGuard {
+            path: Some(path),
+            dropped: Arc::default(),
+        }
+    }
+}
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
+        if let Some(p) = self.path.take() {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = fs::remove_file(p);
         }
     }
@@ -167,7 +229,11 @@ fn temp_beside(target: &Path) -> PathBuf {
 
 /// Opens the temporary file for a write onto `target`: parents made, the mode of a file it
 /// replaces kept (permission bits only), never following a link.
-fn open_temp(target: &Path) -> io::Result<(fs::File, PathBuf)> {
+fn open_temp(
+    target: &Path,
+    temp: &Path,
+    dropped: &std::sync::atomic::AtomicBool,
+) -> io::Result<fs::File> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent)?;
     }
@@ -178,15 +244,18 @@ fn open_temp(target: &Path) -> io::Result<(fs::File, PathBuf)> {
         Ok(m) if m.is_file() => m.mode() & 0o777,
         _ => 0o644,
     };
-    let temp = temp_beside(target);
     let file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .mode(0o600)
-        .open(&temp)?;
+        .open(temp)?;
+    if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = fs::remove_file(temp);
+        return Err(io::Error::from(io::ErrorKind::Interrupted));
+    }
     file.set_permissions(fs::Permissions::from_mode(mode))?;
-    Ok((file, temp))
+    Ok(file)
 }
 
 #[async_trait]
@@ -225,24 +294,26 @@ impl FileStore for LocalFiles {
         Ok(Box::pin(stream))
     }
 
-    async fn write_stream(&self, path: &str, mut content: ByteStream) -> Result<()> {
-        let real = self.path(path)?;
-        let target = real.clone();
-        let (file, temp) = self.run("write", path, move || open_temp(&target)).await?;
-        let mut guard = TempGuard(Some(temp.clone()));
-        let mut file = tokio::fs::File::from_std(file);
-        while let Some(chunk) = content.next().await {
-            let chunk = chunk.map_err(|e| e.with_operation("write").with_context("path", path))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| io_error(e, "write", path))?;
+    async fn write_stream(&self, path: &str, content: ByteStream) -> Result<()> {
+        self.write(path, content, None).await
+    }
+
+    async fn write_stream_with_metadata(
+        &self,
+        path: &str,
+        content: ByteStream,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if metadata.is_empty() {
+            return self.write(path, content, None).await;
         }
-        file.flush().await.map_err(|e| io_error(e, "write", path))?;
-        drop(file);
-        self.run("write", path, move || fs::rename(&temp, &real))
-            .await?;
-        guard.0 = None;
-        Ok(())
+        crate::xattr::validate(metadata).map_err(|m| {
+            Error::new(ErrorKind::InvalidInput, m)
+                .with_backend("local")
+                .with_operation("write")
+                .with_context("path", path)
+        })?;
+        self.write(path, content, Some(metadata.clone())).await
     }
 
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
@@ -294,27 +365,6 @@ impl FileStore for LocalFiles {
         self.run("rename", from, move || fs::rename(&a, &b))
             .await
             .map_err(|e| e.with_context("to", to))
-    }
-
-    async fn set_metadata(&self, path: &str, metadata: &BTreeMap<String, String>) -> Result<()> {
-        crate::xattr::validate(metadata).map_err(|m| {
-            Error::new(ErrorKind::InvalidInput, m)
-                .with_backend("local")
-                .with_operation("set_metadata")
-                .with_context("path", path)
-        })?;
-        let real = self.path(path)?;
-        let metadata = metadata.clone();
-        self.run("set_metadata", path, move || {
-            crate::xattr::replace(&real, &metadata).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOTSUP) => io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "this file system keeps no extended attributes",
-                ),
-                _ => e,
-            })
-        })
-        .await
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
