@@ -150,7 +150,7 @@ async fn lifecycle(docker: &DockerRuntime, n: usize, run_args: &[&str], under: &
     })
 }
 
-async fn files(docker: &DockerRuntime, n: usize) -> Res<(Row, Row)> {
+async fn files(docker: &DockerRuntime, n: usize, under: &str) -> Res<(Row, Row)> {
     let sb = docker.create(spec()).await?;
     let container = format!("sbx-{}", sb.id());
     let data = Bytes::from(
@@ -199,13 +199,13 @@ async fn files(docker: &DockerRuntime, n: usize) -> Res<(Row, Row)> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok((
         Row {
-            name: "64 MiB upload".into(),
+            name: format!("64 MiB upload{under}"),
             ours: up,
             peer_name: "docker cp".into(),
             peer: up_peer,
         },
         Row {
-            name: "64 MiB download".into(),
+            name: format!("64 MiB download{under}"),
             ours: down,
             peer_name: "docker cp".into(),
             peer: down_peer,
@@ -354,8 +354,14 @@ fn main() -> Res<()> {
         .enable_all()
         .build()?;
     if args.first().map(String::as_str) == Some("--load-only") {
-        let v =
-            rt.block_on(async { load(Arc::new(DockerRuntime::builder().build().await?)).await })?;
+        let exec_path = args.get(1).map(String::as_str) == Some("exec");
+        let v = rt.block_on(async {
+            let docker = DockerRuntime::builder()
+                .agent_inside(!exec_path)
+                .build()
+                .await?;
+            load(Arc::new(docker)).await
+        })?;
         println!("{v}");
         return Ok(());
     }
@@ -367,20 +373,36 @@ fn main() -> Res<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let n = if quick { 10 } else { 50 };
     rt.block_on(async {
+        // The agent inside the sandbox (the default), and the engine's exec API beside it.
         let docker = DockerRuntime::builder().build().await?;
+        let exec_path = DockerRuntime::builder().agent_inside(false).build().await?;
         let mut rows = Vec::new();
-        eprintln!("1/6 command round trip ({n} each)…");
-        rows.push(round_trip(&docker, n, "").await?);
-        eprintln!("2/6 create → command → kill ({} each)…", n / 5);
-        rows.push(lifecycle(&docker, (n / 5).max(3), &[], "").await?);
-        eprintln!("3/6 64 MiB upload and download…");
-        let (up, down) = files(&docker, if quick { 2 } else { 5 }).await?;
-        rows.push(up);
-        rows.push(down);
-        eprintln!("4/6 50 sandboxes × 20 commands (separate process)…");
+        eprintln!("1/6 command round trip ({n} each, both paths)…");
+        rows.push(round_trip(&docker, n, ", agent").await?);
+        rows.push(round_trip(&exec_path, n, ", exec path").await?);
+        eprintln!("2/6 create → command → kill ({} each, both paths)…", n / 5);
+        rows.push(lifecycle(&docker, (n / 5).max(3), &[], ", agent").await?);
+        rows.push(lifecycle(&exec_path, (n / 5).max(3), &[], ", exec path").await?);
+        eprintln!("3/6 64 MiB upload and download (both paths)…");
+        let files_n = if quick { 2 } else { 5 };
+        for (rt, under) in [(&docker, ", agent"), (&exec_path, ", exec path")] {
+            let (up, down) = files(rt, files_n, under).await?;
+            rows.push(up);
+            rows.push(down);
+        }
+        eprintln!("4/6 50 sandboxes × 20 commands (separate processes, both paths)…");
         let exe = std::env::current_exe()?;
-        let out = tokio::process::Command::new(exe).arg("--load-only").output().await?;
-        let load: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("load run: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let mut loads = Vec::new();
+        for which in ["agent", "exec"] {
+            let out = tokio::process::Command::new(&exe)
+                .args(["--load-only", which])
+                .output()
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+                format!("load run: {e}: {}", String::from_utf8_lossy(&out.stderr))
+            })?;
+            loads.push((which, v));
+        }
         match &python {
             Some(p) => {
                 eprintln!("5/6 E2B backend vs the Python SDK through e2b-local…");
@@ -400,8 +422,8 @@ fn main() -> Res<()> {
         if has_runsc {
             eprintln!("6/6 under gVisor (runsc)…");
             let gvisor = DockerRuntime::builder().oci_runtime("runsc").build().await?;
-            rows.push(round_trip(&gvisor, n, " under gVisor").await?);
-            rows.push(lifecycle(&gvisor, (n / 5).max(3), &["--runtime=runsc"], " under gVisor").await?);
+            rows.push(round_trip(&gvisor, n, " under gVisor, agent").await?);
+            rows.push(lifecycle(&gvisor, (n / 5).max(3), &["--runtime=runsc"], " under gVisor, agent").await?);
         } else {
             eprintln!("6/6 skipped: the engine has no runsc (cargo xtask docker --gvisor)");
         }
@@ -418,15 +440,19 @@ fn main() -> Res<()> {
                 r.name, r.ours.median(), r.ours.p90(), r.peer_name, r.peer.median(), r.peer.p90(), r.ours.median() / r.peer.median()
             ));
         }
-        table.push_str(&format!(
-            "| 50 sandboxes × 20 commands at once | {:.1} s total, {} errors, peak RSS {:.0} MiB | | | |\n",
-            load["total_s"].as_f64().unwrap_or(0.0), load["errors"], load["peak_rss_mib"].as_f64().unwrap_or(0.0)
-        ));
+        for (which, load) in &loads {
+            let total = load["total_s"].as_f64().unwrap_or(0.0);
+            table.push_str(&format!(
+                "| 50 sandboxes × 20 commands at once, {} | {:.1} s total, {:.0} commands/s, {} errors, peak RSS {:.0} MiB | | | |\n",
+                if *which == "exec" { "exec path" } else { "agent" },
+                total, 1000.0 / total.max(0.001), load["errors"], load["peak_rss_mib"].as_f64().unwrap_or(0.0)
+            ));
+        }
         println!("Machine: {machine}\n\n{table}");
         let raw = json!({
             "machine": machine,
             "rows": rows.iter().map(|r| json!({"name": r.name, "sbx": r.ours.json(), "peer_name": r.peer_name, "peer": r.peer.json()})).collect::<Vec<_>>(),
-            "load": load,
+            "load": loads.iter().map(|(w, v)| json!({"path": w, "result": v})).collect::<Vec<_>>(),
         });
         std::fs::create_dir_all("bench-results")?;
         std::fs::write("bench-results/latest.json", serde_json::to_string_pretty(&raw)?)?;

@@ -649,7 +649,8 @@ async fn uploads_are_atomic_and_run_as_the_user() {
         format!("user regular file {}\n", 12 << 20)
     );
 
-    // As `user`, /etc/shadow cannot be read or written.
+    // As `user`, /etc/shadow cannot be read or written: 403, permission denied (not 401: the
+    // credentials are fine).
     let r = http
         .get(format!(
             "http://{}/files?path=/etc/shadow&username=user",
@@ -660,7 +661,7 @@ async fn uploads_are_atomic_and_run_as_the_user() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     let r = http
         .post(format!(
             "http://{}/files?path=/etc/shadow&username=user",
@@ -673,7 +674,7 @@ async fn uploads_are_atomic_and_run_as_the_user() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 403);
     assert_eq!(shadow().await, before);
     docker.kill(&id).await.unwrap();
     server.stop().await;

@@ -417,8 +417,10 @@ fn warn_no_agent() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         tracing::warn!(
-            "no sbx-agent binary (set SBX_AGENT_BIN, or build it with `cargo xtask agent`): each \
-             sandbox keeps its own deadline, which root inside it can change"
+            "no sbx-agent binary (set SBX_AGENT_BIN or [docker] agent_binary, or build it with \
+             `cargo xtask agent`): commands and files go through the engine's exec API (tens of \
+             milliseconds each, no watching or metrics), and each sandbox keeps its own \
+             deadline, which root inside it can change"
         )
     });
 }

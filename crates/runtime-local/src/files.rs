@@ -264,12 +264,20 @@ impl FileStore for LocalFiles {
         let real = self.path(path)?;
         let file = self
             .run("read", path, move || {
+                // Non-blocking, so that opening a FIFO does not wait for a writer.
                 let f = fs::OpenOptions::new()
                     .read(true)
-                    .custom_flags(libc::O_CLOEXEC)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
                     .open(&real)?;
-                if f.metadata()?.is_dir() {
+                let meta = f.metadata()?;
+                if meta.is_dir() {
                     return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                if !meta.is_file() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a regular file (a FIFO, device or socket)",
+                    ));
                 }
                 Ok(f)
             })
