@@ -527,10 +527,44 @@ async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// `GET /sandboxes/{id}/metrics`: what the sandbox uses now, one sample (this server keeps no
+/// history, so `start`/`end` select nothing more); none for a paused sandbox or a backend that
+/// cannot measure (Docker's exec path).
 async fn metrics(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
-    // The backends report no resource metrics; the sandbox must exist all the same.
-    match state.owned_info(&id).await {
-        Ok(_) => Json(Vec::<serde_json::Value>::new()).into_response(),
+    let info = match state.owned_info(&id).await {
+        Ok(i) => i,
+        Err(e) => return from_error(&e, &id),
+    };
+    if info.state != SandboxState::Running {
+        return Json(Vec::<serde_json::Value>::new()).into_response();
+    }
+    let served = match state.served(&id).await {
+        Ok(s) => s,
+        Err(e) => return from_error(&e, &id),
+    };
+    match served.sandbox().metrics().await {
+        Ok(m) => {
+            let unix = m
+                .timestamp
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            Json(vec![serde_json::json!({
+                "timestamp": e2b_protocol::json::rfc3339(m.timestamp),
+                "timestampUnix": unix,
+                "cpuCount": m.cpu_count,
+                "cpuUsedPct": m.cpu_used_pct,
+                "memUsed": m.mem_used,
+                "memTotal": m.mem_total,
+                "memCache": m.mem_cache,
+                "diskUsed": m.disk_used,
+                "diskTotal": m.disk_total,
+            })])
+            .into_response()
+        }
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            Json(Vec::<serde_json::Value>::new()).into_response()
+        }
         Err(e) => from_error(&e, &id),
     }
 }

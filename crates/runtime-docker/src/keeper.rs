@@ -131,7 +131,11 @@ impl Keeper {
         if seen.is_some_and(|t| t.elapsed() < SEEN_FOR) {
             return Ok(());
         }
-        for _ in 0..5 {
+        for attempt in 0..8u64 {
+            if attempt > 0 {
+                // A keeper that is leaving (idle) may be half removed: give the engine a moment.
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
             match self.docker.inspect_container(&self.name, None).await {
                 Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
                     *seen = Some(Instant::now());

@@ -39,36 +39,60 @@ async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
 /// every process it can: the sandbox still ends at its deadline.
 #[tokio::test]
 async fn root_inside_cannot_extend_its_life() {
-    let Some(rt) = kept().await else { return };
-    let spec = SandboxSpec::new()
-        .metadata(LABEL, "extend")
-        .timeout(Duration::from_secs(5))
-        .user("root");
-    let sb = rt.create(spec).await.unwrap();
-    let created = Instant::now();
-    let attack = r#"
-        far=4102444800
-        mkdir -p /.sbx && printf '%s\n' $far > /.sbx/deadline
-        ls /var/run/docker.sock /run/docker.sock 2>/dev/null && echo ENGINE-REACHABLE
-        for p in $(ls /proc | grep -E '^[0-9]+$'); do
-          [ "$p" != "$$" ] && [ "$p" != 1 ] && kill -STOP "$p" 2>/dev/null
-        done
-        echo done
-    "#;
-    let out = sb.exec_shell(attack).await.unwrap();
-    assert!(!out.stdout_text().contains("ENGINE-REACHABLE"), "{out:?}");
-    assert!(out.stdout_text().contains("done"), "{out:?}");
-    let info = rt.info(sb.id()).await.unwrap();
-    let deadline = info.expires_at.expect("a deadline");
-    assert!(
-        deadline < SystemTime::now() + Duration::from_secs(10),
-        "the deadline moved: {deadline:?}"
-    );
-    assert!(
-        gone_within(&rt, sb.id(), Duration::from_secs(20)).await,
-        "the sandbox outlived its deadline (created {:?} ago)",
-        created.elapsed()
-    );
+    let Some(agent_path) = kept().await else { return };
+    let exec_path = kept_exec().await.expect("the engine answered a moment ago");
+    for (rt, path) in [(exec_path, "exec"), (agent_path, "agent")] {
+        let spec = SandboxSpec::new()
+            .metadata(LABEL, "extend")
+            .timeout(Duration::from_secs(5))
+            .user("root");
+        let sb = rt.create(spec).await.unwrap();
+        let created = Instant::now();
+        let attack = r#"
+            far=4102444800
+            mkdir -p /.sbx && printf '%s\n' $far > /.sbx/deadline
+            ls /var/run/docker.sock /run/docker.sock 2>/dev/null && echo ENGINE-REACHABLE
+            for p in $(ls /proc | grep -E '^[0-9]+$'); do
+              [ "$p" != "$$" ] && [ "$p" != 1 ] && kill -STOP "$p" 2>/dev/null
+            done
+            echo done
+        "#;
+        if path == "exec" {
+            let out = sb.exec_shell(attack).await.unwrap();
+            assert!(!out.stdout_text().contains("ENGINE-REACHABLE"), "{out:?}");
+            assert!(out.stdout_text().contains("done"), "{out:?}");
+        } else {
+            // The attack freezes the agent too, so its output cannot come back: it is started
+            // and left to run.
+            let _attack = sb
+                .spawn(runtime_core::CommandSpec::shell(attack))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let info = rt.info(sb.id()).await.unwrap();
+        let deadline = info.expires_at.expect("a deadline");
+        assert!(
+            deadline < SystemTime::now() + Duration::from_secs(10),
+            "{path}: the deadline moved: {deadline:?}"
+        );
+        assert!(
+            gone_within(&rt, sb.id(), Duration::from_secs(20)).await,
+            "{path}: the sandbox outlived its deadline (created {:?} ago)",
+            created.elapsed()
+        );
+    }
+}
+
+/// [`kept`] on the exec path (no agent inside the sandboxes).
+async fn kept_exec() -> Option<DockerRuntime> {
+    let bin = common::agent_binary()?;
+    DockerRuntime::builder()
+        .agent_binary(bin)
+        .agent_inside(false)
+        .build()
+        .await
+        .ok()
 }
 
 /// A 1 GiB (sparse) deadline file written by root in the sandbox: listing and info read a few

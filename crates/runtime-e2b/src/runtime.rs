@@ -237,6 +237,9 @@ impl Runtime for E2bRuntime {
         c.pty = true;
         // Ports are reachable on E2B's own hosts; a server behind E2B_SANDBOX_URL has none.
         c.host_ports = self.config.sandbox_url.is_none();
+        // envd watches and measures (e2b-local too, over a backend that can).
+        c.watch = true;
+        c.metrics = true;
         c
     }
 

@@ -88,8 +88,8 @@ fn meminfo(key: &str) -> Option<u64> {
     })
 }
 
-/// Memory used (without reclaimable page cache) and the limit.
-fn memory() -> (u64, u64) {
+/// Memory used (without reclaimable page cache), the limit, and the page cache.
+fn memory() -> (u64, u64, u64) {
     let machine_total = meminfo("MemTotal").unwrap_or(0);
     let machine_used = machine_total.saturating_sub(meminfo("MemAvailable").unwrap_or(0));
     let cgroup = cgroup_dir("memory").and_then(|d| {
@@ -110,13 +110,20 @@ fn memory() -> (u64, u64) {
         let inactive = stat_value(&stat, "total_inactive_file")
             .or_else(|| stat_value(&stat, "inactive_file"))
             .unwrap_or(0);
+        let cache = stat_value(&stat, "total_cache")
+            .or_else(|| stat_value(&stat, "file"))
+            .unwrap_or(0);
         let limit = limit.trim().parse::<u64>().unwrap_or(u64::MAX);
-        Some((usage.saturating_sub(inactive), limit))
+        Some((usage.saturating_sub(inactive), limit, cache))
     });
     match cgroup {
         // The root cgroup counts the whole machine; an unlimited one is bounded by the machine.
-        Some((used, limit)) if used > 0 => (used, limit.min(machine_total)),
-        _ => (machine_used, machine_total),
+        Some((used, limit, cache)) if used > 0 => (used, limit.min(machine_total), cache),
+        _ => (
+            machine_used,
+            machine_total,
+            meminfo("Cached").unwrap_or(0),
+        ),
     }
 }
 
@@ -157,7 +164,7 @@ impl CpuSampler {
             }
             _ => 0.0,
         };
-        let (mem_used, mem_total) = memory();
+        let (mem_used, mem_total, mem_cache) = memory();
         let (disk_used, disk_total) = disk();
         let mut m = Metrics::new();
         m.timestamp = SystemTime::now();
@@ -165,6 +172,7 @@ impl CpuSampler {
         m.cpu_used_pct = (pct * 100.0).round() / 100.0;
         m.mem_used = mem_used;
         m.mem_total = mem_total;
+        m.mem_cache = mem_cache;
         m.disk_used = disk_used;
         m.disk_total = disk_total;
         m

@@ -1,0 +1,72 @@
+"""What the agent inside Docker sandboxes gives the unchanged SDK through e2b-local: directory
+watching (the sync SDK's polled watcher and the async SDK's stream), file metadata, and
+metrics."""
+
+import asyncio
+import time
+
+from e2b import AsyncSandbox, FilesystemEventType
+
+
+def test_watch_dir_polled(sandbox):
+    sandbox.files.make_dir("/home/user/watched")
+    handle = sandbox.files.watch_dir("/home/user/watched", recursive=True)
+    sandbox.files.write("/home/user/watched/a.txt", "one")
+    sandbox.commands.run("mkdir -p /home/user/watched/sub && echo two > /home/user/watched/sub/b.txt")
+    sandbox.files.remove("/home/user/watched/a.txt")
+    seen = []
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        seen += [(e.name, e.type) for e in handle.get_new_events()]
+        if ("a.txt", FilesystemEventType.REMOVE) in seen and ("sub/b.txt", FilesystemEventType.WRITE) in seen:
+            break
+        time.sleep(0.2)
+    handle.stop()
+    assert ("a.txt", FilesystemEventType.CREATE) in seen, seen
+    assert ("a.txt", FilesystemEventType.WRITE) in seen, seen
+    assert ("sub", FilesystemEventType.CREATE) in seen, seen
+    assert ("sub/b.txt", FilesystemEventType.WRITE) in seen, seen
+    assert ("a.txt", FilesystemEventType.REMOVE) in seen, seen
+    assert not any(".sbx-write" in n for n, _ in seen), "temporary files of writes are never shown"
+
+
+def test_watch_dir_stream(server):
+    async def run():
+        sbx = await AsyncSandbox.create()
+        try:
+            events = []
+            got = asyncio.Event()
+
+            def on_event(e):
+                events.append((e.name, e.type))
+                if e.name == "c.txt" and e.type == FilesystemEventType.WRITE:
+                    got.set()
+
+            handle = await sbx.files.watch_dir("/tmp", on_event)
+            await sbx.files.write("/tmp/c.txt", "three")
+            await asyncio.wait_for(got.wait(), 10)
+            await handle.stop()
+            assert ("c.txt", FilesystemEventType.CREATE) in events, events
+        finally:
+            await sbx.kill()
+
+    asyncio.run(run())
+
+
+def test_file_metadata_round_trips(sandbox):
+    info = sandbox.files.write("/home/user/doc.txt", "hello", metadata={"Owner": "alice", "stage": "draft 1"})
+    assert info.metadata == {"owner": "alice", "stage": "draft 1"}
+    assert sandbox.files.get_info("/home/user/doc.txt").metadata == {"owner": "alice", "stage": "draft 1"}
+    listed = {e.name: e.metadata for e in sandbox.files.list("/home/user")}
+    assert listed["doc.txt"] == {"owner": "alice", "stage": "draft 1"}
+    sandbox.files.write("/home/user/doc.txt", "v2")
+    assert not sandbox.files.get_info("/home/user/doc.txt").metadata, "a write without metadata clears it"
+
+
+def test_metrics(sandbox):
+    metrics = sandbox.get_metrics()
+    assert len(metrics) >= 1
+    m = metrics[-1]
+    assert m.cpu_count >= 1
+    assert 0 < m.mem_used <= m.mem_total
+    assert 0 < m.disk_used <= m.disk_total
