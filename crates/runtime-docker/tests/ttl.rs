@@ -39,7 +39,9 @@ async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
 /// every process it can: the sandbox still ends at its deadline.
 #[tokio::test]
 async fn root_inside_cannot_extend_its_life() {
-    let Some(agent_path) = kept().await else { return };
+    let Some(agent_path) = kept().await else {
+        return;
+    };
     let exec_path = kept_exec().await.expect("the engine answered a moment ago");
     for (rt, path) in [(exec_path, "exec"), (agent_path, "agent")] {
         let spec = SandboxSpec::new()

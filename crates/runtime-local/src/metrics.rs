@@ -119,11 +119,7 @@ fn memory() -> (u64, u64, u64) {
     match cgroup {
         // The root cgroup counts the whole machine; an unlimited one is bounded by the machine.
         Some((used, limit, cache)) if used > 0 => (used, limit.min(machine_total), cache),
-        _ => (
-            machine_used,
-            machine_total,
-            meminfo("Cached").unwrap_or(0),
-        ),
+        _ => (machine_used, machine_total, meminfo("Cached").unwrap_or(0)),
     }
 }
 

@@ -202,14 +202,8 @@ pub(crate) fn spawn(
             let child = child.map_err(|e| spawn_error(e, &argv[0], &cwd))?;
             let reader = std::fs::File::from(master.try_clone()?);
             let out = read_pty(reader, tx.clone());
-            let stdin = spec
-                .stdin
-                .then(|| {
-                    master
-                        .try_clone()
-                        .map(|fd| Stdin::Pty(std::fs::File::from(fd)))
-                })
-                .transpose()?;
+            // A terminal always takes input: what is typed goes to it.
+            let stdin = Some(Stdin::Pty(std::fs::File::from(master.try_clone()?)));
             (child, vec![out], stdin, Some(master))
         }
         None => {
