@@ -40,6 +40,10 @@ pub struct SessionOptions {
     pub time_to_live: Duration,
     /// Shell timeouts.
     pub shell: ShellOptions,
+    /// Kill the sandbox when the session is dropped without [`Session::close`] (a task that
+    /// panicked, an executor that was dropped). Off by default: a session dropped on purpose
+    /// leaves its sandbox to its time to live, for another process to attach to.
+    pub kill_on_drop: bool,
 }
 
 impl Default for SessionOptions {
@@ -50,6 +54,7 @@ impl Default for SessionOptions {
             keep_alive: false,
             time_to_live: Duration::from_secs(300),
             shell: ShellOptions::default(),
+            kill_on_drop: false,
         }
     }
 }
@@ -75,6 +80,17 @@ impl SessionOptions {
     /// Shell timeouts.
     pub fn shell(mut self, shell: ShellOptions) -> Self {
         self.shell = shell;
+        self
+    }
+    /// The sandbox's time to live, refreshed while the session is used.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = ttl;
+        self
+    }
+    /// Kill the sandbox when the session is dropped without `close` (see
+    /// [`SessionOptions::kill_on_drop`]).
+    pub fn kill_on_drop(mut self, on: bool) -> Self {
+        self.kill_on_drop = on;
         self
     }
 }
@@ -113,6 +129,7 @@ pub struct Session {
     env: Mutex<BTreeMap<String, String>>,
     undo: Mutex<HashMap<String, Vec<String>>>,
     refreshed: Mutex<Instant>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -169,12 +186,18 @@ impl Session {
             env: Mutex::new(BTreeMap::new()),
             undo: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(Instant::now()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// The session's sandbox.
     pub fn sandbox(&self) -> &dyn Sandbox {
         self.sandbox.as_ref()
+    }
+
+    /// The session's sandbox, shared: to move into a task.
+    pub fn sandbox_arc(&self) -> Arc<dyn Sandbox> {
+        self.sandbox.clone()
     }
 
     /// Keeps the sandbox alive while the session is used.
@@ -916,8 +939,12 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         }
     }
 
-    /// Ends the session: kills the sandbox unless `keep_alive`.
-    pub async fn close(self) -> Result<()> {
+    /// Ends the session: kills the sandbox unless `keep_alive`. Closing again does nothing;
+    /// a session shared in an `Arc` can be closed by any holder.
+    pub async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         self.shell.lock().await.kill_running().await;
         if let Some(k) = self.kernel.lock().await.take() {
             k.kill().await;
@@ -928,6 +955,44 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         match self.runtime.kill(self.sandbox.id()).await {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Session {
+    /// With [`SessionOptions::kill_on_drop`], a session dropped without `close` kills its
+    /// sandbox (on the running tokio runtime, or a thread of its own where there is none).
+    fn drop(&mut self) {
+        if !self.options.kill_on_drop
+            || self.options.keep_alive
+            || self.closed.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let (runtime, id) = (self.runtime.clone(), self.sandbox.id().to_string());
+        let kill = async move {
+            match runtime.kill(&id).await {
+                Ok(()) => debug!(sandbox_id = %id, "killed on drop"),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "killing on drop failed"),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(kill);
+            }
+            Err(_) => {
+                let _ = std::thread::Builder::new()
+                    .name("sbx-kill-on-drop".into())
+                    .spawn(move || {
+                        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            rt.block_on(kill);
+                        }
+                    });
+            }
         }
     }
 }

@@ -41,6 +41,28 @@ impl Default for ShellOptions {
     }
 }
 
+impl ShellOptions {
+    /// OpenHands' defaults: 10 s without output, 120 s in all, 30 000 characters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How long a command may print nothing new before the call returns.
+    pub fn no_output_timeout(mut self, timeout: Duration) -> Self {
+        self.no_output_timeout = timeout;
+        self
+    }
+    /// How long a call may take in all.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = timeout;
+        self
+    }
+    /// Output longer than this many characters is cut in the middle.
+    pub fn max_output_chars(mut self, chars: usize) -> Self {
+        self.max_output_chars = chars;
+        self
+    }
+}
+
 /// How a command is to be run.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {

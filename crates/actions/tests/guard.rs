@@ -1,0 +1,78 @@
+//! The session guard: a session dropped in a panicking task takes its sandbox with it, a
+//! session shared in an `Arc` closes once from any holder, and a session dropped without the
+//! guard leaves its sandbox for another process. On the local backend (no engine needed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runtime_actions::{Session, SessionOptions};
+use runtime_core::{ListFilter, Runtime, SandboxSpec};
+use runtime_local::LocalRuntime;
+
+async fn alive(rt: &dyn Runtime, id: &str) -> bool {
+    rt.list(&ListFilter::all())
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.id == id)
+}
+
+fn options() -> SessionOptions {
+    SessionOptions::new(SandboxSpec::new().cwd("/tmp")).time_to_live(Duration::from_secs(120))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_leaves_no_sandbox() {
+    let rt: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
+    let session = Session::open(rt.clone(), "guarded", options().kill_on_drop(true))
+        .await
+        .unwrap();
+    let id = session.sandbox().id().to_string();
+    assert!(alive(rt.as_ref(), &id).await);
+    let task = tokio::spawn(async move {
+        let _held = session;
+        panic!("the agent loop failed");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    let start = Instant::now();
+    while alive(rt.as_ref(), &id).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the sandbox outlived its session by a second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_closes_once() {
+    let rt: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
+    let session = Arc::new(
+        Session::open(rt.clone(), "shared", options())
+            .await
+            .unwrap(),
+    );
+    let id = session.sandbox().id().to_string();
+    let sandbox = session.sandbox_arc();
+    let other = session.clone();
+    tokio::spawn(async move { other.close().await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!alive(rt.as_ref(), &id).await, "closed by another holder");
+    session.close().await.expect("closing again is fine");
+    assert!(sandbox.info().await.is_err(), "the shared sandbox is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_guard_a_dropped_session_leaves_its_sandbox() {
+    let rt: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
+    let session = Session::open(rt.clone(), "unguarded", options())
+        .await
+        .unwrap();
+    let id = session.sandbox().id().to_string();
+    drop(session);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(alive(rt.as_ref(), &id).await, "left to its time to live");
+    rt.kill(&id).await.unwrap();
+}
