@@ -60,6 +60,31 @@ impl Default for SessionOptions {
 }
 
 impl SessionOptions {
+    /// Options as the configuration sets them: `sandbox.time_to_live` (the sandbox's time to
+    /// live, refreshed while used), `sandbox.timeout` (the shell's hard timeout) and
+    /// `sandbox.keep_runtime_alive` (leave the sandbox running on close).
+    ///
+    /// ```
+    /// let config = runtime_config::Config::builder()
+    ///     .no_file()
+    ///     .env_vars([("SANDBOX_TIMEOUT", "30")])
+    ///     .load()
+    ///     .unwrap();
+    /// let options = runtime_actions::SessionOptions::from_config(&config);
+    /// assert_eq!(options.shell.hard_timeout, std::time::Duration::from_secs(30));
+    /// ```
+    pub fn from_config(config: &runtime_config::Config) -> Self {
+        let s = &config.sandbox;
+        SessionOptions {
+            spec: SandboxSpec::new(),
+            attach_to_existing: false,
+            keep_alive: s.keep_runtime_alive,
+            time_to_live: Duration::from_secs(s.time_to_live.max(1)),
+            shell: ShellOptions::default().hard_timeout(Duration::from_secs(s.timeout.max(1))),
+            kill_on_drop: false,
+        }
+    }
+
     /// Options with a sandbox spec.
     pub fn new(spec: SandboxSpec) -> Self {
         SessionOptions {

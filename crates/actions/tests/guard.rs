@@ -76,3 +76,43 @@ async fn without_the_guard_a_dropped_session_leaves_its_sandbox() {
     assert!(alive(rt.as_ref(), &id).await, "left to its time to live");
     rt.kill(&id).await.unwrap();
 }
+
+/// The configuration's session keys reach the session: the time to live, the shell's hard
+/// timeout, and keep_runtime_alive (a closed session leaves its sandbox running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_keys_of_the_configuration_take_effect() {
+    let config = runtime_config::Config::builder()
+        .no_file()
+        .env_vars([
+            ("SANDBOX_TIME_TO_LIVE", "77"),
+            ("SANDBOX_TIMEOUT", "9"),
+            ("SANDBOX_KEEP_RUNTIME_ALIVE", "true"),
+        ])
+        .load()
+        .unwrap();
+    let options = SessionOptions::from_config(&config);
+    assert_eq!(options.time_to_live, Duration::from_secs(77));
+    assert_eq!(options.shell.hard_timeout, Duration::from_secs(9));
+    assert!(options.keep_alive);
+    let rt: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
+    let session = Session::open(rt.clone(), "configured", options)
+        .await
+        .unwrap();
+    let info = session.sandbox().info().await.unwrap();
+    let ttl = info
+        .expires_at
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        ttl > Duration::from_secs(70) && ttl <= Duration::from_secs(77),
+        "{ttl:?}"
+    );
+    let id = session.sandbox().id().to_string();
+    session.close().await.unwrap();
+    assert!(
+        alive(rt.as_ref(), &id).await,
+        "keep_runtime_alive leaves it running"
+    );
+    rt.kill(&id).await.unwrap();
+}

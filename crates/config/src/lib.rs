@@ -192,7 +192,8 @@ impl Config {
             .domain(e.domain.clone())
             .debug(e.debug)
             .template(e.template.clone())
-            .request_timeout(std::time::Duration::from_secs(e.request_timeout.max(1)));
+            .request_timeout(std::time::Duration::from_secs(e.request_timeout.max(1)))
+            .time_to_live(std::time::Duration::from_secs(self.sandbox.time_to_live));
         if let Some(key) = &e.api_key {
             builder = builder.api_key(key.expose());
         }

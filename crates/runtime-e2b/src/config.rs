@@ -30,6 +30,8 @@ pub(crate) struct E2bConfig {
     pub(crate) debug: bool,
     pub(crate) template: String,
     pub(crate) request_timeout: Duration,
+    /// The time to live of a sandbox whose spec sets none.
+    pub(crate) time_to_live: Duration,
 }
 
 impl fmt::Debug for E2bConfig {
@@ -107,6 +109,7 @@ mod tests {
             debug: false,
             template: "base".into(),
             request_timeout: Duration::from_secs(60),
+            time_to_live: Duration::from_secs(300),
         }
     }
 

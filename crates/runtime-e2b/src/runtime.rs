@@ -58,6 +58,7 @@ pub struct E2bRuntimeBuilder {
     debug: bool,
     template: Option<String>,
     request_timeout: Option<Duration>,
+    time_to_live: Option<Duration>,
 }
 
 impl std::fmt::Debug for E2bRuntimeBuilder {
@@ -121,6 +122,12 @@ impl E2bRuntimeBuilder {
         self
     }
 
+    /// The time to live of a sandbox whose spec sets none (default 300 s, E2B's).
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
     /// Checks the settings. Makes no request.
     ///
     /// # Errors
@@ -134,6 +141,9 @@ impl E2bRuntimeBuilder {
             debug: self.debug,
             template: self.template.unwrap_or_else(|| "base".into()),
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(60)),
+            time_to_live: self
+                .time_to_live
+                .unwrap_or(runtime_core::DEFAULT_SANDBOX_TIMEOUT),
         };
         config.validate()?;
         let api = Api::new(&config)?;
@@ -285,7 +295,12 @@ impl Runtime for E2bRuntime {
             }
             let body = NewSandbox {
                 template_id: spec.template.clone().unwrap_or_else(|| self.config.template.clone()),
-                timeout: spec.timeout.map(|t| t.as_secs().max(1) as i64),
+                timeout: Some(
+                    spec.timeout
+                        .unwrap_or(self.config.time_to_live)
+                        .as_secs()
+                        .max(1) as i64,
+                ),
                 metadata: Some(metadata.clone()),
                 env_vars: Some(spec.env.clone()),
                 allow_internet_access: internet,
