@@ -70,3 +70,9 @@ def test_metrics(sandbox):
     assert m.cpu_count >= 1
     assert 0 < m.mem_used <= m.mem_total
     assert 0 < m.disk_used <= m.disk_total
+
+
+def test_git_in_the_base_template(sandbox):
+    """E2B's base template has git, and the SDK's git helpers rely on it."""
+    result = sandbox.commands.run("git --version")
+    assert result.exit_code == 0 and result.stdout.startswith("git version"), result

@@ -20,7 +20,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 const BASE_IMAGE: &str = "sbx-base:bookworm";
 const MINI_IMAGE: &str = "sbx-mini:latest";
 const BASE_PACKAGES: &str =
-    "bash,coreutils,procps,python3,ca-certificates,curl,findutils,grep,sed,tar,gzip";
+    "bash,coreutils,procps,python3,ca-certificates,curl,findutils,grep,sed,tar,gzip,git,sudo";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -439,6 +439,16 @@ fn build_base(rootfs: &Path) -> Result {
         "/bin/bash",
         "user",
     ]))?;
+    // As in E2B's base template: `user` may sudo without a password (sandboxes made with
+    // `[docker] no_new_privileges = false`; the default flag stops setuid programs).
+    std::fs::write(
+        rootfs.join("etc/sudoers.d/user"),
+        "user ALL=(ALL:ALL) NOPASSWD: ALL\n",
+    )
+    .map_err(|e| e.to_string())?;
+    run(Command::new("chmod")
+        .arg("0440")
+        .arg(rootfs.join("etc/sudoers.d/user")))?;
     run(Command::new("sh").arg("-c").arg(format!(
         "rm -rf {r}/var/cache/apt/archives/*.deb {r}/var/lib/apt/lists/* && mkdir -p {r}/workspace",
         r = rootfs.display()

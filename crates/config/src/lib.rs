@@ -260,7 +260,9 @@ impl Config {
         if let Some(bin) = &d.agent_binary {
             builder = builder.agent_binary(bin.clone());
         }
-        builder = builder.agent_inside(d.agent == sections::AgentMode::Auto);
+        builder = builder
+            .agent_inside(d.agent == sections::AgentMode::Auto)
+            .no_new_privileges(d.no_new_privileges);
         let mut resources = runtime_core::Resources::new();
         resources.cpus = d.cpus;
         resources.memory_mb = d.memory_mb;

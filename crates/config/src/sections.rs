@@ -387,6 +387,9 @@ pub struct DockerSection {
     /// The agent inside sandboxes: `auto` (default) runs it wherever it can run, so commands
     /// and files take about a millisecond; `off` sends them through the engine's exec API.
     pub agent: AgentMode,
+    /// Docker's `no-new-privileges` flag on sandboxes. Default true; false lets `user` in the
+    /// base image `sudo` without a password, as in E2B's base template.
+    pub no_new_privileges: bool,
 }
 
 /// `[docker] agent`.
@@ -415,6 +418,7 @@ impl Default for DockerSection {
             runtime: None,
             agent_binary: None,
             agent: AgentMode::Auto,
+            no_new_privileges: true,
         }
     }
 }

@@ -136,6 +136,7 @@ pub(crate) struct Settings {
     pub(crate) agent_wanted: bool,
     /// The agent inside sandboxes (the fast path); `None` without a binary or when turned off.
     pub(crate) inside: Option<Arc<Inside>>,
+    pub(crate) no_new_privileges: bool,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -179,6 +180,7 @@ pub struct DockerRuntimeBuilder {
     agent_binary: Option<std::path::PathBuf>,
     use_agent: bool,
     agent_inside: bool,
+    no_new_privileges: bool,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -205,6 +207,7 @@ impl Default for DockerRuntimeBuilder {
             agent_binary: None,
             use_agent: true,
             agent_inside: true,
+            no_new_privileges: true,
             engine_socket: "/var/run/docker.sock".into(),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             oci_runtime: None,
@@ -308,6 +311,15 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Whether sandboxes get Docker's `no-new-privileges` flag (default on): setuid programs
+    /// then cannot raise privileges, so `sudo` fails. Off, `user` in the base image may
+    /// `sudo` without a password, as in E2B's base template (root stays within the sandbox's
+    /// reduced capabilities either way).
+    pub fn no_new_privileges(mut self, on: bool) -> Self {
+        self.no_new_privileges = on;
+        self
+    }
+
     /// Whether sandboxes run the agent inside them (`[docker] agent = "auto" | "off"`; default
     /// on): commands, files, watching and metrics then go to it over one attached exec, about
     /// a millisecond a command. Off, or where the agent cannot run (an image that is not Linux
@@ -406,6 +418,7 @@ impl DockerRuntimeBuilder {
                 keeper,
                 agent_wanted: self.use_agent,
                 inside,
+                no_new_privileges: self.no_new_privileges,
             }),
         })
     }
@@ -859,7 +872,9 @@ impl Runtime for DockerRuntime {
                 auto_remove: Some(true),
                 init: Some(true),
                 privileged: Some(false),
-                security_opt: Some(vec!["no-new-privileges".into()]),
+                security_opt: s
+                    .no_new_privileges
+                    .then(|| vec!["no-new-privileges".into()]),
                 cap_drop: Some(vec!["ALL".into()]),
                 cap_add: Some(s.capabilities.clone()),
                 cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),

@@ -239,6 +239,12 @@ fn main() -> ExitCode {
             sb.kill().await
         },
     );
+    let id = run_id.clone();
+    suite.add_trial(
+        "docker::base_image::git_and_sudo_as_on_e2b".into(),
+        false,
+        move || git_and_sudo(id),
+    );
     let rt = runtime.clone();
     let id = run_id.clone();
     suite.add_trial(
@@ -684,5 +690,40 @@ async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Res
     let info = sb.info().await;
     sb.kill().await?;
     assert_eq!(info?.details.get("agent").map(String::as_str), Some("exec"));
+    Ok(())
+}
+
+/// The base image has git, and passwordless sudo for `user` as E2B's base template does: it
+/// works where `no-new-privileges` is off, and the default flag stops it.
+async fn git_and_sudo(run_id: String) -> runtime_core::Result<()> {
+    let spec = || {
+        SandboxSpec::new()
+            .template(BASE)
+            .user("user")
+            .metadata(SUITE_LABEL, &run_id)
+    };
+    let open = DockerRuntime::builder()
+        .no_new_privileges(false)
+        .build()
+        .await?;
+    let sb = open.create(spec()).await?;
+    let result = async {
+        let git = sb
+            .exec_shell("cd /tmp && git init -q r && cd r && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m x && git log --format=%s")
+            .await?;
+        assert_eq!(git.stdout_text(), "x\n", "{git:?}");
+        let sudo = sb.exec_shell("sudo -n id -u").await?;
+        assert_eq!(sudo.stdout_text(), "0\n", "{sudo:?}");
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    sb.kill().await?;
+    result?;
+    let closed = DockerRuntime::builder().build().await?;
+    let sb = closed.create(spec()).await?;
+    let sudo = sb.exec_shell("sudo -n id -u").await;
+    sb.kill().await?;
+    let sudo = sudo?;
+    assert_ne!(sudo.exit_code, Some(0), "no-new-privileges stops sudo: {sudo:?}");
     Ok(())
 }
