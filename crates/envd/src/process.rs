@@ -20,11 +20,11 @@ use runtime_core::{CommandSpec, Signal};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::auth::{basic_user, user_of, Auth};
+use crate::auth::Auth;
 use crate::filesystem::{home, resolve};
 use crate::procs::{Entry, Item};
 use crate::wire::{
-    connect_error_response, deadline, decode, first_message, from_core, keepalive_interval, reply,
+    connect_error_response, deadline, decode, from_core, keepalive_interval, open_stream, reply,
     stream_error, stream_response,
 };
 use crate::{Served, Shared};
@@ -223,17 +223,9 @@ pub(crate) async fn start(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let served = match state.resolve(&headers, Auth::Header).await {
-        Ok(s) => s,
+    let (served, req, user) = match open_stream::<StartRequest>(&state, &headers, body).await {
+        Ok(o) => o,
         Err(r) => return r,
-    };
-    let req: StartRequest = match first_message(body).await {
-        Ok(r) => r,
-        Err(e) => return stream_error(e),
-    };
-    let user = match user_of(&served, basic_user(&headers)).await {
-        Ok(u) => u,
-        Err(e) => return stream_error(e),
     };
     let p = &req.process;
     // The SDK's shell lines run through the sandbox's shell (bash, or sh where there is none).
@@ -307,13 +299,9 @@ pub(crate) async fn connect(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let served = match state.resolve(&headers, Auth::Header).await {
-        Ok(s) => s,
+    let (served, req, _) = match open_stream::<ProcessRequest>(&state, &headers, body).await {
+        Ok(o) => o,
         Err(r) => return r,
-    };
-    let req: ProcessRequest = match first_message(body).await {
-        Ok(r) => r,
-        Err(e) => return stream_error(e),
     };
     let Some(entry) = served
         .processes

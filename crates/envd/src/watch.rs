@@ -18,10 +18,9 @@ use e2b_protocol::{encode_message, ConnectError};
 use futures_util::StreamExt;
 use runtime_core::{ErrorKind, FsEvent, FsEventKind, FsEventStream};
 
-use crate::auth::{basic_user, user_of, Auth};
 use crate::filesystem::{files_for, resolve, to_wire};
 use crate::wire::{
-    connect_error_response, decode, first_message, from_core, keepalive_interval, reply,
+    connect_error_response, decode, from_core, keepalive_interval, open_stream, reply,
     stream_error, stream_response,
 };
 use crate::{Served, Shared};
@@ -116,17 +115,9 @@ pub(crate) async fn watch_dir(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let served = match state.resolve(&headers, Auth::Header).await {
-        Ok(s) => s,
+    let (served, req, user) = match open_stream::<WatchRequest>(&state, &headers, body).await {
+        Ok(o) => o,
         Err(r) => return r,
-    };
-    let req: WatchRequest = match first_message(body).await {
-        Ok(r) => r,
-        Err(e) => return stream_error(e),
-    };
-    let user = match user_of(&served, basic_user(&headers)).await {
-        Ok(u) => u,
-        Err(e) => return stream_error(e),
     };
     let (dir, events) = match open(&served, &user, &req).await {
         Ok(w) => w,

@@ -118,3 +118,18 @@ pub(crate) fn deadline(headers: &HeaderMap) -> Option<Duration> {
         .filter(|ms| *ms > 0)?;
     Some(Duration::from_millis(ms))
 }
+
+/// What every streaming call starts with: the sandbox (credentials checked), the request's
+/// first message, and the user it acts as. `Err` is the whole answer.
+pub(crate) async fn open_stream<T: DeserializeOwned>(
+    state: &crate::Shared,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(std::sync::Arc<crate::Served>, T, String), Response> {
+    let served = state.resolve(headers, crate::Auth::Header).await?;
+    let req: T = first_message(body).await.map_err(stream_error)?;
+    let user = crate::auth::user_of(&served, crate::auth::basic_user(headers))
+        .await
+        .map_err(stream_error)?;
+    Ok((served, req, user))
+}
