@@ -9,7 +9,13 @@
 //! set <id> <epoch-secs>   →  ok
 //! get <id>                →  <epoch-secs> | none
 //! all                     →  <id>=<epoch-secs> ... (space-separated, maybe empty)
+//! claim <id> <hex>        →  ok      (a pooled sandbox's settings, hex-encoded JSON)
+//! claims                  →  <id>=<hex> ... (space-separated, maybe empty)
 //! ```
+//!
+//! Claims hold what a sandbox taken from a warm pool was asked to be (its metadata, env,
+//! user, directory): labels cannot change after a container is made, and the sandbox itself
+//! must not hold them.
 //!
 //! Anything else is answered `error <why>`. Files are replaced whole (written beside, then
 //! renamed), so the keeper never reads a half-written deadline.
@@ -75,14 +81,48 @@ pub(crate) fn answer(state: &Path, line: &str) -> String {
             }
             pairs.join(" ")
         }
+        ["claim", id, hex] if valid_id(id) && valid_hex(hex) => {
+            match replace(state, &format!("{id}.claim"), hex) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error cannot write the claim of {id}: {e}"),
+            }
+        }
+        ["claims"] => {
+            let mut pairs = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(state) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    let Some(id) = name.strip_suffix(".claim").filter(|i| valid_id(i)) else {
+                        continue;
+                    };
+                    match std::fs::read_to_string(entry.path()) {
+                        Ok(hex) if valid_hex(hex.trim()) => {
+                            pairs.push(format!("{id}={}", hex.trim()))
+                        }
+                        _ => return format!("error the claim of {id} cannot be read"),
+                    }
+                }
+            }
+            pairs.join(" ")
+        }
         _ => format!("error unknown request: {line}"),
     }
 }
 
+/// Claims are at most 64 KiB of JSON, hex-encoded.
+fn valid_hex(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 * 1024 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Replaces `<state>/<name>` whole: written beside, then renamed.
+fn replace(state: &Path, name: &str, content: &str) -> std::io::Result<()> {
+    let tmp = state.join(format!(".{name}.new"));
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, state.join(name))
+}
+
 fn write(state: &Path, id: &str, secs: u64) -> std::io::Result<()> {
-    let tmp = state.join(format!(".{id}.new"));
-    std::fs::write(&tmp, format!("{secs}\n"))?;
-    std::fs::rename(&tmp, state.join(id))
+    replace(state, id, &format!("{secs}\n"))
 }
 
 #[cfg(test)]
@@ -103,6 +143,18 @@ mod tests {
         assert!(answer(&dir, "set ../etc 1").starts_with("error"));
         assert!(answer(&dir, "set abc soon").starts_with("error"));
         assert!(answer(&dir, "rm abc").starts_with("error"));
+        assert_eq!(answer(&dir, "claims"), "");
+        assert_eq!(answer(&dir, "claim abc 7b7d"), "ok");
+        assert_eq!(answer(&dir, "claims"), "abc=7b7d");
+        assert!(answer(&dir, "claim abc zz").starts_with("error"));
+        assert!(answer(&dir, "claim ../x 7b7d").starts_with("error"));
+        let mut all: Vec<String> = answer(&dir, "all").split(' ').map(str::to_string).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            ["abc=1700000000", "def=1800000000"],
+            "claims are not deadlines"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -206,7 +206,9 @@ fn forget_gone(state: &Path, alive: &HashSet<String>) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if alive.contains(&name) {
+        // A pooled sandbox's claim goes with its deadline.
+        let id = name.strip_suffix(".claim").unwrap_or(&name);
+        if alive.contains(id) {
             continue;
         }
         let old = entry

@@ -62,6 +62,24 @@ fn main() -> ExitCode {
     suite.run()
 }
 
+/// The agent binary as agents are started here: through a descriptor opened once, because
+/// each agent's private `/tmp` and `/root` may hide the checkout it was built in.
+fn agent_exe() -> String {
+    static FD: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    let fd = FD.get_or_init(|| {
+        use std::os::fd::IntoRawFd;
+        let fd = std::fs::File::open(AGENT).ok()?.into_raw_fd();
+        // SAFETY: clearing close-on-exec on a descriptor this process owns, so that the
+        // child can exec it by its /proc path.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        Some(fd)
+    });
+    match fd {
+        Some(fd) if euid() == 0 => format!("/proc/self/fd/{fd}"),
+        _ => AGENT.to_string(),
+    }
+}
+
 fn euid() -> u32 {
     // SAFETY: plain getter.
     unsafe { libc::geteuid() }
@@ -122,7 +140,7 @@ async fn start_agent(
     spec: &SandboxSpec,
     home: &std::path::Path,
 ) -> Result<(Child, Arc<dyn Connect>, Option<std::net::SocketAddr>)> {
-    let mut cmd = tokio::process::Command::new(AGENT);
+    let mut cmd = tokio::process::Command::new(agent_exe());
     cmd.arg("serve");
     if tcp {
         cmd.args(["--listen", "127.0.0.1:0"]);

@@ -262,7 +262,8 @@ impl Config {
         }
         builder = builder
             .agent_inside(d.agent == sections::AgentMode::Auto)
-            .no_new_privileges(d.no_new_privileges);
+            .no_new_privileges(d.no_new_privileges)
+            .pool(d.pool);
         let mut resources = runtime_core::Resources::new();
         resources.cpus = d.cpus;
         resources.memory_mb = d.memory_mb;

@@ -390,6 +390,9 @@ pub struct DockerSection {
     /// Docker's `no-new-privileges` flag on sandboxes. Default true; false lets `user` in the
     /// base image `sudo` without a password, as in E2B's base template.
     pub no_new_privileges: bool,
+    /// Sandboxes of the default image kept ready, so that `create` takes one in about a
+    /// millisecond. Default 0 (none).
+    pub pool: usize,
 }
 
 /// `[docker] agent`.
@@ -419,6 +422,7 @@ impl Default for DockerSection {
             agent_binary: None,
             agent: AgentMode::Auto,
             no_new_privileges: true,
+            pool: 0,
         }
     }
 }

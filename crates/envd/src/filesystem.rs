@@ -212,7 +212,9 @@ pub(crate) async fn to_wire(
             };
             (t, 'L')
         }
-        _ => (FileType::File, '-'),
+        EntryKind::File => (FileType::File, '-'),
+        // A FIFO, socket or device is none of envd's types (and cannot be downloaded).
+        _ => (FileType::Unspecified, '-'),
     };
     let name = shown.rsplit('/').next().unwrap_or_default().to_string();
     envd::EntryInfo {

@@ -400,6 +400,36 @@ impl Keeper {
 
     /// The deadlines the keeper holds, by sandbox id; `None` when they cannot be read now
     /// (then nobody may act on a deadline it does not know).
+    /// Keeps what pooled sandbox `id` was claimed as (hex-encoded JSON, see `crate::pool`).
+    pub(crate) async fn claim(&self, id: &str, hex: &str) -> Result<()> {
+        match self
+            .ask(&format!("claim {id} {hex}"), true)
+            .await
+            .as_deref()
+        {
+            Some("ok") => Ok(()),
+            _ => Err(err(
+                ErrorKind::Unavailable,
+                "create",
+                "the deadline keeper cannot hold the claim of a pooled sandbox (a keeper of an \
+                 older version?)",
+            )),
+        }
+    }
+
+    /// The claims of pooled sandboxes, id → hex; `None` when the keeper cannot say.
+    pub(crate) async fn claims(&self) -> Option<BTreeMap<String, String>> {
+        let all = self.ask("claims", false).await?;
+        Some(
+            all.split_whitespace()
+                .filter_map(|pair| {
+                    let (id, hex) = pair.split_once('=')?;
+                    Some((id.to_string(), hex.to_string()))
+                })
+                .collect(),
+        )
+    }
+
     pub(crate) async fn deadlines(&self) -> Option<BTreeMap<String, u64>> {
         if let Some(all) = self.ask("all", false).await {
             return Some(

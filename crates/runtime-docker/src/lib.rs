@@ -7,6 +7,7 @@ mod exec;
 mod files;
 mod inside;
 mod keeper;
+mod pool;
 mod process;
 mod runtime;
 mod sandbox;
@@ -14,6 +15,7 @@ mod template;
 
 pub use agent::AGENT_BIN_ENV;
 pub use files::DockerFiles;
+pub use pool::POOL_TTL;
 pub use runtime::{
     DockerRuntime, DockerRuntimeBuilder, DEFAULT_CAPABILITIES, DEFAULT_CPUS, DEFAULT_IMAGE,
 };

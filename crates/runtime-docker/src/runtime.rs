@@ -102,6 +102,10 @@ impl Labels {
     pub(crate) fn agent(&self) -> String {
         format!("{}.agent", self.prefix)
     }
+    /// Marks a sandbox made for the warm pool: its settings are in the keeper's claim.
+    pub(crate) fn pool(&self) -> String {
+        format!("{}.pool", self.prefix)
+    }
     /// The deadline set at create (epoch seconds); the keeper's state overrides it.
     pub(crate) fn deadline(&self) -> String {
         format!("{}.deadline", self.prefix)
@@ -137,6 +141,8 @@ pub(crate) struct Settings {
     /// The agent inside sandboxes (the fast path); `None` without a binary or when turned off.
     pub(crate) inside: Option<Arc<Inside>>,
     pub(crate) no_new_privileges: bool,
+    /// The warm pool, when asked for (and the agent runs inside sandboxes).
+    pub(crate) pool: Option<Arc<crate::pool::Pool>>,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -181,6 +187,7 @@ pub struct DockerRuntimeBuilder {
     use_agent: bool,
     agent_inside: bool,
     no_new_privileges: bool,
+    pool: usize,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -208,6 +215,7 @@ impl Default for DockerRuntimeBuilder {
             use_agent: true,
             agent_inside: true,
             no_new_privileges: true,
+            pool: 0,
             engine_socket: "/var/run/docker.sock".into(),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             oci_runtime: None,
@@ -311,6 +319,16 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Keeps `n` sandboxes of the default image ready (`[docker] pool = n`; default 0): a
+    /// `create` the pool can serve then takes one in about a millisecond, and a new one is
+    /// made in the background. See [`DockerRuntime::drain_pool`] and the `pool` module docs
+    /// in the README: which specs it serves, and what happens to it when the process ends.
+    /// Needs the agent inside sandboxes.
+    pub fn pool(mut self, n: usize) -> Self {
+        self.pool = n;
+        self
+    }
+
     /// Whether sandboxes get Docker's `no-new-privileges` flag (default on): setuid programs
     /// then cannot raise privileges, so `sudo` fails. Off, `user` in the base image may
     /// `sudo` without a password, as in E2B's base template (root stays within the sandbox's
@@ -397,6 +415,17 @@ impl DockerRuntimeBuilder {
             ))),
             _ => None,
         };
+        let pool = match (self.pool, &inside) {
+            (0, _) => None,
+            (n, Some(_)) => Some(Arc::new(crate::pool::Pool::new(n))),
+            (_, None) => {
+                tracing::warn!(
+                    "[docker] pool needs the agent inside sandboxes (an agent binary, and \
+                     agent = \"auto\"); no pool is kept"
+                );
+                None
+            }
+        };
         Ok(DockerRuntime {
             docker,
             settings: Arc::new(Settings {
@@ -419,6 +448,7 @@ impl DockerRuntimeBuilder {
                 agent_wanted: self.use_agent,
                 inside,
                 no_new_privileges: self.no_new_privileges,
+                pool,
             }),
         })
     }
@@ -642,19 +672,33 @@ impl DockerRuntime {
             .filter(|u| !u.is_empty());
         let ttl = Ttl::from_labels(&labels, &self.settings.labels);
         let token = labels.get(&self.settings.labels.agent()).cloned();
-        Ok((
-            DockerSandbox::new(
-                self.clone(),
-                id.to_string(),
-                name,
-                workdir,
-                user,
-                ttl,
-                token.as_deref(),
-            )?,
-            state,
-            labels,
-        ))
+        // A pooled sandbox: what it was claimed as is the keeper's; unclaimed, it is no one's.
+        let mut labels = labels;
+        let claim = if labels.contains_key(&self.settings.labels.pool()) {
+            match self.claims().await.and_then(|mut c| c.remove(id)) {
+                Some(claim) => {
+                    self.claim_labels(&mut labels, &claim);
+                    Some(claim)
+                }
+                None => return Err(Self::not_found(id, op)),
+            }
+        } else {
+            None
+        };
+        let sandbox = DockerSandbox::new(
+            self.clone(),
+            id.to_string(),
+            name,
+            workdir,
+            user,
+            ttl,
+            token.as_deref(),
+        )?;
+        let sandbox = match &claim {
+            Some(c) => sandbox.claimed(c),
+            None => sandbox,
+        };
+        Ok((sandbox, state, labels))
     }
 
     /// When sandbox `id` expires; `None` when that cannot be known now (nothing may then be
@@ -746,21 +790,9 @@ impl DockerRuntime {
     }
 }
 
-#[async_trait]
-impl Runtime for DockerRuntime {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::all();
-        // Only the agent inside a sandbox watches and measures it.
-        c.watch = self.settings.inside.is_some();
-        c.metrics = self.settings.inside.is_some();
-        c
-    }
-
-    async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
+impl DockerRuntime {
+    /// Makes a container for `spec`; `pooled`: for the warm pool (see [`crate::pool`]).
+    async fn make(&self, spec: SandboxSpec, pooled: bool) -> Result<DockerSandbox> {
         let id = new_id();
         let span = info_span!("create", backend = BACKEND, sandbox_id = %id);
         async move {
@@ -791,6 +823,9 @@ impl Runtime for DockerRuntime {
                 if keeper.is_some() { "keeper" } else { "file" }.to_string(),
             );
             labels.insert(l.deadline(), deadline.to_string());
+            if pooled {
+                labels.insert(l.pool(), "1".into());
+            }
             // The fast path where the agent can run here.
             let inside = match &s.inside {
                 Some(i) if template.agent_can_run => {
@@ -1000,8 +1035,8 @@ impl Runtime for DockerRuntime {
             .await;
             match started {
                 Ok(sandbox) => {
-                    debug!(image, "sandbox created");
-                    Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+                    debug!(image, pooled, "sandbox created");
+                    Ok(sandbox)
                 }
                 Err(e) => {
                     // Nothing half-made is left behind.
@@ -1022,6 +1057,73 @@ impl Runtime for DockerRuntime {
         }
         .instrument(span)
         .await
+    }
+
+    /// The claims of pooled sandboxes (see [`crate::pool`]), decoded.
+    pub(crate) async fn claims(&self) -> Option<HashMap<String, crate::pool::Claim>> {
+        let keeper = self.settings.keeper.as_ref()?;
+        Some(
+            keeper
+                .claims()
+                .await?
+                .into_iter()
+                .filter_map(|(id, hex)| Some((id, crate::pool::Claim::from_hex(&hex)?)))
+                .collect(),
+        )
+    }
+
+    /// Puts a claim's metadata where a sandbox made for its spec keeps it: in (these copies
+    /// of) its labels.
+    pub(crate) fn claim_labels(
+        &self,
+        labels: &mut HashMap<String, String>,
+        claim: &crate::pool::Claim,
+    ) {
+        let l = &self.settings.labels;
+        for (k, v) in &claim.metadata {
+            labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
+        }
+        if let Some(cwd) = &claim.cwd {
+            labels.insert(l.workdir(), cwd.clone());
+        }
+        if let Some(user) = &claim.user {
+            labels.insert(l.user(), user.clone());
+        }
+    }
+
+    /// A sandbox for the warm pool, its agent connection open.
+    pub(crate) async fn make_pooled(&self) -> Result<DockerSandbox> {
+        let sandbox = self
+            .make(SandboxSpec::new().timeout(crate::pool::POOL_TTL), true)
+            .await?;
+        if let Err(e) = sandbox.warm().await {
+            let _ = Runtime::kill(self, sandbox.id()).await;
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::all();
+        // Only the agent inside a sandbox watches and measures it.
+        c.watch = self.settings.inside.is_some();
+        c.metrics = self.settings.inside.is_some();
+        c
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        if let Some(sandbox) = self.take_pooled(&spec).await {
+            debug!(sandbox_id = %sandbox.id(), "sandbox taken from the pool");
+            return Ok(Box::new(sandbox));
+        }
+        Ok(Box::new(self.make(spec, false).await?))
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
@@ -1067,12 +1169,45 @@ impl Runtime for DockerRuntime {
             }))
             .await
             .map_err(|e| map(e, "list", "sandbox"))?;
+        // Claimed pooled sandboxes keep their metadata with the keeper, not in labels: with a
+        // metadata filter they are listed apart and filtered here.
+        let mut containers = containers;
+        if !filter.metadata.is_empty() && self.settings.keeper.is_some() {
+            let mut filters = HashMap::new();
+            filters.insert("label".to_string(), vec![l.id(), l.pool()]);
+            let pooled = self
+                .docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| map(e, "list", "sandbox"))?;
+            containers.extend(pooled);
+        }
+        let claims = if containers.iter().any(|c| {
+            c.labels
+                .as_ref()
+                .is_some_and(|l2| l2.contains_key(&l.pool()))
+        }) {
+            self.claims().await.unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
         let mut out = Vec::new();
         for c in containers {
-            let labels = c.labels.unwrap_or_default();
+            let mut labels = c.labels.unwrap_or_default();
             let Some(id) = labels.get(&l.id()).cloned() else {
                 continue;
             };
+            if labels.contains_key(&l.pool()) {
+                match claims.get(&id) {
+                    Some(claim) => self.claim_labels(&mut labels, claim),
+                    // Ready in a pool: no one's yet.
+                    None => continue,
+                }
+            }
             let state = match c.state.as_deref() {
                 Some("running") => SandboxState::Running,
                 Some("paused") => SandboxState::Paused,

@@ -108,6 +108,40 @@ impl DockerSandbox {
         self.agent.is_some()
     }
 
+    /// Opens the connection to the agent now (a pooled sandbox is handed out with it open).
+    pub(crate) async fn warm(&self) -> Result<()> {
+        match &self.agent {
+            Some(agent) if agent.is_running().await? => Ok(()),
+            Some(_) => Err(err(
+                ErrorKind::Unavailable,
+                "create",
+                "the agent inside the sandbox does not answer",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// This pooled sandbox as what it was claimed as: the user, directory and environment of
+    /// its commands. The agent connection is kept.
+    pub(crate) fn claimed(mut self, claim: &crate::pool::Claim) -> Self {
+        if claim.user.is_some() {
+            self.user = claim.user.clone();
+        }
+        if let Some(agent) = self.agent.take() {
+            let cwd = claim
+                .cwd
+                .clone()
+                .or_else(|| agent.default_cwd().map(String::from));
+            let user = self.user.clone().unwrap_or_else(|| "root".into());
+            self.agent = Some(
+                agent
+                    .with_defaults(Some(user), cwd)
+                    .with_env(claim.env.clone()),
+            );
+        }
+        self
+    }
+
     /// An error of the agent path as this backend reports it: a sandbox that is gone (or
     /// paused) is [`ErrorKind::NotFound`] / [`ErrorKind::Conflict`], as on the exec path.
     async fn agent_error(&self, e: runtime_core::Error, op: &'static str) -> runtime_core::Error {

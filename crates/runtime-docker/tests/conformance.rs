@@ -7,6 +7,7 @@
 //! With `SBX_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
 //! cases show as ignored.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     }
     let require = std::env::var("SBX_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
     let mut suite = Suite::new();
+    let run_id_for_pool = suite.run_id().to_string();
     let runtime = suite.tokio().block_on(async {
         let rt = DockerRuntime::builder().build().await?;
         for image in [MINI, BASE] {
@@ -87,6 +89,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+
+    // The warm pool: sandboxes of the default (Debian) image made ahead and claimed by create.
+    let pooled = suite
+        .tokio()
+        .block_on(DockerRuntime::builder().pool(2).build());
+    let pooled = match pooled {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            eprintln!("error: the pooled runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    suite.add_sandbox(
+        SandboxTarget::new("docker_pool", pooled.clone(), SandboxSpec::new()).with_python(true),
+    );
+    let (rt, id) = (pooled.clone(), run_id_for_pool.clone());
+    suite.add_trial(
+        "docker_pool::pool::a_claimed_sandbox_is_what_its_spec_asked".into(),
+        false,
+        move || pool_claims(rt, id),
+    );
 
     // Once more on the Debian image under gVisor (`runsc`), when the engine has it
     // (`cargo xtask docker --gvisor`; CI requires it with SBX_REQUIRE_GVISOR=1).
@@ -252,7 +275,31 @@ fn main() -> ExitCode {
         false,
         move || agent_path(rt, id),
     );
-    suite.run()
+    let code = suite.run();
+    // The pool's ready sandboxes are no case's: drained here, and checked gone.
+    let drained = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(async {
+            pooled.drain_pool().await;
+            let left = pooled
+                .docker()
+                .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+                    all: true,
+                    filters: HashMap::from([("label".to_string(), vec!["sbx.pool".to_string()])]),
+                    ..Default::default()
+                }))
+                .await
+                .map(|l| l.len())
+                .unwrap_or(0);
+            left
+        });
+    if drained != 0 {
+        eprintln!("error: {drained} pooled sandboxes left after drain_pool");
+        return ExitCode::from(101);
+    }
+    code
 }
 
 /// A template `FROM sbx-base:bookworm` with a start command serving a file and a ready command
@@ -724,6 +771,87 @@ async fn git_and_sudo(run_id: String) -> runtime_core::Result<()> {
     let sudo = sb.exec_shell("sudo -n id -u").await;
     sb.kill().await?;
     let sudo = sudo?;
-    assert_ne!(sudo.exit_code, Some(0), "no-new-privileges stops sudo: {sudo:?}");
+    assert_ne!(
+        sudo.exit_code,
+        Some(0),
+        "no-new-privileges stops sudo: {sudo:?}"
+    );
+    Ok(())
+}
+
+/// A sandbox taken from the pool is what its spec asked for: its metadata in `list` and
+/// `info` (and usable as a filter), its env, user, directory and time to live; the pool's
+/// ready sandboxes are seen by no one.
+async fn pool_claims(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+    // Let the pool fill.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tag = format!("{:x}", rand::random::<u32>());
+    let spec = SandboxSpec::new()
+        .metadata(SUITE_LABEL, &run_id)
+        .metadata("pool-case", &tag)
+        .env("FROM_SPEC", "yes")
+        .user("user")
+        .cwd("/tmp")
+        .timeout(Duration::from_secs(6));
+    let started = std::time::Instant::now();
+    let sb = rt.create(spec).await?;
+    let took = started.elapsed();
+    let out = sb.exec_shell("echo $FROM_SPEC; id -un; pwd").await?;
+    assert_eq!(out.stdout_text(), "yes\nuser\n/tmp\n", "{out:?}");
+    let listed = rt
+        .list(&ListFilter::all().metadata("pool-case", &tag))
+        .await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, sb.id());
+    let info = rt.connect(sb.id()).await?.info().await?;
+    assert_eq!(info.metadata.get("pool-case"), Some(&tag));
+    let expires = info.expires_at.expect("a deadline");
+    assert!(
+        expires < std::time::SystemTime::now() + Duration::from_secs(10),
+        "the spec's time to live, not the pool's: {expires:?}"
+    );
+    // Ready sandboxes: not in any listing.
+    let all = rt.list(&ListFilter::all()).await?;
+    let ready = rt
+        .docker()
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            filters: HashMap::from([("label".to_string(), vec!["sbx.pool".to_string()])]),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| runtime_core::Error::new(ErrorKind::Unavailable, e.to_string()))?;
+    for c in ready {
+        let id = c
+            .labels
+            .unwrap_or_default()
+            .get("sbx.id")
+            .cloned()
+            .unwrap_or_default();
+        if id != sb.id() && all.iter().all(|i| i.id != id) {
+            let err = rt.connect(&id).await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::NotFound,
+                "a ready sandbox is no one's: {err}"
+            );
+        }
+    }
+    // Expires with the spec's time to live.
+    let id = sb.id().to_string();
+    let mut gone = false;
+    for _ in 0..60 {
+        if rt
+            .list(&ListFilter::all())
+            .await?
+            .iter()
+            .all(|i| i.id != id)
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(gone, "the claimed sandbox outlived its time to live");
+    eprintln!("pool: create took {took:?}");
     Ok(())
 }

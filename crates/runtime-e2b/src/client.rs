@@ -21,6 +21,7 @@ use crate::files::E2bFiles;
 pub(crate) struct Defaults {
     pub(crate) cwd: Option<String>,
     pub(crate) user: Option<String>,
+    pub(crate) env: std::collections::BTreeMap<String, String>,
 }
 
 /// The commands and files of one sandbox through its envd: what [`E2bSandbox`](crate::E2bSandbox)
@@ -68,12 +69,30 @@ impl EnvdClient {
     }
 
     /// Sets the user and working directory of commands (and the user of files) that name none.
+    /// The connection is kept.
     pub fn with_defaults(self, user: Option<String>, cwd: Option<String>) -> Self {
-        EnvdClient::new(self.envd, Defaults { cwd, user })
+        let env = self.defaults.env;
+        EnvdClient::new(self.envd, Defaults { cwd, user, env })
+    }
+
+    /// The working directory of commands that name none.
+    pub fn default_cwd(&self) -> Option<&str> {
+        self.defaults.cwd.as_deref()
+    }
+
+    /// Sets environment variables every command gets (a command's own win). The connection
+    /// is kept.
+    pub fn with_env(self, env: std::collections::BTreeMap<String, String>) -> Self {
+        let mut defaults = self.defaults;
+        defaults.env = env;
+        EnvdClient::new(self.envd, defaults)
     }
 
     /// Starts a command (see [`Sandbox::spawn`](runtime_core::Sandbox::spawn)).
-    pub async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
+    pub async fn spawn(&self, mut spec: CommandSpec) -> Result<Process> {
+        for (k, v) in &self.defaults.env {
+            spec.env.entry(k.clone()).or_insert_with(|| v.clone());
+        }
         crate::process::spawn(
             &self.envd,
             spec,

@@ -231,6 +231,7 @@ impl E2bRuntime {
         Defaults {
             cwd: metadata.and_then(|m| m.get(CWD_KEY)).cloned(),
             user: metadata.and_then(|m| m.get(USER_KEY)).cloned(),
+            ..Default::default()
         }
     }
 }
@@ -284,7 +285,7 @@ impl Runtime for E2bRuntime {
                     sandbox_id: DEBUG_SANDBOX_ID.into(),
                     ..Default::default()
                 };
-                return Ok(Box::new(self.handle(&created, Defaults { cwd: spec.cwd, user: spec.user })?) as Box<dyn Sandbox>);
+                return Ok(Box::new(self.handle(&created, Defaults { cwd: spec.cwd, user: spec.user, ..Default::default() })?) as Box<dyn Sandbox>);
             }
             let mut metadata = spec.metadata.clone();
             if let Some(cwd) = &spec.cwd {

@@ -1,0 +1,249 @@
+//! The warm pool (`[docker] pool = N`): N sandboxes of the default image made ahead, each with
+//! its agent connection open, so that `create` takes one in about a millisecond.
+//!
+//! - **What a pooled sandbox was asked to be** (metadata, env, user, directory) cannot go in
+//!   its labels, which are fixed when the container is made, and must not be kept inside it
+//!   (the sandbox would control its own metadata): the deadline keeper holds it, as a *claim*
+//!   beside the sandbox's deadline. `list`, `info` and `connect` read it from there; a pooled
+//!   sandbox not yet claimed is seen by none of them.
+//! - **Which specs it serves**: the default template, with no mounts, ports, network or
+//!   resources of their own (those are fixed when the container is made). Anything else is
+//!   made fresh. The pool needs the agent inside sandboxes and the keeper.
+//! - **Time to live**: a ready sandbox lives [`POOL_TTL`], extended every
+//!   [`POOL_TTL`]` / 4` by the process that keeps the pool; once claimed, it has the time to
+//!   live of its spec, held by the keeper like any other.
+//! - **When the process goes away**: [`DockerRuntime::drain_pool`] kills the ready ones at
+//!   once; after a crash the keeper kills them when their [`POOL_TTL`] runs out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use runtime_core::{Runtime, Sandbox, SandboxSpec};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::runtime::{epoch, DockerRuntime, Settings};
+use crate::sandbox::DockerSandbox;
+
+/// How long a ready, unclaimed sandbox lives without its pool.
+pub const POOL_TTL: Duration = Duration::from_secs(120);
+
+/// What a pooled sandbox was claimed as.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Claim {
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) user: Option<String>,
+    pub(crate) cwd: Option<String>,
+}
+
+impl Claim {
+    pub(crate) fn to_hex(&self) -> String {
+        serde_json::to_vec(self)
+            .expect("json")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub(crate) fn from_hex(hex: &str) -> Option<Claim> {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        serde_json::from_slice(&bytes?).ok()
+    }
+}
+
+/// The ready sandboxes.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    size: usize,
+    ready: Mutex<VecDeque<DockerSandbox>>,
+    /// Sandboxes being made for the pool.
+    making: Mutex<usize>,
+    keepalive: std::sync::Once,
+}
+
+impl Pool {
+    pub(crate) fn new(size: usize) -> Self {
+        Pool {
+            size,
+            ready: Mutex::new(VecDeque::new()),
+            making: Mutex::new(0),
+            keepalive: std::sync::Once::new(),
+        }
+    }
+}
+
+/// Whether the pool can serve `spec`: nothing that is fixed when a container is made.
+pub(crate) fn serves(spec: &SandboxSpec, default_image: &str) -> bool {
+    let r = &spec.resources;
+    spec.template
+        .as_deref()
+        .is_none_or(|t| t.is_empty() || t == "base" || t == default_image)
+        && spec.mounts.is_empty()
+        && spec.ports.is_empty()
+        && spec.network.is_none()
+        && r.cpus.is_none()
+        && r.memory_mb.is_none()
+        && r.pids.is_none()
+        && r.gpus.is_none()
+}
+
+impl DockerRuntime {
+    fn pool(&self) -> Option<&Arc<Pool>> {
+        self.settings.pool.as_ref()
+    }
+
+    /// Takes a ready sandbox for `spec`, claims it, and starts a refill. `None`: make one.
+    pub(crate) async fn take_pooled(&self, spec: &SandboxSpec) -> Option<DockerSandbox> {
+        let pool = self.pool()?;
+        self.start_pool();
+        if !serves(spec, &self.settings.image) {
+            return None;
+        }
+        let keeper = self.settings.keeper.clone()?;
+        let taken = pool.ready.lock().unwrap().pop_front();
+        self.refill();
+        let sandbox = taken?;
+        let claim = Claim {
+            metadata: spec.metadata.clone(),
+            env: spec.env.clone(),
+            user: spec.user.clone(),
+            cwd: spec.cwd.clone(),
+        };
+        let ttl = spec.timeout.unwrap_or(self.settings.ttl);
+        let claimed = async {
+            keeper.claim(sandbox.id(), &claim.to_hex()).await?;
+            keeper
+                .set_deadline(
+                    sandbox.id(),
+                    epoch(SystemTime::now() + ttl).max(epoch(SystemTime::now()) + 1),
+                )
+                .await
+        }
+        .await;
+        match claimed {
+            Ok(()) => Some(sandbox.claimed(&claim)),
+            Err(e) => {
+                warn!(error = %e, "could not claim a pooled sandbox; making one");
+                let _ = Runtime::kill(self, sandbox.id()).await;
+                None
+            }
+        }
+    }
+
+    /// Starts the pool's upkeep once: fills it and keeps the ready sandboxes alive.
+    pub(crate) fn start_pool(&self) {
+        let Some(pool) = self.pool() else { return };
+        pool.keepalive.call_once(|| {
+            let (docker, settings) = (self.docker.clone(), Arc::downgrade(&self.settings));
+            tokio::spawn(keep_ready_alive(docker, settings));
+        });
+        self.refill();
+    }
+
+    /// Makes sandboxes until the pool (with those being made) is full.
+    fn refill(&self) {
+        let Some(pool) = self.pool() else { return };
+        let missing = {
+            let ready = pool.ready.lock().unwrap().len();
+            let mut making = pool.making.lock().unwrap();
+            let missing = pool.size.saturating_sub(ready + *making);
+            *making += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let (docker, settings) = (self.docker.clone(), Arc::downgrade(&self.settings));
+            tokio::spawn(async move {
+                let Some(rt) = upgrade(&docker, &settings) else {
+                    return;
+                };
+                let pool = rt.pool().expect("a pool").clone();
+                let made = rt.make_pooled().await;
+                *pool.making.lock().unwrap() -= 1;
+                match made {
+                    Ok(sb) => {
+                        debug!(sandbox_id = %sb.id(), "a sandbox is ready in the pool");
+                        pool.ready.lock().unwrap().push_back(sb);
+                    }
+                    Err(e) => warn!(error = %e, "could not make a sandbox for the pool"),
+                }
+            });
+        }
+    }
+
+    /// Kills the pool's ready sandboxes (a process that ends should call it; otherwise they
+    /// end with their [`POOL_TTL`]). Claimed sandboxes are not touched.
+    pub async fn drain_pool(&self) {
+        let Some(pool) = self.pool() else { return };
+        let ready: Vec<DockerSandbox> = pool.ready.lock().unwrap().drain(..).collect();
+        for sb in ready {
+            let _ = Runtime::kill(self, sb.id()).await;
+        }
+    }
+}
+
+fn upgrade(docker: &bollard::Docker, settings: &Weak<Settings>) -> Option<DockerRuntime> {
+    Some(DockerRuntime {
+        docker: docker.clone(),
+        settings: settings.upgrade()?,
+    })
+}
+
+/// Extends the ready sandboxes' time to live while the runtime that keeps them is alive.
+async fn keep_ready_alive(docker: bollard::Docker, settings: Weak<Settings>) {
+    loop {
+        tokio::time::sleep(POOL_TTL / 4).await;
+        let Some(rt) = upgrade(&docker, &settings) else {
+            return;
+        };
+        let (Some(pool), Some(keeper)) = (rt.pool(), rt.settings.keeper.as_ref()) else {
+            return;
+        };
+        let ids: Vec<String> = pool
+            .ready
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.id().to_string())
+            .collect();
+        let until = epoch(SystemTime::now() + POOL_TTL);
+        for id in ids {
+            if let Err(e) = keeper.set_deadline(&id, until).await {
+                debug!(sandbox_id = %id, error = %e, "could not extend a pooled sandbox");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_round_trip_through_hex() {
+        let c = Claim {
+            metadata: BTreeMap::from([("k".into(), "v é".into())]),
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            user: Some("user".into()),
+            cwd: None,
+        };
+        assert_eq!(Claim::from_hex(&c.to_hex()), Some(c));
+        assert_eq!(Claim::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn only_specs_without_container_settings_are_served() {
+        let d = "sbx-base:bookworm";
+        assert!(serves(
+            &SandboxSpec::new().metadata("a", "b").env("X", "1"),
+            d
+        ));
+        assert!(serves(&SandboxSpec::new().template(d), d));
+        assert!(!serves(&SandboxSpec::new().template("other"), d));
+        assert!(!serves(&SandboxSpec::new().port(80), d));
+    }
+}
