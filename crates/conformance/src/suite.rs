@@ -274,6 +274,7 @@ pub struct Suite {
     run_id: String,
     trials: Vec<Trial>,
     targets: Vec<Arc<SandboxTarget>>,
+    finish: Vec<Box<dyn FnOnce() -> CaseFuture + Send>>,
 }
 
 impl std::fmt::Debug for Suite {
@@ -304,6 +305,7 @@ impl Suite {
             run_id: format!("{:016x}", rand::random::<u64>()),
             trials: Vec::new(),
             targets: Vec::new(),
+            finish: Vec::new(),
         }
     }
 
@@ -400,15 +402,25 @@ impl Suite {
         );
     }
 
-    /// Runs the trials (honouring the usual test-binary arguments), then kills the shared
-    /// sandboxes and fails the run if any sandbox labelled with this run is left.
+    /// Adds a check run after every trial and the shared sandboxes' end, on the suite's tokio
+    /// runtime, before the leak check (a backend's own clean-up and what must hold after it); its failure fails the run.
+    pub fn add_finish<F, Fut>(&mut self, check: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = CaseResult> + Send + 'static,
+    {
+        self.finish.push(Box::new(move || Box::pin(check())));
+    }
+
+    /// Runs the trials (honouring the usual test-binary arguments), kills the shared
+    /// sandboxes, runs the finishing checks, and fails the run if any sandbox labelled with
+    /// this run is left.
     pub fn run(self) -> ExitCode {
         let mut args = Arguments::from_args();
         if args.test_threads.is_none() {
             args.test_threads = Some(8);
         }
         let conclusion = libtest_mimic::run(&args, self.trials);
-        let mut leaked = Vec::new();
         self.rt.block_on(async {
             for target in &self.targets {
                 if let Some(sandbox) = target.shared.get() {
@@ -417,6 +429,20 @@ impl Suite {
                     }
                 }
             }
+        });
+        let mut finished_ok = true;
+        for check in self.finish {
+            let result = self.rt.block_on(AssertUnwindSafe(check()).catch_unwind());
+            if let Err(e) = finish(result) {
+                eprintln!(
+                    "error: a finishing check failed: {}",
+                    e.message().unwrap_or_default()
+                );
+                finished_ok = false;
+            }
+        }
+        let mut leaked = Vec::new();
+        self.rt.block_on(async {
             // Targets may share a runtime, so every shared sandbox is gone before this looks.
             for target in &self.targets {
                 let filter = ListFilter::all().metadata(SUITE_LABEL, self.run_id.clone());
@@ -434,7 +460,7 @@ impl Suite {
                 }
             }
         });
-        if conclusion.has_failed() {
+        if conclusion.has_failed() || !finished_ok {
             return ExitCode::from(101);
         }
         if !leaked.is_empty() {

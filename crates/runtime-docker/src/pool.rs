@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use runtime_core::{Runtime, Sandbox, SandboxSpec};
+use runtime_core::{Sandbox, SandboxSpec, SandboxState};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -64,6 +64,8 @@ pub(crate) struct Pool {
     /// Sandboxes being made for the pool.
     making: Mutex<usize>,
     keepalive: std::sync::Once,
+    /// Set by `drain_pool`: nothing more is made, and what is being made is killed.
+    drained: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -73,6 +75,7 @@ impl Pool {
             ready: Mutex::new(VecDeque::new()),
             making: Mutex::new(0),
             keepalive: std::sync::Once::new(),
+            drained: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -129,7 +132,9 @@ impl DockerRuntime {
             Ok(()) => Some(sandbox.claimed(&claim)),
             Err(e) => {
                 warn!(error = %e, "could not claim a pooled sandbox; making one");
-                let _ = Runtime::kill(self, sandbox.id()).await;
+                let _ = self
+                    .remove_sandbox(sandbox.id(), SandboxState::Running)
+                    .await;
                 None
             }
         }
@@ -148,6 +153,9 @@ impl DockerRuntime {
     /// Makes sandboxes until the pool (with those being made) is full.
     fn refill(&self) {
         let Some(pool) = self.pool() else { return };
+        if pool.drained.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let missing = {
             let ready = pool.ready.lock().unwrap().len();
             let mut making = pool.making.lock().unwrap();
@@ -163,25 +171,38 @@ impl DockerRuntime {
                 };
                 let pool = rt.pool().expect("a pool").clone();
                 let made = rt.make_pooled().await;
-                *pool.making.lock().unwrap() -= 1;
                 match made {
+                    Ok(sb) if pool.drained.load(std::sync::atomic::Ordering::SeqCst) => {
+                        let _ = rt.remove_sandbox(sb.id(), SandboxState::Running).await;
+                    }
                     Ok(sb) => {
                         debug!(sandbox_id = %sb.id(), "a sandbox is ready in the pool");
                         pool.ready.lock().unwrap().push_back(sb);
                     }
                     Err(e) => warn!(error = %e, "could not make a sandbox for the pool"),
                 }
+                *pool.making.lock().unwrap() -= 1;
             });
         }
     }
 
-    /// Kills the pool's ready sandboxes (a process that ends should call it; otherwise they
-    /// end with their [`POOL_TTL`]). Claimed sandboxes are not touched.
+    /// Ends the pool: kills its ready sandboxes, and those being made as they are done (a
+    /// process that ends should call it; otherwise they end with their [`POOL_TTL`]). Claimed
+    /// sandboxes are not touched; later creates make fresh sandboxes.
     pub async fn drain_pool(&self) {
         let Some(pool) = self.pool() else { return };
-        let ready: Vec<DockerSandbox> = pool.ready.lock().unwrap().drain(..).collect();
-        for sb in ready {
-            let _ = Runtime::kill(self, sb.id()).await;
+        pool.drained
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready: Vec<DockerSandbox> = pool.ready.lock().unwrap().drain(..).collect();
+            for sb in ready {
+                let _ = self.remove_sandbox(sb.id(), SandboxState::Running).await;
+            }
+            if *pool.making.lock().unwrap() == 0 || std::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -1059,6 +1059,84 @@ impl DockerRuntime {
         .await
     }
 
+    /// Kills sandbox `id` (its container known to be ours, in `state`) and waits for the
+    /// engine to remove it.
+    pub(crate) async fn remove_sandbox(&self, id: &str, state: SandboxState) -> Result<()> {
+        let name = self.settings.labels.container(id);
+        if state == SandboxState::Paused {
+            let _ = self.docker.unpause_container(&name).await;
+        }
+        // Kill the main process and let the engine's auto-remove take the container away; a
+        // forced remove racing auto-remove can leave a dead container behind on some storage
+        // drivers.
+        match self
+            .docker
+            .kill_container(
+                &name,
+                Some(bollard::container::KillContainerOptions { signal: "SIGKILL" }),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(Self::not_found(id, "kill")),
+            // Not running any more: it is on its way out already.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            // The engine could not deliver the kill (seen under load: "did not receive an exit
+            // event"): remove the container by force instead; it is not being auto-removed.
+            Err(e) => {
+                debug!(error = %e, container = %name, "kill failed; removing by force");
+                let options = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                };
+                return match self.docker.remove_container(&name, Some(options)).await {
+                    Ok(()) => Ok(()),
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404 | 409,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(map(e, "kill", "sandbox")),
+                };
+            }
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) = self.docker.inspect_container(&name, None).await
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Auto-remove did not happen: remove it ourselves, nothing races us now.
+        match self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Gone, or "removal already in progress": either way the sandbox is ended.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(map(e, "kill", "sandbox")),
+        }
+    }
+
     /// The claims of pooled sandboxes (see [`crate::pool`]), decoded.
     pub(crate) async fn claims(&self) -> Option<HashMap<String, crate::pool::Claim>> {
         let keeper = self.settings.keeper.as_ref()?;
@@ -1097,7 +1175,9 @@ impl DockerRuntime {
             .make(SandboxSpec::new().timeout(crate::pool::POOL_TTL), true)
             .await?;
         if let Err(e) = sandbox.warm().await {
-            let _ = Runtime::kill(self, sandbox.id()).await;
+            let _ = self
+                .remove_sandbox(sandbox.id(), SandboxState::Running)
+                .await;
             return Err(e);
         }
         Ok(sandbox)
@@ -1262,79 +1342,7 @@ impl Runtime for DockerRuntime {
         }
         // Only containers carrying our id label are ever removed.
         let (_, state, _) = self.sandbox_from_container(id, "kill").await?;
-        let name = self.settings.labels.container(id);
-        if state == SandboxState::Paused {
-            let _ = self.docker.unpause_container(&name).await;
-        }
-        // Kill the main process and let the engine's auto-remove take the container away; a
-        // forced remove racing auto-remove can leave a dead container behind on some storage
-        // drivers.
-        match self
-            .docker
-            .kill_container(
-                &name,
-                Some(bollard::container::KillContainerOptions { signal: "SIGKILL" }),
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Err(Self::not_found(id, "kill")),
-            // Not running any more: it is on its way out already.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {}
-            // The engine could not deliver the kill (seen under load: "did not receive an exit
-            // event"): remove the container by force instead; it is not being auto-removed.
-            Err(e) => {
-                debug!(error = %e, container = %name, "kill failed; removing by force");
-                let options = RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    link: false,
-                };
-                return match self.docker.remove_container(&name, Some(options)).await {
-                    Ok(()) => Ok(()),
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404 | 409,
-                        ..
-                    }) => Ok(()),
-                    Err(e) => Err(map(e, "kill", "sandbox")),
-                };
-            }
-        }
-        let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) = self.docker.inspect_container(&name, None).await
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Auto-remove did not happen: remove it ourselves, nothing races us now.
-        match self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    link: false,
-                }),
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            // Gone, or "removal already in progress": either way the sandbox is ended.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(map(e, "kill", "sandbox")),
-        }
+        self.remove_sandbox(id, state).await
     }
 }
 
