@@ -383,6 +383,12 @@ fn main() -> Res<()> {
         eprintln!("2/6 create → command → kill ({} each, both paths)…", n / 5);
         rows.push(lifecycle(&docker, (n / 5).max(3), &[], ", agent").await?);
         rows.push(lifecycle(&exec_path, (n / 5).max(3), &[], ", exec path").await?);
+        // The warm pool: create takes a ready sandbox (its refill runs in the background).
+        let pooled = DockerRuntime::builder().pool(2).build().await?;
+        let _ = pooled.create(spec()).await?.kill().await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        rows.push(lifecycle(&pooled, (n / 5).max(3), &[], ", warm pool of 2").await?);
+        pooled.drain_pool().await;
         eprintln!("3/6 64 MiB upload and download (both paths)…");
         let files_n = if quick { 2 } else { 5 };
         for (rt, under) in [(&docker, ", agent"), (&exec_path, ", exec path")] {
