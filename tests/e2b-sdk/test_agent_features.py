@@ -76,3 +76,23 @@ def test_git_in_the_base_template(sandbox):
     """E2B's base template has git, and the SDK's git helpers rely on it."""
     result = sandbox.commands.run("git --version")
     assert result.exit_code == 0 and result.stdout.startswith("git version"), result
+
+
+def test_auto_pause_at_the_timeout(server):
+    """lifecycle on_timeout=pause: the sandbox is paused at its timeout, not killed, and
+    connect resumes it with its files."""
+    from e2b import Sandbox, SandboxState
+
+    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause"})
+    try:
+        sbx.files.write("/home/user/kept.txt", "across the pause")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED:
+                break
+            time.sleep(0.5)
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+        resumed = Sandbox.connect(sbx.sandbox_id)
+        assert resumed.files.read("/home/user/kept.txt") == "across the pause"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)

@@ -152,6 +152,20 @@ fn round(engine: &Engine, o: &Options, now: u64) -> std::io::Result<usize> {
         let Some(deadline) = deadline else { continue };
         if now >= deadline {
             let container = c["Id"].as_str().unwrap_or_default();
+            // Auto-pause: paused, not killed; resuming it writes a new deadline first.
+            if labels[format!("{}.on_deadline", o.prefix)].as_str() == Some("pause") {
+                match engine.call("POST", &format!("/containers/{container}/pause")) {
+                    Ok((s, _)) if s < 300 || s == 404 || s == 409 => {
+                        eprintln!("sbx-agent keeper: sandbox {id} reached its deadline; paused")
+                    }
+                    Ok((s, body)) => eprintln!(
+                        "sbx-agent keeper: pause {id}: {s} {}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                    Err(e) => eprintln!("sbx-agent keeper: pause {id}: {e}"),
+                }
+                continue;
+            }
             match engine.call("POST", &format!("/containers/{container}/kill?signal=KILL")) {
                 Ok((s, _)) if s < 300 || s == 404 || s == 409 => {
                     eprintln!("sbx-agent keeper: sandbox {id} reached its deadline; killed")

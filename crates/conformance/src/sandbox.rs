@@ -48,6 +48,7 @@ cases!(
     "lifecycle": spec_cwd_is_the_default_cwd,
     "lifecycle": set_timeout_extends_then_expires,
     "lifecycle": pause_then_connect_resumes if pause,
+    "lifecycle": auto_pause_at_the_deadline_then_connect_resumes if pause,
     "exec": stdout_and_exit_zero,
     "exec": stderr_is_separate,
     "exec": nonzero_exit_is_data,
@@ -795,5 +796,32 @@ async fn metrics_are_plausible(c: Ctx) -> CaseResult {
         .duration_since(m.timestamp)
         .unwrap_or_default();
     assert!(age < Duration::from_secs(60), "measured now: {m:?}");
+    Ok(())
+}
+
+/// With `auto_pause`, the end of the time to live pauses the sandbox (files and processes kept)
+/// instead of killing it; `connect` resumes it.
+async fn auto_pause_at_the_deadline_then_connect_resumes(c: Ctx) -> CaseResult {
+    let sb = c
+        .create(c.spec().auto_pause(true).timeout(Duration::from_secs(3)))
+        .await?;
+    sb.files().write_str("/tmp/kept", "across the pause").await?;
+    let _bg = sb.spawn(CommandSpec::shell("sleep 3031")).await?;
+    let id = sb.id().to_string();
+    let paused = eventually(Duration::from_secs(60), || async {
+        matches!(
+            c.runtime().list(&ListFilter::all().state(SandboxState::Paused)).await,
+            Ok(l) if l.iter().any(|i| i.id == id)
+        )
+    })
+    .await;
+    assert!(paused, "paused at its deadline, not killed");
+    let resumed = c.runtime().connect(&id).await?;
+    assert_eq!(resumed.info().await?.state, SandboxState::Running);
+    assert_eq!(
+        resumed.files().read_to_string("/tmp/kept").await?,
+        "across the pause"
+    );
+    assert!(running(resumed.as_ref(), "slee[p] 3031").await?, "processes kept");
     Ok(())
 }

@@ -268,12 +268,10 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if let Some(why) = unsupported_options(&req) {
         return api_error(StatusCode::BAD_REQUEST, why);
     }
-    if req.auto_pause == Some(true) {
-        // Pausing at the deadline instead of killing is not implemented: say so rather than
-        // kill a sandbox the client expects to find paused.
+    if req.auto_pause == Some(true) && !state.runtime.capabilities().pause {
         return api_error(
             StatusCode::BAD_REQUEST,
-            "autoPause (lifecycle on_timeout=pause) is not supported by e2b-local; the sandbox would be killed at its timeout",
+            "autoPause (lifecycle on_timeout=pause) is not supported by this backend (it cannot pause); the sandbox would be killed at its timeout",
         );
     }
     let _admission = match state.admit_create().await {
@@ -296,6 +294,7 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if req.allow_internet_access == Some(false) {
         spec = spec.network(runtime_core::NetworkMode::None);
     }
+    spec = spec.auto_pause(req.auto_pause == Some(true));
     let sandbox = match state.runtime.create(spec).await {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::NotFound => {

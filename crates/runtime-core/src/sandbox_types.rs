@@ -49,6 +49,10 @@ pub struct SandboxSpec {
     pub ports: Vec<u16>,
     /// Host directories or named volumes to mount.
     pub mounts: Vec<Mount>,
+    /// At the end of its time to live, pause the sandbox instead of killing it;
+    /// [`Runtime::connect`](crate::Runtime::connect) resumes it with its files and processes.
+    /// Needs [`Capabilities::pause`].
+    pub auto_pause: bool,
 }
 
 impl SandboxSpec {
@@ -104,6 +108,11 @@ impl SandboxSpec {
     /// Sets the resource limits.
     pub fn resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
+        self
+    }
+    /// Pauses the sandbox at the end of its time to live instead of killing it.
+    pub fn auto_pause(mut self, on: bool) -> Self {
+        self.auto_pause = on;
         self
     }
 }

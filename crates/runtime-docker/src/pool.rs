@@ -89,6 +89,7 @@ pub(crate) fn serves(spec: &SandboxSpec, default_image: &str) -> bool {
         && spec.mounts.is_empty()
         && spec.ports.is_empty()
         && spec.network.is_none()
+        && !spec.auto_pause
         && r.cpus.is_none()
         && r.memory_mb.is_none()
         && r.pids.is_none()

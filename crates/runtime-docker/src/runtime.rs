@@ -102,6 +102,10 @@ impl Labels {
     pub(crate) fn agent(&self) -> String {
         format!("{}.agent", self.prefix)
     }
+    /// `pause` when the sandbox pauses at its deadline instead of ending.
+    pub(crate) fn on_deadline(&self) -> String {
+        format!("{}.on_deadline", self.prefix)
+    }
     /// Marks a sandbox made for the warm pool: its settings are in the keeper's claim.
     pub(crate) fn pool(&self) -> String {
         format!("{}.pool", self.prefix)
@@ -738,11 +742,27 @@ impl DockerRuntime {
 
     /// Kills a sandbox found running past its deadline (the keeper was not running, or the
     /// sandbox keeps its own deadline and changed it).
-    pub(crate) async fn reap_expired(&self, id: &str) {
+    /// Ends a sandbox found running past its deadline as it asked: paused (auto-pause; true)
+    /// or killed.
+    pub(crate) async fn reap_expired(&self, info: &SandboxInfo) -> bool {
+        let id = info.id.as_str();
+        if info.details.get("on_timeout").map(String::as_str) == Some("pause") {
+            debug!(sandbox_id = id, "sandbox past its deadline; pausing it");
+            match self
+                .docker
+                .pause_container(&self.settings.labels.container(id))
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) => debug!(sandbox_id = id, error = %e, "could not pause an expired sandbox"),
+            }
+            return false;
+        }
         debug!(sandbox_id = id, "sandbox past its deadline; killing it");
         if let Err(e) = Runtime::kill(self, id).await {
             debug!(sandbox_id = id, error = %e, "could not kill an expired sandbox");
         }
+        false
     }
 
     /// Removes a container of ours that ended but was not removed (the engine's auto-remove
@@ -786,6 +806,9 @@ impl DockerRuntime {
             "exec"
         };
         info.details.insert("agent".into(), path.into());
+        if labels.get(&l.on_deadline()).map(String::as_str) == Some("pause") {
+            info.details.insert("on_timeout".into(), "pause".into());
+        }
         info
     }
 }
@@ -825,6 +848,9 @@ impl DockerRuntime {
             labels.insert(l.deadline(), deadline.to_string());
             if pooled {
                 labels.insert(l.pool(), "1".into());
+            }
+            if spec.auto_pause {
+                labels.insert(l.on_deadline(), "pause".into());
             }
             // The fast path where the agent can run here.
             let inside = match &s.inside {
@@ -1207,7 +1233,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
-        let (sandbox, state, _) = self.sandbox_from_container(id, "connect").await?;
+        let (sandbox, state, labels) = self.sandbox_from_container(id, "connect").await?;
         match state {
             SandboxState::Paused => {
                 // The new deadline first: a keeper must not find it running past the old one.
@@ -1224,8 +1250,16 @@ impl Runtime for DockerRuntime {
             }
             _ => {
                 if sandbox.expired().await {
-                    self.reap_expired(id).await;
-                    return Err(Self::not_found(id, "connect"));
+                    if labels.get(&self.settings.labels.on_deadline()).map(String::as_str)
+                        == Some("pause")
+                    {
+                        // Due to pause: connect would resume it, so it just lives on.
+                        sandbox.write_deadline(self.settings.ttl, "connect").await?;
+                    } else {
+                        let info = self.info_from_labels(id, &labels, state);
+                        self.reap_expired(&info).await;
+                        return Err(Self::not_found(id, "connect"));
+                    }
                 }
             }
         }
@@ -1320,9 +1354,12 @@ impl Runtime for DockerRuntime {
         let mut live = Vec::with_capacity(out.len());
         for ((mut info, _), deadline) in out.into_iter().zip(deadlines) {
             info.expires_at = deadline;
-            // Past its deadline and still running (no keeper ran): end it now.
+            // Past its deadline and still running (no keeper ran): end it now, or pause it.
             if info.state == SandboxState::Running && deadline.is_some_and(|d| d <= now) {
-                self.reap_expired(&info.id).await;
+                if self.reap_expired(&info).await {
+                    info.state = SandboxState::Paused;
+                    live.push(info);
+                }
                 continue;
             }
             live.push(info);

@@ -380,7 +380,10 @@ impl Sandbox for DockerSandbox {
         }
         if state == SandboxState::Running && info.expires_at.is_some_and(|d| d <= SystemTime::now())
         {
-            self.runtime.reap_expired(&self.id).await;
+            if self.runtime.reap_expired(&info).await {
+                info.state = SandboxState::Paused;
+                return Ok(info);
+            }
             return Err(err(
                 ErrorKind::NotFound,
                 "info",

@@ -305,6 +305,7 @@ impl Runtime for E2bRuntime {
                 metadata: Some(metadata.clone()),
                 env_vars: Some(spec.env.clone()),
                 allow_internet_access: internet,
+                auto_pause: spec.auto_pause.then_some(true),
                 ..Default::default()
             };
             let json = serde_json::to_value(&body).expect("json");

@@ -242,6 +242,9 @@ impl LocalSandbox {
         if spec.network.is_some() {
             return Err(unsupported("change the network"));
         }
+        if spec.auto_pause {
+            return Err(unsupported("pause (auto_pause)"));
+        }
         let r = &spec.resources;
         if r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some() {
             return Err(unsupported("limit resources"));
