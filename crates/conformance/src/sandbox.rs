@@ -805,7 +805,9 @@ async fn auto_pause_at_the_deadline_then_connect_resumes(c: Ctx) -> CaseResult {
     let sb = c
         .create(c.spec().auto_pause(true).timeout(Duration::from_secs(3)))
         .await?;
-    sb.files().write_str("/tmp/kept", "across the pause").await?;
+    sb.files()
+        .write_str("/tmp/kept", "across the pause")
+        .await?;
     let _bg = sb.spawn(CommandSpec::shell("sleep 3031")).await?;
     let id = sb.id().to_string();
     let paused = eventually(Duration::from_secs(60), || async {
@@ -822,6 +824,9 @@ async fn auto_pause_at_the_deadline_then_connect_resumes(c: Ctx) -> CaseResult {
         resumed.files().read_to_string("/tmp/kept").await?,
         "across the pause"
     );
-    assert!(running(resumed.as_ref(), "slee[p] 3031").await?, "processes kept");
+    assert!(
+        running(resumed.as_ref(), "slee[p] 3031").await?,
+        "processes kept"
+    );
     Ok(())
 }

@@ -1250,7 +1250,9 @@ impl Runtime for DockerRuntime {
             }
             _ => {
                 if sandbox.expired().await {
-                    if labels.get(&self.settings.labels.on_deadline()).map(String::as_str)
+                    if labels
+                        .get(&self.settings.labels.on_deadline())
+                        .map(String::as_str)
                         == Some("pause")
                     {
                         // Due to pause: connect would resume it, so it just lives on.
