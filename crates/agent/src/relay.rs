@@ -33,7 +33,7 @@ pub(crate) fn run(socket: &str) -> ExitCode {
     let mut from_agent = stream;
     let up = std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 256 * 1024];
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -47,7 +47,7 @@ pub(crate) fn run(socket: &str) -> ExitCode {
         let _ = to_agent.shutdown(std::net::Shutdown::Write);
     });
     let mut stdout = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         match from_agent.read(&mut buf) {
             Ok(0) | Err(_) => break,

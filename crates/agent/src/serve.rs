@@ -221,8 +221,10 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(1024)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20);
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+        .max_send_buf_size(4 << 20);
     let service = TowerToHyperService::new(app);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         debug!(error = %e, "connection ended with an error");

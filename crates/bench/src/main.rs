@@ -365,6 +365,27 @@ fn main() -> Res<()> {
         println!("{v}");
         return Ok(());
     }
+    if args.first().map(String::as_str) == Some("--files-only") {
+        // For tuning the file paths: the 64 MiB rows alone, both paths.
+        return rt.block_on(async {
+            let agent = DockerRuntime::builder().build().await?;
+            let exec = DockerRuntime::builder().agent_inside(false).build().await?;
+            for (rt, under) in [(&agent, ", agent"), (&exec, ", exec path")] {
+                let (up, down) = files(rt, 3, under).await?;
+                for r in [up, down] {
+                    println!(
+                        "{}: {:.1} ms vs {} {:.1} ms ({:.2})",
+                        r.name,
+                        r.ours.median(),
+                        r.peer_name,
+                        r.peer.median(),
+                        r.ours.median() / r.peer.median()
+                    );
+                }
+            }
+            Ok(())
+        });
+    }
     let python = args
         .iter()
         .position(|a| a == "--python")

@@ -89,8 +89,12 @@ impl Conn {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20);
+            // Files stream through this one connection: large windows and frames keep a
+            // 64 MiB copy from stalling on flow control and per-frame overhead.
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_frame_size(1 << 20)
+            .max_send_buf_size(4 << 20);
         let (mut sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(|e| {
             err(
                 ErrorKind::Unavailable,

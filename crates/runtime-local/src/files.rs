@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::users::{as_user, Ident, Names};
 
 /// Read chunk size.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Prefix of the temporary files writes go through.
 pub(crate) const TEMP_PREFIX: &str = ".sbx-write-";
 
