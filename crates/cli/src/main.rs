@@ -294,7 +294,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             progress("connecting to the backend…");
             let runtime = config.runtime().await;
             progress_done();
-            with_runtime(runtime?, other).await
+            let runtime = runtime?;
+            let result = with_runtime(runtime.clone(), other).await;
+            // A warm pool this process started is not left behind.
+            runtime.shutdown().await;
+            result
         }
     }
 }

@@ -385,6 +385,8 @@ impl State {
 
     /// Kills what this server made (on shutdown).
     pub(crate) async fn shutdown(&self) {
+        // What the backend keeps ready (a warm pool) goes in any case.
+        self.runtime.shutdown().await;
         if self.config.keep_sandboxes {
             info!("leaving the sandboxes running (--keep-sandboxes)");
             return;

@@ -59,6 +59,9 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     }
     /// Kills a sandbox by id.
     async fn kill(&self, id: &str) -> Result<()>;
+    /// Releases what the runtime keeps ready for later creates (Docker's warm pool), for a
+    /// process about to end. Sandboxes handed out are not touched. The default does nothing.
+    async fn shutdown(&self) {}
 }
 
 /// One live sandbox.

@@ -188,7 +188,8 @@ impl DockerRuntime {
     }
 
     /// Ends the pool: kills its ready sandboxes, and those being made as they are done (a
-    /// process that ends should call it; otherwise they end with their [`POOL_TTL`]). Claimed
+    /// process that ends should call it, or `Runtime::shutdown`, which does; otherwise they end
+    /// with their [`POOL_TTL`]). Claimed
     /// sandboxes are not touched; later creates make fresh sandboxes.
     pub async fn drain_pool(&self) {
         let Some(pool) = self.pool() else { return };

@@ -1375,6 +1375,10 @@ impl Runtime for DockerRuntime {
         sandbox.info().await
     }
 
+    async fn shutdown(&self) {
+        self.drain_pool().await;
+    }
+
     async fn kill(&self, id: &str) -> Result<()> {
         if !valid_id(id) {
             return Err(Self::not_found(id, "kill"));
