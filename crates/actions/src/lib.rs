@@ -32,3 +32,31 @@ pub use wire::{
     Action, ActionEvent, BrowseArgs, CmdOutputMetadata, CmdRunArgs, FileEditArgs, FileReadArgs,
     FileWriteArgs, IPythonArgs, Observation,
 };
+
+/// What an agent tool executor needs, in one import line.
+///
+/// ```no_run
+/// use runtime_actions::prelude::*;
+///
+/// # async fn demo() -> Result<()> {
+/// let config = Config::load()?;
+/// let runtime = config.runtime().await?;
+/// let session = Session::open(runtime, "episode-1", SessionOptions::from_config(&config).kill_on_drop(true)).await?;
+/// let out = session.run(RunRequest { command: "ls".into(), ..Default::default() }).await?;
+/// println!("{}", out.output);
+/// session.close().await?;
+/// # Ok(()) }
+/// ```
+///
+/// The backends come from `runtime-config`'s features: depend on it with
+/// `features = ["docker", "e2b"]` (or the ones you use) beside this crate.
+pub mod prelude {
+    pub use crate::{
+        Action, Observation, RunRequest, RunResult, Session, SessionOptions, ShellOptions,
+    };
+    pub use runtime_config::Config;
+    pub use runtime_core::{
+        CommandSpec, Error, ErrorKind, FileStore, FileStoreExt, Result, Runtime, Sandbox,
+        SandboxExt, SandboxSpec,
+    };
+}

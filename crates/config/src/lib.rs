@@ -408,9 +408,36 @@ impl ConfigBuilder {
                 )
                 .with_operation("load config")
             })?;
+            // Sections OpenHands defines are left to it; anything else is a mistake to report.
+            if let Some(section) = table.keys().find(|k| {
+                !OWN_SECTIONS.contains(&k.as_str()) && !OPENHANDS_SECTIONS.contains(&k.as_str())
+            }) {
+                let line = text
+                    .lines()
+                    .position(|l| {
+                        let t = l.trim();
+                        t.strip_prefix('[')
+                            .and_then(|t| t.split(']').next())
+                            .is_some_and(|h| h.trim().split('.').next() == Some(section))
+                    })
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "unknown section [{section}] in {} (line {line}); sbx reads [core], \
+                         [sandbox], [docker] and [e2b], and leaves OpenHands' own sections \
+                         ([llm], [agent], [security], ...) alone",
+                        path.display()
+                    ),
+                )
+                .with_operation("load config")
+                .with_context("key", section)
+                .with_context("source", format!("{}, line {line}", path.display())));
+            }
             let owned: toml::Table = table
                 .into_iter()
-                .filter(|(k, _)| ["core", "sandbox", "e2b", "docker"].contains(&k.as_str()))
+                .filter(|(k, _)| OWN_SECTIONS.contains(&k.as_str()))
                 .collect();
             figment = figment.merge(Toml::string(&owned.to_string()));
             file_table = Some(owned);
@@ -448,6 +475,22 @@ impl ConfigBuilder {
         Ok(config)
     }
 }
+
+/// The sections sbx reads.
+const OWN_SECTIONS: &[&str] = &["core", "sandbox", "e2b", "docker"];
+
+/// The other sections of an OpenHands `config.toml`, accepted and left alone.
+const OPENHANDS_SECTIONS: &[&str] = &[
+    "llm",
+    "agent",
+    "security",
+    "condenser",
+    "mcp",
+    "kubernetes",
+    "extended",
+    "model_routing",
+    "cli",
+];
 
 struct ErrorContext<'a> {
     file: Option<&'a Path>,
@@ -515,18 +558,22 @@ impl ErrorContext<'_> {
             ),
         )
         .with_operation("load config")
+        .with_context("key", key.join("."))
+        .with_context("source", source)
     }
 
     fn unknown(&self, section: &str, key: &str) -> Error {
+        let source = self.source(&[section, key]);
         Error::new(
             ErrorKind::InvalidInput,
             format!(
-                "unknown configuration key `{section}.{key}` from {}; check the spelling \
-                 (see `sbx config` for every key)",
-                self.source(&[section, key])
+                "unknown configuration key `{section}.{key}` from {source}; check the spelling \
+                 (see `sbx config` for every key)"
             ),
         )
         .with_operation("load config")
+        .with_context("key", format!("{section}.{key}"))
+        .with_context("source", source)
     }
 }
 

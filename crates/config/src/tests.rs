@@ -447,3 +447,37 @@ fn docker_hardening_keys_load() {
     let e = Config::builder().file(bad.path()).load().unwrap_err();
     assert!(e.to_string().contains("agent"), "{e}");
 }
+
+#[test]
+fn a_misspelt_section_is_an_error_and_openhands_sections_are_not() {
+    let f = toml_file("[core]\nruntime = \"docker\"\n\n[sandboxx]\ntimeout = 5\n");
+    let e = Config::builder().file(f.path()).load().unwrap_err();
+    assert!(e.message().contains("[sandboxx]"), "{e}");
+    assert!(e.message().contains("line 4"), "{e}");
+    assert!(
+        e.context()
+            .iter()
+            .any(|(k, v)| *k == "key" && v == "sandboxx"),
+        "{:?}",
+        e.context()
+    );
+    let f = toml_file("[llm]\nmodel = \"x\"\n[agent]\nname = \"y\"\n[llm.fast]\nmodel = \"z\"\n");
+    Config::builder().file(f.path()).load().unwrap();
+}
+
+#[test]
+fn config_errors_carry_key_and_source_as_context() {
+    let f = toml_file("[sandbox]\ntimeout = \"soon\"\n");
+    let e = Config::builder().file(f.path()).load().unwrap_err();
+    let ctx = e.context();
+    assert!(
+        ctx.iter()
+            .any(|(k, v)| *k == "key" && v == "sandbox.timeout"),
+        "{ctx:?}"
+    );
+    assert!(
+        ctx.iter()
+            .any(|(k, v)| *k == "source" && v.ends_with("line 2")),
+        "{ctx:?}"
+    );
+}
