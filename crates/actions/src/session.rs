@@ -455,6 +455,33 @@ impl Session {
 
     /// The editor's commands: `create`, `str_replace`, `insert`, `undo_edit` (and `view`).
     /// Returns what the editor says; an editor error is `InvalidInput` with its message.
+    /// The editor's `create`: a new file with `text` (an existing file is refused).
+    pub async fn create_file(&self, path: &str, text: &str) -> Result<String> {
+        self.edit("create", path, Some(text), None, None, None)
+            .await
+    }
+
+    /// The editor's `str_replace`: `old` must occur exactly once; the answer shows the lines
+    /// around the change.
+    pub async fn str_replace(&self, path: &str, old: &str, new: &str) -> Result<String> {
+        self.edit("str_replace", path, None, Some(old), Some(new), None)
+            .await
+    }
+
+    /// The editor's `insert`: `text` after line `after` (0: at the top).
+    pub async fn insert(&self, path: &str, after: i64, text: &str) -> Result<String> {
+        self.edit("insert", path, None, None, Some(text), Some(after))
+            .await
+    }
+
+    /// The editor's `undo_edit`: the file as it was before its last edit.
+    pub async fn undo_edit(&self, path: &str) -> Result<String> {
+        self.edit("undo_edit", path, None, None, None, None).await
+    }
+
+    /// The editor as OpenHands' `str_replace_editor` tool calls it (its JSON arguments):
+    /// [`Session::create_file`], [`Session::str_replace`], [`Session::insert`] and
+    /// [`Session::undo_edit`] say the same with types.
     pub async fn edit(
         &self,
         command: &str,

@@ -461,12 +461,8 @@ async fn write_line_range(c: Ctx) -> CaseResult {
 
 async fn create_refuses_existing_file(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
-    s.edit("create", "/tmp/new.txt", Some("first"), None, None, None)
-        .await?;
-    let e = s
-        .edit("create", "/tmp/new.txt", Some("second"), None, None, None)
-        .await
-        .unwrap_err();
+    s.create_file("/tmp/new.txt", "first").await?;
+    let e = s.create_file("/tmp/new.txt", "second").await.unwrap_err();
     assert!(e.message().contains("already exists"), "{e}");
     assert_eq!(s.read("/tmp/new.txt", 0, -1).await?, "first");
     s.close().await
@@ -477,39 +473,16 @@ async fn str_replace_must_match_once(c: Ctx) -> CaseResult {
     s.write("/tmp/sr.txt", "x = 1\ny = 2\nx = 1\n", 0, -1)
         .await?;
     let e = s
-        .edit(
-            "str_replace",
-            "/tmp/sr.txt",
-            None,
-            Some("x = 1"),
-            Some("x = 9"),
-            None,
-        )
+        .str_replace("/tmp/sr.txt", "x = 1", "x = 9")
         .await
         .unwrap_err();
     assert!(e.message().contains("[1, 3]"), "says which lines: {e}");
     let e = s
-        .edit(
-            "str_replace",
-            "/tmp/sr.txt",
-            None,
-            Some("z = 0"),
-            Some("q"),
-            None,
-        )
+        .str_replace("/tmp/sr.txt", "z = 0", "q")
         .await
         .unwrap_err();
     assert!(e.message().contains("did not appear verbatim"), "{e}");
-    let shown = s
-        .edit(
-            "str_replace",
-            "/tmp/sr.txt",
-            None,
-            Some("y = 2"),
-            Some("y = 20"),
-            None,
-        )
-        .await?;
+    let shown = s.str_replace("/tmp/sr.txt", "y = 2", "y = 20").await?;
     assert!(shown.contains("     2\ty = 20"), "{shown}");
     assert_eq!(
         s.read("/tmp/sr.txt", 0, -1).await?,
@@ -521,8 +494,7 @@ async fn str_replace_must_match_once(c: Ctx) -> CaseResult {
 async fn insert_after_line(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
     s.write("/tmp/in.txt", "one\nthree\n", 0, -1).await?;
-    s.edit("insert", "/tmp/in.txt", None, None, Some("two"), Some(1))
-        .await?;
+    s.insert("/tmp/in.txt", 1, "two").await?;
     assert_eq!(s.read("/tmp/in.txt", 0, -1).await?, "one\ntwo\nthree\n");
     s.close().await
 }
@@ -530,29 +502,11 @@ async fn insert_after_line(c: Ctx) -> CaseResult {
 async fn undo_edit_steps_back(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
     s.write("/tmp/u.txt", "v1\n", 0, -1).await?;
-    s.edit(
-        "str_replace",
-        "/tmp/u.txt",
-        None,
-        Some("v1"),
-        Some("v2"),
-        None,
-    )
-    .await?;
-    s.edit(
-        "str_replace",
-        "/tmp/u.txt",
-        None,
-        Some("v2"),
-        Some("v3"),
-        None,
-    )
-    .await?;
-    s.edit("undo_edit", "/tmp/u.txt", None, None, None, None)
-        .await?;
+    s.str_replace("/tmp/u.txt", "v1", "v2").await?;
+    s.str_replace("/tmp/u.txt", "v2", "v3").await?;
+    s.undo_edit("/tmp/u.txt").await?;
     assert_eq!(s.read("/tmp/u.txt", 0, -1).await?, "v2\n");
-    s.edit("undo_edit", "/tmp/u.txt", None, None, None, None)
-        .await?;
+    s.undo_edit("/tmp/u.txt").await?;
     assert_eq!(s.read("/tmp/u.txt", 0, -1).await?, "v1\n");
     s.close().await
 }
