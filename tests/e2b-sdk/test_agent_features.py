@@ -96,3 +96,23 @@ def test_auto_pause_at_the_timeout(server):
         assert resumed.files.read("/home/user/kept.txt") == "across the pause"
     finally:
         Sandbox.kill(sbx.sandbox_id)
+
+
+def test_auto_resume_on_traffic(server):
+    """lifecycle auto_resume: a sandbox paused at its timeout resumes when the SDK uses it."""
+    from e2b import Sandbox, SandboxState
+
+    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        sbx.files.write("/home/user/kept.txt", "still here")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED:
+                break
+            time.sleep(0.5)
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+        result = sbx.commands.run("cat /home/user/kept.txt")
+        assert result.stdout == "still here"
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+    finally:
+        Sandbox.kill(sbx.sandbox_id)

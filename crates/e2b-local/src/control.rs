@@ -52,6 +52,12 @@ fn from_error(e: &runtime_core::Error, id: &str) -> Response {
     }
 }
 
+/// Whether a create asks for `autoResume` (resume on traffic).
+fn auto_resume(req: &NewSandbox) -> bool {
+    matches!(&req.auto_resume, Some(serde_json::Value::Object(o))
+        if o.get("enabled") == Some(&serde_json::Value::Bool(true)))
+}
+
 /// The routes of the control plane.
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
@@ -295,6 +301,9 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         spec = spec.network(runtime_core::NetworkMode::None);
     }
     spec = spec.auto_pause(req.auto_pause == Some(true));
+    if auto_resume(&req) {
+        spec = spec.metadata(crate::state::AUTO_RESUME_KEY, "1");
+    }
     let sandbox = match state.runtime.create(spec).await {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -349,12 +358,8 @@ fn unsupported_options(req: &NewSandbox) -> Option<String> {
     } else if set(&req.network) {
         return Some("network must be an object".into());
     }
-    if let Some(serde_json::Value::Object(o)) = &req.auto_resume {
-        if o.get("enabled") == Some(&serde_json::Value::Bool(true)) {
-            return Some(
-                "autoResume is not supported by e2b-local yet; resume with connect".into(),
-            );
-        }
+    if auto_resume(req) && req.auto_pause != Some(true) {
+        return Some("autoResume needs autoPause (lifecycle on_timeout=pause)".into());
     }
     if set(&req.mcp) {
         return Some("mcp (the MCP gateway) is not available in e2b-local".into());

@@ -16,6 +16,8 @@ pub(crate) const ENVS_KEY: &str = "sbx.e2b.envs";
 pub(crate) const INSTANCE_KEY: &str = "sbx.e2b.server";
 /// Who may see and use a sandbox: a digest of the API key that made it.
 pub(crate) const OWNER_KEY: &str = "sbx.e2b.owner";
+/// Set on a sandbox that resumes when an authenticated envd request finds it paused.
+pub(crate) const AUTO_RESUME_KEY: &str = "sbx.e2b.auto_resume";
 
 /// Whether a metadata key is hidden from the API (the server's own, and the E2B backend's).
 pub(crate) fn hidden(key: &str) -> bool {
@@ -286,14 +288,12 @@ impl State {
     /// Like [`State::served`], for envd: confirms the sandbox is still running when it was not
     /// seen for a second (it may have expired or been paused). A paused sandbox is `NotFound`:
     /// envd is gone until it is resumed.
+    ///
+    /// A paused sandbox made with `autoResume` is resumed here, as E2B resumes one on traffic:
+    /// this is called for requests whose credentials were checked.
     pub(crate) async fn live(&self, id: &str) -> Result<Arc<Served>> {
         let served = match self.served(id).await {
-            Err(e) if e.kind() == ErrorKind::Conflict => {
-                return Err(runtime_core::Error::new(
-                    ErrorKind::NotFound,
-                    "the sandbox is paused",
-                ))
-            }
+            Err(e) if e.kind() == ErrorKind::Conflict => return self.resume_on_traffic(id).await,
             other => other?,
         };
         let fresh = self
@@ -309,6 +309,9 @@ impl State {
                         .lock()
                         .await
                         .insert(id.to_string(), Instant::now());
+                }
+                Ok(info) if info.state == runtime_core::SandboxState::Paused => {
+                    return self.resume_on_traffic(id).await;
                 }
                 Ok(_) => {
                     return Err(runtime_core::Error::new(
@@ -381,6 +384,26 @@ impl State {
             spec = spec.timeout(t);
         }
         spec
+    }
+
+    /// A paused sandbox found by an authenticated envd request: resumed if it was made with
+    /// `autoResume`, else gone for envd (as on E2B).
+    async fn resume_on_traffic(&self, id: &str) -> Result<Arc<Served>> {
+        let info = self.owned_info(id).await?;
+        if info.metadata.get(AUTO_RESUME_KEY).map(String::as_str) != Some("1") {
+            return Err(runtime_core::Error::new(
+                ErrorKind::NotFound,
+                "the sandbox is paused",
+            ));
+        }
+        tracing::debug!(
+            sandbox_id = id,
+            "resuming a paused sandbox on traffic (autoResume)"
+        );
+        self.forget(id).await;
+        let sandbox = self.runtime.connect(id).await?;
+        let served = self.insert(sandbox).await;
+        Ok(served)
     }
 
     /// Kills what this server made (on shutdown).

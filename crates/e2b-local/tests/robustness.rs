@@ -424,11 +424,11 @@ async fn hostile_requests_get_clear_answers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    // What is not supported says so (autoPause is; resuming on traffic is not).
+    // What is not supported says so.
     let r = http
         .post(a("/v2/sandboxes"))
         .header("x-api-key", key)
-        .body("{\"templateID\":\"base\",\"autoPause\":true,\"autoResume\":{\"enabled\":true}}")
+        .body("{\"templateID\":\"base\",\"mcp\":{\"servers\":{}}}")
         .send()
         .await
         .unwrap();
@@ -436,7 +436,7 @@ async fn hostile_requests_get_clear_answers() {
     assert!(json(&r.text().await.unwrap())["message"]
         .as_str()
         .unwrap()
-        .contains("autoResume"));
+        .contains("mcp"));
     // Ids that are not ids.
     for id in ["..%2F..%2Fetc", "UPPER", "a%00b", "x;rm -rf /"] {
         let r = http
