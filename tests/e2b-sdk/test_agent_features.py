@@ -78,20 +78,26 @@ def test_git_in_the_base_template(sandbox):
     assert result.exit_code == 0 and result.stdout.startswith("git version"), result
 
 
+def wait_paused(sandbox_id):
+    from e2b import Sandbox, SandboxState
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if Sandbox.get_info(sandbox_id).state == SandboxState.PAUSED:
+            return
+        time.sleep(0.5)
+    assert Sandbox.get_info(sandbox_id).state == SandboxState.PAUSED
+
+
 def test_auto_pause_at_the_timeout(server):
     """lifecycle on_timeout=pause: the sandbox is paused at its timeout, not killed, and
     connect resumes it with its files."""
-    from e2b import Sandbox, SandboxState
+    from e2b import Sandbox
 
     sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause"})
     try:
         sbx.files.write("/home/user/kept.txt", "across the pause")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED:
-                break
-            time.sleep(0.5)
-        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+        wait_paused(sbx.sandbox_id)
         resumed = Sandbox.connect(sbx.sandbox_id)
         assert resumed.files.read("/home/user/kept.txt") == "across the pause"
     finally:
@@ -105,12 +111,7 @@ def test_auto_resume_on_traffic(server):
     sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
     try:
         sbx.files.write("/home/user/kept.txt", "still here")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED:
-                break
-            time.sleep(0.5)
-        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+        wait_paused(sbx.sandbox_id)
         result = sbx.commands.run("cat /home/user/kept.txt")
         assert result.stdout == "still here"
         assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING

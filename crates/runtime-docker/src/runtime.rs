@@ -1163,6 +1163,22 @@ impl DockerRuntime {
         }
     }
 
+    /// The containers (any state) carrying every one of `labels` (`key` or `key=value`).
+    async fn containers_labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map(e, "list", "sandbox"))
+    }
+
     /// The claims of pooled sandboxes (see [`crate::pool`]), decoded.
     pub(crate) async fn claims(&self) -> Option<HashMap<String, crate::pool::Claim>> {
         let keeper = self.settings.keeper.as_ref()?;
@@ -1274,33 +1290,11 @@ impl Runtime for DockerRuntime {
         for (k, v) in &filter.metadata {
             label_filters.push(format!("{}{k}={v}", l.meta_prefix()));
         }
-        let mut filters = HashMap::new();
-        filters.insert("label".to_string(), label_filters);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| map(e, "list", "sandbox"))?;
+        let mut containers = self.containers_labelled(label_filters).await?;
         // Claimed pooled sandboxes keep their metadata with the keeper, not in labels: with a
         // metadata filter they are listed apart and filtered here.
-        let mut containers = containers;
         if !filter.metadata.is_empty() && self.settings.keeper.is_some() {
-            let mut filters = HashMap::new();
-            filters.insert("label".to_string(), vec![l.id(), l.pool()]);
-            let pooled = self
-                .docker
-                .list_containers(Some(ListContainersOptions {
-                    all: true,
-                    filters,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|e| map(e, "list", "sandbox"))?;
-            containers.extend(pooled);
+            containers.extend(self.containers_labelled(vec![l.id(), l.pool()]).await?);
         }
         let claims = if containers.iter().any(|c| {
             c.labels
