@@ -365,7 +365,8 @@ pub struct DockerSection {
     pub host: Option<String>,
     /// Image when a sandbox names no template (wins over `[sandbox] base_container_image`).
     pub image: Option<String>,
-    /// `bridge`, `none`, `host`, or a network name. Default `bridge`.
+    /// `sbx-isolated` (default: a network the backend makes, where sandboxes cannot reach each
+    /// other), `bridge` (Docker's default: they can), `none`, `host`, or a network name.
     pub network: String,
     /// CPU limit per sandbox (fractions allowed). Default 1.
     pub cpus: Option<f64>,
@@ -412,7 +413,7 @@ impl Default for DockerSection {
         DockerSection {
             host: None,
             image: None,
-            network: "bridge".into(),
+            network: "sbx-isolated".into(),
             cpus: Some(1.0),
             memory_mb: Some(2048),
             pids_limit: Some(1024),

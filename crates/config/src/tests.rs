@@ -25,7 +25,10 @@ fn defaults_match_openhands_and_e2b() {
     assert_eq!(c.e2b.domain, "e2b.app");
     assert_eq!(c.e2b.template, "base");
     assert_eq!(c.e2b.request_timeout, 60);
-    assert_eq!(c.docker.network, "bridge");
+    assert_eq!(
+        c.docker.network, "sbx-isolated",
+        "sandboxes cannot reach each other by default"
+    );
     assert_eq!(c.docker.label_prefix, "sbx");
     assert!(
         c.explain().iter().all(|s| s.source == "default"),

@@ -18,6 +18,7 @@ pub use files::DockerFiles;
 pub use pool::POOL_TTL;
 pub use runtime::{
     DockerRuntime, DockerRuntimeBuilder, DEFAULT_CAPABILITIES, DEFAULT_CPUS, DEFAULT_IMAGE,
+    ISOLATED_NETWORK,
 };
 pub use sandbox::DockerSandbox;
 pub use template::TemplateFile;

@@ -48,6 +48,11 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 /// The most bytes a sandbox's labels (its metadata) may take.
 const MAX_LABEL_BYTES: usize = 32 << 10;
 
+/// The network sandboxes join by default: made by this backend on first use, with traffic
+/// between its containers turned off, so that sandboxes cannot reach each other. Name
+/// `bridge` (Docker's default network) for sandboxes that must talk to each other.
+pub const ISOLATED_NETWORK: &str = "sbx-isolated";
+
 /// The CPU limit of a sandbox when neither it nor the configuration sets one.
 pub const DEFAULT_CPUS: f64 = 1.0;
 
@@ -202,7 +207,7 @@ impl Default for DockerRuntimeBuilder {
         DockerRuntimeBuilder {
             host: None,
             image: DEFAULT_IMAGE.into(),
-            network: NetworkMode::Bridge,
+            network: NetworkMode::Named(ISOLATED_NETWORK.into()),
             mounts: Vec::new(),
             workdir: "/workspace".into(),
             env: BTreeMap::new(),
@@ -884,6 +889,9 @@ impl DockerRuntime {
             env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
 
             let network = spec.network.clone().unwrap_or_else(|| s.network.clone());
+            if network.as_str() == ISOLATED_NETWORK {
+                self.ensure_isolated_network().await?;
+            }
             let publish = matches!(network, NetworkMode::Bridge | NetworkMode::Named(_));
             let mut exposed = HashMap::new();
             let mut bindings = HashMap::new();
@@ -1160,6 +1168,39 @@ impl DockerRuntime {
                 ..
             }) => Ok(()),
             Err(e) => Err(map(e, "kill", "sandbox")),
+        }
+    }
+
+    /// Makes [`ISOLATED_NETWORK`] if it is missing: a bridge network with traffic between its
+    /// containers off (another process may make it at the same moment: that is fine).
+    async fn ensure_isolated_network(&self) -> Result<()> {
+        if self
+            .docker
+            .inspect_network::<String>(ISOLATED_NETWORK, None)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let options = bollard::network::CreateNetworkOptions {
+            name: ISOLATED_NETWORK,
+            driver: "bridge",
+            options: HashMap::from([("com.docker.network.bridge.enable_icc", "false")]),
+            labels: HashMap::from([("sbx.network", "isolated")]),
+            ..Default::default()
+        };
+        match self.docker.create_network(options).await {
+            Ok(_) => {
+                tracing::info!(
+                    network = ISOLATED_NETWORK,
+                    "made the isolated sandbox network"
+                );
+                Ok(())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(map(e, "create", "network").with_context("network", ISOLATED_NETWORK)),
         }
     }
 

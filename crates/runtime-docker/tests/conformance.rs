@@ -285,6 +285,12 @@ fn main() -> ExitCode {
     );
     let id = run_id.clone();
     suite.add_trial(
+        "docker::network::sandboxes_cannot_reach_each_other_by_default".into(),
+        false,
+        move || isolation(id),
+    );
+    let id = run_id.clone();
+    suite.add_trial(
         "docker::base_image::git_and_sudo_as_on_e2b".into(),
         false,
         move || git_and_sudo(id),
@@ -864,4 +870,52 @@ async fn pooled_ids(rt: &DockerRuntime) -> Vec<String> {
         .await
         .map(|l| l.into_iter().filter_map(|c| c.id).collect())
         .unwrap_or_default()
+}
+
+/// On the default network (`sbx-isolated`) a sandbox cannot reach another's port; on Docker's
+/// `bridge`, asked for on purpose, it can. Traffic goes only between this test's containers.
+async fn isolation(run_id: String) -> runtime_core::Result<()> {
+    use runtime_core::NetworkMode;
+    let rt = DockerRuntime::builder().build().await?;
+    for (network, reachable) in [(None, false), (Some(NetworkMode::Bridge), true)] {
+        let mut spec = SandboxSpec::new()
+            .template(MINI)
+            .metadata(SUITE_LABEL, &run_id);
+        if let Some(n) = network.clone() {
+            spec = spec.network(n);
+        }
+        let server = rt.create(spec.clone()).await?;
+        let client = rt.create(spec).await;
+        let result = async {
+            let client = client?;
+            let _serving = server
+                .spawn(CommandSpec::shell(
+                    "while :; do echo reached | nc -l -p 8080; done",
+                ))
+                .await?;
+            let ip = server
+                .exec_shell("hostname -i | cut -d' ' -f1")
+                .await?
+                .stdout_text()
+                .trim()
+                .to_string();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let out = client
+                .exec_shell(&format!(
+                    "timeout 3 nc {ip} 8080 </dev/null || echo blocked"
+                ))
+                .await?;
+            let got = out.stdout_text();
+            assert_eq!(
+                got.contains("reached"),
+                reachable,
+                "network {network:?}: {got:?} from {ip}"
+            );
+            client.kill().await
+        }
+        .await;
+        server.kill().await?;
+        result?;
+    }
+    Ok(())
 }
