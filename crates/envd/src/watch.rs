@@ -34,14 +34,20 @@ pub(crate) struct Watchers {
 struct Polled {
     events: Mutex<Vec<FilesystemEvent>>,
     error: Mutex<Option<ConnectError>>,
-    task: tokio::task::AbortHandle,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Polled {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
     }
 }
+
+/// Events a polled watcher keeps until they are read; past it, the watcher fails (its reader
+/// is gone or too slow) rather than grow without bound.
+const MAX_UNREAD: usize = 100_000;
 
 fn watch_error(e: &runtime_core::Error, path: &str) -> ConnectError {
     match e.kind() {
@@ -160,19 +166,39 @@ pub(crate) async fn unary(served: &Arc<Served>, user: &str, path: &str, body: &[
                 let req: WatchRequest = decode(body)?;
                 let (dir, mut events) = open(served, user, &req).await?;
                 let id = format!("w{:016x}", rand_id());
+                // Registered before its task runs, so no early event finds it missing.
+                let polled = Arc::new(Polled {
+                    events: Mutex::new(Vec::new()),
+                    error: Mutex::new(None),
+                    task: Mutex::new(None),
+                });
+                served
+                    .watchers
+                    .by_id
+                    .lock()
+                    .unwrap()
+                    .insert(id.clone(), polled.clone());
                 let weak = Arc::downgrade(served);
                 let (user, include) = (user.to_string(), req.include_entry);
-                let id2 = id.clone();
+                let watched = Arc::downgrade(&polled);
                 let task = tokio::spawn(async move {
                     while let Some(ev) = events.next().await {
                         let Some(served) = weak.upgrade() else { return };
-                        let Some(polled) = served.watchers.get(&id2) else {
+                        let Some(polled) = watched.upgrade() else {
                             return;
                         };
                         match ev {
                             Ok(ev) => {
                                 let ev = to_event(&served, &user, &dir, ev, include).await;
-                                polled.events.lock().unwrap().push(ev);
+                                let mut events = polled.events.lock().unwrap();
+                                if events.len() >= MAX_UNREAD {
+                                    *polled.error.lock().unwrap() = Some(ConnectError::new(
+                                        "resource_exhausted",
+                                        format!("over {MAX_UNREAD} events were left unread"),
+                                    ));
+                                    return;
+                                }
+                                events.push(ev);
                             }
                             Err(e) => {
                                 *polled.error.lock().unwrap() = Some(ConnectError::new(
@@ -184,17 +210,7 @@ pub(crate) async fn unary(served: &Arc<Served>, user: &str, path: &str, body: &[
                         }
                     }
                 });
-                let polled = Arc::new(Polled {
-                    events: Mutex::new(Vec::new()),
-                    error: Mutex::new(None),
-                    task: task.abort_handle(),
-                });
-                served
-                    .watchers
-                    .by_id
-                    .lock()
-                    .unwrap()
-                    .insert(id.clone(), polled);
+                *polled.task.lock().unwrap() = Some(task.abort_handle());
                 Ok(WatcherId { watcher_id: id })
             }
             .await,

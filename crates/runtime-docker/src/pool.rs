@@ -66,6 +66,9 @@ pub(crate) struct Pool {
     keepalive: std::sync::Once,
     /// Set by `drain_pool`: nothing more is made, and what is being made is killed.
     drained: std::sync::atomic::AtomicBool,
+    /// Held while a sandbox is taken and claimed, and while the ready ones are kept alive, so
+    /// that the keepalive never writes the pool's deadline over a claimed sandbox's.
+    upkeep: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -76,6 +79,7 @@ impl Pool {
             making: Mutex::new(0),
             keepalive: std::sync::Once::new(),
             drained: std::sync::atomic::AtomicBool::new(false),
+            upkeep: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -109,15 +113,21 @@ impl DockerRuntime {
             return None;
         }
         let keeper = self.settings.keeper.clone()?;
-        let taken = pool.ready.lock().unwrap().pop_front();
-        self.refill();
-        let sandbox = taken?;
         let claim = Claim {
             metadata: spec.metadata.clone(),
             env: spec.env.clone(),
             user: spec.user.clone(),
             cwd: spec.cwd.clone(),
         };
+        // Held as labels would be: a claim no larger than a fresh sandbox's labels may be.
+        let bytes: usize = claim.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > crate::runtime::MAX_LABEL_BYTES {
+            return None;
+        }
+        let _upkeep = pool.upkeep.lock().await;
+        let taken = pool.ready.lock().unwrap().pop_front();
+        self.refill();
+        let sandbox = taken?;
         let ttl = spec.timeout.unwrap_or(self.settings.ttl);
         let claimed = async {
             keeper.claim(sandbox.id(), &claim.to_hex()).await?;
@@ -182,7 +192,6 @@ impl DockerRuntime {
                     }
                     Err(e) => warn!(error = %e, "could not make a sandbox for the pool"),
                 }
-                *pool.making.lock().unwrap() -= 1;
             });
         }
     }
@@ -226,6 +235,7 @@ async fn keep_ready_alive(docker: bollard::Docker, settings: Weak<Settings>) {
         let (Some(pool), Some(keeper)) = (rt.pool(), rt.settings.keeper.as_ref()) else {
             return;
         };
+        let _upkeep = pool.upkeep.lock().await;
         let ids: Vec<String> = pool
             .ready
             .lock()

@@ -46,7 +46,7 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 ];
 
 /// The most bytes a sandbox's labels (its metadata) may take.
-const MAX_LABEL_BYTES: usize = 32 << 10;
+pub(crate) const MAX_LABEL_BYTES: usize = 32 << 10;
 
 /// The network sandboxes join by default: made by this backend on first use, with traffic
 /// between its containers turned off, so that sandboxes cannot reach each other. Name
@@ -684,11 +684,21 @@ impl DockerRuntime {
         // A pooled sandbox: what it was claimed as is the keeper's; unclaimed, it is no one's.
         let mut labels = labels;
         let claim = if labels.contains_key(&self.settings.labels.pool()) {
-            match self.claims().await.and_then(|mut c| c.remove(id)) {
+            let Some(mut claims) = self.claims().await else {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    op,
+                    "the deadline keeper does not answer, and it holds what this pooled \
+                     sandbox is; try again",
+                )
+                .with_context("sandbox_id", id));
+            };
+            match claims.remove(id) {
                 Some(claim) => {
                     self.claim_labels(&mut labels, &claim);
                     Some(claim)
                 }
+                // Ready in a pool: no one's yet.
                 None => return Err(Self::not_found(id, op)),
             }
         } else {
@@ -1342,7 +1352,14 @@ impl Runtime for DockerRuntime {
                 .as_ref()
                 .is_some_and(|l2| l2.contains_key(&l.pool()))
         }) {
-            self.claims().await.unwrap_or_default()
+            self.claims().await.ok_or_else(|| {
+                err(
+                    ErrorKind::Unavailable,
+                    "list",
+                    "the deadline keeper does not answer, and it holds what pooled sandboxes \
+                     are; try again",
+                )
+            })?
         } else {
             HashMap::new()
         };

@@ -17,6 +17,9 @@ use tracing::debug;
 
 use crate::error::err;
 
+/// How long opening a connection may take when the request sets no time of its own.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A byte stream to envd.
 pub trait EnvdIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> EnvdIo for T {}
@@ -132,7 +135,11 @@ impl Conn {
             err(ErrorKind::InvalidInput, op, "cannot build the envd request").with_source(e)
         })?;
         *request.version_mut() = http::Version::HTTP_2;
-        let mut sender = self.ready(op).await?;
+        // Opening the connection counts against the request's time too (a hung engine or
+        // relay must not hold every request of the sandbox).
+        let mut sender = tokio::time::timeout(timeout.unwrap_or(CONNECT_TIMEOUT), self.ready(op))
+            .await
+            .map_err(|_| err(ErrorKind::Timeout, op, "connecting to envd took too long"))??;
         let send = sender.send_request(request);
         let response = match timeout {
             Some(t) => tokio::time::timeout(t, send)

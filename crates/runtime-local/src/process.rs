@@ -259,37 +259,46 @@ fn spawn_error(e: io::Error, program: &str, cwd: &str) -> Error {
 }
 
 fn open_pty(size: PtySize) -> Result<(OwnedFd, OwnedFd)> {
-    let (mut master, mut slave) = (-1, -1);
-    let ws = libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty fills two fds; we own them from here.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    if r == -1 {
-        return Err(Error::from(io::Error::last_os_error())
+    let fail = || {
+        Error::from(io::Error::last_os_error())
             .with_backend("local")
-            .with_operation("openpty"));
-    }
-    // SAFETY: fresh fds from openpty.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        // SAFETY: setting close-on-exec on an fd we own.
-        unsafe {
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+            .with_operation("openpty")
+    };
+    // Both ends are made close-on-exec from the start: a command another thread starts at the
+    // same moment must never inherit this terminal.
+    // SAFETY: plain system calls; the fds are owned from here.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master == -1 {
+            return Err(fail());
         }
+        let master = OwnedFd::from_raw_fd(master);
+        if libc::grantpt(master.as_raw_fd()) == -1 || libc::unlockpt(master.as_raw_fd()) == -1 {
+            return Err(fail());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
+            return Err(fail());
+        }
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave == -1 {
+            return Err(fail());
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        let ws = libc::winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) == -1 {
+            return Err(fail());
+        }
+        Ok((master, slave))
     }
-    Ok((master, slave))
 }
 
 type Tx = mpsc::Sender<Result<ProcessEvent>>;
