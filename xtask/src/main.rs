@@ -20,7 +20,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 const BASE_IMAGE: &str = "sbx-base:bookworm";
 const MINI_IMAGE: &str = "sbx-mini:latest";
 const BASE_PACKAGES: &str =
-    "bash,coreutils,procps,python3,ca-certificates,curl,findutils,grep,sed,tar,gzip,git,sudo";
+    "bash,coreutils,procps,python3,ca-certificates,curl,findutils,grep,sed,tar,gzip,git,sudo,nftables";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -5,16 +5,19 @@
 //! sbx-agent relay SOCKET
 //! sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
 //! sbx-agent deadlines [--state DIR]
+//! sbx-agent netguard [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
 //! ```
 //!
 //! `serve` is envd inside a sandbox: see [`serve`]; `relay` joins stdio to its socket for a
 //! host that reaches it through one attached exec. `keeper` ends each sandbox at its deadline, from outside it: see [`keeper`]; `deadlines` is
-//! the backend's channel to the keeper's state: see [`deadlines`]. It is built fully static
+//! the backend's channel to the keeper's state: see [`deadlines`]; `netguard` enforces what each
+//! sandbox may reach on the network, from the host: see [`netguard`]. It is built fully static
 //! (`cargo xtask agent`) so it runs in an image that holds nothing else.
 
 mod deadlines;
 mod docker;
 mod keeper;
+mod netguard;
 mod relay;
 mod serve;
 
@@ -44,6 +47,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("netguard") => match netguard::Options::parse(&args[1..]) {
+            Ok(options) => netguard::run(&options),
+            Err(e) => {
+                eprintln!("sbx-agent netguard: {e}");
+                ExitCode::from(2)
+            }
+        },
         Some("deadlines") => match args.get(1..) {
             Some([]) | None => deadlines::run(std::path::Path::new("/state")),
             Some([flag, dir]) if flag == "--state" => deadlines::run(std::path::Path::new(dir)),
@@ -58,7 +68,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: {}\n       sbx-agent relay SOCKET\n       sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]",
+                "usage: {}\n       sbx-agent relay SOCKET\n       sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]\n       sbx-agent netguard [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]",
                 serve::USAGE
             );
             ExitCode::from(2)

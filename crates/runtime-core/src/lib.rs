@@ -29,6 +29,7 @@ mod command;
 mod error;
 mod ext;
 mod files;
+mod network;
 mod process;
 mod runtime;
 mod sandbox_types;
@@ -43,6 +44,7 @@ pub use files::{
     compare_paths, once_stream, sort_entries, ByteStream, EntryInfo, EntryKind, FileStore, FsEvent,
     FsEventKind, FsEventStream,
 };
+pub use network::{domain_matches, Cidr, Destination, NetworkPolicy, Rules, ALL_TRAFFIC};
 pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
 pub use runtime::{Runtime, Sandbox};
 pub use sandbox_types::{

@@ -144,6 +144,22 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         )
         .with_operation("metrics"))
     }
+    /// Replaces the sandbox's network policy; it takes effect on new connections and on
+    /// connections already open.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend cannot
+    /// enforce a policy ([`Capabilities::network_policy`]);
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an entry that does not
+    /// parse (see [`NetworkPolicy::validate`](crate::NetworkPolicy::validate)).
+    async fn set_network_policy(&self, policy: crate::NetworkPolicy) -> Result<()> {
+        let _ = policy;
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend cannot enforce a network policy",
+        )
+        .with_operation("set_network_policy"))
+    }
     /// An address (`host:port`) at which `port` inside the sandbox is reachable from where the
     /// runtime runs. The port must have been asked for in [`SandboxSpec::ports`] on backends that
     /// publish ports explicitly.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, NetworkPolicy, Result};
 
 /// The default time to live of a sandbox, as on E2B: five minutes.
 pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(300);
@@ -45,6 +45,13 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Network access.
     pub network: Option<NetworkMode>,
+    /// What the sandbox may reach: see [`NetworkPolicy`]. `None` is the default policy (no
+    /// lists; host and link-local addresses refused where the backend can refuse them).
+    /// Needs [`Capabilities::network_policy`] when set.
+    pub network_policy: Option<NetworkPolicy>,
+    /// Names the sandbox resolves to fixed addresses (Docker: `--add-host`); the network
+    /// guard resolves an allowed domain the same way.
+    pub hosts: BTreeMap<String, std::net::IpAddr>,
     /// Ports inside the sandbox to make reachable through [`Sandbox::host`](crate::Sandbox::host).
     pub ports: Vec<u16>,
     /// Host directories or named volumes to mount.
@@ -103,6 +110,16 @@ impl SandboxSpec {
     /// Sets the network mode.
     pub fn network(mut self, network: NetworkMode) -> Self {
         self.network = Some(network);
+        self
+    }
+    /// Resolves `name` to `ip` in the sandbox.
+    pub fn host(mut self, name: impl Into<String>, ip: std::net::IpAddr) -> Self {
+        self.hosts.insert(name.into(), ip);
+        self
+    }
+    /// Sets the network policy.
+    pub fn network_policy(mut self, policy: NetworkPolicy) -> Self {
+        self.network_policy = Some(policy);
         self
     }
     /// Sets the resource limits.
@@ -462,6 +479,9 @@ pub struct Capabilities {
     pub watch: bool,
     /// [`Sandbox::metrics`](crate::Sandbox::metrics): CPU, memory and disk use.
     pub metrics: bool,
+    /// [`SandboxSpec::network_policy`] and
+    /// [`Sandbox::set_network_policy`](crate::Sandbox::set_network_policy).
+    pub network_policy: bool,
 }
 
 impl Capabilities {
@@ -481,6 +501,7 @@ impl Capabilities {
             templates: true,
             watch: true,
             metrics: true,
+            network_policy: true,
         }
     }
 }

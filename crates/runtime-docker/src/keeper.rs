@@ -55,8 +55,50 @@ pub(crate) struct Keeper {
     channel: Mutex<Option<Channel>>,
 }
 
-/// One attached exec of `sbx-agent deadlines`: a request line in, an answer line out.
-struct Channel {
+/// Makes sure the helper container `name` (the keeper, the network guard) runs: starts it, or
+/// makes it with `make` when it is missing. A helper that removes itself when idle may be on
+/// its way out: that is retried.
+pub(crate) async fn keep_running<F, Fut>(
+    docker: &Docker,
+    name: &str,
+    what: &str,
+    make: F,
+) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for attempt in 0..8u64 {
+        if attempt > 0 {
+            // One that is leaving (idle) may be half removed: give the engine a moment.
+            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        }
+        match docker.inspect_container(name, None).await {
+            Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => return Ok(()),
+            Ok(_) => match docker.start_container::<String>(name, None).await {
+                Ok(()) => debug!(container = %name, "started {what}"),
+                // Gone in between (it removed itself): make a new one.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                }) => {}
+                Err(e) => return Err(map(e, "keeper", name)),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => make().await?,
+            Err(e) => return Err(map(e, "keeper", name)),
+        }
+    }
+    Err(err(
+        ErrorKind::Unavailable,
+        "keeper",
+        format!("{what} (container {name}) does not stay up; see `docker logs {name}`"),
+    ))
+}
+
+/// One attached exec of a helper's line protocol: a request line in, an answer line out.
+pub(crate) struct Channel {
     input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     output: futures_util::stream::BoxStream<
         'static,
@@ -66,7 +108,23 @@ struct Channel {
 }
 
 impl Channel {
-    async fn ask(&mut self, request: &str) -> std::result::Result<String, String> {
+    /// Starts `cmd` in container `name` with stdin attached.
+    pub(crate) async fn open(docker: &Docker, name: &str, cmd: Vec<String>) -> Result<Channel> {
+        let request = crate::exec::ExecRequest {
+            cmd,
+            stdin: true,
+            ..Default::default()
+        };
+        let started = crate::exec::start(docker, name, request, "keeper").await?;
+        Ok(Channel {
+            input: started.input,
+            output: started.output,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one request line and reads one answer line.
+    pub(crate) async fn ask(&mut self, request: &str) -> std::result::Result<String, String> {
         use tokio::io::AsyncWriteExt;
         self.input
             .write_all(format!("{request}\n").as_bytes())
@@ -131,45 +189,12 @@ impl Keeper {
         if seen.is_some_and(|t| t.elapsed() < SEEN_FOR) {
             return Ok(());
         }
-        for attempt in 0..8u64 {
-            if attempt > 0 {
-                // A keeper that is leaving (idle) may be half removed: give the engine a moment.
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            match self.docker.inspect_container(&self.name, None).await {
-                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
-                    *seen = Some(Instant::now());
-                    return Ok(());
-                }
-                Ok(_) => match self
-                    .docker
-                    .start_container::<String>(&self.name, None)
-                    .await
-                {
-                    Ok(()) => {
-                        debug!(keeper = %self.name, "started the deadline keeper");
-                    }
-                    // Gone in between (it removed itself): make a new one.
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404 | 409,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(map(e, "keeper", "keeper")),
-                },
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => self.make().await?,
-                Err(e) => return Err(map(e, "keeper", "keeper")),
-            }
-        }
-        Err(err(
-            ErrorKind::Unavailable,
-            "keeper",
-            format!(
-                "the deadline keeper container {} does not stay up; see `docker logs {}`",
-                self.name, self.name
-            ),
-        ))
+        keep_running(&self.docker, &self.name, "the deadline keeper", || {
+            self.make()
+        })
+        .await?;
+        *seen = Some(Instant::now());
+        Ok(())
     }
 
     /// The agent binary this keeper runs.
@@ -336,18 +361,9 @@ impl Keeper {
     }
 
     async fn open(&self) -> Option<Channel> {
-        let request = crate::exec::ExecRequest {
-            cmd: vec!["/sbx-agent".into(), "deadlines".into()],
-            stdin: true,
-            ..Default::default()
-        };
-        match crate::exec::start(&self.docker, &self.name, request, "keeper").await {
-            Ok(started) => {
-                let mut channel = Channel {
-                    input: started.input,
-                    output: started.output,
-                    buf: Vec::new(),
-                };
+        let cmd = vec!["/sbx-agent".into(), "deadlines".into()];
+        match Channel::open(&self.docker, &self.name, cmd).await {
+            Ok(mut channel) => {
                 // A keeper of another version may not have the command: check once.
                 match channel.ask("get probe").await {
                     Ok(a) if a == "none" || a.parse::<u64>().is_ok() => Some(channel),

@@ -7,6 +7,7 @@ mod exec;
 mod files;
 mod inside;
 mod keeper;
+mod netguard;
 mod pool;
 mod process;
 mod runtime;

@@ -93,6 +93,8 @@ pub(crate) fn serves(spec: &SandboxSpec, default_image: &str) -> bool {
         && spec.mounts.is_empty()
         && spec.ports.is_empty()
         && spec.network.is_none()
+        && spec.network_policy.is_none()
+        && spec.hosts.is_empty()
         && !spec.auto_pause
         && r.cpus.is_none()
         && r.memory_mb.is_none()

@@ -152,6 +152,11 @@ pub(crate) struct Settings {
     pub(crate) no_new_privileges: bool,
     /// The warm pool, when asked for (and the agent runs inside sandboxes).
     pub(crate) pool: Option<Arc<crate::pool::Pool>>,
+    /// Holds each sandbox to its network policy; `None` without an agent binary or when
+    /// turned off (`[docker] network_guard = false`).
+    pub(crate) netguard: Option<Arc<crate::netguard::NetGuard>>,
+    /// The policy of sandboxes whose spec sets none.
+    pub(crate) network_policy: Option<runtime_core::NetworkPolicy>,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -197,6 +202,8 @@ pub struct DockerRuntimeBuilder {
     agent_inside: bool,
     no_new_privileges: bool,
     pool: usize,
+    network_guard: bool,
+    network_policy: Option<runtime_core::NetworkPolicy>,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -225,6 +232,8 @@ impl Default for DockerRuntimeBuilder {
             agent_inside: true,
             no_new_privileges: true,
             pool: 0,
+            network_guard: true,
+            network_policy: None,
             engine_socket: "/var/run/docker.sock".into(),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             oci_runtime: None,
@@ -338,6 +347,21 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Whether the network guard holds sandboxes to their network policy (`[docker]
+    /// network_guard`, default on; needs the agent binary and the base image, which has
+    /// `nft`). Off, sandboxes on the isolated network still cannot reach each other, but they
+    /// reach the host and link-local addresses, and a network policy is refused.
+    pub fn network_guard(mut self, on: bool) -> Self {
+        self.network_guard = on;
+        self
+    }
+
+    /// The network policy of sandboxes whose spec sets none (`[sandbox.network]`).
+    pub fn network_policy(mut self, policy: runtime_core::NetworkPolicy) -> Self {
+        self.network_policy = Some(policy);
+        self
+    }
+
     /// Whether sandboxes get Docker's `no-new-privileges` flag (default on): setuid programs
     /// then cannot raise privileges, so `sudo` fails. Off, `user` in the base image may
     /// `sudo` without a password, as in E2B's base template (root stays within the sandbox's
@@ -424,6 +448,23 @@ impl DockerRuntimeBuilder {
             ))),
             _ => None,
         };
+        let netguard = match (&keeper, self.network_guard) {
+            (Some(k), true) => Some(Arc::new(crate::netguard::NetGuard::new(
+                docker.clone(),
+                &self.label_prefix,
+                DEFAULT_IMAGE,
+                match &inside {
+                    Some(i) => i.clone(),
+                    None => Arc::new(Inside::new(docker.clone(), &self.label_prefix, k.clone())),
+                },
+                &self.engine_socket,
+            ))),
+            _ => None,
+        };
+        if let Some(p) = &self.network_policy {
+            p.validate()
+                .map_err(|e| e.with_context("config", "[sandbox.network]"))?;
+        }
         let pool = match (self.pool, &inside) {
             (0, _) => None,
             (n, Some(_)) => Some(Arc::new(crate::pool::Pool::new(n))),
@@ -458,9 +499,23 @@ impl DockerRuntimeBuilder {
                 inside,
                 no_new_privileges: self.no_new_privileges,
                 pool,
+                netguard,
+                network_policy: self.network_policy,
             }),
         })
     }
+}
+
+/// Says once per process, at the first sandbox made without the network guard, what that
+/// leaves open.
+fn warn_no_guard() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(
+            "no network guard (it needs an sbx-agent binary and [docker] network_guard = true): \
+             sandboxes can reach the host's services and link-local addresses"
+        )
+    });
 }
 
 /// Says once per process, at the first sandbox made without a keeper, that sandboxes keep their
@@ -895,6 +950,14 @@ impl DockerRuntime {
                 ));
             }
 
+            let policy = spec
+                .network_policy
+                .clone()
+                .or_else(|| s.network_policy.clone());
+            if let Some(p) = &spec.network_policy {
+                p.validate()?;
+            }
+
             let mut env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
 
@@ -969,6 +1032,12 @@ impl DockerRuntime {
                     .or(d.cpus)
                     .map(|c| (c * 1e9) as i64),
                 pids_limit: r.pids.or(d.pids).map(|p| p as i64),
+                extra_hosts: (!spec.hosts.is_empty()).then(|| {
+                    spec.hosts
+                        .iter()
+                        .map(|(name, ip)| format!("{name}:{ip}"))
+                        .collect()
+                }),
                 ulimits: s.max_file_bytes.map(|b| {
                     vec![bollard::models::ResourcesUlimits {
                         name: Some("fsize".into()),
@@ -1052,6 +1121,9 @@ impl DockerRuntime {
                 if let Some(keeper) = &keeper {
                     keeper.ensure().await?;
                 }
+                // Held to its network policy before anyone can run code in it.
+                self.hold(&id, network.as_str(), policy.as_ref(), &spec.hosts)
+                    .await?;
                 for net in &s.additional_networks {
                     self.docker
                         .connect_network(
@@ -1103,9 +1175,106 @@ impl DockerRuntime {
         .await
     }
 
+    /// Registers sandbox `id`, on `network`, with the network guard: `policy`, or the default
+    /// one (host and link-local addresses refused). A policy asked for is never dropped: where
+    /// it cannot be held, this fails.
+    pub(crate) async fn hold(
+        &self,
+        id: &str,
+        network: &str,
+        policy: Option<&runtime_core::NetworkPolicy>,
+        hosts: &BTreeMap<String, std::net::IpAddr>,
+    ) -> Result<()> {
+        let explicit = policy.is_some();
+        let policy = policy.cloned().unwrap_or_default();
+        let refuse = |kind, why: String| Err(err(kind, "network policy", why));
+        match network {
+            "none" => return Ok(()),
+            "host" if explicit => {
+                return refuse(
+                    ErrorKind::InvalidInput,
+                    "a sandbox on the host's network (network = \"host\") cannot be held to a \
+                     network policy; use a network of its own"
+                        .into(),
+                )
+            }
+            "host" => return Ok(()),
+            _ => {}
+        }
+        if policy.is_open() && policy.allow_host && policy.allow_link_local {
+            return Ok(());
+        }
+        let Some(guard) = &self.settings.netguard else {
+            if explicit {
+                return refuse(
+                    ErrorKind::Unsupported,
+                    "network policies need the network guard: an sbx-agent binary \
+                     (SBX_AGENT_BIN) and [docker] network_guard = true"
+                        .into(),
+                );
+            }
+            warn_no_guard();
+            return Ok(());
+        };
+        let container = self.settings.labels.container(id);
+        match guard.place(&container, network).await? {
+            Some(place) => guard.set(id, &place, &policy, hosts).await,
+            None if explicit => refuse(
+                ErrorKind::Unsupported,
+                format!(
+                    "network {network:?} is not a bridge network; network policies are held on \
+                     bridge networks only"
+                ),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the network policy of running sandbox `id`.
+    pub(crate) async fn set_network_policy(
+        &self,
+        id: &str,
+        policy: &runtime_core::NetworkPolicy,
+    ) -> Result<()> {
+        policy.validate()?;
+        let name = self.settings.labels.container(id);
+        let c = match self.docker.inspect_container(&name, None).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(Self::not_found(id, "set_network_policy")),
+            Err(e) => return Err(map(e, "set_network_policy", "sandbox")),
+        };
+        let host = c.host_config.unwrap_or_default();
+        let network = host.network_mode.unwrap_or_else(|| "bridge".into());
+        let network = if network == "default" {
+            "bridge".to_string()
+        } else {
+            network
+        };
+        let hosts = host
+            .extra_hosts
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| {
+                let (name, ip) = h.split_once(':')?;
+                Some((name.to_string(), ip.parse().ok()?))
+            })
+            .collect();
+        self.hold(id, &network, Some(policy), &hosts).await
+    }
+
     /// Kills sandbox `id` (its container known to be ours, in `state`) and waits for the
     /// engine to remove it.
     pub(crate) async fn remove_sandbox(&self, id: &str, state: SandboxState) -> Result<()> {
+        let removed = self.remove_container_of(id, state).await;
+        if let Some(guard) = &self.settings.netguard {
+            guard.clear(id).await;
+        }
+        removed
+    }
+
+    async fn remove_container_of(&self, id: &str, state: SandboxState) -> Result<()> {
         let name = self.settings.labels.container(id);
         if state == SandboxState::Paused {
             let _ = self.docker.unpause_container(&name).await;
@@ -1288,6 +1457,7 @@ impl Runtime for DockerRuntime {
         // Only the agent inside a sandbox watches and measures it.
         c.watch = self.settings.inside.is_some();
         c.metrics = self.settings.inside.is_some();
+        c.network_policy = self.settings.netguard.is_some();
         c
     }
 

@@ -420,6 +420,10 @@ impl Sandbox for DockerSandbox {
         }
     }
 
+    async fn set_network_policy(&self, policy: runtime_core::NetworkPolicy) -> Result<()> {
+        self.runtime.set_network_policy(&self.id, &policy).await
+    }
+
     async fn host(&self, port: u16) -> Result<String> {
         let inspect = self
             .runtime

@@ -1,0 +1,399 @@
+//! `sbx-agent netguard`: what each sandbox may reach, enforced from the engine's host.
+//!
+//! It runs in a container of its own (made by the Docker backend, `<prefix>-netguard`) on the
+//! host's network with `NET_ADMIN` and nothing else, so code in a sandbox can neither see nor
+//! change it. For every sandbox the backend registers (its bridge, address, MAC and
+//! [`NetworkPolicy`]) it keeps, in one nftables table (`sbx_guard`, see [`rules`]):
+//!
+//! - frames from the sandbox's MAC must carry its address (no sending as another sandbox);
+//! - traffic to the host itself is dropped unless the policy allows the host;
+//! - forwarded traffic goes through the sandbox's chain: link-local dropped unless allowed,
+//!   then `allow_out` addresses accepted, then `deny_out` addresses dropped;
+//! - when the policy names domains, TCP to ports 80 and 443 is redirected to the proxy here
+//!   ([`proxy`]), which reads the TLS SNI or HTTP `Host`, judges the connection by name and
+//!   address, and joins it to the name's own addresses (never to the one the sandbox chose).
+//!
+//! Rules are judged on every packet, not only on new connections, so a changed policy applies
+//! to open connections too; the proxy closes the connections a new policy refuses.
+//!
+//! The backend talks to it over a Unix socket in this container (`sbx-agent relay` through
+//! one attached exec), a request per line: `probe`, `set <hex JSON entry>`, `clear <id>`,
+//! `get <id>`. Entries are kept in `/state` and reloaded on start; every second entries whose
+//! sandbox is gone are dropped. With no entry left for `--idle-exit` seconds the guard removes
+//! its rules and its own container.
+
+mod names;
+mod proxy;
+mod rules;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use runtime_core::NetworkPolicy;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::docker::{encode, Engine};
+
+/// Where the guard listens for the backend, inside its own container.
+pub(crate) const CONTROL: &str = "/run/sbx-netguard.sock";
+
+/// One guarded sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    /// The sandbox id (its `<prefix>.id` label).
+    pub(crate) id: String,
+    /// The host-side bridge its network uses (`br-…`, `docker0`).
+    pub(crate) bridge: String,
+    /// Its address on that network.
+    pub(crate) ip: Ipv4Addr,
+    /// Its MAC address there, when known.
+    #[serde(default)]
+    pub(crate) mac: Option<String>,
+    /// What it may reach.
+    pub(crate) policy: NetworkPolicy,
+    /// Names with fixed addresses for this sandbox (its `--add-host` entries).
+    #[serde(default)]
+    pub(crate) hosts: BTreeMap<String, IpAddr>,
+}
+
+/// The guard's settings, from its command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    socket: PathBuf,
+    prefix: String,
+    state: PathBuf,
+    name: String,
+    idle_exit: Duration,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> Result<Self, String> {
+        let mut o = Options {
+            socket: "/var/run/docker.sock".into(),
+            prefix: "sbx".into(),
+            state: "/state".into(),
+            name: String::new(),
+            idle_exit: Duration::from_secs(30),
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--socket" => o.socket = value()?.into(),
+                "--prefix" => o.prefix = value()?,
+                "--state" => o.state = value()?.into(),
+                "--name" => o.name = value()?,
+                "--idle-exit" => {
+                    let v = value()?;
+                    o.idle_exit = Duration::from_secs(
+                        v.parse()
+                            .map_err(|_| format!("--idle-exit: not a number of seconds: {v}"))?,
+                    );
+                }
+                other => return Err(format!("unknown option {other}")),
+            }
+        }
+        if o.name.is_empty() {
+            o.name = format!("{}-netguard", o.prefix);
+        }
+        Ok(o)
+    }
+}
+
+/// The guard's state, shared by the control socket, the proxy and the sweep.
+pub(crate) struct Guard {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    state: PathBuf,
+    proxy_port: u16,
+    /// Connections the proxy holds, to judge again when a policy changes.
+    pub(crate) live: proxy::Live,
+    /// The address ranges of the engine's networks: the proxy never joins a connection to
+    /// one (that would reach other containers around their isolation).
+    pub(crate) engine_subnets: Mutex<Vec<runtime_core::Cidr>>,
+    /// When an entry was last present.
+    busy: Mutex<Instant>,
+}
+
+impl Guard {
+    /// The entry of the sandbox at `ip`.
+    pub(crate) fn by_ip(&self, ip: Ipv4Addr) -> Option<Entry> {
+        self.entries
+            .lock()
+            .expect("entries")
+            .values()
+            .find(|e| e.ip == ip)
+            .cloned()
+    }
+
+    /// Applies the rule set for `entries` and keeps it.
+    fn commit(&self, entries: BTreeMap<String, Entry>) -> Result<(), String> {
+        apply(&rules::script(&entries, self.proxy_port))?;
+        *self.entries.lock().expect("entries") = entries;
+        if !self.entries.lock().expect("entries").is_empty() {
+            *self.busy.lock().expect("busy") = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn set(&self, entry: Entry) -> Result<(), String> {
+        entry
+            .policy
+            .validate()
+            .map_err(|e| e.message().to_string())?;
+        let mut next = self.entries.lock().expect("entries").clone();
+        // An address belongs to one sandbox: a gone sandbox's entry must not judge a new one.
+        next.retain(|id, e| id == &entry.id || !(e.ip == entry.ip && e.bridge == entry.bridge));
+        next.insert(entry.id.clone(), entry.clone());
+        self.commit(next)?;
+        write_entry(&self.state, &entry).map_err(|e| format!("cannot keep the entry: {e}"))?;
+        self.live.rejudge(self, entry.ip);
+        Ok(())
+    }
+
+    fn clear(&self, id: &str) -> Result<(), String> {
+        let mut next = self.entries.lock().expect("entries").clone();
+        let Some(gone) = next.remove(id) else {
+            return Ok(());
+        };
+        self.commit(next)?;
+        let _ = std::fs::remove_file(self.state.join(id));
+        self.live.rejudge(self, gone.ip);
+        Ok(())
+    }
+}
+
+/// Runs until no entry is left for `idle_exit`, then removes its rules and its own container.
+pub(crate) fn run(o: &Options) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sbx-agent netguard: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(serve(o)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sbx-agent netguard: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(o: &Options) -> Result<(), String> {
+    // nft must work here before anything is promised.
+    apply(&rules::script(&BTreeMap::new(), 0)).map_err(|e| {
+        format!("cannot manage nftables ({e}); the guard needs the nft program and NET_ADMIN")
+    })?;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .map_err(|e| format!("cannot open the proxy's port: {e}"))?;
+    let proxy_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    std::fs::create_dir_all(&o.state).map_err(|e| e.to_string())?;
+    let guard = Arc::new(Guard {
+        entries: Mutex::new(BTreeMap::new()),
+        state: o.state.clone(),
+        proxy_port,
+        live: proxy::Live::default(),
+        engine_subnets: Mutex::new(Vec::new()),
+        busy: Mutex::new(Instant::now()),
+    });
+    guard.commit(read_entries(&o.state))?;
+    eprintln!(
+        "sbx-agent netguard: guarding {} sandbox(es); proxy on port {proxy_port}",
+        guard.entries.lock().expect("entries").len()
+    );
+    tokio::spawn(proxy::run(listener, guard.clone()));
+
+    let _ = std::fs::remove_file(CONTROL);
+    let control = tokio::net::UnixListener::bind(CONTROL)
+        .map_err(|e| format!("cannot listen on {CONTROL}: {e}"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(CONTROL, std::fs::Permissions::from_mode(0o600));
+    }
+    let g = guard.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = control.accept().await {
+            tokio::spawn(answer(stream, g.clone()));
+        }
+    });
+
+    let engine = Engine::new(&o.socket);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (g, prefix) = (guard.clone(), o.prefix.clone());
+        let engine2 = engine.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep(&engine2, &prefix, &g)).await;
+        if let Ok(Err(e)) = swept {
+            eprintln!("sbx-agent netguard: {e}");
+            *guard.busy.lock().expect("busy") = Instant::now();
+        }
+        let idle = guard.entries.lock().expect("entries").is_empty()
+            && guard.busy.lock().expect("busy").elapsed() >= o.idle_exit;
+        if idle {
+            eprintln!("sbx-agent netguard: no sandbox left; removing my rules and myself");
+            let _ = guard.commit(BTreeMap::new());
+            let path = format!("/containers/{}?force=1", encode(&o.name));
+            if let Err(e) = engine.call("DELETE", &path) {
+                eprintln!("sbx-agent netguard: cannot remove {}: {e}", o.name);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Drops the entries of sandboxes that are gone, and refreshes the engine's subnets.
+fn sweep(engine: &Engine, prefix: &str, guard: &Guard) -> Result<(), String> {
+    let filter = format!(r#"{{"label":["{prefix}.id"]}}"#);
+    let list = engine
+        .get_json(&format!(
+            "/containers/json?all=1&filters={}",
+            encode(&filter)
+        ))
+        .map_err(|e| format!("cannot list sandboxes: {e}"))?;
+    let label = format!("{prefix}.id");
+    let alive: std::collections::HashSet<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| !matches!(c["State"].as_str(), Some("exited" | "dead")))
+        .filter_map(|c| c["Labels"][&label].as_str().map(str::to_string))
+        .collect();
+    let gone: Vec<String> = guard
+        .entries
+        .lock()
+        .expect("entries")
+        .keys()
+        .filter(|id| !alive.contains(*id))
+        .cloned()
+        .collect();
+    for id in gone {
+        guard.clear(&id)?;
+    }
+    if let Ok(networks) = engine.get_json("/networks") {
+        let subnets = networks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|n| n["IPAM"]["Config"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| runtime_core::Cidr::parse(c["Subnet"].as_str()?))
+            .collect();
+        *guard.engine_subnets.lock().expect("subnets") = subnets;
+    }
+    Ok(())
+}
+
+/// Answers one control connection, a request per line.
+async fn answer(stream: tokio::net::UnixStream, guard: Arc<Guard>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let g = guard.clone();
+        let arg = arg.to_string();
+        let reply = match verb {
+            "probe" => format!("ok {}", env!("CARGO_PKG_VERSION")),
+            "set" => {
+                let parsed = unhex(&arg)
+                    .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(entry) => tokio::task::spawn_blocking(move || g.set(entry))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                        .map_or_else(|e| format!("error {e}"), |()| "ok".into()),
+                    Err(e) => format!("error bad entry: {e}"),
+                }
+            }
+            "clear" => tokio::task::spawn_blocking(move || g.clear(&arg))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+                .map_or_else(|e| format!("error {e}"), |()| "ok".into()),
+            "get" => match guard.entries.lock().expect("entries").get(&arg) {
+                Some(e) => hex(&serde_json::to_vec(e).unwrap_or_default()),
+                None => "none".into(),
+            },
+            other => format!("error unknown request {other:?}"),
+        };
+        let reply = reply.replace('\n', " ");
+        if write
+            .write_all(format!("{reply}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs `nft -f -` with `script`.
+fn apply(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("cannot write to nft: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft refused the rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn write_entry(state: &Path, entry: &Entry) -> std::io::Result<()> {
+    let tmp = state.join(format!(".{}.tmp", entry.id));
+    std::fs::write(&tmp, serde_json::to_vec(entry)?)?;
+    std::fs::rename(&tmp, state.join(&entry.id))
+}
+
+fn read_entries(state: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    for dirent in std::fs::read_dir(state).into_iter().flatten().flatten() {
+        let Ok(bytes) = std::fs::read(dirent.path()) else {
+            continue;
+        };
+        if let Ok(e) = serde_json::from_slice::<Entry>(&bytes) {
+            out.insert(e.id.clone(), e);
+        }
+    }
+    out
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("odd length".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}

@@ -1,0 +1,186 @@
+//! The nftables rule set the guard keeps: one table, `sbx_guard`, rebuilt whole from the
+//! entries and replaced in one transaction (`nft -f -`), so no packet ever sees half of it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use runtime_core::Destination;
+
+use super::Entry;
+
+/// The table's name, in the `inet` family (routed traffic) and the `bridge` family (frames on
+/// the sandbox bridges).
+pub(crate) const TABLE: &str = "sbx_guard";
+
+/// Link-local IPv4 addresses: where clouds serve instance metadata.
+const LINK_LOCAL: &str = "169.254.0.0/16";
+
+/// The nft script that replaces the table with rules for `entries`; `proxy_port` is where
+/// connections that must be judged by name are redirected.
+pub(crate) fn script(entries: &BTreeMap<String, Entry>, proxy_port: u16) -> String {
+    let mut s = String::new();
+    // Declaring then deleting makes the delete succeed whether or not the table exists.
+    for family in ["inet", "bridge"] {
+        let _ = writeln!(
+            s,
+            "table {family} {TABLE} {{}}\ndelete table {family} {TABLE}"
+        );
+    }
+    if entries.is_empty() {
+        return s;
+    }
+    let mut input = String::new();
+    let mut forward = String::new();
+    let mut nat = String::new();
+    let mut bridge = String::new();
+    let mut chains = String::new();
+    for (n, e) in entries.values().enumerate() {
+        let chain = format!("s{n}");
+        let from = format!("iifname \"{}\" ip saddr {}", e.bridge, e.ip);
+        let rules = e.policy.rules().unwrap_or_else(|_| runtime_core::Rules {
+            allow: Vec::new(),
+            // A policy that does not parse (it was checked before it was kept) refuses all.
+            deny: vec![Destination::Cidr(
+                runtime_core::Cidr::parse(runtime_core::ALL_TRAFFIC).expect("valid"),
+            )],
+        });
+        // The sandbox cannot send as another: a frame from its MAC carries its address.
+        if let Some(mac) = &e.mac {
+            let _ = writeln!(
+                bridge,
+                "    ether saddr {mac} ether type ip ip saddr != {} drop\n    ether saddr {mac} ether type ip6 drop",
+                e.ip
+            );
+        }
+        let _ = writeln!(input, "    {from} ct state established,related accept");
+        if e.policy.allow_host {
+            let _ = writeln!(input, "    {from} jump {chain}");
+        } else {
+            let _ = writeln!(input, "    {from} drop");
+        }
+        let _ = writeln!(forward, "    {from} jump {chain}");
+        let mut body = String::new();
+        if !e.policy.allow_link_local {
+            let _ = writeln!(body, "    ip daddr {LINK_LOCAL} drop");
+        }
+        if rules.has_domains() {
+            // Names resolve while a policy names domains (E2B allows its resolver likewise).
+            let _ = writeln!(body, "    udp dport 53 accept\n    tcp dport 53 accept");
+            // HTTP and TLS go through the proxy, which judges them by name; connections to
+            // the host and to other containers keep their own rules.
+            let _ = writeln!(
+                nat,
+                "    {from} tcp dport {{ 80, 443 }} fib daddr type != local fib daddr oifname != \"br-*\" fib daddr oifname != \"docker0\" redirect to :{proxy_port}"
+            );
+        }
+        for d in &rules.allow {
+            if let Some(c) = v4(d) {
+                let _ = writeln!(body, "    ip daddr {c} accept");
+            }
+        }
+        for d in &rules.deny {
+            if let Some(c) = v4(d) {
+                let _ = writeln!(body, "    ip daddr {c} drop");
+            }
+        }
+        let _ = writeln!(chains, "  chain {chain} {{\n{body}  }}");
+    }
+    let _ = writeln!(
+        s,
+        "table inet {TABLE} {{
+  chain input {{
+    type filter hook input priority -5; policy accept;
+    tcp dport {proxy_port} ct status dnat accept
+    tcp dport {proxy_port} drop
+{input}  }}
+  chain forward {{
+    type filter hook forward priority -5; policy accept;
+{forward}  }}
+  chain prerouting {{
+    type nat hook prerouting priority -105; policy accept;
+{nat}  }}
+{chains}}}"
+    );
+    if !bridge.is_empty() {
+        let _ = writeln!(
+            s,
+            "table bridge {TABLE} {{
+  chain prerouting {{
+    type filter hook prerouting priority -5; policy accept;
+{bridge}  }}
+}}"
+        );
+    }
+    s
+}
+
+/// An IPv4 CIDR destination, as nft spells it.
+fn v4(d: &Destination) -> Option<String> {
+    match d {
+        Destination::Cidr(c) if matches!(c.addr, IpAddr::V4(_)) => Some(c.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+
+    fn entry(policy: NetworkPolicy) -> Entry {
+        Entry {
+            id: "abc".into(),
+            bridge: "br-123".into(),
+            ip: "172.20.0.5".parse().unwrap(),
+            mac: Some("02:42:ac:14:00:05".into()),
+            policy,
+            hosts: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn no_entries_removes_the_table() {
+        let s = script(&BTreeMap::new(), 1234);
+        assert!(s.contains("delete table inet sbx_guard"));
+        assert!(!s.contains("chain"));
+    }
+
+    #[test]
+    fn default_policy_blocks_host_and_link_local() {
+        let mut m = BTreeMap::new();
+        m.insert("abc".into(), entry(NetworkPolicy::new()));
+        let s = script(&m, 1234);
+        assert!(
+            s.contains("iifname \"br-123\" ip saddr 172.20.0.5 drop"),
+            "{s}"
+        );
+        assert!(s.contains("ip daddr 169.254.0.0/16 drop"), "{s}");
+        assert!(!s.contains("redirect"), "{s}");
+        assert!(
+            s.contains("ether saddr 02:42:ac:14:00:05 ether type ip ip saddr != 172.20.0.5 drop")
+        );
+    }
+
+    #[test]
+    fn allow_comes_before_deny_and_domains_redirect() {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "abc".into(),
+            entry(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out(["10.1.0.0/16", "example.com"])
+                    .allow_host(true)
+                    .allow_link_local(true),
+            ),
+        );
+        let s = script(&m, 1234);
+        let allow = s.find("ip daddr 10.1.0.0/16 accept").expect("allow rule");
+        let deny = s.find("ip daddr 0.0.0.0/0 drop").expect("deny rule");
+        assert!(allow < deny, "{s}");
+        assert!(s.contains("redirect to :1234"), "{s}");
+        assert!(s.contains("ip saddr 172.20.0.5 jump s0"), "{s}");
+        assert!(!s.contains("169.254"), "{s}");
+    }
+}
