@@ -1363,24 +1363,45 @@ impl DockerRuntime {
         }
         let options = bollard::network::CreateNetworkOptions {
             name: ISOLATED_NETWORK,
+            check_duplicate: true,
             driver: "bridge",
             options: HashMap::from([("com.docker.network.bridge.enable_icc", "false")]),
             labels: HashMap::from([("sbx.network", "isolated")]),
             ..Default::default()
         };
         match self.docker.create_network(options).await {
-            Ok(_) => {
-                tracing::info!(
-                    network = ISOLATED_NETWORK,
-                    "made the isolated sandbox network"
-                );
-                Ok(())
-            }
+            Ok(_) => tracing::info!(
+                network = ISOLATED_NETWORK,
+                "made the isolated sandbox network"
+            ),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(map(e, "create", "network").with_context("network", ISOLATED_NETWORK)),
+            }) => {}
+            Err(e) => {
+                return Err(map(e, "create", "network").with_context("network", ISOLATED_NETWORK))
+            }
         }
+        // The engine's duplicate check races: processes that made it at the same moment may
+        // have made two, and a name that matches two networks cannot be used. Every process
+        // keeps the same one (the lowest id) and removes the others.
+        let same_name = self
+            .docker
+            .list_networks(Some(bollard::network::ListNetworksOptions {
+                filters: HashMap::from([("name", vec![ISOLATED_NETWORK])]),
+            }))
+            .await
+            .map_err(|e| map(e, "create", "network"))?;
+        let mut ids: Vec<String> = same_name
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(ISOLATED_NETWORK))
+            .filter_map(|n| n.id)
+            .collect();
+        ids.sort();
+        for extra in ids.iter().skip(1) {
+            debug!(network = %extra, "removing a duplicate isolated network");
+            let _ = self.docker.remove_network(extra).await;
+        }
+        Ok(())
     }
 
     /// The containers (any state) carrying every one of `labels` (`key` or `key=value`).

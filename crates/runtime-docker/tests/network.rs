@@ -1,0 +1,486 @@
+//! Network policy on Docker, performed: each test sends traffic from a sandbox to targets it
+//! made itself and shows what arrives.
+//!
+//! The targets:
+//! - **"The internet"**: a network namespace of the test's own, joined to the host by a veth
+//!   pair, with two addresses (`.2`, named `allowed.test`, and `.3`, `denied.test`) and one
+//!   link-local address routed to it. A server there answers on ports 80, 443 and 8080 with
+//!   the address and port it was reached at. Sandboxes reach it the way they reach the
+//!   internet: routed by the host, masqueraded.
+//! - **The host**: a listener of the test on all of the host's addresses, reached through the
+//!   sandbox's gateway.
+//!
+//! Making the namespace needs root on the engine's host (CI runs as root); elsewhere the
+//! tests return early unless `SBX_REQUIRE_DOCKER=1`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use runtime_core::{
+    CommandSpec, ErrorKind, FileStoreExt, NetworkPolicy, Runtime, Sandbox, SandboxExt, SandboxSpec,
+    ALL_TRAFFIC,
+};
+use runtime_docker::DockerRuntime;
+
+/// What a sandbox runs to probe a destination: prints the server's answer, or `blocked`.
+const PROBE: &str = r#"
+import socket, sys, struct, os, time
+mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+name = sys.argv[4] if len(sys.argv) > 4 else None
+def hello(name):
+    n = name.encode()
+    sni = struct.pack('!HBH', len(n) + 3, 0, len(n)) + n
+    ext = struct.pack('!HH', 0, len(sni)) + sni
+    body = b'\x03\x03' + b'\x07' * 32 + b'\x00' + b'\x00\x02\x13\x01' + b'\x01\x00' + struct.pack('!H', len(ext)) + ext
+    hs = b'\x01' + len(body).to_bytes(3, 'big') + body
+    return b'\x16\x03\x01' + struct.pack('!H', len(hs)) + hs
+def first():
+    if mode == 'tls': return hello(name)
+    if mode == 'http': return ('GET / HTTP/1.1\r\nHost: %s\r\n\r\n' % name).encode()
+    return b'ping\n'
+try:
+    s = socket.create_connection((ip, port), timeout=3)
+    s.sendall(first())
+    got = s.recv(200)
+    print(got.decode().strip() if got else 'blocked: closed', flush=True)
+    if mode == 'hold':
+        while not os.path.exists('/tmp/go'): time.sleep(0.05)
+        s.sendall(b'ping\n')
+        got = s.recv(200)
+        print(got.decode().strip() if got else 'blocked: closed', flush=True)
+except Exception as e:
+    print('blocked:', type(e).__name__, flush=True)
+"#;
+
+/// The server in the namespace: answers every chunk with where it was reached.
+const SERVER: &str = r#"
+import asyncio, sys
+async def serve(reader, writer):
+    here = writer.get_extra_info('sockname')
+    try:
+        while True:
+            data = await reader.read(4096)
+            if not data: break
+            writer.write(('reached %s:%d\n' % here[:2]).encode())
+            await writer.drain()
+    except Exception: pass
+    writer.close()
+async def main():
+    servers = [await asyncio.start_server(serve, '0.0.0.0', p) for p in (80, 443, 8080)]
+    print('ready', flush=True)
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+asyncio.run(main())
+"#;
+
+/// A network namespace standing for the internet.
+struct Internet {
+    ns: String,
+    host_if: String,
+    server: Child,
+    /// `allowed.test`.
+    a: Ipv4Addr,
+    /// `denied.test`.
+    b: Ipv4Addr,
+    /// A link-local address routed into the namespace.
+    link_local: Ipv4Addr,
+}
+
+impl Internet {
+    fn new() -> Option<Internet> {
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n");
+        if !is_root {
+            assert!(
+                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                "the network tests make a network namespace: run them as root"
+            );
+            return None;
+        }
+        let n: u8 = 10 + (rand::random::<u8>() % 200);
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let ns = format!("sbxt-{tag}");
+        let host_if = format!("sbxt{tag}h");
+        let peer = format!("sbxt{tag}n");
+        let (h, a, b) = (
+            format!("10.203.{n}.1"),
+            Ipv4Addr::new(10, 203, n, 2),
+            Ipv4Addr::new(10, 203, n, 3),
+        );
+        let link_local = Ipv4Addr::new(169, 254, n, 2);
+        let sh = |script: &str| {
+            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(&format!(
+            "ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && \
+             ip link set {peer} netns {ns} && ip addr add {h}/24 dev {host_if} && \
+             ip link set {host_if} up && \
+             ip netns exec {ns} sh -c 'ip link set lo up && ip addr add {a}/24 dev {peer} && \
+               ip addr add {b}/24 dev {peer} && ip addr add {link_local}/32 dev {peer} && \
+               ip link set {peer} up && ip route add default via {h}' && \
+             ip route add {link_local}/32 via {a}"
+        ));
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", SERVER])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        Some(Internet {
+            ns,
+            host_if,
+            server,
+            a,
+            b,
+            link_local,
+        })
+    }
+
+    /// A spec naming the two servers.
+    fn spec(&self, test: &str) -> SandboxSpec {
+        SandboxSpec::new()
+            .metadata("sbx-network-test", test)
+            .host("allowed.test", IpAddr::V4(self.a))
+            .host("denied.test", IpAddr::V4(self.b))
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn setup(test: &str) -> Option<(DockerRuntime, Internet)> {
+    let rt = runtime_conformance::or_skip(DockerRuntime::builder().build().await)?;
+    let net = Internet::new()?;
+    let _ = test;
+    Some((rt, net))
+}
+
+/// Runs the probe in `sb`: `mode` is `tcp`, `tls` (a ClientHello naming `name`) or `http`
+/// (a request with `Host: name`).
+async fn probe(sb: &dyn Sandbox, mode: &str, ip: impl ToString, port: u16, name: &str) -> String {
+    sb.files().write_str("/tmp/probe.py", PROBE).await.unwrap();
+    let out = sb
+        .exec(CommandSpec::program(
+            "python3",
+            [
+                "/tmp/probe.py".to_string(),
+                mode.to_string(),
+                ip.to_string(),
+                port.to_string(),
+                name.to_string(),
+            ],
+        ))
+        .await
+        .unwrap();
+    out.stdout_text().trim().to_string()
+}
+
+fn reached(answer: &str, ip: Ipv4Addr, port: u16) -> bool {
+    answer == format!("reached {ip}:{port}")
+}
+
+#[tokio::test]
+async fn by_default_the_host_and_link_local_addresses_are_refused_and_the_rest_is_open() {
+    let Some((rt, net)) = setup("default").await else {
+        return;
+    };
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = host.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = host.accept().await {
+            let _ = s.write_all(b"reached the host\n").await;
+        }
+    });
+    for (policy, open) in [
+        (None, false),
+        (
+            Some(NetworkPolicy::new().allow_host(true).allow_link_local(true)),
+            true,
+        ),
+    ] {
+        let mut spec = net.spec("default");
+        if let Some(p) = policy.clone() {
+            spec = spec.network_policy(p);
+        }
+        let sb = rt.create(spec).await.unwrap();
+        // The default route's gateway, from the kernel's table (hex, little-endian).
+        let gateway = sb
+            .exec(CommandSpec::program(
+                "python3",
+                [
+                    "-c",
+                    "import socket,struct\nfor l in open('/proc/net/route').readlines()[1:]:\n f=l.split()\n if f[1]=='00000000': print(socket.inet_ntoa(struct.pack('<I', int(f[2], 16))))",
+                ],
+            ))
+            .await
+            .unwrap()
+            .stdout_text()
+            .trim()
+            .to_string();
+        assert!(!gateway.is_empty(), "no default route");
+        let to_host = probe(&*sb, "tcp", &gateway, port, "").await;
+        assert_eq!(
+            to_host == "reached the host",
+            open,
+            "{policy:?}: the host at {gateway}:{port}: {to_host}"
+        );
+        let to_ll = probe(&*sb, "tcp", net.link_local, 8080, "").await;
+        assert_eq!(
+            reached(&to_ll, net.link_local, 8080),
+            open,
+            "{policy:?}: link-local: {to_ll}"
+        );
+        // The rest of the world stays open either way.
+        let out = probe(&*sb, "tcp", net.a, 8080, "").await;
+        assert!(reached(&out, net.a, 8080), "{policy:?}: {out}");
+        sb.kill().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_denied_cidr_is_unreachable_on_every_port_and_by_raw_socket() {
+    let Some((rt, net)) = setup("deny-cidr").await else {
+        return;
+    };
+    let sb = rt
+        .create(
+            net.spec("deny-cidr")
+                .network_policy(NetworkPolicy::new().deny_out([format!("{}/32", net.b)])),
+        )
+        .await
+        .unwrap();
+    for port in [80, 443, 8080] {
+        let out = probe(&*sb, "tcp", net.b, port, "").await;
+        assert!(out.starts_with("blocked"), "{}:{port}: {out}", net.b);
+        let out = probe(&*sb, "tcp", net.a, port, "").await;
+        assert!(reached(&out, net.a, port), "{}:{port}: {out}", net.a);
+    }
+    // curl ignoring any proxy setting, as root: still refused.
+    let curl = sb
+        .exec(
+            CommandSpec::shell(format!(
+                "curl --noproxy '*' -sS -m 3 http://{}:8080/ 2>&1; echo \" exit=$?\"",
+                net.b
+            ))
+            .user("root"),
+        )
+        .await
+        .unwrap();
+    assert!(!curl.stdout_text().contains("reached"), "{curl:?}");
+    // No raw socket to go around the rules with.
+    let raw = sb
+        .exec(
+            CommandSpec::program(
+                "python3",
+                [
+                    "-c",
+                    "import socket\ntry:\n socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP); print('raw')\nexcept PermissionError: print('refused')",
+                ],
+            )
+            .user("root"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.stdout_text(), "refused\n");
+    sb.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_allow_list_overrides_deny_all() {
+    let Some((rt, net)) = setup("allow-list").await else {
+        return;
+    };
+    let sb = rt
+        .create(
+            net.spec("allow-list").network_policy(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out([net.a.to_string()]),
+            ),
+        )
+        .await
+        .unwrap();
+    let out = probe(&*sb, "tcp", net.a, 8080, "").await;
+    assert!(reached(&out, net.a, 8080), "{out}");
+    let out = probe(&*sb, "tcp", net.b, 8080, "").await;
+    assert!(out.starts_with("blocked"), "{out}");
+    sb.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn deny_all_but_one_domain_judges_tls_and_http_by_name() {
+    let Some((rt, net)) = setup("domain").await else {
+        return;
+    };
+    let sb = rt
+        .create(
+            net.spec("domain").network_policy(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out(["allowed.test"]),
+            ),
+        )
+        .await
+        .unwrap();
+    // By name, over TLS and HTTP.
+    let out = probe(&*sb, "tls", net.a, 443, "allowed.test").await;
+    assert!(reached(&out, net.a, 443), "TLS allowed.test: {out}");
+    let out = probe(&*sb, "http", net.a, 80, "allowed.test").await;
+    assert!(reached(&out, net.a, 80), "HTTP allowed.test: {out}");
+    let out = probe(&*sb, "tls", net.b, 443, "denied.test").await;
+    assert!(out.starts_with("blocked"), "TLS denied.test: {out}");
+    let out = probe(&*sb, "http", net.b, 80, "denied.test").await;
+    assert!(out.starts_with("blocked"), "HTTP denied.test: {out}");
+    // curl, ignoring proxy settings, by name.
+    let curl = sb
+        .exec_shell("curl --noproxy '*' --http0.9 -sS -m 5 http://allowed.test/ 2>&1; true")
+        .await
+        .unwrap();
+    assert!(
+        curl.stdout_text()
+            .contains(&format!("reached {}:80", net.a)),
+        "{curl:?}"
+    );
+    let curl = sb
+        .exec_shell("curl --noproxy '*' --http0.9 -sS -m 5 http://denied.test/ 2>&1; true")
+        .await
+        .unwrap();
+    assert!(!curl.stdout_text().contains("reached"), "{curl:?}");
+    // Naming the allowed domain to another address reaches the domain's own address only.
+    let out = probe(&*sb, "tls", net.b, 443, "allowed.test").await;
+    assert!(
+        reached(&out, net.a, 443),
+        "SNI allowed.test sent to {}: {out}",
+        net.b
+    );
+    // No name, other ports: judged by address, and all traffic is denied.
+    let out = probe(&*sb, "tcp", net.a, 443, "").await;
+    assert!(out.starts_with("blocked"), "no name: {out}");
+    let out = probe(&*sb, "tcp", net.a, 8080, "").await;
+    assert!(out.starts_with("blocked"), "port 8080: {out}");
+    sb.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_live_change_applies_to_open_and_new_connections() {
+    let Some((rt, net)) = setup("live").await else {
+        return;
+    };
+    let sb = rt.create(net.spec("live")).await.unwrap();
+    sb.files().write_str("/tmp/probe.py", PROBE).await.unwrap();
+    let result = async {
+        // One connection held open across the change, direct; one through the proxy.
+        let mut direct = sb
+            .spawn(CommandSpec::program(
+                "python3",
+                ["/tmp/probe.py", "hold", &net.a.to_string(), "8080"],
+            ))
+            .await?;
+        let out = probe(&*sb, "tcp", net.b, 8080, "").await;
+        assert!(reached(&out, net.b, 8080), "before: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sb.set_network_policy(
+            NetworkPolicy::new()
+                .deny_out([ALL_TRAFFIC])
+                .allow_out(["allowed.test"]),
+        )
+        .await?;
+        sb.files().write_str("/tmp/go", "").await?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(event) = direct.next_event().await {
+                if let runtime_core::ProcessEvent::Stdout(b) = event? {
+                    text.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+            Ok::<_, runtime_core::Error>(())
+        })
+        .await
+        .expect("the held connection ends")?;
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert!(
+            lines.first().is_some_and(|l| reached(l, net.a, 8080)),
+            "before the change: {lines:?}"
+        );
+        assert!(
+            lines.get(1).is_some_and(|l| l.starts_with("blocked")),
+            "the open connection after the change: {lines:?}"
+        );
+        let out = probe(&*sb, "tcp", net.b, 8080, "").await;
+        assert!(out.starts_with("blocked"), "a new connection after: {out}");
+        let out = probe(&*sb, "http", net.a, 80, "allowed.test").await;
+        assert!(reached(&out, net.a, 80), "the allowed domain after: {out}");
+        // Back to open.
+        sb.set_network_policy(NetworkPolicy::new()).await?;
+        let out = probe(&*sb, "tcp", net.b, 8080, "").await;
+        assert!(reached(&out, net.b, 8080), "after opening again: {out}");
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    sb.kill().await.unwrap();
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn policies_that_cannot_be_held_are_refused_not_dropped() {
+    let Some((rt, net)) = setup("refused").await else {
+        return;
+    };
+    // A bad entry.
+    let e = rt
+        .create(
+            net.spec("refused")
+                .network_policy(NetworkPolicy::new().deny_out(["example.com"])),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    // A policy on the host's network.
+    let e = rt
+        .create(
+            net.spec("refused")
+                .network(runtime_core::NetworkMode::Host)
+                .network_policy(NetworkPolicy::new().deny_out([ALL_TRAFFIC])),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    // No guard: a policy is refused, not ignored.
+    let unguarded = DockerRuntime::builder()
+        .network_guard(false)
+        .build()
+        .await
+        .unwrap();
+    assert!(!unguarded.capabilities().network_policy);
+    let e = unguarded
+        .create(
+            net.spec("refused")
+                .network_policy(NetworkPolicy::new().deny_out([ALL_TRAFFIC])),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("network_guard"), "{e}");
+}
