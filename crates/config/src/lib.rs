@@ -194,6 +194,9 @@ impl Config {
             .template(e.template.clone())
             .request_timeout(std::time::Duration::from_secs(e.request_timeout.max(1)))
             .time_to_live(std::time::Duration::from_secs(self.sandbox.time_to_live));
+        if let Some(policy) = &self.sandbox.network {
+            builder = builder.network_policy(policy.clone());
+        }
         if let Some(key) = &e.api_key {
             builder = builder.api_key(key.expose());
         }
@@ -263,7 +266,11 @@ impl Config {
         builder = builder
             .agent_inside(d.agent == sections::AgentMode::Auto)
             .no_new_privileges(d.no_new_privileges)
-            .pool(d.pool);
+            .pool(d.pool)
+            .network_guard(d.network_guard);
+        if let Some(policy) = &s.network {
+            builder = builder.network_policy(policy.clone());
+        }
         let mut resources = runtime_core::Resources::new();
         resources.cpus = d.cpus;
         resources.memory_mb = d.memory_mb;

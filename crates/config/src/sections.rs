@@ -192,6 +192,10 @@ pub struct SandboxSection {
     pub volumes: Option<String>,
     /// Docker networks to connect sandboxes to after start.
     pub additional_networks: Vec<String>,
+    /// `[sandbox.network]`: what sandboxes may reach (`allow_out`, `deny_out`, `allow_host`,
+    /// `allow_link_local`; see [`runtime_core::NetworkPolicy`]), for sandboxes whose spec sets
+    /// no policy. Unset: no lists, and the host and link-local addresses refused.
+    pub network: Option<runtime_core::NetworkPolicy>,
     /// Image platform (`linux/amd64`) for template builds.
     pub platform: Option<String>,
     /// Extra `docker build` arguments (accepted; not used).
@@ -255,6 +259,7 @@ impl Default for SandboxSection {
             cuda_visible_devices: None,
             volumes: None,
             additional_networks: Vec::new(),
+            network: None,
             platform: None,
             runtime_extra_build_args: None,
             remote_runtime_api_url: "http://localhost:8000".into(),
@@ -394,6 +399,10 @@ pub struct DockerSection {
     /// Sandboxes of the default image kept ready, so that `create` takes one in about a
     /// millisecond. Default 0 (none).
     pub pool: usize,
+    /// Hold sandboxes to their network policy with the network guard (a container on the
+    /// host's network with `NET_ADMIN`, run from the base image). Default true; false leaves
+    /// the host and link-local addresses reachable and refuses network policies.
+    pub network_guard: bool,
 }
 
 /// `[docker] agent`.
@@ -424,6 +433,7 @@ impl Default for DockerSection {
             agent: AgentMode::Auto,
             no_new_privileges: true,
             pool: 0,
+            network_guard: true,
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use e2b_protocol::api::{
     ApiError, ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail, SetTimeout,
@@ -22,7 +22,7 @@ use tracing::info;
 
 use crate::state::{hidden, reserved, State, TEMPLATE_KEY};
 
-type Shared = Arc<State>;
+pub(crate) type Shared = Arc<State>;
 
 /// An API error answer: `{"code": status, "message": ...}`.
 pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -40,7 +40,7 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-fn from_error(e: &runtime_core::Error, id: &str) -> Response {
+pub(crate) fn from_error(e: &runtime_core::Error, id: &str) -> Response {
     match e.kind() {
         ErrorKind::NotFound => not_found(id),
         ErrorKind::InvalidInput => api_error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -70,6 +70,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/network", put(crate::network::update))
         .route("/health", get(|| async { StatusCode::OK }))
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
@@ -157,7 +158,7 @@ async fn authenticate(
 }
 
 /// Parses a JSON body, answering 400 with the reason when it is not.
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
@@ -223,6 +224,14 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
         envd_access_token: (with_token && !state.config.insecure_no_auth)
             .then(|| state.access_token(&info.id)),
         domain: None,
+        allow_internet_access: Some(
+            info.metadata.get(crate::network::INTERNET_KEY).map(String::as_str) != Some("0"),
+        ),
+        network: state.network_of(&info.id).or_else(|| {
+            info.metadata
+                .get(crate::network::NETWORK_KEY)
+                .and_then(|j| serde_json::from_str(j).ok())
+        }),
     }
 }
 
@@ -274,6 +283,18 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if let Some(why) = unsupported_options(&req) {
         return api_error(StatusCode::BAD_REQUEST, why);
     }
+    let policy =
+        match crate::network::from_create(req.network.as_ref(), req.allow_internet_access) {
+            Ok(p) => p,
+            Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
+        };
+    if policy.is_some() && !state.runtime.capabilities().network_policy {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "network allowOut/denyOut cannot be enforced by this server's backend (on Docker: \
+             it needs the network guard), so the sandbox is not made",
+        );
+    }
     if req.auto_pause == Some(true) && !state.runtime.capabilities().pause {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -298,7 +319,27 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         Some(timeout),
     );
     if req.allow_internet_access == Some(false) {
-        spec = spec.network(runtime_core::NetworkMode::None);
+        spec = spec.metadata(crate::network::INTERNET_KEY, "0");
+    }
+    match policy {
+        Some(p) => {
+            let sent = e2b_protocol::api::NetworkConfig {
+                allow_out: req.network.as_ref().and_then(|n| n.allow_out.clone()),
+                deny_out: req.network.as_ref().and_then(|n| n.deny_out.clone()),
+                dns_servers: req.network.as_ref().and_then(|n| n.dns_servers.clone()),
+                ..Default::default()
+            };
+            spec = spec
+                .network_policy(p)
+                .metadata(
+                    crate::network::NETWORK_KEY,
+                    serde_json::to_string(&sent).expect("json"),
+                );
+        }
+        None if req.allow_internet_access == Some(false) => {
+            spec = spec.network(runtime_core::NetworkMode::None);
+        }
+        None => {}
     }
     spec = spec.auto_pause(req.auto_pause == Some(true));
     if auto_resume(&req) {
@@ -333,31 +374,6 @@ fn unsupported_options(req: &NewSandbox) -> Option<String> {
         Some(serde_json::Value::Object(o)) => !o.is_empty(),
         Some(_) => true,
     };
-    if let Some(serde_json::Value::Object(network)) = &req.network {
-        let asked: Vec<&str> = network
-            .iter()
-            .filter(|(k, v)| match (k.as_str(), v) {
-                // What every sandbox here already has.
-                ("allowPublicTraffic", serde_json::Value::Bool(true)) => false,
-                ("maskRequestHost", serde_json::Value::Bool(false)) => false,
-                (_, serde_json::Value::Null) => false,
-                (_, serde_json::Value::Array(a)) => !a.is_empty(),
-                (_, serde_json::Value::Object(o)) => !o.is_empty(),
-                (_, serde_json::Value::String(s)) => !s.is_empty(),
-                _ => true,
-            })
-            .map(|(k, _)| k.as_str())
-            .collect();
-        if !asked.is_empty() {
-            return Some(format!(
-                "network options ({}) are not enforced by e2b-local yet, so the sandbox is not \
-                 made; create it without them, or with allow_internet_access=false for no network",
-                asked.join(", ")
-            ));
-        }
-    } else if set(&req.network) {
-        return Some("network must be an object".into());
-    }
     if auto_resume(req) && req.auto_pause != Some(true) {
         return Some("autoResume needs autoPause (lifecycle on_timeout=pause)".into());
     }

@@ -23,6 +23,7 @@ mod args;
 mod control;
 mod hosts;
 mod listen;
+mod network;
 mod resolve;
 mod state;
 

@@ -133,6 +133,9 @@ pub(crate) struct State {
     creates: Mutex<(f64, Instant)>,
     /// Creates under way (counted against `max_sandboxes` until they are listed).
     creating: Mutex<usize>,
+    /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
+    /// the one kept at create).
+    networks: std::sync::Mutex<HashMap<String, e2b_protocol::api::NetworkConfig>>,
 }
 
 impl State {
@@ -156,8 +159,22 @@ impl State {
             alive: Mutex::new(HashMap::new()),
             creates: Mutex::new((config.limits.creates_per_minute as f64, Instant::now())),
             creating: Mutex::new(0),
+            networks: std::sync::Mutex::new(HashMap::new()),
             config,
         }
+    }
+
+    /// Keeps the network configuration set on `id` by `PUT .../network`.
+    pub(crate) async fn set_network(&self, id: &str, network: e2b_protocol::api::NetworkConfig) {
+        self.networks
+            .lock()
+            .expect("networks")
+            .insert(id.to_string(), network);
+    }
+
+    /// The network configuration last set on `id` by `PUT .../network`.
+    pub(crate) fn network_of(&self, id: &str) -> Option<e2b_protocol::api::NetworkConfig> {
+        self.networks.lock().expect("networks").get(id).cloned()
     }
 
     /// Admits one create under the key's limits, or says how long to wait. The admission is

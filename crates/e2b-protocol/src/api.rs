@@ -37,10 +37,10 @@ pub struct NewSandbox {
     /// v1 only: ask for an access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
-    /// Network policy (`allowOut`, `denyOut`, `allowPublicTraffic`, `maskRequestHost`, ...),
-    /// kept as sent: a server must honour it or refuse it, never drop it.
+    /// Network policy (`allowOut`, `denyOut`, `allowPublicTraffic`, `maskRequestHost`, ...):
+    /// a server must honour it or refuse it, never drop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<serde_json::Value>,
+    pub network: Option<NetworkConfig>,
     /// `{"enabled": bool}`: resume on traffic to a paused sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_resume: Option<serde_json::Value>,
@@ -50,6 +50,69 @@ pub struct NewSandbox {
     /// Volumes to mount (`[{"name","path"}]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mounts: Option<serde_json::Value>,
+}
+
+/// `network` on create (the SDK's `SandboxNetworkConfig`), and as `GET /sandboxes/{id}`
+/// reports it: what the sandbox may reach, and who may reach its ports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// Addresses, CIDRs and domains always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    /// Addresses and CIDRs refused unless allowed (`0.0.0.0/0`: all traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+    /// Whether the sandbox's ports answer without the traffic access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_public_traffic: Option<bool>,
+    /// The `Host` requests to the sandbox's ports carry (`${PORT}` is replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_request_host: Option<String>,
+    /// DNS servers reachable while `allow_out` names a domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<String>>,
+    /// An egress proxy all traffic goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// Per-host request transforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<serde_json::Value>,
+    /// Anything else the client sent (a server refuses what it does not know).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// The body of `PUT /sandboxes/{id}/network` (the SDK's `SandboxNetworkUpdate`): replaces the
+/// sandbox's egress rules whole (a field left out is cleared).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkUpdate {
+    /// As [`NetworkConfig::allow_out`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    /// As [`NetworkConfig::deny_out`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+    /// As [`NetworkConfig::dns_servers`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<String>>,
+    /// As [`NetworkConfig::egress_proxy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// As [`NetworkConfig::rules`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<serde_json::Value>,
+    /// `false`: deny all traffic but `allow_out` (snake_case on the wire, as the SDK sends it).
+    #[serde(
+        default,
+        rename = "allow_internet_access",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
+    /// Anything else the client sent.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `Sandbox`: the answer to create and connect.
@@ -83,7 +146,7 @@ pub struct SandboxCreated {
 }
 
 /// `SandboxDetail` (`GET /sandboxes/{id}`) and `ListedSandbox` (list).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxDetail {
     /// Template id.
@@ -128,6 +191,13 @@ pub struct SandboxDetail {
     /// Domain (detail only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Internet access as asked at create (detail only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_internet_access: Option<bool>,
+    /// The network configuration as sent, at create or by the last `PUT .../network`
+    /// (detail only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
 }
 
 /// `POST /v2/sandboxes/{id}/connect` and `POST /sandboxes/{id}/resume` bodies.

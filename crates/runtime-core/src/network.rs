@@ -48,7 +48,7 @@ pub const ALL_TRAFFIC: &str = "0.0.0.0/0";
 /// assert!(!policy.allows("1.1.1.1".parse().unwrap(), None));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NetworkPolicy {
     /// Destinations always allowed: addresses, CIDRs and domain names.
@@ -61,6 +61,11 @@ pub struct NetworkPolicy {
     /// Let the sandbox reach link-local addresses (`169.254.0.0/16`, `fe80::/10`), where
     /// clouds serve instance metadata and credentials. Off by default.
     pub allow_link_local: bool,
+    /// While `allow_out` names a domain: the DNS servers the sandbox may reach (all traffic to
+    /// them is allowed). `None`: DNS (port 53) to any server, so the sandbox's own resolver
+    /// works; an empty list: none (names then resolve only through the sandbox's hosts file).
+    /// No effect without a domain in `allow_out`. E2B's `dns_servers`.
+    pub dns_servers: Option<Vec<String>>,
 }
 
 impl NetworkPolicy {
@@ -81,6 +86,11 @@ impl NetworkPolicy {
     /// Sets [`allow_host`](Self::allow_host).
     pub fn allow_host(mut self, on: bool) -> Self {
         self.allow_host = on;
+        self
+    }
+    /// Sets [`dns_servers`](Self::dns_servers).
+    pub fn dns_servers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, servers: I) -> Self {
+        self.dns_servers = Some(servers.into_iter().map(Into::into).collect());
         self
     }
     /// Sets [`allow_link_local`](Self::allow_link_local).
@@ -119,6 +129,15 @@ impl NetworkPolicy {
             .iter()
             .map(|e| Destination::parse(e, false))
             .collect::<Result<Vec<_>>>()?;
+        for server in self.dns_servers.iter().flatten() {
+            if server.trim().parse::<Ipv4Addr>().is_err() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("dns_servers entry {server:?} is not an IPv4 address"),
+                )
+                .with_operation("network policy"));
+            }
+        }
         let rules = Rules { allow, deny };
         if rules.has_domains() && !self.deny_out.iter().any(|d| d.trim() == ALL_TRAFFIC) {
             return Err(Error::new(

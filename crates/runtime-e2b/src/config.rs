@@ -32,6 +32,8 @@ pub(crate) struct E2bConfig {
     pub(crate) request_timeout: Duration,
     /// The time to live of a sandbox whose spec sets none.
     pub(crate) time_to_live: Duration,
+    /// The network policy of a sandbox whose spec sets none.
+    pub(crate) network_policy: Option<runtime_core::NetworkPolicy>,
 }
 
 impl fmt::Debug for E2bConfig {

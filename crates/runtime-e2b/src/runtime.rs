@@ -59,6 +59,7 @@ pub struct E2bRuntimeBuilder {
     template: Option<String>,
     request_timeout: Option<Duration>,
     time_to_live: Option<Duration>,
+    network_policy: Option<runtime_core::NetworkPolicy>,
 }
 
 impl std::fmt::Debug for E2bRuntimeBuilder {
@@ -128,6 +129,12 @@ impl E2bRuntimeBuilder {
         self
     }
 
+    /// The network policy of sandboxes whose spec sets none (`[sandbox.network]`).
+    pub fn network_policy(mut self, policy: runtime_core::NetworkPolicy) -> Self {
+        self.network_policy = Some(policy);
+        self
+    }
+
     /// Checks the settings. Makes no request.
     ///
     /// # Errors
@@ -144,6 +151,7 @@ impl E2bRuntimeBuilder {
             time_to_live: self
                 .time_to_live
                 .unwrap_or(runtime_core::DEFAULT_SANDBOX_TIMEOUT),
+            network_policy: self.network_policy,
         };
         config.validate()?;
         let api = Api::new(&config)?;
@@ -152,6 +160,29 @@ impl E2bRuntimeBuilder {
             api,
         })
     }
+}
+
+/// A policy as E2B's `network` lists; E2B always refuses the host and link-local addresses,
+/// so a policy that allows them cannot be held there.
+pub(crate) fn network_config(
+    policy: &runtime_core::NetworkPolicy,
+    op: &'static str,
+) -> Result<e2b_protocol::api::NetworkConfig> {
+    policy.validate()?;
+    if policy.allow_host || policy.allow_link_local {
+        return Err(err(
+            ErrorKind::Unsupported,
+            op,
+            "E2B sandboxes cannot be allowed to reach the host or link-local addresses \
+             (allow_host, allow_link_local)",
+        ));
+    }
+    Ok(e2b_protocol::api::NetworkConfig {
+        allow_out: Some(policy.allow_out.clone()),
+        deny_out: Some(policy.deny_out.clone()),
+        dns_servers: policy.dns_servers.clone(),
+        ..Default::default()
+    })
 }
 
 fn hidden(key: &str) -> bool {
@@ -251,6 +282,7 @@ impl Runtime for E2bRuntime {
         // envd watches and measures (e2b-local too, over a backend that can).
         c.watch = true;
         c.metrics = true;
+        c.network_policy = true;
         c
     }
 
@@ -279,6 +311,17 @@ impl Runtime for E2bRuntime {
                     ))
                 }
             };
+            let network = match spec.network_policy.as_ref().or(self.config.network_policy.as_ref()) {
+                Some(p) => Some(network_config(p, "create")?),
+                None => None,
+            };
+            if network.is_some() && internet == Some(false) {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "create",
+                    "a sandbox with no network (network = none) takes no network policy",
+                ));
+            }
             if self.config.debug {
                 // As the SDKs: debug mode makes no API call; the one sandbox is the local one.
                 let created = SandboxCreated {
@@ -306,6 +349,7 @@ impl Runtime for E2bRuntime {
                 env_vars: Some(spec.env.clone()),
                 allow_internet_access: internet,
                 auto_pause: spec.auto_pause.then_some(true),
+                network,
                 ..Default::default()
             };
             let json = serde_json::to_value(&body).expect("json");

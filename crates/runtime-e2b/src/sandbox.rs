@@ -83,6 +83,40 @@ impl Sandbox for E2bSandbox {
         Ok(self.runtime.info_from(&detail))
     }
 
+    async fn set_network_policy(&self, policy: runtime_core::NetworkPolicy) -> Result<()> {
+        let config = crate::runtime::network_config(&policy, "set_network_policy")?;
+        if self.runtime.config.debug {
+            return Err(runtime_core::Error::new(
+                ErrorKind::Unsupported,
+                "debug mode has no API to set a network policy through",
+            )
+            .with_operation("set_network_policy"));
+        }
+        let body = serde_json::to_value(e2b_protocol::api::NetworkUpdate {
+            allow_out: config.allow_out,
+            deny_out: config.deny_out,
+            dns_servers: config.dns_servers,
+            ..Default::default()
+        })
+        .expect("json");
+        let r = self
+            .runtime
+            .api
+            .send(
+                Method::PUT,
+                &format!("/sandboxes/{}/network", self.id),
+                &[],
+                Some(body),
+                "set_network_policy",
+            )
+            .await?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, "set_network_policy")),
+            _ => Err(r.error("set_network_policy")),
+        }
+    }
+
     async fn set_timeout(&self, timeout: Duration) -> Result<()> {
         if self.runtime.config.debug {
             return Ok(());

@@ -66,7 +66,18 @@ pub(crate) fn script(entries: &BTreeMap<String, Entry>, proxy_port: u16) -> Stri
         }
         if rules.has_domains() {
             // Names resolve while a policy names domains (E2B allows its resolver likewise).
-            let _ = writeln!(body, "    udp dport 53 accept\n    tcp dport 53 accept");
+            match &e.policy.dns_servers {
+                None => {
+                    let _ = writeln!(body, "    udp dport 53 accept\n    tcp dport 53 accept");
+                }
+                Some(servers) => {
+                    for server in servers {
+                        if let Ok(ip) = server.trim().parse::<std::net::Ipv4Addr>() {
+                            let _ = writeln!(body, "    ip daddr {ip} accept");
+                        }
+                    }
+                }
+            }
             // HTTP and TLS go through the proxy, which judges them by name; connections to
             // the host and to other containers keep their own rules.
             let _ = writeln!(

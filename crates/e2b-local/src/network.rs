@@ -1,0 +1,185 @@
+//! E2B's network options — `network` and `allow_internet_access` on create, `PUT
+//! /sandboxes/{id}/network` — as the backend's [`NetworkPolicy`]. What cannot be honoured is
+//! refused with `400` naming it, never dropped: a dropped rule leaves a sandbox more open than
+//! asked.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use e2b_protocol::api::{NetworkConfig, NetworkUpdate};
+use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+
+use crate::control::{api_error, from_error, parse, Shared};
+
+/// Hidden metadata: the network configuration a sandbox was made with (JSON), reported by
+/// `GET /sandboxes/{id}` until a `PUT .../network` replaces it.
+pub(crate) const NETWORK_KEY: &str = "sbx.e2b.network";
+/// Hidden metadata: `0` when the sandbox was made with `allow_internet_access=false`.
+pub(crate) const INTERNET_KEY: &str = "sbx.e2b.internet";
+
+/// The policy a create asks for: `None` when it asks nothing beyond the defaults. `Err` is
+/// the `400` message.
+pub(crate) fn from_create(
+    network: Option<&NetworkConfig>,
+    internet: Option<bool>,
+) -> Result<Option<NetworkPolicy>, String> {
+    let Some(n) = network else {
+        return Ok(None);
+    };
+    refuse_unsupported(&n.egress_proxy, &n.rules, &n.other)?;
+    if n.allow_public_traffic == Some(false) {
+        return Err(
+            "allowPublicTraffic=false is not available in e2b-local (it serves no sandbox ports, \
+             so none is public)"
+                .into(),
+        );
+    }
+    if n.mask_request_host.as_deref().is_some_and(|m| !m.is_empty()) {
+        return Err("maskRequestHost is not available in e2b-local (it serves no sandbox ports)".into());
+    }
+    let allow = n.allow_out.clone().unwrap_or_default();
+    let mut deny = n.deny_out.clone().unwrap_or_default();
+    if allow.is_empty() && deny.is_empty() {
+        return Ok(None);
+    }
+    // As E2B: no internet keeps the allow list and denies everything else.
+    if internet == Some(false) {
+        deny = vec![ALL_TRAFFIC.to_string()];
+    }
+    let mut policy = NetworkPolicy::new().allow_out(allow).deny_out(deny);
+    policy.dns_servers = n.dns_servers.clone();
+    checked(policy).map(Some)
+}
+
+/// The policy a `PUT .../network` sets: the whole policy, fields left out cleared.
+pub(crate) fn from_update(u: &NetworkUpdate) -> Result<NetworkPolicy, String> {
+    refuse_unsupported(&u.egress_proxy, &u.rules, &u.other)?;
+    let mut deny = u.deny_out.clone().unwrap_or_default();
+    if u.allow_internet_access == Some(false) {
+        deny = vec![ALL_TRAFFIC.to_string()];
+    }
+    let mut policy = NetworkPolicy::new()
+        .allow_out(u.allow_out.clone().unwrap_or_default())
+        .deny_out(deny);
+    policy.dns_servers = u.dns_servers.clone();
+    checked(policy)
+}
+
+fn checked(policy: NetworkPolicy) -> Result<NetworkPolicy, String> {
+    policy.validate().map_err(|e| e.message().to_string())?;
+    Ok(policy)
+}
+
+fn refuse_unsupported(
+    egress_proxy: &Option<serde_json::Value>,
+    rules: &Option<serde_json::Value>,
+    other: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<(), String> {
+    let set = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    if set(egress_proxy) {
+        return Err("network.egressProxy is not available in e2b-local".into());
+    }
+    if set(rules) {
+        return Err("network.rules (request transforms) are not available in e2b-local".into());
+    }
+    if let Some(k) = other.keys().next() {
+        return Err(format!("network.{k} is not known to e2b-local"));
+    }
+    Ok(())
+}
+
+/// `PUT /sandboxes/{id}/network`: replaces the sandbox's egress rules, on open connections too.
+pub(crate) async fn update(
+    AxState(state): AxState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: NetworkUpdate = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let policy = match from_update(&req) {
+        Ok(p) => p,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
+    };
+    let served = match state.served(&id).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == runtime_core::ErrorKind::Conflict => {
+            return api_error(
+                StatusCode::CONFLICT,
+                format!("Sandbox {id} is not running"),
+            )
+        }
+        Err(e) => return from_error(&e, &id),
+    };
+    if let Err(e) = served.sandbox().set_network_policy(policy).await {
+        return match e.kind() {
+            runtime_core::ErrorKind::Unsupported | runtime_core::ErrorKind::InvalidInput => {
+                api_error(StatusCode::BAD_REQUEST, e.message())
+            }
+            _ => from_error(&e, &id),
+        };
+    }
+    let reported = NetworkConfig {
+        allow_out: req.allow_out.clone(),
+        deny_out: req.deny_out.clone(),
+        dns_servers: req.dns_servers.clone(),
+        ..Default::default()
+    };
+    state.set_network(&id, reported).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> NetworkConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn create_maps_lists_and_internet() {
+        assert_eq!(from_create(None, None), Ok(None));
+        assert_eq!(
+            from_create(Some(&config(r#"{"allowPublicTraffic":true}"#)), None),
+            Ok(None)
+        );
+        let p = from_create(
+            Some(&config(r#"{"allowOut":["1.2.3.4"],"denyOut":["10.0.0.0/8"]}"#)),
+            Some(false),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.allow_out, vec!["1.2.3.4"]);
+        assert_eq!(p.deny_out, vec![ALL_TRAFFIC]);
+        let e = from_create(Some(&config(r#"{"allowOut":["example.com"]}"#)), None).unwrap_err();
+        assert!(e.contains("ALL_TRAFFIC"), "{e}");
+        for refused in [
+            r#"{"egressProxy":{"address":"x:1"}}"#,
+            r#"{"rules":{"a.com":[]}}"#,
+            r#"{"allowPublicTraffic":false}"#,
+            r#"{"maskRequestHost":"x"}"#,
+            r#"{"somethingNew":1}"#,
+            r#"{"httpsPorts":[3000]}"#,
+        ] {
+            assert!(from_create(Some(&config(refused)), None).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn update_replaces_the_whole_policy() {
+        let u: NetworkUpdate = serde_json::from_str(r#"{}"#).unwrap();
+        assert!(from_update(&u).unwrap().is_open());
+        let u: NetworkUpdate =
+            serde_json::from_str(r#"{"allowOut":["a.com"],"allow_internet_access":false}"#)
+                .unwrap();
+        let p = from_update(&u).unwrap();
+        assert_eq!(p.deny_out, vec![ALL_TRAFFIC]);
+    }
+}

@@ -1,0 +1,152 @@
+"""The SDK's network options through e2b-local on Docker, performed: `network` on create,
+`update_network` live, `allow_internet_access=False`, and what e2b-local refuses.
+
+The destinations are a network namespace this module makes (root only): two addresses, each
+answering on port 8080 with where it was reached. Sandboxes reach it as they reach the
+internet, routed and masqueraded by the host.
+"""
+
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+from e2b import ALL_TRAFFIC, Sandbox
+from e2b.exceptions import SandboxException
+
+SERVER = r"""
+import asyncio
+async def serve(reader, writer):
+    here = writer.get_extra_info('sockname')
+    try:
+        while await reader.read(4096):
+            writer.write(('reached %s:%d\n' % here[:2]).encode())
+            await writer.drain()
+    except Exception:
+        pass
+    writer.close()
+async def main():
+    s = await asyncio.start_server(serve, '0.0.0.0', 8080)
+    print('ready', flush=True)
+    await s.serve_forever()
+asyncio.run(main())
+"""
+
+PROBE = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], 8080), timeout=3)
+    s.sendall(b'ping\n')
+    got = s.recv(200)
+    print(got.decode().strip() if got else 'blocked: closed')
+except Exception as e:
+    print('blocked:', type(e).__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def internet():
+    if os.geteuid() != 0:
+        if os.environ.get("SBX_REQUIRE_DOCKER") == "1":
+            pytest.fail("the network tests make a network namespace: run them as root")
+        pytest.skip("making a network namespace needs root")
+    n = random.randint(10, 250)
+    tag = "%06x" % random.getrandbits(24)
+    ns, host_if, peer = f"sbxp-{tag}", f"sbxp{tag}h", f"sbxp{tag}n"
+    a, b = f"10.204.{n}.2", f"10.204.{n}.3"
+    subprocess.run(
+        ["sh", "-c",
+         f"ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && "
+         f"ip link set {peer} netns {ns} && ip addr add 10.204.{n}.1/24 dev {host_if} && "
+         f"ip link set {host_if} up && ip netns exec {ns} sh -c 'ip link set lo up && "
+         f"ip addr add {a}/24 dev {peer} && ip addr add {b}/24 dev {peer} && "
+         f"ip link set {peer} up && ip route add default via 10.204.{n}.1'"],
+        check=True,
+    )
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "ready\n"
+        yield a, b
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["ip", "netns", "del", ns])
+        subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL)
+
+
+def probe(sbx, ip):
+    sbx.files.write("/tmp/probe.py", PROBE)
+    return sbx.commands.run(f"python3 /tmp/probe.py {ip}").stdout.strip()
+
+
+def test_create_with_allow_and_deny_lists(server, internet):
+    a, b = internet
+    sbx = Sandbox.create(network={"deny_out": [ALL_TRAFFIC], "allow_out": [a]})
+    try:
+        assert probe(sbx, a) == f"reached {a}:8080"
+        assert probe(sbx, b).startswith("blocked")
+        info = sbx.get_info()
+        assert info.network is not None
+        assert info.network["allow_out"] == [a], info.network
+        assert info.network["deny_out"] == [ALL_TRAFFIC], info.network
+    finally:
+        sbx.kill()
+
+
+def test_update_network_applies_live_and_replaces_whole(server, internet):
+    a, b = internet
+    sbx = Sandbox.create()
+    try:
+        assert probe(sbx, b) == f"reached {b}:8080"
+        sbx.update_network({"deny_out": [f"{b}/32"]})
+        assert probe(sbx, b).startswith("blocked")
+        assert probe(sbx, a) == f"reached {a}:8080"
+        assert sbx.get_info().network["deny_out"] == [f"{b}/32"]
+        # The update replaces every rule: an empty one opens it again.
+        sbx.update_network({})
+        assert probe(sbx, b) == f"reached {b}:8080"
+        # allow_internet_access=False in an update denies all but allow_out.
+        sbx.update_network({"allow_out": [a], "allow_internet_access": False})
+        assert probe(sbx, b).startswith("blocked")
+        assert probe(sbx, a) == f"reached {a}:8080"
+    finally:
+        sbx.kill()
+
+
+def test_no_internet_access_means_no_network(server, internet):
+    a, _ = internet
+    sbx = Sandbox.create(allow_internet_access=False)
+    try:
+        assert probe(sbx, a).startswith("blocked")
+        assert sbx.get_info().allow_internet_access is False
+    finally:
+        sbx.kill()
+
+
+def test_no_internet_access_keeps_the_allow_list(server, internet):
+    a, b = internet
+    sbx = Sandbox.create(allow_internet_access=False, network={"allow_out": [a]})
+    try:
+        assert probe(sbx, a) == f"reached {a}:8080"
+        assert probe(sbx, b).startswith("blocked")
+    finally:
+        sbx.kill()
+
+
+@pytest.mark.parametrize("network, says", [
+    ({"deny_out": ["example.com"]}, "deny_out"),
+    ({"allow_out": ["example.com"]}, "ALL_TRAFFIC"),
+    ({"egress_proxy": {"address": "proxy.example.com:1080"}}, "egressProxy"),
+    ({"allow_public_traffic": False}, "allowPublicTraffic"),
+    ({"https_ports": [3000]}, "httpsPorts"),
+])
+def test_what_cannot_be_honoured_is_refused(server, network, says):
+    before = len(Sandbox.list().next_items())
+    with pytest.raises(SandboxException) as e:
+        Sandbox.create(network=network)
+    assert "400" in str(e.value) and says in str(e.value), str(e.value)
+    time.sleep(0.2)
+    assert len(Sandbox.list().next_items()) == before, "no sandbox is left behind"
