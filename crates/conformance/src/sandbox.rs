@@ -79,7 +79,12 @@ cases!(
     "watch": watch_refuses_missing_and_file_paths if watch,
     "watch": watch_sees_api_writes_as_the_file if watch,
     "metrics": metrics_are_plausible if metrics,
+    "network": network_policy_is_checked_then_set_live if network_policy,
 );
+
+fn network_policy(c: &Capabilities) -> bool {
+    c.network_policy
+}
 
 fn watch(c: &Capabilities) -> bool {
     c.watch
@@ -828,5 +833,48 @@ async fn auto_pause_at_the_deadline_then_connect_resumes(c: Ctx) -> CaseResult {
         running(resumed.as_ref(), "slee[p] 3031").await?,
         "processes kept"
     );
+    Ok(())
+}
+
+/// A policy is checked before anything is made, and a running sandbox takes a new one (and
+/// an open one back) while it keeps serving. What a policy lets through is shown per backend
+/// against destinations the tests make (see the Docker backend's `network` tests and the SDK
+/// tests of e2b-local).
+async fn network_policy_is_checked_then_set_live(c: Ctx) -> CaseResult {
+    use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+    let bad = NetworkPolicy::new().deny_out(["example.com"]);
+    let e = c
+        .create(c.spec().network_policy(bad.clone()))
+        .await
+        .expect_err("a domain in deny_out is refused");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = c
+        .create(
+            c.spec()
+                .network_policy(NetworkPolicy::new().allow_out(["example.com"])),
+        )
+        .await
+        .expect_err("a domain needs ALL_TRAFFIC denied");
+    assert!(e.message().contains("ALL_TRAFFIC"), "{e}");
+    let sb = c
+        .create(
+            c.spec().network_policy(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out(["example.com", "10.0.0.0/8"]),
+            ),
+        )
+        .await?;
+    assert_eq!(sb.exec_shell("echo up").await?.stdout_text(), "up\n");
+    let e = sb
+        .set_network_policy(bad)
+        .await
+        .expect_err("checked live too");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    sb.set_network_policy(NetworkPolicy::new().deny_out(["192.0.2.0/24"]))
+        .await?;
+    sb.set_network_policy(NetworkPolicy::new()).await?;
+    assert_eq!(sb.exec_shell("echo still").await?.stdout_text(), "still\n");
+    sb.kill().await?;
     Ok(())
 }

@@ -225,7 +225,10 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
             .then(|| state.access_token(&info.id)),
         domain: None,
         allow_internet_access: Some(
-            info.metadata.get(crate::network::INTERNET_KEY).map(String::as_str) != Some("0"),
+            info.metadata
+                .get(crate::network::INTERNET_KEY)
+                .map(String::as_str)
+                != Some("0"),
         ),
         network: state.network_of(&info.id).or_else(|| {
             info.metadata
@@ -283,11 +286,11 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if let Some(why) = unsupported_options(&req) {
         return api_error(StatusCode::BAD_REQUEST, why);
     }
-    let policy =
-        match crate::network::from_create(req.network.as_ref(), req.allow_internet_access) {
-            Ok(p) => p,
-            Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
-        };
+    let policy = match crate::network::from_create(req.network.as_ref(), req.allow_internet_access)
+    {
+        Ok(p) => p,
+        Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
+    };
     if policy.is_some() && !state.runtime.capabilities().network_policy {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -329,12 +332,10 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
                 dns_servers: req.network.as_ref().and_then(|n| n.dns_servers.clone()),
                 ..Default::default()
             };
-            spec = spec
-                .network_policy(p)
-                .metadata(
-                    crate::network::NETWORK_KEY,
-                    serde_json::to_string(&sent).expect("json"),
-                );
+            spec = spec.network_policy(p).metadata(
+                crate::network::NETWORK_KEY,
+                serde_json::to_string(&sent).expect("json"),
+            );
         }
         None if req.allow_internet_access == Some(false) => {
             spec = spec.network(runtime_core::NetworkMode::None);

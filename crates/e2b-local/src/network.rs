@@ -35,8 +35,13 @@ pub(crate) fn from_create(
                 .into(),
         );
     }
-    if n.mask_request_host.as_deref().is_some_and(|m| !m.is_empty()) {
-        return Err("maskRequestHost is not available in e2b-local (it serves no sandbox ports)".into());
+    if n.mask_request_host
+        .as_deref()
+        .is_some_and(|m| !m.is_empty())
+    {
+        return Err(
+            "maskRequestHost is not available in e2b-local (it serves no sandbox ports)".into(),
+        );
     }
     let allow = n.allow_out.clone().unwrap_or_default();
     let mut deny = n.deny_out.clone().unwrap_or_default();
@@ -110,10 +115,7 @@ pub(crate) async fn update(
     let served = match state.served(&id).await {
         Ok(s) => s,
         Err(e) if e.kind() == runtime_core::ErrorKind::Conflict => {
-            return api_error(
-                StatusCode::CONFLICT,
-                format!("Sandbox {id} is not running"),
-            )
+            return api_error(StatusCode::CONFLICT, format!("Sandbox {id} is not running"))
         }
         Err(e) => return from_error(&e, &id),
     };
@@ -151,7 +153,9 @@ mod tests {
             Ok(None)
         );
         let p = from_create(
-            Some(&config(r#"{"allowOut":["1.2.3.4"],"denyOut":["10.0.0.0/8"]}"#)),
+            Some(&config(
+                r#"{"allowOut":["1.2.3.4"],"denyOut":["10.0.0.0/8"]}"#,
+            )),
             Some(false),
         )
         .unwrap()
@@ -168,7 +172,10 @@ mod tests {
             r#"{"somethingNew":1}"#,
             r#"{"httpsPorts":[3000]}"#,
         ] {
-            assert!(from_create(Some(&config(refused)), None).is_err(), "{refused}");
+            assert!(
+                from_create(Some(&config(refused)), None).is_err(),
+                "{refused}"
+            );
         }
     }
 

@@ -171,8 +171,14 @@ impl Drop for Internet {
 
 async fn setup(test: &str) -> Option<(DockerRuntime, Internet)> {
     let rt = runtime_conformance::or_skip(DockerRuntime::builder().build().await)?;
+    if !rt.capabilities().network_policy {
+        assert!(
+            std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "{test}: no network guard (it needs SBX_AGENT_BIN)"
+        );
+        return None;
+    }
     let net = Internet::new()?;
-    let _ = test;
     Some((rt, net))
 }
 
@@ -483,4 +489,47 @@ async fn policies_that_cannot_be_held_are_refused_not_dropped() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(e.to_string().contains("network_guard"), "{e}");
+}
+
+#[tokio::test]
+async fn gvisor_sandboxes_are_held_the_same() {
+    let Some((rt, net)) = setup("gvisor").await else {
+        return;
+    };
+    let info = rt.docker().info().await.unwrap();
+    if !info.runtimes.unwrap_or_default().contains_key("runsc") {
+        assert!(
+            std::env::var("SBX_REQUIRE_GVISOR").as_deref() != Ok("1"),
+            "SBX_REQUIRE_GVISOR=1 but the engine has no runsc runtime"
+        );
+        return;
+    }
+    let gvisor = DockerRuntime::builder()
+        .oci_runtime("runsc")
+        .build()
+        .await
+        .unwrap();
+    let sb = gvisor
+        .create(
+            net.spec("gvisor").network_policy(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out([net.a.to_string(), "allowed.test".to_string()]),
+            ),
+        )
+        .await
+        .unwrap();
+    let result = async {
+        let out = probe(&*sb, "tcp", net.a, 8080, "").await;
+        assert!(reached(&out, net.a, 8080), "{out}");
+        let out = probe(&*sb, "tcp", net.b, 8080, "").await;
+        assert!(out.starts_with("blocked"), "{out}");
+        let out = probe(&*sb, "tls", net.b, 443, "allowed.test").await;
+        assert!(reached(&out, net.a, 443), "{out}");
+        let out = probe(&*sb, "tcp", net.link_local, 8080, "").await;
+        assert!(out.starts_with("blocked"), "link-local: {out}");
+    }
+    .await;
+    sb.kill().await.unwrap();
+    result
 }
