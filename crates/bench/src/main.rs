@@ -7,7 +7,10 @@
 //! 5. the E2B backend vs the official Python SDK against the same e2b-local: command round
 //!    trip and 8 MiB file round trip;
 //! 6. under gVisor (when the engine has `runsc`): rows 1 and 2 again, against `docker exec` and
-//!    `docker run --rm --runtime=runsc`.
+//!    `docker run --rm --runtime=runsc`;
+//! 7. the cost of a network policy (as root, which linking the server needs): connection setup
+//!    and a 64 MiB HTTP download from a server container on the engine, with an address allow
+//!    list and with a domain allow list (judged by the guard's proxy), against no policy.
 //!
 //! Prints a Markdown table of ratios (sbx / peer, lower is better for sbx) and writes the raw
 //! figures to `bench-results/latest.json`.
@@ -348,6 +351,175 @@ print(json.dumps({{"cmd": cmd, "file": files}}))
     ))
 }
 
+/// The server of row 7: one-line echo on 8080, and 64 MiB over HTTP on 80.
+const NET_SERVER: &str = r#"
+import asyncio
+BIG = b'\0' * (64 << 20)
+async def echo(r, w):
+    while await r.readline():
+        w.write(b'ok\n'); await w.drain()
+    w.close()
+async def http(r, w):
+    first = await r.readline()
+    while (await r.readline()) not in (b'\r\n', b''):
+        pass
+    w.write(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n' % len(BIG))
+    if not first.startswith(b'HEAD'):
+        w.write(BIG)
+    await w.drain(); w.close()
+async def main():
+    a = await asyncio.start_server(echo, '0.0.0.0', 8080)
+    b = await asyncio.start_server(http, '0.0.0.0', 80)
+    print('ready', flush=True)
+    await asyncio.gather(a.serve_forever(), b.serve_forever())
+asyncio.run(main())
+"#;
+
+/// What a sandbox runs for row 7: `n` connections, each opened and used for one line; prints
+/// the milliseconds of each.
+const NET_CLIENT: &str = r#"
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(n):
+    t = time.monotonic()
+    s = socket.create_connection((host, port), timeout=5)
+    if port == 80:
+        s.sendall(b'HEAD / HTTP/1.1\r\nHost: ' + host.encode() + b'\r\n\r\n')
+    else:
+        s.sendall(b'x\n')
+    s.recv(16)
+    print((time.monotonic() - t) * 1000)
+    s.close()
+"#;
+
+/// Row 7: the cost of a network policy.
+async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<Vec<Row>> {
+    if !docker.capabilities().network_policy {
+        return Err("no network guard (SBX_AGENT_BIN)".into());
+    }
+    let root = std::process::Command::new("id").arg("-u").output()?.stdout == b"0\n";
+    if !root {
+        return Err("linking the server container into the network needs root".into());
+    }
+    eprintln!("7/7 network policy: connection setup and 64 MiB download…");
+    let name = format!("sbx-bench-net-{:06x}", rand_u32() & 0xff_ffff);
+    let server = tokio::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            LABEL,
+            "--name",
+            &name,
+        ])
+        .args([IMAGE, "python3", "-c", NET_SERVER])
+        .output()
+        .await?;
+    if !server.status.success() {
+        return Err(String::from_utf8_lossy(&server.stderr).into());
+    }
+    let host_if = format!("sbxb{:06x}", rand_u32() & 0xff_ffff);
+    let result = async {
+        let pid = String::from_utf8(
+            tokio::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Pid}}", &name])
+                .output()
+                .await?
+                .stdout,
+        )?;
+        let pid = pid.trim();
+        let sh = format!(
+            "ip link add {host_if} type veth peer name {host_if}p && ip link set {host_if}p netns {pid} && \
+             ip addr add 10.205.7.1/24 dev {host_if} && ip link set {host_if} up && \
+             nsenter -t {pid} -n sh -c 'ip addr add 10.205.7.2/24 dev {host_if}p && ip link set {host_if}p up && \
+             ip route add default via 10.205.7.1'"
+        );
+        let out = tokio::process::Command::new("sh").args(["-c", &sh]).output().await?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ip: std::net::IpAddr = "10.205.7.2".parse()?;
+        let cidr = runtime_core::NetworkPolicy::new()
+            .deny_out([runtime_core::ALL_TRAFFIC])
+            .allow_out(["10.205.7.2"]);
+        let domain = runtime_core::NetworkPolicy::new()
+            .deny_out([runtime_core::ALL_TRAFFIC])
+            .allow_out(["server.test"]);
+        let mut setup: Vec<Series> = Vec::new();
+        let mut download: Vec<Series> = Vec::new();
+        for (policy, port) in [(None, 80), (Some(cidr), 80), (Some(domain), 80)] {
+            let mut spec = spec().host("server.test", ip);
+            if let Some(p) = policy {
+                spec = spec.network_policy(p);
+            }
+            let sb = docker.create(spec).await?;
+            sb.files().write_str("/tmp/client.py", NET_CLIENT).await?;
+            let out = sb
+                .exec_shell(&format!("python3 /tmp/client.py server.test {port} {conns}"))
+                .await?;
+            let mut s = Series::new();
+            for line in out.stdout_text().lines() {
+                if let Ok(ms) = line.trim().parse::<f64>() {
+                    s.add(Duration::from_secs_f64(ms / 1000.0));
+                }
+            }
+            if s.samples.len() != conns {
+                return Err(format!("connections failed: {out:?}").into());
+            }
+            setup.push(s);
+            let mut d = Series::new();
+            for _ in 0..downloads {
+                let out = sb
+                    .exec_shell(
+                        "curl --noproxy '*' -sS -o /dev/null -w '%{time_total} %{size_download}' http://server.test/",
+                    )
+                    .await?;
+                let text = out.stdout_text();
+                let mut f = text.split_whitespace();
+                let secs: f64 = f.next().and_then(|v| v.parse().ok()).ok_or(format!("curl: {out:?}"))?;
+                let size: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                if size != 64 << 20 {
+                    return Err(format!("download was {size} bytes: {out:?}").into());
+                }
+                d.add(Duration::from_secs_f64(secs));
+            }
+            download.push(d);
+            let _ = sb.kill().await;
+        }
+        let row = |name: &str, ours: &Series, peer: &Series| Row {
+            name: name.into(),
+            ours: ours.clone(),
+            peer_name: "no policy".into(),
+            peer: peer.clone(),
+        };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(vec![
+            row("connection setup + first reply, address allow list", &setup[1], &setup[0]),
+            row("connection setup + first reply, domain allow list (proxy)", &setup[2], &setup[0]),
+            row("64 MiB HTTP download, address allow list", &download[1], &download[0]),
+            row("64 MiB HTTP download, domain allow list (proxy)", &download[2], &download[0]),
+        ])
+    }
+    .await;
+    let _ = docker_cli(&["rm", "-f", &name]).await;
+    let _ = tokio::process::Command::new("ip")
+        .args(["link", "del", &host_if])
+        .output()
+        .await;
+    result
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id()
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -364,6 +536,24 @@ fn main() -> Res<()> {
         })?;
         println!("{v}");
         return Ok(());
+    }
+    if args.first().map(String::as_str) == Some("--network-only") {
+        return rt.block_on(async {
+            let docker = DockerRuntime::builder().build().await?;
+            for r in network(&docker, 50, 3).await? {
+                println!(
+                    "{}: {:.2} ms (p90 {:.2}) vs {} {:.2} ms (p90 {:.2}) ({:.2})",
+                    r.name,
+                    r.ours.median(),
+                    r.ours.p90(),
+                    r.peer_name,
+                    r.peer.median(),
+                    r.peer.p90(),
+                    r.ours.median() / r.peer.median()
+                );
+            }
+            Ok(())
+        });
     }
     if args.first().map(String::as_str) == Some("--files-only") {
         // For tuning the file paths: the 64 MiB rows alone, both paths.
@@ -398,10 +588,10 @@ fn main() -> Res<()> {
         let docker = DockerRuntime::builder().build().await?;
         let exec_path = DockerRuntime::builder().agent_inside(false).build().await?;
         let mut rows = Vec::new();
-        eprintln!("1/6 command round trip ({n} each, both paths)…");
+        eprintln!("1/7 command round trip ({n} each, both paths)…");
         rows.push(round_trip(&docker, n, ", agent").await?);
         rows.push(round_trip(&exec_path, n, ", exec path").await?);
-        eprintln!("2/6 create → command → kill ({} each, both paths)…", n / 5);
+        eprintln!("2/7 create → command → kill ({} each, both paths)…", n / 5);
         rows.push(lifecycle(&docker, (n / 5).max(3), &[], ", agent").await?);
         rows.push(lifecycle(&exec_path, (n / 5).max(3), &[], ", exec path").await?);
         // The warm pool: create takes a ready sandbox (its refill runs in the background).
@@ -410,14 +600,14 @@ fn main() -> Res<()> {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         rows.push(lifecycle(&pooled, (n / 5).max(3), &[], ", warm pool of 2").await?);
         pooled.drain_pool().await;
-        eprintln!("3/6 64 MiB upload and download (both paths)…");
+        eprintln!("3/7 64 MiB upload and download (both paths)…");
         let files_n = if quick { 2 } else { 5 };
         for (rt, under) in [(&docker, ", agent"), (&exec_path, ", exec path")] {
             let (up, down) = files(rt, files_n, under).await?;
             rows.push(up);
             rows.push(down);
         }
-        eprintln!("4/6 50 sandboxes × 20 commands (separate processes, both paths)…");
+        eprintln!("4/7 50 sandboxes × 20 commands (separate processes, both paths)…");
         let exe = std::env::current_exe()?;
         let mut loads = Vec::new();
         for which in ["agent", "exec"] {
@@ -432,12 +622,12 @@ fn main() -> Res<()> {
         }
         match &python {
             Some(p) => {
-                eprintln!("5/6 E2B backend vs the Python SDK through e2b-local…");
+                eprintln!("5/7 E2B backend vs the Python SDK through e2b-local…");
                 let (c, f) = e2b(docker.clone(), p, n).await?;
                 rows.push(c);
                 rows.push(f);
             }
-            None => eprintln!("5/6 skipped: no --python with the e2b SDK"),
+            None => eprintln!("5/7 skipped: no --python with the e2b SDK"),
         }
         let has_runsc = docker
             .docker()
@@ -447,12 +637,16 @@ fn main() -> Res<()> {
             .and_then(|i| i.runtimes)
             .is_some_and(|r| r.contains_key("runsc"));
         if has_runsc {
-            eprintln!("6/6 under gVisor (runsc)…");
+            eprintln!("6/7 under gVisor (runsc)…");
             let gvisor = DockerRuntime::builder().oci_runtime("runsc").build().await?;
             rows.push(round_trip(&gvisor, n, " under gVisor, agent").await?);
             rows.push(lifecycle(&gvisor, (n / 5).max(3), &["--runtime=runsc"], " under gVisor, agent").await?);
         } else {
-            eprintln!("6/6 skipped: the engine has no runsc (cargo xtask docker --gvisor)");
+            eprintln!("6/7 skipped: the engine has no runsc (cargo xtask docker --gvisor)");
+        }
+        match network(&docker, if quick { 20 } else { 100 }, if quick { 2 } else { 5 }).await {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => eprintln!("7/7 skipped: {e}"),
         }
         let machine = format!(
             "{} cores, {} MiB RAM, Docker {}",

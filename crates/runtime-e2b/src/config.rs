@@ -112,6 +112,7 @@ mod tests {
             template: "base".into(),
             request_timeout: Duration::from_secs(60),
             time_to_live: Duration::from_secs(300),
+            network_policy: None,
         }
     }
 

@@ -125,14 +125,14 @@ pub(crate) async fn run(listener: TcpListener, guard: Arc<Guard>) {
         };
         let g = guard.clone();
         let id = guard.live.next.fetch_add(1, Ordering::Relaxed);
-        let task = tokio::spawn(async move {
+        // Detached: each connection ends on its own (or when a new policy aborts it).
+        tokio::spawn(async move {
             let result = handle(stream, peer, &g, id).await;
             g.live.conns.lock().expect("conns").remove(&id);
             if let Err(e) = result {
                 eprintln!("sbx-agent netguard: {peer}: {e}");
             }
         });
-        let _ = task;
     }
 }
 
