@@ -40,7 +40,7 @@ class LocalServer:
         self.extra_args = list(extra_args)
         self.bin = os.environ.get("E2B_LOCAL_BIN", str(ROOT / "target" / "debug" / "e2b-local"))
         self.key = "e2b_" + secrets.token_hex(16)
-        self.api_port, self.envd_port = free_port(), free_port()
+        self.api_port, self.envd_port, self.ports_port = free_port(), free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.envd_url = f"http://127.0.0.1:{self.envd_port}"
         self.log = open(ROOT / "target" / f"e2b-local-pytest-{self.api_port}.log", "w")
@@ -51,6 +51,7 @@ class LocalServer:
         self.proc = subprocess.Popen(
             [self.bin, "--api-addr", f"127.0.0.1:{self.api_port}",
              "--envd-addr", f"127.0.0.1:{self.envd_port}", "--api-key", self.key,
+             "--ports-addr", f"127.0.0.1:{self.ports_port}",
              *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )

@@ -140,7 +140,7 @@ def test_no_internet_access_keeps_the_allow_list(server, internet):
     ({"deny_out": ["example.com"]}, "deny_out"),
     ({"allow_out": ["example.com"]}, "ALL_TRAFFIC"),
     ({"egress_proxy": {"address": "proxy.example.com:1080"}}, "egressProxy"),
-    ({"allow_public_traffic": False}, "allowPublicTraffic"),
+    ({"mask_request_host": "a b"}, "mask request host"),
     ({"https_ports": [3000]}, "httpsPorts"),
 ])
 def test_what_cannot_be_honoured_is_refused(server, network, says):

@@ -84,6 +84,13 @@ enum Cmd {
         /// To: a host path or ID:/path.
         dst: String,
     },
+    /// Replace a running sandbox's network policy (takes effect on open connections too).
+    Network {
+        /// The sandbox id.
+        id: String,
+        #[command(flatten)]
+        policy: Policy,
+    },
     /// Kill sandboxes.
     Kill {
         /// Sandbox ids.
@@ -124,6 +131,48 @@ struct Make {
     /// Environment KEY=VALUE for every command (repeatable).
     #[arg(long = "env", value_parser = parse_pair)]
     env: Vec<(String, String)>,
+    /// Resolve NAME to IP in the sandbox (NAME=IP; repeatable).
+    #[arg(long = "add-host", value_parser = parse_host)]
+    hosts: Vec<(String, std::net::IpAddr)>,
+    #[command(flatten)]
+    policy: Policy,
+}
+
+/// A network policy on the command line (see `runtime_core::NetworkPolicy`).
+#[derive(Debug, clap::Args)]
+struct Policy {
+    /// Always allow this address, CIDR or domain (`*.example.com`; repeatable).
+    #[arg(long = "allow-out")]
+    allow_out: Vec<String>,
+    /// Refuse this address or CIDR unless allowed (`0.0.0.0/0`: everything; repeatable).
+    #[arg(long = "deny-out")]
+    deny_out: Vec<String>,
+    /// Let the sandbox reach the machine that runs it.
+    #[arg(long)]
+    allow_host: bool,
+    /// Let the sandbox reach link-local addresses (169.254.0.0/16).
+    #[arg(long)]
+    allow_link_local: bool,
+}
+
+impl Policy {
+    /// The policy, `None` when no flag was given (the configuration's then applies).
+    fn get(&self) -> Option<runtime_core::NetworkPolicy> {
+        let p = runtime_core::NetworkPolicy::new()
+            .allow_out(self.allow_out.clone())
+            .deny_out(self.deny_out.clone())
+            .allow_host(self.allow_host)
+            .allow_link_local(self.allow_link_local);
+        (p != runtime_core::NetworkPolicy::new()).then_some(p)
+    }
+}
+
+fn parse_host(s: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (k, v) = parse_pair(s)?;
+    let ip = v
+        .parse()
+        .map_err(|_| format!("expected NAME=IP, got {s:?} ({v:?} is not an IP address)"))?;
+    Ok((k, ip))
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -238,6 +287,12 @@ fn spec_of(make: &Make) -> SandboxSpec {
     }
     for (k, v) in &make.env {
         spec = spec.env(k, v);
+    }
+    for (name, ip) in &make.hosts {
+        spec = spec.host(name, *ip);
+    }
+    if let Some(policy) = make.policy.get() {
+        spec = spec.network_policy(policy);
     }
     spec
 }
@@ -390,6 +445,13 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
         }
         Cmd::Cp { src, dst } => {
             cp(runtime.as_ref(), &src, &dst).await?;
+            Ok(0)
+        }
+        Cmd::Network { id, policy } => {
+            let sandbox = runtime.connect(&id).await?;
+            sandbox
+                .set_network_policy(policy.get().unwrap_or_default())
+                .await?;
             Ok(0)
         }
         Cmd::Kill { ids } => {

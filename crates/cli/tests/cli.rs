@@ -452,3 +452,52 @@ fn serve_e2b_answers_and_stops_on_ctrl_c() {
     let no_key = sbx_env(&["serve-e2b"], &[("E2B_API_KEY", "")]);
     assert_eq!(no_key.status.code(), Some(2));
 }
+
+#[test]
+fn network_policy_from_the_command_line_applies_live() {
+    if !docker_here() {
+        return;
+    }
+    let t = tag();
+    let _made = Made(t.clone());
+    let meta = format!("cli-test={t}");
+    // A service on the host: refused to sandboxes by default.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let _ = (&s).write_all(b"host\n");
+        }
+    });
+    let bad = sbx(&["create", "--meta", &meta, "--deny-out", "example.com"]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(
+        text(&bad.stderr).contains("deny_out"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let created = sbx(&["create", "--meta", &meta, "--add-host", "svc.test=10.9.8.7"]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let id = text(&created.stdout).trim().to_string();
+    let hosts = sbx(&["exec", &id, "--", "grep", "svc.test", "/etc/hosts"]);
+    assert!(
+        text(&hosts.stdout).contains("10.9.8.7"),
+        "{}",
+        text(&hosts.stdout)
+    );
+    let probe = format!(
+        "import socket,struct\n\
+         gw = [socket.inet_ntoa(struct.pack('<I', int(l.split()[2], 16))) for l in open('/proc/net/route').readlines()[1:] if l.split()[1] == '00000000'][0]\n\
+         try:\n print(socket.create_connection((gw, {port}), timeout=3).recv(10).decode().strip())\n\
+         except Exception as e:\n print('blocked')"
+    );
+    let reach = || text(&sbx(&["exec", &id, "--", "python3", "-c", &probe]).stdout);
+    assert_eq!(reach(), "blocked\n");
+    let opened = sbx(&["network", &id, "--allow-host"]);
+    assert!(opened.status.success(), "{}", text(&opened.stderr));
+    assert_eq!(reach(), "host\n");
+    let closed = sbx(&["network", &id]);
+    assert!(closed.status.success(), "{}", text(&closed.stderr));
+    assert_eq!(reach(), "blocked\n");
+    assert!(sbx(&["kill", &id]).status.success());
+}

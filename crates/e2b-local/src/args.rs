@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Address of envd (what E2B_SANDBOX_URL points at).
     #[arg(long, default_value = "127.0.0.1:49983")]
     pub envd_addr: SocketAddr,
+    /// Address of the port proxy, which serves `get_host(port)`: `<port>-<id>.localhost:<this
+    /// port>` (E2B_DOMAIN=localhost:<this port>). Default: none (ports are not served).
+    #[arg(long)]
+    pub ports_addr: Option<SocketAddr>,
     /// The API key clients must send. Default: E2B_API_KEY.
     #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -88,7 +92,7 @@ impl ServeArgs {
         })
     }
 
-    /// Binds both addresses and serves `runtime` until `shutdown` completes.
+    /// Binds the addresses and serves `runtime` until `shutdown` completes.
     ///
     /// # Errors
     /// A bad option, an address that cannot be bound or is refused (beyond loopback without
@@ -105,8 +109,16 @@ impl ServeArgs {
         let envd = tokio::net::TcpListener::bind(self.envd_addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", self.envd_addr))?;
+        let ports = match self.ports_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         Server::new(runtime, config)
-            .serve(api, envd, shutdown)
+            .serve_with_ports(api, envd, ports, shutdown)
             .await
             .map_err(|e| e.to_string())
     }

@@ -190,8 +190,12 @@ fn created(state: &State, info: &SandboxInfo) -> SandboxCreated {
         client_id: CLIENT_ID.into(),
         envd_version: ENVD_VERSION.into(),
         envd_access_token: (!state.config.insecure_no_auth).then(|| state.access_token(&info.id)),
-        traffic_access_token: None,
-        domain: None,
+        traffic_access_token: info
+            .metadata
+            .get(crate::ports::PRIVATE_KEY)
+            .is_some_and(|v| v == "1")
+            .then(|| state.traffic_token(&info.id)),
+        domain: state.ports_domain(),
     }
 }
 
@@ -223,7 +227,7 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
         metadata: Some(visible(&info.metadata)),
         envd_access_token: (with_token && !state.config.insecure_no_auth)
             .then(|| state.access_token(&info.id)),
-        domain: None,
+        domain: state.ports_domain(),
         allow_internet_access: Some(
             info.metadata
                 .get(crate::network::INTERNET_KEY)
@@ -286,11 +290,11 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if let Some(why) = unsupported_options(&req) {
         return api_error(StatusCode::BAD_REQUEST, why);
     }
-    let policy = match crate::network::from_create(req.network.as_ref(), req.allow_internet_access)
-    {
-        Ok(p) => p,
+    let asked = match crate::network::from_create(req.network.as_ref(), req.allow_internet_access) {
+        Ok(a) => a,
         Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
     };
+    let policy = asked.policy.clone();
     if policy.is_some() && !state.runtime.capabilities().network_policy {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -323,6 +327,12 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     );
     if req.allow_internet_access == Some(false) {
         spec = spec.metadata(crate::network::INTERNET_KEY, "0");
+    }
+    if asked.private_ports {
+        spec = spec.metadata(crate::ports::PRIVATE_KEY, "1");
+    }
+    if let Some(mask) = &asked.mask {
+        spec = spec.metadata(crate::ports::MASK_KEY, mask);
     }
     match policy {
         Some(p) => {

@@ -24,6 +24,7 @@ mod control;
 mod hosts;
 mod listen;
 mod network;
+mod ports;
 mod resolve;
 mod state;
 
@@ -97,8 +98,40 @@ impl Server {
         envd: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        self.check_binds(&[api.local_addr()?, envd.local_addr()?])?;
+        self.serve_with_ports(api, envd, None, shutdown).await
+    }
+
+    /// As [`serve`](Self::serve), and with `ports` the port proxy: what the SDK's
+    /// `get_host(port)` names, `<port>-<id>.localhost:<its port>`, joined to that port in the
+    /// sandbox (sandboxes made with `allowPublicTraffic=false` need their traffic access
+    /// token in `e2b-traffic-access-token`).
+    pub async fn serve_with_ports(
+        self,
+        api: TcpListener,
+        envd: TcpListener,
+        ports: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut addrs = vec![api.local_addr()?, envd.local_addr()?];
+        if let Some(p) = &ports {
+            addrs.push(p.local_addr()?);
+        }
+        self.check_binds(&addrs)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let ports_task = match ports {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let domain = format!("localhost:{}", addr.port());
+                info!("e2b-local serving sandbox ports on {addr}: E2B_DOMAIN={domain}");
+                self.state.set_ports_domain(domain);
+                Some(tokio::spawn(ports::serve(
+                    listener,
+                    self.state.clone(),
+                    rx.clone(),
+                )))
+            }
+            None => None,
+        };
         info!(
             "e2b-local listening: E2B_API_URL=http://{} E2B_SANDBOX_URL=http://{}",
             api.local_addr()?,
@@ -127,6 +160,9 @@ impl Server {
         let _ = tx.send(true);
         let _ = api_task.await;
         let _ = envd_task.await;
+        if let Some(t) = ports_task {
+            let _ = t.await;
+        }
         self.state.shutdown().await;
         Ok(())
     }

@@ -18,35 +18,42 @@ pub(crate) const NETWORK_KEY: &str = "sbx.e2b.network";
 /// Hidden metadata: `0` when the sandbox was made with `allow_internet_access=false`.
 pub(crate) const INTERNET_KEY: &str = "sbx.e2b.internet";
 
-/// The policy a create asks for: `None` when it asks nothing beyond the defaults. `Err` is
-/// the `400` message.
+/// What a create's `network` asks for.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Asked {
+    /// The egress policy; `None` when it asks nothing beyond the defaults.
+    pub(crate) policy: Option<NetworkPolicy>,
+    /// `allowPublicTraffic=false`: the ports need the traffic access token.
+    pub(crate) private_ports: bool,
+    /// `maskRequestHost`.
+    pub(crate) mask: Option<String>,
+}
+
+/// What a create asks for. `Err` is the `400` message.
 pub(crate) fn from_create(
     network: Option<&NetworkConfig>,
     internet: Option<bool>,
-) -> Result<Option<NetworkPolicy>, String> {
+) -> Result<Asked, String> {
     let Some(n) = network else {
-        return Ok(None);
+        return Ok(Asked::default());
     };
     refuse_unsupported(&n.egress_proxy, &n.rules, &n.other)?;
-    if n.allow_public_traffic == Some(false) {
-        return Err(
-            "allowPublicTraffic=false is not available in e2b-local (it serves no sandbox ports, \
-             so none is public)"
-                .into(),
-        );
+    let mask = n.mask_request_host.clone().filter(|m| !m.is_empty());
+    if let Some(m) = &mask {
+        let bad = |c: char| matches!(c, '/' | ' ' | '\r' | '\n' | '@' | '?' | '#');
+        if !m.is_ascii() || m.contains(bad) {
+            return Err(format!("mask request host is not valid: {m}"));
+        }
     }
-    if n.mask_request_host
-        .as_deref()
-        .is_some_and(|m| !m.is_empty())
-    {
-        return Err(
-            "maskRequestHost is not available in e2b-local (it serves no sandbox ports)".into(),
-        );
-    }
+    let asked = Asked {
+        policy: None,
+        private_ports: n.allow_public_traffic == Some(false),
+        mask,
+    };
     let allow = n.allow_out.clone().unwrap_or_default();
     let mut deny = n.deny_out.clone().unwrap_or_default();
     if allow.is_empty() && deny.is_empty() {
-        return Ok(None);
+        return Ok(asked);
     }
     // As E2B: no internet keeps the allow list and denies everything else.
     if internet == Some(false) {
@@ -54,7 +61,10 @@ pub(crate) fn from_create(
     }
     let mut policy = NetworkPolicy::new().allow_out(allow).deny_out(deny);
     policy.dns_servers = n.dns_servers.clone();
-    checked(policy).map(Some)
+    Ok(Asked {
+        policy: Some(checked(policy)?),
+        ..asked
+    })
 }
 
 /// The policy a `PUT .../network` sets: the whole policy, fields left out cleared.
@@ -147,11 +157,20 @@ mod tests {
 
     #[test]
     fn create_maps_lists_and_internet() {
-        assert_eq!(from_create(None, None), Ok(None));
+        assert_eq!(from_create(None, None), Ok(Asked::default()));
         assert_eq!(
             from_create(Some(&config(r#"{"allowPublicTraffic":true}"#)), None),
-            Ok(None)
+            Ok(Asked::default())
         );
+        let private = from_create(
+            Some(&config(
+                r#"{"allowPublicTraffic":false,"maskRequestHost":"app.test:${PORT}"}"#,
+            )),
+            None,
+        )
+        .unwrap();
+        assert!(private.private_ports);
+        assert_eq!(private.mask.as_deref(), Some("app.test:${PORT}"));
         let p = from_create(
             Some(&config(
                 r#"{"allowOut":["1.2.3.4"],"denyOut":["10.0.0.0/8"]}"#,
@@ -159,6 +178,7 @@ mod tests {
             Some(false),
         )
         .unwrap()
+        .policy
         .unwrap();
         assert_eq!(p.allow_out, vec!["1.2.3.4"]);
         assert_eq!(p.deny_out, vec![ALL_TRAFFIC]);
@@ -167,8 +187,7 @@ mod tests {
         for refused in [
             r#"{"egressProxy":{"address":"x:1"}}"#,
             r#"{"rules":{"a.com":[]}}"#,
-            r#"{"allowPublicTraffic":false}"#,
-            r#"{"maskRequestHost":"x"}"#,
+            r#"{"maskRequestHost":"a b"}"#,
             r#"{"somethingNew":1}"#,
             r#"{"httpsPorts":[3000]}"#,
         ] {

@@ -136,6 +136,8 @@ pub(crate) struct State {
     /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
     /// the one kept at create).
     networks: std::sync::Mutex<HashMap<String, e2b_protocol::api::NetworkConfig>>,
+    /// The port proxy's domain, once it listens.
+    ports_domain: std::sync::OnceLock<String>,
 }
 
 impl State {
@@ -160,6 +162,7 @@ impl State {
             creates: Mutex::new((config.limits.creates_per_minute as f64, Instant::now())),
             creating: Mutex::new(0),
             networks: std::sync::Mutex::new(HashMap::new()),
+            ports_domain: std::sync::OnceLock::new(),
             config,
         }
     }
@@ -234,6 +237,22 @@ impl State {
     }
 
     /// The envd access token of a sandbox.
+    /// The token a sandbox's ports need when it was made with `allowPublicTraffic=false`.
+    pub(crate) fn traffic_token(&self, sandbox_id: &str) -> String {
+        e2b_protocol::derive_token(&self.secret, sandbox_id, "traffic")
+    }
+
+    /// The domain sandboxes' ports are served under (`localhost:<port>`), when the port
+    /// proxy listens.
+    pub(crate) fn ports_domain(&self) -> Option<String> {
+        self.ports_domain.get().cloned()
+    }
+
+    /// Sets the port proxy's domain (once, when it starts listening).
+    pub(crate) fn set_ports_domain(&self, domain: String) {
+        let _ = self.ports_domain.set(domain);
+    }
+
     pub(crate) fn access_token(&self, sandbox_id: &str) -> String {
         e2b_protocol::derive_token(&self.secret, sandbox_id, "envd")
     }

@@ -681,37 +681,62 @@ async fn uploads_are_atomic_and_run_as_the_user() {
 }
 
 /// A network policy the server cannot enforce is refused, never dropped: a sandbox made
-/// without it would be more open than its creator asked.
+/// without it would be more open than its creator asked. Over a backend without the network
+/// guard, allow and deny lists are refused too (with it, they are enforced: see
+/// tests/e2b-sdk/test_network.py and runtime-docker's network tests).
 #[tokio::test]
 async fn unenforced_network_options_are_refused() {
     let Some(docker) = docker().await else { return };
+    let unguarded = Arc::new(
+        DockerRuntime::builder()
+            .network_guard(false)
+            .build()
+            .await
+            .unwrap(),
+    );
     let docker = Arc::new(docker);
-    let server = serve(docker.clone(), keyed("e2b_security_network")).await;
     let http = reqwest::Client::new();
-    let before = sandbox_ids(&docker, &server.key).await.len();
-    for body in [
+    let lists = [
         json!({"templateID": "base", "network": {"denyOut": ["0.0.0.0/0"]}}),
         json!({"templateID": "base", "network": {"allowOut": ["example.com"], "denyOut": ["0.0.0.0/0"]}}),
-        json!({"templateID": "base", "network": {"allowPublicTraffic": false}}),
-        json!({"templateID": "base", "network": {"maskRequestHost": "localhost:${PORT}"}}),
+    ];
+    let never = [
+        json!({"templateID": "base", "network": {"maskRequestHost": "not a host"}}),
+        json!({"templateID": "base", "network": {"httpsPorts": [3000]}}),
+        json!({"templateID": "base", "network": {"egressProxy": {"address": "p:1080"}}}),
+        json!({"templateID": "base", "network": {"denyOut": ["example.com"]}}),
+        json!({"templateID": "base", "network": {"allowOut": ["example.com"]}}),
         json!({"templateID": "base", "autoResume": {"enabled": true}}),
         json!({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]}),
+    ];
+    let unguarded_server = serve(unguarded.clone(), keyed("e2b_security_network_off")).await;
+    let server = serve(docker.clone(), keyed("e2b_security_network")).await;
+    for (srv, bodies) in [
+        (
+            &unguarded_server,
+            lists.iter().chain(never.iter()).collect::<Vec<_>>(),
+        ),
+        (&server, never.iter().collect()),
     ] {
-        let r = http
-            .post(format!("http://{}/v2/sandboxes", server.api))
-            .header("x-api-key", &server.key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
+        let before = sandbox_ids(&docker, &srv.key).await.len();
+        for body in bodies {
+            let r = http
+                .post(format!("http://{}/v2/sandboxes", srv.api))
+                .header("x-api-key", &srv.key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{}: {body}", srv.key);
+        }
+        assert_eq!(
+            sandbox_ids(&docker, &srv.key).await.len(),
+            before,
+            "a sandbox was made"
+        );
     }
-    assert_eq!(
-        sandbox_ids(&docker, &server.key).await.len(),
-        before,
-        "a sandbox was made"
-    );
+    unguarded_server.stop().await;
     // What every sandbox here has anyway is accepted.
     let id = create(&http, &server, json!({})).await;
     let r = http

@@ -161,7 +161,8 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         .with_operation("set_network_policy"))
     }
     /// An address (`host:port`) at which `port` inside the sandbox is reachable from where the
-    /// runtime runs. The port must have been asked for in [`SandboxSpec::ports`] on backends that
-    /// publish ports explicitly.
+    /// runtime runs. On backends that publish ports explicitly, a port asked for in
+    /// [`SandboxSpec::ports`] always is; Docker also answers with the sandbox's own address
+    /// for other ports when the engine runs on this machine.
     async fn host(&self, port: u16) -> Result<String>;
 }

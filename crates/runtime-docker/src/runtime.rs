@@ -157,6 +157,8 @@ pub(crate) struct Settings {
     pub(crate) netguard: Option<Arc<crate::netguard::NetGuard>>,
     /// The policy of sandboxes whose spec sets none.
     pub(crate) network_policy: Option<runtime_core::NetworkPolicy>,
+    /// Whether the engine runs on this machine (a Unix socket): its bridges are routable here.
+    pub(crate) local_engine: bool,
 }
 
 /// Sandboxes as containers on a Docker engine.
@@ -501,6 +503,7 @@ impl DockerRuntimeBuilder {
                 pool,
                 netguard,
                 network_policy: self.network_policy,
+                local_engine: host.starts_with("unix://"),
             }),
         })
     }

@@ -439,27 +439,41 @@ impl Sandbox for DockerSandbox {
         {
             return Ok(format!("127.0.0.1:{port}"));
         }
-        let binding = inspect
-            .network_settings
-            .and_then(|n| n.ports)
+        let settings = inspect.network_settings.unwrap_or_default();
+        let binding = settings
+            .ports
+            .as_ref()
             .and_then(|p| p.get(&format!("{port}/tcp")).cloned().flatten())
             .and_then(|b| b.into_iter().next());
-        match binding {
-            Some(b) => {
-                let ip = match b.host_ip.as_deref() {
-                    None | Some("") | Some("0.0.0.0") => "127.0.0.1".to_string(),
-                    Some("::") => "[::1]".to_string(),
-                    Some(ip) => ip.to_string(),
-                };
-                Ok(format!("{ip}:{}", b.host_port.unwrap_or_default()))
-            }
-            None => Err(err(
-                ErrorKind::InvalidInput,
-                "host",
-                format!("port {port} is not published; ask for it with SandboxSpec::port({port}) at create"),
-            )
-            .with_context("sandbox_id", &self.id)),
+        if let Some(b) = binding {
+            let ip = match b.host_ip.as_deref() {
+                None | Some("") | Some("0.0.0.0") => "127.0.0.1".to_string(),
+                Some("::") => "[::1]".to_string(),
+                Some(ip) => ip.to_string(),
+            };
+            return Ok(format!("{ip}:{}", b.host_port.unwrap_or_default()));
         }
+        // Not published: where the engine runs on this machine, the sandbox's own address on
+        // its network answers (this machine routes to its bridges).
+        if self.runtime.settings.local_engine {
+            let own = settings
+                .networks
+                .iter()
+                .flat_map(|n| n.values())
+                .find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty()));
+            if let Some(ip) = own {
+                return Ok(format!("{ip}:{port}"));
+            }
+        }
+        Err(err(
+            ErrorKind::InvalidInput,
+            "host",
+            format!(
+                "port {port} is not published and the engine is not on this machine; ask for \
+                 it with SandboxSpec::port({port}) at create"
+            ),
+        )
+        .with_context("sandbox_id", &self.id))
     }
 }
 
