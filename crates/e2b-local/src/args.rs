@@ -18,8 +18,9 @@ pub struct ServeArgs {
     /// Address of envd (what E2B_SANDBOX_URL points at).
     #[arg(long, default_value = "127.0.0.1:49983")]
     pub envd_addr: SocketAddr,
-    /// Address of the port proxy, which serves `get_host(port)`: `<port>-<id>.localhost:<this
-    /// port>` (E2B_DOMAIN=localhost:<this port>). Default: none (ports are not served).
+    /// Address of the port proxy, which serves `get_host(port)`: `<port>-<id>.localhost:<P>`
+    /// where P is this address's port (`E2B_DOMAIN=localhost:<P>`). Default: none (ports are
+    /// not served).
     #[arg(long)]
     pub ports_addr: Option<SocketAddr>,
     /// The API key clients must send. Default: E2B_API_KEY.

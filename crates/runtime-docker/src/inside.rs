@@ -162,6 +162,11 @@ impl Inside {
         Ok(())
     }
 
+    /// The volume's name (`<prefix>-agent-<digest of the binary>`).
+    pub(crate) fn volume(&self) -> &str {
+        &self.volume
+    }
+
     /// The read-only mount of the binary's volume.
     pub(crate) fn mount(&self) -> DockerMount {
         DockerMount {

@@ -227,6 +227,26 @@ impl NetGuard {
 
     async fn ensure(&self) -> Result<()> {
         self.inside.ensure().await?;
+        // A guard running another build of the agent is replaced: it reloads the same state.
+        if let Ok(c) = self.docker.inspect_container(&self.name, None).await {
+            let runs = c
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut l| l.remove(&format!("{}.netguard", self.prefix)));
+            if runs.as_deref() != Some(self.inside.volume()) {
+                info!(guard = %self.name, "replacing a network guard of another agent build");
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &self.name,
+                        Some(bollard::container::RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        }
         keep_running(&self.docker, &self.name, "the network guard", || {
             self.make()
         })
@@ -247,7 +267,10 @@ impl NetGuard {
             ));
         }
         let mut labels = HashMap::new();
-        labels.insert(format!("{}.netguard", self.prefix), "1".to_string());
+        labels.insert(
+            format!("{}.netguard", self.prefix),
+            self.inside.volume().to_string(),
+        );
         let config = Config {
             image: Some(self.image.clone()),
             entrypoint: Some(vec![

@@ -533,3 +533,48 @@ async fn gvisor_sandboxes_are_held_the_same() {
     sb.kill().await.unwrap();
     result
 }
+
+/// Sandboxes registered at the same moment by separate processes (each its own channel to
+/// the guard) are all held: no registration drops another's.
+#[tokio::test]
+async fn sandboxes_made_at_once_are_all_held() {
+    let Some((_rt, net)) = setup("at-once").await else {
+        return;
+    };
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = host.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = host.accept().await {
+            let _ = s.write_all(b"reached the host\n").await;
+        }
+    });
+    let made = futures_util::future::join_all((0..6).map(|_| {
+        let spec = net.spec("at-once");
+        async move {
+            let rt = DockerRuntime::builder().build().await.unwrap();
+            rt.create(spec).await.unwrap()
+        }
+    }))
+    .await;
+    for sb in &made {
+        let gateway = sb
+            .exec(CommandSpec::program(
+                "python3",
+                [
+                    "-c",
+                    "import socket,struct\nfor l in open('/proc/net/route').readlines()[1:]:\n f=l.split()\n if f[1]=='00000000': print(socket.inet_ntoa(struct.pack('<I', int(f[2], 16))))",
+                ],
+            ))
+            .await
+            .unwrap()
+            .stdout_text()
+            .trim()
+            .to_string();
+        let out = probe(&**sb, "tcp", &gateway, port, "").await;
+        assert!(out.starts_with("blocked"), "{}: {out}", sb.id());
+    }
+    for sb in made {
+        sb.kill().await.unwrap();
+    }
+}

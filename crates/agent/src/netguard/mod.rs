@@ -121,6 +121,9 @@ pub(crate) struct Guard {
     pub(crate) engine_subnets: Mutex<Vec<runtime_core::Cidr>>,
     /// When an entry was last present.
     busy: Mutex<Instant>,
+    /// Held by each change from reading the entries to applying them, so that two changes
+    /// at once cannot drop each other's entry.
+    writing: Mutex<()>,
 }
 
 impl Guard {
@@ -149,6 +152,7 @@ impl Guard {
             .policy
             .validate()
             .map_err(|e| e.message().to_string())?;
+        let _writing = self.writing.lock().expect("writing");
         let mut next = self.entries.lock().expect("entries").clone();
         // An address belongs to one sandbox: a gone sandbox's entry must not judge a new one.
         next.retain(|id, e| id == &entry.id || !(e.ip == entry.ip && e.bridge == entry.bridge));
@@ -160,6 +164,7 @@ impl Guard {
     }
 
     fn clear(&self, id: &str) -> Result<(), String> {
+        let _writing = self.writing.lock().expect("writing");
         let mut next = self.entries.lock().expect("entries").clone();
         let Some(gone) = next.remove(id) else {
             return Ok(());
@@ -209,6 +214,7 @@ async fn serve(o: &Options) -> Result<(), String> {
         live: proxy::Live::default(),
         engine_subnets: Mutex::new(Vec::new()),
         busy: Mutex::new(Instant::now()),
+        writing: Mutex::new(()),
     });
     guard.commit(read_entries(&o.state))?;
     eprintln!(
@@ -244,6 +250,11 @@ async fn serve(o: &Options) -> Result<(), String> {
         let idle = guard.entries.lock().expect("entries").is_empty()
             && guard.busy.lock().expect("busy").elapsed() >= o.idle_exit;
         if idle {
+            // Under the write lock, and looked at again: a change may have just landed.
+            let _writing = guard.writing.lock().expect("writing");
+            if !guard.entries.lock().expect("entries").is_empty() {
+                continue;
+            }
             eprintln!("sbx-agent netguard: no sandbox left; removing my rules and myself");
             let _ = guard.commit(BTreeMap::new());
             let path = format!("/containers/{}?force=1", encode(&o.name));
