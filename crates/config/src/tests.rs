@@ -484,3 +484,51 @@ fn config_errors_carry_key_and_source_as_context() {
         "{ctx:?}"
     );
 }
+
+#[test]
+fn sandbox_network_section_is_a_policy_and_typos_are_errors() {
+    let f = toml_file(
+        "[sandbox.network]\ndeny_out = [\"0.0.0.0/0\"]\nallow_out = [\"pypi.org\", \"10.1.0.0/16\"]\nallow_host = true\n\n[docker]\nnetwork_guard = false\n",
+    );
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap();
+    let p = c.sandbox.network.clone().expect("a policy");
+    assert_eq!(p.deny_out, vec![runtime_core::ALL_TRAFFIC]);
+    assert_eq!(p.allow_out, vec!["pypi.org", "10.1.0.0/16"]);
+    assert!(p.allow_host && !p.allow_link_local);
+    assert!(!c.docker.network_guard);
+    assert!(
+        env(&[]).load().unwrap().docker.network_guard,
+        "on by default"
+    );
+    let f = toml_file("[sandbox.network]\nallow_outt = [\"x.com\"]\n");
+    let e = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap_err();
+    assert!(e.to_string().contains("allow_outt"), "{e}");
+}
+
+#[cfg(feature = "docker")]
+#[tokio::test]
+async fn a_bad_network_policy_in_config_names_the_section() {
+    let f = toml_file("[sandbox.network]\ndeny_out = [\"example.com\"]\n");
+    let c = Config::builder()
+        .file(f.path())
+        .env_vars(Vec::<(String, String)>::new())
+        .load()
+        .unwrap();
+    match c.docker().await {
+        // No engine here: nothing to check past connecting.
+        Err(e) if e.kind() == runtime_core::ErrorKind::Unavailable => {}
+        Err(e) => {
+            assert_eq!(e.kind(), runtime_core::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("[sandbox.network]"), "{e}");
+        }
+        Ok(_) => panic!("a domain in deny_out was accepted"),
+    }
+}

@@ -20,6 +20,8 @@ use super::{Entry, Guard};
 const PEEK_FOR: Duration = Duration::from_secs(10);
 /// How long joining the destination may take.
 const CONNECT_FOR: Duration = Duration::from_secs(10);
+/// Each direction's copy buffer.
+const COPY_BUF: usize = 256 << 10;
 /// The most bytes read before a name must be known.
 const PEEK_MAX: usize = 64 << 10;
 
@@ -203,7 +205,15 @@ async fn handle(
     outbound.write_all(&buf).await.map_err(|e| e.to_string())?;
     // Register before joining, so a policy change from now on closes it.
     let joined = tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        // Large buffers: with tokio's 8 KiB ones a 64 MiB download took 1.56 times as long
+        // as without the proxy (the README's benchmark has the figure now).
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut inbound,
+            &mut outbound,
+            COPY_BUF,
+            COPY_BUF,
+        )
+        .await;
     });
     guard.live.conns.lock().expect("conns").insert(
         id,
