@@ -22,18 +22,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::docker::{encode, Engine};
 
-/// The keeper's settings, from its command line.
+/// The settings of a helper beside sandboxes (the keeper, the network guard), from its
+/// command line.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
-    socket: PathBuf,
-    prefix: String,
-    state: PathBuf,
-    name: String,
-    idle_exit: Duration,
+    pub(crate) socket: PathBuf,
+    pub(crate) prefix: String,
+    pub(crate) state: PathBuf,
+    pub(crate) name: String,
+    pub(crate) idle_exit: Duration,
 }
 
 impl Options {
-    pub(crate) fn parse(args: &[String]) -> Result<Self, String> {
+    /// Parses the flags; the container name defaults to `<prefix>-<role>`.
+    pub(crate) fn parse(args: &[String], role: &str) -> Result<Self, String> {
         let mut o = Options {
             socket: "/var/run/docker.sock".into(),
             prefix: "sbx".into(),
@@ -64,7 +66,7 @@ impl Options {
             }
         }
         if o.name.is_empty() {
-            o.name = format!("{}-keeper", o.prefix);
+            o.name = format!("{}-{role}", o.prefix);
         }
         Ok(o)
     }
@@ -247,11 +249,11 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let o = Options::parse(&args).unwrap();
+        let o = Options::parse(&args, "keeper").unwrap();
         assert_eq!(o.name, "t-keeper");
         assert_eq!(o.idle_exit, Duration::from_secs(5));
-        assert!(Options::parse(&["--bogus".to_string()]).is_err());
-        assert!(Options::parse(&["--idle-exit".to_string(), "x".to_string()]).is_err());
+        assert!(Options::parse(&["--bogus".to_string()], "keeper").is_err());
+        assert!(Options::parse(&["--idle-exit".to_string(), "x".to_string()], "keeper").is_err());
     }
 
     #[test]

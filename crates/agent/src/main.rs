@@ -40,14 +40,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some("keeper") => match keeper::Options::parse(&args[1..]) {
+        Some("keeper") => match keeper::Options::parse(&args[1..], "keeper") {
             Ok(options) => keeper::run(&options),
             Err(e) => {
                 eprintln!("sbx-agent keeper: {e}");
                 ExitCode::from(2)
             }
         },
-        Some("netguard") => match netguard::Options::parse(&args[1..]) {
+        Some("netguard") => match netguard::Options::parse(&args[1..], "netguard") {
             Ok(options) => netguard::run(&options),
             Err(e) => {
                 eprintln!("sbx-agent netguard: {e}");

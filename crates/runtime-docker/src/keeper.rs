@@ -97,6 +97,30 @@ where
     ))
 }
 
+/// Makes helper container `name` from `config`; another process making it at the same time
+/// is fine (a name conflict).
+pub(crate) async fn create_helper(
+    docker: &Docker,
+    name: &str,
+    config: Config<String>,
+    what: &str,
+) -> Result<()> {
+    let options = CreateContainerOptions {
+        name: name.to_string(),
+        platform: None,
+    };
+    match docker.create_container(Some(options), config).await {
+        Ok(_) => {
+            info!(container = %name, "made {what}");
+            Ok(())
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
+        Err(e) => Err(map(e, "keeper", name)),
+    }
+}
+
 /// One attached exec of a helper's line protocol: a request line in, an answer line out.
 pub(crate) struct Channel {
     input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
@@ -251,26 +275,7 @@ impl Keeper {
             }),
             ..Default::default()
         };
-        match self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: self.name.clone(),
-                    platform: None,
-                }),
-                config,
-            )
-            .await
-        {
-            Ok(_) => {
-                info!(keeper = %self.name, image = %self.image, "made the deadline keeper");
-                Ok(())
-            }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(map(e, "keeper", "keeper")),
-        }
+        create_helper(&self.docker, &self.name, config, "the deadline keeper").await
     }
 
     /// `docker import` of a root file system holding the binary and an empty `/state`.

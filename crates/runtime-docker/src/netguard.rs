@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use bollard::container::{Config, CreateContainerOptions};
+use bollard::container::Config;
 use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::Docker;
 use runtime_core::{ErrorKind, NetworkPolicy, Result};
@@ -27,7 +27,7 @@ use tracing::{debug, info};
 
 use crate::error::{err, map};
 use crate::inside::{Inside, BIN};
-use crate::keeper::{keep_running, Channel};
+use crate::keeper::{create_helper, keep_running, Channel};
 
 /// The guard's control socket, inside its container.
 const CONTROL: &str = "/run/sbx-netguard.sock";
@@ -303,25 +303,6 @@ impl NetGuard {
             }),
             ..Default::default()
         };
-        match self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: self.name.clone(),
-                    platform: None,
-                }),
-                config,
-            )
-            .await
-        {
-            Ok(_) => {
-                info!(guard = %self.name, image = %self.image, "made the network guard");
-                Ok(())
-            }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(map(e, "network policy", "network guard")),
-        }
+        create_helper(&self.docker, &self.name, config, "the network guard").await
     }
 }

@@ -202,6 +202,37 @@ async fn probe(sb: &dyn Sandbox, mode: &str, ip: impl ToString, port: u16, name:
     out.stdout_text().trim().to_string()
 }
 
+/// A service on all of the host's addresses answering `reached the host`; returns its port.
+async fn host_service() -> u16 {
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = host.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = host.accept().await {
+            let _ = s.write_all(b"reached the host\n").await;
+        }
+    });
+    port
+}
+
+/// The sandbox's default gateway (the host, on a bridge), from the kernel's routing table.
+async fn gateway(sb: &dyn Sandbox) -> String {
+    let out = sb
+        .exec(CommandSpec::program(
+            "python3",
+            [
+                "-c",
+                "import socket,struct\nfor l in open('/proc/net/route').readlines()[1:]:\n f=l.split()\n if f[1]=='00000000': print(socket.inet_ntoa(struct.pack('<I', int(f[2], 16))))",
+            ],
+        ))
+        .await
+        .unwrap()
+        .stdout_text();
+    let gw = out.trim().to_string();
+    assert!(!gw.is_empty(), "no default route");
+    gw
+}
+
 fn reached(answer: &str, ip: Ipv4Addr, port: u16) -> bool {
     answer == format!("reached {ip}:{port}")
 }
@@ -211,14 +242,7 @@ async fn by_default_the_host_and_link_local_addresses_are_refused_and_the_rest_i
     let Some((rt, net)) = setup("default").await else {
         return;
     };
-    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = host.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut s, _)) = host.accept().await {
-            let _ = s.write_all(b"reached the host\n").await;
-        }
-    });
+    let port = host_service().await;
     for (policy, open) in [
         (None, false),
         (
@@ -231,21 +255,7 @@ async fn by_default_the_host_and_link_local_addresses_are_refused_and_the_rest_i
             spec = spec.network_policy(p);
         }
         let sb = rt.create(spec).await.unwrap();
-        // The default route's gateway, from the kernel's table (hex, little-endian).
-        let gateway = sb
-            .exec(CommandSpec::program(
-                "python3",
-                [
-                    "-c",
-                    "import socket,struct\nfor l in open('/proc/net/route').readlines()[1:]:\n f=l.split()\n if f[1]=='00000000': print(socket.inet_ntoa(struct.pack('<I', int(f[2], 16))))",
-                ],
-            ))
-            .await
-            .unwrap()
-            .stdout_text()
-            .trim()
-            .to_string();
-        assert!(!gateway.is_empty(), "no default route");
+        let gateway = gateway(&*sb).await;
         let to_host = probe(&*sb, "tcp", &gateway, port, "").await;
         assert_eq!(
             to_host == "reached the host",
@@ -541,14 +551,7 @@ async fn sandboxes_made_at_once_are_all_held() {
     let Some((_rt, net)) = setup("at-once").await else {
         return;
     };
-    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = host.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut s, _)) = host.accept().await {
-            let _ = s.write_all(b"reached the host\n").await;
-        }
-    });
+    let port = host_service().await;
     let made = futures_util::future::join_all((0..6).map(|_| {
         let spec = net.spec("at-once");
         async move {
@@ -558,19 +561,7 @@ async fn sandboxes_made_at_once_are_all_held() {
     }))
     .await;
     for sb in &made {
-        let gateway = sb
-            .exec(CommandSpec::program(
-                "python3",
-                [
-                    "-c",
-                    "import socket,struct\nfor l in open('/proc/net/route').readlines()[1:]:\n f=l.split()\n if f[1]=='00000000': print(socket.inet_ntoa(struct.pack('<I', int(f[2], 16))))",
-                ],
-            ))
-            .await
-            .unwrap()
-            .stdout_text()
-            .trim()
-            .to_string();
+        let gateway = gateway(&**sb).await;
         let out = probe(&**sb, "tcp", &gateway, port, "").await;
         assert!(out.starts_with("blocked"), "{}: {out}", sb.id());
     }

@@ -61,53 +61,7 @@ pub(crate) struct Entry {
     pub(crate) hosts: BTreeMap<String, IpAddr>,
 }
 
-/// The guard's settings, from its command line.
-#[derive(Debug, Clone)]
-pub(crate) struct Options {
-    socket: PathBuf,
-    prefix: String,
-    state: PathBuf,
-    name: String,
-    idle_exit: Duration,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> Result<Self, String> {
-        let mut o = Options {
-            socket: "/var/run/docker.sock".into(),
-            prefix: "sbx".into(),
-            state: "/state".into(),
-            name: String::new(),
-            idle_exit: Duration::from_secs(30),
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "--socket" => o.socket = value()?.into(),
-                "--prefix" => o.prefix = value()?,
-                "--state" => o.state = value()?.into(),
-                "--name" => o.name = value()?,
-                "--idle-exit" => {
-                    let v = value()?;
-                    o.idle_exit = Duration::from_secs(
-                        v.parse()
-                            .map_err(|_| format!("--idle-exit: not a number of seconds: {v}"))?,
-                    );
-                }
-                other => return Err(format!("unknown option {other}")),
-            }
-        }
-        if o.name.is_empty() {
-            o.name = format!("{}-netguard", o.prefix);
-        }
-        Ok(o)
-    }
-}
+pub(crate) use crate::keeper::Options;
 
 /// The guard's state, shared by the control socket, the proxy and the sweep.
 pub(crate) struct Guard {
