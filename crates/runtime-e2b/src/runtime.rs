@@ -292,6 +292,13 @@ impl Runtime for E2bRuntime {
             if !spec.mounts.is_empty() {
                 return Err(err(ErrorKind::Unsupported, "create", "E2B sandboxes cannot mount host paths"));
             }
+            if !spec.hosts.is_empty() {
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    "create",
+                    "E2B sandboxes take no fixed hosts entries (write /etc/hosts inside the sandbox)",
+                ));
+            }
             let r = &spec.resources;
             if r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some() {
                 return Err(err(

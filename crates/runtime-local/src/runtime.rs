@@ -242,6 +242,12 @@ impl LocalSandbox {
         if spec.network.is_some() {
             return Err(unsupported("change the network"));
         }
+        if spec.network_policy.is_some() {
+            return Err(unsupported("hold a sandbox to a network policy"));
+        }
+        if !spec.hosts.is_empty() {
+            return Err(unsupported("add hosts entries"));
+        }
         if spec.auto_pause {
             return Err(unsupported("pause (auto_pause)"));
         }
@@ -390,5 +396,26 @@ impl Sandbox for LocalSandbox {
     async fn host(&self, port: u16) -> Result<String> {
         self.alive("host")?;
         Ok(format!("127.0.0.1:{port}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What this backend cannot hold is refused, never dropped: a network policy or hosts
+    /// entries silently ignored would leave the sandbox more open than asked.
+    #[tokio::test]
+    async fn network_rules_are_refused() {
+        let rt = LocalRuntime::new();
+        for spec in [
+            SandboxSpec::new().network_policy(
+                runtime_core::NetworkPolicy::new().deny_out([runtime_core::ALL_TRAFFIC]),
+            ),
+            SandboxSpec::new().host("x.test", "10.0.0.1".parse().unwrap()),
+        ] {
+            let e = rt.create(spec).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        }
     }
 }
