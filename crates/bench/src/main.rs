@@ -561,6 +561,36 @@ fn main() -> Res<()> {
             Ok(())
         });
     }
+    if args.first().map(String::as_str) == Some("--create-only") {
+        // For tuning create: with and without the network guard.
+        return rt.block_on(async {
+            let guarded = DockerRuntime::builder().build().await?;
+            let unguarded = DockerRuntime::builder()
+                .network_guard(false)
+                .build()
+                .await?;
+            let pooled = DockerRuntime::builder().pool(2).build().await?;
+            let _ = pooled.create(spec()).await?.kill().await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            for (rt, under) in [
+                (&pooled, ", warm pool of 2"),
+                (&guarded, ", agent"),
+                (&unguarded, ", agent, no network guard"),
+            ] {
+                let r = lifecycle(rt, 8, &[], under).await?;
+                println!(
+                    "{}: {:.1} ms vs {} {:.1} ms ({:.2})",
+                    r.name,
+                    r.ours.median(),
+                    r.peer_name,
+                    r.peer.median(),
+                    r.ours.median() / r.peer.median()
+                );
+            }
+            pooled.drain_pool().await;
+            Ok(())
+        });
+    }
     if args.first().map(String::as_str) == Some("--files-only") {
         // For tuning the file paths: the 64 MiB rows alone, both paths.
         return rt.block_on(async {

@@ -84,6 +84,16 @@ impl Pool {
     }
 }
 
+/// One sandbox being made for the pool: counted in `Pool::making` until dropped.
+struct Making(Arc<Pool>);
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        let mut making = self.0.making.lock().unwrap_or_else(|p| p.into_inner());
+        *making = making.saturating_sub(1);
+    }
+}
+
 /// Whether the pool can serve `spec`: nothing that is fixed when a container is made.
 pub(crate) fn serves(spec: &SandboxSpec, default_image: &str) -> bool {
     let r = &spec.resources;
@@ -178,7 +188,10 @@ impl DockerRuntime {
         };
         for _ in 0..missing {
             let (docker, settings) = (self.docker.clone(), Arc::downgrade(&self.settings));
+            let counted = Making(pool.clone());
             tokio::spawn(async move {
+                // However this task ends (made, failed, cancelled), it is no longer making.
+                let _counted = counted;
                 let Some(rt) = upgrade(&docker, &settings) else {
                     return;
                 };

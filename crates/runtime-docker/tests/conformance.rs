@@ -285,6 +285,12 @@ fn main() -> ExitCode {
     );
     let id = run_id.clone();
     suite.add_trial(
+        "docker::pool::refills_after_every_take_and_drains_at_once".into(),
+        false,
+        move || pool_refills(id),
+    );
+    let id = run_id.clone();
+    suite.add_trial(
         "docker::network::sandboxes_cannot_reach_each_other_by_default".into(),
         false,
         move || isolation(id),
@@ -870,6 +876,64 @@ async fn pooled_ids(rt: &DockerRuntime) -> Vec<String> {
         .await
         .map(|l| l.into_iter().filter_map(|c| c.id).collect())
         .unwrap_or_default()
+}
+
+/// The ids of the sandboxes ready in a pool of the busybox image (the shared pooled runtime of
+/// this suite pools the Debian image).
+async fn ready_mini(rt: &DockerRuntime) -> Vec<String> {
+    rt.docker()
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            filters: HashMap::from([
+                ("label".to_string(), vec!["sbx.pool".to_string()]),
+                ("ancestor".to_string(), vec![MINI.to_string()]),
+                ("status".to_string(), vec!["running".to_string()]),
+            ]),
+            ..Default::default()
+        }))
+        .await
+        .map(|l| {
+            l.into_iter()
+                .filter_map(|c| c.labels?.get("sbx.id").cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pool refills after every sandbox taken from it (a refill that never counted itself done
+/// once left the pool empty after its first two), and draining it does not wait for refills
+/// that are over.
+async fn pool_refills(run_id: String) -> runtime_core::Result<()> {
+    let rt = DockerRuntime::builder().image(MINI).pool(1).build().await?;
+    let spec = || SandboxSpec::new().metadata(SUITE_LABEL, &run_id);
+    // The first create starts the pool.
+    rt.create(spec()).await?.kill().await?;
+    for round in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut ready = ready_mini(&rt).await;
+        while ready.is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            ready = ready_mini(&rt).await;
+        }
+        assert!(
+            !ready.is_empty(),
+            "round {round}: the pool was not refilled"
+        );
+        let sb = rt.create(spec()).await?;
+        assert!(
+            ready.iter().any(|id| id == sb.id()),
+            "round {round}: {} was not taken from the pool ({ready:?})",
+            sb.id()
+        );
+        sb.kill().await?;
+    }
+    let began = std::time::Instant::now();
+    rt.drain_pool().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "draining took {:?}",
+        began.elapsed()
+    );
+    Ok(())
 }
 
 /// On the default network (`sbx-isolated`) a sandbox cannot reach another's port; on Docker's

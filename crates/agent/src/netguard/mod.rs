@@ -3,7 +3,7 @@
 //! It runs in a container of its own (made by the Docker backend, `<prefix>-netguard`) on the
 //! host's network with `NET_ADMIN` and nothing else, so code in a sandbox can neither see nor
 //! change it. For every sandbox the backend registers (its bridge, address, MAC and
-//! [`NetworkPolicy`]) it keeps, in one nftables table (`sbx_guard`, see [`rules`]):
+//! [`NetworkPolicy`]) it keeps, in one nftables table (`<prefix>_guard`, see [`rules`]):
 //!
 //! - frames from the sandbox's MAC must carry its address (no sending as another sandbox);
 //! - traffic to the host itself is dropped unless the policy allows the host;
@@ -67,6 +67,8 @@ pub(crate) use crate::keeper::Options;
 pub(crate) struct Guard {
     entries: Mutex<BTreeMap<String, Entry>>,
     state: PathBuf,
+    /// The nftables table of this guard's label prefix.
+    table: String,
     proxy_port: u16,
     /// Connections the proxy holds, to judge again when a policy changes.
     pub(crate) live: proxy::Live,
@@ -93,7 +95,7 @@ impl Guard {
 
     /// Applies the rule set for `entries` and keeps it.
     fn commit(&self, entries: BTreeMap<String, Entry>) -> Result<(), String> {
-        apply(&rules::script(&entries, self.proxy_port))?;
+        apply(&rules::script(&self.table, &entries, self.proxy_port))?;
         *self.entries.lock().expect("entries") = entries;
         if !self.entries.lock().expect("entries").is_empty() {
             *self.busy.lock().expect("busy") = Instant::now();
@@ -153,7 +155,12 @@ pub(crate) fn run(o: &Options) -> ExitCode {
 
 async fn serve(o: &Options) -> Result<(), String> {
     // nft must work here before anything is promised.
-    apply(&rules::script(&BTreeMap::new(), 0)).map_err(|e| {
+    apply(&rules::script(
+        &rules::table(&o.prefix),
+        &BTreeMap::new(),
+        0,
+    ))
+    .map_err(|e| {
         format!("cannot manage nftables ({e}); the guard needs the nft program and NET_ADMIN")
     })?;
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
@@ -164,6 +171,7 @@ async fn serve(o: &Options) -> Result<(), String> {
     let guard = Arc::new(Guard {
         entries: Mutex::new(BTreeMap::new()),
         state: o.state.clone(),
+        table: rules::table(&o.prefix),
         proxy_port,
         live: proxy::Live::default(),
         engine_subnets: Mutex::new(Vec::new()),

@@ -1,4 +1,4 @@
-//! The nftables rule set the guard keeps: one table, `sbx_guard`, rebuilt whole from the
+//! The nftables rule set the guard keeps: one table per label prefix, `<prefix>_guard`, rebuilt whole from the
 //! entries and replaced in one transaction (`nft -f -`), so no packet ever sees half of it.
 
 use std::collections::BTreeMap;
@@ -9,22 +9,29 @@ use runtime_core::Destination;
 
 use super::Entry;
 
-/// The table's name, in the `inet` family (routed traffic) and the `bridge` family (frames on
-/// the sandbox bridges).
-pub(crate) const TABLE: &str = "sbx_guard";
+/// The table of label prefix `prefix`, in the `inet` family (routed traffic) and the `bridge`
+/// family (frames on the sandbox bridges): `<prefix>_guard`, with anything but letters, digits
+/// and `_` spelled `_`, so that backends of two prefixes on one engine keep apart.
+pub(crate) fn table(prefix: &str) -> String {
+    let clean: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{clean}_guard")
+}
 
 /// Link-local IPv4 addresses: where clouds serve instance metadata.
 const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The nft script that replaces the table with rules for `entries`; `proxy_port` is where
+/// The nft script that replaces table `table` with rules for `entries`; `proxy_port` is where
 /// connections that must be judged by name are redirected.
-pub(crate) fn script(entries: &BTreeMap<String, Entry>, proxy_port: u16) -> String {
+pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, proxy_port: u16) -> String {
     let mut s = String::new();
     // Declaring then deleting makes the delete succeed whether or not the table exists.
     for family in ["inet", "bridge"] {
         let _ = writeln!(
             s,
-            "table {family} {TABLE} {{}}\ndelete table {family} {TABLE}"
+            "table {family} {table} {{}}\ndelete table {family} {table}"
         );
     }
     if entries.is_empty() {
@@ -99,7 +106,7 @@ pub(crate) fn script(entries: &BTreeMap<String, Entry>, proxy_port: u16) -> Stri
     }
     let _ = writeln!(
         s,
-        "table inet {TABLE} {{
+        "table inet {table} {{
   chain input {{
     type filter hook input priority -5; policy accept;
     tcp dport {proxy_port} ct status dnat accept
@@ -116,7 +123,7 @@ pub(crate) fn script(entries: &BTreeMap<String, Entry>, proxy_port: u16) -> Stri
     if !bridge.is_empty() {
         let _ = writeln!(
             s,
-            "table bridge {TABLE} {{
+            "table bridge {table} {{
   chain prerouting {{
     type filter hook prerouting priority -5; policy accept;
 {bridge}  }}
@@ -151,8 +158,14 @@ mod tests {
     }
 
     #[test]
+    fn each_prefix_has_its_table() {
+        assert_eq!(table("sbx"), "sbx_guard");
+        assert_eq!(table("my-test.1"), "my_test_1_guard");
+    }
+
+    #[test]
     fn no_entries_removes_the_table() {
-        let s = script(&BTreeMap::new(), 1234);
+        let s = script("sbx_guard", &BTreeMap::new(), 1234);
         assert!(s.contains("delete table inet sbx_guard"));
         assert!(!s.contains("chain"));
     }
@@ -161,7 +174,7 @@ mod tests {
     fn default_policy_blocks_host_and_link_local() {
         let mut m = BTreeMap::new();
         m.insert("abc".into(), entry(NetworkPolicy::new()));
-        let s = script(&m, 1234);
+        let s = script("sbx_guard", &m, 1234);
         assert!(
             s.contains("iifname \"br-123\" ip saddr 172.20.0.5 drop"),
             "{s}"
@@ -186,7 +199,7 @@ mod tests {
                     .allow_link_local(true),
             ),
         );
-        let s = script(&m, 1234);
+        let s = script("sbx_guard", &m, 1234);
         let allow = s.find("ip daddr 10.1.0.0/16 accept").expect("allow rule");
         let deny = s.find("ip daddr 0.0.0.0/0 drop").expect("deny rule");
         assert!(allow < deny, "{s}");
