@@ -211,6 +211,13 @@ impl DockerRuntime {
         }
     }
 
+    /// How many sandboxes are ready in the warm pool now (0 without a pool).
+    pub fn pool_ready(&self) -> usize {
+        self.pool()
+            .map(|p| p.ready.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .unwrap_or(0)
+    }
+
     /// Ends the pool: kills its ready sandboxes, and those being made as they are done (a
     /// process that ends should call it, or `Runtime::shutdown`, which does; otherwise they end
     /// with their [`POOL_TTL`]). Claimed

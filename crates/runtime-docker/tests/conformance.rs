@@ -878,60 +878,46 @@ async fn pooled_ids(rt: &DockerRuntime) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The ids of the sandboxes ready in a pool of the busybox image (the shared pooled runtime of
-/// this suite pools the Debian image).
-async fn ready_mini(rt: &DockerRuntime) -> Vec<String> {
-    rt.docker()
-        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
-            filters: HashMap::from([
-                ("label".to_string(), vec!["sbx.pool".to_string()]),
-                ("ancestor".to_string(), vec![MINI.to_string()]),
-                ("status".to_string(), vec!["running".to_string()]),
-            ]),
-            ..Default::default()
-        }))
-        .await
-        .map(|l| {
-            l.into_iter()
-                .filter_map(|c| c.labels?.get("sbx.id").cloned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A pool refills after every sandbox taken from it (a refill that never counted itself done
 /// once left the pool empty after its first two), and draining it does not wait for refills
 /// that are over.
 async fn pool_refills(run_id: String) -> runtime_core::Result<()> {
     let rt = DockerRuntime::builder().image(MINI).pool(1).build().await?;
     let spec = || SandboxSpec::new().metadata(SUITE_LABEL, &run_id);
-    // The first create starts the pool.
-    rt.create(spec()).await?.kill().await?;
-    for round in 0..3 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let mut ready = ready_mini(&rt).await;
-        while ready.is_empty() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            ready = ready_mini(&rt).await;
+    let rounds = async {
+        // The first create starts the pool.
+        rt.create(spec()).await?.kill().await?;
+        for round in 0..3 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while rt.pool_ready() == 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                rt.pool_ready(),
+                1,
+                "round {round}: the pool was not refilled"
+            );
+            let asked = std::time::SystemTime::now();
+            let sb = rt.create(spec()).await?;
+            // Made before it was asked for: it came from the pool.
+            let info = sb.info().await?;
+            assert!(
+                info.started_at < asked,
+                "round {round}: {} was made for this create, not taken from the pool",
+                sb.id()
+            );
+            sb.kill().await?;
         }
-        assert!(
-            !ready.is_empty(),
-            "round {round}: the pool was not refilled"
-        );
-        let sb = rt.create(spec()).await?;
-        assert!(
-            ready.iter().any(|id| id == sb.id()),
-            "round {round}: {} was not taken from the pool ({ready:?})",
-            sb.id()
-        );
-        sb.kill().await?;
+        Ok::<_, runtime_core::Error>(())
     }
+    .await;
     let began = std::time::Instant::now();
     rt.drain_pool().await;
+    let drained = began.elapsed();
+    rounds?;
     assert!(
-        began.elapsed() < Duration::from_secs(30),
-        "draining took {:?}",
-        began.elapsed()
+        drained < Duration::from_secs(30),
+        "draining took {drained:?}"
     );
     Ok(())
 }
