@@ -69,6 +69,22 @@ struct Row {
     peer: Series,
 }
 
+impl Row {
+    /// One line for the `--*-only` tuning modes.
+    fn line(&self) -> String {
+        format!(
+            "{}: {:.2} ms (p90 {:.2}) vs {} {:.2} ms (p90 {:.2}) ({:.2})",
+            self.name,
+            self.ours.median(),
+            self.ours.p90(),
+            self.peer_name,
+            self.peer.median(),
+            self.peer.p90(),
+            self.ours.median() / self.peer.median()
+        )
+    }
+}
+
 async fn docker_cli(args: &[&str]) -> Res<()> {
     let out = tokio::process::Command::new("docker")
         .args(args)
@@ -547,16 +563,7 @@ fn main() -> Res<()> {
         return rt.block_on(async {
             let docker = DockerRuntime::builder().build().await?;
             for r in network(&docker, 50, 3).await? {
-                println!(
-                    "{}: {:.2} ms (p90 {:.2}) vs {} {:.2} ms (p90 {:.2}) ({:.2})",
-                    r.name,
-                    r.ours.median(),
-                    r.ours.p90(),
-                    r.peer_name,
-                    r.peer.median(),
-                    r.peer.p90(),
-                    r.ours.median() / r.peer.median()
-                );
+                println!("{}", r.line());
             }
             Ok(())
         });
@@ -578,14 +585,7 @@ fn main() -> Res<()> {
                 (&unguarded, ", agent, no network guard"),
             ] {
                 let r = lifecycle(rt, 8, &[], under).await?;
-                println!(
-                    "{}: {:.1} ms vs {} {:.1} ms ({:.2})",
-                    r.name,
-                    r.ours.median(),
-                    r.peer_name,
-                    r.peer.median(),
-                    r.ours.median() / r.peer.median()
-                );
+                println!("{}", r.line());
             }
             pooled.drain_pool().await;
             Ok(())
@@ -599,14 +599,7 @@ fn main() -> Res<()> {
             for (rt, under) in [(&agent, ", agent"), (&exec, ", exec path")] {
                 let (up, down) = files(rt, 3, under).await?;
                 for r in [up, down] {
-                    println!(
-                        "{}: {:.1} ms vs {} {:.1} ms ({:.2})",
-                        r.name,
-                        r.ours.median(),
-                        r.peer_name,
-                        r.peer.median(),
-                        r.ours.median() / r.peer.median()
-                    );
+                    println!("{}", r.line());
                 }
             }
             Ok(())
