@@ -80,7 +80,12 @@ cases!(
     "watch": watch_sees_api_writes_as_the_file if watch,
     "metrics": metrics_are_plausible if metrics,
     "network": network_policy_is_checked_then_set_live if network_policy,
+    "snapshots": snapshot_then_create_fork_and_delete if snapshots,
 );
+
+fn snapshots(c: &Capabilities) -> bool {
+    c.snapshots
+}
 
 fn network_policy(c: &Capabilities) -> bool {
     c.network_policy
@@ -875,6 +880,73 @@ async fn network_policy_is_checked_then_set_live(c: Ctx) -> CaseResult {
         .await?;
     sb.set_network_policy(NetworkPolicy::new()).await?;
     assert_eq!(sb.exec_shell("echo still").await?.stdout_text(), "still\n");
+    sb.kill().await?;
+    Ok(())
+}
+
+/// A snapshot keeps the files as they were when it was taken and sandboxes are made from its
+/// id; a fork copies the files as they are now and the metadata; deleting a snapshot leaves
+/// the sandboxes made from it running and takes it out of the list.
+async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
+    let sb = c
+        .create(c.spec().metadata("snapshot-case", "source"))
+        .await?;
+    sb.files().write_str("/tmp/snap.txt", "when taken").await?;
+    let e = sb.fork(0, None).await.err().expect("0 copies is refused");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let snap = sb.snapshot(None).await?;
+    assert_eq!(snap.sandbox_id, sb.id());
+    assert!(!snap.names.is_empty(), "{snap:?}");
+    let listed = c.runtime().snapshots(Some(sb.id())).await?;
+    assert!(listed.iter().any(|s| s.id == snap.id), "{listed:?}");
+    sb.files().write_str("/tmp/snap.txt", "after").await?;
+
+    let from = c.create(c.spec().template(&snap.id)).await?;
+    assert_eq!(
+        from.files().read_to_string("/tmp/snap.txt").await?,
+        "when taken"
+    );
+    assert_eq!(from.exec_shell("echo runs").await?.stdout_text(), "runs\n");
+
+    let forks = sb.fork(2, Some(Duration::from_secs(120))).await?;
+    assert_eq!(forks.len(), 2);
+    let mut ids = Vec::new();
+    for fork in forks {
+        let fork = fork?;
+        c.track(fork.id());
+        ids.push(fork.id().to_string());
+        assert_ne!(fork.id(), sb.id());
+        assert_eq!(fork.files().read_to_string("/tmp/snap.txt").await?, "after");
+        let info = fork.info().await?;
+        assert_eq!(
+            info.metadata.get("snapshot-case").map(String::as_str),
+            Some("source"),
+            "{info:?}"
+        );
+        fork.files()
+            .write_str("/tmp/snap.txt", "fork's own")
+            .await?;
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(sb.files().read_to_string("/tmp/snap.txt").await?, "after");
+    // A fork is not a snapshot anyone asked for.
+    let listed = c.runtime().snapshots(Some(sb.id())).await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    c.runtime().delete_snapshot(&snap.id).await?;
+    let listed = c.runtime().snapshots(Some(sb.id())).await?;
+    assert!(listed.iter().all(|s| s.id != snap.id), "{listed:?}");
+    let e = c.runtime().delete_snapshot(&snap.id).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(c.create(c.spec().template(&snap.id)).await.is_err());
+    assert_eq!(
+        from.exec_shell("echo still").await?.stdout_text(),
+        "still\n"
+    );
+    for id in ids {
+        c.runtime().kill(&id).await?;
+    }
+    from.kill().await?;
     sb.kill().await?;
     Ok(())
 }

@@ -46,8 +46,8 @@ pub use files::{
 };
 pub use network::{domain_matches, Cidr, Destination, NetworkPolicy, Rules, ALL_TRAFFIC};
 pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
-pub use runtime::{Runtime, Sandbox};
+pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{
     Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,
-    SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
+    SandboxSpec, SandboxState, Snapshot, DEFAULT_SANDBOX_TIMEOUT,
 };

@@ -7,8 +7,19 @@ use async_trait::async_trait;
 
 use crate::{
     Capabilities, CommandSpec, FileStore, FsEventStream, ListFilter, Metrics, Process, ProcessInfo,
-    Result, SandboxInfo, SandboxSpec,
+    Result, SandboxInfo, SandboxSpec, Snapshot,
 };
+
+/// The most copies one [`Sandbox::fork`] makes (as on E2B).
+pub const MAX_FORKS: usize = 20;
+
+fn no_snapshots(op: &'static str) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Unsupported,
+        "this backend cannot snapshot sandboxes",
+    )
+    .with_operation(op)
+}
 
 /// A place where sandboxes live: an E2B account, a Docker engine.
 ///
@@ -59,6 +70,27 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     }
     /// Kills a sandbox by id.
     async fn kill(&self, id: &str) -> Result<()>;
+    /// The snapshots this runtime keeps, newest first; with `sandbox_id`, only those taken
+    /// from that sandbox.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend cannot
+    /// snapshot ([`Capabilities::snapshots`]).
+    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<Snapshot>> {
+        let _ = sandbox_id;
+        Err(no_snapshots("snapshots"))
+    }
+    /// Deletes a snapshot by its [`Snapshot::id`]. Sandboxes already made from it keep
+    /// running; no new ones can be made from it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an id that is not a snapshot
+    /// here (or was deleted); [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where
+    /// the backend cannot snapshot.
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(no_snapshots("delete_snapshot"))
+    }
     /// Releases what the runtime keeps ready for later creates (Docker's warm pool), for a
     /// process about to end. Sandboxes handed out are not touched. The default does nothing.
     async fn shutdown(&self) {}
@@ -159,6 +191,39 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
             "this backend cannot enforce a network policy",
         )
         .with_operation("set_network_policy"))
+    }
+    /// Saves the sandbox's files as a snapshot that new sandboxes can be made from (pass its
+    /// [`Snapshot::id`] as [`SandboxSpec::template`]). The sandbox keeps running. With a
+    /// `name`, the snapshot can be found by it; a later snapshot with the same name replaces
+    /// it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend cannot
+    /// snapshot ([`Capabilities::snapshots`]);
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a name the backend
+    /// cannot use.
+    async fn snapshot(&self, name: Option<&str>) -> Result<Snapshot> {
+        let _ = name;
+        Err(no_snapshots("snapshot"))
+    }
+    /// Makes `count` new sandboxes that start from this sandbox's state now: it is captured
+    /// once, then each copy is made from that capture, with this sandbox's template, metadata,
+    /// environment, user, directory and network settings, and a time to live of `timeout`
+    /// (else the default). This sandbox keeps running.
+    ///
+    /// The outer error is a capture that failed; each copy then succeeds or fails on its own.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend cannot
+    /// snapshot; [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a `count`
+    /// of 0 or over [`MAX_FORKS`].
+    async fn fork(
+        &self,
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
+        let _ = (count, timeout);
+        Err(no_snapshots("fork"))
     }
     /// An address (`host:port`) at which `port` inside the sandbox is reachable from where the
     /// runtime runs. On backends that publish ports explicitly, a port asked for in

@@ -376,6 +376,42 @@ impl SandboxInfo {
     }
 }
 
+/// A sandbox's files saved to make new sandboxes from: what
+/// [`Sandbox::snapshot`](crate::Sandbox::snapshot) returns and
+/// [`Runtime::snapshots`](crate::Runtime::snapshots) lists.
+///
+/// A sandbox made with [`SandboxSpec::template`] set to [`Snapshot::id`] starts with the
+/// files the sandbox had. Whether running processes and memory are kept is the backend's:
+/// E2B keeps them; Docker keeps the files only (its processes start afresh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// What to pass as [`SandboxSpec::template`], and to
+    /// [`Runtime::delete_snapshot`](crate::Runtime::delete_snapshot).
+    pub id: String,
+    /// The names it can be found by, with their tag (`name:default`).
+    pub names: Vec<String>,
+    /// The sandbox it was taken from.
+    pub sandbox_id: String,
+    /// When it was taken.
+    pub created_at: SystemTime,
+    /// The sandbox's metadata when it was taken (empty where the backend does not say).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// A new record; for backends.
+    pub fn new(id: impl Into<String>, sandbox_id: impl Into<String>) -> Self {
+        Snapshot {
+            id: id.into(),
+            names: Vec::new(),
+            sandbox_id: sandbox_id.into(),
+            created_at: SystemTime::now(),
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
 /// What a sandbox uses, at one moment: from [`Sandbox::metrics`](crate::Sandbox::metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -482,6 +518,10 @@ pub struct Capabilities {
     /// [`SandboxSpec::network_policy`] and
     /// [`Sandbox::set_network_policy`](crate::Sandbox::set_network_policy).
     pub network_policy: bool,
+    /// [`Sandbox::snapshot`](crate::Sandbox::snapshot), [`Sandbox::fork`](crate::Sandbox::fork),
+    /// [`Runtime::snapshots`](crate::Runtime::snapshots) and
+    /// [`Runtime::delete_snapshot`](crate::Runtime::delete_snapshot).
+    pub snapshots: bool,
 }
 
 impl Capabilities {
@@ -502,6 +542,7 @@ impl Capabilities {
             watch: true,
             metrics: true,
             network_policy: true,
+            snapshots: true,
         }
     }
 }

@@ -12,6 +12,7 @@ mod pool;
 mod process;
 mod runtime;
 mod sandbox;
+mod snapshot;
 mod template;
 
 pub use agent::AGENT_BIN_ENV;

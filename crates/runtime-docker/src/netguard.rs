@@ -178,6 +178,28 @@ impl NetGuard {
         }
     }
 
+    /// The policy sandbox `id` is held to; `None` when it is not held (the default policy).
+    pub(crate) async fn policy(&self, id: &str) -> Result<Option<NetworkPolicy>> {
+        #[derive(serde::Deserialize)]
+        struct Held {
+            policy: NetworkPolicy,
+        }
+        let reply = self.ask(&format!("get {id}")).await?;
+        if reply == "none" {
+            return Ok(None);
+        }
+        let held = crate::pool::unhex(&reply)
+            .and_then(|b| serde_json::from_slice::<Held>(&b).ok())
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::Unavailable,
+                    "network policy",
+                    format!("the network guard answered what it holds with {reply:?}"),
+                )
+            })?;
+        Ok(Some(held.policy))
+    }
+
     /// Stops holding sandbox `id` (it is gone). Nothing to do when the guard is not running.
     pub(crate) async fn clear(&self, id: &str) {
         if self.channel.lock().await.is_none() {

@@ -48,12 +48,16 @@ impl Claim {
     }
 
     pub(crate) fn from_hex(hex: &str) -> Option<Claim> {
-        let bytes: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-            .collect();
-        serde_json::from_slice(&bytes?).ok()
+        serde_json::from_slice(&unhex(hex)?).ok()
     }
+}
+
+/// Bytes from hexadecimal, as the keeper and the network guard speak them.
+pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The ready sandboxes.

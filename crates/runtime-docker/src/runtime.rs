@@ -122,6 +122,21 @@ impl Labels {
     pub(crate) fn meta_prefix(&self) -> String {
         format!("{}.meta.", self.prefix)
     }
+    /// The metadata keys whose value is empty, as a JSON list: an empty label is otherwise
+    /// one blanked when its sandbox was snapshotted (see [`crate::snapshot`]).
+    pub(crate) fn meta_empty(&self) -> String {
+        format!("{}.meta_empty", self.prefix)
+    }
+    /// `1` on a snapshot's image; `snapshot.<what>` labels say of what.
+    pub(crate) fn snapshot(&self) -> String {
+        format!("{}.snapshot", self.prefix)
+    }
+    pub(crate) fn snapshot_of(&self, what: &str) -> String {
+        format!("{}.snapshot.{what}", self.prefix)
+    }
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
     /// The container name of a sandbox id.
     pub(crate) fn container(&self, id: &str) -> String {
         format!("{}-{id}", self.prefix)
@@ -535,15 +550,21 @@ fn warn_no_agent() {
     });
 }
 
+/// Whether a label is set to something: a container made from a snapshot inherits the
+/// snapshotted container's labels blanked (an image's labels cannot be removed).
+pub(crate) fn flag(labels: &HashMap<String, String>, key: &str) -> bool {
+    labels.get(key).is_some_and(|v| !v.is_empty())
+}
+
 /// When a sandbox was made, as its label holds it: epoch seconds and nanoseconds, so sandboxes
 /// made in the same second still list in the order they were made.
-fn created_label(t: SystemTime) -> String {
+pub(crate) fn created_label(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
 /// Reads a `created` label: `SECS.NANOS`, or whole seconds (older sandboxes).
-fn parse_created(label: &str) -> Option<SystemTime> {
+pub(crate) fn parse_created(label: &str) -> Option<SystemTime> {
     let (secs, nanos) = label.split_once('.').unwrap_or((label, "0"));
     let nanos: u32 = format!("{:0<9}", &nanos[..nanos.len().min(9)])
         .parse()
@@ -601,7 +622,7 @@ fn sbx_dir(deadline: Option<u64>, gvisor: bool, token: Option<&str>) -> Result<b
     Ok(bytes::Bytes::from(b.into_inner()?))
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..20)
         .map(|_| ALPHABET[rand::random::<usize>() % ALPHABET.len()] as char)
@@ -738,10 +759,13 @@ impl DockerRuntime {
             .cloned()
             .filter(|u| !u.is_empty());
         let ttl = Ttl::from_labels(&labels, &self.settings.labels);
-        let token = labels.get(&self.settings.labels.agent()).cloned();
+        let token = labels
+            .get(&self.settings.labels.agent())
+            .cloned()
+            .filter(|t| !t.is_empty());
         // A pooled sandbox: what it was claimed as is the keeper's; unclaimed, it is no one's.
         let mut labels = labels;
-        let claim = if labels.contains_key(&self.settings.labels.pool()) {
+        let claim = if flag(&labels, &self.settings.labels.pool()) {
             let Some(mut claims) = self.claims().await else {
                 return Err(err(
                     ErrorKind::Unavailable,
@@ -865,15 +889,20 @@ impl DockerRuntime {
             BACKEND,
         );
         let meta = l.meta_prefix();
+        let kept_empty: Vec<String> = labels
+            .get(&l.meta_empty())
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
         info.metadata = labels
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(&meta).map(|k| (k.to_string(), v.clone())))
+            .filter(|(k, v)| !v.is_empty() || kept_empty.contains(k))
             .collect();
         info.state = state;
         if let Some(created) = labels.get(&l.created()).and_then(|c| parse_created(c)) {
             info.started_at = created;
         }
-        let path = if labels.contains_key(&l.agent()) {
+        let path = if flag(labels, &l.agent()) {
             "inside"
         } else {
             "exec"
@@ -889,11 +918,22 @@ impl DockerRuntime {
 impl DockerRuntime {
     /// Makes a container for `spec`; `pooled`: for the warm pool (see [`crate::pool`]).
     async fn make(&self, spec: SandboxSpec, pooled: bool) -> Result<DockerSandbox> {
+        self.make_from(spec, None, pooled).await
+    }
+
+    /// Makes a container for `spec` from `image` (a fork's capture) or, without one, from
+    /// the image of the spec's template.
+    pub(crate) async fn make_from(
+        &self,
+        spec: SandboxSpec,
+        image: Option<String>,
+        pooled: bool,
+    ) -> Result<DockerSandbox> {
         let id = new_id();
         let span = info_span!("create", backend = BACKEND, sandbox_id = %id);
         async move {
             let s = &self.settings;
-            let image = self.image_for(spec.template.as_deref());
+            let image = image.unwrap_or_else(|| self.image_for(spec.template.as_deref()));
             let template = self.ensure_image(&image).await?;
             let ttl = spec.timeout.unwrap_or(s.ttl);
             let now = SystemTime::now();
@@ -939,6 +979,15 @@ impl DockerRuntime {
             }
             for (k, v) in &spec.metadata {
                 labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
+            }
+            let empty: Vec<&String> = spec
+                .metadata
+                .iter()
+                .filter(|(_, v)| v.is_empty())
+                .map(|(k, _)| k)
+                .collect();
+            if !empty.is_empty() {
+                labels.insert(l.meta_empty(), serde_json::to_string(&empty).expect("json"));
             }
             // Labels travel in every listing of the engine (the keeper's too): keep them small.
             let label_bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -1447,6 +1496,15 @@ impl DockerRuntime {
         for (k, v) in &claim.metadata {
             labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
         }
+        let empty: Vec<&String> = claim
+            .metadata
+            .iter()
+            .filter(|(_, v)| v.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        if !empty.is_empty() {
+            labels.insert(l.meta_empty(), serde_json::to_string(&empty).expect("json"));
+        }
         if let Some(cwd) = &claim.cwd {
             labels.insert(l.workdir(), cwd.clone());
         }
@@ -1539,13 +1597,15 @@ impl Runtime for DockerRuntime {
         // Claimed pooled sandboxes keep their metadata with the keeper, not in labels: with a
         // metadata filter they are listed apart and filtered here.
         if !filter.metadata.is_empty() && self.settings.keeper.is_some() {
-            containers.extend(self.containers_labelled(vec![l.id(), l.pool()]).await?);
+            containers.extend(
+                self.containers_labelled(vec![l.id(), format!("{}=1", l.pool())])
+                    .await?,
+            );
         }
-        let claims = if containers.iter().any(|c| {
-            c.labels
-                .as_ref()
-                .is_some_and(|l2| l2.contains_key(&l.pool()))
-        }) {
+        let claims = if containers
+            .iter()
+            .any(|c| c.labels.as_ref().is_some_and(|l2| flag(l2, &l.pool())))
+        {
             self.claims().await.ok_or_else(|| {
                 err(
                     ErrorKind::Unavailable,
@@ -1563,7 +1623,7 @@ impl Runtime for DockerRuntime {
             let Some(id) = labels.get(&l.id()).cloned() else {
                 continue;
             };
-            if labels.contains_key(&l.pool()) {
+            if flag(&labels, &l.pool()) {
                 match claims.get(&id) {
                     Some(claim) => self.claim_labels(&mut labels, claim),
                     // Ready in a pool: no one's yet.
@@ -1630,8 +1690,21 @@ impl Runtime for DockerRuntime {
             return Err(Self::not_found(id, "kill"));
         }
         // Only containers carrying our id label are ever removed.
-        let (_, state, _) = self.sandbox_from_container(id, "kill").await?;
-        self.remove_sandbox(id, state).await
+        let (_, state, labels) = self.sandbox_from_container(id, "kill").await?;
+        self.remove_sandbox(id, state).await?;
+        // Made from a snapshot: its image may be one no one names or uses any more.
+        if flag(&labels, &self.settings.labels.snapshot()) {
+            self.prune_snapshots().await;
+        }
+        Ok(())
+    }
+
+    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<runtime_core::Snapshot>> {
+        self.list_snapshots(sandbox_id).await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.remove_snapshot(id).await
     }
 }
 

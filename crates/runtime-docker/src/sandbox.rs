@@ -405,6 +405,18 @@ impl Sandbox for DockerSandbox {
         self.runtime.kill(&self.id).await
     }
 
+    async fn snapshot(&self, name: Option<&str>) -> Result<runtime_core::Snapshot> {
+        self.runtime.commit_snapshot(&self.id, name, false).await
+    }
+
+    async fn fork(
+        &self,
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
+        self.runtime.fork_sandbox(&self.id, count, timeout).await
+    }
+
     async fn pause(&self) -> Result<()> {
         match self.runtime.docker.pause_container(&self.container).await {
             Ok(()) => Ok(()),
