@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use e2b_protocol::api::{
     ApiError, ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail, SetTimeout,
@@ -31,6 +31,16 @@ pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> Respo
         message: message.into(),
     };
     (status, Json(body)).into_response()
+}
+
+/// `429` with `Retry-After`.
+pub(crate) fn too_many(message: String, retry_after: u64) -> Response {
+    let mut r = api_error(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_str(&retry_after.to_string()).expect("digits"),
+    );
+    r
 }
 
 fn not_found(id: &str) -> Response {
@@ -71,6 +81,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/network", put(crate::network::update))
+        .route("/sandboxes/{id}/snapshots", post(crate::snapshots::create))
+        .route("/sandboxes/{id}/fork", post(crate::snapshots::fork))
+        .route("/snapshots", get(crate::snapshots::list))
+        .route("/templates/{id}", delete(crate::snapshots::delete))
         .route("/health", get(|| async { StatusCode::OK }))
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
@@ -178,7 +192,7 @@ fn visible(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn created(state: &State, info: &SandboxInfo) -> SandboxCreated {
+pub(crate) fn created(state: &State, info: &SandboxInfo) -> SandboxCreated {
     SandboxCreated {
         template_id: info
             .metadata
@@ -242,7 +256,7 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
     }
 }
 
-fn check_timeout(state: &State, timeout: i64) -> Result<Duration, Response> {
+pub(crate) fn check_timeout(state: &State, timeout: i64) -> Result<Duration, Response> {
     if timeout <= 0 {
         return Err(api_error(
             StatusCode::BAD_REQUEST,
@@ -308,16 +322,12 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
             "autoPause (lifecycle on_timeout=pause) is not supported by this backend (it cannot pause); the sandbox would be killed at its timeout",
         );
     }
+    if let Err(r) = crate::snapshots::check_template(&state, &req.template_id).await {
+        return r;
+    }
     let _admission = match state.admit_create().await {
         Ok(a) => a,
-        Err((message, retry_after)) => {
-            let mut r = api_error(StatusCode::TOO_MANY_REQUESTS, message);
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_str(&retry_after.to_string()).expect("digits"),
-            );
-            return r;
-        }
+        Err((message, retry_after)) => return too_many(message, retry_after),
     };
     let mut spec = state.spec_for(
         &req.template_id,

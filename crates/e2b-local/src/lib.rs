@@ -26,6 +26,7 @@ mod listen;
 mod network;
 mod ports;
 mod resolve;
+mod snapshots;
 mod state;
 
 use std::future::Future;

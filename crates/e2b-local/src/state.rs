@@ -281,6 +281,20 @@ impl State {
 
     /// What the backend says of a sandbox this tenant owns, without attaching to it or
     /// resuming it. Another tenant's sandbox, or one not made through this API, is `NotFound`.
+    /// This key's tenant, as it is put on what it makes (metadata `sbx.e2b.owner`).
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The namespace of this key's snapshot names: two keys' names never meet.
+    pub(crate) fn tenant(&self) -> String {
+        self.owner
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            .take(12)
+            .collect()
+    }
+
     pub(crate) async fn owned_info(&self, id: &str) -> Result<runtime_core::SandboxInfo> {
         let info = self.runtime.info(id).await?;
         if info.metadata.get(OWNER_KEY) != Some(&self.owner) {

@@ -215,6 +215,51 @@ pub struct SetTimeout {
     pub timeout: i64,
 }
 
+/// `POST /sandboxes/{id}/snapshots` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// A name to find the snapshot by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep memory too (`mode="full"`); unset, the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// `SnapshotInfo`: the answer to a snapshot, and each entry of `GET /snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// What to create sandboxes from (as a template id) and to delete
+    /// (`DELETE /templates/{id}`).
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// Full names with their tag.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `POST /sandboxes/{id}/fork` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkRequest {
+    /// Time to live of each copy, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// How many copies (1 to 20; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+}
+
+/// One entry of the answer to a fork: a sandbox, or why that copy failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkResult {
+    /// The copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxCreated>,
+    /// Why it was not made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
 /// Every error body: `{"code": <status>, "message": "..."}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
