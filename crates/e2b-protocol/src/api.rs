@@ -271,6 +271,17 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// A path parameter as the SDK's `encode_path_param` writes it: every character but
+/// letters, digits and `_.-~` percent-encoded (a snapshot id's `/` and `:` included).
+pub fn path_param(value: &str) -> String {
+    const PARAM: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'~');
+    utf8_percent_encode(value, PARAM).to_string()
+}
+
 /// Characters Python's `quote(s, safe="/")` leaves alone, inverted.
 const QUOTE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use crate::config::E2bConfig;
 use crate::conn::{Conn, Connect};
-use crate::error::err;
+use crate::error::{err, kind_of_status};
 
 /// Idle pooled connections are dropped before a server closes them (e2b-local keeps an idle
 /// HTTP/1 connection 30 s by default): a request never races the server's close.
@@ -87,16 +87,7 @@ impl ApiResponse {
                     .collect()
             });
         let status = self.status.as_u16();
-        let kind = match status {
-            400 | 422 => ErrorKind::InvalidInput,
-            401 => ErrorKind::Unauthenticated,
-            403 => ErrorKind::PermissionDenied,
-            404 => ErrorKind::NotFound,
-            409 => ErrorKind::Conflict,
-            429 => ErrorKind::RateLimited,
-            500..=599 => ErrorKind::Unavailable,
-            _ => ErrorKind::Unexpected,
-        };
+        let kind = kind_of_status(status);
         let hint = match status {
             401 => " (check E2B_API_KEY)",
             _ => "",

@@ -195,7 +195,11 @@ impl E2bRuntime {
         E2bRuntimeBuilder::default()
     }
 
-    fn handle(&self, created: &SandboxCreated, defaults: Defaults) -> Result<E2bSandbox> {
+    pub(crate) fn handle(
+        &self,
+        created: &SandboxCreated,
+        defaults: Defaults,
+    ) -> Result<E2bSandbox> {
         let envd = Envd::new(
             self.config
                 .envd_url(&created.sandbox_id, created.domain.as_deref()),
@@ -258,7 +262,7 @@ impl E2bRuntime {
         info
     }
 
-    fn defaults_from(metadata: Option<&BTreeMap<String, String>>) -> Defaults {
+    pub(crate) fn defaults_from(metadata: Option<&BTreeMap<String, String>>) -> Defaults {
         Defaults {
             cwd: metadata.and_then(|m| m.get(CWD_KEY)).cloned(),
             user: metadata.and_then(|m| m.get(USER_KEY)).cloned(),
@@ -283,6 +287,7 @@ impl Runtime for E2bRuntime {
         c.watch = true;
         c.metrics = true;
         c.network_policy = true;
+        c.snapshots = !self.config.debug;
         c
     }
 
@@ -480,6 +485,58 @@ impl Runtime for E2bRuntime {
     async fn info(&self, id: &str) -> Result<SandboxInfo> {
         let detail = self.detail(id, "info").await?;
         Ok(self.info_from(&detail))
+    }
+
+    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<runtime_core::Snapshot>> {
+        let mut query: Vec<(&str, String)> = vec![("limit", "100".into())];
+        if let Some(id) = sandbox_id {
+            query.push(("sandboxID", id.to_string()));
+        }
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        for _page in 0..1000 {
+            let mut q = query.clone();
+            if let Some(t) = &next {
+                q.push(("nextToken", t.clone()));
+            }
+            let r = self
+                .api
+                .send(Method::GET, "/snapshots", &q, None, "snapshots")
+                .await?;
+            if !r.status.is_success() {
+                return Err(r.error("snapshots"));
+            }
+            let page: Vec<e2b_protocol::api::SnapshotInfo> = r.json("snapshots")?;
+            out.extend(page.iter().map(|s| {
+                let mut snapshot =
+                    runtime_core::Snapshot::new(&s.snapshot_id, sandbox_id.unwrap_or_default());
+                snapshot.names = s.names.clone();
+                snapshot
+            }));
+            match r.next_token {
+                Some(t) if !page.is_empty() => next = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let path = format!("/templates/{}", e2b_protocol::api::path_param(id));
+        let r = self
+            .api
+            .send(Method::DELETE, &path, &[], None, "delete_snapshot")
+            .await?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(err(
+                ErrorKind::NotFound,
+                "delete_snapshot",
+                format!("snapshot {id} doesn't exist (deleted, or never made here)"),
+            )
+            .with_context("snapshot_id", id)),
+            _ => Err(r.error("delete_snapshot")),
+        }
     }
 
     async fn kill(&self, id: &str) -> Result<()> {

@@ -147,6 +147,94 @@ impl Sandbox for E2bSandbox {
         self.runtime.kill(&self.id).await
     }
 
+    async fn snapshot(&self, name: Option<&str>) -> Result<runtime_core::Snapshot> {
+        let body = serde_json::to_value(e2b_protocol::api::SnapshotRequest {
+            name: name.map(String::from),
+            memory: None,
+        })
+        .expect("json");
+        let r = self
+            .runtime
+            .api
+            .send(
+                Method::POST,
+                &format!("/sandboxes/{}/snapshots", self.id),
+                &[],
+                Some(body),
+                "snapshot",
+            )
+            .await?;
+        match r.status {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(E2bRuntime::not_found(&self.id, "snapshot")),
+            _ => return Err(r.error("snapshot")),
+        }
+        let info: e2b_protocol::api::SnapshotInfo = r.json("snapshot")?;
+        let mut snapshot = runtime_core::Snapshot::new(info.snapshot_id, &self.id);
+        snapshot.names = info.names;
+        Ok(snapshot)
+    }
+
+    async fn fork(
+        &self,
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
+        if !(1..=runtime_core::MAX_FORKS).contains(&count) {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "fork",
+                format!(
+                    "a fork makes 1 to {} sandboxes, not {count}",
+                    runtime_core::MAX_FORKS
+                ),
+            ));
+        }
+        let body = serde_json::to_value(e2b_protocol::api::ForkRequest {
+            timeout: timeout.map(|t| t.as_secs().max(1) as i64),
+            count: Some(count as i64),
+        })
+        .expect("json");
+        let r = self
+            .runtime
+            .api
+            .send(
+                Method::POST,
+                &format!("/sandboxes/{}/fork", self.id),
+                &[],
+                Some(body),
+                "fork",
+            )
+            .await?;
+        match r.status {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(E2bRuntime::not_found(&self.id, "fork")),
+            _ => return Err(r.error("fork")),
+        }
+        let results: Vec<e2b_protocol::api::ForkResult> = r.json("fork")?;
+        // The copies have this sandbox's metadata, its default user and directory with it.
+        let metadata = self.runtime.info(&self.id).await.ok().map(|i| i.metadata);
+        Ok(results
+            .into_iter()
+            .map(|result| match (result.sandbox, result.error) {
+                (Some(created), None) => self
+                    .runtime
+                    .handle(&created, E2bRuntime::defaults_from(metadata.as_ref()))
+                    .map(|s| Box::new(s) as Box<dyn Sandbox>),
+                (_, Some(e)) => Err(err(
+                    crate::error::kind_of_status(e.code),
+                    "fork",
+                    format!("a copy was not made: {}", e.message),
+                )),
+                (None, None) => Err(err(
+                    ErrorKind::Unexpected,
+                    "fork",
+                    "the API answered a fork with an entry holding neither a sandbox nor an error",
+                )),
+            })
+            .collect())
+    }
+
     async fn pause(&self) -> Result<()> {
         let r = self
             .runtime
