@@ -70,7 +70,7 @@ fn auto_resume(req: &NewSandbox) -> bool {
 
 /// The routes of the control plane.
 pub(crate) fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/sandboxes", post(create_v1).get(list_v1))
         .route("/v2/sandboxes", post(create_v2).get(list_v2))
         .route("/sandboxes/{id}", get(detail).delete(kill))
@@ -85,7 +85,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/fork", post(crate::snapshots::fork))
         .route("/snapshots", get(crate::snapshots::list))
         .route("/templates/{id}", delete(crate::snapshots::delete))
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(|| async { StatusCode::OK }));
+    crate::templates::routes(routes)
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
         .fallback(not_served)
@@ -95,7 +96,8 @@ pub(crate) fn router(state: Shared) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::templates::upload_router(state))
 }
 
 async fn not_served(method: axum::http::Method, uri: axum::http::Uri) -> Response {
@@ -325,6 +327,15 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     if let Err(r) = crate::snapshots::check_template(&state, &req.template_id).await {
         return r;
     }
+    // A template this key built: made from its snapshot, started as it asks.
+    let built = if req.template_id == "base" {
+        None
+    } else {
+        match crate::templates::resolve(&state, &req.template_id).await {
+            Ok(t) => t,
+            Err(e) => return from_error(&e, ""),
+        }
+    };
     let _admission = match state.admit_create().await {
         Ok(a) => a,
         Err((message, retry_after)) => return too_many(message, retry_after),
@@ -363,6 +374,9 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         None => {}
     }
     spec = spec.auto_pause(req.auto_pause == Some(true));
+    if let Some(t) = &built {
+        spec.template = Some(t.snapshot.id.clone());
+    }
     if auto_resume(&req) {
         spec = spec.metadata(crate::state::AUTO_RESUME_KEY, "1");
     }
@@ -376,6 +390,12 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         }
         Err(e) => return from_error(&e, ""),
     };
+    if let Some(t) = &built {
+        if let Err(e) = crate::templates::start_in(sandbox.as_ref(), t).await {
+            let _ = sandbox.kill().await;
+            return from_error(&e, "");
+        }
+    }
     let info = match sandbox.info().await {
         Ok(i) => i,
         Err(e) => return from_error(&e, sandbox.id()),

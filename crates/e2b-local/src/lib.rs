@@ -28,6 +28,7 @@ mod ports;
 mod resolve;
 mod snapshots;
 mod state;
+mod templates;
 
 use std::future::Future;
 use std::sync::Arc;

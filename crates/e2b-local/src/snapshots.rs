@@ -38,6 +38,8 @@ async fn owned(state: &State, sandbox_id: Option<&str>) -> runtime_core::Result<
         .await?
         .into_iter()
         .filter(|s| s.metadata.get(OWNER_KEY).map(String::as_str) == Some(state.owner()))
+        // A template's snapshots are the template's (see `crate::templates`).
+        .filter(|s| !s.metadata.contains_key(crate::templates::ALIAS_KEY))
         .collect())
 }
 
@@ -177,7 +179,7 @@ pub(crate) async fn delete(AxState(state): AxState<Shared>, Path(id): Path<Strin
     let gone = || {
         api_error(
             StatusCode::NOT_FOUND,
-            format!("template '{id}' not found: e2b-local deletes only snapshots this key made"),
+            format!("template '{id}' not found: e2b-local deletes only the snapshots and templates this key made"),
         )
     };
     if !state.runtime.capabilities().snapshots {
@@ -191,7 +193,14 @@ pub(crate) async fn delete(AxState(state): AxState<Shared>, Path(id): Path<Strin
         .iter()
         .find(|s| s.id == id || s.names.iter().any(|n| *n == id))
     else {
-        return gone();
+        return match crate::templates::delete(&state, &id).await {
+            Some(Ok(())) => {
+                info!(template = %id, "template deleted");
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Some(Err(e)) => from_error(&e, ""),
+            None => gone(),
+        };
     };
     match state.runtime.delete_snapshot(&snapshot.id).await {
         Ok(()) => {

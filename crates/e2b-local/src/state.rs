@@ -136,6 +136,8 @@ pub(crate) struct State {
     /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
     /// the one kept at create).
     networks: std::sync::Mutex<HashMap<String, e2b_protocol::api::NetworkConfig>>,
+    /// Template builds by build id (see [`crate::templates`]).
+    pub(crate) builds: std::sync::Mutex<HashMap<String, Arc<crate::templates::Build>>>,
     /// The port proxy's domain, once it listens.
     ports_domain: std::sync::OnceLock<String>,
 }
@@ -157,6 +159,7 @@ impl State {
             instance: format!("{:016x}", rand::random::<u64>()),
             served: Mutex::new(HashMap::new()),
             made: Mutex::new(HashSet::new()),
+            builds: std::sync::Mutex::new(HashMap::new()),
             debug_sandbox: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
             creates: Mutex::new((config.limits.creates_per_minute as f64, Instant::now())),
@@ -281,6 +284,16 @@ impl State {
 
     /// What the backend says of a sandbox this tenant owns, without attaching to it or
     /// resuming it. Another tenant's sandbox, or one not made through this API, is `NotFound`.
+    /// A token for `subject` and `purpose`, from the server's secret.
+    pub(crate) fn derive(&self, subject: &str, purpose: &str) -> String {
+        e2b_protocol::derive_token(&self.secret, subject, purpose)
+    }
+
+    /// Where uploads of template files are kept while this server runs.
+    pub(crate) fn uploads_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("e2b-local-{}", self.instance))
+    }
+
     /// This key's tenant, as it is put on what it makes (metadata `sbx.e2b.owner`).
     pub(crate) fn owner(&self) -> &str {
         &self.owner
@@ -458,8 +471,9 @@ impl State {
 
     /// Kills what this server made (on shutdown).
     pub(crate) async fn shutdown(&self) {
-        // What the backend keeps ready (a warm pool) goes in any case.
+        // What the backend keeps ready (a warm pool) goes in any case, and template uploads.
         self.runtime.shutdown().await;
+        let _ = tokio::fs::remove_dir_all(self.uploads_dir()).await;
         if self.config.keep_sandboxes {
             info!("leaving the sandboxes running (--keep-sandboxes)");
             return;
