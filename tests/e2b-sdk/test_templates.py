@@ -166,3 +166,27 @@ def test_another_key_cannot_use_a_template(server, monkeypatch):
         monkeypatch.undo()
         assert other.stop() == 0
     assert api(server, "DELETE", f"/templates/{tpl}")[0] == 204
+
+
+def test_tags_assigned_listed_and_removed(server):
+    tpl = name()
+    Template.build(Template().from_base_image().run_cmd("echo tagged > /tmp/t"), f"{tpl}:v1")
+    try:
+        assigned = Template.assign_tags(f"{tpl}:v1", ["production", "latest"])
+        assert sorted(assigned.tags) == ["latest", "production"]
+        assert Template.assign_tags(f"{tpl}:v1", "stable").tags == ["stable"]
+        assert sorted(t.tag for t in Template.get_tags(tpl)) == ["latest", "production", "stable", "v1"]
+        sbx = Sandbox.create(f"{tpl}:production")
+        try:
+            assert sbx.files.read("/tmp/t") == "tagged\n"
+        finally:
+            sbx.kill()
+        Template.remove_tags(tpl, ["production"])
+        assert not Template.exists(f"{tpl}:production")
+        assert sorted(t.tag for t in Template.get_tags(tpl)) == ["latest", "stable", "v1"]
+        for bad in [":invalid-tag", f"{tpl}:"]:
+            with pytest.raises(Exception):
+                Template.assign_tags(bad, ["x"])
+    finally:
+        api(server, "DELETE", f"/templates/{tpl}")
+    assert not Template.exists(f"{tpl}:v1")

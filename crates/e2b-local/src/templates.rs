@@ -42,7 +42,6 @@ use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
 
 /// Metadata a template's snapshots carry (the build sandbox's, kept by the snapshot).
 pub(crate) const ALIAS_KEY: &str = "sbx.e2b.tpl.alias";
-const TAG_KEY: &str = "sbx.e2b.tpl.tags";
 const ID_KEY: &str = "sbx.e2b.tpl.id";
 const BUILD_KEY: &str = "sbx.e2b.tpl.build";
 const START_KEY: &str = "sbx.e2b.tpl.start";
@@ -118,6 +117,8 @@ pub(crate) fn routes(router: Router<Shared>) -> Router<Shared> {
         .route("/templates/{id}/files/{hash}", get(upload_link))
         .route("/v2/templates/{id}/builds/{build}", post(start))
         .route("/templates/{id}/builds/{build}/status", get(status))
+        .route("/templates/tags", post(assign_tags).delete(remove_tags))
+        .route("/templates/{id}/tags", get(tags))
 }
 
 /// The upload route: no API key (the SDK sends none), a token in the URL instead, and a body
@@ -749,7 +750,6 @@ async fn run_build(
         .metadata(INSTANCE_KEY, &state.instance)
         .metadata(ALIAS_KEY, &build.alias)
         .metadata(ID_KEY, &build.template_id)
-        .metadata(TAG_KEY, build.tags.join(","))
         .metadata(USER_KEY, user)
         .metadata(CWD_KEY, cwd)
         .metadata(BUILD_KEY, &build.id)
@@ -995,6 +995,168 @@ rm -rf "$u""#,
         }
         other => Err(format!("unknown step type '{other}'")),
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AssignTags {
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// This key's template snapshot `name` (`alias[:tag]` or `id[:tag]`), else the answer.
+async fn named(state: &State, name: &str) -> Result<Template, Response> {
+    if let Err(why) = parse_name(name) {
+        return Err(api_error(StatusCode::BAD_REQUEST, why));
+    }
+    match resolve(state, name).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(api_error(
+            StatusCode::NOT_FOUND,
+            format!("template '{name}' not found"),
+        )),
+        Err(e) => Err(crate::control::from_error(&e, "")),
+    }
+}
+
+/// `POST /templates/tags`: gives the build `target` names more tags (201). Each tag is a
+/// snapshot of its own, made from a sandbox of the target's.
+async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+    let req: AssignTags = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let target = match named(&state, &req.target).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut tags = Vec::new();
+    for t in &req.tags {
+        let t = t.trim().to_lowercase();
+        if !valid_part(&t, true) {
+            return api_error(StatusCode::BAD_REQUEST, format!("invalid tag '{t}'"));
+        }
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    if tags.is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "no tags to assign");
+    }
+    let mut spec = SandboxSpec::new()
+        .template(target.snapshot.id.clone())
+        .metadata(INSTANCE_KEY, &state.instance)
+        .timeout(Duration::from_secs(600));
+    for (k, v) in &target.snapshot.metadata {
+        if k.starts_with("sbx.e2b.tpl.") || k == OWNER_KEY {
+            spec = spec.metadata(k.clone(), v.clone());
+        }
+    }
+    let sandbox = match state.runtime.create(spec).await {
+        Ok(s) => s,
+        Err(e) => return crate::control::from_error(&e, ""),
+    };
+    let mut made = Ok(());
+    for tag in &tags {
+        if let Err(e) = sandbox
+            .snapshot(Some(&snapshot_name(&state, &target.alias, tag)))
+            .await
+        {
+            made = Err(e);
+            break;
+        }
+    }
+    let _ = sandbox.kill().await;
+    if let Err(e) = made {
+        return crate::control::from_error(&e, "");
+    }
+    info!(template = %target.alias, ?tags, "tags assigned");
+    let build = target
+        .snapshot
+        .metadata
+        .get(BUILD_KEY)
+        .cloned()
+        .unwrap_or_default();
+    (
+        StatusCode::CREATED,
+        Json(json!({"tags": tags, "buildID": build})),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RemoveTags {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// `DELETE /templates/tags`: takes tags off a template (204).
+async fn remove_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+    let req: RemoveTags = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let alias = match parse_name(&req.name) {
+        Ok((a, _)) => a,
+        Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
+    };
+    let all = match all_templates(&state).await {
+        Ok(a) => a,
+        Err(e) => return crate::control::from_error(&e, ""),
+    };
+    let mine: Vec<&Template> = all
+        .iter()
+        .filter(|t| mine(&state, t) && (t.alias == alias || t.id == alias))
+        .collect();
+    if mine.is_empty() {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!("template '{}' not found", req.name),
+        );
+    }
+    for tag in &req.tags {
+        let tag = tag.trim().to_lowercase();
+        let Some(t) = mine.iter().find(|t| t.tag() == tag) else {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("tag '{tag}' does not exist for template '{}'", req.name),
+            );
+        };
+        if let Err(e) = state.runtime.delete_snapshot(&t.snapshot.id).await {
+            return crate::control::from_error(&e, "");
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /templates/{id}/tags`: the tags of this key's template, newest first.
+async fn tags(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+    let alias = match parse_name(&id) {
+        Ok((a, _)) => a,
+        Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
+    };
+    let all = match all_templates(&state).await {
+        Ok(a) => a,
+        Err(e) => return crate::control::from_error(&e, ""),
+    };
+    let out: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|t| mine(&state, t) && (t.alias == alias || t.id == alias))
+        .map(|t| {
+            json!({
+                "tag": t.tag(),
+                "buildID": t.snapshot.metadata.get(BUILD_KEY).cloned().unwrap_or_default(),
+                "createdAt": rfc3339(t.snapshot.created_at),
+            })
+        })
+        .collect();
+    if out.is_empty() {
+        return api_error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
+    }
+    Json(out).into_response()
 }
 
 /// Deletes this key's template `id` (its id or alias): every tag's snapshot. `None` when
