@@ -4,11 +4,12 @@ A snapshot keeps the sandbox's files (not its memory: `mode="full"` is refused);
 made from its id; it belongs to the key that made it.
 """
 
+import subprocess
 import uuid
 
 import pytest
-from e2b import Sandbox
-from e2b.exceptions import SandboxException
+from e2b import Sandbox, Template
+from e2b.exceptions import BuildException, SandboxException
 
 from conftest import LocalServer
 
@@ -125,6 +126,16 @@ def test_another_key_cannot_list_delete_or_use_a_snapshot(sandbox, monkeypatch):
         assert Sandbox.delete_snapshot(snap.snapshot_id) is False
         with pytest.raises(SandboxException):
             Sandbox.create(template=snap.snapshot_id)
+        # However the image is named: its id, a prefix of it, a registry-qualified name, or
+        # as the base of a template build.
+        image_id = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", snap.snapshot_id],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        for alias in [image_id, image_id.removeprefix("sha256:")[:12], "docker.io/" + snap.snapshot_id]:
+            with pytest.raises(SandboxException):
+                Sandbox.create(template=alias)
+        with pytest.raises(BuildException) as raised:
+            Template.build(Template().from_image(snap.snapshot_id).run_cmd("true"), "stolen")
+        assert "not yours" in str(raised.value) or "not on this engine" in str(raised.value)
         # Its own snapshot of the same name is its own.
         mine = Sandbox.create()
         try:

@@ -892,7 +892,7 @@ async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
         .create(c.spec().metadata("snapshot-case", "source"))
         .await?;
     sb.files().write_str("/tmp/snap.txt", "when taken").await?;
-    let e = sb.fork(0, None).await.err().expect("0 copies is refused");
+    let e = sb.fork(0, None).await.expect_err("0 copies is refused");
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     let snap = sb.snapshot(None).await?;
     assert_eq!(snap.sandbox_id, sb.id());

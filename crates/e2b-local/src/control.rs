@@ -324,11 +324,12 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
             "autoPause (lifecycle on_timeout=pause) is not supported by this backend (it cannot pause); the sandbox would be killed at its timeout",
         );
     }
-    if let Err(r) = crate::snapshots::check_template(&state, &req.template_id).await {
-        return r;
-    }
+    let snapshot = match crate::snapshots::check_template(&state, &req.template_id).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     // A template this key built: made from its snapshot, started as it asks.
-    let built = if req.template_id == "base" {
+    let built = if snapshot || req.template_id == "base" {
         None
     } else {
         match crate::templates::resolve(&state, &req.template_id).await {

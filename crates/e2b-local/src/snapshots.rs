@@ -53,13 +53,15 @@ fn unsupported(state: &State) -> Option<Response> {
 }
 
 /// A create names a snapshot of another key: refused as E2B refuses a template it cannot
-/// see. Template names without a tag or a slash are never snapshots and cost nothing here.
-pub(crate) async fn check_template(state: &State, template: &str) -> Result<(), Response> {
+/// see; `true` when it names one of this key's. Template names without a tag or a slash are
+/// never snapshot ids and cost nothing here. (However a snapshot is named, the backend
+/// refuses another key's: [`runtime_core::SandboxSpec::snapshot_guard`].)
+pub(crate) async fn check_template(state: &State, template: &str) -> Result<bool, Response> {
     if !template.contains(':') && !template.contains('/') {
-        return Ok(());
+        return Ok(false);
     }
     if !state.runtime.capabilities().snapshots {
-        return Ok(());
+        return Ok(false);
     }
     let all = state
         .runtime
@@ -76,7 +78,8 @@ pub(crate) async fn check_template(state: &State, template: &str) -> Result<(), 
                 format!("template '{template}' not found or you don't have access to it"),
             ))
         }
-        _ => Ok(()),
+        Some(_) => Ok(true),
+        None => Ok(false),
     }
 }
 
@@ -102,6 +105,12 @@ pub(crate) async fn create(
     }
     let name = match req.name.as_deref() {
         Some("") | None => None,
+        Some(n) if n.contains(['/', ':']) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("snapshot name '{n}' cannot hold '/' or ':' (the tag is always 'default')"),
+            )
+        }
         Some(n) => Some(format!("{}/{n}", state.tenant())),
     };
     let served = match state.served(&id).await {
@@ -154,6 +163,7 @@ pub(crate) async fn list(AxState(state): AxState<Shared>, Query(q): Query<ListQu
         Err(e) => return from_error(&e, q.sandbox_id.as_deref().unwrap_or("")),
     };
     if let Some(name) = q.name.as_deref().filter(|n| !n.is_empty()) {
+        let name = name.strip_suffix(":default").unwrap_or(name);
         let own = format!("/{}/{name}", state.tenant());
         all.retain(|s| {
             s.names.iter().any(|n| {
@@ -189,10 +199,7 @@ pub(crate) async fn delete(AxState(state): AxState<Shared>, Path(id): Path<Strin
         Ok(m) => m,
         Err(e) => return from_error(&e, ""),
     };
-    let Some(snapshot) = mine
-        .iter()
-        .find(|s| s.id == id || s.names.iter().any(|n| *n == id))
-    else {
+    let Some(snapshot) = mine.iter().find(|s| s.id == id || s.names.contains(&id)) else {
         return match crate::templates::delete(&state, &id).await {
             Some(Ok(())) => {
                 info!(template = %id, "template deleted");

@@ -304,7 +304,6 @@ impl State {
         self.owner
             .chars()
             .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            .take(12)
             .collect()
     }
 
@@ -432,6 +431,7 @@ impl State {
             .metadata(TEMPLATE_KEY, template)
             .metadata(INSTANCE_KEY, &self.instance)
             .metadata(OWNER_KEY, &self.owner)
+            .snapshot_guard(OWNER_KEY, &self.owner)
             .metadata(ENVS_KEY, serde_json::to_string(&envs).expect("json"))
             .env("E2B_SANDBOX", "true");
         if template != "base" {

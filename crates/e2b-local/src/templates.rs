@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use e2b_protocol::envd::ENVD_VERSION;
 use e2b_protocol::json::rfc3339;
 use runtime_core::{
-    shell_quote, CommandSpec, ErrorKind, FileStoreExt, Sandbox, SandboxExt, SandboxSpec, Snapshot,
+    shell_quote, CommandSpec, ErrorKind, Sandbox, SandboxExt, SandboxSpec, Snapshot,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -55,6 +55,10 @@ const MAX_UPLOAD: usize = 1 << 30;
 const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a sandbox's ready command may take to succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most log entries a build keeps.
+const MAX_LOG_ENTRIES: usize = 10_000;
+/// The most builds kept in memory; the oldest finished ones go first.
+const MAX_BUILDS: usize = 200;
 /// Where COPY files are unpacked inside a build's sandbox.
 const UNPACK: &str = "/tmp/.sbx-build";
 
@@ -66,6 +70,7 @@ pub(crate) struct Build {
     alias: String,
     tags: Vec<String>,
     owner: String,
+    registered: Instant,
     progress: Mutex<Progress>,
 }
 
@@ -80,7 +85,20 @@ struct Progress {
 impl Build {
     fn log(&self, level: &str, step: &str, message: impl Into<String>) {
         let message = message.into();
-        self.progress.lock().expect("build").entries.push(json!({
+        let mut p = self.progress.lock().expect("build");
+        if p.entries.len() >= MAX_LOG_ENTRIES {
+            return;
+        }
+        if p.entries.len() + 1 == MAX_LOG_ENTRIES {
+            p.entries.push(json!({
+                "timestamp": rfc3339(SystemTime::now()),
+                "level": "warn",
+                "message": format!("the log is cut at {MAX_LOG_ENTRIES} entries"),
+                "step": step,
+            }));
+            return;
+        }
+        p.entries.push(json!({
             "timestamp": rfc3339(SystemTime::now()),
             "level": level,
             "message": message,
@@ -432,16 +450,34 @@ async fn register(AxState(state): AxState<Shared>, body: Bytes) -> Response {
         alias: alias.clone(),
         tags: tags.clone(),
         owner: state.owner().to_string(),
+        registered: Instant::now(),
         progress: Mutex::new(Progress {
             status: "waiting",
             ..Default::default()
         }),
     });
-    state
-        .builds
-        .lock()
-        .expect("builds")
-        .insert(build_id.clone(), build);
+    {
+        let mut builds = state.builds.lock().expect("builds");
+        while builds.len() >= MAX_BUILDS {
+            let oldest = builds
+                .iter()
+                .filter(|(_, b)| {
+                    matches!(b.progress.lock().expect("build").status, "ready" | "error")
+                })
+                .min_by_key(|(_, b)| b.registered)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => builds.remove(&id),
+                None => {
+                    return crate::control::too_many(
+                        format!("{MAX_BUILDS} template builds are under way; wait for one"),
+                        10,
+                    )
+                }
+            };
+        }
+        builds.insert(build_id.clone(), build);
+    }
     info!(template = %alias, build_id = %build_id, "template build registered");
     (
         StatusCode::ACCEPTED,
@@ -524,14 +560,17 @@ struct UploadQuery {
     token: String,
 }
 
-/// `PUT /_uploads/{tenant}/{hash}?token=`: keeps a COPY step's files (written whole, then
-/// renamed into place).
+/// `PUT /_uploads/{tenant}/{hash}?token=`: keeps a COPY step's files. The token is checked
+/// before any of the body is read; the body is streamed to a file (at most [`MAX_UPLOAD`])
+/// and renamed into place; files already kept are never replaced.
 async fn upload(
     AxState(state): AxState<Shared>,
     Path((tenant, hash)): Path<(String, String)>,
     Query(q): Query<UploadQuery>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
     if !valid_hash(&hash)
         || !tenant.bytes().all(|b| b.is_ascii_alphanumeric())
         || !e2b_protocol::secrets_equal(&q.token, &upload_token(&state, &tenant, &hash))
@@ -539,11 +578,33 @@ async fn upload(
         return api_error(StatusCode::FORBIDDEN, "this upload URL is not valid");
     }
     let path = upload_path(&state, &tenant, &hash);
+    if path.exists() {
+        return StatusCode::OK.into_response();
+    }
     let partial = path.with_extension(format!("part-{:x}", rand::random::<u64>()));
-    let written = async {
-        tokio::fs::create_dir_all(path.parent().expect("a parent")).await?;
-        tokio::fs::write(&partial, &body).await?;
-        tokio::fs::rename(&partial, &path).await
+    let written: Result<(), String> = async {
+        let dir = path.parent().expect("a parent");
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        private(&state.uploads_dir()).await;
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = body.into_data_stream();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            total += chunk.len();
+            if total > MAX_UPLOAD {
+                return Err(format!("the upload is over {MAX_UPLOAD} bytes"));
+            }
+            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(|e| e.to_string())
     }
     .await;
     match written {
@@ -551,11 +612,17 @@ async fn upload(
         Err(e) => {
             let _ = tokio::fs::remove_file(&partial).await;
             api_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::BAD_REQUEST,
                 format!("could not keep the upload: {e}"),
             )
         }
     }
+}
+
+/// Makes the uploads directory readable by this user only.
+async fn private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await;
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -624,6 +691,11 @@ async fn start(
             );
         }
     }
+    // The build's sandbox counts against the key's limits like any other.
+    let admission = match state.admit_create().await {
+        Ok(a) => a,
+        Err((message, retry_after)) => return crate::control::too_many(message, retry_after),
+    };
     {
         let mut p = build.progress.lock().expect("build");
         if p.status != "waiting" {
@@ -643,6 +715,7 @@ async fn start(
             info!(template = %build.alias, "template built");
         }
         build.finish(outcome);
+        drop(admission);
     });
     StatusCode::ACCEPTED.into_response()
 }
@@ -747,6 +820,7 @@ async fn run_build(
     }
     let mut spec = SandboxSpec::new()
         .metadata(OWNER_KEY, &build.owner)
+        .snapshot_guard(OWNER_KEY, &build.owner)
         .metadata(INSTANCE_KEY, &state.instance)
         .metadata(ALIAS_KEY, &build.alias)
         .metadata(ID_KEY, &build.template_id)
@@ -817,6 +891,38 @@ impl Cursor {
         }
         spec
     }
+}
+
+/// `value` with `$NAME` and `${NAME}` replaced by what earlier ENV steps set (empty when
+/// unset), as E2B expands them; nothing is run.
+fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, len) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        out.push_str(env.get(name).map(String::as_str).unwrap_or_default());
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `base` joined with `path` (kept when absolute), `.` and `..` resolved.
@@ -902,13 +1008,17 @@ async fn run_step(
                 .filter(|h| valid_hash(h))
                 .ok_or("COPY requires files hash to be set")?;
             let local = upload_path(state, &state.tenant(), hash);
-            let tar = tokio::fs::read(&local)
+            let tar = tokio::fs::File::open(&local)
                 .await
                 .map_err(|_| format!("the files of COPY {} were not uploaded", arg(0)))?;
             let archive = format!("{UNPACK}/{hash}.tar");
+            let stream =
+                futures_util::StreamExt::map(tokio_util::io::ReaderStream::new(tar), |c| {
+                    c.map_err(runtime_core::Error::from)
+                });
             sandbox
                 .files()
-                .write(&archive, Bytes::from(tar))
+                .write_stream(&archive, Box::pin(stream))
                 .await
                 .map_err(|e| e.to_string())?;
             // The static part of the source pattern; the tar holds paths from the context.
@@ -917,6 +1027,9 @@ async fn run_step(
                 .take_while(|p| !p.contains(['*', '?', '[', '{']))
                 .filter(|p| !p.is_empty() && *p != ".")
                 .collect();
+            if source.contains(&"..") {
+                return Err(format!("COPY source '{}' leaves the context", arg(0)));
+            }
             let dest = match arg(1) {
                 d if d.starts_with('/') => d.to_string(),
                 d => format!(
@@ -933,10 +1046,10 @@ async fn run_step(
             let script = format!(
                 r#"set -e
 u={unpack}/{hash}; rm -rf "$u"; mkdir -p "$u"; tar -xf {archive} -C "$u"; rm -f {archive}
-src="$u/"{source}; dest={dest}; [ -e "$src" ] || [ -L "$src" ] || {{ echo "nothing to copy at {shown}" >&2; exit 1; }}
-chown -R -h {owner} "$src"; if [ -n {mode} ]; then chmod -R {mode} "$src"; fi
-if [ -d "$src" ] && [ ! -L "$src" ]; then mkdir -p "$dest"; cp -a "$src"/. "$dest"/
-else case "$dest" in */) mkdir -p "$dest"; dest="$dest$(basename "$src")";; *) mkdir -p "$(dirname "$dest")";; esac; rm -rf "$dest"; cp -a "$src" "$dest"; fi
+src="$u/"{source}; dest={dest}; [ -e "$src" ] || [ -L "$src" ] || {{ echo nothing to copy at {shown} >&2; exit 1; }}
+chown -R -h -- {owner} "$src"; if [ -n {mode} ]; then chmod -R -- {mode} "$src"; fi
+if [ -d "$src" ] && [ ! -L "$src" ]; then mkdir -p -- "$dest"; cp -a -- "$src"/. "$dest"/
+else case "$dest" in */) mkdir -p -- "$dest"; dest="$dest$(basename -- "$src")";; *) mkdir -p -- "$(dirname -- "$dest")";; esac; rm -rf -- "$dest"; cp -a -- "$src" "$dest"; fi
 rm -rf "$u""#,
                 unpack = UNPACK,
                 source = shell_quote(&source.join("/")),
@@ -952,15 +1065,14 @@ rm -rf "$u""#,
                 return Err("ENV takes pairs of a name and a value".into());
             }
             for pair in step.args.chunks(2) {
-                // Values expand `$NAME` as a shell would; commands are not run.
-                let value = pair[1]
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('`', "\\`")
-                    .replace("$(", "\\$(");
-                let expanded =
-                    as_root(sandbox, cursor, &format!("printf '%s' \"{value}\"")).await?;
-                cursor.env.insert(pair[0].clone(), expanded);
+                let name = &pair[0];
+                let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(format!("'{name}' cannot name an environment variable"));
+                }
+                let value = expand(&pair[1], &cursor.env);
+                cursor.env.insert(name.clone(), value);
             }
             Ok(())
         }
@@ -971,7 +1083,7 @@ rm -rf "$u""#,
                 sandbox,
                 cursor,
                 &format!(
-                    "if [ ! -d {q} ]; then mkdir -p {q} && chown {u}: {q}; fi",
+                    "if [ ! -d {q} ]; then mkdir -p -- {q} && chown -- {u}: {q}; fi",
                     u = shell_quote(&cursor.user)
                 ),
             )
@@ -981,6 +1093,9 @@ rm -rf "$u""#,
         }
         "USER" => {
             let user = arg(0);
+            if user.is_empty() || user.starts_with('-') {
+                return Err(format!("'{user}' cannot name a user"));
+            }
             let q = shell_quote(user);
             as_root(
                 sandbox,
@@ -1047,6 +1162,7 @@ async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     let mut spec = SandboxSpec::new()
         .template(target.snapshot.id.clone())
         .metadata(INSTANCE_KEY, &state.instance)
+        .snapshot_guard(OWNER_KEY, state.owner())
         .timeout(Duration::from_secs(600));
     for (k, v) in &target.snapshot.metadata {
         if k.starts_with("sbx.e2b.tpl.") || k == OWNER_KEY {
@@ -1166,10 +1282,11 @@ pub(crate) async fn delete(state: &State, id: &str) -> Option<Result<(), runtime
         Ok(a) => a,
         Err(e) => return Some(Err(e)),
     };
-    let alias = parse_name(id).map(|(a, _)| a).unwrap_or_default();
+    let (alias, tag) = parse_name(id).unwrap_or_default();
     let doomed: Vec<Template> = all
         .into_iter()
-        .filter(|t| mine(state, t) && (t.id == id || t.alias == alias))
+        .filter(|t| mine(state, t) && (t.id == id || t.alias == alias || t.id == alias))
+        .filter(|t| tag.as_ref().is_none_or(|tag| t.tag() == *tag))
         .collect();
     if doomed.is_empty() {
         return None;
@@ -1203,5 +1320,10 @@ mod tests {
         assert_eq!(join("/home/user", "../x/./y"), "/home/x/y");
         assert_eq!(join("/home/user", "/app"), "/app");
         assert_eq!(join("/", ".."), "/");
+        let env = BTreeMap::from([("A".to_string(), "one".to_string())]);
+        assert_eq!(
+            expand("$A two ${A}s $B$ $(x) ${", &env),
+            "one two ones  $ $(x) ${"
+        );
     }
 }

@@ -60,6 +60,12 @@ pub struct SandboxSpec {
     /// [`Runtime::connect`](crate::Runtime::connect) resumes it with its files and processes.
     /// Needs [`Capabilities::pause`].
     pub auto_pause: bool,
+    /// When the template is a snapshot, the metadata it must have been taken with: one that
+    /// lacks any of these pairs is treated as missing
+    /// ([`ErrorKind::NotFound`](crate::ErrorKind::NotFound)), however it is named. A server
+    /// making sandboxes for several tenants passes its tenant's mark. Backends whose snapshots
+    /// belong to their own account (E2B) leave the check to it.
+    pub snapshot_guard: BTreeMap<String, String>,
 }
 
 impl SandboxSpec {
@@ -130,6 +136,12 @@ impl SandboxSpec {
     /// Pauses the sandbox at the end of its time to live instead of killing it.
     pub fn auto_pause(mut self, on: bool) -> Self {
         self.auto_pause = on;
+        self
+    }
+    /// Adds a pair a snapshot named as the template must have been taken with (see
+    /// [`SandboxSpec::snapshot_guard`]).
+    pub fn snapshot_guard(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.snapshot_guard.insert(key.into(), value.into());
         self
     }
 }

@@ -57,8 +57,9 @@ pub const ISOLATED_NETWORK: &str = "sbx-isolated";
 pub const DEFAULT_CPUS: f64 = 1.0;
 
 /// The container's main process when the deadline keeper holds its time to live: it only
-/// waits. The keeper, outside the sandbox, kills the container at its deadline.
-const IDLE: &str = "while :; do sleep 3600; done";
+/// waits (after clearing process records a snapshot carried). The keeper, outside the sandbox,
+/// kills the container at its deadline.
+const IDLE: &str = "rm -f /.sbx/procs/* 2>/dev/null; while :; do sleep 3600; done";
 
 /// The container's main process when no keeper is available (no `sbx-agent` binary): keeps the
 /// sandbox alive until the deadline in `/.sbx/deadline` (epoch seconds, put there before start)
@@ -66,7 +67,7 @@ const IDLE: &str = "while :; do sleep 3600; done";
 /// that file or stop this loop: see [`crate::keeper`] for the time to live the sandbox cannot
 /// change. A jump in the clock (the container was paused) grants a grace period so a resumed
 /// sandbox is not killed before its new deadline is written.
-const DEADLINE_FILE_INIT: &str = r#"last=$(date +%s); grace=0
+const DEADLINE_FILE_INIT: &str = r#"rm -f /.sbx/procs/* 2>/dev/null; last=$(date +%s); grace=0
 while :; do
   now=$(date +%s)
   if [ $((now - last)) -gt 5 ]; then grace=$((now + 15)); fi
@@ -687,10 +688,17 @@ impl DockerRuntime {
                         .architecture
                         .as_deref()
                         .is_none_or(|a| a == "amd64" || a == "x86_64");
-                let mut info = TemplateInfo::from_labels(
-                    inspect.config.and_then(|c| c.labels).unwrap_or_default(),
-                );
+                let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+                let l = &self.settings.labels;
+                let snapshot_metadata = flag(&labels, &l.snapshot()).then(|| {
+                    labels
+                        .get(&l.snapshot_of("metadata"))
+                        .and_then(|m| serde_json::from_str(m).ok())
+                        .unwrap_or_default()
+                });
+                let mut info = TemplateInfo::from_labels(labels);
                 info.agent_can_run = linux_x86_64;
+                info.snapshot_metadata = snapshot_metadata;
                 Ok(info)
             }
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -935,6 +943,20 @@ impl DockerRuntime {
             let s = &self.settings;
             let image = image.unwrap_or_else(|| self.image_for(spec.template.as_deref()));
             let template = self.ensure_image(&image).await?;
+            if let Some(taken_with) = &template.snapshot_metadata {
+                if spec
+                    .snapshot_guard
+                    .iter()
+                    .any(|(k, v)| taken_with.get(k) != Some(v))
+                {
+                    return Err(err(
+                        ErrorKind::NotFound,
+                        "create",
+                        format!("image '{image}' is not on this engine (or not yours to use)"),
+                    )
+                    .with_context("image", &image));
+                }
+            }
             let ttl = spec.timeout.unwrap_or(s.ttl);
             let now = SystemTime::now();
             let deadline = epoch(now + ttl).max(epoch(now) + 1);

@@ -76,6 +76,8 @@ pub(crate) struct TemplateInfo {
     pub(crate) memory_mb: Option<u32>,
     /// Whether the image is Linux on x86_64, where the agent runs.
     pub(crate) agent_can_run: bool,
+    /// The metadata of the sandbox it was taken from, when the image is a snapshot.
+    pub(crate) snapshot_metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl TemplateInfo {
@@ -87,6 +89,7 @@ impl TemplateInfo {
             cpu_count: get(CPU_LABEL).and_then(|v| v.parse().ok()),
             memory_mb: get(MEMORY_LABEL).and_then(|v| v.parse().ok()),
             agent_can_run: true,
+            snapshot_metadata: None,
         }
     }
 }
