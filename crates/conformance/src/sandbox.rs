@@ -81,7 +81,12 @@ cases!(
     "metrics": metrics_are_plausible if metrics,
     "network": network_policy_is_checked_then_set_live if network_policy,
     "snapshots": snapshot_then_create_fork_and_delete if snapshots,
+    "volumes": volume_is_shared_kept_and_removed if volumes,
 );
+
+fn volumes(c: &Capabilities) -> bool {
+    c.volumes && c.mounts
+}
 
 fn snapshots(c: &Capabilities) -> bool {
     c.snapshots
@@ -948,5 +953,73 @@ async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
     }
     from.kill().await?;
     sb.kill().await?;
+    Ok(())
+}
+
+/// A volume is shared by the sandboxes that mount it and outlives them; it cannot be removed
+/// while mounted, nor made twice, and is gone once removed.
+async fn volume_is_shared_kept_and_removed(c: Ctx) -> CaseResult {
+    use runtime_core::{Mount, MountSource};
+    let name = format!("sbx-conformance-{:08x}", rand::random::<u32>());
+    let rt = c.runtime();
+    let volume = rt
+        .create_volume(&name, [("case".to_string(), "volumes".to_string())].into())
+        .await?;
+    assert_eq!(volume.name, name);
+    let result = async {
+        let e = rt
+            .create_volume(&name, Default::default())
+            .await
+            .expect_err("a second volume of the same name");
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        let listed = rt.volumes().await?;
+        let found = listed.iter().find(|v| v.name == name).expect("listed");
+        assert_eq!(
+            found.metadata.get("case").map(String::as_str),
+            Some("volumes")
+        );
+
+        let mount = |ro: bool| Mount {
+            source: MountSource::Volume(name.clone()),
+            target: "/data".into(),
+            read_only: ro,
+        };
+        let mut spec = c.spec();
+        spec.mounts.push(mount(false));
+        let a = c.create(spec.clone()).await?;
+        a.exec_shell("echo kept > /data/f").await?;
+        let e = rt.remove_volume(&name).await.expect_err("mounted");
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        let b = c.create(spec).await?;
+        assert_eq!(b.files().read_to_string("/data/f").await?, "kept\n");
+        a.kill().await?;
+        b.kill().await?;
+        let mut spec = c.spec();
+        spec.mounts.push(mount(true));
+        let later = c.create(spec).await?;
+        assert_eq!(
+            later.exec_shell("cat /data/f").await?.stdout_text(),
+            "kept\n"
+        );
+        later.kill().await?;
+        Ok::<_, runtime_core::Error>(())
+    }
+    .await;
+    // Removal right after a kill may race the engine's own clean-up: try a few times.
+    let mut removed = rt.remove_volume(&name).await;
+    for _ in 0..20 {
+        match &removed {
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                removed = rt.remove_volume(&name).await;
+            }
+            _ => break,
+        }
+    }
+    result?;
+    removed?;
+    assert!(rt.volumes().await?.iter().all(|v| v.name != name));
+    let e = rt.remove_volume(&name).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     Ok(())
 }

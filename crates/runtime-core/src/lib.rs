@@ -49,5 +49,5 @@ pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
 pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{
     Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,
-    SandboxSpec, SandboxState, Snapshot, DEFAULT_SANDBOX_TIMEOUT,
+    SandboxSpec, SandboxState, Snapshot, Volume, DEFAULT_SANDBOX_TIMEOUT,
 };

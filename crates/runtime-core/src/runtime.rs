@@ -7,8 +7,16 @@ use async_trait::async_trait;
 
 use crate::{
     Capabilities, CommandSpec, FileStore, FsEventStream, ListFilter, Metrics, Process, ProcessInfo,
-    Result, SandboxInfo, SandboxSpec, Snapshot,
+    Result, SandboxInfo, SandboxSpec, Snapshot, Volume,
 };
+
+fn no_volumes(op: &'static str) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Unsupported,
+        "this backend keeps no volumes of its own",
+    )
+    .with_operation(op)
+}
 
 /// The most copies one [`Sandbox::fork`] makes (as on E2B).
 pub const MAX_FORKS: usize = 20;
@@ -90,6 +98,35 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
         let _ = id;
         Err(no_snapshots("delete_snapshot"))
+    }
+    /// Makes a volume named `name` (its metadata is kept with it), to mount into sandboxes
+    /// with [`MountSource::Volume`](crate::MountSource::Volume).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when a volume of that name exists;
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a name the backend
+    /// cannot use; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) where the backend
+    /// keeps no volumes ([`Capabilities::volumes`]).
+    async fn create_volume(
+        &self,
+        name: &str,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<Volume> {
+        let _ = (name, metadata);
+        Err(no_volumes("create_volume"))
+    }
+    /// The volumes this runtime made.
+    async fn volumes(&self) -> Result<Vec<Volume>> {
+        Err(no_volumes("volumes"))
+    }
+    /// Removes a volume this runtime made, with its content.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for one it did not make or that is
+    /// gone; [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) while a sandbox mounts it.
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        let _ = name;
+        Err(no_volumes("remove_volume"))
     }
     /// Releases what the runtime keeps ready for later creates (Docker's warm pool), for a
     /// process about to end. Sandboxes handed out are not touched. The default does nothing.

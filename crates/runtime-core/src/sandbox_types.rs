@@ -424,6 +424,31 @@ impl Snapshot {
     }
 }
 
+/// A named volume of the runtime: storage that outlives sandboxes, mounted into them with
+/// [`MountSource::Volume`]. From [`Runtime::create_volume`](crate::Runtime::create_volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Volume {
+    /// Its name: what [`MountSource::Volume`] and
+    /// [`Runtime::remove_volume`](crate::Runtime::remove_volume) take.
+    pub name: String,
+    /// What it was made with.
+    pub metadata: BTreeMap<String, String>,
+    /// When it was made.
+    pub created_at: SystemTime,
+}
+
+impl Volume {
+    /// A new record; for backends.
+    pub fn new(name: impl Into<String>) -> Self {
+        Volume {
+            name: name.into(),
+            metadata: BTreeMap::new(),
+            created_at: SystemTime::now(),
+        }
+    }
+}
+
 /// What a sandbox uses, at one moment: from [`Sandbox::metrics`](crate::Sandbox::metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -534,6 +559,10 @@ pub struct Capabilities {
     /// [`Runtime::snapshots`](crate::Runtime::snapshots) and
     /// [`Runtime::delete_snapshot`](crate::Runtime::delete_snapshot).
     pub snapshots: bool,
+    /// [`Runtime::create_volume`](crate::Runtime::create_volume),
+    /// [`Runtime::volumes`](crate::Runtime::volumes) and
+    /// [`Runtime::remove_volume`](crate::Runtime::remove_volume).
+    pub volumes: bool,
 }
 
 impl Capabilities {
@@ -555,6 +584,7 @@ impl Capabilities {
             metrics: true,
             network_policy: true,
             snapshots: true,
+            volumes: true,
         }
     }
 }

@@ -1728,6 +1728,22 @@ impl Runtime for DockerRuntime {
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.remove_snapshot(id).await
     }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<runtime_core::Volume> {
+        self.make_volume(name, metadata).await
+    }
+
+    async fn volumes(&self) -> Result<Vec<runtime_core::Volume>> {
+        self.list_volumes().await
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        self.drop_volume(name).await
+    }
 }
 
 #[cfg(test)]
