@@ -82,6 +82,8 @@ def server():
     os.environ["E2B_API_KEY"] = srv.key
     os.environ["E2B_API_URL"] = srv.api_url
     os.environ["E2B_SANDBOX_URL"] = srv.envd_url
+    # The SDK reaches volume content here, never through E2B_API_URL.
+    os.environ["E2B_VOLUME_API_URL"] = srv.api_url
     os.environ.pop("E2B_DEBUG", None)
     yield srv
     if srv.proc.poll() is None:

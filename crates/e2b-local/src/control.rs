@@ -86,7 +86,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/snapshots", get(crate::snapshots::list))
         .route("/templates/{id}", delete(crate::snapshots::delete))
         .route("/health", get(|| async { StatusCode::OK }));
-    crate::templates::routes(routes)
+    crate::volumes::routes(crate::templates::routes(routes))
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
         .fallback(not_served)
@@ -97,7 +97,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state.clone())
-        .merge(crate::templates::upload_router(state))
+        .merge(crate::templates::upload_router(state.clone()))
+        .merge(crate::volumes::content_router(state))
 }
 
 async fn not_served(method: axum::http::Method, uri: axum::http::Uri) -> Response {
@@ -255,6 +256,14 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
                 .get(crate::network::NETWORK_KEY)
                 .and_then(|j| serde_json::from_str(j).ok())
         }),
+        volume_mounts: {
+            let m = crate::volumes::mounts_of(&info.metadata);
+            (!m.is_empty()).then(|| {
+                m.into_iter()
+                    .map(|(name, path)| e2b_protocol::api::VolumeMount { name, path })
+                    .collect()
+            })
+        },
     }
 }
 
@@ -375,6 +384,19 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         None => {}
     }
     spec = spec.auto_pause(req.auto_pause == Some(true));
+    if let Some(asked) = req.volume_mounts.as_ref().filter(|v| !v.is_null()) {
+        match crate::volumes::mounts_for(&state, asked).await {
+            Ok((mounts, kept)) if !mounts.is_empty() => {
+                spec.mounts.extend(mounts);
+                spec = spec.metadata(
+                    crate::volumes::MOUNTS_KEY,
+                    serde_json::to_string(&kept).expect("json"),
+                );
+            }
+            Ok(_) => {}
+            Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
+        }
+    }
     if let Some(t) = &built {
         spec.template = Some(t.snapshot.id.clone());
     }
@@ -419,11 +441,16 @@ fn unsupported_options(req: &NewSandbox) -> Option<String> {
     if auto_resume(req) && req.auto_pause != Some(true) {
         return Some("autoResume needs autoPause (lifecycle on_timeout=pause)".into());
     }
+    if let Some(key) = req.other.keys().find(|k| *k != "autoPauseMemory") {
+        return Some(match key.as_str() {
+            "iam" => "iam (workload identity tokens) needs E2B's egress proxy, which e2b-local \
+                      does not run"
+                .into(),
+            other => format!("create option '{other}' is not known to e2b-local"),
+        });
+    }
     if set(&req.mcp) {
         return Some("mcp (the MCP gateway) is not available in e2b-local".into());
-    }
-    if set(&req.volume_mounts) {
-        return Some("volumeMounts (E2B volumes) are not available in e2b-local".into());
     }
     None
 }

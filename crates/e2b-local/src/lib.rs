@@ -29,6 +29,7 @@ mod resolve;
 mod snapshots;
 mod state;
 mod templates;
+mod volumes;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -136,6 +136,8 @@ pub(crate) struct State {
     /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
     /// the one kept at create).
     networks: std::sync::Mutex<HashMap<String, e2b_protocol::api::NetworkConfig>>,
+    /// The helper sandboxes of volumes' content (see [`crate::volumes`]).
+    pub(crate) volume_helpers: crate::volumes::Helpers,
     /// Template builds by build id (see [`crate::templates`]).
     pub(crate) builds: std::sync::Mutex<HashMap<String, Arc<crate::templates::Build>>>,
     /// The port proxy's domain, once it listens.
@@ -160,6 +162,7 @@ impl State {
             served: Mutex::new(HashMap::new()),
             made: Mutex::new(HashSet::new()),
             builds: std::sync::Mutex::new(HashMap::new()),
+            volume_helpers: Default::default(),
             debug_sandbox: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
             creates: Mutex::new((config.limits.creates_per_minute as f64, Instant::now())),
@@ -474,6 +477,7 @@ impl State {
         // What the backend keeps ready (a warm pool) goes in any case, and template uploads.
         self.runtime.shutdown().await;
         let _ = tokio::fs::remove_dir_all(self.uploads_dir()).await;
+        crate::volumes::shutdown(self).await;
         if self.config.keep_sandboxes {
             info!("leaving the sandboxes running (--keep-sandboxes)");
             return;

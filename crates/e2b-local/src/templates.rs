@@ -1323,7 +1323,7 @@ mod tests {
         let env = BTreeMap::from([("A".to_string(), "one".to_string())]);
         assert_eq!(
             expand("$A two ${A}s $B$ $(x) ${", &env),
-            "one two ones  $ $(x) ${"
+            "one two ones $ $(x) ${"
         );
     }
 }

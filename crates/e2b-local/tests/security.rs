@@ -708,6 +708,8 @@ async fn unenforced_network_options_are_refused() {
         json!({"templateID": "base", "network": {"allowOut": ["example.com"]}}),
         json!({"templateID": "base", "autoResume": {"enabled": true}}),
         json!({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]}),
+        json!({"templateID": "base", "iam": {"tokens": {"aws": {"audience": "sts", "type": "JWT-SVID"}}}}),
+        json!({"templateID": "base", "someFutureOption": true}),
     ];
     let unguarded_server = serve(unguarded.clone(), keyed("e2b_security_network_off")).await;
     let server = serve(docker.clone(), keyed("e2b_security_network")).await;

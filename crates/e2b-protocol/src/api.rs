@@ -50,6 +50,9 @@ pub struct NewSandbox {
     /// Volumes to mount (`[{"name","path"}]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mounts: Option<serde_json::Value>,
+    /// Anything else the client sent (a server refuses what it cannot honour).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `network` on create (the SDK's `SandboxNetworkConfig`), and as `GET /sandboxes/{id}`
@@ -198,6 +201,18 @@ pub struct SandboxDetail {
     /// (detail only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// The volumes mounted, `[{name, path}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+}
+
+/// One of `volumeMounts`: a volume by name, and where it is mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub name: String,
+    /// The absolute mount path.
+    pub path: String,
 }
 
 /// `POST /v2/sandboxes/{id}/connect` and `POST /sandboxes/{id}/resume` bodies.
