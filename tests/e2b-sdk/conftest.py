@@ -5,6 +5,7 @@ loopback ports with a fresh API key, points the SDK at it through the environmen
 already reads, and stops it with SIGINT at the end.
 """
 
+import contextlib
 import os
 import secrets
 import signal
@@ -90,6 +91,22 @@ def server():
         assert srv.stop() == 0
     left = our_containers()
     assert not left, f"containers left after e2b-local stopped: {left}"
+
+
+@contextlib.contextmanager
+def another_key(monkeypatch):
+    """A second server with a key of its own, the SDK pointed at it until the block ends."""
+    other = LocalServer()
+    other.start()
+    try:
+        monkeypatch.setenv("E2B_API_KEY", other.key)
+        monkeypatch.setenv("E2B_API_URL", other.api_url)
+        monkeypatch.setenv("E2B_VOLUME_API_URL", other.api_url)
+        monkeypatch.setenv("E2B_SANDBOX_URL", other.envd_url)
+        yield other
+    finally:
+        monkeypatch.undo()
+        assert other.stop() == 0
 
 
 @pytest.fixture

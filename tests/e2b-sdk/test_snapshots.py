@@ -11,7 +11,7 @@ import pytest
 from e2b import Sandbox, Template
 from e2b.exceptions import BuildException, SandboxException
 
-from conftest import LocalServer
+from conftest import another_key
 
 
 def test_snapshot_then_a_sandbox_from_it_then_delete(sandbox):
@@ -115,12 +115,7 @@ def test_fork_copies_files_env_and_metadata(server):
 
 def test_another_key_cannot_list_delete_or_use_a_snapshot(sandbox, monkeypatch):
     snap = sandbox.create_snapshot("private")
-    other = LocalServer()
-    other.start()
-    try:
-        monkeypatch.setenv("E2B_API_KEY", other.key)
-        monkeypatch.setenv("E2B_API_URL", other.api_url)
-        monkeypatch.setenv("E2B_SANDBOX_URL", other.envd_url)
+    with another_key(monkeypatch):
         assert Sandbox.list_snapshots().next_items() == []
         assert Sandbox.list_snapshots(name="private").next_items() == []
         assert Sandbox.delete_snapshot(snap.snapshot_id) is False
@@ -144,8 +139,5 @@ def test_another_key_cannot_list_delete_or_use_a_snapshot(sandbox, monkeypatch):
             assert Sandbox.delete_snapshot(own.snapshot_id) is True
         finally:
             mine.kill()
-    finally:
-        monkeypatch.undo()
-        assert other.stop() == 0
     assert [s.snapshot_id for s in Sandbox.list_snapshots(name="private").next_items()] == [snap.snapshot_id]
     assert Sandbox.delete_snapshot(snap.snapshot_id) is True

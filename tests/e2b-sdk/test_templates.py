@@ -12,7 +12,7 @@ import pytest
 from e2b import Sandbox, Template, wait_for_file
 from e2b.exceptions import BuildException, SandboxException
 
-from conftest import LocalServer
+from conftest import another_key
 
 
 def name() -> str:
@@ -149,12 +149,7 @@ def test_from_a_local_image_in_the_background(server):
 def test_another_key_cannot_use_a_template(server, monkeypatch):
     tpl = name()
     Template.build(Template().from_base_image().run_cmd("true"), tpl)
-    other = LocalServer()
-    other.start()
-    try:
-        monkeypatch.setenv("E2B_API_KEY", other.key)
-        monkeypatch.setenv("E2B_API_URL", other.api_url)
-        monkeypatch.setenv("E2B_SANDBOX_URL", other.envd_url)
+    with another_key(monkeypatch) as other:
         # E2B's answer for a name another team holds: it exists, and is not yours.
         assert Template.exists(tpl) is True
         with pytest.raises(SandboxException):
@@ -162,9 +157,6 @@ def test_another_key_cannot_use_a_template(server, monkeypatch):
         status, listed = api(other, "GET", "/templates")
         assert status == 200 and all(t["aliases"] != [tpl] for t in listed)
         assert api(other, "DELETE", f"/templates/{tpl}")[0] == 404
-    finally:
-        monkeypatch.undo()
-        assert other.stop() == 0
     assert api(server, "DELETE", f"/templates/{tpl}")[0] == 204
 
 

@@ -9,7 +9,7 @@ import pytest
 from e2b import Sandbox, Volume
 from e2b.exceptions import NotFoundException, SandboxException
 
-from conftest import LocalServer
+from conftest import another_key
 
 
 def name() -> str:
@@ -117,13 +117,7 @@ def test_mounted_into_sandboxes_and_kept(volume):
 
 def test_another_key_cannot_reach_a_volume(volume, monkeypatch):
     volume.write_file("/secret.txt", "mine")
-    other = LocalServer()
-    other.start()
-    try:
-        monkeypatch.setenv("E2B_API_KEY", other.key)
-        monkeypatch.setenv("E2B_API_URL", other.api_url)
-        monkeypatch.setenv("E2B_VOLUME_API_URL", other.api_url)
-        monkeypatch.setenv("E2B_SANDBOX_URL", other.envd_url)
+    with another_key(monkeypatch):
         assert all(v.volume_id != volume.volume_id for v in Volume.list())
         with pytest.raises(NotFoundException):
             Volume.get_info(volume.volume_id)
@@ -137,7 +131,4 @@ def test_another_key_cannot_reach_a_volume(volume, monkeypatch):
         forged = Volume(volume_id=volume.volume_id, name=volume.name, token="forged")
         with pytest.raises(Exception):
             forged.read_file("/secret.txt")
-    finally:
-        monkeypatch.undo()
-        assert other.stop() == 0
     assert volume.read_file("/secret.txt") == "mine"

@@ -61,8 +61,10 @@ impl Default for SessionOptions {
 
 impl SessionOptions {
     /// Options as the configuration sets them: `sandbox.time_to_live` (the sandbox's time to
-    /// live, refreshed while used), `sandbox.timeout` (the shell's hard timeout) and
-    /// `sandbox.keep_runtime_alive` (leave the sandbox running on close).
+    /// live, refreshed while used), `sandbox.timeout` (the shell's hard timeout),
+    /// `sandbox.keep_runtime_alive` (leave the sandbox running on close) and
+    /// `core.workspace_mount_path_in_sandbox` (the directory commands start in, on every
+    /// backend: made when the backend has not made it).
     ///
     /// ```
     /// let config = runtime_config::Config::builder()
@@ -72,11 +74,14 @@ impl SessionOptions {
     ///     .unwrap();
     /// let options = runtime_actions::SessionOptions::from_config(&config);
     /// assert_eq!(options.shell.hard_timeout, std::time::Duration::from_secs(30));
+    /// // The same default directory on every backend.
+    /// assert_eq!(options.spec.cwd.as_deref(), Some("/workspace"));
     /// ```
     pub fn from_config(config: &runtime_config::Config) -> Self {
         let s = &config.sandbox;
         SessionOptions {
-            spec: SandboxSpec::new(),
+            // The same directory on every backend (E2B's own default is the user's home).
+            spec: SandboxSpec::new().cwd(config.core.workspace_mount_path_in_sandbox.clone()),
             attach_to_existing: false,
             keep_alive: s.keep_runtime_alive,
             time_to_live: Duration::from_secs(s.time_to_live.max(1)),
@@ -166,6 +171,40 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Makes the session's directory where the backend has not (E2B makes none): owned by the
+/// sandbox's default user, so commands there can write.
+async fn ensure_dir(sandbox: &dyn Sandbox, dir: &str) -> Result<()> {
+    let who = sandbox
+        .exec(CommandSpec::shell("id -un").cwd("/"))
+        .await?
+        .stdout_text()
+        .trim()
+        .to_string();
+    let q = runtime_core::shell_quote(dir);
+    let made = sandbox
+        .exec(
+            CommandSpec::shell(format!(
+                "[ -d {q} ] || {{ mkdir -p -- {q} && chown -- {} {q}; }}",
+                runtime_core::shell_quote(&who)
+            ))
+            .user("root")
+            .cwd("/"),
+        )
+        .await?;
+    if made.success() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Unexpected,
+            format!(
+                "the session's directory {dir} could not be made: {}",
+                made.stderr_text().trim()
+            ),
+        )
+        .with_operation("open session"))
+    }
+}
+
 impl Session {
     /// Attaches to the live sandbox of `session_id`, or creates one.
     ///
@@ -198,6 +237,9 @@ impl Session {
         };
         let sandbox: Arc<dyn Sandbox> = Arc::from(sandbox);
         sandbox.set_timeout(options.time_to_live).await?;
+        if let Some(dir) = &options.spec.cwd {
+            ensure_dir(sandbox.as_ref(), dir).await?;
+        }
         let mut shell = Shell::new(session_id, options.shell.clone());
         let pwd = sandbox.exec(CommandSpec::shell("pwd")).await?;
         shell.set_initial_cwd(pwd.stdout_text().trim().to_string());
@@ -276,27 +318,24 @@ impl Session {
         for (k, v) in self.env.lock().await.iter() {
             spec = spec.env(k, v);
         }
-        let out = self.sandbox.exec(spec).await;
-        let (text, code) = match out {
-            Ok(o) => (
-                format!("{}{}", o.stdout_text(), o.stderr_text()),
-                o.exit_code.unwrap_or(-1),
-            ),
-            Err(mut e) if e.kind() == ErrorKind::Timeout => {
-                let o = e.take_output().unwrap_or_default();
-                (
-                    format!(
-                        "{}{}\n[The command timed out and was killed.]",
-                        o.stdout_text(),
-                        o.stderr_text()
-                    ),
-                    -1,
-                )
+        let (o, code, note) = match self.sandbox.exec(spec).await {
+            Ok(o) => {
+                let code = o.exit_code.unwrap_or(-1);
+                (o, code, "")
             }
+            Err(mut e) if e.kind() == ErrorKind::Timeout => (
+                e.take_output().unwrap_or_default(),
+                -1,
+                "\n[The command timed out and was killed.]",
+            ),
             Err(e) => return Err(e),
         };
+        let limit = self.options.shell.max_output_chars;
+        let (stdout, stderr) = (o.stdout_text(), o.stderr_text());
         Ok(RunResult {
-            output: editor::truncate_middle(&text, self.options.shell.max_output_chars),
+            output: editor::truncate_middle(&format!("{stdout}{stderr}{note}"), limit),
+            stdout: editor::truncate_middle(&stdout, limit),
+            stderr: editor::truncate_middle(&stderr, limit),
             exit_code: code,
             cwd: cwd.unwrap_or_default().to_string(),
             prefix: String::new(),

@@ -77,10 +77,15 @@ pub struct RunRequest {
 }
 
 /// What a command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RunResult {
     /// The new output (stdout and stderr as they came), cut in the middle when long.
     pub output: String,
+    /// The new output on stdout alone, cut in the middle when long.
+    pub stdout: String,
+    /// The new output on stderr alone, cut in the middle when long.
+    pub stderr: String,
     /// The exit code, or -1 when the command is still running.
     pub exit_code: i32,
     /// The shell's working directory after the command.
@@ -93,12 +98,50 @@ pub struct RunResult {
 
 const CONTINUE: &str = "You may wait longer to see additional output by sending empty command '', send other commands to interact with the current process, send keys (\"C-c\", \"C-z\", \"C-d\") to interrupt/kill the previous command before sending your new command, or use the timeout parameter in execute_bash for future commands.";
 
+/// Output kept up to [`KEEP_BYTES`]: past it, the ends are kept and the middle dropped.
+#[derive(Default)]
+struct Kept {
+    bytes: Vec<u8>,
+}
+
+impl Kept {
+    fn push(&mut self, b: &[u8]) {
+        self.bytes.extend_from_slice(b);
+        if self.bytes.len() > KEEP_BYTES {
+            // Keep the ends; the middle is what truncation drops anyway.
+            let cut = self.bytes.len() - KEEP_BYTES / 2;
+            let tail = self.bytes.split_off(cut);
+            self.bytes.truncate(KEEP_BYTES / 4);
+            self.bytes
+                .extend_from_slice(b"\n[... output dropped ...]\n");
+            self.bytes.extend_from_slice(&tail);
+        }
+    }
+
+    /// What came after `read`, and moves `read` to the end.
+    fn new_since(&self, read: &mut usize) -> Vec<u8> {
+        let new = self.bytes[(*read).min(self.bytes.len())..].to_vec();
+        *read = self.bytes.len();
+        new
+    }
+}
+
 #[derive(Default)]
 struct Output {
-    bytes: Vec<u8>,
-    dropped: bool,
+    /// Both streams as they came.
+    all: Kept,
+    stdout: Kept,
+    stderr: Kept,
     exited: Option<i32>,
     last_output: Option<Instant>,
+}
+
+/// How far each stream was read.
+#[derive(Default)]
+struct Read {
+    all: usize,
+    stdout: usize,
+    stderr: usize,
 }
 
 struct Running {
@@ -106,7 +149,7 @@ struct Running {
     handle: ProcessHandle,
     output: Arc<Mutex<Output>>,
     notify: Arc<Notify>,
-    read: usize,
+    read: Read,
     interrupted: bool,
 }
 
@@ -221,8 +264,7 @@ impl Shell {
             output: text.to_string(),
             exit_code: -1,
             cwd: self.cwd.clone(),
-            prefix: String::new(),
-            suffix: String::new(),
+            ..Default::default()
         }
     }
 
@@ -239,23 +281,21 @@ impl Shell {
             while let Some(event) = process.next_event().await {
                 let mut o = out.lock().unwrap();
                 match event {
-                    Ok(ProcessEvent::Stdout(b)) | Ok(ProcessEvent::Stderr(b)) => {
-                        o.bytes.extend_from_slice(&b);
+                    Ok(ProcessEvent::Stdout(b)) => {
+                        o.all.push(&b);
+                        o.stdout.push(&b);
                         o.last_output = Some(Instant::now());
-                        if o.bytes.len() > KEEP_BYTES {
-                            // Keep the ends; the middle is what truncation drops anyway.
-                            let cut = o.bytes.len() - KEEP_BYTES / 2;
-                            let tail = o.bytes.split_off(cut);
-                            o.bytes.truncate(KEEP_BYTES / 4);
-                            o.bytes.extend_from_slice(b"\n[... output dropped ...]\n");
-                            o.bytes.extend_from_slice(&tail);
-                            o.dropped = true;
-                        }
+                    }
+                    Ok(ProcessEvent::Stderr(b)) => {
+                        o.all.push(&b);
+                        o.stderr.push(&b);
+                        o.last_output = Some(Instant::now());
                     }
                     Ok(ProcessEvent::Exited { code }) => o.exited = Some(code),
                     Err(e) => {
-                        o.bytes
-                            .extend_from_slice(format!("\n[sbx: {e}]\n").as_bytes());
+                        let note = format!("\n[sbx: {e}]\n");
+                        o.all.push(note.as_bytes());
+                        o.stderr.push(note.as_bytes());
                         o.exited = Some(-1);
                     }
                 }
@@ -274,7 +314,7 @@ impl Shell {
             handle,
             output,
             notify,
-            read: 0,
+            read: Read::default(),
             interrupted: false,
         });
         Ok(())
@@ -317,18 +357,21 @@ impl Shell {
 
     /// The new output so far, without waiting.
     fn collect_now(&mut self, prefix: String) -> RunResult {
+        let limit = self.options.max_output_chars;
         let r = self.running.as_mut().expect("running");
         let o = r.output.lock().unwrap();
-        let text = String::from_utf8_lossy(&o.bytes[r.read.min(o.bytes.len())..]).into_owned();
-        r.read = o.bytes.len();
-        drop(o);
-        RunResult {
-            output: truncate_middle(&text, self.options.max_output_chars),
+        let text = |b: Vec<u8>| truncate_middle(&String::from_utf8_lossy(&b), limit);
+        let result = RunResult {
+            output: text(o.all.new_since(&mut r.read.all)),
+            stdout: text(o.stdout.new_since(&mut r.read.stdout)),
+            stderr: text(o.stderr.new_since(&mut r.read.stderr)),
             exit_code: -1,
             cwd: self.cwd.clone(),
             prefix,
             suffix: String::new(),
-        }
+        };
+        drop(o);
+        result
     }
 
     fn collect(&mut self, ended: Ended, mut prefix: String) -> RunResult {
@@ -337,11 +380,12 @@ impl Shell {
             return self.message("ERROR: No previous running command to retrieve logs from.");
         };
         let o = r.output.lock().unwrap();
-        let start = r.read.min(o.bytes.len());
-        let mut new = o.bytes[start..].to_vec();
-        r.read = o.bytes.len();
+        let mut new = o.all.new_since(&mut r.read.all);
+        let mut stdout = o.stdout.new_since(&mut r.read.stdout);
+        let mut stderr = o.stderr.new_since(&mut r.read.stderr);
         let exited = o.exited;
         drop(o);
+        let text_of = |b: &[u8], limit: usize| truncate_middle(&String::from_utf8_lossy(b), limit);
         match ended {
             Ended::Exited => {
                 let code = exited.unwrap_or(-1);
@@ -360,6 +404,9 @@ impl Shell {
                     }
                     None => None,
                 };
+                // The same line, in the stream it came on.
+                strip_state(&mut stdout);
+                strip_state(&mut stderr);
                 let interrupted = r.interrupted;
                 let command = r.command.clone();
                 self.running = None;
@@ -387,6 +434,8 @@ impl Shell {
                 };
                 RunResult {
                     output: truncate_middle(&text, limit),
+                    stdout: text_of(&stdout, limit),
+                    stderr: text_of(&stderr, limit),
                     exit_code: code,
                     cwd: self.cwd.clone(),
                     prefix,
@@ -405,7 +454,9 @@ impl Shell {
                     ),
                 };
                 RunResult {
-                    output: truncate_middle(&String::from_utf8_lossy(&new), limit),
+                    output: text_of(&new, limit),
+                    stdout: text_of(&stdout, limit),
+                    stderr: text_of(&stderr, limit),
                     exit_code: -1,
                     cwd: self.cwd.clone(),
                     prefix,
@@ -427,6 +478,17 @@ impl Shell {
         if self.cwd.is_empty() {
             self.cwd = cwd;
         }
+    }
+}
+
+/// Takes the wrapper's last state line out of one stream's output.
+fn strip_state(bytes: &mut Vec<u8>) {
+    if let Some(at) = find_last(bytes, STATE_MARKER) {
+        let end = bytes[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |p| at + p + 1);
+        bytes.drain(at..end);
     }
 }
 

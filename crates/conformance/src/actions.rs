@@ -29,8 +29,10 @@ macro_rules! cases {
 
 cases!(
     cd_persists,
+    opens_in_its_directory_made_if_missing,
     export_persists,
     result_has_exit_code_and_cwd,
+    stdout_and_stderr_apart_too,
     no_output_timeout_returns_and_keeps_running,
     hard_timeout_returns_partial_output,
     new_command_refused_while_running,
@@ -108,6 +110,30 @@ async fn input(s: &Session, text: &str) -> runtime_core::Result<RunResult> {
     .await
 }
 
+/// A session asked for a directory starts there on every backend, the directory made (and
+/// writable by the default user) where the backend has not made it.
+async fn opens_in_its_directory_made_if_missing(c: Ctx) -> CaseResult {
+    let parent = format!("/tmp/sbx-session-dir-{:x}", rand::random::<u32>());
+    let dir = format!("{parent}/work");
+    let options = SessionOptions::new(c.spec().cwd(dir.clone()));
+    let id = format!("conf-{:x}", rand::random::<u64>());
+    let s = Session::open(c.runtime_arc(), &id, options).await?;
+    c.track(s.sandbox().id());
+    assert_eq!(s.cwd().await, dir);
+    let r = run(&s, "pwd && touch made-here && ls").await?;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(r.stdout.starts_with(&format!("{dir}\n")), "{r:?}");
+    assert!(r.stdout.contains("made-here"), "{r:?}");
+    // The local backend's sandbox is this machine: leave nothing in its /tmp.
+    s.run_static(
+        &format!("rm -rf {parent}"),
+        Some("/"),
+        Duration::from_secs(20),
+    )
+    .await?;
+    s.close().await
+}
+
 async fn cd_persists(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
     run(&s, "mkdir -p /tmp/a\\ dir && cd /tmp/a\\ dir").await?;
@@ -134,6 +160,31 @@ async fn result_has_exit_code_and_cwd(c: Ctx) -> CaseResult {
         "{r:?}"
     );
     assert!(r.suffix.contains("exit code 1"), "{r:?}");
+    s.close().await
+}
+
+/// The output as it came, and each stream apart (the state line of the shell in neither).
+async fn stdout_and_stderr_apart_too(c: Ctx) -> CaseResult {
+    let s = open(&c).await?;
+    let r = run(
+        &s,
+        "echo out1; echo err1 >&2; echo out2; echo err2 >&2; (exit 3)",
+    )
+    .await?;
+    assert_eq!(r.stdout, "out1\nout2\n", "{r:?}");
+    assert_eq!(r.stderr, "err1\nerr2\n", "{r:?}");
+    for line in ["out1", "err1", "out2", "err2"] {
+        assert!(r.output.contains(line), "{r:?}");
+    }
+    assert_eq!(r.exit_code, 3, "{r:?}");
+    let r = s
+        .run_static("echo a; echo b >&2", None, Duration::from_secs(20))
+        .await?;
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str()),
+        ("a\n", "b\n"),
+        "{r:?}"
+    );
     s.close().await
 }
 

@@ -192,6 +192,23 @@ fn valid_part(s: &str, dots: bool) -> bool {
         && !s.contains("-_")
 }
 
+/// Adds the tags a client sent to `tags`, each once, lower-cased; 400 for one E2B refuses.
+fn add_tags(tags: &mut Vec<String>, asked: &[String]) -> Result<(), Response> {
+    for t in asked {
+        let t = t.trim().to_lowercase();
+        if !valid_part(&t, true) {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid tag '{t}'"),
+            ));
+        }
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    Ok(())
+}
+
 fn template_id(state: &State, alias: &str) -> String {
     e2b_protocol::derive_token(state.owner(), alias, "template")[..20].to_string()
 }
@@ -422,14 +439,8 @@ async fn register(AxState(state): AxState<Shared>, body: Bytes) -> Response {
         return api_error(StatusCode::CONFLICT, "the template name 'base' is taken");
     }
     let mut tags: Vec<String> = tag.into_iter().collect();
-    for t in &req.tags {
-        let t = t.trim().to_lowercase();
-        if !valid_part(&t, true) {
-            return api_error(StatusCode::BAD_REQUEST, format!("invalid tag '{t}'"));
-        }
-        if !tags.contains(&t) {
-            tags.push(t);
-        }
+    if let Err(r) = add_tags(&mut tags, &req.tags) {
+        return r;
     }
     if tags.is_empty() {
         tags.push("default".into());
@@ -927,21 +938,11 @@ fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
 
 /// `base` joined with `path` (kept when absolute), `.` and `..` resolved.
 fn join(base: &str, path: &str) -> String {
-    let mut parts: Vec<&str> = if path.starts_with('/') {
-        Vec::new()
+    if path.starts_with('/') {
+        runtime_filestore::clean_absolute(path)
     } else {
-        base.split('/').filter(|p| !p.is_empty()).collect()
-    };
-    for p in path.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
+        runtime_filestore::clean_absolute(&format!("{base}/{path}"))
     }
-    format!("/{}", parts.join("/"))
 }
 
 /// Runs a shell line as root; the error is its output.
@@ -1147,14 +1148,8 @@ async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let mut tags = Vec::new();
-    for t in &req.tags {
-        let t = t.trim().to_lowercase();
-        if !valid_part(&t, true) {
-            return api_error(StatusCode::BAD_REQUEST, format!("invalid tag '{t}'"));
-        }
-        if !tags.contains(&t) {
-            tags.push(t);
-        }
+    if let Err(r) = add_tags(&mut tags, &req.tags) {
+        return r;
     }
     if tags.is_empty() {
         return api_error(StatusCode::BAD_REQUEST, "no tags to assign");

@@ -350,17 +350,7 @@ pub(crate) async fn mounts_for(
 
 /// `/` and `path` joined, `.` and `..` resolved: always under the volume's root.
 fn clean(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for p in path.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    runtime_filestore::clean_absolute(&format!("/{path}"))
 }
 
 /// The helper sandbox of volume `id`, after checking the bearer token.
@@ -444,6 +434,30 @@ async fn helper(
         }
     });
     Ok(sandbox)
+}
+
+/// What a content request works on: the helper sandbox, the cleaned path in the volume, and
+/// that path in the helper, quoted for a shell.
+struct Target {
+    sandbox: Arc<dyn Sandbox>,
+    path: String,
+    full: String,
+}
+
+async fn target(
+    state: &Shared,
+    id: &str,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Target, Response> {
+    let sandbox = helper(state, id, headers).await?;
+    let path = clean(path);
+    let full = shell_quote(&format!("{ROOT}{path}"));
+    Ok(Target {
+        sandbox,
+        path,
+        full,
+    })
 }
 
 /// Kills every helper sandbox (on shutdown).
@@ -588,8 +602,12 @@ async fn list_dir(
     Query(q): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target {
+        sandbox,
+        path,
+        full,
+    } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
     let depth = q.depth.unwrap_or(1).max(1);
@@ -599,8 +617,6 @@ async fn list_dir(
             format!("depth must be 1 to {MAX_DEPTH}"),
         );
     }
-    let path = clean(&q.path);
-    let full = shell_quote(&format!("{ROOT}{path}"));
     match run(
         sandbox.as_ref(),
         &format!(
@@ -624,12 +640,14 @@ async fn make_dir(
     Query(q): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target {
+        sandbox,
+        path,
+        full,
+    } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let path = clean(&q.path);
-    let full = shell_quote(&format!("{ROOT}{path}"));
     let parent = shell_quote(&format!("{ROOT}{}", clean(&format!("{path}/.."))));
     let force = q.force == Some(true);
     let script = format!(
@@ -653,11 +671,11 @@ async fn stat(
     Query(q): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target { sandbox, path, .. } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    match stat_of(sandbox.as_ref(), &clean(&q.path)).await {
+    match stat_of(sandbox.as_ref(), &path).await {
         Ok(s) => Json(s).into_response(),
         Err(r) => r,
     }
@@ -678,16 +696,18 @@ async fn update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target {
+        sandbox,
+        path,
+        full,
+    } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
     let req: Update = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let path = clean(&q.path);
-    let full = shell_quote(&format!("{ROOT}{path}"));
     let script = format!(
         "[ -e {full} ] || [ -L {full} ] || exit 10; {}",
         ownership(&full, req.uid, req.gid, req.mode)
@@ -708,18 +728,20 @@ async fn remove(
     Query(q): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target {
+        sandbox,
+        path,
+        full,
+    } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let path = clean(&q.path);
     if path == "/" {
         return api_error(
             StatusCode::BAD_REQUEST,
             "the volume's root cannot be deleted",
         );
     }
-    let full = shell_quote(&format!("{ROOT}{path}"));
     match run(
         sandbox.as_ref(),
         &format!("[ -e {full} ] || [ -L {full} ] || exit 10; rm -rf -- {full}"),
@@ -738,21 +760,18 @@ async fn read_file(
     Query(q): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target {
+        sandbox,
+        path,
+        full,
+    } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let path = clean(&q.path);
-    let full = format!("{ROOT}{path}");
-    if let Err(r) = run(
-        sandbox.as_ref(),
-        &format!("[ -f {q} ] || exit 10", q = shell_quote(&full)),
-    )
-    .await
-    {
+    if let Err(r) = run(sandbox.as_ref(), &format!("[ -f {full} ] || exit 10")).await {
         return r;
     }
-    match sandbox.files().read_stream(&full).await {
+    match sandbox.files().read_stream(&format!("{ROOT}{path}")).await {
         Ok(stream) => (
             [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
             Body::from_stream(stream),
@@ -775,16 +794,18 @@ async fn write_file(
     body: Body,
 ) -> Response {
     use futures_util::StreamExt;
-    let sandbox = match helper(&state, &id, &headers).await {
-        Ok(s) => s,
+    let Target {
+        sandbox,
+        path,
+        full,
+    } = match target(&state, &id, &headers, &q.path).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let path = clean(&q.path);
     if path == "/" {
         return api_error(StatusCode::CONFLICT, "the volume's root is a directory");
     }
-    let full = format!("{ROOT}{path}");
-    let quoted = shell_quote(&full);
+    let quoted = full;
     let parent = shell_quote(&format!("{ROOT}{}", clean(&format!("{path}/.."))));
     let force = q.force == Some(true);
     let check = format!(
@@ -797,7 +818,8 @@ async fn write_file(
     let stream = body
         .into_data_stream()
         .map(|c| c.map_err(|e| runtime_core::Error::new(ErrorKind::Unavailable, e.to_string())));
-    if let Err(e) = sandbox.files().write_stream(&full, Box::pin(stream)).await {
+    let raw = format!("{ROOT}{path}");
+    if let Err(e) = sandbox.files().write_stream(&raw, Box::pin(stream)).await {
         return from_error(&e, "");
     }
     let own = ownership(&quoted, q.uid, q.gid, Some(q.mode.unwrap_or(0o666)));

@@ -128,6 +128,24 @@ impl Labels {
     pub(crate) fn meta_empty(&self) -> String {
         format!("{}.meta_empty", self.prefix)
     }
+    /// Lists the keys of `metadata` whose value is empty in [`Labels::meta_empty`].
+    pub(crate) fn keep_empty(
+        &self,
+        labels: &mut HashMap<String, String>,
+        metadata: &BTreeMap<String, String>,
+    ) {
+        let empty: Vec<&String> = metadata
+            .iter()
+            .filter(|(_, v)| v.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        if !empty.is_empty() {
+            labels.insert(
+                self.meta_empty(),
+                serde_json::to_string(&empty).expect("json"),
+            );
+        }
+    }
     /// `1` on a snapshot's image; `snapshot.<what>` labels say of what.
     pub(crate) fn snapshot(&self) -> String {
         format!("{}.snapshot", self.prefix)
@@ -549,6 +567,20 @@ fn warn_no_agent() {
              deadline, which root inside it can change"
         )
     });
+}
+
+/// A container's fixed names (its `--add-host` entries).
+pub(crate) fn fixed_hosts(
+    host: &bollard::models::HostConfig,
+) -> BTreeMap<String, std::net::IpAddr> {
+    host.extra_hosts
+        .iter()
+        .flatten()
+        .filter_map(|h| {
+            let (name, ip) = h.split_once(':')?;
+            Some((name.to_string(), ip.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Whether a label is set to something: a container made from a snapshot inherits the
@@ -1002,15 +1034,7 @@ impl DockerRuntime {
             for (k, v) in &spec.metadata {
                 labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
             }
-            let empty: Vec<&String> = spec
-                .metadata
-                .iter()
-                .filter(|(_, v)| v.is_empty())
-                .map(|(k, _)| k)
-                .collect();
-            if !empty.is_empty() {
-                labels.insert(l.meta_empty(), serde_json::to_string(&empty).expect("json"));
-            }
+            l.keep_empty(&mut labels, &spec.metadata);
             // Labels travel in every listing of the engine (the keeper's too): keep them small.
             let label_bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
             if label_bytes > MAX_LABEL_BYTES {
@@ -1320,21 +1344,13 @@ impl DockerRuntime {
             Err(e) => return Err(map(e, "set_network_policy", "sandbox")),
         };
         let host = c.host_config.unwrap_or_default();
-        let network = host.network_mode.unwrap_or_else(|| "bridge".into());
+        let network = host.network_mode.clone().unwrap_or_else(|| "bridge".into());
         let network = if network == "default" {
             "bridge".to_string()
         } else {
             network
         };
-        let hosts = host
-            .extra_hosts
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|h| {
-                let (name, ip) = h.split_once(':')?;
-                Some((name.to_string(), ip.parse().ok()?))
-            })
-            .collect();
+        let hosts = fixed_hosts(&host);
         self.hold(id, &network, Some(policy), &hosts).await
     }
 
@@ -1518,15 +1534,7 @@ impl DockerRuntime {
         for (k, v) in &claim.metadata {
             labels.insert(format!("{}{k}", l.meta_prefix()), v.clone());
         }
-        let empty: Vec<&String> = claim
-            .metadata
-            .iter()
-            .filter(|(_, v)| v.is_empty())
-            .map(|(k, _)| k)
-            .collect();
-        if !empty.is_empty() {
-            labels.insert(l.meta_empty(), serde_json::to_string(&empty).expect("json"));
-        }
+        l.keep_empty(labels, &claim.metadata);
         if let Some(cwd) = &claim.cwd {
             labels.insert(l.workdir(), cwd.clone());
         }

@@ -338,15 +338,7 @@ impl DockerRuntime {
                 spec.network_policy = guard.policy(id).await?;
             }
         }
-        spec.hosts = host
-            .extra_hosts
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|h| {
-                let (name, ip) = h.split_once(':')?;
-                Some((name.to_string(), ip.parse().ok()?))
-            })
-            .collect();
+        spec.hosts = crate::runtime::fixed_hosts(&host);
         spec.ports = inspect
             .config
             .and_then(|c| c.exposed_ports)

@@ -216,6 +216,35 @@ impl E2bRuntime {
         ))
     }
 
+    /// Every page of a listing that pages with `nextToken` / `x-next-token`.
+    async fn pages<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: Vec<(&str, String)>,
+        op: &'static str,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        for _page in 0..1000 {
+            let mut q = query.clone();
+            if let Some(t) = &next {
+                q.push(("nextToken", t.clone()));
+            }
+            let r = self.api.send(Method::GET, path, &q, None, op).await?;
+            if !r.status.is_success() {
+                return Err(r.error(op));
+            }
+            let page: Vec<T> = r.json(op)?;
+            let empty = page.is_empty();
+            out.extend(page);
+            match r.next_token {
+                Some(t) if !empty => next = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn not_found(id: &str, op: &'static str) -> runtime_core::Error {
         err(
             ErrorKind::NotFound,
@@ -454,32 +483,12 @@ impl Runtime for E2bRuntime {
             return Ok(Vec::new());
         }
         query.push(("state", states.join(",")));
-        let mut out = Vec::new();
-        let mut next: Option<String> = None;
-        for _page in 0..1000 {
-            let mut q = query.clone();
-            if let Some(t) = &next {
-                q.push(("nextToken", t.clone()));
-            }
-            let r = self
-                .api
-                .send(Method::GET, "/v2/sandboxes", &q, None, "list")
-                .await?;
-            if !r.status.is_success() {
-                return Err(r.error("list"));
-            }
-            let page: Vec<SandboxDetail> = r.json("list")?;
-            out.extend(
-                page.iter()
-                    .map(|d| self.info_from(d))
-                    .filter(|i| filter.matches(i)),
-            );
-            match r.next_token {
-                Some(t) if !page.is_empty() => next = Some(t),
-                _ => break,
-            }
-        }
-        Ok(out)
+        let pages: Vec<SandboxDetail> = self.pages("/v2/sandboxes", query, "list").await?;
+        Ok(pages
+            .iter()
+            .map(|d| self.info_from(d))
+            .filter(|i| filter.matches(i))
+            .collect())
     }
 
     async fn info(&self, id: &str) -> Result<SandboxInfo> {
@@ -492,33 +501,17 @@ impl Runtime for E2bRuntime {
         if let Some(id) = sandbox_id {
             query.push(("sandboxID", id.to_string()));
         }
-        let mut out = Vec::new();
-        let mut next: Option<String> = None;
-        for _page in 0..1000 {
-            let mut q = query.clone();
-            if let Some(t) = &next {
-                q.push(("nextToken", t.clone()));
-            }
-            let r = self
-                .api
-                .send(Method::GET, "/snapshots", &q, None, "snapshots")
-                .await?;
-            if !r.status.is_success() {
-                return Err(r.error("snapshots"));
-            }
-            let page: Vec<e2b_protocol::api::SnapshotInfo> = r.json("snapshots")?;
-            out.extend(page.iter().map(|s| {
+        let page: Vec<e2b_protocol::api::SnapshotInfo> =
+            self.pages("/snapshots", query, "snapshots").await?;
+        Ok(page
+            .iter()
+            .map(|s| {
                 let mut snapshot =
                     runtime_core::Snapshot::new(&s.snapshot_id, sandbox_id.unwrap_or_default());
                 snapshot.names = s.names.clone();
                 snapshot
-            }));
-            match r.next_token {
-                Some(t) if !page.is_empty() => next = Some(t),
-                _ => break,
-            }
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<()> {

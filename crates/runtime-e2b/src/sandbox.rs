@@ -24,6 +24,29 @@ pub struct E2bSandbox {
     client: EnvdClient,
 }
 
+impl E2bSandbox {
+    /// `POST /sandboxes/{id}/{route}` with `body`, answered with JSON; a 404 is this sandbox
+    /// gone.
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        body: serde_json::Value,
+        op: &'static str,
+    ) -> Result<T> {
+        let path = format!("/sandboxes/{}/{route}", self.id);
+        let r = self
+            .runtime
+            .api
+            .send(Method::POST, &path, &[], Some(body), op)
+            .await?;
+        match r.status {
+            s if s.is_success() => r.json(op),
+            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, op)),
+            _ => Err(r.error(op)),
+        }
+    }
+}
+
 impl std::fmt::Debug for E2bSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("E2bSandbox")
@@ -153,23 +176,8 @@ impl Sandbox for E2bSandbox {
             memory: None,
         })
         .expect("json");
-        let r = self
-            .runtime
-            .api
-            .send(
-                Method::POST,
-                &format!("/sandboxes/{}/snapshots", self.id),
-                &[],
-                Some(body),
-                "snapshot",
-            )
-            .await?;
-        match r.status {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => return Err(E2bRuntime::not_found(&self.id, "snapshot")),
-            _ => return Err(r.error("snapshot")),
-        }
-        let info: e2b_protocol::api::SnapshotInfo = r.json("snapshot")?;
+        let info: e2b_protocol::api::SnapshotInfo =
+            self.post("snapshots", body, "snapshot").await?;
         let mut snapshot = runtime_core::Snapshot::new(info.snapshot_id, &self.id);
         snapshot.names = info.names;
         Ok(snapshot)
@@ -195,23 +203,7 @@ impl Sandbox for E2bSandbox {
             count: Some(count as i64),
         })
         .expect("json");
-        let r = self
-            .runtime
-            .api
-            .send(
-                Method::POST,
-                &format!("/sandboxes/{}/fork", self.id),
-                &[],
-                Some(body),
-                "fork",
-            )
-            .await?;
-        match r.status {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => return Err(E2bRuntime::not_found(&self.id, "fork")),
-            _ => return Err(r.error("fork")),
-        }
-        let results: Vec<e2b_protocol::api::ForkResult> = r.json("fork")?;
+        let results: Vec<e2b_protocol::api::ForkResult> = self.post("fork", body, "fork").await?;
         // The copies have this sandbox's metadata, its default user and directory with it.
         let metadata = self.runtime.info(&self.id).await.ok().map(|i| i.metadata);
         Ok(results
