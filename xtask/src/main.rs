@@ -162,10 +162,12 @@ fn ci() -> Result {
         test.env("SBX_TEST_ENGINE_RESTART", "1");
     }
     run(&mut test)?;
-    e2b_sdk_tests(&agent)
+    e2b_sdk_tests(&agent)?;
+    mcp_tests(&agent)
 }
 
-/// A virtualenv with the pinned official E2B SDK (tests/e2b-sdk/requirements.txt).
+/// A virtualenv with the pinned official E2B and MCP SDKs (tests/e2b-sdk and tests/mcp
+/// requirements).
 fn sdk_python() -> Result<PathBuf> {
     let venv = root().join("target").join("e2b-sdk-venv");
     let python = venv.join("bin").join("python");
@@ -181,7 +183,9 @@ fn sdk_python() -> Result<PathBuf> {
             "--disable-pip-version-check",
             "-r",
         ])
-        .arg(root().join("tests/e2b-sdk/requirements.txt")))?;
+        .arg(root().join("tests/e2b-sdk/requirements.txt"))
+        .arg("-r")
+        .arg(root().join("tests/mcp/requirements.txt")))?;
     Ok(python)
 }
 
@@ -194,6 +198,19 @@ fn e2b_sdk_tests(agent: &Path) -> Result {
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
         .arg(root().join("tests/e2b-sdk"))
         .env("E2B_LOCAL_BIN", root().join("target/debug/e2b-local"))
+        .env("SBX_AGENT_BIN", agent)
+        .current_dir(root()))
+}
+
+/// The official MCP Python SDK (tests/mcp) against `sbx mcp`, over stdio and HTTP.
+fn mcp_tests(agent: &Path) -> Result {
+    step("the official MCP Python SDK against sbx mcp (tests/mcp)");
+    run(cargo().args(["build", "-p", "sbx"]))?;
+    let python = sdk_python()?;
+    run(Command::new(&python)
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
+        .arg(root().join("tests/mcp"))
+        .env("SBX_BIN", root().join("target/debug/sbx"))
         .env("SBX_AGENT_BIN", agent)
         .current_dir(root()))
 }

@@ -106,6 +106,13 @@ enum Cmd {
     },
     /// Serve the E2B API and envd over this machine's backend (see e2b-local).
     ServeE2b(e2b_local::ServeArgs),
+    /// Serve sandbox tools over MCP: on stdin/stdout, or with --http on ADDR at /mcp. Each MCP
+    /// session gets a sandbox on its first tool call, killed when the session ends.
+    Mcp {
+        /// Serve streamable HTTP on this address (loopback: 127.0.0.1:PORT) instead of stdio.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +352,34 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             .map_err(|e| fail(e, None))?;
             Ok(0)
         }
+        Cmd::Mcp { http } => {
+            let runtime = config.runtime().await?;
+            let options = runtime_actions::SessionOptions::from_config(&config);
+            let server = sbx_mcp::McpServer::new(runtime.clone(), options);
+            let served = match http {
+                None => server.serve_stdio().await.map_err(Failure::from),
+                Some(addr) => {
+                    if !addr.ip().is_loopback() {
+                        return Err(fail(
+                            format!("{addr} is not a loopback address"),
+                            Some("MCP carries no authentication here: serve it on 127.0.0.1"),
+                        ));
+                    }
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| fail(format!("cannot listen on {addr}: {e}"), None))?;
+                    eprintln!("MCP over streamable HTTP at http://{addr}/mcp");
+                    server
+                        .serve_http(listener, async {
+                            let _ = tokio::signal::ctrl_c().await;
+                        })
+                        .await
+                        .map_err(|e| fail(e.to_string(), None))
+                }
+            };
+            runtime.shutdown().await;
+            served.map(|()| 0)
+        }
         other => {
             progress("connecting to the backend…");
             let runtime = config.runtime().await;
@@ -474,7 +509,9 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
             }
             Ok(0)
         }
-        Cmd::Config | Cmd::Template { .. } | Cmd::ServeE2b(_) => unreachable!("handled before"),
+        Cmd::Config | Cmd::Template { .. } | Cmd::ServeE2b(_) | Cmd::Mcp { .. } => {
+            unreachable!("handled before")
+        }
     }
 }
 
