@@ -26,7 +26,7 @@ mod wire;
 
 pub use editor::truncate_middle;
 pub use ipython::CellResult;
-pub use session::{BrowseResult, Session, SessionOptions, SESSION_KEY};
+pub use session::{BrowseResult, EditRequest, Session, SessionOptions, SESSION_KEY};
 pub use shell::{RunRequest, RunResult, ShellOptions};
 pub use wire::{
     Action, ActionEvent, BrowseArgs, CmdOutputMetadata, CmdRunArgs, FileEditArgs, FileReadArgs,

@@ -22,6 +22,31 @@ use crate::wire::{Action, ActionEvent, CmdOutputMetadata, Observation};
 
 /// The metadata key that marks a session's sandbox.
 pub const SESSION_KEY: &str = "sbx.session";
+
+/// One call of the editor (OpenHands' `str_replace_editor`), as tools take it in JSON: see
+/// [`Session::editor`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EditRequest {
+    /// `view`, `create`, `str_replace`, `insert` or `undo_edit`.
+    pub command: String,
+    /// The file (or, for `view`, a directory); relative paths from the shell's directory.
+    pub path: String,
+    /// `create`: the content.
+    #[serde(default)]
+    pub file_text: Option<String>,
+    /// `str_replace`: the text to replace (found exactly once).
+    #[serde(default)]
+    pub old_str: Option<String>,
+    /// `str_replace`, `insert`: the new text.
+    #[serde(default)]
+    pub new_str: Option<String>,
+    /// `insert`: the line after which to insert (0: the top).
+    #[serde(default)]
+    pub insert_line: Option<i64>,
+    /// `view`: `[first, last]` lines, 1-based (`last` -1: the end).
+    #[serde(default)]
+    pub view_range: Option<[i64; 2]>,
+}
 /// Edits remembered per file for `undo_edit`.
 const UNDO_DEPTH: usize = 10;
 
@@ -518,6 +543,23 @@ impl Session {
         self.edit("undo_edit", path, None, None, None, None).await
     }
 
+    /// One call of the editor as a tool takes it: `view` (a file with line numbers, or a
+    /// directory), or what [`Session::edit`] does.
+    pub async fn editor(&self, r: &EditRequest) -> Result<String> {
+        if r.command == "view" {
+            return self.view(&r.path, r.view_range).await;
+        }
+        self.edit(
+            &r.command,
+            &r.path,
+            r.file_text.as_deref(),
+            r.old_str.as_deref(),
+            r.new_str.as_deref(),
+            r.insert_line,
+        )
+        .await
+    }
+
     /// The editor as OpenHands' `str_replace_editor` tool calls it (its JSON arguments):
     /// [`Session::create_file`], [`Session::str_replace`], [`Session::insert`] and
     /// [`Session::undo_edit`] say the same with types.
@@ -974,23 +1016,20 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
             Action::Edit(a) => {
                 let path = self.resolve(&a.path).await;
                 let before = self.read_text(&path).await.ok();
-                let result = if a.command == "view" {
-                    let range = a.view_range.as_deref().and_then(|r| match r {
-                        [s, e] => Some([*s, *e]),
-                        _ => None,
-                    });
-                    self.view(&a.path, range).await
-                } else {
-                    self.edit(
-                        &a.command,
-                        &a.path,
-                        a.file_text.as_deref(),
-                        a.old_str.as_deref(),
-                        a.new_str.as_deref(),
-                        a.insert_line,
-                    )
-                    .await
-                };
+                let result = self
+                    .editor(&EditRequest {
+                        command: a.command.clone(),
+                        path: a.path.clone(),
+                        file_text: a.file_text.clone(),
+                        old_str: a.old_str.clone(),
+                        new_str: a.new_str.clone(),
+                        insert_line: a.insert_line,
+                        view_range: a.view_range.as_deref().and_then(|r| match r {
+                            [s, e] => Some([*s, *e]),
+                            _ => None,
+                        }),
+                    })
+                    .await;
                 let (content, success) = match result {
                     Ok(text) => (text, true),
                     Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotFound) => {

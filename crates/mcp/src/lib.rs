@@ -38,7 +38,7 @@ use rmcp::model::{Implementation, ProtocolVersion, ServerCapabilities, ServerCon
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{tool, tool_handler, tool_router, ServerHandler, ServiceExt};
-use runtime_actions::{RunRequest, Session, SessionOptions};
+use runtime_actions::{EditRequest, RunRequest, Session, SessionOptions};
 use runtime_core::Runtime;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -368,23 +368,16 @@ impl SandboxTools {
     )]
     async fn edit(&self, Parameters(a): Parameters<EditArgs>) -> Result<String, String> {
         let session = self.inner.get().await.map_err(tool_error)?;
-        if a.command == "view" {
-            return session
-                .view(&a.path, a.view_range)
-                .await
-                .map_err(tool_error);
-        }
-        session
-            .edit(
-                &a.command,
-                &a.path,
-                a.file_text.as_deref(),
-                a.old_str.as_deref(),
-                a.new_str.as_deref(),
-                a.insert_line,
-            )
-            .await
-            .map_err(tool_error)
+        let request = EditRequest {
+            command: a.command,
+            path: a.path,
+            file_text: a.file_text,
+            old_str: a.old_str,
+            new_str: a.new_str,
+            insert_line: a.insert_line,
+            view_range: a.view_range,
+        };
+        session.editor(&request).await.map_err(tool_error)
     }
 
     #[tool(

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rig_core::tool::{ErasedTool, PortableTool};
-use runtime_actions::{RunRequest, Session};
+use runtime_actions::{EditRequest, RunRequest, Session};
 use runtime_core::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -239,33 +239,9 @@ impl PortableTool for WriteFile {
     }
 }
 
-/// What `edit` takes: OpenHands' `str_replace_editor` arguments.
-#[derive(Debug, Clone, Deserialize)]
-pub struct EditArgs {
-    /// `view`, `create`, `str_replace`, `insert` or `undo_edit`.
-    pub command: String,
-    /// The file or directory.
-    pub path: String,
-    /// `create`: the content.
-    #[serde(default)]
-    pub file_text: Option<String>,
-    /// `str_replace`: the text to replace (found exactly once).
-    #[serde(default)]
-    pub old_str: Option<String>,
-    /// `str_replace`, `insert`: the new text.
-    #[serde(default)]
-    pub new_str: Option<String>,
-    /// `insert`: the line after which to insert (0: the top).
-    #[serde(default)]
-    pub insert_line: Option<i64>,
-    /// `view`: `[first, last]` lines, 1-based (`last` -1: the end).
-    #[serde(default)]
-    pub view_range: Option<[i64; 2]>,
-}
-
 impl PortableTool for Edit {
     const NAME: &'static str = "edit";
-    type Args = EditArgs;
+    type Args = EditRequest;
     type Output = String;
     type Error = Error;
 
@@ -292,19 +268,7 @@ impl PortableTool for Edit {
         })
     }
 
-    async fn call(&self, a: EditArgs) -> Result<String, Error> {
-        if a.command == "view" {
-            return self.session.view(&a.path, a.view_range).await;
-        }
-        self.session
-            .edit(
-                &a.command,
-                &a.path,
-                a.file_text.as_deref(),
-                a.old_str.as_deref(),
-                a.new_str.as_deref(),
-                a.insert_line,
-            )
-            .await
+    async fn call(&self, a: EditRequest) -> Result<String, Error> {
+        self.session.editor(&a).await
     }
 }
