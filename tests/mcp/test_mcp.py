@@ -1,6 +1,6 @@
 """`sbx mcp` judged by the official MCP Python SDK (`mcp` on PyPI), over stdio and over
 streamable HTTP, on Docker: the tools, one sandbox per MCP session (made on the first tool
-call, killed when the session ends), and nothing left when the server stops."""
+call, killed when the session ends), and nothing left when the server stops (SIGTERM)."""
 
 import asyncio
 import json
@@ -171,8 +171,13 @@ def test_http_sessions_have_their_own_sandboxes_killed_when_they_end():
         asyncio.run(left_open())
         assert len(set(session_sandboxes()) - before) == 1
     finally:
-        server.send_signal(signal.SIGINT)
-        code = server.wait(timeout=60)
+        # As a service manager stops it.
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = server.wait()
         log.close()
     assert code == 0, (ROOT / "target" / f"sbx-mcp-http-{port}.log").read_text()[-2000:]
     assert wait_for(lambda: set(session_sandboxes()) <= before), session_sandboxes()

@@ -196,38 +196,57 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Makes the session's directory where the backend has not (E2B makes none): owned by the
-/// sandbox's default user, so commands there can write.
+/// Makes the session's directory where the backend has not (E2B makes none), owned by the
+/// sandbox's default user so that commands there can write; one that is already there and
+/// writable is left alone.
 async fn ensure_dir(sandbox: &dyn Sandbox, dir: &str) -> Result<()> {
-    let who = sandbox
-        .exec(CommandSpec::shell("id -un").cwd("/"))
-        .await?
-        .stdout_text()
-        .trim()
-        .to_string();
     let q = runtime_core::shell_quote(dir);
-    let made = sandbox
+    // As the default user: is it there and writable, and who is that user?
+    let probe = sandbox
         .exec(
-            CommandSpec::shell(format!(
-                "[ -d {q} ] || {{ mkdir -p -- {q} && chown -- {} {q}; }}",
-                runtime_core::shell_quote(&who)
-            ))
-            .user("root")
-            .cwd("/"),
+            CommandSpec::shell(format!("[ -d {q} ] && [ -w {q} ] && echo ok; id -u; id -g"))
+                .cwd("/"),
         )
         .await?;
-    if made.success() {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Unexpected,
-            format!(
-                "the session's directory {dir} could not be made: {}",
-                made.stderr_text().trim()
-            ),
-        )
-        .with_operation("open session"))
+    let out = probe.stdout_text();
+    let mut lines = out.lines();
+    let first = lines.next().unwrap_or_default();
+    if first == "ok" {
+        return Ok(());
     }
+    let ids: Vec<&str> = std::iter::once(first).chain(lines).collect();
+    let owner = match ids.as_slice() {
+        [uid, gid, ..] if !uid.is_empty() && !gid.is_empty() => format!("{uid}:{gid}"),
+        _ => String::new(),
+    };
+    // As root: make it (or take over the one the backend made) for that user.
+    let as_root = if owner.is_empty() {
+        format!("mkdir -p -- {q}")
+    } else {
+        format!("mkdir -p -- {q} && chown -- {owner} {q}")
+    };
+    let made = sandbox
+        .exec(CommandSpec::shell(as_root).user("root").cwd("/"))
+        .await;
+    if matches!(&made, Ok(o) if o.success()) {
+        return Ok(());
+    }
+    // No root here (a local backend run by a user): as the user, then.
+    let mine = sandbox
+        .exec(CommandSpec::shell(format!("mkdir -p -- {q} && [ -w {q} ]")).cwd("/"))
+        .await?;
+    if mine.success() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "the session's directory {dir} could not be made writable: {} (set \
+             core.workspace_mount_path_in_sandbox to a directory the sandbox's user may write)",
+            mine.stderr_text().trim()
+        ),
+    )
+    .with_operation("open session"))
 }
 
 impl Session {
@@ -243,6 +262,7 @@ impl Session {
         let existing = runtime
             .list(&ListFilter::all().metadata(SESSION_KEY, session_id))
             .await?;
+        let made_here = existing.is_empty();
         let sandbox: Box<dyn Sandbox> = match existing.first() {
             Some(info) => runtime.connect(&info.id).await?,
             None if options.attach_to_existing => {
@@ -261,12 +281,25 @@ impl Session {
             }
         };
         let sandbox: Arc<dyn Sandbox> = Arc::from(sandbox);
-        sandbox.set_timeout(options.time_to_live).await?;
-        if let Some(dir) = &options.spec.cwd {
-            ensure_dir(sandbox.as_ref(), dir).await?;
+        let ready = async {
+            sandbox.set_timeout(options.time_to_live).await?;
+            if let Some(dir) = &options.spec.cwd {
+                ensure_dir(sandbox.as_ref(), dir).await?;
+            }
+            sandbox.exec(CommandSpec::shell("pwd")).await
         }
+        .await;
+        let pwd = match ready {
+            Ok(pwd) => pwd,
+            Err(e) => {
+                // A sandbox made for this session is not left behind by a failed open.
+                if made_here {
+                    let _ = sandbox.kill().await;
+                }
+                return Err(e);
+            }
+        };
         let mut shell = Shell::new(session_id, options.shell.clone());
-        let pwd = sandbox.exec(CommandSpec::shell("pwd")).await?;
         shell.set_initial_cwd(pwd.stdout_text().trim().to_string());
         Ok(Session {
             runtime,

@@ -118,11 +118,22 @@ impl Kept {
         }
     }
 
-    /// What came after `read`, and moves `read` to the end.
-    fn new_since(&self, read: &mut usize) -> Vec<u8> {
-        let new = self.bytes[(*read).min(self.bytes.len())..].to_vec();
-        *read = self.bytes.len();
-        new
+    /// Everything not read yet (what was read is gone, so truncation only ever drops output
+    /// nobody has seen).
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// Like [`Kept::take`], but the shell's state line and what follows it stay for the
+    /// command's last collection (a collection while the command ends must not swallow it).
+    fn take_before_state(&mut self) -> Vec<u8> {
+        match find_last(&self.bytes, STATE_MARKER) {
+            Some(at) => {
+                let rest = self.bytes.split_off(at);
+                std::mem::replace(&mut self.bytes, rest)
+            }
+            None => self.take(),
+        }
     }
 }
 
@@ -136,20 +147,11 @@ struct Output {
     last_output: Option<Instant>,
 }
 
-/// How far each stream was read.
-#[derive(Default)]
-struct Read {
-    all: usize,
-    stdout: usize,
-    stderr: usize,
-}
-
 struct Running {
     command: String,
     handle: ProcessHandle,
     output: Arc<Mutex<Output>>,
     notify: Arc<Notify>,
-    read: Read,
     interrupted: bool,
 }
 
@@ -314,7 +316,6 @@ impl Shell {
             handle,
             output,
             notify,
-            read: Read::default(),
             interrupted: false,
         });
         Ok(())
@@ -359,12 +360,12 @@ impl Shell {
     fn collect_now(&mut self, prefix: String) -> RunResult {
         let limit = self.options.max_output_chars;
         let r = self.running.as_mut().expect("running");
-        let o = r.output.lock().unwrap();
+        let mut o = r.output.lock().unwrap();
         let text = |b: Vec<u8>| truncate_middle(&String::from_utf8_lossy(&b), limit);
         let result = RunResult {
-            output: text(o.all.new_since(&mut r.read.all)),
-            stdout: text(o.stdout.new_since(&mut r.read.stdout)),
-            stderr: text(o.stderr.new_since(&mut r.read.stderr)),
+            output: text(o.all.take_before_state()),
+            stdout: text(o.stdout.take_before_state()),
+            stderr: text(o.stderr.take_before_state()),
             exit_code: -1,
             cwd: self.cwd.clone(),
             prefix,
@@ -379,11 +380,18 @@ impl Shell {
         let Some(r) = self.running.as_mut() else {
             return self.message("ERROR: No previous running command to retrieve logs from.");
         };
-        let o = r.output.lock().unwrap();
-        let mut new = o.all.new_since(&mut r.read.all);
-        let mut stdout = o.stdout.new_since(&mut r.read.stdout);
-        let mut stderr = o.stderr.new_since(&mut r.read.stderr);
+        let mut o = r.output.lock().unwrap();
         let exited = o.exited;
+        // Only the command's last collection takes its state line.
+        let (mut new, mut stdout, mut stderr) = if matches!(ended, Ended::Exited) {
+            (o.all.take(), o.stdout.take(), o.stderr.take())
+        } else {
+            (
+                o.all.take_before_state(),
+                o.stdout.take_before_state(),
+                o.stderr.take_before_state(),
+            )
+        };
         drop(o);
         let text_of = |b: &[u8], limit: usize| truncate_middle(&String::from_utf8_lossy(b), limit);
         match ended {

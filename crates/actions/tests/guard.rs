@@ -81,12 +81,19 @@ async fn without_the_guard_a_dropped_session_leaves_its_sandbox() {
 /// timeout, and keep_runtime_alive (a closed session leaves its sandbox running).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_keys_of_the_configuration_take_effect() {
+    // The local backend's sandbox is this machine: a directory of the test's own.
+    let workspace = format!(
+        "{}/sbx-guard-{:x}/work",
+        std::env::temp_dir().display(),
+        std::process::id()
+    );
     let config = runtime_config::Config::builder()
         .no_file()
         .env_vars([
             ("SANDBOX_TIME_TO_LIVE", "77"),
             ("SANDBOX_TIMEOUT", "9"),
             ("SANDBOX_KEEP_RUNTIME_ALIVE", "true"),
+            ("WORKSPACE_MOUNT_PATH_IN_SANDBOX", workspace.as_str()),
         ])
         .load()
         .unwrap();
@@ -98,6 +105,11 @@ async fn session_keys_of_the_configuration_take_effect() {
     let session = Session::open(rt.clone(), "configured", options)
         .await
         .unwrap();
+    assert_eq!(
+        session.cwd().await,
+        workspace,
+        "the session starts in the workspace"
+    );
     let info = session.sandbox().info().await.unwrap();
     let ttl = info
         .expires_at
@@ -115,4 +127,5 @@ async fn session_keys_of_the_configuration_take_effect() {
         "keep_runtime_alive leaves it running"
     );
     rt.kill(&id).await.unwrap();
+    let _ = std::fs::remove_dir_all(std::path::Path::new(&workspace).parent().unwrap());
 }

@@ -304,6 +304,26 @@ fn spec_of(make: &Make) -> SandboxSpec {
     spec
 }
 
+/// Ctrl-C, SIGTERM or SIGHUP: what stops a server (`sbx mcp`) so that it cleans up first.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = wait(term.take()) => {}
+        () = wait(hup.take()) => {}
+    }
+}
+
 /// A program with arguments, or one argument as a shell line.
 fn command_of(words: &[String]) -> CommandSpec {
     match words {
@@ -357,7 +377,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let options = runtime_actions::SessionOptions::from_config(&config);
             let server = sbx_mcp::McpServer::new(runtime.clone(), options);
             let served = match http {
-                None => server.serve_stdio().await.map_err(Failure::from),
+                None => server
+                    .serve_stdio(stop_signal())
+                    .await
+                    .map_err(Failure::from),
                 Some(addr) => {
                     if !addr.ip().is_loopback() {
                         return Err(fail(
@@ -370,9 +393,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         .map_err(|e| fail(format!("cannot listen on {addr}: {e}"), None))?;
                     eprintln!("MCP over streamable HTTP at http://{addr}/mcp");
                     server
-                        .serve_http(listener, async {
-                            let _ = tokio::signal::ctrl_c().await;
-                        })
+                        .serve_http(listener, stop_signal())
                         .await
                         .map_err(|e| fail(e.to_string(), None))
                 }

@@ -29,6 +29,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -41,8 +42,12 @@ use rmcp::{tool, tool_handler, tool_router, ServerHandler, ServiceExt};
 use runtime_actions::{EditRequest, RunRequest, Session, SessionOptions};
 use runtime_core::Runtime;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
+
+/// How long an HTTP session may go without a request before it ends (and its sandbox).
+const SESSION_IDLE: Duration = Duration::from_secs(15 * 60);
+/// The longest a `run_command` may run.
+const MAX_COMMAND: Duration = Duration::from_secs(600);
 
 /// The server: a backend and the options of the sessions it opens, and the sessions open now.
 #[derive(Debug, Clone)]
@@ -58,7 +63,8 @@ impl McpServer {
     pub fn new(runtime: Arc<dyn Runtime>, options: SessionOptions) -> Self {
         McpServer {
             runtime,
-            options: options.kill_on_drop(true),
+            // A session's sandbox never outlives it (whatever keep_runtime_alive says).
+            options: options.kill_on_drop(true).keep_alive(false),
             live: Arc::default(),
         }
     }
@@ -68,7 +74,8 @@ impl McpServer {
         let inner = Arc::new(Sandboxed {
             runtime: self.runtime.clone(),
             options: self.options.clone(),
-            session: OnceCell::new(),
+            session: tokio::sync::Mutex::new(None),
+            closed: AtomicBool::new(false),
             id: format!("mcp-{:016x}", rand::random::<u64>()),
         });
         let mut live = self.live.lock().expect("live");
@@ -80,9 +87,12 @@ impl McpServer {
         }
     }
 
-    /// Serves one session on stdin and stdout until the client closes them; its sandbox is
-    /// killed before this returns.
-    pub async fn serve_stdio(&self) -> runtime_core::Result<()> {
+    /// Serves one session on stdin and stdout until the client closes them or `shutdown`
+    /// completes; its sandbox is killed before this returns.
+    pub async fn serve_stdio(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> runtime_core::Result<()> {
         let tools = self.session();
         let inner = tools.inner.clone();
         let running = tools.serve(rmcp::transport::stdio()).await.map_err(|e| {
@@ -91,22 +101,29 @@ impl McpServer {
                 format!("MCP over stdio did not start: {e}"),
             )
         })?;
-        let reason = running.waiting().await;
-        debug!(?reason, "the MCP stdio session ended");
+        tokio::select! {
+            reason = running.waiting() => debug!(?reason, "the MCP stdio session ended"),
+            () = shutdown => debug!("stopping the MCP stdio session"),
+        }
         inner.close().await;
         Ok(())
     }
 
     /// The streamable HTTP endpoint, at `/mcp`: a session per MCP session id (its sandbox
-    /// killed when the client deletes the session, or after it is idle for 5 minutes). Only
+    /// killed when the client deletes the session, or after it is idle for 15 minutes). Only
     /// loopback `Host` names are accepted (rmcp's guard against DNS rebinding).
     pub fn http_router(&self) -> axum::Router {
+        self.router_with(StreamableHttpServerConfig::default())
+    }
+
+    fn router_with(&self, config: StreamableHttpServerConfig) -> axum::Router {
         let server = self.clone();
-        let service = StreamableHttpService::new(
-            move || Ok(server.session()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default(),
-        );
+        let mut sessions = LocalSessionManager::default();
+        // Longer than the longest command a tool call may run, so a call under way never
+        // outlives its session.
+        sessions.session_config.keep_alive = Some(SESSION_IDLE);
+        let service =
+            StreamableHttpService::new(move || Ok(server.session()), Arc::new(sessions), config);
         axum::Router::new().nest_service("/mcp", service)
     }
 
@@ -118,8 +135,14 @@ impl McpServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         info!(addr = ?listener.local_addr().ok(), "serving MCP over streamable HTTP at /mcp");
-        axum::serve(listener, self.http_router())
-            .with_graceful_shutdown(shutdown)
+        let config = StreamableHttpServerConfig::default();
+        // Open streams end with the server, so shutting down never waits on a client.
+        let streams = config.cancellation_token.clone();
+        axum::serve(listener, self.router_with(config))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                streams.cancel();
+            })
             .await?;
         self.close_all().await;
         Ok(())
@@ -134,9 +157,12 @@ impl McpServer {
             .drain(..)
             .filter_map(|w| w.upgrade())
             .collect();
-        for s in live {
-            s.close().await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            for s in &live {
+                s.close().await;
+            }
+        })
+        .await;
     }
 }
 
@@ -145,44 +171,74 @@ impl McpServer {
 struct Sandboxed {
     runtime: Arc<dyn Runtime>,
     options: SessionOptions,
-    session: OnceCell<Arc<Session>>,
+    /// Held while the sandbox is made, so a close waits for a make under way.
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    closed: AtomicBool,
     id: String,
 }
 
 impl Sandboxed {
     async fn get(&self) -> runtime_core::Result<Arc<Session>> {
-        self.session
-            .get_or_try_init(|| async {
-                let s = Session::open(self.runtime.clone(), &self.id, self.options.clone()).await?;
-                info!(session = %self.id, sandbox_id = %s.sandbox().id(), "sandbox made for an MCP session");
-                Ok(Arc::new(s))
-            })
-            .await
-            .cloned()
+        let mut held = self.session.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(runtime_core::Error::new(
+                runtime_core::ErrorKind::Unavailable,
+                "this MCP session has ended",
+            ));
+        }
+        if let Some(s) = &*held {
+            return Ok(s.clone());
+        }
+        let s =
+            Arc::new(Session::open(self.runtime.clone(), &self.id, self.options.clone()).await?);
+        info!(session = %self.id, sandbox_id = %s.sandbox().id(), "sandbox made for an MCP session");
+        keep_alive(Arc::downgrade(&s), self.options.time_to_live);
+        *held = Some(s.clone());
+        Ok(s)
     }
 
+    /// Kills the sandbox (no lock of the session's shell is needed: a command under way ends
+    /// with it); later tool calls are refused.
     async fn close(&self) {
-        if let Some(s) = self.session.get() {
-            if let Err(e) = s.close().await {
-                warn!(session = %self.id, error = %e, "could not end an MCP session's sandbox");
-            }
+        self.closed.store(true, Ordering::SeqCst);
+        let taken = self.session.lock().await.take();
+        if let Some(s) = taken {
+            kill(&self.runtime, &s, &self.id).await;
         }
     }
+}
+
+async fn kill(runtime: &Arc<dyn Runtime>, s: &Session, session: &str) {
+    match runtime.kill(s.sandbox().id()).await {
+        Ok(()) => debug!(session, "MCP session ended; its sandbox is killed"),
+        Err(e) if e.kind() == runtime_core::ErrorKind::NotFound => {}
+        Err(e) => warn!(session, error = %e, "could not kill an MCP session's sandbox"),
+    }
+}
+
+/// Keeps a session's sandbox alive while the MCP session lives (an idle stdio session may
+/// last longer than the sandbox's time to live).
+fn keep_alive(session: Weak<Session>, ttl: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep((ttl / 3).max(Duration::from_secs(1))).await;
+            let Some(s) = session.upgrade() else { return };
+            if let Err(e) = s.sandbox().set_timeout(ttl).await {
+                debug!(error = %e, "an MCP session's sandbox is gone");
+                return;
+            }
+        }
+    });
 }
 
 impl Drop for Sandboxed {
     fn drop(&mut self) {
         // The session ended (deleted, timed out): its sandbox goes with it.
-        if let Some(s) = self.session.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let id = self.id.clone();
-                handle.spawn(async move {
-                    match s.close().await {
-                        Ok(()) => debug!(session = %id, "MCP session ended; its sandbox is killed"),
-                        Err(e) => warn!(session = %id, error = %e, "could not end an MCP session's sandbox"),
-                    }
-                });
-            }
+        self.closed.store(true, Ordering::SeqCst);
+        let taken = self.session.get_mut().take();
+        if let (Some(s), Ok(handle)) = (taken, tokio::runtime::Handle::try_current()) {
+            let (runtime, id) = (self.runtime.clone(), self.id.clone());
+            handle.spawn(async move { kill(&runtime, &s, &id).await });
         }
     }
 }
@@ -203,7 +259,8 @@ pub struct SandboxTools {
 pub struct RunArgs {
     /// The shell line to run.
     pub command: String,
-    /// Interrupt it after this many seconds (default: the session's hard timeout).
+    /// Interrupt it after this many seconds (default: the session's hard timeout; at most
+    /// 600).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
 }
@@ -219,6 +276,8 @@ pub struct RunOutput {
     pub stderr: String,
     /// Whether the timeout interrupted it.
     pub timed_out: bool,
+    /// What the shell said of it (how it ended, a restarted shell), when anything.
+    pub note: String,
     /// The shell's directory after it.
     pub cwd: String,
 }
@@ -291,7 +350,9 @@ impl SandboxTools {
     pub async fn sandbox_id(&self) -> Option<String> {
         self.inner
             .session
-            .get()
+            .lock()
+            .await
+            .as_ref()
             .map(|s| s.sandbox().id().to_string())
     }
 
@@ -307,18 +368,21 @@ impl SandboxTools {
             .run(RunRequest {
                 command: a.command,
                 blocking: true,
-                timeout: a.timeout_secs.map(Duration::from_secs),
+                timeout: a
+                    .timeout_secs
+                    .map(|t| Duration::from_secs(t).min(MAX_COMMAND)),
                 ..Default::default()
             })
             .await
             .map_err(tool_error)?;
-        let timed_out = r.exit_code == -1;
+        let timed_out = r.exit_code == -1 && r.suffix.contains("timed out");
         let mut out = RunOutput {
             exit_code: r.exit_code,
             stdout: r.stdout,
             stderr: r.stderr,
             timed_out,
             cwd: r.cwd,
+            note: format!("{}{}", r.prefix, r.suffix).trim().to_string(),
         };
         if timed_out {
             // Interrupted, so the next command runs.

@@ -73,8 +73,9 @@ impl SandboxExecutor {
         current_dir: Option<&Path>,
         timeout: Option<&Duration>,
     ) -> Result<CommandOutput, CommandError> {
-        // `2>&1` keeps stdout and stderr in the order they came, as swiftide's own executors.
-        let mut spec = CommandSpec::shell(format!("{{ {line}\n}} 2>&1"));
+        // stderr joins stdout, in the order they came, as in swiftide's own executors (what the
+        // shell itself says of a bad line goes to the stderr read below).
+        let mut spec = CommandSpec::shell(format!("exec 2>&1\n{line}"));
         if let Some(dir) = current_dir {
             spec = spec.cwd(dir.to_string_lossy());
         }
@@ -84,6 +85,7 @@ impl SandboxExecutor {
         match self.sandbox.exec_with_limit(spec, OUTPUT_LIMIT).await {
             Ok(out) => {
                 let mut text = out.stdout_text();
+                text.push_str(&out.stderr_text());
                 if out.truncated {
                     text.push_str("\n[output past 4 MiB dropped]");
                 }
@@ -96,7 +98,11 @@ impl SandboxExecutor {
                 let so_far = e.take_output().unwrap_or_default();
                 Err(CommandError::TimedOut {
                     timeout: timeout.copied().unwrap_or_default(),
-                    output: CommandOutput::new(so_far.stdout_text()),
+                    output: CommandOutput::new(format!(
+                        "{}{}",
+                        so_far.stdout_text(),
+                        so_far.stderr_text()
+                    )),
                 })
             }
             Err(e) => Err(CommandError::ExecutorError(e.into())),
@@ -163,7 +169,10 @@ impl ToolExecutor for SandboxExecutor {
         path: &Path,
         extensions: Option<Vec<String>>,
     ) -> anyhow::Result<IndexingStream<String>> {
-        let root = path.to_string_lossy().into_owned();
+        let mut root = path.to_string_lossy().into_owned();
+        if root.starts_with('-') {
+            root.insert_str(0, "./");
+        }
         let listed = self
             .sandbox
             .exec(
@@ -171,7 +180,8 @@ impl ToolExecutor for SandboxExecutor {
                     .timeout(Duration::from_secs(120)),
             )
             .await?;
-        if !listed.success() {
+        // Unreadable corners do not spoil the rest of the listing.
+        if !listed.success() && listed.stdout.is_empty() {
             anyhow::bail!("cannot list {root}: {}", listed.stderr_text().trim());
         }
         let wanted = |p: &str| match &extensions {
@@ -194,16 +204,26 @@ impl ToolExecutor for SandboxExecutor {
             "streaming files from the sandbox"
         );
         let sandbox = self.sandbox.clone();
-        // Each file is read when the stream reaches it, never all at once.
-        let stream = futures_util::stream::iter(paths).then(move |p| {
-            let sandbox = sandbox.clone();
-            async move {
-                let text = sandbox.files().read_to_string(&p).await?;
-                let mut node = Node::<String>::new(text);
-                node.path = p.into();
-                Ok(node)
-            }
-        });
+        // Each file is read when the stream reaches it, never all at once; a file that is not
+        // text (or cannot be read) is skipped, as indexing would fail on it.
+        let stream = futures_util::stream::iter(paths)
+            .then(move |p| {
+                let sandbox = sandbox.clone();
+                async move {
+                    match sandbox.files().read_to_string(&p).await {
+                        Ok(text) => {
+                            let mut node = Node::<String>::new(text);
+                            node.path = p.into();
+                            Some(Ok(node))
+                        }
+                        Err(e) => {
+                            tracing::debug!(path = p, error = %e, "skipped a file that is not text");
+                            None
+                        }
+                    }
+                }
+            })
+            .filter_map(std::future::ready);
         let boxed: std::pin::Pin<
             Box<dyn futures_util::Stream<Item = anyhow::Result<Node<String>>> + Send>,
         > = Box::pin(stream);

@@ -35,6 +35,18 @@ async fn swiftide_runs_its_commands_in_a_docker_sandbox() {
         other => panic!("a non-zero exit is NonZeroExit: {other:?}"),
     }
 
+    // What the shell itself says of a bad line reaches the agent too.
+    match exec.exec_cmd(&Command::shell("echo 'unterminated")).await {
+        Err(CommandError::NonZeroExit(o)) => assert!(!o.output.is_empty(), "{o}"),
+        other => panic!("a bad line is a failed command: {other:?}"),
+    }
+    let out = exec
+        .exec_cmd(&Command::shell("echo a; }; echo b"))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(out.is_some(), "a stray brace fails as the shell says");
+
     let started = Instant::now();
     match exec
         .exec_cmd(&Command::shell("echo before; sleep 30").with_timeout(Duration::from_secs(2)))
