@@ -818,12 +818,14 @@ async fn metrics_are_plausible(c: Ctx) -> CaseResult {
 /// instead of killing it; `connect` resumes it.
 async fn auto_pause_at_the_deadline_then_connect_resumes(c: Ctx) -> CaseResult {
     let sb = c
-        .create(c.spec().auto_pause(true).timeout(Duration::from_secs(3)))
+        .create(c.spec().auto_pause(true).timeout(Duration::from_secs(60)))
         .await?;
     sb.files()
         .write_str("/tmp/kept", "across the pause")
         .await?;
     let _bg = sb.spawn(CommandSpec::shell("sleep 3031")).await?;
+    // The deadline comes once the sandbox is set up (a loaded machine may take seconds to).
+    sb.set_timeout(Duration::from_secs(2)).await?;
     let id = sb.id().to_string();
     let paused = eventually(Duration::from_secs(60), || async {
         matches!(
