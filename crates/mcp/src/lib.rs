@@ -24,7 +24,7 @@
 //! let config = runtime_config::Config::load()?;
 //! let options = runtime_actions::SessionOptions::from_config(&config);
 //! let server = sbx_mcp::McpServer::new(config.runtime().await?, options);
-//! server.serve_stdio().await // until the client closes stdin
+//! server.serve_stdio(std::future::pending()).await // until the client closes stdin
 //! # }
 //! ```
 

@@ -125,6 +125,11 @@ impl DockerRuntime {
             if fork { "1" } else { "" }.to_string(),
         );
         let repo = format!("{}/{name}", self.snapshot_repo());
+        let gvisor = self
+            .settings
+            .oci_runtime
+            .as_deref()
+            .is_some_and(|r| r.contains("runsc"));
         let started = std::time::Instant::now();
         self.docker
             .commit_container(
@@ -134,7 +139,9 @@ impl DockerRuntime {
                     tag: TAG.to_string(),
                     comment: format!("snapshot of sandbox {id}"),
                     author: "sbx".to_string(),
-                    pause: true,
+                    // Paused for a consistent copy; not under gVisor, where pausing breaks
+                    // the connections to the agent inside (the next call fails).
+                    pause: !gvisor,
                     changes: None,
                 },
                 Config {
