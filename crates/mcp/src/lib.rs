@@ -138,9 +138,13 @@ impl McpServer {
         let config = StreamableHttpServerConfig::default();
         // Open streams end with the server, so shutting down never waits on a client.
         let streams = config.cancellation_token.clone();
+        let server = self.clone();
         axum::serve(listener, self.router_with(config))
             .with_graceful_shutdown(async move {
                 shutdown.await;
+                // The sessions' sandboxes first, while their handlers still hold them (a kill
+                // left to a handler's drop could be cut short by the process ending).
+                server.close_all().await;
                 streams.cancel();
             })
             .await?;
