@@ -93,6 +93,7 @@ pub struct Error {
     operation: Option<&'static str>,
     context: Vec<(&'static str, String)>,
     retryable: bool,
+    retry_after: Option<std::time::Duration>,
     output: Option<Box<ExecOutput>>,
     source: Option<Source>,
 }
@@ -107,6 +108,7 @@ impl Error {
             operation: None,
             context: Vec::new(),
             retryable: kind.is_retryable_by_default(),
+            retry_after: None,
             output: None,
             source: None,
         }
@@ -144,6 +146,23 @@ impl Error {
     pub fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
         self
+    }
+
+    /// Says how long to wait before trying again, as the backend asked (an HTTP
+    /// `Retry-After`). The [`RetryLayer`](crate::layer::RetryLayer) waits that long instead of
+    /// its own backoff.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// Adds `key=value` to the context unless the context names `key` already.
+    pub(crate) fn with_context_once(self, key: &'static str, value: impl fmt::Display) -> Self {
+        if self.context.iter().any(|(k, _)| *k == key) {
+            self
+        } else {
+            self.with_context(key, value)
+        }
     }
 
     /// Attaches the output a command produced before it failed (timeouts carry it).
@@ -188,6 +207,11 @@ impl Error {
         self.retryable
     }
 
+    /// How long the backend asked to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
+
     /// The output produced before the failure, for command timeouts.
     pub fn output(&self) -> Option<&ExecOutput> {
         self.output.as_deref()
@@ -228,7 +252,8 @@ impl fmt::Debug for Error {
             .field("backend", &self.backend)
             .field("operation", &self.operation)
             .field("context", &self.context)
-            .field("retryable", &self.retryable);
+            .field("retryable", &self.retryable)
+            .field("retry_after", &self.retry_after);
         if let Some(output) = &self.output {
             d.field("output", output);
         }

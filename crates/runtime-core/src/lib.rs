@@ -29,6 +29,7 @@ mod command;
 mod error;
 mod ext;
 mod files;
+pub mod layer;
 mod network;
 mod process;
 mod runtime;

@@ -563,6 +563,8 @@ pub struct Capabilities {
     /// [`Runtime::volumes`](crate::Runtime::volumes) and
     /// [`Runtime::remove_volume`](crate::Runtime::remove_volume).
     pub volumes: bool,
+    /// Fixed hosts entries in [`SandboxSpec::hosts`].
+    pub hosts: bool,
 }
 
 impl Capabilities {
@@ -585,6 +587,7 @@ impl Capabilities {
             network_policy: true,
             snapshots: true,
             volumes: true,
+            hosts: true,
         }
     }
 }
