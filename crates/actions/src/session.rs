@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
+use runtime_core::raw::shell_quote;
 use runtime_core::{
-    shell_quote, CommandSpec, EntryKind, Error, ErrorKind, FileStoreExt, ListFilter, ProcessEvent,
-    Result, Runtime, Sandbox, SandboxExt, SandboxSpec,
+    CommandSpec, EntryKind, Error, ErrorKind, FileStoreExt, ListFilter, ProcessEvent, Result,
+    Runtime, Sandbox, SandboxExt, SandboxSpec,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -200,7 +201,7 @@ impl std::fmt::Debug for Session {
 /// sandbox's default user so that commands there can write; one that is already there and
 /// writable is left alone.
 async fn ensure_dir(sandbox: &dyn Sandbox, dir: &str) -> Result<()> {
-    let q = runtime_core::shell_quote(dir);
+    let q = runtime_core::raw::shell_quote(dir);
     // As the default user: is it there and writable, and who is that user?
     let probe = sandbox
         .exec(

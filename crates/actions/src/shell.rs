@@ -203,7 +203,7 @@ impl Shell {
     }
 
     fn script(&self, command: &str) -> String {
-        let state = runtime_core::shell_quote(&self.state_file);
+        let state = runtime_core::raw::shell_quote(&self.state_file);
         format!(
             "__sbx_state={state}\n\
              if [ -f \"$__sbx_state\" ]; then . \"$__sbx_state\"; fi\n\

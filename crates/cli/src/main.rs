@@ -447,8 +447,8 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                     .map(|i| {
                         serde_json::json!({
                             "id": i.id, "template": i.template, "state": i.state.as_str(), "metadata": i.metadata,
-                            "started_at": runtime_core::time::rfc3339(i.started_at),
-                            "expires_at": i.expires_at.map(runtime_core::time::rfc3339),
+                            "started_at": runtime_core::raw::time::rfc3339(i.started_at),
+                            "expires_at": i.expires_at.map(runtime_core::raw::time::rfc3339),
                             "backend": i.backend, "details": i.details,
                         })
                     })
@@ -462,7 +462,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                 for i in list {
                     let meta: Vec<String> =
                         i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    let started = runtime_core::time::rfc3339(i.started_at);
+                    let started = runtime_core::raw::time::rfc3339(i.started_at);
                     println!(
                         "{:<22} {:<8} {:<24} {:<20} {}",
                         i.id,

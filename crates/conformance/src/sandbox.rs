@@ -127,7 +127,7 @@ async fn events_until(
 async fn running(sb: &dyn Sandbox, pattern: &str) -> runtime_core::Result<bool> {
     let script = format!(
         "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done 2>/dev/null | grep -E -c -- {}",
-        runtime_core::shell_quote(pattern)
+        runtime_core::raw::shell_quote(pattern)
     );
     let out = sb.exec(CommandSpec::shell(script)).await?;
     Ok(out.stdout_text().trim().parse::<u32>().unwrap_or(0) > 0)

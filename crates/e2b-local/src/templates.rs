@@ -30,9 +30,8 @@ use axum::routing::put;
 use axum::{Json, Router};
 use e2b_protocol::envd::ENVD_VERSION;
 use e2b_protocol::json::rfc3339;
-use runtime_core::{
-    shell_quote, CommandSpec, ErrorKind, Sandbox, SandboxExt, SandboxSpec, Snapshot,
-};
+use runtime_core::raw::shell_quote;
+use runtime_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt, SandboxSpec, Snapshot};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};

@@ -24,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use e2b_protocol::json::rfc3339;
+use runtime_core::raw::shell_quote;
 use runtime_core::{
-    shell_quote, CommandSpec, ErrorKind, Mount, MountSource, Sandbox, SandboxExt, SandboxSpec,
-    Volume,
+    CommandSpec, ErrorKind, Mount, MountSource, Sandbox, SandboxExt, SandboxSpec, Volume,
 };
 use serde::Deserialize;
 use serde_json::json;

@@ -5,9 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::{
-    sort_entries, ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result,
-};
+use runtime_core::raw::sort_entries;
+use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
 use tokio::io::AsyncWriteExt;
 
 use crate::path::{join, normalize};

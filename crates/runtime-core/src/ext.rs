@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use crate::raw::once_stream;
 use crate::{
-    once_stream, CommandSpec, EntryKind, Error, ErrorKind, ExecOutput, FileStore, ProcessEvent,
-    Result, Sandbox,
+    CommandSpec, EntryKind, Error, ErrorKind, ExecOutput, FileStore, ProcessEvent, Result, Sandbox,
 };
 
 /// How many bytes of stdout plus stderr [`SandboxExt::exec`] keeps: 64 MiB.

@@ -32,21 +32,16 @@ mod files;
 pub mod layer;
 mod network;
 mod process;
+pub mod raw;
 mod runtime;
 mod sandbox_types;
-pub mod time;
 
-pub use command::{
-    shell_quote, Command, CommandSpec, ExecOutput, ProcessEvent, ProcessInfo, PtySize, Signal,
-};
+pub use command::{Command, CommandSpec, ExecOutput, ProcessEvent, ProcessInfo, PtySize, Signal};
 pub use error::{Error, ErrorKind, Result};
 pub use ext::{copy_tree, FileStoreExt, SandboxExt, DEFAULT_EXEC_LIMIT};
-pub use files::{
-    compare_paths, once_stream, sort_entries, ByteStream, EntryInfo, EntryKind, FileStore, FsEvent,
-    FsEventKind, FsEventStream,
-};
+pub use files::{ByteStream, EntryInfo, EntryKind, FileStore, FsEvent, FsEventKind, FsEventStream};
 pub use network::{domain_matches, Cidr, Destination, NetworkPolicy, Rules, ALL_TRAFFIC};
-pub use process::{EventStream, Process, ProcessControl, ProcessHandle};
+pub use process::{EventStream, Process, ProcessHandle};
 pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{
     Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,

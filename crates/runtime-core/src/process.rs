@@ -65,8 +65,8 @@ pub struct Process {
 }
 
 impl Process {
-    /// Wraps a backend's event stream and control; for backends.
-    pub fn new(pid: u32, events: EventStream, control: Arc<dyn ProcessControl>) -> Self {
+    /// Wraps a backend's event stream and control ([`raw::process`](crate::raw::process)).
+    pub(crate) fn new(pid: u32, events: EventStream, control: Arc<dyn ProcessControl>) -> Self {
         Process {
             pid,
             events: Mutex::new(events),
@@ -76,8 +76,8 @@ impl Process {
         }
     }
 
-    /// Enforces a deadline counted from now; for backends, with the command's timeout.
-    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+    /// Enforces a deadline counted from now, with the command's timeout.
+    pub(crate) fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.deadline = timeout.map(|t| (Instant::now() + t, t));
         self
     }

@@ -13,9 +13,8 @@ use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::{
-    sort_entries, ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result,
-};
+use runtime_core::raw::sort_entries;
+use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
 use runtime_filestore::{clean_absolute, join, parent};
 
 use crate::error::{err, map};

@@ -13,9 +13,10 @@ use bollard::container::LogOutput;
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use runtime_core::raw::ProcessControl;
 use runtime_core::{
-    Command, CommandSpec, ErrorKind, EventStream, Process, ProcessControl, ProcessEvent,
-    ProcessInfo, Result, Signal,
+    Command, CommandSpec, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo, Result,
+    Signal,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -180,7 +181,12 @@ pub(crate) async fn spawn(
         .chain(rest.filter_map(|e| async move { e }))
         .chain(exited)
         .boxed();
-    Ok(Process::new(pid.unwrap_or(0), events, control).with_timeout(spec.timeout))
+    Ok(runtime_core::raw::process(
+        pid.unwrap_or(0),
+        events,
+        control,
+        spec.timeout,
+    ))
 }
 
 /// Lists the processes started through this backend that still run.

@@ -671,7 +671,7 @@ fn stuck(state: Option<&bollard::models::ContainerState>) -> bool {
     state
         .finished_at
         .as_deref()
-        .and_then(runtime_core::time::parse_rfc3339)
+        .and_then(runtime_core::raw::time::parse_rfc3339)
         .is_some_and(|t| t.elapsed().is_ok_and(|d| d > Duration::from_secs(10)))
 }
 

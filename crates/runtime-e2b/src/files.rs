@@ -8,7 +8,8 @@ use e2b_protocol::envd::{
 };
 use e2b_protocol::json::parse_rfc3339;
 use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::{sort_entries, ByteStream, EntryInfo, EntryKind, ErrorKind, FileStore, Result};
+use runtime_core::raw::sort_entries;
+use runtime_core::{ByteStream, EntryInfo, EntryKind, ErrorKind, FileStore, Result};
 
 use crate::core::Envd;
 use crate::error::err;

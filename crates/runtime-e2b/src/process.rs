@@ -10,9 +10,10 @@ use e2b_protocol::envd::{
     StartRequest,
 };
 use futures_util::StreamExt;
+use runtime_core::raw::ProcessControl;
 use runtime_core::{
-    Command, CommandSpec, ErrorKind, EventStream, Process, ProcessControl, ProcessEvent,
-    ProcessInfo, Result, Signal,
+    Command, CommandSpec, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo, Result,
+    Signal,
 };
 
 use crate::core::Envd;
@@ -150,7 +151,12 @@ pub(crate) async fn spawn(
         }
     })
     .boxed();
-    Ok(Process::new(pid, events, control).with_timeout(spec.timeout))
+    Ok(runtime_core::raw::process(
+        pid,
+        events,
+        control,
+        spec.timeout,
+    ))
 }
 
 /// Lists the running processes.

@@ -343,7 +343,7 @@ impl FileStore for LocalFiles {
                 Ok(out)
             })
             .await?;
-        runtime_core::sort_entries(&mut entries);
+        runtime_core::raw::sort_entries(&mut entries);
         Ok(entries)
     }
 

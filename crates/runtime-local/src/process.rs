@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use runtime_core::raw::ProcessControl;
 use runtime_core::{
-    Command, CommandSpec, Error, ErrorKind, EventStream, Process, ProcessControl, ProcessEvent,
-    ProcessInfo, PtySize, Result, Signal,
+    Command, CommandSpec, Error, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo,
+    PtySize, Result, Signal,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -247,7 +248,12 @@ pub(crate) fn spawn(
     let events: EventStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (e, rx))
     }));
-    Ok(Process::new(pid, events, control).with_timeout(spec.timeout))
+    Ok(runtime_core::raw::process(
+        pid,
+        events,
+        control,
+        spec.timeout,
+    ))
 }
 
 fn spawn_error(e: io::Error, program: &str, cwd: &str) -> Error {
