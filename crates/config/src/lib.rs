@@ -174,15 +174,22 @@ impl Config {
         out
     }
 
-    /// Builds the backend `[core] runtime` names.
+    /// Builds the backend `[core] runtime` names, inside the standard stack of
+    /// [layers](runtime_core::layer::standard): error context, retries (unless
+    /// `[sandbox] remote_runtime_enable_retries = false`), capability checks, tracing.
     ///
     /// Each backend is behind a cargo feature of this crate (`docker`, `e2b`); asking for one
     /// that is not compiled in is [`ErrorKind::Unsupported`].
     pub async fn runtime(&self) -> Result<Arc<dyn Runtime>> {
-        match self.core.runtime {
-            RuntimeKind::Docker => self.docker_runtime().await,
-            RuntimeKind::E2b => self.e2b_runtime(),
-        }
+        let backend = match self.core.runtime {
+            RuntimeKind::Docker => self.docker_runtime().await?,
+            RuntimeKind::E2b => self.e2b_runtime()?,
+        };
+        let retry = self
+            .sandbox
+            .remote_runtime_enable_retries
+            .then(runtime_core::layer::RetryLayer::default);
+        Ok(runtime_core::layer::standard(backend, retry))
     }
 
     #[cfg(feature = "e2b")]

@@ -216,7 +216,9 @@ pub struct SandboxSection {
     pub remote_runtime_init_timeout: u64,
     /// Accepted for OpenHands compatibility; no effect here.
     pub remote_runtime_api_timeout: u64,
-    /// Accepted for OpenHands compatibility; no effect here.
+    /// Try again calls that failed and may work later (an unreachable or busy backend, a
+    /// 429): the [`RetryLayer`](runtime_core::layer::RetryLayer) in the stack
+    /// [`Config::runtime`](crate::Config::runtime) builds. A spawn is never run twice.
     pub remote_runtime_enable_retries: bool,
     /// Accepted for OpenHands compatibility; no effect here.
     pub remote_runtime_class: Option<String>,

@@ -39,6 +39,8 @@ macro_rules! cases {
 }
 
 cases!(
+    "errors": errors_name_backend_operation_sandbox_and_path,
+    "errors": specs_beyond_the_capabilities_are_refused if lacks_a_spec_capability,
     "lifecycle": create_reports_info,
     "lifecycle": list_filters_by_metadata,
     "lifecycle": connect_by_id_runs_commands,
@@ -83,6 +85,10 @@ cases!(
     "snapshots": snapshot_then_create_fork_and_delete if snapshots,
     "volumes": volume_is_shared_kept_and_removed if volumes,
 );
+
+fn lacks_a_spec_capability(c: &Capabilities) -> bool {
+    !(c.mounts && c.resource_limits && c.network_modes && c.hosts)
+}
 
 fn volumes(c: &Capabilities) -> bool {
     c.volumes && c.mounts
@@ -147,6 +153,64 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     false
+}
+
+/// The error-context layer: whatever the backend, an error says where it came from.
+async fn errors_name_backend_operation_sandbox_and_path(c: Ctx) -> CaseResult {
+    let sb = c.fresh().await?;
+    let missing = "/tmp/sbx-no-such-dir/file.txt";
+    let e = sb.files().stat(missing).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_eq!(e.backend(), Some(c.runtime().name()), "{e}");
+    assert!(e.operation().is_some(), "{e}");
+    let context = |e: &runtime_core::Error, key: &str| {
+        e.context()
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(context(&e, "path"), [missing], "{e}");
+    assert_eq!(context(&e, "sandbox_id"), [sb.id()], "{e}");
+    let e = sb.files().read(missing).await.unwrap_err();
+    assert_eq!(context(&e, "path"), [missing], "{e}");
+    let e = c.runtime().connect("nosuchsandbox0000").await.unwrap_err();
+    assert_eq!(e.backend(), Some(c.runtime().name()), "{e}");
+    assert_eq!(context(&e, "sandbox_id"), ["nosuchsandbox0000"], "{e}");
+    Ok(())
+}
+
+/// The capability layer: a spec asking for what the backend lacks is refused, and nothing
+/// is made.
+async fn specs_beyond_the_capabilities_are_refused(c: Ctx) -> CaseResult {
+    let caps = c.runtime().capabilities();
+    let tag = format!("{:x}", rand::random::<u32>());
+    let spec = || c.spec().metadata("refused", &tag);
+    let mut asked = Vec::new();
+    if !caps.mounts {
+        asked.push(spec().mount(runtime_core::Mount::parse("/tmp:/mnt/tmp")?));
+    }
+    if !caps.resource_limits {
+        asked.push(spec().resources(runtime_core::Resources::new().memory_mb(256)));
+    }
+    if !caps.network_modes {
+        asked.push(spec().network(runtime_core::NetworkMode::Host));
+    }
+    if !caps.hosts {
+        asked.push(spec().host("db.internal", std::net::Ipv4Addr::new(10, 0, 0, 9).into()));
+    }
+    for spec in asked {
+        let e = c.runtime().create(spec.clone()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{spec:?}: {e}");
+        assert_eq!(e.backend(), Some(c.runtime().name()), "{e}");
+        assert!(e.message().contains("Capabilities::"), "{e}");
+    }
+    let made = c
+        .runtime()
+        .list(&ListFilter::all().metadata("refused", &tag))
+        .await?;
+    assert!(made.is_empty(), "refused specs made sandboxes: {made:?}");
+    Ok(())
 }
 
 async fn create_reports_info(c: Ctx) -> CaseResult {

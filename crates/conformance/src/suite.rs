@@ -223,11 +223,16 @@ impl std::fmt::Debug for SandboxTarget {
 
 impl SandboxTarget {
     /// A target named `label` (the first part of every trial name) over `runtime`, whose
-    /// sandboxes are made from `spec`.
+    /// sandboxes are made from `spec`. The cases run it inside the standard stack of
+    /// [layers](runtime_core::layer::standard), as programs get it from `Config::runtime`:
+    /// pass the backend itself.
     pub fn new(label: impl Into<String>, runtime: Arc<dyn Runtime>, spec: SandboxSpec) -> Self {
         SandboxTarget {
             label: label.into(),
-            runtime,
+            runtime: runtime_core::layer::standard(
+                runtime,
+                Some(runtime_core::layer::RetryLayer::default()),
+            ),
             spec,
             shared: OnceCell::new(),
             has_python: false,

@@ -184,9 +184,9 @@ impl fmt::Display for CommandSpec {
 /// quotes.
 ///
 /// ```
-/// assert_eq!(runtime_core::shell_quote("a b'c"), r#"'a b'\''c'"#);
-/// assert_eq!(runtime_core::shell_quote("plain/path-1.txt"), "plain/path-1.txt");
-/// assert_eq!(runtime_core::shell_quote(""), "''");
+/// assert_eq!(runtime_core::raw::shell_quote("a b'c"), r#"'a b'\''c'"#);
+/// assert_eq!(runtime_core::raw::shell_quote("plain/path-1.txt"), "plain/path-1.txt");
+/// assert_eq!(runtime_core::raw::shell_quote(""), "''");
 /// ```
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()

@@ -32,7 +32,6 @@ pub(crate) fn map(e: bollard::errors::Error, op: &'static str, what: &str) -> Er
                         ErrorKind::InvalidInput,
                         "a file name is too long (at most 255 bytes a name, 4096 a path)",
                     )
-                    .with_backend(BACKEND)
                     .with_operation(op);
                 }
                 500 if lower.contains("read-only file system")
@@ -65,7 +64,6 @@ pub(crate) fn map(e: bollard::errors::Error, op: &'static str, what: &str) -> Er
         _ => (ErrorKind::Unexpected, "unexpected answer from the Docker engine".into()),
     };
     let mapped = Error::new(kind, message)
-        .with_backend(BACKEND)
         .with_operation(op);
     if keep_source {
         mapped.with_source(e)
@@ -94,7 +92,6 @@ pub(crate) fn strip_host_paths(message: &str) -> String {
 /// An error of this backend without an engine error behind it.
 pub(crate) fn err(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Error {
     Error::new(kind, message.into())
-        .with_backend(BACKEND)
         .with_operation(op)
 }
 

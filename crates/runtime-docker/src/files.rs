@@ -157,7 +157,6 @@ impl DockerFiles {
         body: &str,
         args: &[&str],
         op: &'static str,
-        path: &str,
     ) -> Result<Collected> {
         let out = run_helper_as(
             &self.docker,
@@ -170,7 +169,7 @@ impl DockerFiles {
         .await?;
         match out.code {
             0 => Ok(out),
-            code => Err(status_error(code, &out.stderr, op, path)),
+            code => Err(status_error(code, &out.stderr, op)),
         }
     }
 
@@ -184,7 +183,6 @@ impl DockerFiles {
         head: Bytes,
         mut rest: ByteStream,
         size: Option<u64>,
-        path: &str,
     ) -> Result<()> {
         use tokio::io::AsyncWriteExt;
         let tmp = join(
@@ -220,7 +218,7 @@ impl DockerFiles {
         let code = exit_code(&self.docker, &started.exec_id, "write").await?;
         let staged = match code {
             0 => Ok(()),
-            code => Err(status_error(code, &stderr, "write", path)),
+            code => Err(status_error(code, &stderr, "write")),
         };
         let failed = fed.is_err() || staged.is_err();
         if size.is_some() && !failed {
@@ -232,17 +230,16 @@ impl DockerFiles {
                 FINISH,
                 &[full, &tmp, if failed { "discard" } else { "" }],
                 "write",
-                path,
             )
             .await;
-        fed.map_err(|e| e.with_context("path", path))?;
+        fed?;
         staged?;
         finish.map(drop)
     }
 
     /// Streams a regular file through `cat` run as the store's user: the kernel checks that
     /// user's permissions, and files the archive API cannot read whole (`/proc`) stream too.
-    async fn read_as_user(&self, full: &str, path: &str) -> Result<ByteStream> {
+    async fn read_as_user(&self, full: &str) -> Result<ByteStream> {
         use bollard::container::LogOutput;
         let req = ExecRequest {
             cmd: script(CAT, &[full]),
@@ -259,7 +256,7 @@ impl DockerFiles {
                 }
                 Some(Ok(LogOutput::StdErr { message })) => stderr.extend_from_slice(&message),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(map(e, "read", "file").with_context("path", path)),
+                Some(Err(e)) => return Err(map(e, "read", "file")),
                 None => break None,
             }
         };
@@ -271,14 +268,12 @@ impl DockerFiles {
                     ErrorKind::InvalidInput,
                     "read",
                     "the path is not a regular file (a FIFO, device or socket)",
-                )
-                .with_context("path", path)),
-                code => Err(status_error(code, &stderr, "read", path)),
+                )),
+                code => Err(status_error(code, &stderr, "read")),
             };
         };
         let docker = self.docker.clone();
         let exec_id = started.exec_id.clone();
-        let owned = path.to_string();
         let rest = started.output.filter_map(|frame| async move {
             match frame {
                 Ok(LogOutput::StdOut { message }) => Some(Ok(message)),
@@ -294,8 +289,7 @@ impl DockerFiles {
                     ErrorKind::Unexpected,
                     "read",
                     format!("cat exited with code {code} part way"),
-                )
-                .with_context("path", owned))),
+                ))),
                 Err(e) => Some(Err(e)),
             }
         })
@@ -322,15 +316,15 @@ impl DockerFiles {
         let entry = reader.next_entry().await.map_err(|e| match e {
             TarError::Engine(e) => {
                 let e = map(e, "read", "file");
-                e.with_context("path", path)
+                e
             }
-            TarError::Format(m) => err(ErrorKind::Unexpected, "read", m).with_context("path", path),
+            TarError::Format(m) => err(ErrorKind::Unexpected, "read", m),
         })?;
         Ok((entry, reader))
     }
 }
 
-fn status_error(code: i32, stderr: &[u8], op: &'static str, path: &str) -> Error {
+fn status_error(code: i32, stderr: &[u8], op: &'static str) -> Error {
     let (kind, msg) = match code {
         2 => (ErrorKind::NotFound, "no such file or directory".to_string()),
         17 => (
@@ -373,7 +367,7 @@ fn status_error(code: i32, stderr: &[u8], op: &'static str, path: &str) -> Error
             )
         }
     };
-    err(kind, op, msg).with_context("path", path)
+    err(kind, op, msg)
 }
 
 fn kind_of(mode: u32) -> EntryKind {
@@ -408,14 +402,13 @@ impl FileStore for DockerFiles {
     async fn read_stream(&self, path: &str) -> Result<ByteStream> {
         if self.user.is_some() {
             let full = self.absolute(path, "read")?;
-            return self.read_as_user(&full, path).await;
+            return self.read_as_user(&full).await;
         }
         let mut target = self.absolute(path, "read")?;
         for _ in 0..MAX_LINKS {
             let (entry, reader) = self
                 .open_entry(&target)
-                .await
-                .map_err(|e| e.with_context("path", path))?;
+                .await?;
             match entry.kind {
                 b'0' | 0 | b'7' => return Ok(reader.into_body(entry.size)),
                 b'5' => {
@@ -423,8 +416,7 @@ impl FileStore for DockerFiles {
                         ErrorKind::InvalidInput,
                         "read",
                         "the path is a directory, not a file",
-                    )
-                    .with_context("path", path))
+                    ))
                 }
                 b'2' => {
                     let link = entry.link.unwrap_or_default();
@@ -443,8 +435,7 @@ impl FileStore for DockerFiles {
                             "the path is not a regular file (tar type {:?})",
                             other as char
                         ),
-                    )
-                    .with_context("path", path))
+                    ))
                 }
             }
         }
@@ -452,8 +443,7 @@ impl FileStore for DockerFiles {
             ErrorKind::InvalidInput,
             "read",
             "too many levels of symbolic links",
-        )
-        .with_context("path", path))
+        ))
     }
 
     async fn write_stream(&self, path: &str, mut content: ByteStream) -> Result<()> {
@@ -469,13 +459,13 @@ impl FileStore for DockerFiles {
             memory.extend_from_slice(&chunk);
             if memory.len() > SPOOL_AT {
                 return self
-                    .write_by_exec(&full, memory.freeze(), content, None, path)
+                    .write_by_exec(&full, memory.freeze(), content, None)
                     .await;
             }
         }
         let size = memory.len() as u64;
         let empty = futures_util::stream::empty().boxed();
-        self.write_by_exec(&full, memory.freeze(), empty, Some(size), path)
+        self.write_by_exec(&full, memory.freeze(), empty, Some(size))
             .await
     }
 
@@ -483,7 +473,7 @@ impl FileStore for DockerFiles {
         let full = self.absolute(path, "list")?;
         let depth = depth.clamp(1, 4096).to_string();
         let out = self
-            .helper(LIST, &[&full, &depth, STAT_FORMAT], "list", path)
+            .helper(LIST, &[&full, &depth, STAT_FORMAT], "list")
             .await?;
         let text = String::from_utf8_lossy(&out.stdout);
         let (records, links) = text.split_once("\u{2}\n").unwrap_or((&text, ""));
@@ -495,7 +485,6 @@ impl FileStore for DockerFiles {
                     "list",
                     format!("cannot parse {record:?}"),
                 )
-                .with_context("path", path)
             })?;
             entries.push(e);
         }
@@ -513,7 +502,7 @@ impl FileStore for DockerFiles {
     async fn stat(&self, path: &str) -> Result<EntryInfo> {
         let full = self.absolute(path, "stat")?;
         let out = self
-            .helper(STAT, &[&full, STAT_FORMAT], "stat", path)
+            .helper(STAT, &[&full, STAT_FORMAT], "stat")
             .await?;
         let text = String::from_utf8_lossy(&out.stdout);
         let (record, rest) = text.split_once("\u{1}\n").unwrap_or((&text, ""));
@@ -532,13 +521,13 @@ impl FileStore for DockerFiles {
 
     async fn mkdir(&self, path: &str) -> Result<()> {
         let full = self.absolute(path, "mkdir")?;
-        self.helper(MKDIR, &[&full], "mkdir", path).await.map(drop)
+        self.helper(MKDIR, &[&full], "mkdir").await.map(drop)
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let src = self.absolute(from, "rename")?;
         let dst = self.absolute(to, "rename")?;
-        self.helper(RENAME, &[&src, &dst], "rename", from)
+        self.helper(RENAME, &[&src, &dst], "rename")
             .await
             .map(drop)
     }
@@ -552,7 +541,7 @@ impl FileStore for DockerFiles {
                 "refusing to remove /",
             ));
         }
-        self.helper(REMOVE, &[&full], "remove", path)
+        self.helper(REMOVE, &[&full], "remove")
             .await
             .map(drop)
     }

@@ -18,7 +18,7 @@ use runtime_core::{
     SandboxInfo, SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
 };
 use runtime_core::{Error, ErrorKind, Result};
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
 use crate::error::{err, map, BACKEND};
 use crate::inside::{self, Inside};
@@ -442,7 +442,6 @@ impl DockerRuntimeBuilder {
                      and starts Debian's docker.io) or set DOCKER_HOST"
                 ),
             )
-            .with_backend(BACKEND)
             .with_operation("connect to engine")
             .with_source(e)
         };
@@ -701,7 +700,6 @@ impl DockerRuntime {
             op,
             format!("sandbox {id} doesn't exist (killed, expired, or never made by this backend)"),
         )
-        .with_context("sandbox_id", id)
     }
 
     /// Resolves the image for a template name: `None` or `base` is the default image.
@@ -812,8 +810,7 @@ impl DockerRuntime {
                     op,
                     "the deadline keeper does not answer, and it holds what this pooled \
                      sandbox is; try again",
-                )
-                .with_context("sandbox_id", id));
+                ));
             };
             match claims.remove(id) {
                 Some(claim) => {
@@ -970,7 +967,7 @@ impl DockerRuntime {
         pooled: bool,
     ) -> Result<DockerSandbox> {
         let id = new_id();
-        let span = info_span!("create", backend = BACKEND, sandbox_id = %id);
+        debug!(sandbox_id = %id, "making a sandbox");
         async move {
             let s = &self.settings;
             let image = image.unwrap_or_else(|| self.image_for(spec.template.as_deref()));
@@ -1269,7 +1266,6 @@ impl DockerRuntime {
                 }
             }
         }
-        .instrument(span)
         .await
     }
 

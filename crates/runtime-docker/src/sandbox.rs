@@ -7,9 +7,9 @@ use runtime_core::{
     CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
     Sandbox, SandboxExt, SandboxInfo, SandboxState,
 };
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
-use crate::error::{err, map, BACKEND};
+use crate::error::{err, map};
 use crate::exec::{run_helper, script};
 use crate::files::DockerFiles;
 use crate::runtime::{epoch, DockerRuntime};
@@ -146,7 +146,7 @@ impl DockerSandbox {
     /// paused) is [`ErrorKind::NotFound`] / [`ErrorKind::Conflict`], as on the exec path.
     async fn agent_error(&self, e: runtime_core::Error, op: &'static str) -> runtime_core::Error {
         if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Unexpected) {
-            return e.with_context("sandbox_id", &self.id);
+            return e;
         }
         match self
             .runtime
@@ -156,14 +156,13 @@ impl DockerSandbox {
         {
             Ok(c) => match c.state.and_then(|s| s.status) {
                 Some(bollard::models::ContainerStateStatusEnum::RUNNING) => {
-                    e.with_context("sandbox_id", &self.id)
+                    e
                 }
                 Some(bollard::models::ContainerStateStatusEnum::PAUSED) => err(
                     ErrorKind::Conflict,
                     op,
                     format!("sandbox {} is paused; connect to resume it", self.id),
-                )
-                .with_context("sandbox_id", &self.id),
+                ),
                 _ => gone(&self.id, op),
             },
             Err(_) => gone(&self.id, op),
@@ -199,31 +198,24 @@ impl DockerSandbox {
                 op,
                 "this sandbox's deadline is held by the deadline keeper, and this process has \
                  no sbx-agent binary to run one; set SBX_AGENT_BIN (see `cargo xtask agent`)",
-            ));
-        }
-        let deadline = deadline.to_string();
-        // An exec can fail to start on a busy engine; the write is idempotent, so try again.
-        let mut last = None;
-        for attempt in 0..3 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            let out = run_helper(
-                &self.runtime.docker,
-                &self.container,
-                script(SET_DEADLINE, &[&deadline]),
-                None,
-                op,
             )
-            .await?;
-            if out.code == 0 {
-                return Ok(());
-            }
-            last = Some(out);
+            .with_retryable(false));
         }
-        let out = last.expect("tried");
+        let out = run_helper(
+            &self.runtime.docker,
+            &self.container,
+            script(SET_DEADLINE, &[&deadline.to_string()]),
+            None,
+            op,
+        )
+        .await?;
+        if out.code == 0 {
+            return Ok(());
+        }
+        // The helper fails to start on a busy engine; the write is idempotent, and the retry
+        // layer runs `set_timeout` and `connect` again.
         Err(err(
-            ErrorKind::Unexpected,
+            ErrorKind::Unavailable,
             op,
             format!(
                 "could not write the deadline (exit code {}): {}",
@@ -293,13 +285,11 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
-        let span = info_span!("spawn", backend = BACKEND, sandbox_id = %self.id);
         if let Some(agent) = &self.agent {
             if let Some(user) = &spec.user {
-                crate::process::check_user(user)
-                    .map_err(|e| e.with_context("sandbox_id", &self.id))?;
+                crate::process::check_user(user)?;
             }
-            return match agent.spawn(spec).instrument(span).await {
+            return match agent.spawn(spec).await {
                 Ok(p) => Ok(p),
                 Err(e) => Err(self.agent_error(e, "spawn").await),
             };
@@ -310,9 +300,7 @@ impl Sandbox for DockerSandbox {
             self.user.as_deref(),
             spec,
         )
-        .instrument(span)
         .await
-        .map_err(|e| e.with_context("sandbox_id", &self.id))
     }
 
     async fn processes(&self) -> Result<Vec<ProcessInfo>> {
@@ -333,7 +321,7 @@ impl Sandbox for DockerSandbox {
     }
 
     fn files_as(&self, user: &str) -> Result<Box<dyn FileStore>> {
-        crate::process::check_user(user).map_err(|e| e.with_context("sandbox_id", &self.id))?;
+        crate::process::check_user(user)?;
         match &self.agent {
             Some(agent) => Ok(Box::new(agent.files_as(user))),
             None => Ok(Box::new(self.files.as_user(user))),
@@ -388,8 +376,7 @@ impl Sandbox for DockerSandbox {
                 ErrorKind::NotFound,
                 "info",
                 format!("sandbox {} reached its time to live", self.id),
-            )
-            .with_context("sandbox_id", &self.id));
+            ));
         }
         Ok(info)
     }
@@ -397,7 +384,6 @@ impl Sandbox for DockerSandbox {
     async fn set_timeout(&self, timeout: Duration) -> Result<()> {
         self.write_deadline(timeout, "set_timeout")
             .await
-            .map_err(|e| e.with_context("sandbox_id", &self.id))
     }
 
     async fn kill(&self) -> Result<()> {
@@ -428,7 +414,7 @@ impl Sandbox for DockerSandbox {
                 "pause",
                 "the sandbox is already paused",
             )),
-            Err(e) => Err(map(e, "pause", "sandbox").with_context("sandbox_id", &self.id)),
+            Err(e) => Err(map(e, "pause", "sandbox")),
         }
     }
 
@@ -484,8 +470,7 @@ impl Sandbox for DockerSandbox {
                 "port {port} is not published and the engine is not on this machine; ask for \
                  it with SandboxSpec::port({port}) at create"
             ),
-        )
-        .with_context("sandbox_id", &self.id))
+        ))
     }
 }
 
@@ -495,5 +480,4 @@ fn gone(id: &str, op: &'static str) -> runtime_core::Error {
         op,
         format!("sandbox {id} doesn't exist (killed, expired, or never made here)"),
     )
-    .with_context("sandbox_id", id)
 }

@@ -150,7 +150,7 @@ impl DockerRuntime {
                 },
             )
             .await
-            .map_err(|e| map(e, op, "sandbox").with_context("sandbox_id", id))?;
+            .map_err(|e| map(e, op, "sandbox"))?;
         let reference = format!("{repo}:{TAG}");
         info!(sandbox_id = id, snapshot = %reference, took_ms = started.elapsed().as_millis() as u64, "snapshot taken");
         // The image a same-named snapshot had is untagged now.

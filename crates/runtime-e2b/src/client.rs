@@ -144,7 +144,7 @@ impl EnvdClient {
                     format!("expected the start of the watch, got {other:?}"),
                 ))
             }
-            Some(Err(e)) => return Err(e.with_context("path", path)),
+            Some(Err(e)) => return Err(e),
             None => {
                 return Err(err(
                     ErrorKind::Unexpected,

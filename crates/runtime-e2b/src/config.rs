@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use runtime_core::{Error, ErrorKind, Result};
 
-use crate::error::BACKEND;
-
 /// Domains whose envd traffic goes through the shared `sandbox.<domain>` host (SDK 2.63).
 const SHARED_HOST_DOMAINS: &[&str] = &[
     "e2b.app",
@@ -58,7 +56,6 @@ impl E2bConfig {
                 "no E2B API key: set E2B_API_KEY (or [e2b] api_key in sbx.toml); get one at \
                  https://e2b.dev/dashboard, or run a local server with `e2b-local`",
             )
-            .with_backend(BACKEND)
             .with_operation("connect"));
         }
         Ok(())

@@ -1,4 +1,4 @@
-//! The HTTP clients: the control plane (REST, retried) and envd (Connect with the JSON codec).
+//! The HTTP clients: the control plane (REST) and envd (Connect with the JSON codec).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,6 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use runtime_core::{Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::debug;
 
 use crate::config::E2bConfig;
 use crate::conn::{Conn, Connect};
@@ -28,8 +27,6 @@ const POOL_IDLE: Duration = Duration::from_secs(20);
 
 /// The user agent, as the Python SDK sends it on REST calls.
 pub(crate) const USER_AGENT: &str = concat!("sbx-runtime-e2b/", env!("CARGO_PKG_VERSION"));
-/// How many times a REST call is retried (the SDK's default).
-const RETRIES: u32 = 3;
 /// Keepalive interval asked of envd on streams, in seconds (the SDK's value).
 const KEEPALIVE_SECS: &str = "50";
 
@@ -52,6 +49,10 @@ impl std::fmt::Debug for Api {
 pub(crate) struct ApiResponse {
     pub(crate) status: StatusCode,
     pub(crate) next_token: Option<String>,
+    /// Whether the SDK would send it again (its status, or `Should-Retry`).
+    pub(crate) should_retry: bool,
+    /// The server's `Retry-After`.
+    pub(crate) retry_after: Option<Duration>,
     pub(crate) body: Bytes,
 }
 
@@ -92,8 +93,12 @@ impl ApiResponse {
             401 => " (check E2B_API_KEY)",
             _ => "",
         };
-        err(kind, op, format!("{status}: {message}{hint}"))
-            .with_retryable(matches!(status, 429 | 500..=599))
+        let error =
+            err(kind, op, format!("{status}: {message}{hint}")).with_retryable(self.should_retry);
+        match self.retry_after {
+            Some(wait) => error.with_retry_after(wait),
+            None => error,
+        }
     }
 }
 
@@ -120,7 +125,9 @@ impl Api {
         })
     }
 
-    /// Sends a request, retrying 429/502/503/504 (or `Should-Retry: true`) as the SDK does.
+    /// Sends a request. An answer the SDK would retry (429/502/503/504, or `Should-Retry:
+    /// true`) becomes a retryable error carrying the server's `Retry-After`; the
+    /// [`RetryLayer`](runtime_core::layer::RetryLayer) does the retrying.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -130,89 +137,68 @@ impl Api {
         op: &'static str,
     ) -> Result<ApiResponse> {
         let url = format!("{}{path}", self.base);
-        let started = std::time::Instant::now();
-        let mut attempt = 0;
-        loop {
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .header(headers::API_KEY, &self.key)
-                .timeout(self.timeout)
-                .query(query);
-            if let Some(b) = &body {
-                req = req
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(b).expect("json"));
-            }
-            let result = req.send().await;
-            let response = match result {
-                Ok(r) => r,
-                Err(e) if e.is_timeout() => {
-                    return Err(err(
-                        ErrorKind::Timeout,
-                        op,
-                        format!("the E2B API did not answer within {:?}", self.timeout),
-                    )
-                    .with_source(e))
-                }
-                Err(e) => {
-                    if e.is_connect() && attempt < RETRIES {
-                        attempt += 1;
-                        tokio::time::sleep(backoff(attempt)).await;
-                        continue;
-                    }
-                    return Err(err(
-                        ErrorKind::Unavailable,
-                        op,
-                        format!("cannot reach the E2B API at {}", self.base),
-                    )
-                    .with_source(e));
-                }
-            };
-            let status = response.status();
-            let should_retry = response
-                .headers()
-                .get(headers::SHOULD_RETRY)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.eq_ignore_ascii_case("true"));
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let next_token = response
-                .headers()
-                .get(headers::NEXT_TOKEN)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(String::from);
-            let retry = should_retry.unwrap_or(matches!(status.as_u16(), 429 | 502 | 503 | 504));
-            if retry && !status.is_success() && attempt < RETRIES {
-                attempt += 1;
-                let wait = retry_after.unwrap_or_else(|| backoff(attempt));
-                if started.elapsed() + wait < self.timeout {
-                    debug!(%status, ?wait, attempt, path, "retrying the E2B API");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            }
-            let body = response.bytes().await.map_err(|e| {
-                err(ErrorKind::Unavailable, op, "the answer was cut").with_source(e)
-            })?;
-            return Ok(ApiResponse {
-                status,
-                next_token,
-                body,
-            });
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header(headers::API_KEY, &self.key)
+            .timeout(self.timeout)
+            .query(query);
+        if let Some(b) = &body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(b).expect("json"));
         }
+        let response = match req.send().await {
+            Ok(r) => r,
+            // The request may have been acted on: not run again.
+            Err(e) if e.is_timeout() => {
+                return Err(err(
+                    ErrorKind::Timeout,
+                    op,
+                    format!("the E2B API did not answer within {:?}", self.timeout),
+                )
+                .with_retryable(false)
+                .with_source(e))
+            }
+            Err(e) => {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    op,
+                    format!("cannot reach the E2B API at {}", self.base),
+                )
+                .with_retryable(e.is_connect())
+                .with_source(e))
+            }
+        };
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(String::from)
+        };
+        let should_retry = header(headers::SHOULD_RETRY)
+            .map(|v| v.eq_ignore_ascii_case("true"))
+            .unwrap_or(matches!(status.as_u16(), 429 | 502 | 503 | 504));
+        let retry_after = header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let next_token = header(headers::NEXT_TOKEN);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| err(ErrorKind::Unavailable, op, "the answer was cut").with_source(e))?;
+        Ok(ApiResponse {
+            status,
+            next_token,
+            should_retry,
+            retry_after,
+            body,
+        })
     }
-}
-
-/// `min(0.1 * 2^attempt, 10) * (0.5 + 0.5 * rand)` seconds.
-fn backoff(attempt: u32) -> Duration {
-    let base = (0.1 * 2f64.powi(attempt as i32)).min(10.0);
-    Duration::from_secs_f64(base * (0.5 + 0.5 * rand::random::<f64>()))
 }
 
 /// The envd client of one sandbox.
@@ -425,7 +411,7 @@ impl Envd {
         }
         let status = response.status().as_u16();
         let bytes = response.bytes().await.unwrap_or_default();
-        Err(envd_error(status, &bytes, "read", &self.sandbox_id).with_context("path", path))
+        Err(envd_error(status, &bytes, "read", &self.sandbox_id))
     }
 
     /// `POST /files` with an octet-stream body.
@@ -453,7 +439,7 @@ impl Envd {
         if (200..300).contains(&status) {
             return Ok(());
         }
-        Err(envd_error(status, &bytes, "write", &self.sandbox_id).with_context("path", path))
+        Err(envd_error(status, &bytes, "write", &self.sandbox_id))
     }
 
     /// `GET /metrics`.
@@ -534,8 +520,7 @@ pub(crate) fn connect_error(e: &ConnectError, op: &'static str, sandbox_id: &str
                 "sandbox {sandbox_id} is not running (expired or killed): {}",
                 e.message
             ),
-        )
-        .with_context("sandbox_id", sandbox_id);
+        );
     }
     let kind = kind_for_code(&e.code);
     err(kind, op, format!("{}: {}", e.code, e.message))

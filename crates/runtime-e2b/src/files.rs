@@ -105,8 +105,7 @@ impl FileStore for E2bFiles {
         let resp: ListDirResponse = self
             .envd
             .unary(rpc::LIST_DIR, &req, self.user(), "list")
-            .await
-            .map_err(|e| e.with_context("path", path))?;
+            .await?;
         let mut entries: Vec<EntryInfo> = resp
             .entries
             .into_iter()
@@ -126,8 +125,7 @@ impl FileStore for E2bFiles {
         let resp: EntryResponse = self
             .envd
             .unary(rpc::STAT, &req, self.user(), "stat")
-            .await
-            .map_err(|e| e.with_context("path", path))?;
+            .await?;
         Ok(entry(resp.entry))
     }
 
@@ -143,10 +141,9 @@ impl FileStore for E2bFiles {
             Ok(_) => Ok(()),
             // envd answers invalid_argument when a file is in the way; that is "already exists".
             Err(e) if e.kind() == ErrorKind::InvalidInput && self.stat(path).await.is_ok() => Err(
-                err(ErrorKind::AlreadyExists, "mkdir", "a file is in the way")
-                    .with_context("path", path),
+                err(ErrorKind::AlreadyExists, "mkdir", "a file is in the way"),
             ),
-            Err(e) => Err(e.with_context("path", path)),
+            Err(e) => Err(e),
         }
     }
 
@@ -158,8 +155,7 @@ impl FileStore for E2bFiles {
         let _: EntryResponse = self
             .envd
             .unary(rpc::MOVE, &req, self.user(), "rename")
-            .await
-            .map_err(|e| e.with_context("path", from))?;
+            .await?;
         Ok(())
     }
 
@@ -172,8 +168,7 @@ impl FileStore for E2bFiles {
         let _: envd::Empty = self
             .envd
             .unary(rpc::REMOVE, &req, self.user(), "remove")
-            .await
-            .map_err(|e| e.with_context("path", path))?;
+            .await?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use runtime_core::{
     Capabilities, ErrorKind, ListFilter, NetworkMode, Result, Runtime, Sandbox, SandboxInfo,
     SandboxSpec, SandboxState,
 };
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
 use crate::client::Defaults;
 use crate::config::{E2bConfig, DEBUG_SANDBOX_ID};
@@ -253,7 +253,6 @@ impl E2bRuntime {
                 "sandbox {id} doesn't exist (killed, expired, or not visible with this API key)"
             ),
         )
-        .with_context("sandbox_id", id)
     }
 
     pub(crate) async fn detail(&self, id: &str, op: &'static str) -> Result<SandboxDetail> {
@@ -321,98 +320,96 @@ impl Runtime for E2bRuntime {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        let span = info_span!("create", backend = BACKEND);
-        async move {
-            if !spec.mounts.is_empty() {
-                return Err(err(ErrorKind::Unsupported, "create", "E2B sandboxes cannot mount host paths"));
-            }
-            if !spec.hosts.is_empty() {
+        let internet = match &spec.network {
+            None | Some(NetworkMode::Bridge) => None,
+            Some(NetworkMode::None) => Some(false),
+            // The capability layer refuses other modes (Capabilities::network_modes).
+            Some(other) => {
                 return Err(err(
                     ErrorKind::Unsupported,
                     "create",
-                    "E2B sandboxes take no fixed hosts entries (write /etc/hosts inside the sandbox)",
-                ));
+                    format!("network mode {:?} has no E2B equivalent", other.as_str()),
+                ))
             }
-            let r = &spec.resources;
-            if r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some() {
-                return Err(err(
-                    ErrorKind::Unsupported,
-                    "create",
-                    "E2B sets CPU and memory per template (cpu_count, memory_mb in e2b.toml), not per sandbox",
-                ));
-            }
-            let internet = match &spec.network {
-                None | Some(NetworkMode::Bridge) => None,
-                Some(NetworkMode::None) => Some(false),
-                Some(other) => {
-                    return Err(err(
-                        ErrorKind::Unsupported,
-                        "create",
-                        format!("network mode {:?} is not available on E2B", other.as_str()),
-                    ))
-                }
-            };
-            let network = match spec.network_policy.as_ref().or(self.config.network_policy.as_ref()) {
-                Some(p) => Some(network_config(p, "create")?),
-                None => None,
-            };
-            if network.is_some() && internet == Some(false) {
-                return Err(err(
-                    ErrorKind::InvalidInput,
-                    "create",
-                    "a sandbox with no network (network = none) takes no network policy",
-                ));
-            }
-            if self.config.debug {
-                // As the SDKs: debug mode makes no API call; the one sandbox is the local one.
-                let created = SandboxCreated {
-                    sandbox_id: DEBUG_SANDBOX_ID.into(),
-                    ..Default::default()
-                };
-                return Ok(Box::new(self.handle(&created, Defaults { cwd: spec.cwd, user: spec.user, ..Default::default() })?) as Box<dyn Sandbox>);
-            }
-            let mut metadata = spec.metadata.clone();
-            if let Some(cwd) = &spec.cwd {
-                metadata.insert(CWD_KEY.into(), cwd.clone());
-            }
-            if let Some(user) = &spec.user {
-                metadata.insert(USER_KEY.into(), user.clone());
-            }
-            let body = NewSandbox {
-                template_id: spec.template.clone().unwrap_or_else(|| self.config.template.clone()),
-                timeout: Some(
-                    spec.timeout
-                        .unwrap_or(self.config.time_to_live)
-                        .as_secs()
-                        .max(1) as i64,
-                ),
-                metadata: Some(metadata.clone()),
-                env_vars: Some(spec.env.clone()),
-                allow_internet_access: internet,
-                auto_pause: spec.auto_pause.then_some(true),
-                network,
+        };
+        let network = match spec
+            .network_policy
+            .as_ref()
+            .or(self.config.network_policy.as_ref())
+        {
+            Some(p) => Some(network_config(p, "create")?),
+            None => None,
+        };
+        if network.is_some() && internet == Some(false) {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "create",
+                "a sandbox with no network (network = none) takes no network policy",
+            ));
+        }
+        if self.config.debug {
+            // As the SDKs: debug mode makes no API call; the one sandbox is the local one.
+            let created = SandboxCreated {
+                sandbox_id: DEBUG_SANDBOX_ID.into(),
                 ..Default::default()
             };
-            let json = serde_json::to_value(&body).expect("json");
-            let mut r = self.api.send(Method::POST, "/v2/sandboxes", &[], Some(json), "create").await?;
-            if r.status == StatusCode::NOT_FOUND && !r.is_api_error() {
-                // An older server without the v2 route.
-                let mut v1 = body.clone();
-                v1.secure = Some(true);
-                v1.timeout = Some(v1.timeout.unwrap_or(300));
-                let json = serde_json::to_value(&v1).expect("json");
-                r = self.api.send(Method::POST, "/sandboxes", &[], Some(json), "create").await?;
-            }
-            if !r.status.is_success() {
-                return Err(r.error("create"));
-            }
-            let created: SandboxCreated = r.json("create")?;
-            debug!(sandbox_id = %created.sandbox_id, "sandbox created");
-            let sandbox = self.handle(&created, Self::defaults_from(Some(&metadata)))?;
-            Ok(Box::new(sandbox) as Box<dyn Sandbox>)
+            return Ok(Box::new(self.handle(
+                &created,
+                Defaults {
+                    cwd: spec.cwd,
+                    user: spec.user,
+                    ..Default::default()
+                },
+            )?) as Box<dyn Sandbox>);
         }
-        .instrument(span)
-        .await
+        let mut metadata = spec.metadata.clone();
+        if let Some(cwd) = &spec.cwd {
+            metadata.insert(CWD_KEY.into(), cwd.clone());
+        }
+        if let Some(user) = &spec.user {
+            metadata.insert(USER_KEY.into(), user.clone());
+        }
+        let body = NewSandbox {
+            template_id: spec
+                .template
+                .clone()
+                .unwrap_or_else(|| self.config.template.clone()),
+            timeout: Some(
+                spec.timeout
+                    .unwrap_or(self.config.time_to_live)
+                    .as_secs()
+                    .max(1) as i64,
+            ),
+            metadata: Some(metadata.clone()),
+            env_vars: Some(spec.env.clone()),
+            allow_internet_access: internet,
+            auto_pause: spec.auto_pause.then_some(true),
+            network,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&body).expect("json");
+        let mut r = self
+            .api
+            .send(Method::POST, "/v2/sandboxes", &[], Some(json), "create")
+            .await?;
+        if r.status == StatusCode::NOT_FOUND && !r.is_api_error() {
+            // An older server without the v2 route.
+            let mut v1 = body.clone();
+            v1.secure = Some(true);
+            v1.timeout = Some(v1.timeout.unwrap_or(300));
+            let json = serde_json::to_value(&v1).expect("json");
+            r = self
+                .api
+                .send(Method::POST, "/sandboxes", &[], Some(json), "create")
+                .await?;
+        }
+        if !r.status.is_success() {
+            return Err(r.error("create"));
+        }
+        let created: SandboxCreated = r.json("create")?;
+        debug!(sandbox_id = %created.sandbox_id, "sandbox created");
+        let sandbox = self.handle(&created, Self::defaults_from(Some(&metadata)))?;
+        Ok(Box::new(sandbox) as Box<dyn Sandbox>)
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {

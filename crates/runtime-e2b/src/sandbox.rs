@@ -9,11 +9,10 @@ use runtime_core::{
     CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
     Runtime, Sandbox, SandboxInfo,
 };
-use tracing::{info_span, Instrument};
 
 use crate::client::{Defaults, EnvdClient};
 use crate::core::Envd;
-use crate::error::{err, BACKEND};
+use crate::error::err;
 use crate::runtime::E2bRuntime;
 
 /// A sandbox on E2B (or an E2B-compatible server).
@@ -85,8 +84,7 @@ impl Sandbox for E2bSandbox {
     }
 
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
-        let span = info_span!("spawn", backend = BACKEND, sandbox_id = %self.id);
-        self.client.spawn(spec).instrument(span).await
+        self.client.spawn(spec).await
     }
 
     async fn processes(&self) -> Result<Vec<ProcessInfo>> {

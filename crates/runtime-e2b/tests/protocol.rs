@@ -14,6 +14,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use e2b_protocol::{encode_end_stream, encode_message, ConnectError};
 use futures_util::StreamExt;
+use runtime_core::layer::RetryLayer;
 use runtime_core::{
     CommandSpec, ErrorKind, FileStoreExt, ListFilter, Runtime, SandboxExt, SandboxSpec,
 };
@@ -35,17 +36,20 @@ fn created() -> Response {
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
 
-async fn serve(router: Router) -> E2bRuntime {
+/// The backend against `router`, in the standard stack of layers (as `Config::runtime` builds
+/// it): retries and error context are the layers' work.
+async fn serve(router: Router) -> Arc<dyn Runtime> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    E2bRuntime::builder()
+    let backend = E2bRuntime::builder()
         .api_key("e2b_test")
         .api_url(format!("http://{addr}"))
         .sandbox_url(format!("http://{addr}"))
         .request_timeout(Duration::from_secs(10))
         .build()
-        .unwrap()
+        .unwrap();
+    runtime_core::layer::standard(Arc::new(backend), Some(RetryLayer::default()))
 }
 
 fn stream(frames: Vec<Bytes>, byte_by_byte: bool) -> Response {
@@ -276,7 +280,7 @@ async fn should_retry_false_is_not_retried_and_statuses_map() {
     let rt = serve(router).await;
     let e = rt.create(SandboxSpec::new()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable);
-    assert!(e.is_retryable());
+    assert!(!e.is_retryable(), "Should-Retry: false is final");
     assert_eq!(
         mock.calls.load(Ordering::SeqCst),
         1,

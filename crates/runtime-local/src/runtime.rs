@@ -236,24 +236,10 @@ impl LocalSandbox {
                 "use templates (leave the template unset, or 'local')",
             ));
         }
-        if !spec.mounts.is_empty() {
-            return Err(unsupported("mount volumes"));
-        }
+        // Mounts, limits, network policies, hosts entries and auto-pause are refused by the
+        // capability layer (Capabilities); no network at all cannot be held here either.
         if spec.network.is_some() {
             return Err(unsupported("change the network"));
-        }
-        if spec.network_policy.is_some() {
-            return Err(unsupported("hold a sandbox to a network policy"));
-        }
-        if !spec.hosts.is_empty() {
-            return Err(unsupported("add hosts entries"));
-        }
-        if spec.auto_pause {
-            return Err(unsupported("pause (auto_pause)"));
-        }
-        let r = &spec.resources;
-        if r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some() {
-            return Err(unsupported("limit resources"));
         }
         let user = match &spec.user {
             Some(u) => lookup_user(u)?,
@@ -407,7 +393,7 @@ mod tests {
     /// entries silently ignored would leave the sandbox more open than asked.
     #[tokio::test]
     async fn network_rules_are_refused() {
-        let rt = LocalRuntime::new();
+        let rt = runtime_core::layer::standard(Arc::new(LocalRuntime::new()), None);
         for spec in [
             SandboxSpec::new().network_policy(
                 runtime_core::NetworkPolicy::new().deny_out([runtime_core::ALL_TRAFFIC]),
