@@ -532,3 +532,66 @@ async fn a_bad_network_policy_in_config_names_the_section() {
         Ok(_) => panic!("a domain in deny_out was accepted"),
     }
 }
+
+/// `[sandbox] remote_runtime_enable_retries` decides whether the stack retries: against an
+/// API that answers every request with a retryable 503, four requests by default, one when off.
+#[cfg(feature = "e2b")]
+#[tokio::test]
+async fn remote_runtime_enable_retries_turns_the_retry_layer_on_and_off() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                // One request per connection: read its head, answer, close.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"code":503,"message":"busy"}"#;
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let url = format!("http://{addr}");
+    for (setting, expected) in [(None, 4), (Some("false"), 1)] {
+        requests.store(0, Ordering::SeqCst);
+        let mut vars = vec![
+            ("RUNTIME", "e2b"),
+            ("E2B_API_KEY", "e2b_x"),
+            ("E2B_API_URL", url.as_str()),
+        ];
+        if let Some(v) = setting {
+            vars.push(("SANDBOX_REMOTE_RUNTIME_ENABLE_RETRIES", v));
+        }
+        let runtime = env(&vars).load().unwrap().runtime().await.unwrap();
+        let e = runtime
+            .list(&runtime_core::ListFilter::all())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            expected,
+            "retries {setting:?}"
+        );
+    }
+}

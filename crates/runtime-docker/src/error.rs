@@ -63,8 +63,7 @@ pub(crate) fn map(e: bollard::errors::Error, op: &'static str, what: &str) -> Er
         ),
         _ => (ErrorKind::Unexpected, "unexpected answer from the Docker engine".into()),
     };
-    let mapped = Error::new(kind, message)
-        .with_operation(op);
+    let mapped = Error::new(kind, message).with_operation(op);
     if keep_source {
         mapped.with_source(e)
     } else {
@@ -91,8 +90,7 @@ pub(crate) fn strip_host_paths(message: &str) -> String {
 
 /// An error of this backend without an engine error behind it.
 pub(crate) fn err(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Error {
-    Error::new(kind, message.into())
-        .with_operation(op)
+    Error::new(kind, message.into()).with_operation(op)
 }
 
 #[cfg(test)]

@@ -152,12 +152,7 @@ impl DockerFiles {
         Ok(clean_absolute(&full))
     }
 
-    async fn helper(
-        &self,
-        body: &str,
-        args: &[&str],
-        op: &'static str,
-    ) -> Result<Collected> {
+    async fn helper(&self, body: &str, args: &[&str], op: &'static str) -> Result<Collected> {
         let out = run_helper_as(
             &self.docker,
             &self.container,
@@ -406,9 +401,7 @@ impl FileStore for DockerFiles {
         }
         let mut target = self.absolute(path, "read")?;
         for _ in 0..MAX_LINKS {
-            let (entry, reader) = self
-                .open_entry(&target)
-                .await?;
+            let (entry, reader) = self.open_entry(&target).await?;
             match entry.kind {
                 b'0' | 0 | b'7' => return Ok(reader.into_body(entry.size)),
                 b'5' => {
@@ -501,9 +494,7 @@ impl FileStore for DockerFiles {
 
     async fn stat(&self, path: &str) -> Result<EntryInfo> {
         let full = self.absolute(path, "stat")?;
-        let out = self
-            .helper(STAT, &[&full, STAT_FORMAT], "stat")
-            .await?;
+        let out = self.helper(STAT, &[&full, STAT_FORMAT], "stat").await?;
         let text = String::from_utf8_lossy(&out.stdout);
         let (record, rest) = text.split_once("\u{1}\n").unwrap_or((&text, ""));
         let mut e = parse_record(record).ok_or_else(|| {
@@ -527,9 +518,7 @@ impl FileStore for DockerFiles {
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let src = self.absolute(from, "rename")?;
         let dst = self.absolute(to, "rename")?;
-        self.helper(RENAME, &[&src, &dst], "rename")
-            .await
-            .map(drop)
+        self.helper(RENAME, &[&src, &dst], "rename").await.map(drop)
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
@@ -541,9 +530,7 @@ impl FileStore for DockerFiles {
                 "refusing to remove /",
             ));
         }
-        self.helper(REMOVE, &[&full], "remove")
-            .await
-            .map(drop)
+        self.helper(REMOVE, &[&full], "remove").await.map(drop)
     }
 }
 

@@ -155,9 +155,7 @@ impl DockerSandbox {
             .await
         {
             Ok(c) => match c.state.and_then(|s| s.status) {
-                Some(bollard::models::ContainerStateStatusEnum::RUNNING) => {
-                    e
-                }
+                Some(bollard::models::ContainerStateStatusEnum::RUNNING) => e,
                 Some(bollard::models::ContainerStateStatusEnum::PAUSED) => err(
                     ErrorKind::Conflict,
                     op,
@@ -382,8 +380,7 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn set_timeout(&self, timeout: Duration) -> Result<()> {
-        self.write_deadline(timeout, "set_timeout")
-            .await
+        self.write_deadline(timeout, "set_timeout").await
     }
 
     async fn kill(&self) -> Result<()> {
