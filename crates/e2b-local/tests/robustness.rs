@@ -50,14 +50,20 @@ async fn serve(key: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some(addrs)
 }
 
-fn client(api: SocketAddr, envd: SocketAddr, key: &str, timeout: Duration) -> E2bRuntime {
-    E2bRuntime::builder()
+/// The E2B backend in the standard stack of layers, as `Config::runtime` builds it (retries
+/// are the retry layer's).
+fn client(api: SocketAddr, envd: SocketAddr, key: &str, timeout: Duration) -> Arc<dyn Runtime> {
+    let backend = E2bRuntime::builder()
         .api_key(key)
         .api_url(format!("http://{api}"))
         .sandbox_url(format!("http://{envd}"))
         .request_timeout(timeout)
         .build()
-        .unwrap()
+        .unwrap();
+    runtime_core::layer::standard(
+        Arc::new(backend),
+        Some(runtime_core::layer::RetryLayer::default()),
+    )
 }
 
 /// Kills the sandboxes one test labelled (tests run at once: each has its own label value).

@@ -24,6 +24,10 @@ pub(crate) fn map(e: bollard::errors::Error, op: &'static str, what: &str) -> Er
             let kind = match status_code {
                 404 => ErrorKind::NotFound,
                 409 => ErrorKind::Conflict,
+                // Two networks of one name, made at the same moment by two processes: the one
+                // that sees it first removes the extra (`ensure_isolated_network`), so trying
+                // again works.
+                400 if lower.contains("is ambiguous") => ErrorKind::Unavailable,
                 400 => ErrorKind::InvalidInput,
                 401 => ErrorKind::Unauthenticated,
                 403 => ErrorKind::PermissionDenied,
@@ -151,6 +155,9 @@ mod tests {
             assert!(!e.to_string().contains("/var/lib/docker"), "{e}");
         }
         assert!(super::map(engine(503, "busy"), "write", "path").is_retryable());
+        let twin = "network sbx-isolated is ambiguous (2 matches found on name)";
+        assert!(super::map(engine(400, twin), "create", "network").is_retryable());
+        assert!(!super::map(engine(400, "bad parameter"), "create", "x").is_retryable());
         assert!(
             !super::map(engine(500, "x: read-only file system"), "write", "path").is_retryable()
         );
