@@ -1,7 +1,7 @@
 //! An agent-style loop: actions in OpenHands' JSON shape (as an LLM tool call would produce
 //! them) run through `runtime-actions` on whichever backend the configuration picks.
 //!
-//! `cargo run -p sbx-examples --example agent_loop`
+//! `cargo run -p sandkit-examples --example agent_loop`
 
 use runtime_actions::{Action, Session, SessionOptions};
 

@@ -4,7 +4,7 @@
 //! the suite from a test target with `harness = false`, exactly as below. Here the "backend" is
 //! a thin wrapper that counts sandboxes over the Docker backend: replace it with yours.
 //!
-//! `cargo run -p sbx-examples --example custom_backend_conformance -- --list`
+//! `cargo run -p sandkit-examples --example custom_backend_conformance -- --list`
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
                 inner: Arc::new(docker),
                 made: AtomicUsize::new(0),
             });
-            let spec = SandboxSpec::new().template("sbx-base:bookworm");
+            let spec = SandboxSpec::new().template("sandkit-base:bookworm");
             suite.add_sandbox(SandboxTarget::new("counting", ours, spec).with_python(true));
         }
         Err(e) => suite.add_ignored("counting", &e.to_string()),

@@ -1,6 +1,6 @@
-//! Embedding sbx: the backend comes from the configuration (defaults, ./sbx.toml, environment).
+//! Embedding sandkit: the backend comes from the configuration (defaults, ./sandkit.toml, environment).
 //!
-//! `cargo run -p sbx-examples --example embed`
+//! `cargo run -p sandkit-examples --example embed`
 
 use runtime_core::{CommandSpec, FileStoreExt, SandboxExt, SandboxSpec};
 

@@ -1,9 +1,9 @@
 //! An agent tool executor as a framework author writes one: one import line, the backend
-//! chosen by configuration alone (`sbx.toml`, `SBX_*`/`SANDBOX_*` variables), a guard that
+//! chosen by configuration alone (`sandkit.toml`, `SANDKIT_*`/`SANDBOX_*` variables), a guard that
 //! kills the sandbox if the executor is dropped without `close` (a panicking task, a cancelled
 //! episode), and an executor that is `Clone` to hand to concurrent tool calls.
 //!
-//! `cargo run -p sbx-examples --example tool_executor`
+//! `cargo run -p sandkit-examples --example tool_executor`
 
 use std::sync::Arc;
 

@@ -1,1 +1,1 @@
-//! Examples of embedding sbx: see the files next to this crate (`cargo run -p sbx-examples --example NAME`).
+//! Examples of embedding sandkit: see the files next to this crate (`cargo run -p sandkit-examples --example NAME`).

@@ -30,7 +30,7 @@ def free_port() -> int:
 def our_containers() -> list:
     """Containers made through e2b-local (they carry its template label)."""
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=sbx.meta.sbx.e2b.template"],
+        ["docker", "ps", "-aq", "--filter", "label=sandkit.meta.sandkit.e2b.template"],
         capture_output=True, text=True, check=True,
     )
     return out.stdout.split()
@@ -48,7 +48,7 @@ class LocalServer:
         self.proc = None
 
     def start(self):
-        env = dict(os.environ, SBX_LOG=os.environ.get("SBX_LOG", "info"))
+        env = dict(os.environ, SANDKIT_LOG=os.environ.get("SANDKIT_LOG", "info"))
         self.proc = subprocess.Popen(
             [self.bin, "--api-addr", f"127.0.0.1:{self.api_port}",
              "--envd-addr", f"127.0.0.1:{self.envd_port}", "--api-key", self.key,
@@ -113,18 +113,18 @@ def another_key(monkeypatch):
 def sandbox(server):
     from e2b import Sandbox
 
-    sbx = Sandbox.create(metadata={"sandbox_test_id": uuid.uuid4().hex})
+    sandkit = Sandbox.create(metadata={"sandbox_test_id": uuid.uuid4().hex})
     try:
-        yield sbx
+        yield sandkit
     finally:
         try:
-            sbx.kill()
+            sandkit.kill()
         except Exception:
             pass
 
 
-def processes_matching(sbx, pattern: str) -> int:
+def processes_matching(sandkit, pattern: str) -> int:
     """How many processes in the sandbox have `pattern` (a grep -E regex) in their command line."""
     cmd = ("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null"
            f" | grep -E -c -- '{pattern}' || true")
-    return int(sbx.commands.run(cmd, user="root").stdout.strip() or "0")
+    return int(sandkit.commands.run(cmd, user="root").stdout.strip() or "0")

@@ -27,12 +27,12 @@ def test_watch_dir_polled(sandbox):
     assert ("sub", FilesystemEventType.CREATE) in seen, seen
     assert ("sub/b.txt", FilesystemEventType.WRITE) in seen, seen
     assert ("a.txt", FilesystemEventType.REMOVE) in seen, seen
-    assert not any(".sbx-write" in n for n, _ in seen), "temporary files of writes are never shown"
+    assert not any(".sandkit-write" in n for n, _ in seen), "temporary files of writes are never shown"
 
 
 def test_watch_dir_stream(server):
     async def run():
-        sbx = await AsyncSandbox.create()
+        sandkit = await AsyncSandbox.create()
         try:
             events = []
             got = asyncio.Event()
@@ -42,13 +42,13 @@ def test_watch_dir_stream(server):
                 if e.name == "c.txt" and e.type == FilesystemEventType.WRITE:
                     got.set()
 
-            handle = await sbx.files.watch_dir("/tmp", on_event)
-            await sbx.files.write("/tmp/c.txt", "three")
+            handle = await sandkit.files.watch_dir("/tmp", on_event)
+            await sandkit.files.write("/tmp/c.txt", "three")
             await asyncio.wait_for(got.wait(), 10)
             await handle.stop()
             assert ("c.txt", FilesystemEventType.CREATE) in events, events
         finally:
-            await sbx.kill()
+            await sandkit.kill()
 
     asyncio.run(run())
 
@@ -94,26 +94,26 @@ def test_auto_pause_at_the_timeout(server):
     connect resumes it with its files."""
     from e2b import Sandbox
 
-    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause"})
+    sandkit = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause"})
     try:
-        sbx.files.write("/home/user/kept.txt", "across the pause")
-        wait_paused(sbx.sandbox_id)
-        resumed = Sandbox.connect(sbx.sandbox_id)
+        sandkit.files.write("/home/user/kept.txt", "across the pause")
+        wait_paused(sandkit.sandbox_id)
+        resumed = Sandbox.connect(sandkit.sandbox_id)
         assert resumed.files.read("/home/user/kept.txt") == "across the pause"
     finally:
-        Sandbox.kill(sbx.sandbox_id)
+        Sandbox.kill(sandkit.sandbox_id)
 
 
 def test_auto_resume_on_traffic(server):
     """lifecycle auto_resume: a sandbox paused at its timeout resumes when the SDK uses it."""
     from e2b import Sandbox, SandboxState
 
-    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    sandkit = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
     try:
-        sbx.files.write("/home/user/kept.txt", "still here")
-        wait_paused(sbx.sandbox_id)
-        result = sbx.commands.run("cat /home/user/kept.txt")
+        sandkit.files.write("/home/user/kept.txt", "still here")
+        wait_paused(sandkit.sandbox_id)
+        result = sandkit.commands.run("cat /home/user/kept.txt")
         assert result.stdout == "still here"
-        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+        assert Sandbox.get_info(sandkit.sandbox_id).state == SandboxState.RUNNING
     finally:
-        Sandbox.kill(sbx.sandbox_id)
+        Sandbox.kill(sandkit.sandbox_id)

@@ -34,10 +34,10 @@ def test_debug_mode(monkeypatch):
         monkeypatch.setenv("E2B_API_KEY", srv.key)
         monkeypatch.delenv("E2B_API_URL", raising=False)
         monkeypatch.delenv("E2B_SANDBOX_URL", raising=False)
-        sbx = Sandbox.create()
-        assert sbx.sandbox_id == "debug_sandbox_id"
-        assert sbx.commands.run("echo debug; whoami").stdout == "debug\nuser\n"
-        sbx.files.write("/home/user/d.txt", "kept between calls")
+        sandkit = Sandbox.create()
+        assert sandkit.sandbox_id == "debug_sandbox_id"
+        assert sandkit.commands.run("echo debug; whoami").stdout == "debug\nuser\n"
+        sandkit.files.write("/home/user/d.txt", "kept between calls")
         again = Sandbox.create()
         assert again.files.read("/home/user/d.txt") == "kept between calls"
     finally:

@@ -47,7 +47,7 @@ def test_unserved_route_is_not_a_missing_sandbox(sandbox):
     # Secrets are resolved by E2B's egress proxy: the one family of routes not served here.
     from e2b import Secret
     with pytest.raises(Exception) as raised:
-        Secret.create("sbx-test", "value")
+        Secret.create("sandkit-test", "value")
     assert not isinstance(raised.value, NotFoundException), raised.value
     assert "501" in str(raised.value) and "not served by e2b-local" in str(raised.value)
     assert sandbox.is_running()
@@ -67,8 +67,8 @@ def test_killed_mid_command_is_a_timeout_not_an_exit_code(server):
     TimeoutException (SandboxNotRunningException), not CommandExitException(137)."""
     from e2b.exceptions import TimeoutException
 
-    sbx = Sandbox.create()
-    handle = sbx.commands.run("sleep 60", background=True)
-    assert Sandbox.kill(sbx.sandbox_id) is True
+    sandkit = Sandbox.create()
+    handle = sandkit.commands.run("sleep 60", background=True)
+    assert Sandbox.kill(sandkit.sandbox_id) is True
     with pytest.raises(TimeoutException):
         handle.wait()

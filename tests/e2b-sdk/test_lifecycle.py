@@ -10,18 +10,18 @@ from e2b.exceptions import SandboxException
 
 def test_create_with_metadata_and_envs(server):
     tag = uuid.uuid4().hex
-    sbx = Sandbox.create(metadata={"suite": tag, "spaced key": "v w"}, envs={"GREETING": "hello there"})
+    sandkit = Sandbox.create(metadata={"suite": tag, "spaced key": "v w"}, envs={"GREETING": "hello there"})
     try:
-        assert sbx.sandbox_id.isalnum() and sbx.sandbox_id == sbx.sandbox_id.lower()
-        info = sbx.get_info()
-        assert info.sandbox_id == sbx.sandbox_id
+        assert sandkit.sandbox_id.isalnum() and sandkit.sandbox_id == sandkit.sandbox_id.lower()
+        info = sandkit.get_info()
+        assert info.sandbox_id == sandkit.sandbox_id
         assert info.template_id == "base"
         assert info.metadata == {"suite": tag, "spaced key": "v w"}
         assert info.state.value == "running"
         assert info.end_at > info.started_at
-        assert sbx.commands.run("echo $GREETING").stdout == "hello there\n"
+        assert sandkit.commands.run("echo $GREETING").stdout == "hello there\n"
     finally:
-        sbx.kill()
+        sandkit.kill()
 
 
 def test_list_by_metadata(server):
@@ -66,22 +66,22 @@ def test_connect_missing_raises(server):
 
 
 def test_kill_twice(server):
-    sbx = Sandbox.create()
-    assert sbx.kill() is True
-    assert sbx.kill() is False
-    assert Sandbox.kill(sbx.sandbox_id) is False
+    sandkit = Sandbox.create()
+    assert sandkit.kill() is True
+    assert sandkit.kill() is False
+    assert Sandbox.kill(sandkit.sandbox_id) is False
 
 
 def test_set_timeout_then_expiry(server):
-    sbx = Sandbox.create(timeout=600)
-    assert sbx.is_running()
-    sbx.set_timeout(3)
+    sandkit = Sandbox.create(timeout=600)
+    assert sandkit.is_running()
+    sandkit.set_timeout(3)
     deadline = time.time() + 60
-    while time.time() < deadline and sbx.is_running():
+    while time.time() < deadline and sandkit.is_running():
         time.sleep(0.5)
-    assert not sbx.is_running()
+    assert not sandkit.is_running()
     with pytest.raises(SandboxException):
-        sbx.get_info()
+        sandkit.get_info()
 
 
 def test_pause_and_resume(sandbox):

@@ -49,7 +49,7 @@ except Exception as e:
 @pytest.fixture(scope="module")
 def internet():
     if os.geteuid() != 0:
-        if os.environ.get("SBX_REQUIRE_DOCKER") == "1":
+        if os.environ.get("SANDKIT_REQUIRE_DOCKER") == "1":
             pytest.fail("the network tests make a network namespace: run them as root")
         pytest.skip("making a network namespace needs root")
     n = random.randint(10, 250)
@@ -77,63 +77,63 @@ def internet():
         subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL)
 
 
-def probe(sbx, ip):
-    sbx.files.write("/tmp/probe.py", PROBE)
-    return sbx.commands.run(f"python3 /tmp/probe.py {ip}").stdout.strip()
+def probe(sandkit, ip):
+    sandkit.files.write("/tmp/probe.py", PROBE)
+    return sandkit.commands.run(f"python3 /tmp/probe.py {ip}").stdout.strip()
 
 
 def test_create_with_allow_and_deny_lists(server, internet):
     a, b = internet
-    sbx = Sandbox.create(network={"deny_out": [ALL_TRAFFIC], "allow_out": [a]})
+    sandkit = Sandbox.create(network={"deny_out": [ALL_TRAFFIC], "allow_out": [a]})
     try:
-        assert probe(sbx, a) == f"reached {a}:8080"
-        assert probe(sbx, b).startswith("blocked")
-        info = sbx.get_info()
+        assert probe(sandkit, a) == f"reached {a}:8080"
+        assert probe(sandkit, b).startswith("blocked")
+        info = sandkit.get_info()
         assert info.network is not None
         assert info.network["allow_out"] == [a], info.network
         assert info.network["deny_out"] == [ALL_TRAFFIC], info.network
     finally:
-        sbx.kill()
+        sandkit.kill()
 
 
 def test_update_network_applies_live_and_replaces_whole(server, internet):
     a, b = internet
-    sbx = Sandbox.create()
+    sandkit = Sandbox.create()
     try:
-        assert probe(sbx, b) == f"reached {b}:8080"
-        sbx.update_network({"deny_out": [f"{b}/32"]})
-        assert probe(sbx, b).startswith("blocked")
-        assert probe(sbx, a) == f"reached {a}:8080"
-        assert sbx.get_info().network["deny_out"] == [f"{b}/32"]
+        assert probe(sandkit, b) == f"reached {b}:8080"
+        sandkit.update_network({"deny_out": [f"{b}/32"]})
+        assert probe(sandkit, b).startswith("blocked")
+        assert probe(sandkit, a) == f"reached {a}:8080"
+        assert sandkit.get_info().network["deny_out"] == [f"{b}/32"]
         # The update replaces every rule: an empty one opens it again.
-        sbx.update_network({})
-        assert probe(sbx, b) == f"reached {b}:8080"
+        sandkit.update_network({})
+        assert probe(sandkit, b) == f"reached {b}:8080"
         # allow_internet_access=False in an update denies all but allow_out.
-        sbx.update_network({"allow_out": [a], "allow_internet_access": False})
-        assert probe(sbx, b).startswith("blocked")
-        assert probe(sbx, a) == f"reached {a}:8080"
+        sandkit.update_network({"allow_out": [a], "allow_internet_access": False})
+        assert probe(sandkit, b).startswith("blocked")
+        assert probe(sandkit, a) == f"reached {a}:8080"
     finally:
-        sbx.kill()
+        sandkit.kill()
 
 
 def test_no_internet_access_means_no_network(server, internet):
     a, _ = internet
-    sbx = Sandbox.create(allow_internet_access=False)
+    sandkit = Sandbox.create(allow_internet_access=False)
     try:
-        assert probe(sbx, a).startswith("blocked")
-        assert sbx.get_info().allow_internet_access is False
+        assert probe(sandkit, a).startswith("blocked")
+        assert sandkit.get_info().allow_internet_access is False
     finally:
-        sbx.kill()
+        sandkit.kill()
 
 
 def test_no_internet_access_keeps_the_allow_list(server, internet):
     a, b = internet
-    sbx = Sandbox.create(allow_internet_access=False, network={"allow_out": [a]})
+    sandkit = Sandbox.create(allow_internet_access=False, network={"allow_out": [a]})
     try:
-        assert probe(sbx, a) == f"reached {a}:8080"
-        assert probe(sbx, b).startswith("blocked")
+        assert probe(sandkit, a) == f"reached {a}:8080"
+        assert probe(sandkit, b).startswith("blocked")
     finally:
-        sbx.kill()
+        sandkit.kill()
 
 
 @pytest.mark.parametrize("network, says", [

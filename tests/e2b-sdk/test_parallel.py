@@ -10,12 +10,12 @@ from conftest import LocalServer, our_containers
 
 def test_eight_sandboxes_in_parallel(server):
     def work(i: int) -> str:
-        sbx = Sandbox.create(metadata={"parallel": str(i)})
+        sandkit = Sandbox.create(metadata={"parallel": str(i)})
         try:
-            sbx.files.write("/home/user/n.txt", str(i))
-            return sbx.commands.run("cat /home/user/n.txt; echo; hostname").stdout.split("\n")[0]
+            sandkit.files.write("/home/user/n.txt", str(i))
+            return sandkit.commands.run("cat /home/user/n.txt; echo; hostname").stdout.split("\n")[0]
         finally:
-            sbx.kill()
+            sandkit.kill()
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(work, range(8)))
@@ -30,12 +30,12 @@ def test_ctrl_c_kills_what_the_server_made(monkeypatch):
         monkeypatch.setenv("E2B_API_KEY", srv.key)
         monkeypatch.setenv("E2B_API_URL", srv.api_url)
         monkeypatch.setenv("E2B_SANDBOX_URL", srv.envd_url)
-        sbx = Sandbox.create(timeout=600)
-        assert sbx.commands.run("echo alive").stdout == "alive\n"
+        sandkit = Sandbox.create(timeout=600)
+        assert sandkit.commands.run("echo alive").stdout == "alive\n"
         before = set(our_containers())
         assert len(before) >= 1
     finally:
         code = srv.stop()
     assert code == 0
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
-    assert f"sbx-{sbx.sandbox_id}" not in names.split()
+    assert f"sandkit-{sandkit.sandbox_id}" not in names.split()

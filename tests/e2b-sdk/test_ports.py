@@ -38,10 +38,10 @@ def get(host: str, path: str = "/", headers: dict = None):
     return int(head.split()[1]), body.decode()
 
 
-def serve(sbx):
-    sbx.files.write("/tmp/server.py", SERVER)
-    sbx.commands.run("python3 /tmp/server.py", background=True)
-    host = sbx.get_host(8000)
+def serve(sandkit):
+    sandkit.files.write("/tmp/server.py", SERVER)
+    sandkit.commands.run("python3 /tmp/server.py", background=True)
+    host = sandkit.get_host(8000)
     deadline = time.time() + 20
     while True:
         status, body = get(host, "/ready")
@@ -61,13 +61,13 @@ def test_get_host_reaches_the_port(sandbox, server):
 
 
 def test_private_ports_need_the_traffic_access_token(server):
-    sbx = Sandbox.create(network={"allow_public_traffic": False})
+    sandkit = Sandbox.create(network={"allow_public_traffic": False})
     try:
-        token = sbx.traffic_access_token
+        token = sandkit.traffic_access_token
         assert token, "the create response carries the token"
-        sbx.files.write("/tmp/server.py", SERVER)
-        sbx.commands.run("python3 /tmp/server.py", background=True)
-        host = sbx.get_host(8000)
+        sandkit.files.write("/tmp/server.py", SERVER)
+        sandkit.commands.run("python3 /tmp/server.py", background=True)
+        host = sandkit.get_host(8000)
         deadline = time.time() + 20
         status, body = 0, ""
         while time.time() < deadline:
@@ -79,15 +79,15 @@ def test_private_ports_need_the_traffic_access_token(server):
         assert get(host)[0] == 403
         assert get(host, headers={"e2b-traffic-access-token": "wrong"})[0] == 403
     finally:
-        sbx.kill()
+        sandkit.kill()
 
 
 def test_mask_request_host(server):
-    sbx = Sandbox.create(network={"mask_request_host": "app.test:${PORT}"})
+    sandkit = Sandbox.create(network={"mask_request_host": "app.test:${PORT}"})
     try:
-        host, status, body = serve(sbx)
+        host, status, body = serve(sandkit)
         assert status == 200, body
         assert '"host": "app.test:8000"' in body, body
         assert f'"forwarded": "{host}"' in body, body
     finally:
-        sbx.kill()
+        sandkit.kill()

@@ -16,7 +16,7 @@ from conftest import another_key
 
 
 def name() -> str:
-    return "sbx-test-" + uuid.uuid4().hex[:10]
+    return "sandkit-test-" + uuid.uuid4().hex[:10]
 
 
 def api(server, method: str, path: str):
@@ -62,23 +62,23 @@ def test_build_copy_run_env_workdir_user_then_start(server, tmp_path):
     assert any(m.startswith("RUN cat folder/test.txt") for m in messages), messages
     assert Template.exists(tpl) is True
 
-    sbx = Sandbox.create(tpl)
+    sandkit = Sandbox.create(tpl)
     try:
-        assert sbx.get_info().template_id == tpl
-        assert sbx.files.read("/home/user/folder/test.txt") == "copied\n"
-        assert sbx.commands.run("readlink /home/user/folder/link.txt").stdout == "test.txt\n"
-        assert sbx.commands.run("stat -c %U /home/user/folder/test.txt").stdout == "user\n"
-        assert sbx.files.read("/tmp/seen.txt") == "copied\n"
-        assert sbx.files.read("/tmp/env.txt") == "one two\n"
-        assert sbx.files.read("/app/whoami.txt") == "root\n"
-        assert sbx.files.read("/app/pwd.txt") == "/app\n"
-        assert sbx.files.read("/tmp/user.txt") == "user\n"
+        assert sandkit.get_info().template_id == tpl
+        assert sandkit.files.read("/home/user/folder/test.txt") == "copied\n"
+        assert sandkit.commands.run("readlink /home/user/folder/link.txt").stdout == "test.txt\n"
+        assert sandkit.commands.run("stat -c %U /home/user/folder/test.txt").stdout == "user\n"
+        assert sandkit.files.read("/tmp/seen.txt") == "copied\n"
+        assert sandkit.files.read("/tmp/env.txt") == "one two\n"
+        assert sandkit.files.read("/app/whoami.txt") == "root\n"
+        assert sandkit.files.read("/app/pwd.txt") == "/app\n"
+        assert sandkit.files.read("/tmp/user.txt") == "user\n"
         # Started, and ready, before create returned.
-        assert sbx.files.read("/tmp/started") == "started\n"
+        assert sandkit.files.read("/tmp/started") == "started\n"
         # ENV values are for the build only, as on E2B.
-        assert sbx.commands.run("echo \"[$A]\"").stdout == "[]\n"
+        assert sandkit.commands.run("echo \"[$A]\"").stdout == "[]\n"
     finally:
-        sbx.kill()
+        sandkit.kill()
 
     status, listed = api(server, "GET", "/templates")
     assert status == 200
@@ -101,11 +101,11 @@ def test_tags_pick_the_build(server):
     Template.build(Template().from_base_image().run_cmd("echo two > /tmp/v"), tpl, tags=["v2", "latest"])
     try:
         for ref, want in [(f"{tpl}:v1", "one\n"), (f"{tpl}:v2", "two\n"), (f"{tpl}:latest", "two\n")]:
-            sbx = Sandbox.create(ref)
+            sandkit = Sandbox.create(ref)
             try:
-                assert sbx.files.read("/tmp/v") == want, ref
+                assert sandkit.files.read("/tmp/v") == want, ref
             finally:
-                sbx.kill()
+                sandkit.kill()
         assert Template.exists(f"{tpl}:v1") and not Template.exists(f"{tpl}:v3")
     finally:
         api(server, "DELETE", f"/templates/{tpl}")
@@ -130,7 +130,7 @@ def test_a_base_image_not_on_the_engine_is_named(server):
 
 def test_from_a_local_image_in_the_background(server):
     tpl = name()
-    template = Template().from_image("sbx-base:bookworm").run_cmd("sleep 1; echo hi > /hello")
+    template = Template().from_image("sandkit-base:bookworm").run_cmd("sleep 1; echo hi > /hello")
     info = Template.build_in_background(template, tpl)
     assert Template.get_build_status(info).status.value == "building"
     deadline = time.time() + 120
@@ -138,11 +138,11 @@ def test_from_a_local_image_in_the_background(server):
         assert Template.get_build_status(info).status.value == "building"
         assert time.time() < deadline
         time.sleep(0.5)
-    sbx = Sandbox.create(tpl)
+    sandkit = Sandbox.create(tpl)
     try:
-        assert sbx.files.read("/hello") == "hi\n"
+        assert sandkit.files.read("/hello") == "hi\n"
     finally:
-        sbx.kill()
+        sandkit.kill()
         api(server, "DELETE", f"/templates/{tpl}")
 
 
@@ -168,11 +168,11 @@ def test_tags_assigned_listed_and_removed(server):
         assert sorted(assigned.tags) == ["latest", "production"]
         assert Template.assign_tags(f"{tpl}:v1", "stable").tags == ["stable"]
         assert sorted(t.tag for t in Template.get_tags(tpl)) == ["latest", "production", "stable", "v1"]
-        sbx = Sandbox.create(f"{tpl}:production")
+        sandkit = Sandbox.create(f"{tpl}:production")
         try:
-            assert sbx.files.read("/tmp/t") == "tagged\n"
+            assert sandkit.files.read("/tmp/t") == "tagged\n"
         finally:
-            sbx.kill()
+            sandkit.kill()
         Template.remove_tags(tpl, ["production"])
         assert not Template.exists(f"{tpl}:production")
         assert sorted(t.tag for t in Template.get_tags(tpl)) == ["latest", "stable", "v1"]

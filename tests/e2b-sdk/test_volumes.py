@@ -42,7 +42,7 @@ def test_create_list_info_destroy(server):
     with pytest.raises(NotFoundException):
         Volume.get_info("non-existent-id")
     engine = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True).stdout
-    assert f"sbx-volume-{vol.volume_id}" not in engine
+    assert f"sandkit-volume-{vol.volume_id}" not in engine
 
 
 def test_files_dirs_stat_metadata_and_remove(volume):
@@ -93,16 +93,16 @@ def test_files_dirs_stat_metadata_and_remove(volume):
 
 def test_mounted_into_sandboxes_and_kept(volume):
     volume.write_file("/from-api.txt", "api")
-    sbx = Sandbox.create(volume_mounts={"/mnt/data": volume})
+    sandkit = Sandbox.create(volume_mounts={"/mnt/data": volume})
     try:
-        assert sbx.files.read("/mnt/data/from-api.txt") == "api"
-        sbx.commands.run("echo sandbox > /mnt/data/from-sandbox.txt", user="root")
-        assert sbx.get_info().volume_mounts == [{"name": volume.name, "path": "/mnt/data"}]
+        assert sandkit.files.read("/mnt/data/from-api.txt") == "api"
+        sandkit.commands.run("echo sandbox > /mnt/data/from-sandbox.txt", user="root")
+        assert sandkit.get_info().volume_mounts == [{"name": volume.name, "path": "/mnt/data"}]
         # Mounted: not destroyed under the sandbox.
         with pytest.raises(Exception):
             Volume.destroy(volume.volume_id)
     finally:
-        sbx.kill()
+        sandkit.kill()
     assert volume.read_file("/from-sandbox.txt") == "sandbox\n"
     other = Sandbox.create(volume_mounts={"/data": volume.name})
     try:

@@ -1,4 +1,4 @@
-"""`sbx mcp` judged by the official MCP Python SDK (`mcp` on PyPI), over stdio and over
+"""`sandkit mcp` judged by the official MCP Python SDK (`mcp` on PyPI), over stdio and over
 streamable HTTP, on Docker: the tools, one sandbox per MCP session (made on the first tool
 call, killed when the session ends), and nothing left when the server stops (SIGTERM)."""
 
@@ -16,20 +16,20 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[2]
-SBX = os.environ.get("SBX_BIN", str(ROOT / "target" / "debug" / "sbx"))
+SANDKIT = os.environ.get("SANDKIT_BIN", str(ROOT / "target" / "debug" / "sandkit"))
 TOOLS = ["edit", "ipython", "list_files", "read_file", "run_command", "write_file"]
 
 
 def session_sandboxes() -> list:
     """Running sandboxes made for an MCP session (their session id starts with mcp-)."""
     out = subprocess.run(
-        ["docker", "ps", "-q", "--filter", "label=sbx.meta.sbx.session"],
+        ["docker", "ps", "-q", "--filter", "label=sandkit.meta.sandkit.session"],
         capture_output=True, text=True, check=True,
     ).stdout.split()
     ids = []
     for c in out:
         label = subprocess.run(
-            ["docker", "inspect", "-f", '{{index .Config.Labels "sbx.meta.sbx.session"}}', c],
+            ["docker", "inspect", "-f", '{{index .Config.Labels "sandkit.meta.sandkit.session"}}', c],
             capture_output=True, text=True,
         ).stdout.strip()
         if label.startswith("mcp-"):
@@ -98,9 +98,9 @@ async def exercise(session: ClientSession) -> None:
     assert json.loads(text)["stdout"] == "after\n", text
 
 
-def sbx_env() -> dict:
+def sandkit_env() -> dict:
     env = dict(os.environ)
-    env.setdefault("SBX_LOG", "info")
+    env.setdefault("SANDKIT_LOG", "info")
     return env
 
 
@@ -108,7 +108,7 @@ def test_stdio_one_sandbox_per_session_gone_at_the_end():
     before = set(session_sandboxes())
 
     async def main():
-        params = StdioServerParameters(command=SBX, args=["mcp"], env=sbx_env())
+        params = StdioServerParameters(command=SANDKIT, args=["mcp"], env=sandkit_env())
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
                 await session.initialize()
@@ -129,13 +129,13 @@ def free_port() -> int:
 
 def test_http_sessions_have_their_own_sandboxes_killed_when_they_end():
     port = free_port()
-    log = open(ROOT / "target" / f"sbx-mcp-http-{port}.log", "w")
-    server = subprocess.Popen([SBX, "mcp", "--http", f"127.0.0.1:{port}"], env=sbx_env(),
+    log = open(ROOT / "target" / f"sandkit-mcp-http-{port}.log", "w")
+    server = subprocess.Popen([SANDKIT, "mcp", "--http", f"127.0.0.1:{port}"], env=sandkit_env(),
                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/mcp"
     before = set(session_sandboxes())
     try:
-        assert wait_for(lambda: _listening(port), 30), "sbx mcp --http did not listen"
+        assert wait_for(lambda: _listening(port), 30), "sandkit mcp --http did not listen"
 
         async def one(tag: str) -> str:
             async with streamable_http_client(url) as (read, write):
@@ -179,7 +179,7 @@ def test_http_sessions_have_their_own_sandboxes_killed_when_they_end():
             server.kill()
             code = server.wait()
         log.close()
-    assert code == 0, (ROOT / "target" / f"sbx-mcp-http-{port}.log").read_text()[-2000:]
+    assert code == 0, (ROOT / "target" / f"sandkit-mcp-http-{port}.log").read_text()[-2000:]
     assert wait_for(lambda: set(session_sandboxes()) <= before), session_sandboxes()
 
 

@@ -5,8 +5,8 @@
 //! cargo xtask docker [--gvisor]   make sure a Docker engine answers (installs and starts
 //!                       docker.io if needed); --gvisor also installs gVisor (runsc) and
 //!                       registers it with the engine as the OCI runtime `runsc`
-//! cargo xtask image     build sbx-base:bookworm and sbx-mini:latest from Debian packages
-//! cargo xtask agent     build sbx-agent fully static (prints its path; SBX_AGENT_BIN points there)
+//! cargo xtask image     build sandkit-base:bookworm and sandkit-mini:latest from Debian packages
+//! cargo xtask agent     build sandkit-agent fully static (prints its path; SANDKIT_AGENT_BIN points there)
 //! cargo xtask run [-- CMD...]   set up (engine, images) and run a command in a fresh sandbox
 //! cargo xtask bench [--quick]   the benchmark against the Docker CLI and the E2B SDK
 //! ```
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const BASE_IMAGE: &str = "sbx-base:bookworm";
-const MINI_IMAGE: &str = "sbx-mini:latest";
+const BASE_IMAGE: &str = "sandkit-base:bookworm";
+const MINI_IMAGE: &str = "sandkit-mini:latest";
 const BASE_PACKAGES: &str =
     "bash,coreutils,procps,python3,ca-certificates,curl,findutils,grep,sed,tar,gzip,git,sudo,nftables";
 
@@ -97,20 +97,20 @@ fn cargo() -> Command {
     c
 }
 
-/// The target `sbx-agent` is built for: the host's gnu target, linked statically.
+/// The target `sandkit-agent` is built for: the host's gnu target, linked statically.
 const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds `sbx-agent` fully static (`-C target-feature=+crt-static` on the gnu target: no musl
+/// Builds `sandkit-agent` fully static (`-C target-feature=+crt-static` on the gnu target: no musl
 /// here) and returns its path. The flag applies to that target only, so build scripts and
 /// proc macros of the host build are untouched.
 fn agent() -> Result<PathBuf> {
-    step("cargo build --release -p sbx-agent (static)");
+    step("cargo build --release -p sandkit-agent (static)");
     run(cargo()
         .args([
             "build",
             "--release",
             "-p",
-            "sbx-agent",
+            "sandkit-agent",
             "--target",
             AGENT_TARGET,
         ])
@@ -122,7 +122,7 @@ fn agent() -> Result<PathBuf> {
         .join("target")
         .join(AGENT_TARGET)
         .join("release")
-        .join("sbx-agent");
+        .join("sandkit-agent");
     if !bin.exists() {
         return Err(format!("the build left no binary at {}", bin.display()));
     }
@@ -149,17 +149,17 @@ fn ci() -> Result {
     run(cargo()
         .args(["doc", "--no-deps", "--workspace"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
-    step("cargo test (SBX_REQUIRE_DOCKER=1: a missing engine fails the run)");
+    step("cargo test (SANDKIT_REQUIRE_DOCKER=1: a missing engine fails the run)");
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])
-        .env("SBX_REQUIRE_DOCKER", "1")
-        .env("SBX_REQUIRE_GVISOR", "1")
-        .env("SBX_AGENT_BIN", &agent);
+        .env("SANDKIT_REQUIRE_DOCKER", "1")
+        .env("SANDKIT_REQUIRE_GVISOR", "1")
+        .env("SANDKIT_AGENT_BIN", &agent);
     // The official SDK runs alongside the load test of e2b-local.
     test.env("E2B_SDK_PYTHON", sdk_python()?);
     if is_root() {
         // As root the engine can be stopped and started (crates/runtime-docker/tests/engine_restart.rs).
-        test.env("SBX_TEST_ENGINE_RESTART", "1");
+        test.env("SANDKIT_TEST_ENGINE_RESTART", "1");
     }
     run(&mut test)?;
     e2b_sdk_tests(&agent)?;
@@ -198,24 +198,24 @@ fn e2b_sdk_tests(agent: &Path) -> Result {
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
         .arg(root().join("tests/e2b-sdk"))
         .env("E2B_LOCAL_BIN", root().join("target/debug/e2b-local"))
-        .env("SBX_AGENT_BIN", agent)
+        .env("SANDKIT_AGENT_BIN", agent)
         .current_dir(root()))
 }
 
-/// The official MCP Python SDK (tests/mcp) against `sbx mcp`, over stdio and HTTP.
+/// The official MCP Python SDK (tests/mcp) against `sandkit mcp`, over stdio and HTTP.
 fn mcp_tests(agent: &Path) -> Result {
-    step("the official MCP Python SDK against sbx mcp (tests/mcp)");
-    run(cargo().args(["build", "-p", "sbx"]))?;
+    step("the official MCP Python SDK against sandkit mcp (tests/mcp)");
+    run(cargo().args(["build", "-p", "sandkit"]))?;
     let python = sdk_python()?;
     run(Command::new(&python)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
         .arg(root().join("tests/mcp"))
-        .env("SBX_BIN", root().join("target/debug/sbx"))
-        .env("SBX_AGENT_BIN", agent)
+        .env("SANDKIT_BIN", root().join("target/debug/sandkit"))
+        .env("SANDKIT_AGENT_BIN", agent)
         .current_dir(root()))
 }
 
-/// Runs a command in a fresh sandbox with the `sbx` CLI.
+/// Runs a command in a fresh sandbox with the `sandkit` CLI.
 fn run_in_sandbox(args: &[String], agent: &Path) -> Result {
     let words: Vec<String> = match args.iter().position(|a| a == "--") {
         Some(i) => args[i + 1..].to_vec(),
@@ -226,30 +226,30 @@ fn run_in_sandbox(args: &[String], agent: &Path) -> Result {
     } else {
         words
     };
-    step("sbx run");
+    step("sandkit run");
     run(cargo()
-        .args(["run", "--quiet", "-p", "sbx", "--", "run", "--"])
+        .args(["run", "--quiet", "-p", "sandkit", "--", "run", "--"])
         .args(&words)
-        .env("SBX_AGENT_BIN", agent))
+        .env("SANDKIT_AGENT_BIN", agent))
 }
 
 /// The benchmark, built with optimisations.
 fn bench(args: &[String], agent: &Path) -> Result {
     let python = sdk_python()?;
-    step("cargo run --release -p sbx-bench (builds with optimisations first; a few minutes)");
+    step("cargo run --release -p sandkit-bench (builds with optimisations first; a few minutes)");
     run(cargo()
         .args([
             "run",
             "--release",
             "--quiet",
             "-p",
-            "sbx-bench",
+            "sandkit-bench",
             "--",
             "--python",
         ])
         .arg(&python)
         .args(args)
-        .env("SBX_AGENT_BIN", agent))
+        .env("SANDKIT_AGENT_BIN", agent))
 }
 
 fn is_root() -> bool {
@@ -294,7 +294,7 @@ fn docker() -> Result {
             "the Docker engine is not running and starting it needs root: sudo dockerd &".into(),
         );
     }
-    let log = std::fs::File::create("/var/log/sbx-dockerd.log").map_err(|e| e.to_string())?;
+    let log = std::fs::File::create("/var/log/sandkit-dockerd.log").map_err(|e| e.to_string())?;
     Command::new("dockerd")
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
@@ -312,7 +312,7 @@ fn docker() -> Result {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    Err("dockerd did not answer within 90s; see /var/log/sbx-dockerd.log".into())
+    Err("dockerd did not answer within 90s; see /var/log/sandkit-dockerd.log".into())
 }
 
 /// Whether the engine has an OCI runtime named `runsc`.
@@ -384,7 +384,7 @@ fn images(force: bool) -> Result {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    let work = std::env::temp_dir().join(format!("sbx-image-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("sandkit-image-{}", std::process::id()));
     let result = (|| {
         if need_mini {
             build_mini(&work.join("mini"))?;
@@ -437,7 +437,7 @@ fn build_base(rootfs: &Path) -> Result {
     step(&format!(
         "building {BASE_IMAGE}: debootstrap --variant=minbase bookworm ({BASE_PACKAGES}); about a minute"
     ));
-    let mirror = std::env::var("SBX_DEBIAN_MIRROR")
+    let mirror = std::env::var("SANDKIT_DEBIAN_MIRROR")
         .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
     run(Command::new("debootstrap")
         .args([

@@ -136,14 +136,14 @@ impl Kernel {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "IPython cells need python3 in the sandbox image, and it has none; use an image \
-                 with Python (sbx-base:bookworm has it)",
+                 with Python (sandkit-base:bookworm has it)",
             )
             .with_operation("run_ipython"));
         }
         let python = probe.stdout_text().trim().to_string();
         let spec = CommandSpec::program(python.clone(), ["-u", "-c", KERNEL])
             .stdin(true)
-            .tag("sbx-ipython");
+            .tag("sandkit-ipython");
         let mut process = sandbox.spawn(spec).await?;
         let handle = process.handle();
         let lines = Arc::new(Mutex::new(Lines::default()));

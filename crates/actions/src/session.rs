@@ -22,7 +22,7 @@ use crate::shell::{RunRequest, RunResult, Shell, ShellOptions};
 use crate::wire::{Action, ActionEvent, CmdOutputMetadata, Observation};
 
 /// The metadata key that marks a session's sandbox.
-pub const SESSION_KEY: &str = "sbx.session";
+pub const SESSION_KEY: &str = "sandkit.session";
 
 /// One call of the editor (OpenHands' `str_replace_editor`), as tools take it in JSON: see
 /// [`Session::editor`].
@@ -662,7 +662,7 @@ impl Session {
         self.touch().await;
         const FETCH: &str = r#"
 import base64, json, sys, urllib.error, urllib.request
-req = urllib.request.Request(sys.argv[1], headers={"User-Agent": "sbx-browse/0.1"})
+req = urllib.request.Request(sys.argv[1], headers={"User-Agent": "sandkit-browse/0.1"})
 try:
     r = urllib.request.urlopen(req, timeout=60)
     status, final, ctype, body = r.status, r.geturl(), r.headers.get("content-type", ""), r.read(10_000_000)
@@ -773,7 +773,7 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         for (k, v) in &upper {
             let line = format!("export {k}={}", shell_quote(v));
             script.push_str(&format!(
-                "grep -v '^export {k}=' \"$f\" > \"$f.sbx\"; cat \"$f.sbx\" > \"$f\"; rm -f \"$f.sbx\"; printf '%s\\n' {q} >> \"$f\"\nprintf '%s\\n' {q} >> {s}\n",
+                "grep -v '^export {k}=' \"$f\" > \"$f.sandkit\"; cat \"$f.sandkit\" > \"$f\"; rm -f \"$f.sandkit\"; printf '%s\\n' {q} >> \"$f\"\nprintf '%s\\n' {q} >> {s}\n",
                 q = shell_quote(&line),
                 s = shell_quote(&state)
             ));
@@ -878,7 +878,7 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         let dest = match host_dir {
             Some(d) => d.to_path_buf(),
             None => tempfile::Builder::new()
-                .prefix("sbx-copy-")
+                .prefix("sandkit-copy-")
                 .tempdir()?
                 .keep(),
         };
@@ -1147,7 +1147,7 @@ impl Drop for Session {
             }
             Err(_) => {
                 let _ = std::thread::Builder::new()
-                    .name("sbx-kill-on-drop".into())
+                    .name("sandkit-kill-on-drop".into())
                     .spawn(move || {
                         if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                             .enable_all()

@@ -177,7 +177,7 @@ impl Shell {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         Shell {
-            state_file: format!("/tmp/.sbx-shell-{safe}.env"),
+            state_file: format!("/tmp/.sandkit-shell-{safe}.env"),
             cwd: String::new(),
             running: None,
             restarted: false,
@@ -205,13 +205,13 @@ impl Shell {
     fn script(&self, command: &str) -> String {
         let state = runtime_core::raw::shell_quote(&self.state_file);
         format!(
-            "__sbx_state={state}\n\
-             if [ -f \"$__sbx_state\" ]; then . \"$__sbx_state\"; fi\n\
+            "__sandkit_state={state}\n\
+             if [ -f \"$__sandkit_state\" ]; then . \"$__sandkit_state\"; fi\n\
              {command}\n\
-             __sbx_rc=$?\n\
-             {{ export -p; printf \"cd '%s'\\n\" \"$(pwd | sed \"s/'/'\\\\\\\\''/g\")\"; }} > \"$__sbx_state.$$\" 2>/dev/null && mv -f \"$__sbx_state.$$\" \"$__sbx_state\"\n\
-             printf '\\036SBXSTATE %s %s\\n' \"$__sbx_rc\" \"$(pwd)\" >&2\n\
-             exit $__sbx_rc\n"
+             __sandkit_rc=$?\n\
+             {{ export -p; printf \"cd '%s'\\n\" \"$(pwd | sed \"s/'/'\\\\\\\\''/g\")\"; }} > \"$__sandkit_state.$$\" 2>/dev/null && mv -f \"$__sandkit_state.$$\" \"$__sandkit_state\"\n\
+             printf '\\036SBXSTATE %s %s\\n' \"$__sandkit_rc\" \"$(pwd)\" >&2\n\
+             exit $__sandkit_rc\n"
         )
     }
 
@@ -273,7 +273,7 @@ impl Shell {
     async fn start(&mut self, sandbox: &dyn Sandbox, command: &str) -> Result<()> {
         let spec = CommandSpec::shell(self.script(command))
             .stdin(true)
-            .tag("sbx-shell");
+            .tag("sandkit-shell");
         let mut process = sandbox.spawn(spec).await?;
         let output = Arc::new(Mutex::new(Output::default()));
         let notify = Arc::new(Notify::new());
@@ -295,7 +295,7 @@ impl Shell {
                     }
                     Ok(ProcessEvent::Exited { code }) => o.exited = Some(code),
                     Err(e) => {
-                        let note = format!("\n[sbx: {e}]\n");
+                        let note = format!("\n[sandkit: {e}]\n");
                         o.all.push(note.as_bytes());
                         o.stderr.push(note.as_bytes());
                         o.exited = Some(-1);

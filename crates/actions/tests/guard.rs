@@ -83,7 +83,7 @@ async fn without_the_guard_a_dropped_session_leaves_its_sandbox() {
 async fn session_keys_of_the_configuration_take_effect() {
     // The local backend's sandbox is this machine: a directory of the test's own.
     let workspace = format!(
-        "{}/sbx-guard-{:x}/work",
+        "{}/sandkit-guard-{:x}/work",
         std::env::temp_dir().display(),
         std::process::id()
     );

@@ -1,4 +1,4 @@
-//! `sbx-agent deadlines`: the backend's channel to the keeper's state.
+//! `sandkit-agent deadlines`: the backend's channel to the keeper's state.
 //!
 //! The Docker backend runs this in the keeper's container through one attached exec and keeps
 //! it open: a deadline update is then one line each way (well under a millisecond), where the
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn requests_and_answers() {
-        let dir = std::env::temp_dir().join(format!("sbx-deadlines-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sandkit-deadlines-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(answer(&dir, "get abc"), "none");
         assert_eq!(answer(&dir, "set abc 1700000000"), "ok");

@@ -77,8 +77,8 @@ mod tests {
     #[test]
     fn encodes_a_filter() {
         assert_eq!(
-            super::encode(r#"{"label":["sbx.id"]}"#),
-            "%7B%22label%22%3A%5B%22sbx.id%22%5D%7D"
+            super::encode(r#"{"label":["sandkit.id"]}"#),
+            "%7B%22label%22%3A%5B%22sandkit.id%22%5D%7D"
         );
     }
 }

@@ -38,7 +38,7 @@ impl Options {
     pub(crate) fn parse(args: &[String], role: &str) -> Result<Self, String> {
         let mut o = Options {
             socket: "/var/run/docker.sock".into(),
-            prefix: "sbx".into(),
+            prefix: "sandkit".into(),
             state: "/state".into(),
             name: String::new(),
             idle_exit: Duration::from_secs(30),
@@ -76,7 +76,7 @@ impl Options {
 pub(crate) fn run(o: &Options) -> ExitCode {
     let engine = Engine::new(&o.socket);
     eprintln!(
-        "sbx-agent keeper: keeping deadlines of '{}.ttl=keeper' sandboxes",
+        "sandkit-agent keeper: keeping deadlines of '{}.ttl=keeper' sandboxes",
         o.prefix
     );
     let mut idle_since = Instant::now();
@@ -85,7 +85,7 @@ pub(crate) fn run(o: &Options) -> ExitCode {
         let result = round(&engine, o, now());
         if let Ok(n) = result {
             if n != last_count {
-                eprintln!("sbx-agent keeper: {n} sandbox(es)");
+                eprintln!("sandkit-agent keeper: {n} sandbox(es)");
                 last_count = n;
             }
         }
@@ -97,18 +97,18 @@ pub(crate) fn run(o: &Options) -> ExitCode {
                     && !written_within(&o.state, o.idle_exit)
                     && matches!(round(&engine, o, now()), Ok(0))
                 {
-                    eprintln!("sbx-agent keeper: no sandbox left; removing myself");
+                    eprintln!("sandkit-agent keeper: no sandbox left; removing myself");
                     // Removing our own container kills this process.
                     let path = format!("/containers/{}?force=1", encode(&o.name));
                     if let Err(e) = engine.call("DELETE", &path) {
-                        eprintln!("sbx-agent keeper: cannot remove {}: {e}", o.name);
+                        eprintln!("sandkit-agent keeper: cannot remove {}: {e}", o.name);
                         return ExitCode::SUCCESS;
                     }
                 }
             }
             Ok(_) => idle_since = Instant::now(),
             Err(e) => {
-                eprintln!("sbx-agent keeper: {e}");
+                eprintln!("sandkit-agent keeper: {e}");
                 idle_since = Instant::now();
             }
         }
@@ -158,25 +158,25 @@ fn round(engine: &Engine, o: &Options, now: u64) -> std::io::Result<usize> {
             if labels[format!("{}.on_deadline", o.prefix)].as_str() == Some("pause") {
                 match engine.call("POST", &format!("/containers/{container}/pause")) {
                     Ok((s, _)) if s < 300 || s == 404 || s == 409 => {
-                        eprintln!("sbx-agent keeper: sandbox {id} reached its deadline; paused")
+                        eprintln!("sandkit-agent keeper: sandbox {id} reached its deadline; paused")
                     }
                     Ok((s, body)) => eprintln!(
-                        "sbx-agent keeper: pause {id}: {s} {}",
+                        "sandkit-agent keeper: pause {id}: {s} {}",
                         String::from_utf8_lossy(&body)
                     ),
-                    Err(e) => eprintln!("sbx-agent keeper: pause {id}: {e}"),
+                    Err(e) => eprintln!("sandkit-agent keeper: pause {id}: {e}"),
                 }
                 continue;
             }
             match engine.call("POST", &format!("/containers/{container}/kill?signal=KILL")) {
                 Ok((s, _)) if s < 300 || s == 404 || s == 409 => {
-                    eprintln!("sbx-agent keeper: sandbox {id} reached its deadline; killed")
+                    eprintln!("sandkit-agent keeper: sandbox {id} reached its deadline; killed")
                 }
                 Ok((s, body)) => eprintln!(
-                    "sbx-agent keeper: kill {id}: {s} {}",
+                    "sandkit-agent keeper: kill {id}: {s} {}",
                     String::from_utf8_lossy(&body)
                 ),
-                Err(e) => eprintln!("sbx-agent keeper: kill {id}: {e}"),
+                Err(e) => eprintln!("sandkit-agent keeper: kill {id}: {e}"),
             }
         }
     }
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn deadline_files_are_read_bounded() {
-        let dir = std::env::temp_dir().join(format!("sbx-keeper-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sandkit-keeper-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("abc"), "1700000000\n").unwrap();
         assert_eq!(read_deadline(&dir, "abc"), Ok(Some(1_700_000_000)));

@@ -1,11 +1,11 @@
-//! `sbx-agent`: the program sbx runs on a Docker engine beside its sandboxes.
+//! `sandkit-agent`: the program sandkit runs on a Docker engine beside its sandboxes.
 //!
 //! ```text
-//! sbx-agent serve [--listen HOST:PORT]... [--socket PATH]... [--stdio] [--token-file PATH] [--user NAME] [--cwd DIR]
-//! sbx-agent relay SOCKET
-//! sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
-//! sbx-agent deadlines [--state DIR]
-//! sbx-agent netguard [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]
+//! sandkit-agent serve [--listen HOST:PORT]... [--socket PATH]... [--stdio] [--token-file PATH] [--user NAME] [--cwd DIR]
+//! sandkit-agent relay SOCKET
+//! sandkit-agent keeper [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]
+//! sandkit-agent deadlines [--state DIR]
+//! sandkit-agent netguard [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]
 //! ```
 //!
 //! `serve` is envd inside a sandbox: see [`serve`]; `relay` joins stdio to its socket for a
@@ -29,28 +29,28 @@ fn main() -> ExitCode {
         Some("serve") => match serve::Options::parse(&args[1..]) {
             Ok(options) => serve::run(options),
             Err(e) => {
-                eprintln!("sbx-agent serve: {e}\nusage: {}", serve::USAGE);
+                eprintln!("sandkit-agent serve: {e}\nusage: {}", serve::USAGE);
                 ExitCode::from(2)
             }
         },
         Some("relay") => match args.get(1..) {
             Some([socket]) => relay::run(socket),
             _ => {
-                eprintln!("usage: sbx-agent relay SOCKET");
+                eprintln!("usage: sandkit-agent relay SOCKET");
                 ExitCode::from(2)
             }
         },
         Some("keeper") => match keeper::Options::parse(&args[1..], "keeper") {
             Ok(options) => keeper::run(&options),
             Err(e) => {
-                eprintln!("sbx-agent keeper: {e}");
+                eprintln!("sandkit-agent keeper: {e}");
                 ExitCode::from(2)
             }
         },
         Some("netguard") => match netguard::Options::parse(&args[1..], "netguard") {
             Ok(options) => netguard::run(&options),
             Err(e) => {
-                eprintln!("sbx-agent netguard: {e}");
+                eprintln!("sandkit-agent netguard: {e}");
                 ExitCode::from(2)
             }
         },
@@ -58,17 +58,17 @@ fn main() -> ExitCode {
             Some([]) | None => deadlines::run(std::path::Path::new("/state")),
             Some([flag, dir]) if flag == "--state" => deadlines::run(std::path::Path::new(dir)),
             Some(other) => {
-                eprintln!("sbx-agent deadlines: unexpected arguments {other:?}");
+                eprintln!("sandkit-agent deadlines: unexpected arguments {other:?}");
                 ExitCode::from(2)
             }
         },
         Some("--version") => {
-            println!("sbx-agent {}", env!("CARGO_PKG_VERSION"));
+            println!("sandkit-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => {
             eprintln!(
-                "usage: {}\n       sbx-agent relay SOCKET\n       sbx-agent keeper [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sbx-agent deadlines [--state DIR]\n       sbx-agent netguard [--socket PATH] [--prefix sbx] [--state DIR] [--name NAME] [--idle-exit SECS]",
+                "usage: {}\n       sandkit-agent relay SOCKET\n       sandkit-agent keeper [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sandkit-agent deadlines [--state DIR]\n       sandkit-agent netguard [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]",
                 serve::USAGE
             );
             ExitCode::from(2)

@@ -1,4 +1,4 @@
-//! `sbx-agent relay SOCKET`: joins this process's stdin and stdout to a Unix socket, so a host
+//! `sandkit-agent relay SOCKET`: joins this process's stdin and stdout to a Unix socket, so a host
 //! reaches the agent serving on that socket through one attached `docker exec`, in every
 //! network mode and on remote engines. std only: two threads copy bytes until either side
 //! ends.
@@ -21,13 +21,13 @@ pub(crate) fn run(socket: &str) -> ExitCode {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                eprintln!("sbx-agent relay: cannot connect to {socket}: {e}");
+                eprintln!("sandkit-agent relay: cannot connect to {socket}: {e}");
                 return ExitCode::from(1);
             }
         }
     };
     let Ok(mut to_agent) = stream.try_clone() else {
-        eprintln!("sbx-agent relay: cannot clone the socket");
+        eprintln!("sandkit-agent relay: cannot clone the socket");
         return ExitCode::from(1);
     };
     let mut from_agent = stream;

@@ -1,8 +1,8 @@
-//! `sbx-agent serve`: envd over this machine (the container the agent runs in), on a TCP
+//! `sandkit-agent serve`: envd over this machine (the container the agent runs in), on a TCP
 //! address, a Unix socket and/or the agent's own stdin/stdout, HTTP/1.1 and HTTP/2 cleartext.
 //!
 //! Every request but `GET /health` needs the token given at start in `X-Access-Token` (or a
-//! `/files` URL signed with it). The token comes from `SBX_AGENT_TOKEN`, which is removed from
+//! `/files` URL signed with it). The token comes from `SANDKIT_AGENT_TOKEN`, which is removed from
 //! the environment before anything runs, or from `--token-file`.
 
 use std::collections::BTreeMap;
@@ -22,10 +22,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 /// The environment variable the token is read from.
-pub(crate) const TOKEN_ENV: &str = "SBX_AGENT_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "SANDKIT_AGENT_TOKEN";
 
 pub(crate) const USAGE: &str =
-    "sbx-agent serve [--listen HOST:PORT]... [--socket PATH]... [--stdio] \
+    "sandkit-agent serve [--listen HOST:PORT]... [--socket PATH]... [--stdio] \
 [--token-file PATH | --insecure-no-token] [--user NAME] [--cwd DIR]";
 
 #[derive(Debug, Default)]
@@ -102,7 +102,7 @@ pub(crate) fn run(options: Options) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SBX_LOG")
+            tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
@@ -112,14 +112,14 @@ pub(crate) fn run(options: Options) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sbx-agent serve: cannot start: {e}");
+            eprintln!("sandkit-agent serve: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
     match rt.block_on(serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sbx-agent serve: {e}");
+            eprintln!("sandkit-agent serve: {e}");
             ExitCode::from(1)
         }
     }
@@ -145,7 +145,7 @@ async fn serve(o: Options) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        eprintln!("sbx-agent: listening on tcp {bound}");
+        eprintln!("sandkit-agent: listening on tcp {bound}");
         let app = app.clone();
         tasks.spawn(async move {
             loop {
@@ -170,7 +170,7 @@ async fn serve(o: Options) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-        eprintln!("sbx-agent: listening on unix {}", path.display());
+        eprintln!("sandkit-agent: listening on unix {}", path.display());
         let app = app.clone();
         tasks.spawn(async move {
             loop {

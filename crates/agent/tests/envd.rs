@@ -1,11 +1,11 @@
-//! `sbx-agent serve` end to end, through the E2B backend's envd client (`EnvdClient`):
+//! `sandkit-agent serve` end to end, through the E2B backend's envd client (`EnvdClient`):
 //!
 //! - `agent_stdio::*` and `agent_tcp::*`: the Sandbox and actions conformance cases against
 //!   agents started on this host, one per sandbox, reached over their stdin/stdout and over
 //!   TCP. The harness here is the runtime: it starts an agent for `create` and stops it for
 //!   `kill` or at the deadline; everything else goes through envd.
-//! - `agent_container::*`: the static agent (`SBX_AGENT_BIN`, built by `cargo xtask agent`)
-//!   inside `sbx-mini` (busybox, no libc) and `sbx-base` containers, over the stdio of a
+//! - `agent_container::*`: the static agent (`SANDKIT_AGENT_BIN`, built by `cargo xtask agent`)
+//!   inside `sandkit-mini` (busybox, no libc) and `sandkit-base` containers, over the stdio of a
 //!   `docker run -i`: `/health`, a command's output, a file.
 //! - `agent_auth::*`: without the token, nothing but `/health`.
 
@@ -27,7 +27,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::watch;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_sbx-agent");
+const AGENT: &str = env!("CARGO_BIN_EXE_sandkit-agent");
 
 fn main() -> ExitCode {
     // Each agent gets a /tmp and a home of its own (see `start_agent`), as a container would.
@@ -50,8 +50,8 @@ fn main() -> ExitCode {
         false,
         metadata_kept_read_back_and_replaced,
     );
-    let static_bin = std::env::var("SBX_AGENT_BIN").ok();
-    for (label, image) in [("mini", "sbx-mini:latest"), ("base", "sbx-base:bookworm")] {
+    let static_bin = std::env::var("SANDKIT_AGENT_BIN").ok();
+    for (label, image) in [("mini", "sandkit-mini:latest"), ("base", "sandkit-base:bookworm")] {
         let bin = static_bin.clone();
         suite.add_trial(
             format!("agent_container::{label}_over_stdio"),
@@ -162,7 +162,7 @@ async fn start_agent(
             });
         }
     }
-    cmd.env("SBX_AGENT_TOKEN", token)
+    cmd.env("SANDKIT_AGENT_TOKEN", token)
         .env("HOME", home)
         .envs(&spec.env)
         .stdin(Stdio::piped())
@@ -178,7 +178,7 @@ async fn start_agent(
             .map_err(|_| Error::new(ErrorKind::Timeout, "the agent did not say where it listens"))??
             .unwrap_or_default();
         let addr = line
-            .strip_prefix("sbx-agent: listening on tcp ")
+            .strip_prefix("sandkit-agent: listening on tcp ")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| Error::new(ErrorKind::Unexpected, format!("agent said: {line}")))?;
         tcp_addr = Some(addr);
@@ -408,7 +408,7 @@ async fn nothing_but_health_without_the_token() -> runtime_conformance::CaseResu
     let none = EnvdClient::over(connect.clone(), "x", None)?;
     let right = EnvdClient::over(connect, "x", Some("right-token".into()))?;
     assert!(wrong.is_running().await?, "/health needs no token");
-    let marker = format!("/tmp/sbx-auth-{:x}", rand::random::<u64>());
+    let marker = format!("/tmp/sandkit-auth-{:x}", rand::random::<u64>());
     for client in [&wrong, &none] {
         let err = client
             .spawn(CommandSpec::shell(format!("touch {marker}")))
@@ -513,23 +513,23 @@ async fn in_container(image: &'static str, bin: Option<String>) -> runtime_confo
         .is_ok_and(|s| s.success());
     let Some(bin) = bin.filter(|_| docker_ok) else {
         let why = format!(
-            "needs Docker with {image} and SBX_AGENT_BIN naming the static agent \
+            "needs Docker with {image} and SANDKIT_AGENT_BIN naming the static agent \
              (`cargo xtask image`, `cargo xtask agent`)"
         );
         assert!(
             !runtime_conformance::engine_required(),
-            "SBX_REQUIRE_DOCKER=1: {why}"
+            "SANDKIT_REQUIRE_DOCKER=1: {why}"
         );
         eprintln!("skipped: {why}");
         return Ok(());
     };
-    let name = format!("sbx-agent-test-{:x}", rand::random::<u64>());
+    let name = format!("sandkit-agent-test-{:x}", rand::random::<u64>());
     let mut child = tokio::process::Command::new("docker")
         .args(["run", "--rm", "-i", "--name", &name])
-        .args(["--label", "sbx-test=agent", "--network", "none"])
-        .args(["-v", &format!("{bin}:/sbx-agent:ro")])
-        .args(["-e", "SBX_AGENT_TOKEN=container-token", image])
-        .args(["/sbx-agent", "serve", "--stdio"])
+        .args(["--label", "sandkit-test=agent", "--network", "none"])
+        .args(["-v", &format!("{bin}:/sandkit-agent:ro")])
+        .args(["-e", "SANDKIT_AGENT_TOKEN=container-token", image])
+        .args(["/sandkit-agent", "serve", "--stdio"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -1,8 +1,8 @@
-//! `cargo xtask bench`: sbx against its peers, measured side by side in one run.
+//! `cargo xtask bench`: sandkit against its peers, measured side by side in one run.
 //!
-//! 1. command round trip (`true` in a running sandbox): sbx vs `docker exec`;
-//! 2. create → first command → kill: sbx vs `docker run --rm`;
-//! 3. 64 MiB upload and download: sbx vs `docker cp`;
+//! 1. command round trip (`true` in a running sandbox): sandkit vs `docker exec`;
+//! 2. create → first command → kill: sandkit vs `docker run --rm`;
+//! 3. 64 MiB upload and download: sandkit vs `docker cp`;
 //! 4. 50 sandboxes at once, 20 commands each: time, errors, peak memory of the process;
 //! 5. the E2B backend vs the official Python SDK against the same e2b-local: command round
 //!    trip and 8 MiB file round trip;
@@ -12,7 +12,7 @@
 //!    and a 64 MiB HTTP download from a server container on the engine, with an address allow
 //!    list and with a domain allow list (judged by the guard's proxy), against no policy.
 //!
-//! Prints a Markdown table of ratios (sbx / peer, lower is better for sbx) and writes the raw
+//! Prints a Markdown table of ratios (sandkit / peer, lower is better for sandkit) and writes the raw
 //! figures to `bench-results/latest.json`.
 
 use std::path::PathBuf;
@@ -26,8 +26,8 @@ use runtime_core::{CommandSpec, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
 use runtime_docker::DockerRuntime;
 use serde_json::json;
 
-const IMAGE: &str = "sbx-base:bookworm";
-const LABEL: &str = "sbx-bench";
+const IMAGE: &str = "sandkit-base:bookworm";
+const LABEL: &str = "sandkit-bench";
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -116,7 +116,7 @@ fn spec() -> SandboxSpec {
 
 async fn round_trip(docker: &DockerRuntime, n: usize, under: &str) -> Res<Row> {
     let sb = docker.create(spec()).await?;
-    let container = format!("sbx-{}", sb.id());
+    let container = format!("sandkit-{}", sb.id());
     let (mut ours, mut peer) = (Series::new(), Series::new());
     for _ in 0..3 {
         sb.exec(CommandSpec::program("true", Vec::<String>::new()))
@@ -153,7 +153,7 @@ async fn lifecycle(docker: &DockerRuntime, n: usize, run_args: &[&str], under: &
         sb.kill().await?;
         ours.add(t.elapsed());
         let t = Instant::now();
-        let mut args = vec!["run", "--rm", "--label", "sbx-bench=1"];
+        let mut args = vec!["run", "--rm", "--label", "sandkit-bench=1"];
         args.extend_from_slice(run_args);
         args.extend([IMAGE, "true"]);
         docker_cli(&args).await?;
@@ -171,13 +171,13 @@ async fn lifecycle(docker: &DockerRuntime, n: usize, run_args: &[&str], under: &
 
 async fn files(docker: &DockerRuntime, n: usize, under: &str) -> Res<(Row, Row)> {
     let sb = docker.create(spec()).await?;
-    let container = format!("sbx-{}", sb.id());
+    let container = format!("sandkit-{}", sb.id());
     let data = Bytes::from(
         (0..64u32 << 20)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<u8>>(),
     );
-    let dir = std::env::temp_dir().join(format!("sbx-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sandkit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let host_file = dir.join("up.bin");
     std::fs::write(&host_file, &data)?;
@@ -411,14 +411,14 @@ for _ in range(n):
 /// Row 7: the cost of a network policy.
 async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<Vec<Row>> {
     if !docker.capabilities().network_policy {
-        return Err("no network guard (SBX_AGENT_BIN)".into());
+        return Err("no network guard (SANDKIT_AGENT_BIN)".into());
     }
     let root = std::process::Command::new("id").arg("-u").output()?.stdout == b"0\n";
     if !root {
         return Err("linking the server container into the network needs root".into());
     }
     eprintln!("7/7 network policy: connection setup and 64 MiB download…");
-    let name = format!("sbx-bench-net-{:06x}", rand_u32() & 0xff_ffff);
+    let name = format!("sandkit-bench-net-{:06x}", rand_u32() & 0xff_ffff);
     let server = tokio::process::Command::new("docker")
         .args([
             "run",
@@ -683,7 +683,7 @@ fn main() -> Res<()> {
             std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0) / 1024,
             String::from_utf8_lossy(&std::process::Command::new("docker").args(["version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]).output()?.stdout).trim()
         );
-        let mut table = String::from("| measure | sbx median (p90) ms | peer | peer median (p90) ms | ratio sbx/peer |\n|---|---|---|---|---|\n");
+        let mut table = String::from("| measure | sandkit median (p90) ms | peer | peer median (p90) ms | ratio sandkit/peer |\n|---|---|---|---|---|\n");
         for r in &rows {
             table.push_str(&format!(
                 "| {} | {:.1} ({:.1}) | {} | {:.1} ({:.1}) | {:.2} |\n",
@@ -701,7 +701,7 @@ fn main() -> Res<()> {
         println!("Machine: {machine}\n\n{table}");
         let raw = json!({
             "machine": machine,
-            "rows": rows.iter().map(|r| json!({"name": r.name, "sbx": r.ours.json(), "peer_name": r.peer_name, "peer": r.peer.json()})).collect::<Vec<_>>(),
+            "rows": rows.iter().map(|r| json!({"name": r.name, "sandkit": r.ours.json(), "peer_name": r.peer_name, "peer": r.peer.json()})).collect::<Vec<_>>(),
             "load": loads.iter().map(|(w, v)| json!({"path": w, "result": v})).collect::<Vec<_>>(),
         });
         std::fs::create_dir_all("bench-results")?;

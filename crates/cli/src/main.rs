@@ -1,4 +1,4 @@
-//! `sbx`: make sandboxes, run commands in them, move files, on the backend the configuration
+//! `sandkit`: make sandboxes, run commands in them, move files, on the backend the configuration
 //! picks (Docker or E2B).
 
 use std::io::{IsTerminal, Write};
@@ -18,12 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sandboxes for AI agents: one CLI over Docker and E2B.
 #[derive(Debug, Parser)]
-#[command(name = "sbx", version, propagate_version = true)]
+#[command(name = "sandkit", version, propagate_version = true)]
 struct Cli {
     /// The backend: docker or e2b (default: the configuration's, else docker).
     #[arg(long, global = true)]
     runtime: Option<String>,
-    /// A configuration file (default: SBX_CONFIG, else ./sbx.toml).
+    /// A configuration file (default: SANDKIT_CONFIG, else ./sandkit.toml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -200,13 +200,13 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let hint = match e.kind() {
             ErrorKind::NotFound if e.to_string().contains("sandbox") => {
-                Some("`sbx ls` lists the sandboxes that exist".into())
+                Some("`sandkit ls` lists the sandboxes that exist".into())
             }
             ErrorKind::Unavailable => {
                 Some("is the backend running? `cargo xtask docker` starts a Docker engine".into())
             }
             ErrorKind::Unauthenticated => {
-                Some("set E2B_API_KEY (or [e2b] api_key in sbx.toml)".into())
+                Some("set E2B_API_KEY (or [e2b] api_key in sandkit.toml)".into())
             }
             _ => None,
         };
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SBX_LOG")
+            tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
@@ -242,9 +242,9 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("sbx: error: {}", f.message);
+            eprintln!("sandkit: error: {}", f.message);
             if let Some(h) = f.hint {
-                eprintln!("sbx: hint: {h}");
+                eprintln!("sandkit: hint: {h}");
             }
             ExitCode::from(f.code)
         }
@@ -261,7 +261,7 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
     }
     b.load().map_err(|e| Failure {
         message: e.to_string(),
-        hint: Some("`sbx config` shows every key and where its value comes from".into()),
+        hint: Some("`sandkit config` shows every key and where its value comes from".into()),
         code: 2,
     })
 }
@@ -304,7 +304,7 @@ fn spec_of(make: &Make) -> SandboxSpec {
     spec
 }
 
-/// Ctrl-C, SIGTERM or SIGHUP: what stops a server (`sbx mcp`) so that it cleans up first.
+/// Ctrl-C, SIGTERM or SIGHUP: what stops a server (`sandkit mcp`) so that it cleans up first.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
@@ -375,7 +375,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Cmd::Mcp { http } => {
             let runtime = config.runtime().await?;
             let options = runtime_actions::SessionOptions::from_config(&config);
-            let server = sbx_mcp::McpServer::new(runtime.clone(), options);
+            let server = sandkit_mcp::McpServer::new(runtime.clone(), options);
             let served = match http {
                 None => server
                     .serve_stdio(stop_signal())
@@ -516,7 +516,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                 match runtime.kill(&id).await {
                     Ok(()) => println!("{id}"),
                     Err(e) => {
-                        eprintln!("sbx: error: {e}");
+                        eprintln!("sandkit: error: {e}");
                         failed = true;
                     }
                 }
@@ -524,7 +524,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
             if failed {
                 return Err(Failure {
                     message: "some sandboxes were not killed".into(),
-                    hint: Some("`sbx ls` lists the sandboxes that exist".into()),
+                    hint: Some("`sandkit ls` lists the sandboxes that exist".into()),
                     code: 1,
                 });
             }

@@ -1,22 +1,22 @@
-//! Every `sbx` subcommand against Docker, as a user runs them: exit codes, `--json` output,
+//! Every `sandkit` subcommand against Docker, as a user runs them: exit codes, `--json` output,
 //! a `cp` round trip of a directory, and the errors for an unknown id, a bad configuration and
-//! bad arguments. Without a Docker engine (and without `SBX_REQUIRE_DOCKER=1`) the tests that
+//! bad arguments. Without a Docker engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests that
 //! need one return early, saying so.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-fn sbx(args: &[&str]) -> Output {
-    sbx_env(args, &[])
+fn sandkit(args: &[&str]) -> Output {
+    sandkit_env(args, &[])
 }
 
-fn sbx_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sbx"));
+fn sandkit_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandkit"));
     cmd.args(args).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run sbx")
+    cmd.output().expect("run sandkit")
 }
 
 fn text(b: &[u8]) -> String {
@@ -32,8 +32,8 @@ fn docker_here() -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(
-            std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "SBX_REQUIRE_DOCKER=1 but no Docker engine answers"
+            std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "SANDKIT_REQUIRE_DOCKER=1 but no Docker engine answers"
         );
         eprintln!("no Docker engine: skipped");
     }
@@ -45,11 +45,11 @@ struct Made(String);
 
 impl Drop for Made {
     fn drop(&mut self) {
-        let out = sbx(&["ls", "--json", "--meta", &format!("cli-test={}", self.0)]);
+        let out = sandkit(&["ls", "--json", "--meta", &format!("cli-test={}", self.0)]);
         if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
             for item in list {
                 if let Some(id) = item["id"].as_str() {
-                    let _ = sbx(&["kill", id]);
+                    let _ = sandkit(&["kill", id]);
                 }
             }
         }
@@ -75,7 +75,7 @@ fn run_streams_output_and_exits_with_the_command_code() {
     let t = tag();
     let _made = Made(t.clone());
     let meta = format!("cli-test={t}");
-    let ok = sbx(&[
+    let ok = sandkit(&[
         "run",
         "--meta",
         &meta,
@@ -87,13 +87,13 @@ fn run_streams_output_and_exits_with_the_command_code() {
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert_eq!(text(&ok.stdout), "out\n");
     assert_eq!(text(&ok.stderr), "err\n");
-    let three = sbx(&["run", "--meta", &meta, "--", "sh", "-c", "exit 3"]);
+    let three = sandkit(&["run", "--meta", &meta, "--", "sh", "-c", "exit 3"]);
     assert_eq!(three.status.code(), Some(3));
     // A single argument with spaces is a shell line.
-    let line = sbx(&["run", "--meta", &meta, "--", "echo a b | tr a-z A-Z"]);
+    let line = sandkit(&["run", "--meta", &meta, "--", "echo a b | tr a-z A-Z"]);
     assert_eq!(text(&line.stdout), "A B\n");
     // `run` kills its sandbox.
-    let left = sbx(&["ls", "--json", "--meta", &meta]);
+    let left = sandkit(&["ls", "--json", "--meta", &meta]);
     assert_eq!(
         serde_json::from_slice::<Vec<serde_json::Value>>(&left.stdout)
             .unwrap()
@@ -110,19 +110,19 @@ fn create_ls_exec_kill() {
     let t = tag();
     let _made = Made(t.clone());
     let meta = format!("cli-test={t}");
-    let created = sbx(&["create", "--meta", &meta, "--env", "GREETING=hi there"]);
+    let created = sandkit(&["create", "--meta", &meta, "--env", "GREETING=hi there"]);
     assert!(created.status.success(), "{}", text(&created.stderr));
     let id = text(&created.stdout).trim().to_string();
     assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()));
 
-    let ls = sbx(&["ls", "--json", "--meta", &meta]);
+    let ls = sandkit(&["ls", "--json", "--meta", &meta]);
     let list: Vec<serde_json::Value> =
         serde_json::from_slice(&ls.stdout).expect("ls --json is JSON");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["state"], "running");
     assert_eq!(list[0]["metadata"]["cli-test"], t.as_str());
-    let table = sbx(&["ls", "--meta", &meta]);
+    let table = sandkit(&["ls", "--meta", &meta]);
     assert!(
         text(&table.stdout).starts_with("ID "),
         "{}",
@@ -130,9 +130,9 @@ fn create_ls_exec_kill() {
     );
     assert!(text(&table.stdout).contains(&id));
 
-    let exec = sbx(&["exec", &id, "--", "sh", "-c", "echo $GREETING; pwd"]);
+    let exec = sandkit(&["exec", &id, "--", "sh", "-c", "echo $GREETING; pwd"]);
     assert_eq!(text(&exec.stdout), "hi there\n/workspace\n");
-    let exec = sbx(&[
+    let exec = sandkit(&[
         "exec",
         &id,
         "--cwd",
@@ -146,7 +146,7 @@ fn create_ls_exec_kill() {
         (text(&exec.stdout).as_str(), exec.status.code()),
         ("/tmp\n", Some(5))
     );
-    let timed = sbx(&["exec", &id, "--timeout", "1", "--", "sleep", "30"]);
+    let timed = sandkit(&["exec", &id, "--timeout", "1", "--", "sleep", "30"]);
     assert_eq!(
         timed.status.code(),
         Some(124),
@@ -154,7 +154,7 @@ fn create_ls_exec_kill() {
     );
 
     // Input from a pipe reaches the command.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sbx"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandkit"))
         .args(["exec", &id, "--", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -170,7 +170,7 @@ fn create_ls_exec_kill() {
     assert_eq!(text(&out.stdout), "piped in\n");
 
     // `shell` without a terminal reads commands from stdin.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sbx"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandkit"))
         .args(["shell", &id])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -191,9 +191,9 @@ fn create_ls_exec_kill() {
     );
     assert_eq!(out.status.code(), Some(4));
 
-    let kill = sbx(&["kill", &id]);
+    let kill = sandkit(&["kill", &id]);
     assert!(kill.status.success());
-    let again = sbx(&["kill", &id]);
+    let again = sandkit(&["kill", &id]);
     assert_eq!(again.status.code(), Some(1));
     assert!(
         text(&again.stderr).contains("doesn't exist"),
@@ -209,7 +209,7 @@ fn cp_round_trip_of_a_directory() {
     }
     let t = tag();
     let _made = Made(t.clone());
-    let id = text(&sbx(&["create", "--meta", &format!("cli-test={t}")]).stdout)
+    let id = text(&sandkit(&["create", "--meta", &format!("cli-test={t}")]).stdout)
         .trim()
         .to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -221,9 +221,9 @@ fn cp_round_trip_of_a_directory() {
         (0..=255u8).collect::<Vec<_>>(),
     )
     .unwrap();
-    let up = sbx(&["cp", src.to_str().unwrap(), &format!("{id}:/tmp")]);
+    let up = sandkit(&["cp", src.to_str().unwrap(), &format!("{id}:/tmp")]);
     assert!(up.status.success(), "{}", text(&up.stderr));
-    let check = sbx(&[
+    let check = sandkit(&[
         "exec",
         &id,
         "--",
@@ -233,7 +233,7 @@ fn cp_round_trip_of_a_directory() {
     ]);
     assert_eq!(text(&check.stdout), "read me256\n");
     let back = dir.path().join("back");
-    let down = sbx(&["cp", &format!("{id}:/tmp/project"), back.to_str().unwrap()]);
+    let down = sandkit(&["cp", &format!("{id}:/tmp/project"), back.to_str().unwrap()]);
     assert!(down.status.success(), "{}", text(&down.stderr));
     assert_eq!(
         std::fs::read_to_string(back.join("README")).unwrap(),
@@ -244,20 +244,20 @@ fn cp_round_trip_of_a_directory() {
         (0..=255u8).collect::<Vec<_>>()
     );
     let file = dir.path().join("one.txt");
-    let single = sbx(&[
+    let single = sandkit(&[
         "cp",
         &format!("{id}:/tmp/project/README"),
         file.to_str().unwrap(),
     ]);
     assert!(single.status.success());
     assert_eq!(std::fs::read_to_string(file).unwrap(), "read me");
-    let bad = sbx(&["cp", "/tmp/a", "/tmp/b"]);
+    let bad = sandkit(&["cp", "/tmp/a", "/tmp/b"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("ID:/path"));
 }
 
 /// Root in the sandbox plants a setuid-root file, links to host files, a FIFO and a device:
-/// `sbx cp` out of it brings none of them to the host (the security issue's finding 4).
+/// `sandkit cp` out of it brings none of them to the host (the security issue's finding 4).
 #[test]
 fn cp_from_a_hostile_sandbox_is_safe() {
     if !docker_here() {
@@ -265,10 +265,10 @@ fn cp_from_a_hostile_sandbox_is_safe() {
     }
     let t = tag();
     let _made = Made(t.clone());
-    let id = text(&sbx(&["create", "--meta", &format!("cli-test={t}")]).stdout)
+    let id = text(&sandkit(&["create", "--meta", &format!("cli-test={t}")]).stdout)
         .trim()
         .to_string();
-    let plant = sbx(&[
+    let plant = sandkit(&[
         "exec",
         &id,
         "--user",
@@ -283,7 +283,7 @@ fn cp_from_a_hostile_sandbox_is_safe() {
     assert_eq!(text(&plant.stdout), "planted\n", "{}", text(&plant.stderr));
     let dir = tempfile::tempdir().unwrap();
     let back = dir.path().join("back");
-    let down = sbx(&["cp", &format!("{id}:/tmp/h"), back.to_str().unwrap()]);
+    let down = sandkit(&["cp", &format!("{id}:/tmp/h"), back.to_str().unwrap()]);
     assert!(down.status.success(), "{}", text(&down.stderr));
     use std::os::unix::fs::MetadataExt;
     let suid = std::fs::symlink_metadata(back.join("suid")).unwrap();
@@ -302,34 +302,34 @@ fn unknown_id_is_a_clear_error() {
     if !docker_here() {
         return;
     }
-    let out = sbx(&["exec", "nosuchsandbox", "--", "true"]);
+    let out = sandkit(&["exec", "nosuchsandbox", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.starts_with("sbx: error: "), "{err}");
+    assert!(err.starts_with("sandkit: error: "), "{err}");
     assert!(err.contains("nosuchsandbox"), "{err}");
-    assert!(err.contains("sbx: hint: `sbx ls`"), "{err}");
+    assert!(err.contains("sandkit: hint: `sandkit ls`"), "{err}");
 }
 
 #[test]
 fn bad_configuration_names_key_and_source() {
-    let out = sbx_env(&["ls"], &[("SBX_SANDBOX__TIMEOUT", "soon")]);
+    let out = sandkit_env(&["ls"], &[("SANDKIT_SANDBOX__TIMEOUT", "soon")]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("sandbox.timeout") && err.contains("SBX_SANDBOX__TIMEOUT"),
+        err.contains("sandbox.timeout") && err.contains("SANDKIT_SANDBOX__TIMEOUT"),
         "{err}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sbx.toml");
+    let file = dir.path().join("sandkit.toml");
     std::fs::write(&file, "[docker]\nimagee = \"x\"\n").unwrap();
-    let out = sbx(&["--config", file.to_str().unwrap(), "config"]);
+    let out = sandkit(&["--config", file.to_str().unwrap(), "config"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("docker.imagee"),
         "{}",
         text(&out.stderr)
     );
-    let out = sbx(&["--runtime", "kubernetes", "ls"]);
+    let out = sandkit(&["--runtime", "kubernetes", "ls"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("core.runtime"),
@@ -340,7 +340,7 @@ fn bad_configuration_names_key_and_source() {
 
 #[test]
 fn config_prints_sources_and_redacts_secrets() {
-    let out = sbx_env(
+    let out = sandkit_env(
         &["config"],
         &[("E2B_API_KEY", "e2b_topsecret"), ("SANDBOX_TIMEOUT", "77")],
     );
@@ -365,7 +365,7 @@ fn bad_arguments_exit_2_with_usage() {
         &["exec", "id"][..],
         &["create", "--meta", "novalue"][..],
     ] {
-        let out = sbx(args);
+        let out = sandkit(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(
             text(&out.stderr).contains("Usage") || text(&out.stderr).contains("error"),
@@ -380,7 +380,7 @@ fn template_build_streams_and_tags() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("sbx-cli-tpl-{}", std::process::id());
+    let name = format!("sandkit-cli-tpl-{}", std::process::id());
     std::fs::write(
         dir.path().join("e2b.toml"),
         format!("template_id = \"{name}\"\ntemplate_name = \"{name}\"\n"),
@@ -388,10 +388,10 @@ fn template_build_streams_and_tags() {
     .unwrap();
     std::fs::write(
         dir.path().join("e2b.Dockerfile"),
-        "FROM sbx-mini:latest\nRUN echo built > /built\n",
+        "FROM sandkit-mini:latest\nRUN echo built > /built\n",
     )
     .unwrap();
-    let out = sbx(&["template", "build", dir.path().to_str().unwrap()]);
+    let out = sandkit(&["template", "build", dir.path().to_str().unwrap()]);
     let _ = Command::new("docker").args(["rmi", "-f", &name]).output();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), name);
@@ -400,7 +400,7 @@ fn template_build_streams_and_tags() {
         "build output streamed: {}",
         text(&out.stderr)
     );
-    let missing = sbx(&["template", "build", "/no/such/dir"]);
+    let missing = sandkit(&["template", "build", "/no/such/dir"]);
     assert_eq!(missing.status.code(), Some(1));
 }
 
@@ -417,7 +417,7 @@ fn serve_e2b_answers_and_stops_on_ctrl_c() {
             .port()
     };
     let (api, envd) = (port(0), port(1));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sbx"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandkit"))
         .args([
             "serve-e2b",
             "--api-addr",
@@ -449,7 +449,7 @@ fn serve_e2b_answers_and_stops_on_ctrl_c() {
     let status = child.wait().unwrap();
     assert!(up, "the API answered /health");
     assert!(status.success(), "stopped cleanly on SIGINT");
-    let no_key = sbx_env(&["serve-e2b"], &[("E2B_API_KEY", "")]);
+    let no_key = sandkit_env(&["serve-e2b"], &[("E2B_API_KEY", "")]);
     assert_eq!(no_key.status.code(), Some(2));
 }
 
@@ -469,17 +469,17 @@ fn network_policy_from_the_command_line_applies_live() {
             let _ = (&s).write_all(b"host\n");
         }
     });
-    let bad = sbx(&["create", "--meta", &meta, "--deny-out", "example.com"]);
+    let bad = sandkit(&["create", "--meta", &meta, "--deny-out", "example.com"]);
     assert_ne!(bad.status.code(), Some(0));
     assert!(
         text(&bad.stderr).contains("deny_out"),
         "{}",
         text(&bad.stderr)
     );
-    let created = sbx(&["create", "--meta", &meta, "--add-host", "svc.test=10.9.8.7"]);
+    let created = sandkit(&["create", "--meta", &meta, "--add-host", "svc.test=10.9.8.7"]);
     assert!(created.status.success(), "{}", text(&created.stderr));
     let id = text(&created.stdout).trim().to_string();
-    let hosts = sbx(&["exec", &id, "--", "grep", "svc.test", "/etc/hosts"]);
+    let hosts = sandkit(&["exec", &id, "--", "grep", "svc.test", "/etc/hosts"]);
     assert!(
         text(&hosts.stdout).contains("10.9.8.7"),
         "{}",
@@ -491,13 +491,13 @@ fn network_policy_from_the_command_line_applies_live() {
          try:\n print(socket.create_connection((gw, {port}), timeout=3).recv(10).decode().strip())\n\
          except Exception as e:\n print('blocked')"
     );
-    let reach = || text(&sbx(&["exec", &id, "--", "python3", "-c", &probe]).stdout);
+    let reach = || text(&sandkit(&["exec", &id, "--", "python3", "-c", &probe]).stdout);
     assert_eq!(reach(), "blocked\n");
-    let opened = sbx(&["network", &id, "--allow-host"]);
+    let opened = sandkit(&["network", &id, "--allow-host"]);
     assert!(opened.status.success(), "{}", text(&opened.stderr));
     assert_eq!(reach(), "host\n");
-    let closed = sbx(&["network", &id]);
+    let closed = sandkit(&["network", &id]);
     assert!(closed.status.success(), "{}", text(&closed.stderr));
     assert_eq!(reach(), "blocked\n");
-    assert!(sbx(&["kill", &id]).status.success());
+    assert!(sandkit(&["kill", &id]).status.success());
 }

@@ -1,4 +1,4 @@
-//! The environment layer: `SBX_*` for every key, and the names users already have.
+//! The environment layer: `SANDKIT_*` for every key, and the names users already have.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,7 @@ use figment::{Error, Metadata, Profile, Provider};
 
 use crate::sections::SANDBOX_KEYS;
 
-/// Variables outside the `SBX_` and `SANDBOX_` families, and the key each sets.
+/// Variables outside the `SANDKIT_` and `SANDBOX_` families, and the key each sets.
 const KNOWN: &[(&str, &str)] = &[
     ("RUNTIME", "core.runtime"),
     ("WORKSPACE_BASE", "core.workspace_base"),
@@ -23,8 +23,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("DOCKER_HOST", "docker.host"),
 ];
 
-/// `SBX_*` variables that are not configuration keys (test switches, the config path).
-const SBX_NOT_KEYS: &[&str] = &["SBX_CONFIG", "SBX_LOG"];
+/// `SANDKIT_*` variables that are not configuration keys (test switches, the config path).
+const SANDKIT_NOT_KEYS: &[&str] = &["SANDKIT_CONFIG", "SANDKIT_LOG"];
 
 /// One variable mapped to a key.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub(crate) struct Setting {
 
 /// The environment as configuration.
 ///
-/// Precedence among environment names for the same key: `SBX_*` wins over the familiar
+/// Precedence among environment names for the same key: `SANDKIT_*` wins over the familiar
 /// names (`SANDBOX_*`, `E2B_*`, `RUNTIME`, `DOCKER_HOST`, ...). Empty values are skipped.
 #[derive(Debug, Clone)]
 pub(crate) struct EnvLayer {
@@ -46,20 +46,20 @@ pub(crate) struct EnvLayer {
 impl EnvLayer {
     pub(crate) fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut familiar = Vec::new();
-        let mut sbx = Vec::new();
+        let mut sandkit = Vec::new();
         for (var, value) in vars {
             if value.is_empty() {
                 continue;
             }
-            if let Some(rest) = var.strip_prefix("SBX_") {
-                if SBX_NOT_KEYS.contains(&var.as_str())
+            if let Some(rest) = var.strip_prefix("SANDKIT_") {
+                if SANDKIT_NOT_KEYS.contains(&var.as_str())
                     || rest.starts_with("TEST_")
                     || rest.starts_with("REQUIRE_")
                 {
                     continue;
                 }
                 let key = rest.split("__").map(str::to_lowercase).collect();
-                sbx.push(Setting { var, key, value });
+                sandkit.push(Setting { var, key, value });
             } else if let Some((_, key)) = KNOWN.iter().find(|(v, _)| *v == var) {
                 let key = key.split('.').map(String::from).collect();
                 familiar.push(Setting { var, key, value });
@@ -83,8 +83,8 @@ impl EnvLayer {
             }
         }
         familiar.sort_by(|a, b| a.var.cmp(&b.var));
-        sbx.sort_by(|a, b| a.var.cmp(&b.var));
-        familiar.extend(sbx);
+        sandkit.sort_by(|a, b| a.var.cmp(&b.var));
+        familiar.extend(sandkit);
         EnvLayer { settings: familiar }
     }
 

@@ -27,7 +27,7 @@ pub fn config(data: &[u8]) {
     let env: Vec<(String, String)> = env_line
         .split(';')
         .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| k != &"SBX_CONFIG")
+        .filter(|(k, _)| k != &"SANDKIT_CONFIG")
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     match crate::Config::builder().toml(toml).env_vars(env).load() {

@@ -1,16 +1,16 @@
-//! The layered configuration of sbx, and the backend it picks.
+//! The layered configuration of sandkit, and the backend it picks.
 //!
 //! Layers, later wins:
 //!
 //! 1. built-in defaults;
-//! 2. a TOML file: `--config` / [`ConfigBuilder::file`], else `SBX_CONFIG`, else `./sbx.toml`
+//! 2. a TOML file: `--config` / [`ConfigBuilder::file`], else `SANDKIT_CONFIG`, else `./sandkit.toml`
 //!    when present. An OpenHands `config.toml` loads too: `[core]` and `[sandbox]` are read,
 //!    its other sections (`[llm]`, `[agent]`, ...) are ignored;
 //! 3. the environment: the names users already have (`RUNTIME`, `SANDBOX_<KEY>`,
 //!    `SANDBOX_ENV_<NAME>`, `SANDBOX_VOLUMES`, `WORKSPACE_BASE`,
 //!    `WORKSPACE_MOUNT_PATH_IN_SANDBOX`, `E2B_API_KEY`, `E2B_DOMAIN`, `E2B_API_URL`,
-//!    `E2B_SANDBOX_URL`, `E2B_DEBUG`, `DOCKER_HOST`), then `SBX_<SECTION>__<KEY>` for every key
-//!    (`SBX_SANDBOX__TIMEOUT=60`), which wins when both name the same key. Empty values are
+//!    `E2B_SANDBOX_URL`, `E2B_DEBUG`, `DOCKER_HOST`), then `SANDKIT_<SECTION>__<KEY>` for every key
+//!    (`SANDKIT_SANDBOX__TIMEOUT=60`), which wins when both name the same key. Empty values are
 //!    skipped;
 //! 4. values set in code or on the command line ([`ConfigBuilder::set`]).
 //!
@@ -105,7 +105,7 @@ enum FileChoice {
 }
 
 impl Config {
-    /// Loads defaults, the TOML file (`SBX_CONFIG` or `./sbx.toml`) and the process
+    /// Loads defaults, the TOML file (`SANDKIT_CONFIG` or `./sandkit.toml`) and the process
     /// environment.
     pub fn load() -> Result<Config> {
         Config::builder().load()
@@ -371,7 +371,7 @@ impl ConfigBuilder {
             FileChoice::Default => {
                 match env_vars
                     .iter()
-                    .find(|(k, v)| k == "SBX_CONFIG" && !v.is_empty())
+                    .find(|(k, v)| k == "SANDKIT_CONFIG" && !v.is_empty())
                 {
                     Some((_, p)) => {
                         let p = PathBuf::from(p);
@@ -379,7 +379,7 @@ impl ConfigBuilder {
                             return Err(Error::new(
                                 ErrorKind::NotFound,
                                 format!(
-                                    "config file {} (from SBX_CONFIG) does not exist",
+                                    "config file {} (from SANDKIT_CONFIG) does not exist",
                                     p.display()
                                 ),
                             )
@@ -387,7 +387,7 @@ impl ConfigBuilder {
                         }
                         Some(p)
                     }
-                    None => Some(PathBuf::from("sbx.toml")).filter(|p| p.is_file()),
+                    None => Some(PathBuf::from("sandkit.toml")).filter(|p| p.is_file()),
                 }
             }
         };
@@ -439,7 +439,7 @@ impl ConfigBuilder {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     format!(
-                        "unknown section [{section}] in {} (line {line}); sbx reads [core], \
+                        "unknown section [{section}] in {} (line {line}); sandkit reads [core], \
                          [sandbox], [docker] and [e2b], and leaves OpenHands' own sections \
                          ([llm], [agent], [security], ...) alone",
                         path.display()
@@ -490,7 +490,7 @@ impl ConfigBuilder {
     }
 }
 
-/// The sections sbx reads.
+/// The sections sandkit reads.
 const OWN_SECTIONS: &[&str] = &["core", "sandbox", "e2b", "docker"];
 
 /// The other sections of an OpenHands `config.toml`, accepted and left alone.
@@ -582,7 +582,7 @@ impl ErrorContext<'_> {
             ErrorKind::InvalidInput,
             format!(
                 "unknown configuration key `{section}.{key}` from {source}; check the spelling \
-                 (see `sbx config` for every key)"
+                 (see `sandkit config` for every key)"
             ),
         )
         .with_operation("load config")

@@ -171,7 +171,7 @@ pub struct SandboxSection {
     /// Default hard timeout (seconds) of an agent command. Default 120.
     pub timeout: u64,
     /// Image when neither a template nor `[docker] image` names one. Default `None`, which
-    /// means `sbx-base:bookworm` (OpenHands' default image cannot be pulled without a registry).
+    /// means `sandkit-base:bookworm` (OpenHands' default image cannot be pulled without a registry).
     pub base_container_image: Option<String>,
     /// A prebuilt image to use as is (wins over `base_container_image`).
     pub runtime_container_image: Option<String>,
@@ -372,7 +372,7 @@ pub struct DockerSection {
     pub host: Option<String>,
     /// Image when a sandbox names no template (wins over `[sandbox] base_container_image`).
     pub image: Option<String>,
-    /// `sbx-isolated` (default: a network the backend makes, where sandboxes cannot reach each
+    /// `sandkit-isolated` (default: a network the backend makes, where sandboxes cannot reach each
     /// other), `bridge` (Docker's default: they can), `none`, `host`, or a network name.
     pub network: String,
     /// CPU limit per sandbox (fractions allowed). Default 1.
@@ -381,7 +381,7 @@ pub struct DockerSection {
     pub memory_mb: Option<u64>,
     /// Process limit per sandbox. Default 1024.
     pub pids_limit: Option<u64>,
-    /// Prefix of the labels that mark containers as ours. Default `sbx`.
+    /// Prefix of the labels that mark containers as ours. Default `sandkit`.
     pub label_prefix: String,
     /// Linux capabilities sandboxes get; every other one is dropped. Default: the backend's
     /// set (`runtime_docker::DEFAULT_CAPABILITIES`, without `NET_RAW` and `MKNOD`).
@@ -389,8 +389,8 @@ pub struct DockerSection {
     /// An OCI runtime registered with the engine, e.g. `runsc` for gVisor. Default: the
     /// engine's own.
     pub runtime: Option<String>,
-    /// The static `sbx-agent` binary (the deadline keeper, and the agent inside sandboxes).
-    /// Default: `SBX_AGENT_BIN`, else beside the running program.
+    /// The static `sandkit-agent` binary (the deadline keeper, and the agent inside sandboxes).
+    /// Default: `SANDKIT_AGENT_BIN`, else beside the running program.
     pub agent_binary: Option<std::path::PathBuf>,
     /// The agent inside sandboxes: `auto` (default) runs it wherever it can run, so commands
     /// and files take about a millisecond; `off` sends them through the engine's exec API.
@@ -424,11 +424,11 @@ impl Default for DockerSection {
         DockerSection {
             host: None,
             image: None,
-            network: "sbx-isolated".into(),
+            network: "sandkit-isolated".into(),
             cpus: Some(1.0),
             memory_mb: Some(2048),
             pids_limit: Some(1024),
-            label_prefix: "sbx".into(),
+            label_prefix: "sandkit".into(),
             capabilities: None,
             runtime: None,
             agent_binary: None,

@@ -26,10 +26,10 @@ fn defaults_match_openhands_and_e2b() {
     assert_eq!(c.e2b.template, "base");
     assert_eq!(c.e2b.request_timeout, 60);
     assert_eq!(
-        c.docker.network, "sbx-isolated",
+        c.docker.network, "sandkit-isolated",
         "sandboxes cannot reach each other by default"
     );
-    assert_eq!(c.docker.label_prefix, "sbx");
+    assert_eq!(c.docker.label_prefix, "sandkit");
     assert!(
         c.explain().iter().all(|s| s.source == "default"),
         "{:?}",
@@ -80,16 +80,16 @@ fn code_wins_over_env() {
 }
 
 #[test]
-fn sbx_prefixed_wins_over_familiar_names() {
-    let c = env(&[("SANDBOX_TIMEOUT", "44"), ("SBX_SANDBOX__TIMEOUT", "66")])
+fn sandkit_prefixed_wins_over_familiar_names() {
+    let c = env(&[("SANDBOX_TIMEOUT", "44"), ("SANDKIT_SANDBOX__TIMEOUT", "66")])
         .load()
         .unwrap();
     assert_eq!(c.sandbox.timeout, 66);
     assert_eq!(
         c.source_of("sandbox.timeout"),
-        "environment variable SBX_SANDBOX__TIMEOUT"
+        "environment variable SANDKIT_SANDBOX__TIMEOUT"
     );
-    let c = env(&[("E2B_DOMAIN", "a.dev"), ("SBX_E2B__DOMAIN", "b.dev")])
+    let c = env(&[("E2B_DOMAIN", "a.dev"), ("SANDKIT_E2B__DOMAIN", "b.dev")])
         .load()
         .unwrap();
     assert_eq!(c.e2b.domain, "b.dev");
@@ -248,12 +248,12 @@ fn bad_type_names_the_variable() {
         msg.contains("environment variable SANDBOX_TIMEOUT"),
         "{msg}"
     );
-    let e = env(&[("SBX_DOCKER__MEMORY_MB", "lots")])
+    let e = env(&[("SANDKIT_DOCKER__MEMORY_MB", "lots")])
         .load()
         .unwrap_err();
     assert!(
         e.to_string()
-            .contains("environment variable SBX_DOCKER__MEMORY_MB"),
+            .contains("environment variable SANDKIT_DOCKER__MEMORY_MB"),
         "{e}"
     );
     let e = env(&[("E2B_DEBUG", "maybe")]).load().unwrap_err();
@@ -284,9 +284,9 @@ fn unknown_key_in_owned_section_is_an_error() {
         .unwrap_err();
     assert!(e.to_string().contains("core.runtme"), "{e}");
     assert!(e.to_string().contains("line 2"), "{e}");
-    let e = env(&[("SBX_DOCKER__IMAGES", "x")]).load().unwrap_err();
+    let e = env(&[("SANDKIT_DOCKER__IMAGES", "x")]).load().unwrap_err();
     assert!(
-        e.to_string().contains("docker.images") && e.to_string().contains("SBX_DOCKER__IMAGES"),
+        e.to_string().contains("docker.images") && e.to_string().contains("SANDKIT_DOCKER__IMAGES"),
         "{e}"
     );
 }
@@ -316,22 +316,22 @@ fn invalid_toml_names_file_and_line() {
 #[test]
 fn missing_config_file_is_not_found() {
     let e = Config::builder()
-        .file("/no/such/sbx.toml")
+        .file("/no/such/sandkit.toml")
         .load()
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let e = Config::builder()
-        .env_vars([("SBX_CONFIG", "/no/such.toml")])
+        .env_vars([("SANDKIT_CONFIG", "/no/such.toml")])
         .load()
         .unwrap_err();
-    assert!(e.to_string().contains("SBX_CONFIG"), "{e}");
+    assert!(e.to_string().contains("SANDKIT_CONFIG"), "{e}");
 }
 
 #[test]
-fn sbx_config_variable_picks_the_file() {
+fn sandkit_config_variable_picks_the_file() {
     let f = toml_file("[docker]\nnetwork = \"none\"\n");
     let c = Config::builder()
-        .env_vars([("SBX_CONFIG", f.path().to_str().unwrap())])
+        .env_vars([("SANDKIT_CONFIG", f.path().to_str().unwrap())])
         .load()
         .unwrap();
     assert_eq!(c.docker.network, "none");
@@ -424,11 +424,11 @@ fn docker_hardening_keys_load() {
     assert_eq!(c.docker.capabilities, None);
     assert_eq!(c.docker.runtime, None);
     let f = toml_file(
-        "[docker]\ncapabilities = [\"CHOWN\", \"NET_RAW\"]\nruntime = \"runsc\"\nagent_binary = \"/opt/sbx-agent\"\ncpus = 0.5\nagent = \"off\"\n",
+        "[docker]\ncapabilities = [\"CHOWN\", \"NET_RAW\"]\nruntime = \"runsc\"\nagent_binary = \"/opt/sandkit-agent\"\ncpus = 0.5\nagent = \"off\"\n",
     );
     let c = Config::builder()
         .file(f.path())
-        .env_vars([("SBX_DOCKER__RUNTIME", "runc")])
+        .env_vars([("SANDKIT_DOCKER__RUNTIME", "runc")])
         .load()
         .unwrap();
     assert_eq!(
@@ -438,7 +438,7 @@ fn docker_hardening_keys_load() {
     assert_eq!(c.docker.runtime.as_deref(), Some("runc"), "env wins");
     assert_eq!(
         c.docker.agent_binary.as_deref(),
-        Some(std::path::Path::new("/opt/sbx-agent"))
+        Some(std::path::Path::new("/opt/sandkit-agent"))
     );
     assert_eq!(c.docker.cpus, Some(0.5));
     assert_eq!(c.docker.agent, crate::AgentMode::Off);

@@ -10,9 +10,9 @@ use runtime_actions::{
 };
 use runtime_core::{ErrorKind, FileStoreExt};
 
-use crate::suite::{Case, CaseResult, SbxCtx};
+use crate::suite::{Case, CaseResult, SandkitCtx};
 
-type Ctx = Arc<SbxCtx>;
+type Ctx = Arc<SandkitCtx>;
 
 fn needs_actions(_: &runtime_core::Capabilities) -> bool {
     true
@@ -113,7 +113,7 @@ async fn input(s: &Session, text: &str) -> runtime_core::Result<RunResult> {
 /// A session asked for a directory starts there on every backend, the directory made (and
 /// writable by the default user) where the backend has not made it.
 async fn opens_in_its_directory_made_if_missing(c: Ctx) -> CaseResult {
-    let parent = format!("/tmp/sbx-session-dir-{:x}", rand::random::<u32>());
+    let parent = format!("/tmp/sandkit-session-dir-{:x}", rand::random::<u32>());
     let dir = format!("{parent}/work");
     let options = SessionOptions::new(c.spec().cwd(dir.clone()));
     let id = format!("conf-{:x}", rand::random::<u64>());
@@ -325,10 +325,10 @@ async fn survives_kill_9_of_its_shell(c: Ctx) -> CaseResult {
 
 async fn survives_set_u(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
-    let r = run(&s, "set -u; echo $SBX_NOT_SET_ANYWHERE").await?;
+    let r = run(&s, "set -u; echo $SANDKIT_NOT_SET_ANYWHERE").await?;
     assert_ne!(r.exit_code, 0);
     assert_eq!(
-        run(&s, "echo ${SBX_NOT_SET_ANYWHERE:-fine}").await?.output,
+        run(&s, "echo ${SANDKIT_NOT_SET_ANYWHERE:-fine}").await?.output,
         "fine\n"
     );
     s.close().await
@@ -673,7 +673,7 @@ async fn env_vars_reach_shell_and_ipython_and_survive_restart(c: Ctx) -> CaseRes
 
 async fn copy_directory_both_ways_with_modes(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
-    let host = std::env::temp_dir().join(format!("sbx-copy-{:x}", rand::random::<u64>()));
+    let host = std::env::temp_dir().join(format!("sandkit-copy-{:x}", rand::random::<u64>()));
     std::fs::create_dir_all(host.join("proj/bin")).unwrap();
     std::fs::write(host.join("proj/readme.md"), "hello").unwrap();
     std::fs::write(host.join("proj/bin/run"), "#!/bin/sh\necho ran\n").unwrap();
@@ -735,7 +735,7 @@ async fn copy_from_trusts_nothing_from_the_sandbox(c: Ctx) -> CaseResult {
         && ln -s /etc/shadow /tmp/h/shadow && ln -s ../../../../../../etc /tmp/h/sub/up \
         && ln -s suid /tmp/h/ok && mkfifo /tmp/h/fifo && echo planted";
     assert_eq!(run(&s, plant).await?.output, "planted\n");
-    let host = std::env::temp_dir().join(format!("sbx-copy-{:x}", rand::random::<u64>()));
+    let host = std::env::temp_dir().join(format!("sandkit-copy-{:x}", rand::random::<u64>()));
     let result = async {
         let back = s.copy_from("/tmp/h", Some(&host)).await?;
         use std::os::unix::fs::MetadataExt;

@@ -1,4 +1,4 @@
-//! The sbx behaviour suite, written once and run by every backend.
+//! The sandkit behaviour suite, written once and run by every backend.
 //!
 //! Cases are plain async functions over [`runtime_core`] traits, registered through
 //! libtest-mimic as `backend::area::case` and gated by [`runtime_core::Capabilities`]: a case
@@ -75,10 +75,10 @@ pub fn private_scratch() -> bool {
     own && tmpfs(c"/tmp", c"mode=1777") && tmpfs(c"/root", c"mode=0700")
 }
 
-/// Whether a missing engine must fail the run instead of skipping (`SBX_REQUIRE_DOCKER=1`, as
+/// Whether a missing engine must fail the run instead of skipping (`SANDKIT_REQUIRE_DOCKER=1`, as
 /// CI sets it).
 pub fn engine_required() -> bool {
-    std::env::var("SBX_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
+    std::env::var("SANDKIT_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
 }
 
 /// For a plain `#[test]` that needs the engine: the value, or `None` after saying why the test
@@ -88,7 +88,7 @@ pub fn or_skip<T, E: std::fmt::Display>(made: Result<T, E>) -> Option<T> {
     match made {
         Ok(v) => Some(v),
         Err(e) => {
-            assert!(!engine_required(), "SBX_REQUIRE_DOCKER=1: {e}");
+            assert!(!engine_required(), "SANDKIT_REQUIRE_DOCKER=1: {e}");
             eprintln!("no Docker engine: skipped ({e})");
             None
         }
@@ -96,6 +96,6 @@ pub fn or_skip<T, E: std::fmt::Display>(made: Result<T, E>) -> Option<T> {
 }
 
 pub use suite::{
-    always, Case, CaseFuture, CaseResult, FsCtx, FsHarness, SandboxTarget, SbxCtx, Suite,
+    always, Case, CaseFuture, CaseResult, FsCtx, FsHarness, SandboxTarget, SandkitCtx, Suite,
     SUITE_LABEL,
 };

@@ -11,9 +11,9 @@ use runtime_core::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::suite::{always, Case, CaseResult, SbxCtx};
+use crate::suite::{always, Case, CaseResult, SandkitCtx};
 
-type Ctx = Arc<SbxCtx>;
+type Ctx = Arc<SandkitCtx>;
 
 fn pause(c: &Capabilities) -> bool {
     c.pause
@@ -158,7 +158,7 @@ where
 /// The error-context layer: whatever the backend, an error says where it came from.
 async fn errors_name_backend_operation_sandbox_and_path(c: Ctx) -> CaseResult {
     let sb = c.fresh().await?;
-    let missing = "/tmp/sbx-no-such-dir/file.txt";
+    let missing = "/tmp/sandkit-no-such-dir/file.txt";
     let e = sb.files().stat(missing).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert_eq!(e.backend(), Some(c.runtime().name()), "{e}");
@@ -290,8 +290,8 @@ async fn kill_twice_is_not_found(c: Ctx) -> CaseResult {
 }
 
 async fn spec_env_reaches_commands(c: Ctx) -> CaseResult {
-    let sb = c.create(c.spec().env("SBX_SPEC_VAR", "from spec")).await?;
-    let out = sb.exec_shell("echo \"$SBX_SPEC_VAR\"").await?;
+    let sb = c.create(c.spec().env("SANDKIT_SPEC_VAR", "from spec")).await?;
+    let out = sb.exec_shell("echo \"$SANDKIT_SPEC_VAR\"").await?;
     assert_eq!(out.stdout_text(), "from spec\n");
     Ok(())
 }
@@ -416,7 +416,7 @@ async fn missing_program_exits_127(c: Ctx) -> CaseResult {
     let out = c
         .shared()
         .await?
-        .exec(CommandSpec::program("sbx-no-such-program", ["x"]))
+        .exec(CommandSpec::program("sandkit-no-such-program", ["x"]))
         .await?;
     assert_eq!(out.exit_code, Some(127), "{out:?}");
     Ok(())
@@ -821,7 +821,7 @@ async fn watch_recursive_sees_new_directories(c: Ctx) -> CaseResult {
 async fn watch_refuses_missing_and_file_paths(c: Ctx) -> CaseResult {
     let sb = c.shared().await?;
     let err = sb
-        .watch("/tmp/sbx-no-such-dir-here", false)
+        .watch("/tmp/sandkit-no-such-dir-here", false)
         .await
         .err()
         .expect("a missing directory is refused");
@@ -1026,7 +1026,7 @@ async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
 /// while mounted, nor made twice, and is gone once removed.
 async fn volume_is_shared_kept_and_removed(c: Ctx) -> CaseResult {
     use runtime_core::{Mount, MountSource};
-    let name = format!("sbx-conformance-{:08x}", rand::random::<u32>());
+    let name = format!("sandkit-conformance-{:08x}", rand::random::<u32>());
     let rt = c.runtime();
     let volume = rt
         .create_volume(&name, [("case".to_string(), "volumes".to_string())].into())

@@ -23,7 +23,7 @@ pub type CaseResult = runtime_core::Result<()>;
 pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
 
 /// The metadata key every sandbox made by the suite carries.
-pub const SUITE_LABEL: &str = "sbx-conformance";
+pub const SUITE_LABEL: &str = "sandkit-conformance";
 
 /// One registered case.
 pub struct Case<C> {
@@ -139,20 +139,20 @@ impl FsHarness for SandboxFs {
 }
 
 /// Sandboxes made by the cases of one backend, killed when the case ends (pass or fail).
-pub struct SbxCtx {
+pub struct SandkitCtx {
     target: Arc<SandboxTarget>,
     made: Mutex<Vec<String>>,
 }
 
-impl std::fmt::Debug for SbxCtx {
+impl std::fmt::Debug for SandkitCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SbxCtx")
+        f.debug_struct("SandkitCtx")
             .field("backend", &self.target.label)
             .finish()
     }
 }
 
-impl SbxCtx {
+impl SandkitCtx {
     /// The runtime under test.
     pub fn runtime(&self) -> &dyn Runtime {
         self.target.runtime.as_ref()
@@ -179,7 +179,7 @@ impl SbxCtx {
         self.made.lock().unwrap().push(sandbox.id().to_string());
         Ok(sandbox)
     }
-    /// Creates a sandbox from [`SbxCtx::spec`].
+    /// Creates a sandbox from [`SandkitCtx::spec`].
     pub async fn fresh(&self) -> runtime_core::Result<Box<dyn Sandbox>> {
         self.create(self.spec()).await
     }
@@ -355,7 +355,7 @@ impl Suite {
             let name = format!("{}::{}::{}", target.label, case.area, case.name);
             let t = target.clone();
             let rt = self.rt.clone();
-            let trial = Trial::test(name, move || rt.block_on(run_sbx_case(case, t)));
+            let trial = Trial::test(name, move || rt.block_on(run_sandkit_case(case, t)));
             self.trials
                 .push(trial.with_ignored_flag(!(case.needs)(&caps)));
         }
@@ -496,7 +496,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 async fn run_fs_case(case: Case<FsCtx>, harness: Arc<dyn FsHarness>) -> Result<(), Failed> {
     let root = harness.scratch_root();
-    let name = format!("sbx-conf-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let name = format!("sandkit-conf-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
     let dir = if root.is_empty() {
         name
     } else {
@@ -517,8 +517,8 @@ async fn run_fs_case(case: Case<FsCtx>, harness: Arc<dyn FsHarness>) -> Result<(
     cleanup.map_err(|e| Failed::from(format!("removing the case directory: {e}")))
 }
 
-async fn run_sbx_case(case: Case<Arc<SbxCtx>>, target: Arc<SandboxTarget>) -> Result<(), Failed> {
-    let ctx = Arc::new(SbxCtx {
+async fn run_sandkit_case(case: Case<Arc<SandkitCtx>>, target: Arc<SandboxTarget>) -> Result<(), Failed> {
+    let ctx = Arc::new(SandkitCtx {
         target,
         made: Mutex::new(Vec::new()),
     });

@@ -1,4 +1,4 @@
-//! The command-line options of a server, shared by the `e2b-local` binary and `sbx serve-e2b`.
+//! The command-line options of a server, shared by the `e2b-local` binary and `sandkit serve-e2b`.
 
 use std::future::Future;
 use std::net::SocketAddr;

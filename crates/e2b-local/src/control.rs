@@ -304,7 +304,7 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
         return api_error(
             StatusCode::BAD_REQUEST,
             format!(
-                "metadata key '{key}' is reserved for the server (keys starting with 'sbx.e2b.')"
+                "metadata key '{key}' is reserved for the server (keys starting with 'sandkit.e2b.')"
             ),
         );
     }

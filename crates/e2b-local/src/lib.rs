@@ -1,4 +1,4 @@
-//! `e2b-local`: E2B's control plane and envd, served over any sbx backend.
+//! `e2b-local`: E2B's control plane and envd, served over any sandkit backend.
 //!
 //! Point the official E2B SDKs at it and they run against a local Docker engine:
 //!

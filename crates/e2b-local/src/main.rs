@@ -1,11 +1,11 @@
-//! The `e2b-local` command: an E2B-compatible server over the configured sbx backend.
+//! The `e2b-local` command: an E2B-compatible server over the configured sandkit backend.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use e2b_local::ServeArgs;
 
-/// Serve E2B's API and envd over a local sbx backend (Docker by default), so the official E2B
+/// Serve E2B's API and envd over a local sandkit backend (Docker by default), so the official E2B
 /// SDKs run against this machine:
 ///
 ///   E2B_API_KEY=<key> E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:49983
@@ -14,7 +14,7 @@ use e2b_local::ServeArgs;
 struct Args {
     #[command(flatten)]
     serve: ServeArgs,
-    /// The sbx configuration file (default: SBX_CONFIG, else ./sbx.toml).
+    /// The sandkit configuration file (default: SANDKIT_CONFIG, else ./sandkit.toml).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
 }
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SBX_LOG")
+            tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)

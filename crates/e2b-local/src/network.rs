@@ -14,9 +14,9 @@ use crate::control::{api_error, from_error, parse, Shared};
 
 /// Hidden metadata: the network configuration a sandbox was made with (JSON), reported by
 /// `GET /sandboxes/{id}` until a `PUT .../network` replaces it.
-pub(crate) const NETWORK_KEY: &str = "sbx.e2b.network";
+pub(crate) const NETWORK_KEY: &str = "sandkit.e2b.network";
 /// Hidden metadata: `0` when the sandbox was made with `allow_internet_access=false`.
-pub(crate) const INTERNET_KEY: &str = "sbx.e2b.internet";
+pub(crate) const INTERNET_KEY: &str = "sandkit.e2b.internet";
 
 /// What a create's `network` asks for.
 #[derive(Debug, Default, PartialEq)]

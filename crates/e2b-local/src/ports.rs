@@ -25,9 +25,9 @@ use tracing::debug;
 use crate::state::State;
 
 /// Hidden metadata: set on sandboxes whose ports need the traffic access token.
-pub(crate) const PRIVATE_KEY: &str = "sbx.e2b.private_ports";
+pub(crate) const PRIVATE_KEY: &str = "sandkit.e2b.private_ports";
 /// Hidden metadata: the `maskRequestHost` of a sandbox.
-pub(crate) const MASK_KEY: &str = "sbx.e2b.mask_host";
+pub(crate) const MASK_KEY: &str = "sandkit.e2b.mask_host";
 /// The header E2B's proxy reads the traffic access token from.
 pub(crate) const TOKEN_HEADER: &str = "e2b-traffic-access-token";
 

@@ -11,23 +11,23 @@ use tracing::{debug, info};
 use envd::Served;
 
 /// Metadata keys the server keeps on each sandbox (hidden from the API, refused from clients).
-pub(crate) const TEMPLATE_KEY: &str = "sbx.e2b.template";
-pub(crate) const ENVS_KEY: &str = "sbx.e2b.envs";
-pub(crate) const INSTANCE_KEY: &str = "sbx.e2b.server";
+pub(crate) const TEMPLATE_KEY: &str = "sandkit.e2b.template";
+pub(crate) const ENVS_KEY: &str = "sandkit.e2b.envs";
+pub(crate) const INSTANCE_KEY: &str = "sandkit.e2b.server";
 /// Who may see and use a sandbox: a digest of the API key that made it.
-pub(crate) const OWNER_KEY: &str = "sbx.e2b.owner";
+pub(crate) const OWNER_KEY: &str = "sandkit.e2b.owner";
 /// Set on a sandbox that resumes when an authenticated envd request finds it paused.
-pub(crate) const AUTO_RESUME_KEY: &str = "sbx.e2b.auto_resume";
+pub(crate) const AUTO_RESUME_KEY: &str = "sandkit.e2b.auto_resume";
 
 /// Whether a metadata key is hidden from the API (the server's own, and the E2B backend's).
 pub(crate) fn hidden(key: &str) -> bool {
-    reserved(key) || key == "sbx.cwd" || key == "sbx.user"
+    reserved(key) || key == "sandkit.cwd" || key == "sandkit.user"
 }
 
 /// Whether a metadata key belongs to the server: a client may not set it (it would claim
 /// another tenant's sandbox, or escape clean-up).
 pub(crate) fn reserved(key: &str) -> bool {
-    key.starts_with("sbx.e2b.")
+    key.starts_with("sandkit.e2b.")
 }
 
 /// What a server allows, per listener and per API key.
@@ -297,7 +297,7 @@ impl State {
         std::env::temp_dir().join(format!("e2b-local-{}", self.instance))
     }
 
-    /// This key's tenant, as it is put on what it makes (metadata `sbx.e2b.owner`).
+    /// This key's tenant, as it is put on what it makes (metadata `sandkit.e2b.owner`).
     pub(crate) fn owner(&self) -> &str {
         &self.owner
     }

@@ -40,13 +40,13 @@ use crate::control::{api_error, parse, Shared};
 use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
 
 /// Metadata a template's snapshots carry (the build sandbox's, kept by the snapshot).
-pub(crate) const ALIAS_KEY: &str = "sbx.e2b.tpl.alias";
-const ID_KEY: &str = "sbx.e2b.tpl.id";
-const BUILD_KEY: &str = "sbx.e2b.tpl.build";
-const START_KEY: &str = "sbx.e2b.tpl.start";
-const READY_KEY: &str = "sbx.e2b.tpl.ready";
-const USER_KEY: &str = "sbx.e2b.tpl.user";
-const CWD_KEY: &str = "sbx.e2b.tpl.cwd";
+pub(crate) const ALIAS_KEY: &str = "sandkit.e2b.tpl.alias";
+const ID_KEY: &str = "sandkit.e2b.tpl.id";
+const BUILD_KEY: &str = "sandkit.e2b.tpl.build";
+const START_KEY: &str = "sandkit.e2b.tpl.start";
+const READY_KEY: &str = "sandkit.e2b.tpl.ready";
+const USER_KEY: &str = "sandkit.e2b.tpl.user";
+const CWD_KEY: &str = "sandkit.e2b.tpl.cwd";
 
 /// The largest upload of one COPY step's files.
 const MAX_UPLOAD: usize = 1 << 30;
@@ -59,7 +59,7 @@ const MAX_LOG_ENTRIES: usize = 10_000;
 /// The most builds kept in memory; the oldest finished ones go first.
 const MAX_BUILDS: usize = 200;
 /// Where COPY files are unpacked inside a build's sandbox.
-const UNPACK: &str = "/tmp/.sbx-build";
+const UNPACK: &str = "/tmp/.sandkit-build";
 
 /// One build: its status and log, as the status route answers them.
 #[derive(Debug)]
@@ -1159,7 +1159,7 @@ async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
         .snapshot_guard(OWNER_KEY, state.owner())
         .timeout(Duration::from_secs(600));
     for (k, v) in &target.snapshot.metadata {
-        if k.starts_with("sbx.e2b.tpl.") || k == OWNER_KEY {
+        if k.starts_with("sandkit.e2b.tpl.") || k == OWNER_KEY {
             spec = spec.metadata(k.clone(), v.clone());
         }
     }

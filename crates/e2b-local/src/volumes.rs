@@ -3,7 +3,7 @@
 //! on create.
 //!
 //! A volume is a backend volume ([`Runtime::create_volume`](runtime_core::Runtime)) named
-//! `sbx-volume-<id>`, carrying its owner, E2B name and id as metadata: it belongs to the key
+//! `sandkit-volume-<id>`, carrying its owner, E2B name and id as metadata: it belongs to the key
 //! that made it, and names are unique per key. Its content is reached through a helper
 //! sandbox that mounts it at [`ROOT`]: made on first use, kept while requests come, killed
 //! after [`HELPER_IDLE`] without one (and before the volume is destroyed). Every path is
@@ -36,8 +36,8 @@ use tracing::{debug, info};
 use crate::control::{api_error, from_error, parse, Shared};
 use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
 
-const NAME_KEY: &str = "sbx.e2b.volume.name";
-const ID_KEY: &str = "sbx.e2b.volume.id";
+const NAME_KEY: &str = "sandkit.e2b.volume.name";
+const ID_KEY: &str = "sandkit.e2b.volume.id";
 /// Where a helper sandbox mounts the volume it serves.
 const ROOT: &str = "/vol";
 /// How long a helper sandbox is kept without a request.
@@ -85,7 +85,7 @@ pub(crate) fn content_router(state: Shared) -> Router {
 }
 
 fn engine_name(id: &str) -> String {
-    format!("sbx-volume-{id}")
+    format!("sandkit-volume-{id}")
 }
 
 fn token(state: &State, id: &str) -> String {
@@ -281,7 +281,7 @@ async fn destroy(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Res
 }
 
 /// Metadata key of a sandbox's volume mounts (JSON `[{name, path}]`).
-pub(crate) const MOUNTS_KEY: &str = "sbx.e2b.volume_mounts";
+pub(crate) const MOUNTS_KEY: &str = "sandkit.e2b.volume_mounts";
 
 /// The mounts a sandbox was made with, from its metadata.
 pub(crate) fn mounts_of(metadata: &BTreeMap<String, String>) -> Vec<(String, String)> {

@@ -1,7 +1,7 @@
 //! The conformance suite against the E2B backend, end to end: `runtime-e2b` talking to an
 //! `e2b-local` server (in this process, on loopback) over Docker.
 //!
-//! With `SBX_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
+//! With `SANDKIT_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
 //! cases show as ignored.
 
 use std::process::ExitCode;
@@ -17,7 +17,7 @@ use runtime_e2b::E2bRuntime;
 const KEY: &str = "e2b_conformance_key";
 
 fn main() -> ExitCode {
-    let require = std::env::var("SBX_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let require = std::env::var("SANDKIT_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
     let mut suite = Suite::new();
     let started = suite.tokio().block_on(async {
         let docker = DockerRuntime::builder().build().await?;
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         {
             return Err(runtime_core::Error::new(
                 ErrorKind::NotFound,
-                "image sbx-base:bookworm is missing; build it with `cargo xtask image`",
+                "image sandkit-base:bookworm is missing; build it with `cargo xtask image`",
             ));
         }
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     let (e2b, api_addr) = match started {
         Ok(v) => v,
         Err(e) if require => {
-            eprintln!("error: SBX_REQUIRE_DOCKER=1 but Docker is not usable: {e}");
+            eprintln!("error: SANDKIT_REQUIRE_DOCKER=1 but Docker is not usable: {e}");
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     suite.add_sandbox(SandboxTarget::new(
         "e2b_local_mini",
         e2b.clone(),
-        SandboxSpec::new().template("sbx-mini:latest"),
+        SandboxSpec::new().template("sandkit-mini:latest"),
     ));
 
     let run_id = suite.run_id().to_string();

@@ -2,7 +2,7 @@
 //! through `spawn` and a 200 MiB file up and down. Client and server run in this one process
 //! (a test binary of its own, so nothing else runs here), so the bound holds for both together.
 //!
-//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the test returns early.
+//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the test returns early.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ async fn streaming_through_e2b_stays_bounded() {
         .build()
         .unwrap();
     let sb = rt
-        .create(SandboxSpec::new().template("sbx-mini:latest"))
+        .create(SandboxSpec::new().template("sandkit-mini:latest"))
         .await
         .unwrap();
     let result = async {

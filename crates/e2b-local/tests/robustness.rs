@@ -8,7 +8,7 @@
 //! - no key or token in the logs at TRACE level;
 //! - 20 sandboxes and 200 concurrent command streams, with the server's peak memory.
 //!
-//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ use runtime_core::{
 use runtime_docker::DockerRuntime;
 use runtime_e2b::E2bRuntime;
 
-const LABEL: &str = "sbx-robustness";
+const LABEL: &str = "sandkit-robustness";
 
 async fn docker() -> Option<DockerRuntime> {
     runtime_conformance::or_skip(DockerRuntime::builder().build().await)
@@ -618,7 +618,7 @@ fn start_bin(key: &str, api: u16, envd: u16, level: &str, tag: &str) -> Bin {
             "--api-key",
             key,
         ])
-        .env("SBX_LOG", level)
+        .env("SANDKIT_LOG", level)
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()

@@ -9,7 +9,7 @@
 //! - a second server with another key on the same engine: cannot list, read, use or kill the
 //!   first one's sandboxes; reserved metadata keys are refused.
 //!
-//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -119,7 +119,7 @@ fn keyed(key: &str) -> ServerConfig {
 async fn sandbox_ids(docker: &DockerRuntime, key: &str) -> Vec<String> {
     let owner = e2b_protocol::derive_token(key, "", "owner");
     docker
-        .list(&ListFilter::all().metadata("sbx.e2b.owner", owner))
+        .list(&ListFilter::all().metadata("sandkit.e2b.owner", owner))
         .await
         .unwrap()
         .into_iter()
@@ -401,7 +401,7 @@ async fn tenants_cannot_reach_each_other() {
     assert_eq!(docker.info(&id).await.unwrap().state, SandboxState::Running);
 
     // A client cannot claim the server's own metadata keys.
-    for key in ["sbx.e2b.owner", "sbx.e2b.server", "sbx.e2b.template"] {
+    for key in ["sandkit.e2b.owner", "sandkit.e2b.server", "sandkit.e2b.template"] {
         let r = http
             .post(format!("http://{}/sandboxes", b.api))
             .header("x-api-key", &b.key)

@@ -4,7 +4,7 @@
 //!
 //! [`router`] builds the routes over a [`Resolve`], which finds the sandbox a request is for
 //! after checking its credentials: `e2b-local` resolves by the `E2b-Sandbox-Id` header among
-//! many sandboxes; `sbx-agent` serves one sandbox with one token ([`OneSandbox`]).
+//! many sandboxes; `sandkit-agent` serves one sandbox with one token ([`OneSandbox`]).
 //!
 //! ```no_run
 //! # async fn serve(sandbox: Box<dyn runtime_core::Sandbox>) -> std::io::Result<()> {

@@ -1,4 +1,4 @@
-//! File stores for sbx, and the path helpers backends share.
+//! File stores for sandkit, and the path helpers backends share.
 //!
 //! - [`LocalFileStore`]: a directory on the host; nothing outside it can be read or written.
 //! - [`InMemoryFileStore`]: a tree in memory.

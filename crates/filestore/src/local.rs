@@ -30,7 +30,7 @@ const MAX_LINKS: usize = 32;
 /// use runtime_core::{ErrorKind, FileStoreExt};
 /// use runtime_filestore::LocalFileStore;
 ///
-/// let dir = std::env::temp_dir().join("sbx-doc-local");
+/// let dir = std::env::temp_dir().join("sandkit-doc-local");
 /// let store = LocalFileStore::new(&dir)?;
 /// store.write_str("notes/today.txt", "hello").await?;
 /// assert_eq!(store.read_to_string("notes/today.txt").await?, "hello");

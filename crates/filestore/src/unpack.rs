@@ -57,7 +57,7 @@ impl LocalFileStore {
     /// tar.append_data(&mut h, "bin/tool", &b"hi"[..])?;
     /// let archive = tar.into_inner()?;
     ///
-    /// let store = LocalFileStore::new(std::env::temp_dir().join("sbx-doc-unpack"))?;
+    /// let store = LocalFileStore::new(std::env::temp_dir().join("sandkit-doc-unpack"))?;
     /// let done = store.unpack(archive.as_slice(), "copy", "bin")?;
     /// assert_eq!(done.files, 1);
     /// # Ok(()) }

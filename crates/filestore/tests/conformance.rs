@@ -131,7 +131,7 @@ async fn escape_refused_and_nothing_outside_touched() {
     for path in [
         "dangling-out",
         "out-dir/new.txt",
-        "etc-link/sbx-test",
+        "etc-link/sandkit-test",
         "../new.txt",
     ] {
         let e = store.write_str(path, "pwned").await.unwrap_err();
@@ -169,7 +169,7 @@ async fn escape_refused_and_nothing_outside_touched() {
     );
     assert!(!outside.join("new.txt").exists());
     assert!(!top.path().join("new.txt").exists());
-    assert!(!std::path::Path::new("/etc/sbx-test").exists());
+    assert!(!std::path::Path::new("/etc/sandkit-test").exists());
 }
 
 async fn symlink_inside_is_followed() {

@@ -1,14 +1,14 @@
 //! The MCP server over streamable HTTP on 127.0.0.1:8765/mcp, on the backend the configuration
-//! picks; Ctrl-C stops it and kills the sandboxes of open sessions. `sbx mcp --http ADDR` is
+//! picks; Ctrl-C stops it and kills the sandboxes of open sessions. `sandkit mcp --http ADDR` is
 //! the same from the command line.
 //!
-//! `cargo run -p sbx-mcp --example mcp_http`
+//! `cargo run -p sandkit-mcp --example mcp_http`
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = runtime_config::Config::load()?;
     let options = runtime_actions::SessionOptions::from_config(&config);
-    let server = sbx_mcp::McpServer::new(config.runtime().await?, options);
+    let server = sandkit_mcp::McpServer::new(config.runtime().await?, options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8765").await?;
     eprintln!("MCP at http://127.0.0.1:8765/mcp");
     server

@@ -23,7 +23,7 @@
 //! # async fn demo() -> runtime_core::Result<()> {
 //! let config = runtime_config::Config::load()?;
 //! let options = runtime_actions::SessionOptions::from_config(&config);
-//! let server = sbx_mcp::McpServer::new(config.runtime().await?, options);
+//! let server = sandkit_mcp::McpServer::new(config.runtime().await?, options);
 //! server.serve_stdio(std::future::pending()).await // until the client closes stdin
 //! # }
 //! ```
@@ -465,7 +465,7 @@ impl SandboxTools {
 impl ServerHandler for SandboxTools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("sbx", env!("CARGO_PKG_VERSION")))
+            .with_server_info(Implementation::new("sandkit", env!("CARGO_PKG_VERSION")))
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {

@@ -1,8 +1,8 @@
-//! sbx's tools as a rig agent sees them: their definitions, and one call by name with JSON
-//! arguments, over a sandbox chosen by configuration alone (`sbx.toml`, `SBX_*` variables).
+//! sandkit's tools as a rig agent sees them: their definitions, and one call by name with JSON
+//! arguments, over a sandbox chosen by configuration alone (`sandkit.toml`, `SANDKIT_*` variables).
 //! With a model provider, pass the same tools to rig's `AgentBuilder::tool`.
 //!
-//! `cargo run -p sbx-rig --example rig_tools`
+//! `cargo run -p sandkit-rig --example rig_tools`
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ async fn main() -> Result<()> {
     let config = Config::load()?;
     let options = SessionOptions::from_config(&config).kill_on_drop(true);
     let session = Arc::new(Session::open(config.runtime().await?, "rig-example", options).await?);
-    let tools = sbx_rig::tools(session.clone());
+    let tools = sandkit_rig::tools(session.clone());
     for tool in &tools {
         println!(
             "{}: {}\n  {}",

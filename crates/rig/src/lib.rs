@@ -1,5 +1,5 @@
-//! [rig](https://docs.rs/rig-core) tools over an sbx [`Session`]: an agent built with rig runs
-//! commands and edits files in a sandbox on any backend sbx has.
+//! [rig](https://docs.rs/rig-core) tools over an sandkit [`Session`]: an agent built with rig runs
+//! commands and edits files in a sandbox on any backend sandkit has.
 //!
 //! | tool | arguments | answer |
 //! |---|---|---|
@@ -21,7 +21,7 @@
 //! let options = SessionOptions::from_config(&config).kill_on_drop(true);
 //! let session = Arc::new(Session::open(config.runtime().await?, "episode-1", options).await?);
 //! // Register them with an agent (`AgentBuilder::tool`), or call them as rig does:
-//! for tool in sbx_rig::tools(session.clone()) {
+//! for tool in sandkit_rig::tools(session.clone()) {
 //!     println!("{}: {}", tool.name(), tool.description());
 //! }
 //! session.close().await

@@ -37,7 +37,7 @@ async fn rig_drives_the_tools_by_name_on_docker() {
     .await
     .expect("a session");
     let session = Arc::new(session);
-    let tools = sbx_rig::tools(session.clone());
+    let tools = sandkit_rig::tools(session.clone());
 
     let names: Vec<String> = tools.iter().map(|t| t.name()).collect();
     assert_eq!(names, ["run_command", "read_file", "write_file", "edit"]);
@@ -51,7 +51,7 @@ async fn rig_drives_the_tools_by_name_on_docker() {
         );
     }
     assert_eq!(
-        tool_definition(&sbx_rig::RunCommand::new(session.clone()))
+        tool_definition(&sandkit_rig::RunCommand::new(session.clone()))
             .name
             .as_str(),
         "run_command"

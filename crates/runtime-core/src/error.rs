@@ -1,4 +1,4 @@
-//! The one error type every sbx crate returns.
+//! The one error type every sandkit crate returns.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -70,7 +70,7 @@ impl fmt::Display for ErrorKind {
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// An error from any sbx crate: a [`ErrorKind`], a message saying what happened and what to
+/// An error from any sandkit crate: a [`ErrorKind`], a message saying what happened and what to
 /// do, the backend and operation it came from, context, and the underlying cause.
 ///
 /// ```
@@ -297,7 +297,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
-/// The result type of every sbx crate.
+/// The result type of every sandkit crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The contract every sbx backend implements.
+//! The contract every sandkit backend implements.
 //!
 //! - [`Runtime`]: a place where sandboxes live (a Docker engine, an E2B account).
 //! - [`Sandbox`]: one live sandbox; [`Sandbox::spawn`] starts a [`Process`].
@@ -7,7 +7,7 @@
 //! The traits are deliberately small. Everything built on them lives once in
 //! [`SandboxExt`] and [`FileStoreExt`], which every implementor gets for free.
 //!
-//! Every crate of sbx returns one [`Error`], classified by a `Copy` [`ErrorKind`]:
+//! Every crate of sandkit returns one [`Error`], classified by a `Copy` [`ErrorKind`]:
 //!
 //! ```
 //! use runtime_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt};

@@ -20,7 +20,7 @@ pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(300);
 /// use runtime_core::SandboxSpec;
 ///
 /// let spec = SandboxSpec::new()
-///     .template("sbx-base:bookworm")
+///     .template("sandkit-base:bookworm")
 ///     .env("LANG", "C.UTF-8")
 ///     .metadata("session", "s-1")
 ///     .timeout(Duration::from_secs(600));

@@ -1,17 +1,17 @@
-//! Where the `sbx-agent` binary comes from.
+//! Where the `sandkit-agent` binary comes from.
 //!
-//! The backend runs `sbx-agent` on the engine (the deadline keeper; see [`crate::keeper`]). The
+//! The backend runs `sandkit-agent` on the engine (the deadline keeper; see [`crate::keeper`]). The
 //! binary must be fully static: it runs in an image that holds nothing else. In order:
 //! [`DockerRuntimeBuilder::agent_binary`](crate::DockerRuntimeBuilder::agent_binary), the
-//! `SBX_AGENT_BIN` environment variable, then `sbx-agent` beside the running program.
-//! `cargo xtask agent` builds it (`target/x86_64-unknown-linux-gnu/release/sbx-agent`).
+//! `SANDKIT_AGENT_BIN` environment variable, then `sandkit-agent` beside the running program.
+//! `cargo xtask agent` builds it (`target/x86_64-unknown-linux-gnu/release/sandkit-agent`).
 
 use std::path::{Path, PathBuf};
 
 /// The environment variable naming the agent binary.
-pub const AGENT_BIN_ENV: &str = "SBX_AGENT_BIN";
+pub const AGENT_BIN_ENV: &str = "SANDKIT_AGENT_BIN";
 
-/// The agent binary to use: the explicit path, else `SBX_AGENT_BIN`, else `sbx-agent` beside
+/// The agent binary to use: the explicit path, else `SANDKIT_AGENT_BIN`, else `sandkit-agent` beside
 /// the current executable when that one is static. An explicit or environment path that is not
 /// a static Linux binary is an error, so a typo is not silently ignored.
 pub(crate) fn find(explicit: Option<&Path>) -> Result<Option<PathBuf>, String> {
@@ -26,7 +26,7 @@ pub(crate) fn find(explicit: Option<&Path>) -> Result<Option<PathBuf>, String> {
     }
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("sbx-agent")));
+        .and_then(|exe| exe.parent().map(|dir| dir.join("sandkit-agent")));
     Ok(beside.filter(|p| check(p).is_ok()))
 }
 
@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_named_binary_must_exist_and_be_static() {
-        let e = find(Some(Path::new("/nonexistent/sbx-agent"))).unwrap_err();
+        let e = find(Some(Path::new("/nonexistent/sandkit-agent"))).unwrap_err();
         assert!(e.contains("cargo xtask agent"), "{e}");
         let e = find(Some(&std::env::current_exe().unwrap())).unwrap_err();
         assert!(e.contains("not a static"), "{e}");

@@ -155,7 +155,7 @@ mod tests {
             assert!(!e.to_string().contains("/var/lib/docker"), "{e}");
         }
         assert!(super::map(engine(503, "busy"), "write", "path").is_retryable());
-        let twin = "network sbx-isolated is ambiguous (2 matches found on name)";
+        let twin = "network sandkit-isolated is ambiguous (2 matches found on name)";
         assert!(super::map(engine(400, twin), "create", "network").is_retryable());
         assert!(!super::map(engine(400, "bad parameter"), "create", "x").is_retryable());
         assert!(

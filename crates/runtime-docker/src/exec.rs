@@ -215,13 +215,13 @@ pub(crate) async fn run_helper_as(
     Ok(out)
 }
 
-/// A helper shell script with positional arguments: `sh -c SCRIPT sbx ARGS...`.
+/// A helper shell script with positional arguments: `sh -c SCRIPT sandkit ARGS...`.
 pub(crate) fn script(script: &str, args: &[&str]) -> Vec<String> {
     let mut v = vec![
         "/bin/sh".to_string(),
         "-c".into(),
         script.into(),
-        "sbx".into(),
+        "sandkit".into(),
     ];
     v.extend(args.iter().map(|a| a.to_string()));
     v

@@ -182,7 +182,7 @@ impl DockerFiles {
         use tokio::io::AsyncWriteExt;
         let tmp = join(
             parent(full),
-            &format!(".sbx-write-{:016x}", rand::random::<u64>()),
+            &format!(".sandkit-write-{:016x}", rand::random::<u64>()),
         );
         let size_arg = size.map(|s| s.to_string()).unwrap_or_default();
         let req = ExecRequest {

@@ -3,11 +3,11 @@
 //!
 //! - **The binary** comes from a named volume, `<prefix>-agent-<digest>`, filled once per agent
 //!   version (through the archive API, so a remote engine works too) and mounted read-only at
-//!   `/.sbx-agent` in every sandbox: nothing is copied per sandbox.
+//!   `/.sandkit-agent` in every sandbox: nothing is copied per sandbox.
 //! - **It starts** as the container's main process under the engine's init (PID 1), in a loop
-//!   that starts it again if it dies: `sbx-agent serve --socket /.sbx-run/agent.sock`, with a
-//!   fresh token read from `/.sbx-run/token` (root only) and the socket root only.
-//! - **The backend reaches it** through one attached exec of `sbx-agent relay`, which joins the
+//!   that starts it again if it dies: `sandkit-agent serve --socket /.sandkit-run/agent.sock`, with a
+//!   fresh token read from `/.sandkit-run/token` (root only) and the socket root only.
+//! - **The backend reaches it** through one attached exec of `sandkit-agent relay`, which joins the
 //!   exec's stdio to the socket: envd's HTTP/2 over that one stream, multiplexed, reopened when
 //!   it drops (`runtime_e2b::EnvdClient`). Every network mode works, `none` included.
 //!
@@ -33,13 +33,13 @@ use crate::error::{err, map};
 use crate::keeper::Keeper;
 
 /// Where the agent's volume is mounted in a sandbox.
-pub(crate) const MOUNT: &str = "/.sbx-agent";
+pub(crate) const MOUNT: &str = "/.sandkit-agent";
 /// The agent binary in a sandbox.
-pub(crate) const BIN: &str = "/.sbx-agent/sbx-agent";
+pub(crate) const BIN: &str = "/.sandkit-agent/sandkit-agent";
 /// The agent's socket, in a directory only root may enter.
-pub(crate) const SOCKET: &str = "/.sbx-run/agent.sock";
+pub(crate) const SOCKET: &str = "/.sandkit-run/agent.sock";
 /// The token file, root only.
-pub(crate) const TOKEN_FILE: &str = "/.sbx-run/token";
+pub(crate) const TOKEN_FILE: &str = "/.sandkit-run/token";
 
 /// The agent binary on the engine, as a volume.
 pub(crate) struct Inside {
@@ -101,7 +101,7 @@ impl Inside {
         let filler = format!("{}-fill-{:08x}", self.volume, rand::random::<u32>());
         let config = Config {
             image: Some(image),
-            entrypoint: Some(vec!["/sbx-agent".into(), "--version".into()]),
+            entrypoint: Some(vec!["/sandkit-agent".into(), "--version".into()]),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
                 mounts: Some(vec![DockerMount {
@@ -129,7 +129,7 @@ impl Inside {
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o755);
             h.set_size(self.keeper.binary().len() as u64);
-            tar.append_data(&mut h, "sbx-agent", self.keeper.binary())
+            tar.append_data(&mut h, "sandkit-agent", self.keeper.binary())
                 .map_err(|e| err(ErrorKind::Unexpected, "create", e.to_string()))?;
             let body = tar
                 .into_inner()
@@ -193,7 +193,7 @@ pub(crate) fn entrypoint(user: &str, workdir: &str) -> Vec<String> {
         "/bin/sh".into(),
         "-c".into(),
         line,
-        "sbx-init".into(),
+        "sandkit-init".into(),
         user.into(),
         workdir.into(),
     ]
@@ -204,7 +204,7 @@ pub(crate) fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Reaches the agent of one container through an attached exec of `sbx-agent relay`.
+/// Reaches the agent of one container through an attached exec of `sandkit-agent relay`.
 #[derive(Debug)]
 struct ExecRelay {
     docker: Docker,

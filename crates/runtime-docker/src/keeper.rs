@@ -1,6 +1,6 @@
 //! The deadline keeper: where a sandbox's time to live lives, out of the sandbox's reach.
 //!
-//! A container of its own on the engine, `<prefix>-keeper`, runs `sbx-agent keeper` with the
+//! A container of its own on the engine, `<prefix>-keeper`, runs `sandkit-agent keeper` with the
 //! engine's socket and no network. It kills each running sandbox labelled `<prefix>.ttl=keeper`
 //! whose deadline has passed, whether or not any process of ours runs. A deadline is the
 //! sandbox's `<prefix>.deadline` label (set at create) until [`Keeper::set_deadline`] writes
@@ -8,12 +8,12 @@
 //! no exec, nothing inside the sandbox. The keeper removes itself once no sandbox is left; the
 //! next sandbox starts a new one ([`Keeper::ensure`]).
 //!
-//! State goes through one attached exec of `sbx-agent deadlines` in the keeper's container, kept
+//! State goes through one attached exec of `sandkit-agent deadlines` in the keeper's container, kept
 //! open per process: a deadline read or write is a line each way. When that channel cannot be
 //! had (a keeper made by another version of the binary is running), the engine's archive API
 //! reads and writes the same files, at tens of milliseconds a call.
 //!
-//! Its image, `sbx-keeper:<digest of the binary>`, is imported from the binary alone (no
+//! Its image, `sandkit-keeper:<digest of the binary>`, is imported from the binary alone (no
 //! registry, no builder), so it works on a remote engine as well.
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,7 +51,7 @@ pub(crate) struct Keeper {
     socket: String,
     /// When the keeper was last seen running.
     seen: Mutex<Option<Instant>>,
-    /// The open `sbx-agent deadlines` exec, if any.
+    /// The open `sandkit-agent deadlines` exec, if any.
     channel: Mutex<Option<Channel>>,
 }
 
@@ -182,7 +182,7 @@ impl std::fmt::Debug for Keeper {
 }
 
 impl Keeper {
-    /// A keeper that runs `binary` (a static `sbx-agent`).
+    /// A keeper that runs `binary` (a static `sandkit-agent`).
     pub(crate) fn new(docker: Docker, prefix: &str, binary: &Path, socket: &str) -> Result<Self> {
         let bytes = std::fs::read(binary).map_err(|e| {
             err(
@@ -248,7 +248,7 @@ impl Keeper {
         let config = Config {
             image: Some(self.image.clone()),
             entrypoint: Some(vec![
-                "/sbx-agent".into(),
+                "/sandkit-agent".into(),
                 "keeper".into(),
                 "--prefix".into(),
                 self.prefix.clone(),
@@ -290,7 +290,7 @@ impl Keeper {
                 let mut h = tar::Header::new_gnu();
                 h.set_mode(0o755);
                 h.set_size(self.binary.len() as u64);
-                tar.append_data(&mut h, "sbx-agent", self.binary.as_slice())
+                tar.append_data(&mut h, "sandkit-agent", self.binary.as_slice())
             })
             .map_err(|e| err(ErrorKind::Unexpected, "keeper", e.to_string()))?;
         let body = tar
@@ -366,7 +366,7 @@ impl Keeper {
     }
 
     async fn open(&self) -> Option<Channel> {
-        let cmd = vec!["/sbx-agent".into(), "deadlines".into()];
+        let cmd = vec!["/sandkit-agent".into(), "deadlines".into()];
         match Channel::open(&self.docker, &self.name, cmd).await {
             Ok(mut channel) => {
                 // A keeper of another version may not have the command: check once.

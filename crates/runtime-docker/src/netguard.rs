@@ -1,6 +1,6 @@
 //! The network guard: what each sandbox may reach, enforced on the engine's host.
 //!
-//! A container of its own, `<prefix>-netguard`, runs `sbx-agent netguard` on the host's network
+//! A container of its own, `<prefix>-netguard`, runs `sandkit-agent netguard` on the host's network
 //! with `NET_ADMIN` (and no other capability), from the base image (which has `nft`) with the
 //! agent's volume mounted. For each sandbox this backend registers — its bridge, address, MAC
 //! and [`NetworkPolicy`] — it keeps nftables rules keyed by that address and MAC, and a
@@ -11,7 +11,7 @@
 //! The backend registers every sandbox on a bridge network (even with the default policy,
 //! which refuses the host and link-local addresses) right after it starts and before the
 //! sandbox is handed out; a registration that fails fails the create. It talks to the guard
-//! over one attached exec of `sbx-agent relay` to the guard's control socket, a line each way.
+//! over one attached exec of `sandkit-agent relay` to the guard's control socket, a line each way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,7 +30,7 @@ use crate::inside::{Inside, BIN};
 use crate::keeper::{create_helper, keep_running, Channel};
 
 /// The guard's control socket, inside its container.
-const CONTROL: &str = "/run/sbx-netguard.sock";
+const CONTROL: &str = "/run/sandkit-netguard.sock";
 
 /// What the guard is told about one sandbox (the agent's `netguard::Entry`).
 #[derive(Debug, Serialize)]

@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn only_specs_without_container_settings_are_served() {
-        let d = "sbx-base:bookworm";
+        let d = "sandkit-base:bookworm";
         assert!(serves(
             &SandboxSpec::new().metadata("a", "b").env("X", "1"),
             d

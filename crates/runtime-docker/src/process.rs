@@ -2,7 +2,7 @@
 //!
 //! Docker cannot signal an exec'd process itself, so every command runs under a tiny
 //! `sh` wrapper that prints its pid first (the exec is a session and process-group leader),
-//! records itself under `/.sbx/procs`, then `exec`s the command. A second exec can then
+//! records itself under `/.sandkit/procs`, then `exec`s the command. A second exec can then
 //! signal the whole group with `kill -- -PID`.
 
 use std::pin::Pin;
@@ -27,7 +27,7 @@ use crate::exec::{exit_code, run_helper, sandbox_error, script, start, ExecReque
 /// Prints the pid, records the process, then runs the command.
 /// Arguments: tag, display command, then `shell LINE` or `prog PROGRAM ARGS...`.
 const WRAPPER: &str = r#"printf '%s\n' "$$"
-{ printf '%s\n%s\n' "$1" "$2" > "/.sbx/procs/$$"; } 2>/dev/null
+{ printf '%s\n%s\n' "$1" "$2" > "/.sandkit/procs/$$"; } 2>/dev/null
 shift 2
 if [ "$1" = shell ]; then
   if command -v bash >/dev/null 2>&1; then exec bash -l -c "$2"; else exec sh -c "$2"; fi
@@ -41,7 +41,7 @@ const SIGNAL: &str =
 
 /// Lists recorded processes that still run: `pid NUL tag LF command LF NUL cwd NUL`. The
 /// records are world-writable: at most 8 KiB of each is read, with no NUL to shift the fields.
-const LIST: &str = r#"cd /.sbx/procs 2>/dev/null || exit 0
+const LIST: &str = r#"cd /.sandkit/procs 2>/dev/null || exit 0
 for p in *; do
   [ -f "$p" ] || continue
   if [ -d "/proc/$p" ]; then

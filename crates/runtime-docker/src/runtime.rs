@@ -27,7 +27,7 @@ use crate::sandbox::{DockerSandbox, Ttl};
 use crate::template::TemplateInfo;
 
 /// The image used when neither the sandbox nor the configuration names one.
-pub const DEFAULT_IMAGE: &str = "sbx-base:bookworm";
+pub const DEFAULT_IMAGE: &str = "sandkit-base:bookworm";
 
 /// The Linux capabilities a sandbox gets by default: what `apt-get`, `pip`, `sudo` and a
 /// server on port 80 need as root in the sandbox. Left out of Docker's own default set:
@@ -51,7 +51,7 @@ pub(crate) const MAX_LABEL_BYTES: usize = 32 << 10;
 /// The network sandboxes join by default: made by this backend on first use, with traffic
 /// between its containers turned off, so that sandboxes cannot reach each other. Name
 /// `bridge` (Docker's default network) for sandboxes that must talk to each other.
-pub const ISOLATED_NETWORK: &str = "sbx-isolated";
+pub const ISOLATED_NETWORK: &str = "sandkit-isolated";
 
 /// The CPU limit of a sandbox when neither it nor the configuration sets one.
 pub const DEFAULT_CPUS: f64 = 1.0;
@@ -59,26 +59,26 @@ pub const DEFAULT_CPUS: f64 = 1.0;
 /// The container's main process when the deadline keeper holds its time to live: it only
 /// waits (after clearing process records a snapshot carried). The keeper, outside the sandbox,
 /// kills the container at its deadline.
-const IDLE: &str = "rm -f /.sbx/procs/* 2>/dev/null; while :; do sleep 3600; done";
+const IDLE: &str = "rm -f /.sandkit/procs/* 2>/dev/null; while :; do sleep 3600; done";
 
-/// The container's main process when no keeper is available (no `sbx-agent` binary): keeps the
-/// sandbox alive until the deadline in `/.sbx/deadline` (epoch seconds, put there before start)
+/// The container's main process when no keeper is available (no `sandkit-agent` binary): keeps the
+/// sandbox alive until the deadline in `/.sandkit/deadline` (epoch seconds, put there before start)
 /// passes, then exits, and the engine removes the container. Root in the sandbox can change
 /// that file or stop this loop: see [`crate::keeper`] for the time to live the sandbox cannot
 /// change. A jump in the clock (the container was paused) grants a grace period so a resumed
 /// sandbox is not killed before its new deadline is written.
-const DEADLINE_FILE_INIT: &str = r#"rm -f /.sbx/procs/* 2>/dev/null; last=$(date +%s); grace=0
+const DEADLINE_FILE_INIT: &str = r#"rm -f /.sandkit/procs/* 2>/dev/null; last=$(date +%s); grace=0
 while :; do
   now=$(date +%s)
   if [ $((now - last)) -gt 5 ]; then grace=$((now + 15)); fi
   last=$now
-  dl=0; read -r dl < /.sbx/deadline 2>/dev/null
+  dl=0; read -r dl < /.sandkit/deadline 2>/dev/null
   case $dl in ''|*[!0-9]*) dl=0;; esac
   if [ "$now" -ge "$dl" ] && [ "$now" -ge "$grace" ]; then exit 0; fi
   sleep 1
 done"#;
 
-/// Label names, under a configurable prefix (default `sbx`).
+/// Label names, under a configurable prefix (default `sandkit`).
 #[derive(Debug, Clone)]
 pub(crate) struct Labels {
     prefix: String,
@@ -255,7 +255,7 @@ impl Default for DockerRuntimeBuilder {
             workdir: "/workspace".into(),
             env: BTreeMap::new(),
             ttl: DEFAULT_SANDBOX_TIMEOUT,
-            label_prefix: "sbx".into(),
+            label_prefix: "sandkit".into(),
             binding_address: "127.0.0.1".into(),
             additional_networks: Vec::new(),
             resources: Resources::new()
@@ -314,7 +314,7 @@ impl DockerRuntimeBuilder {
         self.ttl = ttl;
         self
     }
-    /// Prefix of our labels and container names. Default `sbx`.
+    /// Prefix of our labels and container names. Default `sandkit`.
     pub fn label_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.label_prefix = prefix.into();
         self
@@ -343,8 +343,8 @@ impl DockerRuntimeBuilder {
         self
     }
 
-    /// The static `sbx-agent` binary the backend runs on the engine (the deadline keeper).
-    /// Default: `SBX_AGENT_BIN`, else `sbx-agent` beside the running program. Without one, a
+    /// The static `sandkit-agent` binary the backend runs on the engine (the deadline keeper).
+    /// Default: `SANDKIT_AGENT_BIN`, else `sandkit-agent` beside the running program. Without one, a
     /// sandbox keeps its own deadline and root inside it can change it (a warning says so).
     pub fn agent_binary(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.agent_binary = Some(path.into());
@@ -365,7 +365,7 @@ impl DockerRuntimeBuilder {
         self
     }
 
-    /// Runs no `sbx-agent`, whatever [`DockerRuntimeBuilder::agent_binary`] or `SBX_AGENT_BIN`
+    /// Runs no `sandkit-agent`, whatever [`DockerRuntimeBuilder::agent_binary`] or `SANDKIT_AGENT_BIN`
     /// say: each sandbox keeps its own deadline (root inside it can change it), and commands
     /// and files go through the engine's exec API.
     pub fn without_agent(mut self) -> Self {
@@ -548,7 +548,7 @@ fn warn_no_guard() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         tracing::warn!(
-            "no network guard (it needs an sbx-agent binary and [docker] network_guard = true): \
+            "no network guard (it needs an sandkit-agent binary and [docker] network_guard = true): \
              sandboxes can reach the host's services and link-local addresses"
         )
     });
@@ -560,7 +560,7 @@ fn warn_no_agent() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         tracing::warn!(
-            "no sbx-agent binary (set SBX_AGENT_BIN or [docker] agent_binary, or build it with \
+            "no sandkit-agent binary (set SANDKIT_AGENT_BIN or [docker] agent_binary, or build it with \
              `cargo xtask agent`): commands and files go through the engine's exec API (tens of \
              milliseconds each, no watching or metrics), and each sandbox keeps its own \
              deadline, which root inside it can change"
@@ -610,11 +610,11 @@ pub(crate) fn epoch(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// `/.sbx`: the world-writable process registry, and the deadline file when the sandbox keeps
-/// its own deadline, unpacked before start. Under gVisor, also `/tmp/.sbx-keep`: gVisor mounts
+/// `/.sandkit`: the world-writable process registry, and the deadline file when the sandbox keeps
+/// its own deadline, unpacked before start. Under gVisor, also `/tmp/.sandkit-keep`: gVisor mounts
 /// a tmpfs of its own over an empty `/tmp`, where files written through the engine would never
 /// be seen; a `/tmp` that is not empty stays on the container's file system.
-fn sbx_dir(deadline: Option<u64>, gvisor: bool, token: Option<&str>) -> Result<bytes::Bytes> {
+fn sandkit_dir(deadline: Option<u64>, gvisor: bool, token: Option<&str>) -> Result<bytes::Bytes> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dir = |path: &str, mode: u32| {
         let mut h = tar::Header::new_gnu();
@@ -623,14 +623,14 @@ fn sbx_dir(deadline: Option<u64>, gvisor: bool, token: Option<&str>) -> Result<b
         h.set_size(0);
         b.append_data(&mut h, path, std::io::empty())
     };
-    dir(".sbx/", 0o755)?;
-    dir(".sbx/procs/", 0o1777)?;
+    dir(".sandkit/", 0o755)?;
+    dir(".sandkit/procs/", 0o1777)?;
     if let Some(deadline) = deadline {
         let content = format!("{deadline}\n");
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(content.len() as u64);
-        b.append_data(&mut h, ".sbx/deadline", content.as_bytes())?;
+        b.append_data(&mut h, ".sandkit/deadline", content.as_bytes())?;
     }
     if let Some(token) = token {
         // The agent's directory and token: root only (uid 0 in the header).
@@ -638,18 +638,18 @@ fn sbx_dir(deadline: Option<u64>, gvisor: bool, token: Option<&str>) -> Result<b
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o700);
         h.set_size(0);
-        b.append_data(&mut h, ".sbx-run/", std::io::empty())?;
+        b.append_data(&mut h, ".sandkit-run/", std::io::empty())?;
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o400);
         h.set_size(token.len() as u64);
-        b.append_data(&mut h, ".sbx-run/token", token.as_bytes())?;
+        b.append_data(&mut h, ".sandkit-run/token", token.as_bytes())?;
     }
     if gvisor {
-        let note = b"keeps /tmp on the container's file system under gVisor (see sbx)\n";
+        let note = b"keeps /tmp on the container's file system under gVisor (see sandkit)\n";
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o444);
         h.set_size(note.len() as u64);
-        b.append_data(&mut h, "tmp/.sbx-keep", &note[..])?;
+        b.append_data(&mut h, "tmp/.sandkit-keep", &note[..])?;
     }
     Ok(bytes::Bytes::from(b.into_inner()?))
 }
@@ -738,7 +738,7 @@ impl DockerRuntime {
                 "create",
                 format!(
                     "image '{image}' is not on this engine and no registry is used; build the \
-                         default image with `cargo xtask image`, build a template with `sbx \
+                         default image with `cargo xtask image`, build a template with `sandkit \
                          template build DIR`, or set [docker] image / sandbox.base_container_image"
                 ),
             )
@@ -1167,7 +1167,7 @@ impl DockerRuntime {
                             DEADLINE_FILE_INIT
                         }
                         .into(),
-                        "sbx-init".into(),
+                        "sandkit-init".into(),
                     ],
                 }),
                 cmd: Some(vec![]),
@@ -1197,7 +1197,7 @@ impl DockerRuntime {
                             path: "/".to_string(),
                             ..Default::default()
                         }),
-                        sbx_dir(
+                        sandkit_dir(
                             keeper.is_none().then_some(deadline),
                             s.oci_runtime
                                 .as_deref()
@@ -1302,8 +1302,8 @@ impl DockerRuntime {
             if explicit {
                 return refuse(
                     ErrorKind::Unsupported,
-                    "network policies need the network guard: an sbx-agent binary \
-                     (SBX_AGENT_BIN) and [docker] network_guard = true"
+                    "network policies need the network guard: an sandkit-agent binary \
+                     (SANDKIT_AGENT_BIN) and [docker] network_guard = true"
                         .into(),
                 );
             }
@@ -1452,7 +1452,7 @@ impl DockerRuntime {
             check_duplicate: true,
             driver: "bridge",
             options: HashMap::from([("com.docker.network.bridge.enable_icc", "false")]),
-            labels: HashMap::from([("sbx.network", "isolated")]),
+            labels: HashMap::from([("sandkit.network", "isolated")]),
             ..Default::default()
         };
         match self.docker.create_network(options).await {

@@ -15,10 +15,10 @@ use crate::files::DockerFiles;
 use crate::runtime::{epoch, DockerRuntime};
 use crate::template::TemplateInfo;
 
-/// Replaces `/.sbx/deadline` whole (a reader never sees it empty), for sandboxes that keep their
+/// Replaces `/.sandkit/deadline` whole (a reader never sees it empty), for sandboxes that keep their
 /// own deadline.
 const SET_DEADLINE: &str =
-    r#"printf '%s\n' "$1" > /.sbx/deadline.new && mv -f /.sbx/deadline.new /.sbx/deadline"#;
+    r#"printf '%s\n' "$1" > /.sandkit/deadline.new && mv -f /.sandkit/deadline.new /.sandkit/deadline"#;
 
 /// The most the host reads of a deadline file the sandbox can write.
 const DEADLINE_BYTES: usize = 32;
@@ -28,7 +28,7 @@ const DEADLINE_BYTES: usize = 32;
 pub(crate) enum Ttl {
     /// The deadline keeper, outside the sandbox; `initial` is the deadline set at create.
     Keeper { initial: Option<u64> },
-    /// The sandbox itself, in `/.sbx/deadline` (no agent binary was available).
+    /// The sandbox itself, in `/.sandkit/deadline` (no agent binary was available).
     File,
 }
 
@@ -195,7 +195,7 @@ impl DockerSandbox {
                 ErrorKind::Unavailable,
                 op,
                 "this sandbox's deadline is held by the deadline keeper, and this process has \
-                 no sbx-agent binary to run one; set SBX_AGENT_BIN (see `cargo xtask agent`)",
+                 no sandkit-agent binary to run one; set SANDKIT_AGENT_BIN (see `cargo xtask agent`)",
             )
             .with_retryable(false));
         }
@@ -257,12 +257,12 @@ impl DockerSandbox {
     }
 }
 
-/// The deadline a sandbox keeps in its own `/.sbx/deadline` (epoch seconds), reading at most
+/// The deadline a sandbox keeps in its own `/.sandkit/deadline` (epoch seconds), reading at most
 /// [`DEADLINE_BYTES`] of it whatever the sandbox put there. `None` when it cannot be read
 /// (paused, missing, not a number).
 pub(crate) async fn own_deadline(files: &DockerFiles) -> Option<u64> {
     use futures_util::StreamExt;
-    let mut stream = files.read_stream("/.sbx/deadline").await.ok()?;
+    let mut stream = files.read_stream("/.sandkit/deadline").await.ok()?;
     let mut head = Vec::with_capacity(DEADLINE_BYTES);
     while head.len() < DEADLINE_BYTES {
         match stream.next().await {

@@ -138,7 +138,7 @@ impl DockerRuntime {
                     repo: repo.clone(),
                     tag: TAG.to_string(),
                     comment: format!("snapshot of sandbox {id}"),
-                    author: "sbx".to_string(),
+                    author: "sandkit".to_string(),
                     // Paused for a consistent copy; not under gVisor, where pausing breaks
                     // the connections to the agent inside (the next call fails).
                     pause: !gvisor,

@@ -12,11 +12,11 @@ use tracing::info;
 use crate::error::{err, map};
 use crate::runtime::DockerRuntime;
 
-const START_LABEL: &str = "sbx.template.start_cmd";
-const READY_LABEL: &str = "sbx.template.ready_cmd";
-const CPU_LABEL: &str = "sbx.template.cpu_count";
-const MEMORY_LABEL: &str = "sbx.template.memory_mb";
-const ID_LABEL: &str = "sbx.template.id";
+const START_LABEL: &str = "sandkit.template.start_cmd";
+const READY_LABEL: &str = "sandkit.template.ready_cmd";
+const CPU_LABEL: &str = "sandkit.template.cpu_count";
+const MEMORY_LABEL: &str = "sandkit.template.memory_mb";
+const ID_LABEL: &str = "sandkit.template.id";
 
 /// `e2b.toml`, as the E2B CLI writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -173,7 +173,7 @@ impl DockerRuntime {
                 return Err(err(
                     ErrorKind::InvalidInput,
                     "template build",
-                    format!("the build of {tag} failed: {e} (no registry is reachable: a FROM must name a local image such as sbx-base:bookworm)"),
+                    format!("the build of {tag} failed: {e} (no registry is reachable: a FROM must name a local image such as sandkit-base:bookworm)"),
                 ));
             }
         }

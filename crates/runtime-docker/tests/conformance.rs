@@ -1,10 +1,10 @@
-//! The conformance suite against Docker, on the busybox image (`sbx-mini`), the Debian image
-//! (`sbx-base`) and the busybox image under gVisor (`docker_gvisor`, when `runsc` is
+//! The conformance suite against Docker, on the busybox image (`sandkit-mini`), the Debian image
+//! (`sandkit-base`) and the busybox image under gVisor (`docker_gvisor`, when `runsc` is
 //! registered), all with the agent inside the sandboxes, and on the Debian image through the
 //! engine's exec API (`docker_exec`, the fallback path), plus what only this backend has: templates, sandboxes shared between
 //! processes, expiry with no process of ours running, and bounded memory.
 //!
-//! With `SBX_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
+//! With `SANDKIT_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
 //! cases show as ignored.
 
 use std::collections::HashMap;
@@ -20,14 +20,14 @@ use runtime_core::{
 };
 use runtime_docker::DockerRuntime;
 
-const MINI: &str = "sbx-mini:latest";
-const BASE: &str = "sbx-base:bookworm";
+const MINI: &str = "sandkit-mini:latest";
+const BASE: &str = "sandkit-base:bookworm";
 
 fn main() -> ExitCode {
-    if let Ok(mode) = std::env::var("SBX_TEST_CHILD") {
+    if let Ok(mode) = std::env::var("SANDKIT_TEST_CHILD") {
         return child(&mode);
     }
-    let require = std::env::var("SBX_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let require = std::env::var("SANDKIT_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
     let mut suite = Suite::new();
     let run_id_for_pool = suite.run_id().to_string();
     let runtime = suite.tokio().block_on(async {
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(rt) => Arc::new(rt),
         Err(e) if require => {
-            eprintln!("error: SBX_REQUIRE_DOCKER=1 but Docker is not usable: {e}");
+            eprintln!("error: SANDKIT_REQUIRE_DOCKER=1 but Docker is not usable: {e}");
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -133,7 +133,7 @@ fn main() -> ExitCode {
     );
 
     // Once more on the Debian image under gVisor (`runsc`), when the engine has it
-    // (`cargo xtask docker --gvisor`; CI requires it with SBX_REQUIRE_GVISOR=1).
+    // (`cargo xtask docker --gvisor`; CI requires it with SANDKIT_REQUIRE_GVISOR=1).
     let gvisor = suite.tokio().block_on(async {
         let info = runtime.docker().info().await.ok()?;
         info.runtimes?.contains_key("runsc").then_some(())?;
@@ -151,9 +151,9 @@ fn main() -> ExitCode {
             Arc::new(rt),
             SandboxSpec::new().template(MINI),
         )),
-        None if std::env::var("SBX_REQUIRE_GVISOR").is_ok_and(|v| v == "1") => {
+        None if std::env::var("SANDKIT_REQUIRE_GVISOR").is_ok_and(|v| v == "1") => {
             eprintln!(
-                "error: SBX_REQUIRE_GVISOR=1 but the engine has no `runsc` runtime; \
+                "error: SANDKIT_REQUIRE_GVISOR=1 but the engine has no `runsc` runtime; \
                  register it with `cargo xtask docker --gvisor`"
             );
             return ExitCode::from(2);
@@ -209,7 +209,7 @@ fn main() -> ExitCode {
         false,
         move || async move {
             let e = rt
-                .create(SandboxSpec::new().template("sbx-no-such-image:1"))
+                .create(SandboxSpec::new().template("sandkit-no-such-image:1"))
                 .await
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
@@ -228,7 +228,7 @@ fn main() -> ExitCode {
                 .await?;
             let inspect = rt
                 .docker()
-                .inspect_container(&format!("sbx-{}", sb.id()), None)
+                .inspect_container(&format!("sandkit-{}", sb.id()), None)
                 .await
                 .unwrap();
             let hc = inspect.host_config.unwrap();
@@ -311,11 +311,11 @@ fn main() -> ExitCode {
     suite.run()
 }
 
-/// A template `FROM sbx-base:bookworm` with a start command serving a file and a ready command
+/// A template `FROM sandkit-base:bookworm` with a start command serving a file and a ready command
 /// waiting for it.
 async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("sbx-test-tpl-{run_id}");
+    let name = format!("sandkit-test-tpl-{run_id}");
     std::fs::write(
         dir.path().join("e2b.toml"),
         format!(
@@ -327,7 +327,7 @@ async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Resu
     .unwrap();
     std::fs::write(
         dir.path().join("e2b.Dockerfile"),
-        format!("FROM {BASE}\nRUN echo baked > /etc/sbx-template-marker\n"),
+        format!("FROM {BASE}\nRUN echo baked > /etc/sandkit-template-marker\n"),
     )
     .unwrap();
     let mut lines = Vec::new();
@@ -351,13 +351,13 @@ async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Resu
         assert_eq!(sb.files().read_to_string("/tmp/ready").await?, "ready\n");
         assert_eq!(
             sb.files()
-                .read_to_string("/etc/sbx-template-marker")
+                .read_to_string("/etc/sandkit-template-marker")
                 .await?,
             "baked\n"
         );
         let inspect = rt
             .docker()
-            .inspect_container(&format!("sbx-{}", sb.id()), None)
+            .inspect_container(&format!("sandkit-{}", sb.id()), None)
             .await
             .unwrap();
         assert_eq!(inspect.host_config.unwrap().memory, Some(512 * 1024 * 1024));
@@ -446,7 +446,7 @@ async fn options(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result
     let whoami = limited.exec_shell("id -un").await;
     let inspect = rt
         .docker()
-        .inspect_container(&format!("sbx-{}", limited.id()), None)
+        .inspect_container(&format!("sandkit-{}", limited.id()), None)
         .await
         .unwrap();
     limited.kill().await?;
@@ -466,8 +466,8 @@ async fn options(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result
 async fn run_child(mode: &str, run_id: &str) -> String {
     let exe = std::env::current_exe().unwrap();
     let out = tokio::process::Command::new(exe)
-        .env("SBX_TEST_CHILD", mode)
-        .env("SBX_TEST_RUN_ID", run_id)
+        .env("SANDKIT_TEST_CHILD", mode)
+        .env("SANDKIT_TEST_RUN_ID", run_id)
         .output()
         .await
         .unwrap();
@@ -508,8 +508,8 @@ async fn expires_without_us(run_id: String) -> runtime_core::Result<()> {
     // ours runs, and nothing of ours runs for this sandbox afterwards.
     let exe = std::env::current_exe().unwrap();
     let mut child = tokio::process::Command::new(exe)
-        .env("SBX_TEST_CHILD", format!("create-hang:3:{tag}"))
-        .env("SBX_TEST_RUN_ID", &run_id)
+        .env("SANDKIT_TEST_CHILD", format!("create-hang:3:{tag}"))
+        .env("SANDKIT_TEST_RUN_ID", &run_id)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -530,7 +530,7 @@ async fn expires_without_us(run_id: String) -> runtime_core::Result<()> {
             .docker()
             .list_containers(Some(bollard::container::ListContainersOptions::<String> {
                 all: true,
-                filters: [("label".to_string(), vec![format!("sbx.id={id}")])].into(),
+                filters: [("label".to_string(), vec![format!("sandkit.id={id}")])].into(),
                 ..Default::default()
             }))
             .await
@@ -581,7 +581,7 @@ fn rand_u32() -> u32 {
 
 /// The child side of the cross-process and memory trials.
 fn child(mode: &str) -> ExitCode {
-    let run_id = std::env::var("SBX_TEST_RUN_ID").unwrap_or_default();
+    let run_id = std::env::var("SANDKIT_TEST_RUN_ID").unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -700,12 +700,12 @@ async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Res
             Some("inside")
         );
         let as_user = |line: &str| CommandSpec::shell(line).user("user");
-        let out = sb.exec(as_user("cat /.sbx-run/token")).await?;
+        let out = sb.exec(as_user("cat /.sandkit-run/token")).await?;
         assert_ne!(out.exit_code, Some(0), "the token is root's: {out:?}");
         let out = sb
             .exec(as_user(
                 "python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); \
-                 s.connect(\"/.sbx-run/agent.sock\")'",
+                 s.connect(\"/.sandkit-run/agent.sock\")'",
             ))
             .await?;
         assert_ne!(out.exit_code, Some(0), "the socket is root's: {out:?}");
@@ -714,7 +714,7 @@ async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Res
         let _ = sb
             .exec(
                 CommandSpec::shell(
-                    "kill -9 $(pidof sbx-agent | tr ' ' '\\n' | grep -v $$) 2>/dev/null; true",
+                    "kill -9 $(pidof sandkit-agent | tr ' ' '\\n' | grep -v $$) 2>/dev/null; true",
                 )
                 .user("root"),
             )
@@ -824,7 +824,7 @@ async fn pool_claims(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Re
     let ready = rt
         .docker()
         .list_containers(Some(bollard::container::ListContainersOptions::<String> {
-            filters: HashMap::from([("label".to_string(), vec!["sbx.pool".to_string()])]),
+            filters: HashMap::from([("label".to_string(), vec!["sandkit.pool".to_string()])]),
             ..Default::default()
         }))
         .await
@@ -833,7 +833,7 @@ async fn pool_claims(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Re
         let id = c
             .labels
             .unwrap_or_default()
-            .get("sbx.id")
+            .get("sandkit.id")
             .cloned()
             .unwrap_or_default();
         if id != sb.id() && all.iter().all(|i| i.id != id) {
@@ -870,7 +870,7 @@ async fn pooled_ids(rt: &DockerRuntime) -> Vec<String> {
     rt.docker()
         .list_containers(Some(bollard::container::ListContainersOptions::<String> {
             all: true,
-            filters: HashMap::from([("label".to_string(), vec!["sbx.pool".to_string()])]),
+            filters: HashMap::from([("label".to_string(), vec!["sandkit.pool".to_string()])]),
             ..Default::default()
         }))
         .await
@@ -922,7 +922,7 @@ async fn pool_refills(run_id: String) -> runtime_core::Result<()> {
     Ok(())
 }
 
-/// On the default network (`sbx-isolated`) a sandbox cannot reach another's port; on Docker's
+/// On the default network (`sandkit-isolated`) a sandbox cannot reach another's port; on Docker's
 /// `bridge`, asked for on purpose, it can. Traffic goes only between this test's containers.
 async fn isolation(run_id: String) -> runtime_core::Result<()> {
     use runtime_core::NetworkMode;

@@ -1,4 +1,4 @@
-//! The Docker engine stopped and started under running calls (with `SBX_TEST_ENGINE_RESTART=1`,
+//! The Docker engine stopped and started under running calls (with `SANDKIT_TEST_ENGINE_RESTART=1`,
 //! as root): calls fail fast with `Unavailable`, streams and transfers end instead of hanging,
 //! and the same client works again once the engine is back. A test binary of its own, so no
 //! other test runs while the engine is down.
@@ -11,7 +11,7 @@ use runtime_core::{
 };
 use runtime_docker::DockerRuntime;
 
-const LABEL: &str = "sbx-engine-restart";
+const LABEL: &str = "sandkit-engine-restart";
 
 fn spec(test: &str) -> SandboxSpec {
     SandboxSpec::new().metadata(LABEL, test)
@@ -57,7 +57,7 @@ fn start_engine() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let log = std::fs::File::create("/var/log/sbx-dockerd.log").unwrap();
+    let log = std::fs::File::create("/var/log/sandkit-dockerd.log").unwrap();
     // `setsid -f` detaches dockerd and returns at once.
     let started = Command::new("setsid")
         .args(["-f", "dockerd"])
@@ -77,8 +77,8 @@ fn start_engine() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn engine_stopped_and_started_under_running_calls() {
-    if std::env::var("SBX_TEST_ENGINE_RESTART").as_deref() != Ok("1") {
-        eprintln!("set SBX_TEST_ENGINE_RESTART=1 (as root) to stop and start the engine: skipped");
+    if std::env::var("SANDKIT_TEST_ENGINE_RESTART").as_deref() != Ok("1") {
+        eprintln!("set SANDKIT_TEST_ENGINE_RESTART=1 (as root) to stop and start the engine: skipped");
         return;
     }
     let rt = DockerRuntime::builder()

@@ -4,7 +4,7 @@
 //! sandboxes alive at once. (The engine stopped under running calls is tests/engine_restart.rs,
 //! a binary of its own so nothing else runs while the engine is down.)
 //!
-//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
 
 use std::process::Command;
 
@@ -16,7 +16,7 @@ use runtime_core::{
 };
 use runtime_docker::DockerRuntime;
 
-const LABEL: &str = "sbx-faults";
+const LABEL: &str = "sandkit-faults";
 
 async fn docker(builder: runtime_docker::DockerRuntimeBuilder) -> Option<DockerRuntime> {
     runtime_conformance::or_skip(builder.build().await)
@@ -134,7 +134,7 @@ async fn container_killed_from_outside_ends_the_call() {
     ));
     let started = Instant::now();
     let out = Command::new("docker")
-        .args(["kill", &format!("sbx-{}", sb.id())])
+        .args(["kill", &format!("sandkit-{}", sb.id())])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -181,7 +181,7 @@ async fn a_hundred_sandboxes_at_once() {
     let made = futures_util::stream::iter(0..100)
         .map(|_| {
             let rt = rt.clone();
-            async move { rt.create(spec("hundred").template("sbx-mini:latest")).await }
+            async move { rt.create(spec("hundred").template("sandkit-mini:latest")).await }
         })
         .buffer_unordered(10)
         .collect::<Vec<_>>()

@@ -1,5 +1,5 @@
 //! The deadline keeper removed by hand (in a test binary of its own: other tests rely on the
-//! keeper running). Until a new one runs, no sbx process kills a sandbox on a deadline it
+//! keeper running). Until a new one runs, no sandkit process kills a sandbox on a deadline it
 //! cannot read; the new keeper keeps the extended deadlines, which outlive it on a volume.
 
 use std::time::Duration;
@@ -15,13 +15,13 @@ async fn a_keeper_removed_by_hand_loses_no_extended_deadline() {
     };
     let spec = |t: u64| {
         SandboxSpec::new()
-            .metadata("sbx-keeper-test", "removed")
+            .metadata("sandkit-keeper-test", "removed")
             .timeout(Duration::from_secs(t))
     };
     let sb = rt.create(spec(3)).await.unwrap();
     sb.set_timeout(Duration::from_secs(120)).await.unwrap();
     let removed = tokio::process::Command::new("docker")
-        .args(["rm", "-f", "sbx-keeper"])
+        .args(["rm", "-f", "sandkit-keeper"])
         .output()
         .await
         .unwrap();
@@ -32,7 +32,7 @@ async fn a_keeper_removed_by_hand_loses_no_extended_deadline() {
     let info = rt.info(sb.id()).await.unwrap();
     assert_eq!(info.state, SandboxState::Running);
     assert!(
-        rt.list(&runtime_core::ListFilter::all().metadata("sbx-keeper-test", "removed"))
+        rt.list(&runtime_core::ListFilter::all().metadata("sandkit-keeper-test", "removed"))
             .await
             .unwrap()
             .iter()

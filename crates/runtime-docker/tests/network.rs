@@ -11,7 +11,7 @@
 //!   sandbox's gateway.
 //!
 //! Making the namespace needs root on the engine's host (CI runs as root); elsewhere the
-//! tests return early unless `SBX_REQUIRE_DOCKER=1`.
+//! tests return early unless `SANDKIT_REQUIRE_DOCKER=1`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
@@ -94,7 +94,7 @@ impl Internet {
             .is_ok_and(|o| o.stdout == b"0\n");
         if !is_root {
             assert!(
-                std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
                 "the network tests make a network namespace: run them as root"
             );
             return None;
@@ -151,7 +151,7 @@ impl Internet {
     /// A spec naming the two servers.
     fn spec(&self, test: &str) -> SandboxSpec {
         SandboxSpec::new()
-            .metadata("sbx-network-test", test)
+            .metadata("sandkit-network-test", test)
             .host("allowed.test", IpAddr::V4(self.a))
             .host("denied.test", IpAddr::V4(self.b))
     }
@@ -173,8 +173,8 @@ async fn setup(test: &str) -> Option<(DockerRuntime, Internet)> {
     let rt = runtime_conformance::or_skip(DockerRuntime::builder().build().await)?;
     if !rt.capabilities().network_policy {
         assert!(
-            std::env::var("SBX_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "{test}: no network guard (it needs SBX_AGENT_BIN)"
+            std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "{test}: no network guard (it needs SANDKIT_AGENT_BIN)"
         );
         return None;
     }
@@ -509,8 +509,8 @@ async fn gvisor_sandboxes_are_held_the_same() {
     let info = rt.docker().info().await.unwrap();
     if !info.runtimes.unwrap_or_default().contains_key("runsc") {
         assert!(
-            std::env::var("SBX_REQUIRE_GVISOR").as_deref() != Ok("1"),
-            "SBX_REQUIRE_GVISOR=1 but the engine has no runsc runtime"
+            std::env::var("SANDKIT_REQUIRE_GVISOR").as_deref() != Ok("1"),
+            "SANDKIT_REQUIRE_GVISOR=1 but the engine has no runsc runtime"
         );
         return;
     }

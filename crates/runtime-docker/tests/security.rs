@@ -1,7 +1,7 @@
 //! Small findings of the security review (finding 10), each performed against the engine:
 //! hostile user names, file names too long for the kernel, and kills that race each other.
 //!
-//! Needs Docker; without an engine (and without `SBX_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
 
 use runtime_core::{CommandSpec, ErrorKind, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
 use runtime_docker::DockerRuntime;
@@ -32,7 +32,7 @@ async fn hostile_user_names_never_reach_the_engine() {
 
 async fn hostile_user_names(rt: DockerRuntime) {
     let sb = rt
-        .create(SandboxSpec::new().metadata("sbx-security-test", "users"))
+        .create(SandboxSpec::new().metadata("sandkit-security-test", "users"))
         .await
         .unwrap();
     for user in ["..", ".", "../root", "-u0", "a:b:c", "root\n"] {
@@ -60,7 +60,7 @@ async fn long_file_names_are_invalid_input_without_host_paths() {
 
 async fn long_file_names(rt: DockerRuntime) {
     let sb = rt
-        .create(SandboxSpec::new().metadata("sbx-security-test", "names"))
+        .create(SandboxSpec::new().metadata("sandkit-security-test", "names"))
         .await
         .unwrap();
     let long = format!("/tmp/{}", "a".repeat(300));
@@ -86,7 +86,7 @@ async fn long_file_names(rt: DockerRuntime) {
 async fn kills_that_race_each_other_all_end_well() {
     let Some(rt) = docker().await else { return };
     let sb = rt
-        .create(SandboxSpec::new().metadata("sbx-security-test", "kills"))
+        .create(SandboxSpec::new().metadata("sandkit-security-test", "kills"))
         .await
         .unwrap();
     let id = sb.id().to_string();
@@ -116,7 +116,7 @@ async fn writes_atomic(rt: DockerRuntime) {
     use bytes::Bytes;
     use futures_util::StreamExt;
     let sb = rt
-        .create(SandboxSpec::new().metadata("sbx-security-test", "writes"))
+        .create(SandboxSpec::new().metadata("sandkit-security-test", "writes"))
         .await
         .unwrap();
     let shadow_before = sb
@@ -152,7 +152,7 @@ async fn writes_atomic(rt: DockerRuntime) {
         let mut left = String::new();
         for _ in 0..20 {
             left = sb
-                .exec_shell("ls -A /tmp | grep -c sbx-write || true")
+                .exec_shell("ls -A /tmp | grep -c sandkit-write || true")
                 .await
                 .unwrap()
                 .stdout_text();
@@ -234,11 +234,11 @@ async fn a_huge_process_record_is_not_read() {
         .await
         .unwrap_or(rt);
     let sb = rt
-        .create(SandboxSpec::new().metadata("sbx-security-test", "procs"))
+        .create(SandboxSpec::new().metadata("sandkit-security-test", "procs"))
         .await
         .unwrap();
     let out = sb
-        .exec(CommandSpec::shell("truncate -s 1G /.sbx/procs/1 && echo ok").user("root"))
+        .exec(CommandSpec::shell("truncate -s 1G /.sandkit/procs/1 && echo ok").user("root"))
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "ok\n", "{out:?}");

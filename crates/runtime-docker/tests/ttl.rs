@@ -3,14 +3,14 @@
 //! wrote, and thousands of deadline updates in a row leave a sandbox alive.
 //!
 //! Needs Docker and the static agent binary (`cargo xtask agent`, found through
-//! `SBX_AGENT_BIN` or the workspace's target directory).
+//! `SANDKIT_AGENT_BIN` or the workspace's target directory).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use runtime_core::{ListFilter, Runtime, SandboxExt, SandboxSpec, SandboxState};
 use runtime_docker::DockerRuntime;
 
-const LABEL: &str = "sbx-ttl-test";
+const LABEL: &str = "sandkit-ttl-test";
 
 mod common;
 use common::kept;
@@ -22,7 +22,7 @@ async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
             .docker()
             .list_containers(Some(bollard::container::ListContainersOptions::<String> {
                 all: true,
-                filters: [("label".to_string(), vec![format!("sbx.id={id}")])].into(),
+                filters: [("label".to_string(), vec![format!("sandkit.id={id}")])].into(),
                 ..Default::default()
             }))
             .await
@@ -52,7 +52,7 @@ async fn root_inside_cannot_extend_its_life() {
         let created = Instant::now();
         let attack = r#"
             far=4102444800
-            mkdir -p /.sbx && printf '%s\n' $far > /.sbx/deadline
+            mkdir -p /.sandkit && printf '%s\n' $far > /.sandkit/deadline
             ls /var/run/docker.sock /run/docker.sock 2>/dev/null && echo ENGINE-REACHABLE
             for p in $(ls /proc | grep -E '^[0-9]+$'); do
               [ "$p" != "$$" ] && [ "$p" != 1 ] && kill -STOP "$p" 2>/dev/null
@@ -120,7 +120,7 @@ async fn a_huge_deadline_file_is_not_read() {
             .await
             .unwrap();
         let out = sb
-            .exec_shell("mkdir -p /.sbx && truncate -s 1G /.sbx/deadline && echo ok")
+            .exec_shell("mkdir -p /.sandkit && truncate -s 1G /.sandkit/deadline && echo ok")
             .await
             .unwrap();
         assert_eq!(out.stdout_text(), "ok\n", "{mode}: {out:?}");

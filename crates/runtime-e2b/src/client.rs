@@ -1,4 +1,4 @@
-//! [`EnvdClient`]: envd's process and filesystem services as sbx types, over a URL (E2B's
+//! [`EnvdClient`]: envd's process and filesystem services as sandkit types, over a URL (E2B's
 //! cloud, `e2b-local`) or over any connection ([`Connect`]).
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub(crate) struct Defaults {
 }
 
 /// The commands and files of one sandbox through its envd: what [`E2bSandbox`](crate::E2bSandbox)
-/// uses, and what a backend that runs envd itself (the Docker backend with `sbx-agent`) uses
+/// uses, and what a backend that runs envd itself (the Docker backend with `sandkit-agent`) uses
 /// over the agent's connection.
 ///
 /// ```no_run

@@ -53,7 +53,7 @@ impl E2bConfig {
         if self.api_key.is_empty() {
             return Err(Error::new(
                 ErrorKind::Unauthenticated,
-                "no E2B API key: set E2B_API_KEY (or [e2b] api_key in sbx.toml); get one at \
+                "no E2B API key: set E2B_API_KEY (or [e2b] api_key in sandkit.toml); get one at \
                  https://e2b.dev/dashboard, or run a local server with `e2b-local`",
             )
             .with_operation("connect"));

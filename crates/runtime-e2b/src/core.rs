@@ -26,7 +26,7 @@ use crate::error::{err, kind_of_status};
 const POOL_IDLE: Duration = Duration::from_secs(20);
 
 /// The user agent, as the Python SDK sends it on REST calls.
-pub(crate) const USER_AGENT: &str = concat!("sbx-runtime-e2b/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("sandkit-runtime-e2b/", env!("CARGO_PKG_VERSION"));
 /// Keepalive interval asked of envd on streams, in seconds (the SDK's value).
 const KEEPALIVE_SECS: &str = "50";
 

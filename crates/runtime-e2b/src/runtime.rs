@@ -22,8 +22,8 @@ use crate::sandbox::E2bSandbox;
 
 /// Metadata keys this backend keeps for itself (defaults E2B has no field for); hidden from
 /// `info`/`list`.
-pub(crate) const CWD_KEY: &str = "sbx.cwd";
-pub(crate) const USER_KEY: &str = "sbx.user";
+pub(crate) const CWD_KEY: &str = "sandkit.cwd";
+pub(crate) const USER_KEY: &str = "sandkit.user";
 
 /// Sandboxes on E2B's cloud, or on any server that speaks its protocol (`e2b-local`).
 ///

@@ -1,5 +1,5 @@
 //! The conformance suite against E2B's real cloud: runs when `E2B_API_KEY` and
-//! `SBX_TEST_E2B_CLOUD=1` are set, and shows as ignored otherwise.
+//! `SANDKIT_TEST_E2B_CLOUD=1` are set, and shows as ignored otherwise.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use runtime_e2b::E2bRuntime;
 
 fn main() -> ExitCode {
     let mut suite = Suite::new();
-    let wanted = std::env::var("SBX_TEST_E2B_CLOUD").is_ok_and(|v| v == "1");
+    let wanted = std::env::var("SANDKIT_TEST_E2B_CLOUD").is_ok_and(|v| v == "1");
     let key = std::env::var("E2B_API_KEY").ok().filter(|k| !k.is_empty());
     match (wanted, key) {
         (true, Some(_)) => match E2bRuntime::builder().from_env().build() {
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         },
         _ => suite.add_ignored(
             "e2b_cloud",
-            "set E2B_API_KEY and SBX_TEST_E2B_CLOUD=1 to run against E2B's cloud",
+            "set E2B_API_KEY and SANDKIT_TEST_E2B_CLOUD=1 to run against E2B's cloud",
         ),
     }
     suite.run()

@@ -18,7 +18,7 @@ use crate::users::{as_user, Ident, Names};
 /// Read chunk size.
 const CHUNK: usize = 256 * 1024;
 /// Prefix of the temporary files writes go through.
-pub(crate) const TEMP_PREFIX: &str = ".sbx-write-";
+pub(crate) const TEMP_PREFIX: &str = ".sandkit-write-";
 
 /// The files of a local sandbox, seen as one user.
 ///
@@ -110,7 +110,7 @@ impl LocalFiles {
     }
 }
 
-/// An I/O error as sbx classifies it, naming the operation and path.
+/// An I/O error as sandkit classifies it, naming the operation and path.
 pub(crate) fn io_error(e: io::Error, op: &'static str, path: &str) -> Error {
     let err = match e.raw_os_error() {
         // A read-only file system is not going away: retrying cannot help.

@@ -1,7 +1,7 @@
-//! The sbx local backend: a [`Runtime`](runtime_core::Runtime) whose sandboxes are this
+//! The sandkit local backend: a [`Runtime`](runtime_core::Runtime) whose sandboxes are this
 //! machine. **No isolation**: commands are processes of the current one and files are the
 //! machine's own. It is the fastest conformance target, a backend for trusted code, and what
-//! `sbx-agent` serves from inside a container.
+//! `sandkit-agent` serves from inside a container.
 //!
 //! - Commands run in a process group of their own (a session, on a PTY), as a named user
 //!   (uid, gid, groups and home read from `/etc/passwd` and `/etc/group`: no NSS, so a static

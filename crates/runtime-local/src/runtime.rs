@@ -23,7 +23,7 @@ const BACKEND: &str = "local";
 
 /// Sandboxes that are this machine: commands run as processes of the current one, files are
 /// the machine's files. **No isolation**: use it for trusted code, for tests, and inside a
-/// container (where `sbx-agent` runs it).
+/// container (where `sandkit-agent` runs it).
 ///
 /// A sandbox lives as long as this runtime's process: `connect` and `list` see the sandboxes
 /// this value made, and killing one (or its time to live passing) kills every process group it

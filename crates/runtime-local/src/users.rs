@@ -166,7 +166,7 @@ where
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("sbx-as-user".into())
+        .name("sandkit-as-user".into())
         .spawn(move || {
             let _ = tx.send(switch_thread(&who).and_then(|()| f()));
         })?;

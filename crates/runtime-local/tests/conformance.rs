@@ -65,7 +65,7 @@ fn which(program: &str) -> bool {
 }
 
 async fn scratch(sb: &dyn Sandbox) -> runtime_core::Result<String> {
-    let dir = format!("/tmp/sbx-local-{:016x}", rand::random::<u64>());
+    let dir = format!("/tmp/sandkit-local-{:016x}", rand::random::<u64>());
     sb.files().mkdir(&dir).await?;
     Ok(dir)
 }

@@ -1,8 +1,8 @@
-//! A swiftide `ToolExecutor` over a sandbox chosen by configuration alone (`sbx.toml`, `SBX_*`
+//! A swiftide `ToolExecutor` over a sandbox chosen by configuration alone (`sandkit.toml`, `SANDKIT_*`
 //! variables): what an agent built with swiftide gets as its executor
 //! (`Agent::builder().tool_executor(executor)`), used here directly.
 //!
-//! `cargo run -p sbx-swiftide --example swiftide_executor`
+//! `cargo run -p sandkit-swiftide --example swiftide_executor`
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let config = runtime_config::Config::load()?;
     let runtime = config.runtime().await?;
     let sandbox = runtime.create(runtime_core::SandboxSpec::new()).await?;
-    let executor = sbx_swiftide::SandboxExecutor::new(Arc::from(sandbox));
+    let executor = sandkit_swiftide::SandboxExecutor::new(Arc::from(sandbox));
 
     executor
         .exec_cmd(&Command::write_file(

@@ -1,4 +1,4 @@
-//! A [swiftide](https://docs.rs/swiftide-core) [`ToolExecutor`] over any sbx [`Sandbox`]: a
+//! A [swiftide](https://docs.rs/swiftide-core) [`ToolExecutor`] over any sandkit [`Sandbox`]: a
 //! swiftide agent's shell commands, file reads and writes run in a sandbox on Docker, E2B or
 //! any other backend, and its indexing pipelines read the sandbox's files.
 //!
@@ -21,7 +21,7 @@
 //! let config = runtime_config::Config::load()?;
 //! let runtime = config.runtime().await?;
 //! let sandbox = runtime.create(runtime_core::SandboxSpec::new()).await?;
-//! let executor = sbx_swiftide::SandboxExecutor::new(Arc::from(sandbox));
+//! let executor = sandkit_swiftide::SandboxExecutor::new(Arc::from(sandbox));
 //! let out = executor.exec_cmd(&Command::shell("uname -a")).await?;
 //! println!("{out}");
 //! executor.sandbox().kill().await?;
@@ -159,7 +159,7 @@ impl ToolExecutor for SandboxExecutor {
                 Ok(CommandOutput::empty())
             }
             other => Err(CommandError::ExecutorError(anyhow::anyhow!(
-                "sbx-swiftide does not know the command {other:?}"
+                "sandkit-swiftide does not know the command {other:?}"
             ))),
         }
     }

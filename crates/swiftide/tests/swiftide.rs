@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use runtime_core::{Runtime, SandboxSpec};
 use runtime_docker::DockerRuntime;
-use sbx_swiftide::SandboxExecutor;
+use sandkit_swiftide::SandboxExecutor;
 use swiftide_core::{Command, CommandError, ToolExecutor};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

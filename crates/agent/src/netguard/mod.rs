@@ -1,4 +1,4 @@
-//! `sbx-agent netguard`: what each sandbox may reach, enforced from the engine's host.
+//! `sandkit-agent netguard`: what each sandbox may reach, enforced from the engine's host.
 //!
 //! It runs in a container of its own (made by the Docker backend, `<prefix>-netguard`) on the
 //! host's network with `NET_ADMIN` and nothing else, so code in a sandbox can neither see nor
@@ -16,7 +16,7 @@
 //! Rules are judged on every packet, not only on new connections, so a changed policy applies
 //! to open connections too; the proxy closes the connections a new policy refuses.
 //!
-//! The backend talks to it over a Unix socket in this container (`sbx-agent relay` through
+//! The backend talks to it over a Unix socket in this container (`sandkit-agent relay` through
 //! one attached exec), a request per line: `probe`, `set <hex JSON entry>`, `clear <id>`,
 //! `get <id>`. Entries are kept in `/state` and reloaded on start; every second entries whose
 //! sandbox is gone are dropped. With no entry left for `--idle-exit` seconds the guard removes
@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::docker::{encode, Engine};
 
 /// Where the guard listens for the backend, inside its own container.
-pub(crate) const CONTROL: &str = "/run/sbx-netguard.sock";
+pub(crate) const CONTROL: &str = "/run/sandkit-netguard.sock";
 
 /// One guarded sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,14 +140,14 @@ pub(crate) fn run(o: &Options) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sbx-agent netguard: {e}");
+            eprintln!("sandkit-agent netguard: {e}");
             return ExitCode::from(1);
         }
     };
     match rt.block_on(serve(o)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sbx-agent netguard: {e}");
+            eprintln!("sandkit-agent netguard: {e}");
             ExitCode::from(1)
         }
     }
@@ -180,7 +180,7 @@ async fn serve(o: &Options) -> Result<(), String> {
     });
     guard.commit(read_entries(&o.state))?;
     eprintln!(
-        "sbx-agent netguard: guarding {} sandbox(es); proxy on port {proxy_port}",
+        "sandkit-agent netguard: guarding {} sandbox(es); proxy on port {proxy_port}",
         guard.entries.lock().expect("entries").len()
     );
     tokio::spawn(proxy::run(listener, guard.clone()));
@@ -206,7 +206,7 @@ async fn serve(o: &Options) -> Result<(), String> {
         let engine2 = engine.clone();
         let swept = tokio::task::spawn_blocking(move || sweep(&engine2, &prefix, &g)).await;
         if let Ok(Err(e)) = swept {
-            eprintln!("sbx-agent netguard: {e}");
+            eprintln!("sandkit-agent netguard: {e}");
             *guard.busy.lock().expect("busy") = Instant::now();
         }
         let idle = guard.entries.lock().expect("entries").is_empty()
@@ -217,11 +217,11 @@ async fn serve(o: &Options) -> Result<(), String> {
             if !guard.entries.lock().expect("entries").is_empty() {
                 continue;
             }
-            eprintln!("sbx-agent netguard: no sandbox left; removing my rules and myself");
+            eprintln!("sandkit-agent netguard: no sandbox left; removing my rules and myself");
             let _ = guard.commit(BTreeMap::new());
             let path = format!("/containers/{}?force=1", encode(&o.name));
             if let Err(e) = engine.call("DELETE", &path) {
-                eprintln!("sbx-agent netguard: cannot remove {}: {e}", o.name);
+                eprintln!("sandkit-agent netguard: cannot remove {}: {e}", o.name);
                 return Ok(());
             }
         }

@@ -132,7 +132,7 @@ pub(crate) async fn run(listener: TcpListener, guard: Arc<Guard>) {
             let result = handle(stream, peer, &g, id).await;
             g.live.conns.lock().expect("conns").remove(&id);
             if let Err(e) = result {
-                eprintln!("sbx-agent netguard: {peer}: {e}");
+                eprintln!("sandkit-agent netguard: {peer}: {e}");
             }
         });
     }
@@ -177,7 +177,7 @@ async fn handle(
     let targets: Vec<SocketAddr> = match &verdict {
         Verdict::Refused => {
             eprintln!(
-                "sbx-agent netguard: refused {from} -> {dst} ({})",
+                "sandkit-agent netguard: refused {from} -> {dst} ({})",
                 name.as_deref().unwrap_or("no name")
             );
             return Ok(());

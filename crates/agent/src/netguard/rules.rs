@@ -159,14 +159,14 @@ mod tests {
 
     #[test]
     fn each_prefix_has_its_table() {
-        assert_eq!(table("sbx"), "sbx_guard");
+        assert_eq!(table("sandkit"), "sandkit_guard");
         assert_eq!(table("my-test.1"), "my_test_1_guard");
     }
 
     #[test]
     fn no_entries_removes_the_table() {
-        let s = script("sbx_guard", &BTreeMap::new(), 1234);
-        assert!(s.contains("delete table inet sbx_guard"));
+        let s = script("sandkit_guard", &BTreeMap::new(), 1234);
+        assert!(s.contains("delete table inet sandkit_guard"));
         assert!(!s.contains("chain"));
     }
 
@@ -174,7 +174,7 @@ mod tests {
     fn default_policy_blocks_host_and_link_local() {
         let mut m = BTreeMap::new();
         m.insert("abc".into(), entry(NetworkPolicy::new()));
-        let s = script("sbx_guard", &m, 1234);
+        let s = script("sandkit_guard", &m, 1234);
         assert!(
             s.contains("iifname \"br-123\" ip saddr 172.20.0.5 drop"),
             "{s}"
@@ -199,7 +199,7 @@ mod tests {
                     .allow_link_local(true),
             ),
         );
-        let s = script("sbx_guard", &m, 1234);
+        let s = script("sandkit_guard", &m, 1234);
         let allow = s.find("ip daddr 10.1.0.0/16 accept").expect("allow rule");
         let deny = s.find("ip daddr 0.0.0.0/0 drop").expect("deny rule");
         assert!(allow < deny, "{s}");

@@ -4,7 +4,7 @@
 //!
 //! A [`Layer`] sees each call as an [`Operation`] (backend, name, sandbox id, path, spec) and
 //! [`Next`], the same call on the layer below, which it runs once, runs again, or does not run.
-//! [`wrap`] puts one layer around a runtime; [`standard`] builds the stack every sbx program
+//! [`wrap`] puts one layer around a runtime; [`standard`] builds the stack every sandkit program
 //! uses (`runtime-config` builds it from the configuration):
 //!
 //! | layer | what it does |
@@ -245,7 +245,7 @@ pub fn wrap<L: Layer>(inner: Arc<dyn Runtime>, layer: L) -> Arc<dyn Runtime> {
     Arc::new(wrappers::LayeredRuntime::new(inner, Arc::new(layer)))
 }
 
-/// The stack every sbx program uses, from the inside out: [`ContextLayer`], `retry` (when
+/// The stack every sandkit program uses, from the inside out: [`ContextLayer`], `retry` (when
 /// given), [`CapabilityLayer`], [`TracingLayer`].
 pub fn standard(inner: Arc<dyn Runtime>, retry: Option<RetryLayer>) -> Arc<dyn Runtime> {
     let mut runtime = wrap(inner, ContextLayer);

@@ -430,9 +430,9 @@ fn every_operation_has_a_span_with_backend_operation_sandbox_and_path() {
     assert_eq!(
         *spans,
         [
-            "sbx backend=script op=create",
-            "sbx backend=script op=stat sandbox_id=sb-1 path=/w/a.txt",
-            "sbx backend=script op=set_timeout sandbox_id=sb-1",
+            "sandkit backend=script op=create",
+            "sandkit backend=script op=stat sandbox_id=sb-1 path=/w/a.txt",
+            "sandkit backend=script op=set_timeout sandbox_id=sb-1",
         ]
     );
 }

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use super::{Layer, Next, Operation};
 use crate::Result;
 
-/// Runs every operation in an `info` span named `sbx` with fields `backend`, `op`, and
+/// Runs every operation in an `info` span named `sandkit` with fields `backend`, `op`, and
 /// `sandbox_id` and `path` where the operation has them; a failure is logged at `debug` in it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingLayer;
@@ -19,7 +19,7 @@ impl Layer for TracingLayer {
         next: Next<'a, T>,
     ) -> BoxFuture<'a, Result<T>> {
         let span = tracing::info_span!(
-            "sbx",
+            "sandkit",
             backend = op.backend(),
             op = op.name(),
             sandbox_id = tracing::field::Empty,

@@ -2,22 +2,22 @@
 
 use std::path::PathBuf;
 
-/// The static agent binary: `SBX_AGENT_BIN`, else what `cargo xtask agent` built in this
+/// The static agent binary: `SANDKIT_AGENT_BIN`, else what `cargo xtask agent` built in this
 /// workspace.
 pub fn agent_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SBX_AGENT_BIN").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os("SANDKIT_AGENT_BIN").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/x86_64-unknown-linux-gnu/release/sbx-agent");
+        .join("../../target/x86_64-unknown-linux-gnu/release/sandkit-agent");
     built.exists().then_some(built)
 }
 
 /// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine
-/// or the agent binary, unless `SBX_REQUIRE_DOCKER=1`.
+/// or the agent binary, unless `SANDKIT_REQUIRE_DOCKER=1`.
 pub async fn kept() -> Option<runtime_docker::DockerRuntime> {
     let bin = runtime_conformance::or_skip(
-        agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SBX_AGENT_BIN"),
+        agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SANDKIT_AGENT_BIN"),
     )?;
     runtime_conformance::or_skip(
         runtime_docker::DockerRuntime::builder()
