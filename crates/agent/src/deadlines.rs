@@ -131,7 +131,8 @@ mod tests {
 
     #[test]
     fn requests_and_answers() {
-        let dir = std::env::temp_dir().join(format!("sandkit-deadlines-test-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sandkit-deadlines-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(answer(&dir, "get abc"), "none");
         assert_eq!(answer(&dir, "set abc 1700000000"), "ok");

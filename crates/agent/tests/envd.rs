@@ -51,7 +51,10 @@ fn main() -> ExitCode {
         metadata_kept_read_back_and_replaced,
     );
     let static_bin = std::env::var("SANDKIT_AGENT_BIN").ok();
-    for (label, image) in [("mini", "sandkit-mini:latest"), ("base", "sandkit-base:bookworm")] {
+    for (label, image) in [
+        ("mini", "sandkit-mini:latest"),
+        ("base", "sandkit-base:bookworm"),
+    ] {
         let bin = static_bin.clone();
         suite.add_trial(
             format!("agent_container::{label}_over_stdio"),

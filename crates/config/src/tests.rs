@@ -81,9 +81,12 @@ fn code_wins_over_env() {
 
 #[test]
 fn sandkit_prefixed_wins_over_familiar_names() {
-    let c = env(&[("SANDBOX_TIMEOUT", "44"), ("SANDKIT_SANDBOX__TIMEOUT", "66")])
-        .load()
-        .unwrap();
+    let c = env(&[
+        ("SANDBOX_TIMEOUT", "44"),
+        ("SANDKIT_SANDBOX__TIMEOUT", "66"),
+    ])
+    .load()
+    .unwrap();
     assert_eq!(c.sandbox.timeout, 66);
     assert_eq!(
         c.source_of("sandbox.timeout"),

@@ -328,7 +328,9 @@ async fn survives_set_u(c: Ctx) -> CaseResult {
     let r = run(&s, "set -u; echo $SANDKIT_NOT_SET_ANYWHERE").await?;
     assert_ne!(r.exit_code, 0);
     assert_eq!(
-        run(&s, "echo ${SANDKIT_NOT_SET_ANYWHERE:-fine}").await?.output,
+        run(&s, "echo ${SANDKIT_NOT_SET_ANYWHERE:-fine}")
+            .await?
+            .output,
         "fine\n"
     );
     s.close().await

@@ -290,7 +290,9 @@ async fn kill_twice_is_not_found(c: Ctx) -> CaseResult {
 }
 
 async fn spec_env_reaches_commands(c: Ctx) -> CaseResult {
-    let sb = c.create(c.spec().env("SANDKIT_SPEC_VAR", "from spec")).await?;
+    let sb = c
+        .create(c.spec().env("SANDKIT_SPEC_VAR", "from spec"))
+        .await?;
     let out = sb.exec_shell("echo \"$SANDKIT_SPEC_VAR\"").await?;
     assert_eq!(out.stdout_text(), "from spec\n");
     Ok(())

@@ -496,7 +496,10 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 async fn run_fs_case(case: Case<FsCtx>, harness: Arc<dyn FsHarness>) -> Result<(), Failed> {
     let root = harness.scratch_root();
-    let name = format!("sandkit-conf-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let name = format!(
+        "sandkit-conf-{:012x}",
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    );
     let dir = if root.is_empty() {
         name
     } else {
@@ -517,7 +520,10 @@ async fn run_fs_case(case: Case<FsCtx>, harness: Arc<dyn FsHarness>) -> Result<(
     cleanup.map_err(|e| Failed::from(format!("removing the case directory: {e}")))
 }
 
-async fn run_sandkit_case(case: Case<Arc<SandkitCtx>>, target: Arc<SandboxTarget>) -> Result<(), Failed> {
+async fn run_sandkit_case(
+    case: Case<Arc<SandkitCtx>>,
+    target: Arc<SandboxTarget>,
+) -> Result<(), Failed> {
     let ctx = Arc::new(SandkitCtx {
         target,
         made: Mutex::new(Vec::new()),

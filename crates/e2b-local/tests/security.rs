@@ -401,7 +401,11 @@ async fn tenants_cannot_reach_each_other() {
     assert_eq!(docker.info(&id).await.unwrap().state, SandboxState::Running);
 
     // A client cannot claim the server's own metadata keys.
-    for key in ["sandkit.e2b.owner", "sandkit.e2b.server", "sandkit.e2b.template"] {
+    for key in [
+        "sandkit.e2b.owner",
+        "sandkit.e2b.server",
+        "sandkit.e2b.template",
+    ] {
         let r = http
             .post(format!("http://{}/sandboxes", b.api))
             .header("x-api-key", &b.key)

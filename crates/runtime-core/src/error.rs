@@ -93,7 +93,8 @@ pub struct Error {
     operation: Option<&'static str>,
     context: Vec<(&'static str, String)>,
     retryable: bool,
-    retry_after: Option<std::time::Duration>,
+    /// Milliseconds (kept small: the error travels in every `Result`).
+    retry_after_ms: Option<u32>,
     output: Option<Box<ExecOutput>>,
     source: Option<Source>,
 }
@@ -108,7 +109,7 @@ impl Error {
             operation: None,
             context: Vec::new(),
             retryable: kind.is_retryable_by_default(),
-            retry_after: None,
+            retry_after_ms: None,
             output: None,
             source: None,
         }
@@ -152,7 +153,7 @@ impl Error {
     /// `Retry-After`). The [`RetryLayer`](crate::layer::RetryLayer) waits that long instead of
     /// its own backoff.
     pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
-        self.retry_after = Some(wait);
+        self.retry_after_ms = Some(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX));
         self
     }
 
@@ -209,7 +210,8 @@ impl Error {
 
     /// How long the backend asked to wait before trying again, if it said.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
-        self.retry_after
+        self.retry_after_ms
+            .map(|ms| std::time::Duration::from_millis(ms.into()))
     }
 
     /// The output produced before the failure, for command timeouts.
@@ -253,7 +255,7 @@ impl fmt::Debug for Error {
             .field("operation", &self.operation)
             .field("context", &self.context)
             .field("retryable", &self.retryable)
-            .field("retry_after", &self.retry_after);
+            .field("retry_after", &self.retry_after());
         if let Some(output) = &self.output {
             d.field("output", output);
         }

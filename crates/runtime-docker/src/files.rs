@@ -12,7 +12,7 @@ use bollard::container::DownloadFromContainerOptions;
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use runtime_core::raw::sort_entries;
 use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
 use runtime_filestore::{clean_absolute, join, parent};
@@ -305,14 +305,10 @@ impl DockerFiles {
                     path: path.to_string(),
                 }),
             )
-            .map_err(move |e| e)
             .boxed();
         let mut reader = TarReader::new(stream);
         let entry = reader.next_entry().await.map_err(|e| match e {
-            TarError::Engine(e) => {
-                let e = map(e, "read", "file");
-                e
-            }
+            TarError::Engine(e) => map(e, "read", "file"),
             TarError::Format(m) => err(ErrorKind::Unexpected, "read", m),
         })?;
         Ok((entry, reader))

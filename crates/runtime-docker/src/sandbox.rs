@@ -17,8 +17,7 @@ use crate::template::TemplateInfo;
 
 /// Replaces `/.sandkit/deadline` whole (a reader never sees it empty), for sandboxes that keep their
 /// own deadline.
-const SET_DEADLINE: &str =
-    r#"printf '%s\n' "$1" > /.sandkit/deadline.new && mv -f /.sandkit/deadline.new /.sandkit/deadline"#;
+const SET_DEADLINE: &str = r#"printf '%s\n' "$1" > /.sandkit/deadline.new && mv -f /.sandkit/deadline.new /.sandkit/deadline"#;
 
 /// The most the host reads of a deadline file the sandbox can write.
 const DEADLINE_BYTES: usize = 32;

@@ -78,7 +78,9 @@ fn start_engine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn engine_stopped_and_started_under_running_calls() {
     if std::env::var("SANDKIT_TEST_ENGINE_RESTART").as_deref() != Ok("1") {
-        eprintln!("set SANDKIT_TEST_ENGINE_RESTART=1 (as root) to stop and start the engine: skipped");
+        eprintln!(
+            "set SANDKIT_TEST_ENGINE_RESTART=1 (as root) to stop and start the engine: skipped"
+        );
         return;
     }
     let rt = DockerRuntime::builder()

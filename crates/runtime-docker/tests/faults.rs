@@ -181,7 +181,10 @@ async fn a_hundred_sandboxes_at_once() {
     let made = futures_util::stream::iter(0..100)
         .map(|_| {
             let rt = rt.clone();
-            async move { rt.create(spec("hundred").template("sandkit-mini:latest")).await }
+            async move {
+                rt.create(spec("hundred").template("sandkit-mini:latest"))
+                    .await
+            }
         })
         .buffer_unordered(10)
         .collect::<Vec<_>>()

@@ -1,5 +1,5 @@
 //! Layers: behaviour written once and wrapped around every operation of a [`Runtime`] and of
-//! everything it hands out — its [`Sandbox`]es, their [`FileStore`]s and their [`Process`]es —
+//! everything it hands out — its [`Sandbox`](crate::Sandbox)es, their [`FileStore`](crate::FileStore)s and their [`Process`](crate::Process)es —
 //! whatever the backend, as OpenDAL's layers wrap its storage services.
 //!
 //! A [`Layer`] sees each call as an [`Operation`] (backend, name, sandbox id, path, spec) and
