@@ -110,11 +110,21 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The runtime as programs get it from `Config::runtime`: the backend inside the standard
+/// layers (error context, retries, capability checks, tracing), so the rows count their cost.
+fn layered(docker: &DockerRuntime) -> Arc<dyn Runtime> {
+    runtime_core::layer::standard(
+        Arc::new(docker.clone()),
+        Some(runtime_core::layer::RetryLayer::default()),
+    )
+}
+
 fn spec() -> SandboxSpec {
     SandboxSpec::new().template(IMAGE).metadata(LABEL, "1")
 }
 
 async fn round_trip(docker: &DockerRuntime, n: usize, under: &str) -> Res<Row> {
+    let docker = layered(docker);
     let sb = docker.create(spec()).await?;
     let container = format!("sandkit-{}", sb.id());
     let (mut ours, mut peer) = (Series::new(), Series::new());
@@ -144,6 +154,7 @@ async fn round_trip(docker: &DockerRuntime, n: usize, under: &str) -> Res<Row> {
 }
 
 async fn lifecycle(docker: &DockerRuntime, n: usize, run_args: &[&str], under: &str) -> Res<Row> {
+    let docker = layered(docker);
     let (mut ours, mut peer) = (Series::new(), Series::new());
     for _ in 0..n {
         let t = Instant::now();
@@ -170,6 +181,7 @@ async fn lifecycle(docker: &DockerRuntime, n: usize, run_args: &[&str], under: &
 }
 
 async fn files(docker: &DockerRuntime, n: usize, under: &str) -> Res<(Row, Row)> {
+    let docker = layered(docker);
     let sb = docker.create(spec()).await?;
     let container = format!("sandkit-{}", sb.id());
     let data = Bytes::from(

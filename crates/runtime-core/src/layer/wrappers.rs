@@ -118,7 +118,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let op = self.op("delete_snapshot").with_path(id);
+        let op = self.op("delete_snapshot");
         let inner = &self.inner;
         through(&*self.layer, &op, &|| inner.delete_snapshot(id)).await
     }
@@ -128,7 +128,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
         name: &str,
         metadata: BTreeMap<String, String>,
     ) -> Result<Volume> {
-        let op = self.op("create_volume").with_path(name);
+        let op = self.op("create_volume");
         let inner = &self.inner;
         through(&*self.layer, &op, &|| {
             inner.create_volume(name, metadata.clone())
@@ -143,7 +143,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     }
 
     async fn remove_volume(&self, name: &str) -> Result<()> {
-        let op = self.op("remove_volume").with_path(name);
+        let op = self.op("remove_volume");
         let inner = &self.inner;
         through(&*self.layer, &op, &|| inner.remove_volume(name)).await
     }
