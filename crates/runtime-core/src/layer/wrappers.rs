@@ -18,13 +18,15 @@ use crate::{
     Runtime, Sandbox, SandboxInfo, SandboxSpec, Signal, Snapshot, Volume,
 };
 
-/// Runs `call` through `layer` as `op`.
-async fn through<'a, L: Layer, T: Send + 'a>(
+/// Runs `call` on `inner`, the object below, through `layer` as `op`.
+async fn through<'a, L: Layer, I: ?Sized + Sync, T: Send + 'a>(
     layer: &'a L,
     op: &'a Operation<'a>,
-    call: &'a (dyn Fn() -> BoxFuture<'a, Result<T>> + Send + Sync + 'a),
+    inner: &'a I,
+    call: impl Fn(&'a I) -> BoxFuture<'a, Result<T>> + Send + Sync + 'a,
 ) -> Result<T> {
-    layer.call(op, Next::new(call)).await
+    let call = || call(inner);
+    layer.call(op, Next::new(&call)).await
 }
 
 /// Takes a value a call consumes, for calls that run once (see [`Operation::repeatable`]).
@@ -78,34 +80,44 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
         let op = self.op("create").with_spec(&spec);
-        let inner = &self.inner;
-        let made = through(&*self.layer, &op, &|| inner.create(spec.clone())).await?;
+        let made = through(&*self.layer, &op, &*self.inner, |inner| {
+            inner.create(spec.clone())
+        })
+        .await?;
         Ok(self.sandbox(made))
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
         let op = self.op("connect").with_sandbox(id);
-        let inner = &self.inner;
-        let sandbox = through(&*self.layer, &op, &|| inner.connect(id)).await?;
+        let sandbox = through(&*self.layer, &op, &*self.inner, |inner| inner.connect(id)).await?;
         Ok(self.sandbox(sandbox))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {
-        let op = self.op("list");
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.list(filter)).await
+        through(&*self.layer, &self.op("list"), &*self.inner, |inner| {
+            inner.list(filter)
+        })
+        .await
     }
 
     async fn info(&self, id: &str) -> Result<SandboxInfo> {
-        let op = self.op("info").with_sandbox(id);
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.info(id)).await
+        through(
+            &*self.layer,
+            &self.op("info").with_sandbox(id),
+            &*self.inner,
+            |inner| inner.info(id),
+        )
+        .await
     }
 
     async fn kill(&self, id: &str) -> Result<()> {
-        let op = self.op("kill").with_sandbox(id);
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.kill(id)).await
+        through(
+            &*self.layer,
+            &self.op("kill").with_sandbox(id),
+            &*self.inner,
+            |inner| inner.kill(id),
+        )
+        .await
     }
 
     async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<Snapshot>> {
@@ -113,14 +125,20 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
         if let Some(id) = sandbox_id {
             op = op.with_sandbox(id);
         }
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.snapshots(sandbox_id)).await
+        through(&*self.layer, &op, &*self.inner, |inner| {
+            inner.snapshots(sandbox_id)
+        })
+        .await
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let op = self.op("delete_snapshot");
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.delete_snapshot(id)).await
+        through(
+            &*self.layer,
+            &self.op("delete_snapshot"),
+            &*self.inner,
+            |inner| inner.delete_snapshot(id),
+        )
+        .await
     }
 
     async fn create_volume(
@@ -128,24 +146,30 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
         name: &str,
         metadata: BTreeMap<String, String>,
     ) -> Result<Volume> {
-        let op = self.op("create_volume");
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| {
-            inner.create_volume(name, metadata.clone())
-        })
+        through(
+            &*self.layer,
+            &self.op("create_volume"),
+            &*self.inner,
+            |inner| inner.create_volume(name, metadata.clone()),
+        )
         .await
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>> {
-        let op = self.op("volumes");
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.volumes()).await
+        through(&*self.layer, &self.op("volumes"), &*self.inner, |inner| {
+            inner.volumes()
+        })
+        .await
     }
 
     async fn remove_volume(&self, name: &str) -> Result<()> {
-        let op = self.op("remove_volume");
-        let inner = &self.inner;
-        through(&*self.layer, &op, &|| inner.remove_volume(name)).await
+        through(
+            &*self.layer,
+            &self.op("remove_volume"),
+            &*self.inner,
+            |inner| inner.remove_volume(name),
+        )
+        .await
     }
 
     async fn shutdown(&self) {
@@ -246,15 +270,21 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
 
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
         let op = self.shared.op("spawn").with_command(&spec).once();
-        let inner = &self.inner;
-        let process = through(self.layer(), &op, &|| inner.spawn(spec.clone())).await?;
+        let process = through(self.layer(), &op, &*self.inner, |inner| {
+            inner.spawn(spec.clone())
+        })
+        .await?;
         Ok(layered_process(&self.shared, op, process))
     }
 
     async fn processes(&self) -> Result<Vec<ProcessInfo>> {
-        let op = self.shared.op("processes");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.processes()).await
+        through(
+            self.layer(),
+            &self.shared.op("processes"),
+            &*self.inner,
+            |inner| inner.processes(),
+        )
+        .await
     }
 
     fn files(&self) -> &dyn FileStore {
@@ -272,48 +302,71 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     }
 
     async fn info(&self) -> Result<SandboxInfo> {
-        let op = self.shared.op("info");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.info()).await
+        through(
+            self.layer(),
+            &self.shared.op("info"),
+            &*self.inner,
+            |inner| inner.info(),
+        )
+        .await
     }
 
     async fn set_timeout(&self, timeout: Duration) -> Result<()> {
-        let op = self.shared.op("set_timeout");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.set_timeout(timeout)).await
+        through(
+            self.layer(),
+            &self.shared.op("set_timeout"),
+            &*self.inner,
+            |inner| inner.set_timeout(timeout),
+        )
+        .await
     }
 
     async fn kill(&self) -> Result<()> {
-        let op = self.shared.op("kill");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.kill()).await
+        through(
+            self.layer(),
+            &self.shared.op("kill"),
+            &*self.inner,
+            |inner| inner.kill(),
+        )
+        .await
     }
 
     async fn pause(&self) -> Result<()> {
-        let op = self.shared.op("pause");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.pause()).await
+        through(
+            self.layer(),
+            &self.shared.op("pause"),
+            &*self.inner,
+            |inner| inner.pause(),
+        )
+        .await
     }
 
     async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
         let op = self.shared.op("watch").with_path(path);
-        let inner = &self.inner;
-        let events = through(self.layer(), &op, &|| inner.watch(path, recursive)).await?;
+        let events = through(self.layer(), &op, &*self.inner, |inner| {
+            inner.watch(path, recursive)
+        })
+        .await?;
         Ok(self.shared.stream(op, events))
     }
 
     async fn metrics(&self) -> Result<Metrics> {
-        let op = self.shared.op("metrics");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.metrics()).await
+        through(
+            self.layer(),
+            &self.shared.op("metrics"),
+            &*self.inner,
+            |inner| inner.metrics(),
+        )
+        .await
     }
 
     async fn set_network_policy(&self, policy: NetworkPolicy) -> Result<()> {
-        let op = self.shared.op("set_network_policy");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| {
-            inner.set_network_policy(policy.clone())
-        })
+        through(
+            self.layer(),
+            &self.shared.op("set_network_policy"),
+            &*self.inner,
+            |inner| inner.set_network_policy(policy.clone()),
+        )
         .await
     }
 
@@ -323,8 +376,10 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
             // Each call makes another snapshot.
             op = op.once();
         }
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.snapshot(name)).await
+        through(self.layer(), &op, &*self.inner, |inner| {
+            inner.snapshot(name)
+        })
+        .await
     }
 
     async fn fork(
@@ -333,8 +388,10 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
         timeout: Option<Duration>,
     ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
         let op = self.shared.op("fork").once();
-        let inner = &self.inner;
-        let copies = through(self.layer(), &op, &|| inner.fork(count, timeout)).await?;
+        let copies = through(self.layer(), &op, &*self.inner, |inner| {
+            inner.fork(count, timeout)
+        })
+        .await?;
         Ok(copies
             .into_iter()
             .map(|copy| match copy {
@@ -345,9 +402,13 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     }
 
     async fn host(&self, port: u16) -> Result<String> {
-        let op = self.shared.op("host");
-        let inner = &self.inner;
-        through(self.layer(), &op, &|| inner.host(port)).await
+        through(
+            self.layer(),
+            &self.shared.op("host"),
+            &*self.inner,
+            |inner| inner.host(port),
+        )
+        .await
     }
 }
 
@@ -368,30 +429,42 @@ impl<L: Layer> LayeredFiles<L> {
     fn layer(&self) -> &L {
         &self.shared.layer
     }
+
+    /// A write, with or without metadata: run once, since the stream is consumed.
+    async fn write(
+        &self,
+        path: &str,
+        content: ByteStream,
+        metadata: Option<&BTreeMap<String, String>>,
+    ) -> Result<()> {
+        let op = self.shared.op("write_stream").with_path(path).once();
+        let content = Mutex::new(Some(content));
+        through(self.layer(), &op, self.store(), |store| {
+            match take_once(&content, "write_stream") {
+                Ok(content) => match metadata {
+                    None => store.write_stream(path, content),
+                    Some(metadata) => store.write_stream_with_metadata(path, content, metadata),
+                },
+                Err(e) => futures_util::future::ready(Err(e)).boxed(),
+            }
+        })
+        .await
+    }
 }
 
 #[async_trait]
 impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn read_stream(&self, path: &str) -> Result<ByteStream> {
         let op = self.shared.op("read_stream").with_path(path);
-        let store = self.store();
-        let stream = through(self.layer(), &op, &|| store.read_stream(path)).await?;
+        let stream = through(self.layer(), &op, self.store(), |store| {
+            store.read_stream(path)
+        })
+        .await?;
         Ok(self.shared.stream(op, stream))
     }
 
     async fn write_stream(&self, path: &str, content: ByteStream) -> Result<()> {
-        let op = self.shared.op("write_stream").with_path(path).once();
-        let store = self.store();
-        let content = Mutex::new(Some(content));
-        through(
-            self.layer(),
-            &op,
-            &|| match take_once(&content, "write_stream") {
-                Ok(content) => store.write_stream(path, content),
-                Err(e) => futures_util::future::ready(Err(e)).boxed(),
-            },
-        )
-        .await
+        self.write(path, content, None).await
     }
 
     async fn write_stream_with_metadata(
@@ -400,48 +473,57 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
         content: ByteStream,
         metadata: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let op = self.shared.op("write_stream").with_path(path).once();
-        let store = self.store();
-        let content = Mutex::new(Some(content));
+        self.write(path, content, Some(metadata)).await
+    }
+
+    async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
         through(
             self.layer(),
-            &op,
-            &|| match take_once(&content, "write_stream") {
-                Ok(content) => store.write_stream_with_metadata(path, content, metadata),
-                Err(e) => futures_util::future::ready(Err(e)).boxed(),
-            },
+            &self.shared.op("list").with_path(path),
+            self.store(),
+            |store| store.list(path, depth),
         )
         .await
     }
 
-    async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
-        let op = self.shared.op("list").with_path(path);
-        let store = self.store();
-        through(self.layer(), &op, &|| store.list(path, depth)).await
-    }
-
     async fn stat(&self, path: &str) -> Result<EntryInfo> {
-        let op = self.shared.op("stat").with_path(path);
-        let store = self.store();
-        through(self.layer(), &op, &|| store.stat(path)).await
+        through(
+            self.layer(),
+            &self.shared.op("stat").with_path(path),
+            self.store(),
+            |store| store.stat(path),
+        )
+        .await
     }
 
     async fn mkdir(&self, path: &str) -> Result<()> {
-        let op = self.shared.op("mkdir").with_path(path);
-        let store = self.store();
-        through(self.layer(), &op, &|| store.mkdir(path)).await
+        through(
+            self.layer(),
+            &self.shared.op("mkdir").with_path(path),
+            self.store(),
+            |store| store.mkdir(path),
+        )
+        .await
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let op = self.shared.op("rename").with_path(from);
-        let store = self.store();
-        through(self.layer(), &op, &|| store.rename(from, to)).await
+        through(
+            self.layer(),
+            &self.shared.op("rename").with_path(from),
+            self.store(),
+            |store| store.rename(from, to),
+        )
+        .await
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
-        let op = self.shared.op("remove").with_path(path);
-        let store = self.store();
-        through(self.layer(), &op, &|| store.remove(path)).await
+        through(
+            self.layer(),
+            &self.shared.op("remove").with_path(path),
+            self.store(),
+            |store| store.remove(path),
+        )
+        .await
     }
 }
 
@@ -486,8 +568,7 @@ impl<L: Layer> ProcessControl for LayeredControl<L> {
     async fn write_stdin(&self, data: Bytes) -> Result<()> {
         // Written twice, the input would be read twice.
         let op = self.op("write_stdin").once();
-        let handle = &self.handle;
-        through(&*self.shared.layer, &op, &|| {
+        through(&*self.shared.layer, &op, &self.handle, |handle| {
             let data = data.clone();
             async move { handle.write_stdin(data).await }.boxed()
         })
@@ -495,29 +576,32 @@ impl<L: Layer> ProcessControl for LayeredControl<L> {
     }
 
     async fn close_stdin(&self) -> Result<()> {
-        let op = self.op("close_stdin");
-        let handle = &self.handle;
-        through(&*self.shared.layer, &op, &|| {
-            async move { handle.close_stdin().await }.boxed()
-        })
+        through(
+            &*self.shared.layer,
+            &self.op("close_stdin"),
+            &self.handle,
+            |handle| async move { handle.close_stdin().await }.boxed(),
+        )
         .await
     }
 
     async fn signal(&self, signal: Signal) -> Result<()> {
-        let op = self.op("signal");
-        let handle = &self.handle;
-        through(&*self.shared.layer, &op, &|| {
-            async move { handle.signal(signal).await }.boxed()
-        })
+        through(
+            &*self.shared.layer,
+            &self.op("signal"),
+            &self.handle,
+            |handle| async move { handle.signal(signal).await }.boxed(),
+        )
         .await
     }
 
     async fn resize(&self, size: PtySize) -> Result<()> {
-        let op = self.op("resize");
-        let handle = &self.handle;
-        through(&*self.shared.layer, &op, &|| {
-            async move { handle.resize(size.cols, size.rows).await }.boxed()
-        })
+        through(
+            &*self.shared.layer,
+            &self.op("resize"),
+            &self.handle,
+            |handle| async move { handle.resize(size.cols, size.rows).await }.boxed(),
+        )
         .await
     }
 }
