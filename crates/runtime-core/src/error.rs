@@ -21,7 +21,8 @@ pub enum ErrorKind {
     Unauthenticated,
     /// Credentials are fine but the operation is not allowed (or would escape a root).
     PermissionDenied,
-    /// A deadline passed. For commands, the error carries the output produced so far.
+    /// A deadline passed. For commands, the error carries the output produced so far. Not
+    /// retryable by default: the call may have taken effect before the deadline.
     Timeout,
     /// The backend cannot be reached or is not working right now.
     Unavailable,
@@ -55,10 +56,7 @@ impl ErrorKind {
 
     /// Whether trying again later can help, for errors of this kind by default.
     pub fn is_retryable_by_default(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Unavailable | ErrorKind::RateLimited | ErrorKind::Timeout
-        )
+        matches!(self, ErrorKind::Unavailable | ErrorKind::RateLimited)
     }
 }
 

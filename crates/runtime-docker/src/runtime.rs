@@ -1179,7 +1179,8 @@ impl DockerRuntime {
                 ..Default::default()
             };
             let name = l.container(&id);
-            self.docker
+            let made = self
+                .docker
                 .create_container(
                     Some(CreateContainerOptions {
                         name: name.clone(),
@@ -1187,8 +1188,23 @@ impl DockerRuntime {
                     }),
                     config,
                 )
-                .await
-                .map_err(|e| map(e, "create", "image").with_context("image", &image))?;
+                .await;
+            if let Err(e) = made {
+                // The engine may have made it before its answer was lost: nothing is left
+                // behind for a retried create to leak.
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &name,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            link: false,
+                        }),
+                    )
+                    .await;
+                return Err(map(e, "create", "image").with_context("image", &image));
+            }
             let started = async {
                 self.docker
                     .upload_to_container(
@@ -1570,6 +1586,8 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        // Also refused by the capability layer; here for this backend used on its own.
+        runtime_core::layer::check_spec(BACKEND, self.capabilities(), &spec)?;
         if let Some(sandbox) = self.take_pooled(&spec).await {
             debug!(sandbox_id = %sandbox.id(), "sandbox taken from the pool");
             return Ok(Box::new(sandbox));

@@ -190,7 +190,12 @@ impl Api {
         let body = response
             .bytes()
             .await
-            .map_err(|e| err(ErrorKind::Unavailable, op, "the answer was cut").with_source(e))?;
+            // The request was acted on: not run again.
+            .map_err(|e| {
+                err(ErrorKind::Unavailable, op, "the answer was cut")
+                    .with_retryable(false)
+                    .with_source(e)
+            })?;
         Ok(ApiResponse {
             status,
             next_token,
@@ -482,11 +487,14 @@ fn transport_error(e: reqwest::Error, op: &'static str, base: &str) -> Error {
     if e.is_timeout() {
         return err(ErrorKind::Timeout, op, "envd did not answer in time").with_source(e);
     }
+    // Only a connection never made is sure to have done nothing: anything later may have.
+    let retryable = e.is_connect();
     err(
         ErrorKind::Unavailable,
         op,
         format!("cannot reach envd at {base}"),
     )
+    .with_retryable(retryable)
     .with_source(e)
 }
 

@@ -320,6 +320,8 @@ impl Runtime for E2bRuntime {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        // Also refused by the capability layer; here for this backend used on its own.
+        runtime_core::layer::check_spec(BACKEND, self.capabilities(), &spec)?;
         let internet = match &spec.network {
             None | Some(NetworkMode::Bridge) => None,
             Some(NetworkMode::None) => Some(false),

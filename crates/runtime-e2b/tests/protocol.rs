@@ -397,3 +397,23 @@ async fn files_stream_over_http() {
         ErrorKind::NotFound
     );
 }
+
+/// Used on its own, without the layers, the backend still refuses what it cannot hold, before
+/// any request: a sandbox is never made more open than its spec asked.
+#[tokio::test]
+async fn the_backend_alone_refuses_what_it_cannot_hold() {
+    let rt = E2bRuntime::builder()
+        .api_key("e2b_test")
+        .api_url("http://127.0.0.1:9")
+        .build()
+        .unwrap();
+    for spec in [
+        SandboxSpec::new().mount(runtime_core::Mount::parse("/etc:/host-etc").unwrap()),
+        SandboxSpec::new().host("db", "10.0.0.9".parse().unwrap()),
+        SandboxSpec::new().resources(runtime_core::Resources::new().memory_mb(64)),
+    ] {
+        let e = rt.create(spec.clone()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{spec:?}: {e}");
+        assert!(e.message().contains("Capabilities::"), "{e}");
+    }
+}

@@ -121,12 +121,7 @@ impl Runtime for LocalRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::none();
-        caps.pty = true;
-        caps.host_ports = true;
-        caps.watch = true;
-        caps.metrics = true;
-        caps
+        capabilities()
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
@@ -219,6 +214,16 @@ pub struct LocalSandbox {
     files: LocalFiles,
 }
 
+/// What this backend can do beyond the core contract.
+fn capabilities() -> Capabilities {
+    let mut caps = Capabilities::none();
+    caps.pty = true;
+    caps.host_ports = true;
+    caps.watch = true;
+    caps.metrics = true;
+    caps
+}
+
 impl LocalSandbox {
     /// This machine as one sandbox with no time to live, for a program that serves it (the
     /// agent inside a container): `spec`'s env, cwd and user are the defaults of its commands.
@@ -236,8 +241,9 @@ impl LocalSandbox {
                 "use templates (leave the template unset, or 'local')",
             ));
         }
-        // Mounts, limits, network policies, hosts entries and auto-pause are refused by the
-        // capability layer (Capabilities); no network at all cannot be held here either.
+        // Mounts, limits, network policies, hosts entries, auto-pause: what Capabilities lack.
+        runtime_core::layer::check_spec(BACKEND, capabilities(), &spec)?;
+        // No network at all cannot be held here either.
         if spec.network.is_some() {
             return Err(unsupported("change the network"));
         }
@@ -393,7 +399,8 @@ mod tests {
     /// entries silently ignored would leave the sandbox more open than asked.
     #[tokio::test]
     async fn network_rules_are_refused() {
-        let rt = runtime_core::layer::standard(Arc::new(LocalRuntime::new()), None);
+        // The backend alone, without the layers, refuses them too.
+        let rt = LocalRuntime::new();
         for spec in [
             SandboxSpec::new().network_policy(
                 runtime_core::NetworkPolicy::new().deny_out([runtime_core::ALL_TRAFFIC]),

@@ -5,7 +5,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::{Layer, Next, Operation};
-use crate::{Capabilities, Error, ErrorKind, NetworkMode, Result};
+use crate::{Capabilities, Error, ErrorKind, NetworkMode, Result, SandboxSpec};
 
 /// Checks each call against the backend's [`Capabilities`] before the backend sees it:
 ///
@@ -21,41 +21,47 @@ use crate::{Capabilities, Error, ErrorKind, NetworkMode, Result};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CapabilityLayer;
 
+/// What `spec` asks of a backend that `caps` lacks, as (what, capability).
+fn spec_lacks(spec: &SandboxSpec, caps: Capabilities) -> Option<(&'static str, &'static str)> {
+    let r = &spec.resources;
+    let checks = [
+        (!spec.mounts.is_empty() && !caps.mounts, "mounts", "mounts"),
+        (
+            (r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some())
+                && !caps.resource_limits,
+            "resource limits (cpus, memory_mb, pids, gpus)",
+            "resource_limits",
+        ),
+        (
+            matches!(
+                &spec.network,
+                Some(NetworkMode::Host | NetworkMode::Named(_))
+            ) && !caps.network_modes,
+            "a network mode other than bridge or none",
+            "network_modes",
+        ),
+        (
+            spec.network_policy.is_some() && !caps.network_policy,
+            "a network policy",
+            "network_policy",
+        ),
+        (
+            !spec.hosts.is_empty() && !caps.hosts,
+            "fixed hosts entries",
+            "hosts",
+        ),
+        (spec.auto_pause && !caps.pause, "auto-pause", "pause"),
+    ];
+    checks
+        .into_iter()
+        .find(|(lacks, _, _)| *lacks)
+        .map(|(_, what, cap)| (what, cap))
+}
+
 /// What `op` asks of the backend that `caps` lacks, as (what, capability).
 fn missing(op: &Operation<'_>, caps: Capabilities) -> Option<(&'static str, &'static str)> {
-    if let Some(spec) = op.spec() {
-        let r = &spec.resources;
-        let checks = [
-            (!spec.mounts.is_empty() && !caps.mounts, "mounts", "mounts"),
-            (
-                (r.cpus.is_some() || r.memory_mb.is_some() || r.pids.is_some() || r.gpus.is_some())
-                    && !caps.resource_limits,
-                "resource limits (cpus, memory_mb, pids, gpus)",
-                "resource_limits",
-            ),
-            (
-                matches!(
-                    &spec.network,
-                    Some(NetworkMode::Host | NetworkMode::Named(_))
-                ) && !caps.network_modes,
-                "a network mode other than bridge or none",
-                "network_modes",
-            ),
-            (
-                spec.network_policy.is_some() && !caps.network_policy,
-                "a network policy",
-                "network_policy",
-            ),
-            (
-                !spec.hosts.is_empty() && !caps.hosts,
-                "fixed hosts entries",
-                "hosts",
-            ),
-            (spec.auto_pause && !caps.pause, "auto-pause", "pause"),
-        ];
-        if let Some((_, what, cap)) = checks.into_iter().find(|(lacks, _, _)| *lacks) {
-            return Some((what, cap));
-        }
+    if let Some(lacks) = op.spec().and_then(|spec| spec_lacks(spec, caps)) {
+        return Some(lacks);
     }
     if op.command().is_some_and(|c| c.pty.is_some()) && !caps.pty {
         return Some(("commands on a pseudo-terminal", "pty"));
@@ -72,6 +78,42 @@ fn missing(op: &Operation<'_>, caps: Capabilities) -> Option<(&'static str, &'st
     (!has).then_some((op.name(), cap))
 }
 
+/// The refusal of `what`, which needs `capability`.
+fn refusal(backend: &'static str, operation: &'static str, what: &str, capability: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "the {backend} backend cannot do {what} (Capabilities::{capability} is false); \
+             leave it out, or choose a backend that can"
+        ),
+    )
+    .with_backend(backend)
+    .with_operation(operation)
+}
+
+/// Refuses a spec that asks for what `capabilities` lack, as [`CapabilityLayer`] does. Backends
+/// call it too at the start of `create`, so that one used without the layers never makes a
+/// sandbox more open than its spec asked (a network policy or mounts silently dropped).
+///
+/// ```
+/// use runtime_core::{layer::check_spec, Capabilities, ErrorKind, SandboxSpec};
+///
+/// let spec = SandboxSpec::new().host("db", "10.0.0.9".parse().unwrap());
+/// let e = check_spec("mine", Capabilities::none(), &spec).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Unsupported);
+/// assert!(check_spec("mine", Capabilities::all(), &spec).is_ok());
+/// ```
+pub fn check_spec(
+    backend: &'static str,
+    capabilities: Capabilities,
+    spec: &SandboxSpec,
+) -> Result<()> {
+    match spec_lacks(spec, capabilities) {
+        None => Ok(()),
+        Some((what, capability)) => Err(refusal(backend, "create", what, capability)),
+    }
+}
+
 impl Layer for CapabilityLayer {
     fn call<'a, T: Send + 'a>(
         &'a self,
@@ -81,16 +123,7 @@ impl Layer for CapabilityLayer {
         match missing(op, op.capabilities()) {
             None => next.run(),
             Some((what, capability)) => {
-                let backend = op.backend();
-                let mut error = Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "the {backend} backend cannot do {what} (Capabilities::{capability} is \
-                         false); leave it out, or choose a backend that can"
-                    ),
-                )
-                .with_backend(backend)
-                .with_operation(op.name());
+                let mut error = refusal(op.backend(), op.name(), what, capability);
                 if let Some(id) = op.sandbox_id() {
                     error = error.with_context("sandbox_id", id);
                 }

@@ -66,7 +66,7 @@ use futures_util::future::BoxFuture;
 
 use crate::{Capabilities, CommandSpec, Error, Result, Runtime, SandboxSpec};
 
-pub use capability::CapabilityLayer;
+pub use capability::{check_spec, CapabilityLayer};
 pub use context::ContextLayer;
 pub use retry::RetryLayer;
 pub use trace::TracingLayer;

@@ -286,6 +286,14 @@ async fn retryable_failures_are_tried_again_and_others_are_not() {
     )]);
     sandbox.files().mkdir("/ro/x").await.unwrap_err();
     assert_eq!(script.count("mkdir"), 1);
+
+    // Nor a deadline that passed: the call may have taken effect.
+    script.fail_next([Error::new(ErrorKind::Timeout, "no answer in time")]);
+    sandbox
+        .set_timeout(Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(script.count("set_timeout"), 1);
 }
 
 #[tokio::test]
