@@ -308,7 +308,10 @@ async fn spec_cwd_is_the_default_cwd(c: Ctx) -> CaseResult {
 }
 
 async fn set_timeout_extends_then_expires(c: Ctx) -> CaseResult {
-    let sb = c.create(c.spec().timeout(Duration::from_secs(4))).await?;
+    // The short deadline is set once the sandbox is made: under load, making it can take
+    // longer than 4 s, and a sandbox gone before create returns tests nothing.
+    let sb = c.create(c.spec()).await?;
+    sb.set_timeout(Duration::from_secs(4)).await?;
     sb.set_timeout(Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(

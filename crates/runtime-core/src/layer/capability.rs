@@ -83,8 +83,8 @@ fn refusal(backend: &'static str, operation: &'static str, what: &str, capabilit
     Error::new(
         ErrorKind::Unsupported,
         format!(
-            "the {backend} backend cannot do {what} (Capabilities::{capability} is false); \
-             leave it out, or choose a backend that can"
+            "the {backend} backend, as configured, cannot do {what} (Capabilities::{capability} \
+             is false); leave it out, or configure or choose a backend that can"
         ),
     )
     .with_backend(backend)
