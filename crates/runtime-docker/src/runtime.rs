@@ -1192,17 +1192,7 @@ impl DockerRuntime {
             if let Err(e) = made {
                 // The engine may have made it before its answer was lost: nothing is left
                 // behind for a retried create to leak.
-                let _ = self
-                    .docker
-                    .remove_container(
-                        &name,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            link: false,
-                        }),
-                    )
-                    .await;
+                self.remove_half_made(&name).await;
                 return Err(map(e, "create", "image").with_context("image", &image));
             }
             let started = async {
@@ -1266,18 +1256,7 @@ impl DockerRuntime {
                     Ok(sandbox)
                 }
                 Err(e) => {
-                    // Nothing half-made is left behind.
-                    let _ = self
-                        .docker
-                        .remove_container(
-                            &name,
-                            Some(RemoveContainerOptions {
-                                force: true,
-                                v: true,
-                                link: false,
-                            }),
-                        )
-                        .await;
+                    self.remove_half_made(&name).await;
                     Err(e)
                 }
             }
@@ -1450,6 +1429,22 @@ impl DockerRuntime {
             }) => Ok(()),
             Err(e) => Err(map(e, "kill", "sandbox")),
         }
+    }
+
+    /// Removes a container a failed create may have left, with its anonymous volumes; best
+    /// effort (the failure being reported is the create's).
+    async fn remove_half_made(&self, name: &str) {
+        let _ = self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                }),
+            )
+            .await;
     }
 
     /// Makes [`ISOLATED_NETWORK`] if it is missing: a bridge network with traffic between its
