@@ -182,3 +182,20 @@ def test_tags_assigned_listed_and_removed(server):
     finally:
         api(server, "DELETE", f"/templates/{tpl}")
     assert not Template.exists(f"{tpl}:v1")
+
+
+def test_the_operators_own_images_do_not_boot(server):
+    """A tenant names an image that is on the engine but not allowed (an operator's image):
+    neither a sandbox nor a build starts from it."""
+    import subprocess
+    private = "sandkit-test-operator-only:" + uuid.uuid4().hex[:8]
+    subprocess.run(["docker", "tag", "sandkit-mini:latest", private], check=True)
+    try:
+        with pytest.raises(SandboxException) as raised:
+            Sandbox.create(template=private)
+        assert "--allow-image" in str(raised.value)
+        with pytest.raises(BuildException) as raised:
+            Template.build(Template().from_image(private).run_cmd("true"), name())
+        assert private in str(raised.value) and "--allow-image" in str(raised.value)
+    finally:
+        subprocess.run(["docker", "rmi", private], check=True, capture_output=True)

@@ -125,37 +125,39 @@ fn now() -> u64 {
 
 /// One pass: kills what expired; returns how many sandboxes of ours exist.
 fn round(engine: &Engine, o: &Options, now: u64) -> std::io::Result<usize> {
-    let filter = format!(r#"{{"label":["{p}.id","{p}.ttl=keeper"]}}"#, p = o.prefix);
-    let list = engine.get_json(&format!(
-        "/containers/json?all=1&filters={}",
-        encode(&filter)
-    ))?;
-    let containers = list.as_array().cloned().unwrap_or_default();
+    let containers = engine.sandboxes(&[
+        format!("{}.id", o.prefix),
+        format!("{}.ttl=keeper", o.prefix),
+    ])?;
     let id_label = format!("{}.id", o.prefix);
     let mut alive = HashSet::new();
     for c in &containers {
-        let labels = &c["Labels"];
-        let Some(id) = labels[&id_label].as_str() else {
+        let labels = &c.labels;
+        let Some(id) = labels.get(&id_label) else {
             continue;
         };
         alive.insert(id.to_string());
-        if c["State"].as_str() != Some("running") {
+        if c.state != "running" {
             continue;
         }
         // A file that cannot be read now is no reason to fall back to the deadline set at
         // create: the sandbox waits for the next round.
         let deadline = match read_deadline(&o.state, id) {
             Ok(Some(secs)) => Some(secs),
-            Ok(None) => labels[format!("{}.deadline", o.prefix)]
-                .as_str()
+            Ok(None) => labels
+                .get(&format!("{}.deadline", o.prefix))
                 .and_then(|d| d.parse().ok()),
             Err(()) => None,
         };
         let Some(deadline) = deadline else { continue };
         if now >= deadline {
-            let container = c["Id"].as_str().unwrap_or_default();
+            let container = &c.id;
             // Auto-pause: paused, not killed; resuming it writes a new deadline first.
-            if labels[format!("{}.on_deadline", o.prefix)].as_str() == Some("pause") {
+            if labels
+                .get(&format!("{}.on_deadline", o.prefix))
+                .map(String::as_str)
+                == Some("pause")
+            {
                 match engine.call("POST", &format!("/containers/{container}/pause")) {
                     Ok((s, _)) if s < 300 || s == 404 || s == 409 => {
                         eprintln!("sandkit-agent keeper: sandbox {id} reached its deadline; paused")

@@ -153,17 +153,25 @@ async fn start_agent(
     if let Some(c) = &spec.cwd {
         cmd.args(["--cwd", c]);
     }
-    if euid() == 0 {
-        // SAFETY: only system calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if runtime_conformance::private_scratch() {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+    let root = euid() == 0;
+    // SAFETY: only system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Started the way a non-interactive shell's background job starts it (CI runners,
+            // supervisors, `nohup`): SIGINT and SIGQUIT ignored, SIGINT blocked besides. The
+            // suite's interrupt cases (`C-c` in a session, `Signal::Interrupt`) must still
+            // stop commands.
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            let mut blocked: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut blocked);
+            libc::sigaddset(&mut blocked, libc::SIGINT);
+            libc::sigprocmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+            if root && !runtime_conformance::private_scratch() {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     cmd.env("SANDKIT_AGENT_TOKEN", token)
         .env("HOME", home)

@@ -40,15 +40,24 @@ pub struct ServeArgs {
     /// (repeatable). Requests naming any other host are refused (DNS rebinding).
     #[arg(long = "allowed-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
+    /// An engine image clients may start sandboxes and template builds from (repeatable; a
+    /// trailing `*` matches by prefix). Replaces the default, which is the images sandkit
+    /// builds (`sandkit-base:*`, `sandkit-mini:*`); any other image is not found.
+    #[arg(long = "allow-image", value_name = "IMAGE")]
+    pub allowed_images: Vec<String>,
     /// Leave the sandboxes running when the server stops.
     #[arg(long)]
     pub keep_sandboxes: bool,
     /// Longest sandbox time to live a client may ask for, in hours.
     #[arg(long, default_value_t = 24)]
     pub max_timeout_hours: u64,
-    /// Open connections per listener; more are closed at once.
+    /// Open connections per listener. Past it, a new connection closes the oldest one that
+    /// never had an authenticated answer, or is refused when all have.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
+    /// Open connections per listener from one source address (same rule).
+    #[arg(long, default_value_t = Limits::default().max_connections_per_source)]
+    pub max_connections_per_source: usize,
     /// Seconds a client may take to send a request's headers (and an idle HTTP/1 connection
     /// is kept).
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
@@ -83,8 +92,14 @@ impl ServeArgs {
             debug: self.debug,
             allow_remote: self.allow_remote,
             allowed_hosts: self.allowed_hosts.clone(),
+            allowed_images: if self.allowed_images.is_empty() {
+                crate::state::default_allowed_images()
+            } else {
+                self.allowed_images.clone()
+            },
             limits: Limits {
                 max_connections: self.max_connections,
+                max_connections_per_source: self.max_connections_per_source,
                 header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
                 max_sandboxes: self.max_sandboxes,
                 creates_per_minute: self.creates_per_minute,

@@ -346,6 +346,22 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
             Err(e) => return from_error(&e, ""),
         }
     };
+    // Anything else names an engine image: only those the operator allows, so a tenant
+    // cannot boot the operator's own images.
+    if !snapshot
+        && built.is_none()
+        && req.template_id != "base"
+        && !state.image_allowed(&req.template_id)
+    {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "template '{}' not found: it is neither a template or snapshot of this key nor an \
+                 image this server allows (the operator adds images with --allow-image)",
+                req.template_id
+            ),
+        );
+    }
     let _admission = match state.admit_create().await {
         Ok(a) => a,
         Err((message, retry_after)) => return too_many(message, retry_after),

@@ -141,6 +141,8 @@ impl Server {
             envd.local_addr()?
         );
         let limits = self.state.config.limits.clone();
+        // Two listeners' connections, and room for the backend's own files and sockets.
+        listen::raise_open_file_limit(2 * limits.max_connections as u64 + 1024);
         let grace = std::time::Duration::from_secs(5);
         let api_task = tokio::spawn(listen::serve(
             api,

@@ -1,22 +1,162 @@
-//! Serving one listener with limits: a connection cap, a time limit on each request's headers
-//! (and on idle HTTP/1 connections), keepalive pings on HTTP/2, and a graceful stop.
+//! Serving one listener with limits: connection caps (in all and per source address), a time
+//! limit on each request's headers (and on idle HTTP/1 connections), keepalive pings on
+//! HTTP/2, and a graceful stop.
 //!
 //! axum's own `serve` has none of these; a client that opens connections and sends nothing
 //! would otherwise hold them for ever.
+//!
+//! **Floods.** A cap alone lets a stranger who holds enough silent connections lock everyone
+//! out. So a connection is *proven* once it has had a successful answer to a request other
+//! than `/health` (every other route answers success only to a client with credentials: an
+//! API key, an access token, a signed URL). When a cap is full, a new connection closes the
+//! oldest unproven connection (of its own source when the per-source cap is full) instead of
+//! being refused; it is refused only when every connection in the way is proven. Proven
+//! connections are never closed for a newcomer, so a flood of connections that never
+//! authenticate cannot push out a client that did.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::state::Limits;
+
+/// One open connection, as the caps see it.
+struct Entry {
+    peer: IpAddr,
+    opened: Instant,
+    proven: Arc<AtomicBool>,
+    close: CancellationToken,
+}
+
+/// The open connections of one listener.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    entries: HashMap<u64, Entry>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// What the caps say of a new connection.
+enum Admit {
+    /// Admitted as connection `id`.
+    Yes(u64, Arc<AtomicBool>, CancellationToken),
+    /// Refused: every connection in the way is proven.
+    No,
+}
+
+impl Open {
+    /// Admits a connection from `peer`, closing the oldest unproven one in the way if a cap
+    /// is full.
+    fn admit(&mut self, peer: IpAddr, limits: &Limits) -> Admit {
+        let from_peer = self.per_source.get(&peer).copied().unwrap_or(0);
+        let source_full = from_peer >= limits.max_connections_per_source.max(1);
+        let all_full = self.entries.len() >= limits.max_connections.max(1);
+        if source_full || all_full {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.proven.load(Ordering::Relaxed))
+                .filter(|(_, e)| !source_full || e.peer == peer)
+                .min_by_key(|(_, e)| e.opened)
+                .map(|(id, _)| *id);
+            match victim {
+                Some(id) => {
+                    if let Some(e) = self.remove(id) {
+                        e.close.cancel();
+                    }
+                }
+                None => return Admit::No,
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let (proven, close) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
+        self.entries.insert(
+            id,
+            Entry {
+                peer,
+                opened: Instant::now(),
+                proven: proven.clone(),
+                close: close.clone(),
+            },
+        );
+        *self.per_source.entry(peer).or_default() += 1;
+        Admit::Yes(id, proven, close)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.entries.remove(&id)?;
+        if let Some(n) = self.per_source.get_mut(&e.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&e.peer);
+            }
+        }
+        Some(e)
+    }
+}
+
+/// Takes a connection out of the table when its task ends, however it ends.
+struct Leave {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.open.lock().expect("open connections").remove(self.id);
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit, so that the connection
+/// caps, not the file table, decide who is served. Says so when the hard limit is below what
+/// the caps need.
+pub(crate) fn raise_open_file_limit(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                debug!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open-file limit"
+                );
+                limit = raised;
+            }
+        }
+    }
+    if (limit.rlim_cur as u64) < needed {
+        warn!(
+            open_files = limit.rlim_cur as u64,
+            needed,
+            "the open-file limit is below what the connection caps allow: past it, new \
+             connections fail to be accepted; raise it (ulimit -n) or lower --max-connections"
+        );
+    }
+}
 
 /// Serves `router` on `listener` until `stop` turns true, then lets open requests finish for
 /// up to `grace`.
@@ -27,7 +167,7 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open = Arc::new(Mutex::new(Open::default()));
     let mut connections = JoinSet::new();
     let mut refused: u64 = 0;
     loop {
@@ -46,14 +186,19 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let admitted = open
+            .lock()
+            .expect("open connections")
+            .admit(peer.ip(), &limits);
+        let Admit::Yes(id, proven, close) = admitted else {
             refused += 1;
             if refused.is_power_of_two() {
                 warn!(
                     %peer,
                     refused,
                     max = limits.max_connections,
-                    "connection cap reached; refusing connections"
+                    max_per_source = limits.max_connections_per_source,
+                    "connection caps reached with every connection proven; refusing connections"
                 );
             }
             drop(stream);
@@ -64,16 +209,34 @@ pub(crate) async fn serve(
             // a frame back until the previous one is acknowledged (~40 ms).
             debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
+        let leave = Leave {
+            open: open.clone(),
+            id,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: axum::extract::Request<_>| {
+            let health = request.uri().path() == "/health";
+            let (router, proven) = (router.clone(), proven.clone());
+            async move {
+                let response = router.oneshot(request.map(axum::body::Body::new)).await?;
+                if !health && response.status().is_success() {
+                    proven.store(true, Ordering::Relaxed);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
         let mut stop = stop.clone();
         let header_timeout = limits.header_timeout;
         connections.spawn(async move {
-            let _permit = permit;
+            let _leave = leave;
             // A client says something at once; one that says nothing is not kept.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            tokio::select! {
+                said = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => match said {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                _ = close.cancelled() => return,
             }
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -94,6 +257,8 @@ pub(crate) async fn serve(
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
+                // Pushed out by a newcomer while unproven: it never had an answer worth keeping.
+                _ = close.cancelled() => {}
                 _ = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
@@ -113,4 +278,49 @@ pub(crate) async fn serve(
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(all: usize, per_source: usize) -> Limits {
+        Limits {
+            max_connections: all,
+            max_connections_per_source: per_source,
+            ..Default::default()
+        }
+    }
+
+    fn id(a: Admit) -> u64 {
+        match a {
+            Admit::Yes(id, ..) => id,
+            Admit::No => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn a_full_table_pushes_out_the_oldest_unproven_connection() {
+        let (one, two): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let l = limits(3, 2);
+        let mut open = Open::default();
+        let first = id(open.admit(one, &l));
+        let second = id(open.admit(one, &l));
+        // The source is full: the oldest of its own goes.
+        let third = id(open.admit(one, &l));
+        assert!(!open.entries.contains_key(&first));
+        assert!(open.entries.contains_key(&second) && open.entries.contains_key(&third));
+        // Proven connections stay; with nothing unproven left in the way, refused.
+        for e in open.entries.values() {
+            e.proven.store(true, Ordering::Relaxed);
+        }
+        assert!(matches!(open.admit(one, &l), Admit::No));
+        // Another source still gets in until the whole table is full of proven ones.
+        let other = id(open.admit(two, &l));
+        open.entries[&other].proven.store(true, Ordering::Relaxed);
+        assert!(matches!(open.admit(two, &l), Admit::No));
+        assert_eq!(open.per_source[&one], 2);
+        assert_eq!(open.entries.len(), 3);
+    }
 }

@@ -33,25 +33,31 @@ pub(crate) fn reserved(key: &str) -> bool {
 /// What a server allows, per listener and per API key.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Open connections per listener; more are closed at once. Default 1024.
+    /// Open connections per listener. Past it, a new connection closes the oldest one that
+    /// never had an authenticated answer, or is refused when all have. Default 4096.
     pub max_connections: usize,
+    /// Open connections per listener from one source address, with the same rule. Default
+    /// 1024.
+    pub max_connections_per_source: usize,
     /// How long a client may take to send a request's headers, and how long an idle HTTP/1
     /// connection is kept. Default 30 s.
     pub header_timeout: Duration,
     /// Sandboxes a key may have at once (running or paused); past it, create is `429`.
     /// Default 100.
     pub max_sandboxes: usize,
-    /// Creates a key may make a minute; past it, create is `429` with `Retry-After`. Default 60.
+    /// Creates a key may make a minute; past it, create is `429` with `Retry-After`. Default
+    /// 600: one person's test suite never meets it (a team tightens it per key).
     pub creates_per_minute: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 1024,
+            max_connections: 4096,
+            max_connections_per_source: 1024,
             header_timeout: Duration::from_secs(30),
             max_sandboxes: 100,
-            creates_per_minute: 60,
+            creates_per_minute: 600,
         }
     }
 }
@@ -75,6 +81,11 @@ pub struct ServerConfig {
     /// Host names requests may carry besides IP addresses, `localhost` and `*.localhost`
     /// (a request naming any other host is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Engine images a create's `templateID` or a build's `fromImage` may name, besides
+    /// `base` and the key's own templates and snapshots. An entry ending in `*` matches every
+    /// name it begins. Any other image on the engine (the operator's own) is not found.
+    /// Default: the images sandkit builds (`sandkit-base:*`, `sandkit-mini:*`).
+    pub allowed_images: Vec<String>,
     /// Connection, timing and per-key limits.
     pub limits: Limits,
     /// Accept listeners on addresses beyond loopback. Off: [`Server::serve`](crate::Server::serve)
@@ -92,6 +103,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_timeout", &self.max_timeout)
             .field("debug", &self.debug)
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("allowed_images", &self.allowed_images)
             .field("allow_remote", &self.allow_remote)
             .field("limits", &self.limits)
             .finish()
@@ -108,10 +120,16 @@ impl Default for ServerConfig {
             max_timeout: Duration::from_secs(24 * 3600),
             debug: false,
             allowed_hosts: Vec::new(),
+            allowed_images: default_allowed_images(),
             allow_remote: false,
             limits: Limits::default(),
         }
     }
+}
+
+/// The images a server allows by default: the ones sandkit builds.
+pub(crate) fn default_allowed_images() -> Vec<String> {
+    vec!["sandkit-base:*".into(), "sandkit-mini:*".into()]
 }
 
 /// The shared state of a server.
@@ -295,6 +313,17 @@ impl State {
     /// Where uploads of template files are kept while this server runs.
     pub(crate) fn uploads_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("e2b-local-{}", self.instance))
+    }
+
+    /// Whether a create or a build may start from the engine image `image`.
+    pub(crate) fn image_allowed(&self, image: &str) -> bool {
+        self.config
+            .allowed_images
+            .iter()
+            .any(|a| match a.strip_suffix('*') {
+                Some(prefix) => image.starts_with(prefix),
+                None => image == a,
+            })
     }
 
     /// This key's tenant, as it is put on what it makes (metadata `sandkit.e2b.owner`).

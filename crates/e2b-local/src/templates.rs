@@ -796,6 +796,12 @@ async fn run_build(
         From::Image(i) if i == "e2bdev/base" || i.starts_with("e2bdev/base:") => {
             (None, Cursor::new("user", "/home/user"))
         }
+        From::Image(i) if !state.image_allowed(i) => {
+            return Err(base(format!(
+                "image '{i}' is not one this server allows: e2b-local pulls from no registry and \
+                 builds only from the images its operator allows (--allow-image)"
+            )))
+        }
         From::Image(i) => (Some(i.clone()), Cursor::new("root", "/")),
         From::Template(t) if t == "base" => (None, Cursor::new("user", "/home/user")),
         From::Template(t) => match resolve(state, t).await {

@@ -88,8 +88,10 @@ fn engine_name(id: &str) -> String {
     format!("sandkit-volume-{id}")
 }
 
+/// A volume's bearer token: bound to its owner as well as its id, so that it opens nothing
+/// once the volume is not that key's.
 fn token(state: &State, id: &str) -> String {
-    state.derive(&format!("volume/{id}"), "volume")
+    state.derive(&format!("volume/{}/{id}", state.owner()), "volume")
 }
 
 /// A volume of this key: `(id, name, engine name)`.
@@ -375,18 +377,15 @@ async fn helper(
         h.used = Instant::now();
         return Ok(h.sandbox.clone());
     }
-    // The token is the server's for this id, so the volume is ours; it may be gone since.
-    let engine = engine_name(id);
-    let exists = state
-        .runtime
-        .volumes()
-        .await
-        .map_err(|e| from_error(&e, ""))?
-        .iter()
-        .any(|v| v.name == engine);
-    if !exists {
-        return Err(volume_missing(id));
-    }
+    // The token proves this server minted it, not that the volume is this key's: another
+    // server on the same engine mints tokens for any id. Only a volume this key owns is served.
+    let engine = match owned(state).await {
+        Ok(mine) => match mine.into_iter().find(|v| v.id == id) {
+            Some(v) => v.engine,
+            None => return Err(volume_missing(id)),
+        },
+        Err(e) => return Err(from_error(&e, "")),
+    };
     let mut spec = SandboxSpec::new()
         .metadata(INSTANCE_KEY, &state.instance)
         .metadata(OWNER_KEY, state.owner())

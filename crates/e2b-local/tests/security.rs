@@ -757,3 +757,229 @@ async fn unenforced_network_options_are_refused() {
     let _ = docker.kill(&id).await;
     server.stop().await;
 }
+
+/// The team issue's first tenancy hole: a second server on the same engine, with a key of its
+/// own, mints a content token for the first server's volume id (with every formula it could
+/// guess) and tries to read and overwrite its file. Nothing is read, nothing changes.
+#[tokio::test]
+async fn another_server_cannot_open_a_volume() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    let a = serve(docker.clone(), keyed("e2b_volume_owner_a")).await;
+    let b = serve(docker.clone(), keyed("e2b_volume_owner_b")).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{}/volumes", a.api))
+        .header("x-api-key", &a.key)
+        .header("content-type", "application/json")
+        .body(json!({"name": "victim"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let (id, token) = (
+        created["volumeID"].as_str().unwrap().to_string(),
+        created["token"].as_str().unwrap().to_string(),
+    );
+    let file = |s: &Served| format!("http://{}/volumecontent/{id}/file?path=/secret.txt", s.api);
+    let r = http
+        .put(file(&a))
+        .bearer_auth(&token)
+        .body("mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    let owner = |key: &str| e2b_protocol::derive_token(key, "", "owner");
+    let minted = [
+        e2b_protocol::derive_token(&b.key, &format!("volume/{id}"), "volume"),
+        e2b_protocol::derive_token(&b.key, &format!("volume/{}/{id}", owner(&b.key)), "volume"),
+        e2b_protocol::derive_token(&b.key, &format!("volume/{}/{id}", owner(&a.key)), "volume"),
+    ];
+    for forged in minted.iter().chain([&token]) {
+        let r = http.get(file(&b)).bearer_auth(forged).send().await.unwrap();
+        assert!(
+            [401, 404].contains(&r.status().as_u16()),
+            "B read A's volume: {} {}",
+            r.status(),
+            r.text().await.unwrap()
+        );
+        let r = http
+            .put(format!("{}&force=true", file(&b)))
+            .bearer_auth(forged)
+            .body("overwritten")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [401, 404].contains(&r.status().as_u16()),
+            "B wrote A's volume: {}",
+            r.status()
+        );
+    }
+    let r = http.get(file(&a)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "mine");
+    let r = http
+        .delete(format!("http://{}/volumes/{id}", a.api))
+        .header("x-api-key", &a.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The team issue's second tenancy hole: `templateID` and a build's `fromImage` name an engine
+/// image the operator did not allow (here the keeper's own image, and an image the test
+/// tags): nothing is made from it; the allowed images still work.
+#[tokio::test]
+async fn only_allowed_images_boot() {
+    let Some(docker) = docker().await else { return };
+    let docker = Arc::new(docker);
+    // An image of the operator's: the base image under another name.
+    let private = "sandkit-test-operator-private:latest";
+    let tagged = tokio::process::Command::new("docker")
+        .args(["tag", "sandkit-mini:latest", private])
+        .status()
+        .await
+        .unwrap();
+    assert!(tagged.success(), "docker tag failed");
+    let server = serve(docker.clone(), keyed("e2b_security_images")).await;
+    let http = reqwest::Client::new();
+    let before = sandbox_ids(&docker, &server.key).await.len();
+    for image in [private, "sandkit-test-operator-private"] {
+        let r = http
+            .post(format!("http://{}/sandboxes", server.api))
+            .header("x-api-key", &server.key)
+            .header("content-type", "application/json")
+            .body(json!({"templateID": image, "timeout": 60}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{image}");
+        assert!(r.text().await.unwrap().contains("--allow-image"));
+    }
+    assert_eq!(sandbox_ids(&docker, &server.key).await.len(), before);
+    // The same image is fine once the operator allows it.
+    server.stop().await;
+    let allowing = ServerConfig {
+        allowed_images: vec!["sandkit-test-operator-*".into()],
+        ..keyed("e2b_security_images")
+    };
+    let server = serve(docker.clone(), allowing).await;
+    let r = http
+        .post(format!("http://{}/sandboxes", server.api))
+        .header("x-api-key", &server.key)
+        .header("content-type", "application/json")
+        .body(json!({"templateID": private, "timeout": 60}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    server.stop().await; // kills what it made
+    let _ = tokio::process::Command::new("docker")
+        .args(["rmi", private])
+        .status()
+        .await;
+}
+
+/// The team issue's third tenancy hole: a stranger holds 3,000 connections to the envd port
+/// that never send a request (reopening each one the server closes, as fast as it can), at the
+/// server's default limits. `/health` on both ports and a command in a sandbox still answer
+/// within 2 s, round after round.
+#[tokio::test]
+async fn a_connection_flood_locks_nobody_out() {
+    use tokio::io::AsyncReadExt;
+    let Some(docker) = docker().await else { return };
+    let server = serve(Arc::new(docker), keyed("e2b_security_flood")).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let id = create(&http, &server, json!({})).await;
+    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let held = Arc::new(AtomicUsize::new(0));
+    let reopened = Arc::new(AtomicUsize::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..3000 {
+        let (flooding, held, reopened, envd) = (
+            flooding.clone(),
+            held.clone(),
+            reopened.clone(),
+            server.envd,
+        );
+        flood.spawn(async move {
+            let mut first = true;
+            while flooding.load(Ordering::Relaxed) {
+                let Ok(mut s) = tokio::net::TcpStream::connect(envd).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if !first {
+                    reopened.fetch_add(1, Ordering::Relaxed);
+                }
+                first = false;
+                held.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 64];
+                // Held until the server closes it (or the test ends).
+                let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+                held.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // The flood is in place.
+    let began = std::time::Instant::now();
+    while held.load(Ordering::Relaxed) < 2900 && began.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("flood: {} connections held", held.load(Ordering::Relaxed));
+    for round in 0..5 {
+        for addr in [server.api, server.envd] {
+            let r = tokio::time::timeout(
+                Duration::from_secs(2),
+                http.get(format!("http://{addr}/health"))
+                    .header("e2b-sandbox-id", &id)
+                    .send(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: /health on {addr} took over 2 s"))
+            .unwrap();
+            assert!(r.status().is_success(), "round {round}: {}", r.status());
+        }
+        let out = tokio::time::timeout(Duration::from_secs(2), async {
+            let r = start_as_root(&http, server.envd, &id, "echo flood-$((20+1))")
+                .header("x-access-token", &token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: a command took over 2 s"));
+        // `flood-21\n`, base64 in the stream's stdout event.
+        use base64::Engine as _;
+        let expected = base64::engine::general_purpose::STANDARD.encode("flood-21\n");
+        assert!(
+            String::from_utf8_lossy(&out).contains(&expected),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "flood: {} held at the end, {} reopened after the server closed them",
+        held.load(Ordering::Relaxed),
+        reopened.load(Ordering::Relaxed)
+    );
+    flooding.store(false, Ordering::Relaxed);
+    flood.abort_all();
+    while flood.join_next().await.is_some() {}
+    server.stop().await; // kills what it made
+}

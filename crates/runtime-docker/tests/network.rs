@@ -148,6 +148,23 @@ impl Internet {
         })
     }
 
+    /// Routes `addr` into the namespace, where the server answers on it too (the route goes
+    /// with the veth pair when the test ends).
+    fn route_into(&self, addr: Ipv4Addr) {
+        let peer = format!("{}n", self.host_if.trim_end_matches('h'));
+        let script = format!(
+            "ip netns exec {ns} ip addr add {addr}/32 dev {peer} && ip route add {addr}/32 via {a}",
+            ns = self.ns,
+            a = self.a
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A spec naming the two servers.
     fn spec(&self, test: &str) -> SandboxSpec {
         SandboxSpec::new()
@@ -567,5 +584,89 @@ async fn sandboxes_made_at_once_are_all_held() {
     }
     for sb in made {
         sb.kill().await.unwrap();
+    }
+}
+
+/// The egress issue's holes 2 and 4. With every name allowed (`*`), an HTTP `Host` that is an
+/// address (`[::ffff:a.b.c.d]` above all) used to be taken as an already resolved name: it is
+/// judged by where the connection was sent now, so it reaches neither a link-local address,
+/// nor another sandbox, nor the host. A cloud metadata address beyond link-local
+/// (100.100.100.200, routed into the test's namespace) is refused by default and opened only
+/// by naming it.
+#[tokio::test]
+async fn addresses_posing_as_names_and_metadata_services_are_refused() {
+    let Some((rt, net)) = setup("literal").await else {
+        return;
+    };
+    let metadata = Ipv4Addr::new(100, 100, 100, 200);
+    net.route_into(metadata);
+    // A listener on the host's port 80 (where the proxy would have joined the literal).
+    let host = std::net::TcpListener::bind("0.0.0.0:80")
+        .expect("the test needs the host's port 80 free (it runs as root in CI)");
+    host.set_nonblocking(true).unwrap();
+    let host = tokio::net::TcpListener::from_std(host).unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = host.accept().await {
+            let _ = s.write_all(b"reached the host\n").await;
+        }
+    });
+    // Another sandbox with a web server on port 80.
+    let other = rt.create(net.spec("literal")).await.unwrap();
+    let _server = other
+        .spawn(CommandSpec::shell(
+            "python3 -c \"import socketserver as s\nclass H(s.StreamRequestHandler):\n def handle(self): self.wfile.write(b'reached the other sandbox')\ns.TCPServer(('0.0.0.0', 80), H).serve_forever()\"",
+        ))
+        .await
+        .unwrap();
+    let other_ip = other
+        .exec_shell("hostname -i")
+        .await
+        .unwrap()
+        .stdout_text()
+        .trim()
+        .to_string();
+    let sb = rt
+        .create(
+            net.spec("literal").network_policy(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out(["*"]),
+            ),
+        )
+        .await
+        .unwrap();
+    let gw = gateway(&*sb).await;
+    // The server in the namespace is up, and a name reaches it.
+    let out = probe(&*sb, "http", net.a, 80, "allowed.test").await;
+    assert!(reached(&out, net.a, 80), "by name: {out}");
+    for literal in [
+        format!("[::ffff:{}]", net.link_local),
+        net.link_local.to_string(),
+        format!("[::ffff:{other_ip}]"),
+        other_ip.clone(),
+        format!("[::ffff:{gw}]"),
+        format!("[::ffff:{metadata}]"),
+    ] {
+        for mode in ["http", "tls"] {
+            let out = probe(&*sb, mode, net.a, 80, &literal).await;
+            assert!(out.starts_with("blocked"), "{mode} naming {literal}: {out}");
+        }
+    }
+
+    // Metadata by address: refused by default, opened by naming it.
+    let plain = rt.create(net.spec("literal")).await.unwrap();
+    let out = probe(&*plain, "tcp", metadata, 8080, "").await;
+    assert!(out.starts_with("blocked"), "metadata by default: {out}");
+    let out = probe(&*plain, "tcp", net.a, 8080, "").await;
+    assert!(reached(&out, net.a, 8080), "the rest is open: {out}");
+    plain
+        .set_network_policy(NetworkPolicy::new().allow_out(["100.100.100.200"]))
+        .await
+        .unwrap();
+    let out = probe(&*plain, "tcp", metadata, 8080, "").await;
+    assert!(reached(&out, metadata, 8080), "metadata named: {out}");
+    for s in [sb, plain, other] {
+        s.kill().await.unwrap();
     }
 }

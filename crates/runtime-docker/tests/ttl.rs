@@ -191,3 +191,96 @@ async fn a_paused_sandbox_outlives_its_deadline_and_resumes() {
     assert!(end > SystemTime::now() + Duration::from_secs(60), "{end:?}");
     resumed.kill().await.unwrap();
 }
+
+/// The team issue's fourth finding: sandboxes whose metadata fills the keeper's container
+/// listing past the 64 MiB it used to read whole (after which no round parsed, and nothing was
+/// killed). A short sandbox made beside them still dies on time, by the keeper alone (the test
+/// never lists or looks it up through the runtime, which would reap it too).
+///
+/// sandkit caps one sandbox's labels at 32 KiB, so a listing that large takes thousands of
+/// sandboxes; the fillers here are six containers made on the engine directly with the
+/// labels of sandboxes and 12 MiB of metadata each (made, never started: they cost no process).
+#[tokio::test]
+async fn a_listing_past_64_mib_still_kills_on_time() {
+    use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
+    let Some(rt) = kept().await else { return };
+    let filler = "m".repeat(12 << 20);
+    let mut fillers = Vec::new();
+    for i in 0..6 {
+        let name = format!("sandkit-ttl-filler-{}-{i}", std::process::id());
+        let labels = std::collections::HashMap::from([
+            (LABEL.to_string(), "filler".to_string()),
+            (
+                "sandkit.id".to_string(),
+                format!("filler{}x{i}", std::process::id()),
+            ),
+            ("sandkit.ttl".to_string(), "keeper".to_string()),
+            ("sandkit.deadline".to_string(), "9999999999".to_string()),
+            ("sandkit.meta.filler".to_string(), filler.clone()),
+        ]);
+        rt.docker()
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: name.clone(),
+                    platform: None,
+                }),
+                Config {
+                    image: Some("sandkit-mini:latest".to_string()),
+                    cmd: Some(vec!["true".to_string()]),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        fillers.push(name);
+    }
+    let remove_fillers = || async {
+        for name in &fillers {
+            let _ = rt
+                .docker()
+                .remove_container(
+                    name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        }
+    };
+    let short = rt
+        .create(
+            SandboxSpec::new()
+                .metadata(LABEL, "short")
+                .timeout(Duration::from_secs(3)),
+        )
+        .await;
+    let short = match short {
+        Ok(s) => s,
+        Err(e) => {
+            remove_fillers().await;
+            panic!("create beside the fillers: {e}");
+        }
+    };
+    let id = short.id().to_string();
+    drop(short);
+    let listing = rt
+        .docker()
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            all: true,
+            filters: [("label".to_string(), vec!["sandkit.ttl=keeper".to_string()])].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let size = serde_json::to_vec(&listing).unwrap().len();
+    // Due in 3 s; the keeper looks once a second and lists over 72 MiB each time.
+    let died = gone_within(&rt, &id, Duration::from_secs(20)).await;
+    remove_fillers().await;
+    assert!(size > 64 << 20, "the keeper's listing is only {size} bytes");
+    assert!(
+        died,
+        "the short sandbox (3 s to live) was still there 20 s after it was made"
+    );
+}

@@ -51,6 +51,23 @@ impl Registry {
     }
 }
 
+/// Default dispositions for every signal, and none blocked. Called between fork and exec
+/// (only async-signal-safe calls).
+fn reset_signals() {
+    // SAFETY: signal(2) and sigprocmask(2) are async-signal-safe; SIGKILL and SIGSTOP cannot
+    // be changed, and the call fails harmlessly for them and for numbers past the last.
+    unsafe {
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
 fn kill_group(pgid: u32, signal: i32) {
     // SAFETY: kill(2) on a negative pid signals that process group.
     unsafe {
@@ -168,6 +185,11 @@ pub(crate) fn spawn(
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // What started us may have ignored or blocked signals (a background job of a
+            // non-interactive shell ignores SIGINT and SIGQUIT; `nohup` SIGHUP), and both pass
+            // through exec: every command starts with default dispositions and an empty mask,
+            // so an interrupt stops it.
+            reset_signals();
             match slave_fd {
                 Some(fd) => {
                     if libc::setsid() == -1 || libc::ioctl(fd, libc::TIOCSCTTY as _, 0) == -1 {

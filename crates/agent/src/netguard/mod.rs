@@ -39,6 +39,38 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::docker::{encode, Engine};
 
+/// Cloud metadata services outside link-local (Alibaba, Azure's wire server, Oracle): refused
+/// like link-local addresses unless the policy allows link-local or names the address.
+pub(crate) const METADATA_V4: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(168, 63, 129, 16),
+    Ipv4Addr::new(192, 0, 0, 192),
+];
+
+/// Whether `addr` serves cloud metadata: link-local (v4 and v6), [`METADATA_V4`], and AWS's
+/// IPv6 endpoint `fd00:ec2::254`.
+pub(crate) fn is_metadata(addr: IpAddr) -> bool {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local() || METADATA_V4.contains(&v4),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// Whether `addr` is private (RFC 1918, CGNAT `100.64.0.0/10`, IPv6 unique local): a name
+/// whose DNS someone else answers must not lead there unless the policy names the address.
+pub(crate) fn is_private(addr: IpAddr) -> bool {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
 /// Where the guard listens for the backend, inside its own container.
 pub(crate) const CONTROL: &str = "/run/sandkit-netguard.sock";
 
@@ -230,20 +262,14 @@ async fn serve(o: &Options) -> Result<(), String> {
 
 /// Drops the entries of sandboxes that are gone, and refreshes the engine's subnets.
 fn sweep(engine: &Engine, prefix: &str, guard: &Guard) -> Result<(), String> {
-    let filter = format!(r#"{{"label":["{prefix}.id"]}}"#);
-    let list = engine
-        .get_json(&format!(
-            "/containers/json?all=1&filters={}",
-            encode(&filter)
-        ))
-        .map_err(|e| format!("cannot list sandboxes: {e}"))?;
     let label = format!("{prefix}.id");
+    let list = engine
+        .sandboxes(std::slice::from_ref(&label))
+        .map_err(|e| format!("cannot list sandboxes: {e}"))?;
     let alive: std::collections::HashSet<String> = list
-        .as_array()
         .into_iter()
-        .flatten()
-        .filter(|c| !matches!(c["State"].as_str(), Some("exited" | "dead")))
-        .filter_map(|c| c["Labels"][&label].as_str().map(str::to_string))
+        .filter(|c| !matches!(c.state.as_str(), "exited" | "dead"))
+        .filter_map(|c| c.labels.get(&label).cloned())
         .collect();
     let gone: Vec<String> = guard
         .entries

@@ -29,7 +29,10 @@ pub(crate) fn peek(buf: &[u8]) -> Peek {
 
 fn clean(name: &str) -> Peek {
     let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
-    if name.is_empty() {
+    // An address is not a name: `Host: [::ffff:169.254.169.254]` must not pass as a name an
+    // allowed wildcard matches. Such a connection is judged by where it was sent.
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    if name.is_empty() || literal.parse::<IpAddr>().is_ok() {
         Peek::NoName
     } else {
         Peek::Name(name)
@@ -156,9 +159,6 @@ fn sni(buf: &[u8]) -> Peek {
 /// Resolves `name` to IPv4 addresses: `fixed` first (the sandbox's hosts entries, set by whoever
 /// made it), then `/etc/hosts`, then DNS.
 pub(crate) async fn resolve(name: &str, fixed: &BTreeMap<String, IpAddr>) -> Vec<IpAddr> {
-    if let Ok(ip) = name.parse::<IpAddr>() {
-        return vec![ip];
-    }
     if let Some(ip) = fixed
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -320,6 +320,22 @@ mod tests {
         assert_eq!(peek(&hello), Peek::Name("api.example.com".into()));
         assert_eq!(peek(&hello[..3]), Peek::More);
         assert_eq!(peek(&hello[..40]), Peek::More);
+    }
+
+    #[test]
+    fn addresses_are_not_names() {
+        for host in [
+            "169.254.169.254",
+            "[::ffff:169.254.169.254]",
+            "[::ffff:a9fe:a9fe]:80",
+            "[fe80::1]",
+            "127.0.0.1:8080",
+        ] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(peek(req.as_bytes()), Peek::NoName, "{host}");
+        }
+        assert_eq!(clean("::ffff:10.0.0.1"), Peek::NoName);
+        assert_eq!(clean("Example.COM."), Peek::Name("example.com".into()));
     }
 
     #[test]

@@ -90,20 +90,32 @@ fn judge(entry: Option<&Entry>, name: Option<&str>, dst: IpAddr) -> Verdict {
     }
 }
 
-/// Whether the proxy may join a connection of `entry`'s sandbox to `addr`: never to the host
-/// itself or a link-local address unless the policy allows them, never to loopback, and never
-/// into another network of the engine (other containers).
-fn reachable(guard: &Guard, entry: &Entry, addr: IpAddr) -> bool {
+/// Whether the proxy may join a connection of `entry`'s sandbox to `addr`: never loopback,
+/// never into another network of the engine (other containers); the host itself, link-local
+/// and metadata addresses only when the policy allows them; and, when `wild_dns` (the address
+/// came from DNS for a name only a wildcard allowed, so whoever answers that DNS chose it), a
+/// private address only when the policy names that address. Mapped IPv6 addresses are judged
+/// as the IPv4 addresses they are.
+fn reachable(guard: &Guard, entry: &Entry, addr: IpAddr, wild_dns: bool) -> bool {
+    let addr = addr.to_canonical();
     if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
         return false;
     }
-    if let IpAddr::V4(v4) = addr {
-        if v4.is_link_local() && !entry.policy.allow_link_local {
-            return false;
-        }
-        if v4.is_broadcast() {
-            return false;
-        }
+    if matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()) {
+        return false;
+    }
+    let named = || {
+        entry.policy.rules().is_ok_and(|r| {
+            r.allow
+                .iter()
+                .any(|d| matches!(d, runtime_core::Destination::Cidr(c) if c.contains(addr)))
+        })
+    };
+    if super::is_metadata(addr) && !entry.policy.allow_link_local && !named() {
+        return false;
+    }
+    if wild_dns && super::is_private(addr) && !named() {
+        return false;
     }
     if guard
         .engine_subnets
@@ -191,7 +203,7 @@ async fn handle(
     };
     let targets: Vec<SocketAddr> = targets
         .into_iter()
-        .filter(|t| reachable(guard, &entry, t.ip()))
+        .filter(|t| reachable(guard, &entry, t.ip(), wild_dns(&entry, &verdict)))
         .collect();
     let Some(target) = targets.first().copied() else {
         return Err(format!("no reachable address for {verdict:?}"));
@@ -236,6 +248,21 @@ async fn handle(
     }
     let _ = joined.await;
     Ok(())
+}
+
+/// Whether a verdict's addresses come from DNS for a name that only a wildcard of the policy
+/// allowed (not written out in `allow_out`, not one of the sandbox's fixed hosts).
+fn wild_dns(entry: &Entry, verdict: &Verdict) -> bool {
+    let Verdict::Name(n) = verdict else {
+        return false;
+    };
+    let fixed = entry.hosts.keys().any(|h| h.eq_ignore_ascii_case(n));
+    let written = entry.policy.rules().is_ok_and(|r| {
+        r.allow
+            .iter()
+            .any(|d| matches!(d, runtime_core::Destination::Domain(x) if x == n))
+    });
+    !fixed && !written
 }
 
 fn guard_name(guard: &Guard, id: u64) -> Option<String> {
@@ -307,5 +334,88 @@ mod tests {
             Verdict::Address
         );
         assert_eq!(judge(None, Some("a.allowed.test"), ip), Verdict::Refused);
+    }
+
+    fn guard() -> Guard {
+        Guard {
+            entries: Default::default(),
+            state: std::env::temp_dir(),
+            table: "t".into(),
+            proxy_port: 0,
+            live: Live::default(),
+            engine_subnets: Mutex::new(vec![runtime_core::Cidr::parse("172.20.0.0/16").unwrap()]),
+            busy: Mutex::new(std::time::Instant::now()),
+            writing: Mutex::new(()),
+        }
+    }
+
+    #[test]
+    fn addresses_a_name_leads_to_are_judged_whatever_their_spelling() {
+        let g = guard();
+        let open = entry(
+            NetworkPolicy::new()
+                .deny_out([ALL_TRAFFIC])
+                .allow_out(["*"]),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for refused in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "100.100.100.200",
+            "::ffff:168.63.129.16",
+            "fd00:ec2::254",
+            "fe80::1",
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::1",
+            "172.20.0.9",
+            "::ffff:172.20.0.9",
+            "0.0.0.0",
+        ] {
+            assert!(
+                !reachable(&g, &open, ip(refused), true),
+                "{refused} by name"
+            );
+            assert!(
+                !reachable(&g, &open, ip(refused), false),
+                "{refused} by address"
+            );
+        }
+        // A name whose DNS answers with a private address does not lead there...
+        for private in [
+            "10.0.0.5",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::ffff:10.0.0.5",
+            "fd12::1",
+        ] {
+            assert!(!reachable(&g, &open, ip(private), true), "{private}");
+            // ...though the sandbox may connect to it by address (the kernel judges that).
+            assert!(reachable(&g, &open, ip(private), false), "{private}");
+        }
+        // Named by address in the policy, they open.
+        let named = entry(NetworkPolicy::new().deny_out([ALL_TRAFFIC]).allow_out([
+            "*",
+            "10.0.0.0/8",
+            "100.100.100.200",
+        ]));
+        assert!(reachable(&g, &named, ip("10.0.0.5"), true));
+        assert!(reachable(&g, &named, ip("100.100.100.200"), true));
+        // Link-local and metadata when the policy allows link-local.
+        let link = entry(NetworkPolicy::new().allow_link_local(true));
+        assert!(reachable(&g, &link, ip("169.254.169.254"), false));
+        assert!(reachable(&g, &open, ip("93.184.216.34"), true));
+        // Whose DNS chose the address: a wildcard's, not a written name's or a fixed host's.
+        let mut e = entry(
+            NetworkPolicy::new()
+                .deny_out([ALL_TRAFFIC])
+                .allow_out(["*.wild.test", "exact.test"]),
+        );
+        e.hosts.insert("fixed.wild.test".into(), ip("10.0.0.7"));
+        let v = |n: &str| Verdict::Name(n.into());
+        assert!(wild_dns(&e, &v("a.wild.test")));
+        assert!(!wild_dns(&e, &v("exact.test")));
+        assert!(!wild_dns(&e, &v("fixed.wild.test")));
+        assert!(!wild_dns(&e, &Verdict::Address));
     }
 }

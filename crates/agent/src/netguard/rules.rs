@@ -60,7 +60,12 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, proxy_port:
                 e.ip
             );
         }
-        let _ = writeln!(input, "    {from} ct state established,related accept");
+        // Only replies to what the host opened: a connection the sandbox opened to the host
+        // (before its rules existed, or while a policy allowed it) carries nothing on.
+        let _ = writeln!(
+            input,
+            "    {from} ct direction reply ct state established accept\n    {from} ct state related accept"
+        );
         if e.policy.allow_host {
             let _ = writeln!(input, "    {from} jump {chain}");
         } else {
@@ -96,6 +101,12 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, proxy_port:
             if let Some(c) = v4(d) {
                 let _ = writeln!(body, "    ip daddr {c} accept");
             }
+        }
+        // Metadata services beyond link-local: refused unless link-local is allowed or the
+        // policy named the address (an accept above).
+        if !e.policy.allow_link_local {
+            let metadata: Vec<String> = super::METADATA_V4.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(body, "    ip daddr {{ {} }} drop", metadata.join(", "));
         }
         for d in &rules.deny {
             if let Some(c) = v4(d) {
@@ -180,10 +191,35 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("ip daddr 169.254.0.0/16 drop"), "{s}");
+        assert!(
+            s.contains("ip daddr { 100.100.100.200, 168.63.129.16, 192.0.0.192 } drop"),
+            "{s}"
+        );
+        // The host: replies to what it opened, never what the sandbox opened.
+        assert!(
+            s.contains("ct direction reply ct state established accept"),
+            "{s}"
+        );
+        assert!(!s.contains("established,related accept"), "{s}");
         assert!(!s.contains("redirect"), "{s}");
         assert!(
             s.contains("ether saddr 02:42:ac:14:00:05 ether type ip ip saddr != 172.20.0.5 drop")
         );
+    }
+
+    #[test]
+    fn a_metadata_address_is_opened_by_naming_it() {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "abc".into(),
+            entry(NetworkPolicy::new().allow_out(["168.63.129.16"])),
+        );
+        let s = script("sandkit_guard", &m, 1234);
+        let allow = s
+            .find("ip daddr 168.63.129.16/32 accept")
+            .expect("allow rule");
+        let drop = s.find("192.0.0.192 } drop").expect("metadata drop");
+        assert!(allow < drop, "{s}");
     }
 
     #[test]
