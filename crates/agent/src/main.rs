@@ -20,6 +20,7 @@ mod keeper;
 mod netguard;
 mod relay;
 mod serve;
+mod supervise;
 
 use std::process::ExitCode;
 
@@ -62,13 +63,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("supervise") => supervise::run(&args[1..]),
         Some("--version") => {
             println!("sandkit-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => {
             eprintln!(
-                "usage: {}\n       sandkit-agent relay SOCKET\n       sandkit-agent keeper [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sandkit-agent deadlines [--state DIR]\n       sandkit-agent netguard [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]",
+                "usage: {}\n       sandkit-agent supervise SUBCOMMAND [ARGS...]\n       sandkit-agent relay SOCKET\n       sandkit-agent keeper [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]\n       sandkit-agent deadlines [--state DIR]\n       sandkit-agent netguard [--socket PATH] [--prefix sandkit] [--state DIR] [--name NAME] [--idle-exit SECS]",
                 serve::USAGE
             );
             ExitCode::from(2)

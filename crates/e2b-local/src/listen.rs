@@ -148,9 +148,9 @@ pub(crate) fn raise_open_file_limit(needed: u64) {
             }
         }
     }
-    if (limit.rlim_cur as u64) < needed {
+    if limit.rlim_cur < needed {
         warn!(
-            open_files = limit.rlim_cur as u64,
+            open_files = limit.rlim_cur,
             needed,
             "the open-file limit is below what the connection caps allow: past it, new \
              connections fail to be accepted; raise it (ulimit -n) or lower --max-connections"

@@ -4,9 +4,10 @@
 //! - **The binary** comes from a named volume, `<prefix>-agent-<digest>`, filled once per agent
 //!   version (through the archive API, so a remote engine works too) and mounted read-only at
 //!   `/.sandkit-agent` in every sandbox: nothing is copied per sandbox.
-//! - **It starts** as the container's main process under the engine's init (PID 1), in a loop
-//!   that starts it again if it dies: `sandkit-agent serve --socket /.sandkit-run/agent.sock`, with a
-//!   fresh token read from `/.sandkit-run/token` (root only) and the socket root only.
+//! - **It starts** as the container's main process under the engine's init (PID 1), as
+//!   `sandkit-agent supervise serve --socket /.sandkit-run/agent.sock ...`, which starts `serve`
+//!   again if it dies (no shell of the image runs at start), with a fresh token read from
+//!   `/.sandkit-run/token` (root only) and the socket root only.
 //! - **The backend reaches it** through one attached exec of `sandkit-agent relay`, which joins the
 //!   exec's stdio to the socket: envd's HTTP/2 over that one stream, multiplexed, reopened when
 //!   it drops (`runtime_e2b::EnvdClient`). Every network mode works, `none` included.
@@ -183,20 +184,25 @@ impl Inside {
     }
 }
 
-/// The container's main process on the fast path: the agent, started again if it ever ends.
+/// The container's main process on the fast path: the agent, started again if it ever ends,
+/// by the agent itself (`supervise`): nothing of the image (its `/bin/sh` included) runs before
+/// the sandbox's first command, which comes after the network guard holds it.
 pub(crate) fn entrypoint(user: &str, workdir: &str) -> Vec<String> {
-    let line = format!(
-        "while :; do {BIN} serve --socket {SOCKET} --token-file {TOKEN_FILE} --user \"$1\" \
-         --cwd \"$2\"; sleep 1; done"
-    );
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        line,
-        "sandkit-init".into(),
-        user.into(),
-        workdir.into(),
+    [
+        BIN,
+        "supervise",
+        "serve",
+        "--socket",
+        SOCKET,
+        "--token-file",
+        TOKEN_FILE,
+        "--user",
+        user,
+        "--cwd",
+        workdir,
     ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A fresh token.

@@ -670,3 +670,101 @@ async fn addresses_posing_as_names_and_metadata_services_are_refused() {
         s.kill().await.unwrap();
     }
 }
+
+/// The egress issue's hole 1: a template whose `/bin/sh` knocks on a port of the host as soon as
+/// it runs. Sandboxes made from it with a deny-all policy, five at once on the isolated network
+/// and five on Docker's default bridge, never reach the host: nothing of the image runs before
+/// the guard holds a sandbox (the agent itself is the container's main process). Then a policy
+/// allowing the host and one command (which runs that `/bin/sh`) do reach it: the knock works.
+#[tokio::test]
+async fn no_packet_leaves_before_the_rules_exist() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some((rt, net)) = setup("window").await else {
+        return;
+    };
+    let knocks = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counted = knocks.clone();
+    tokio::spawn(async move {
+        while let Ok((_, peer)) = listener.accept().await {
+            eprintln!("knock from {peer}");
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let base = rt
+        .create(
+            net.spec("window")
+                .network(runtime_core::NetworkMode::Bridge),
+        )
+        .await
+        .unwrap();
+    let bridge_gw = gateway(&*base).await;
+    let isolated = rt.create(net.spec("window")).await.unwrap();
+    let isolated_gw = gateway(&*isolated).await;
+    isolated.kill().await.unwrap();
+    let script = format!(
+        "#!/bin/dash\nfor gw in {bridge_gw} {isolated_gw}; do (bash -c \"echo knock >/dev/tcp/$gw/{port}\" 2>/dev/null &); done\nexec /bin/dash \"$@\"\n"
+    );
+    base.files()
+        .write_str("/tmp/knock-sh", &script)
+        .await
+        .unwrap();
+    let out = base
+        .exec(CommandSpec::program(
+            "/bin/dash",
+            [
+                "-c",
+                "chmod 755 /tmp/knock-sh && mv -f /tmp/knock-sh /bin/sh && echo ok",
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "ok\n", "{out:?}");
+    let snapshot = base.snapshot(None).await.unwrap();
+    base.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(knocks.load(Ordering::SeqCst), 0, "the base's own knocks");
+
+    let deny_all = || NetworkPolicy::new().deny_out([ALL_TRAFFIC]);
+    let specs = (0..10).map(|i| {
+        let spec = net
+            .spec("window")
+            .template(snapshot.id.clone())
+            .network_policy(deny_all());
+        if i % 2 == 0 {
+            spec.network(runtime_core::NetworkMode::Bridge)
+        } else {
+            spec
+        }
+    });
+    let made: Vec<_> = futures_util::future::join_all(specs.map(|s| rt.create(s))).await;
+    let made: Vec<Box<dyn Sandbox>> = made.into_iter().map(|m| m.unwrap()).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = knocks.load(Ordering::SeqCst);
+
+    // The knock itself works once allowed: a command runs the template's /bin/sh.
+    let first = &made[1];
+    first
+        .set_network_policy(NetworkPolicy::new().allow_host(true))
+        .await
+        .unwrap();
+    first
+        .exec(CommandSpec::program("/bin/sh", ["-c", "sleep 1"]))
+        .await
+        .unwrap();
+    let begun = std::time::Instant::now();
+    while knocks.load(Ordering::SeqCst) == 0 && begun.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = knocks.load(Ordering::SeqCst);
+    for s in made {
+        s.kill().await.unwrap();
+    }
+    rt.delete_snapshot(&snapshot.id).await.unwrap();
+    assert_eq!(
+        before, 0,
+        "{before} knocks reached the host before the sandboxes were held"
+    );
+    assert!(after > 0, "the knock never works: the test proves nothing");
+}
