@@ -10,6 +10,10 @@
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+/// The name the supervisor goes by (its `argv[0]` and its process name), so that killing the
+/// agent by name (`pkill sandkit-agent`) restarts the agent instead of ending the sandbox.
+const NAME: &str = "sandkit-init";
+
 pub(crate) fn run(args: &[String]) -> ExitCode {
     let Some((sub, rest)) = args.split_first() else {
         eprintln!("usage: sandkit-agent supervise SUBCOMMAND [ARGS...]");
@@ -22,6 +26,18 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if std::env::args_os().next().as_deref() != Some(std::ffi::OsStr::new(NAME)) {
+        use std::os::unix::process::CommandExt;
+        let e = Command::new(&exe)
+            .arg0(NAME)
+            .arg("supervise")
+            .args(args)
+            .exec();
+        eprintln!("sandkit-agent supervise: cannot start as {NAME}: {e}");
+    }
+    let name = std::ffi::CString::new(NAME).expect("no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     loop {
         match Command::new(&exe).arg(sub).args(rest).status() {
             Ok(status) => {

@@ -13,246 +13,17 @@
 //! Making the namespace needs root on the engine's host (CI runs as root); elsewhere the
 //! tests return early unless `SANDKIT_REQUIRE_DOCKER=1`.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command, Stdio};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use runtime_core::{
-    CommandSpec, ErrorKind, FileStoreExt, NetworkPolicy, Runtime, Sandbox, SandboxExt, SandboxSpec,
-    ALL_TRAFFIC,
+    CommandSpec, ErrorKind, FileStoreExt, NetworkPolicy, Runtime, Sandbox, SandboxExt, ALL_TRAFFIC,
 };
 use runtime_docker::DockerRuntime;
 
-/// What a sandbox runs to probe a destination: prints the server's answer, or `blocked`.
-const PROBE: &str = r#"
-import socket, sys, struct, os, time
-mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-name = sys.argv[4] if len(sys.argv) > 4 else None
-def hello(name):
-    n = name.encode()
-    sni = struct.pack('!HBH', len(n) + 3, 0, len(n)) + n
-    ext = struct.pack('!HH', 0, len(sni)) + sni
-    body = b'\x03\x03' + b'\x07' * 32 + b'\x00' + b'\x00\x02\x13\x01' + b'\x01\x00' + struct.pack('!H', len(ext)) + ext
-    hs = b'\x01' + len(body).to_bytes(3, 'big') + body
-    return b'\x16\x03\x01' + struct.pack('!H', len(hs)) + hs
-def first():
-    if mode == 'tls': return hello(name)
-    if mode == 'http': return ('GET / HTTP/1.1\r\nHost: %s\r\n\r\n' % name).encode()
-    return b'ping\n'
-try:
-    s = socket.create_connection((ip, port), timeout=3)
-    s.sendall(first())
-    got = s.recv(200)
-    print(got.decode().strip() if got else 'blocked: closed', flush=True)
-    if mode == 'hold':
-        while not os.path.exists('/tmp/go'): time.sleep(0.05)
-        s.sendall(b'ping\n')
-        got = s.recv(200)
-        print(got.decode().strip() if got else 'blocked: closed', flush=True)
-except Exception as e:
-    print('blocked:', type(e).__name__, flush=True)
-"#;
-
-/// The server in the namespace: answers every chunk with where it was reached.
-const SERVER: &str = r#"
-import asyncio, sys
-async def serve(reader, writer):
-    here = writer.get_extra_info('sockname')
-    try:
-        while True:
-            data = await reader.read(4096)
-            if not data: break
-            writer.write(('reached %s:%d\n' % here[:2]).encode())
-            await writer.drain()
-    except Exception: pass
-    writer.close()
-async def main():
-    servers = [await asyncio.start_server(serve, '0.0.0.0', p) for p in (80, 443, 8080)]
-    print('ready', flush=True)
-    await asyncio.gather(*(s.serve_forever() for s in servers))
-asyncio.run(main())
-"#;
-
-/// A network namespace standing for the internet.
-struct Internet {
-    ns: String,
-    host_if: String,
-    server: Child,
-    /// `allowed.test`.
-    a: Ipv4Addr,
-    /// `denied.test`.
-    b: Ipv4Addr,
-    /// A link-local address routed into the namespace.
-    link_local: Ipv4Addr,
-}
-
-impl Internet {
-    fn new() -> Option<Internet> {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout == b"0\n");
-        if !is_root {
-            assert!(
-                std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
-                "the network tests make a network namespace: run them as root"
-            );
-            return None;
-        }
-        let n: u8 = 10 + (rand::random::<u8>() % 200);
-        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let ns = format!("sbxt-{tag}");
-        let host_if = format!("sbxt{tag}h");
-        let peer = format!("sbxt{tag}n");
-        let (h, a, b) = (
-            format!("10.203.{n}.1"),
-            Ipv4Addr::new(10, 203, n, 2),
-            Ipv4Addr::new(10, 203, n, 3),
-        );
-        let link_local = Ipv4Addr::new(169, 254, n, 2);
-        let sh = |script: &str| {
-            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        sh(&format!(
-            "ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && \
-             ip link set {peer} netns {ns} && ip addr add {h}/24 dev {host_if} && \
-             ip link set {host_if} up && \
-             ip netns exec {ns} sh -c 'ip link set lo up && ip addr add {a}/24 dev {peer} && \
-               ip addr add {b}/24 dev {peer} && ip addr add {link_local}/32 dev {peer} && \
-               ip link set {peer} up && ip route add default via {h}' && \
-             ip route add {link_local}/32 via {a}"
-        ));
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-c", SERVER])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "ready\n");
-        Some(Internet {
-            ns,
-            host_if,
-            server,
-            a,
-            b,
-            link_local,
-        })
-    }
-
-    /// Routes `addr` into the namespace, where the server answers on it too (the route goes
-    /// with the veth pair when the test ends).
-    fn route_into(&self, addr: Ipv4Addr) {
-        let peer = format!("{}n", self.host_if.trim_end_matches('h'));
-        let script = format!(
-            "ip netns exec {ns} ip addr add {addr}/32 dev {peer} && ip route add {addr}/32 via {a}",
-            ns = self.ns,
-            a = self.a
-        );
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A spec naming the two servers.
-    fn spec(&self, test: &str) -> SandboxSpec {
-        SandboxSpec::new()
-            .metadata("sandkit-network-test", test)
-            .host("allowed.test", IpAddr::V4(self.a))
-            .host("denied.test", IpAddr::V4(self.b))
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-async fn setup(test: &str) -> Option<(DockerRuntime, Internet)> {
-    let rt = runtime_conformance::or_skip(DockerRuntime::builder().build().await)?;
-    if !rt.capabilities().network_policy {
-        assert!(
-            std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "{test}: no network guard (it needs SANDKIT_AGENT_BIN)"
-        );
-        return None;
-    }
-    let net = Internet::new()?;
-    Some((rt, net))
-}
-
-/// Runs the probe in `sb`: `mode` is `tcp`, `tls` (a ClientHello naming `name`) or `http`
-/// (a request with `Host: name`).
-async fn probe(sb: &dyn Sandbox, mode: &str, ip: impl ToString, port: u16, name: &str) -> String {
-    sb.files().write_str("/tmp/probe.py", PROBE).await.unwrap();
-    let out = sb
-        .exec(CommandSpec::program(
-            "python3",
-            [
-                "/tmp/probe.py".to_string(),
-                mode.to_string(),
-                ip.to_string(),
-                port.to_string(),
-                name.to_string(),
-            ],
-        ))
-        .await
-        .unwrap();
-    out.stdout_text().trim().to_string()
-}
-
-/// A service on all of the host's addresses answering `reached the host`; returns its port.
-async fn host_service() -> u16 {
-    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = host.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut s, _)) = host.accept().await {
-            let _ = s.write_all(b"reached the host\n").await;
-        }
-    });
-    port
-}
-
-/// The sandbox's default gateway (the host, on a bridge), from the kernel's routing table.
-async fn gateway(sb: &dyn Sandbox) -> String {
-    let out = sb
-        .exec(CommandSpec::program(
-            "python3",
-            [
-                "-c",
-                "import socket,struct\nfor l in open('/proc/net/route').readlines()[1:]:\n f=l.split()\n if f[1]=='00000000': print(socket.inet_ntoa(struct.pack('<I', int(f[2], 16))))",
-            ],
-        ))
-        .await
-        .unwrap()
-        .stdout_text();
-    let gw = out.trim().to_string();
-    assert!(!gw.is_empty(), "no default route");
-    gw
-}
-
-fn reached(answer: &str, ip: Ipv4Addr, port: u16) -> bool {
-    answer == format!("reached {ip}:{port}")
-}
+mod internet;
+use internet::{gateway, host_service, probe, reached, setup, PROBE};
 
 #[tokio::test]
 async fn by_default_the_host_and_link_local_addresses_are_refused_and_the_rest_is_open() {
@@ -767,4 +538,121 @@ async fn no_packet_leaves_before_the_rules_exist() {
         "{before} knocks reached the host before the sandboxes were held"
     );
     assert!(after > 0, "the knock never works: the test proves nothing");
+}
+
+/// A resolver in the test's namespace, on each address given after the first two arguments
+/// (a socket each, so that it answers from the address it was asked on): answers every A query
+/// with `answer`, and writes each name it is asked about to `log`.
+const RESOLVER: &str = r#"
+import select, socket, sys
+log, answer = open(sys.argv[1], 'a', buffering=1), bytes(int(x) for x in sys.argv[2].split('.'))
+socks = []
+for addr in sys.argv[3:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 53))
+    socks.append(s)
+print('ready', flush=True)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        q, peer = s.recvfrom(512)
+        i, labels = 12, []
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode())
+            i += 1 + q[i]
+        log.write('.'.join(labels) + '\n')
+        r = q[:2] + b'\x81\x80' + q[4:6] + b'\x00\x01\x00\x00\x00\x00' + q[12:i + 5]
+        s.sendto(r + b'\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04' + answer, peer)
+"#;
+
+/// What a sandbox runs to ask `name` of the resolver at `ip`: prints the answer's code and
+/// count, or `blocked`.
+const ASK: &str = r#"
+import socket, struct, sys, random
+ip, name = sys.argv[1], sys.argv[2]
+q = struct.pack('!HHHHHH', random.randrange(65536), 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\x00\x00\x01\x00\x01'
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, (ip, 53))
+try:
+    r, _ = s.recvfrom(512)
+    print('rcode=%d answers=%d' % (r[3] & 15, struct.unpack('!H', r[6:8])[0]))
+except Exception as e:
+    print('blocked:', type(e).__name__)
+"#;
+
+async fn ask(sb: &dyn Sandbox, ip: Ipv4Addr, name: &str) -> String {
+    sb.files().write_str("/tmp/ask.py", ASK).await.unwrap();
+    let out = sb
+        .exec(CommandSpec::program(
+            "python3",
+            ["/tmp/ask.py".to_string(), ip.to_string(), name.to_string()],
+        ))
+        .await
+        .unwrap();
+    out.stdout_text().trim().to_string()
+}
+
+/// The egress issue's hole 5: with a policy naming domains, DNS to a resolver of the sandbox's
+/// choosing carried data out (port 53 was open everywhere). Now a query for a name the policy
+/// does not allow is refused by the guard and reaches no resolver, and no query reaches the
+/// sandbox's chosen resolver at all; with `dns_servers`, only those servers answer, and only on
+/// port 53.
+#[tokio::test]
+async fn dns_goes_only_where_the_policy_says() {
+    let Some((rt, net)) = setup("dns").await else {
+        return;
+    };
+    let log = std::env::temp_dir().join(format!("{}-dns.log", net.ns));
+    std::fs::write(&log, "").unwrap();
+    let mut resolver = Command::new("ip")
+        .args(["netns", "exec", &net.ns, "python3", "-c", RESOLVER])
+        .arg(&log)
+        .arg(net.a.to_string())
+        .args([net.a.to_string(), net.b.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(resolver.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let asked = || std::fs::read_to_string(&log).unwrap();
+
+    let policy = || {
+        NetworkPolicy::new()
+            .deny_out([ALL_TRAFFIC])
+            .allow_out(["allowed.test"])
+    };
+    let sb = rt
+        .create(net.spec("dns").network_policy(policy()))
+        .await
+        .unwrap();
+    let out = ask(&*sb, net.b, "c2VjcmV0.exfil.test").await;
+    assert_eq!(out, "rcode=5 answers=0", "a name the policy does not allow");
+    // An allowed name goes to the guard's host resolvers, not to the one the sandbox chose.
+    let _ = ask(&*sb, net.b, "allowed.test").await;
+    assert_eq!(asked(), "", "the sandbox's chosen resolver was asked");
+
+    // With dns_servers, those answer (on port 53 only), and no other resolver does.
+    sb.set_network_policy(policy().dns_servers([net.b.to_string()]))
+        .await
+        .unwrap();
+    let out = ask(&*sb, net.b, "through-b.test").await;
+    assert_eq!(out, "rcode=0 answers=1", "the policy's resolver");
+    let out = ask(&*sb, net.a, "through-a.test").await;
+    assert!(out.starts_with("blocked"), "another resolver: {out}");
+    let out = probe(&*sb, "tcp", net.b, 8080, "").await;
+    assert!(
+        out.starts_with("blocked"),
+        "the resolver's other ports: {out}"
+    );
+    let log_now = asked();
+    sb.kill().await.unwrap();
+    let _ = resolver.kill();
+    let _ = resolver.wait();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(log_now, "through-b.test\n");
 }

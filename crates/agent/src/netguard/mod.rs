@@ -11,7 +11,9 @@
 //!   then `allow_out` addresses accepted, then `deny_out` addresses dropped;
 //! - when the policy names domains, TCP to ports 80 and 443 is redirected to the proxy here
 //!   ([`proxy`]), which reads the TLS SNI or HTTP `Host`, judges the connection by name and
-//!   address, and joins it to the name's own addresses (never to the one the sandbox chose).
+//!   address, and joins it to the name's own addresses (never to the one the sandbox chose);
+//!   and DNS goes to the policy's `dns_servers` only, or else is redirected to the guard
+//!   ([`dns`]), which forwards only queries for names the policy allows.
 //!
 //! Rules are judged on every packet, not only on new connections, so a changed policy applies
 //! to open connections too; the proxy closes the connections a new policy refuses.
@@ -22,6 +24,7 @@
 //! sandbox is gone are dropped. With no entry left for `--idle-exit` seconds the guard removes
 //! its rules and its own container.
 
+mod dns;
 mod names;
 mod proxy;
 mod rules;
@@ -102,6 +105,8 @@ pub(crate) struct Guard {
     /// The nftables table of this guard's label prefix.
     table: String,
     proxy_port: u16,
+    /// Where the guard answers the DNS of sandboxes whose policy names domains ([`dns`]).
+    dns_port: u16,
     /// Connections the proxy holds, to judge again when a policy changes.
     pub(crate) live: proxy::Live,
     /// The address ranges of the engine's networks: the proxy never joins a connection to
@@ -127,7 +132,14 @@ impl Guard {
 
     /// Applies the rule set for `entries` and keeps it.
     fn commit(&self, entries: BTreeMap<String, Entry>) -> Result<(), String> {
-        apply(&rules::script(&self.table, &entries, self.proxy_port))?;
+        apply(&rules::script(
+            &self.table,
+            &entries,
+            rules::Ports {
+                proxy: self.proxy_port,
+                dns: self.dns_port,
+            },
+        ))?;
         *self.entries.lock().expect("entries") = entries;
         if !self.entries.lock().expect("entries").is_empty() {
             *self.busy.lock().expect("busy") = Instant::now();
@@ -186,36 +198,37 @@ pub(crate) fn run(o: &Options) -> ExitCode {
 }
 
 async fn serve(o: &Options) -> Result<(), String> {
-    // nft must work here before anything is promised.
-    apply(&rules::script(
-        &rules::table(&o.prefix),
-        &BTreeMap::new(),
-        0,
-    ))
-    .map_err(|e| {
+    // nft must work here before anything is promised. Declaring the table changes nothing
+    // in one that exists: the rules a previous guard left hold until the saved entries are
+    // applied whole below (never an empty or partial rule set in between).
+    apply(&format!("table inet {} {{}}\n", rules::table(&o.prefix))).map_err(|e| {
         format!("cannot manage nftables ({e}); the guard needs the nft program and NET_ADMIN")
     })?;
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
         .await
         .map_err(|e| format!("cannot open the proxy's port: {e}"))?;
     let proxy_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let (dns_udp, dns_tcp) = dns_listeners().await?;
+    let dns_port = dns_tcp.local_addr().map_err(|e| e.to_string())?.port();
     std::fs::create_dir_all(&o.state).map_err(|e| e.to_string())?;
     let guard = Arc::new(Guard {
         entries: Mutex::new(BTreeMap::new()),
         state: o.state.clone(),
         table: rules::table(&o.prefix),
         proxy_port,
+        dns_port,
         live: proxy::Live::default(),
         engine_subnets: Mutex::new(Vec::new()),
         busy: Mutex::new(Instant::now()),
         writing: Mutex::new(()),
     });
-    guard.commit(read_entries(&o.state))?;
+    guard.commit(read_entries(&o.state)?)?;
     eprintln!(
         "sandkit-agent netguard: guarding {} sandbox(es); proxy on port {proxy_port}",
         guard.entries.lock().expect("entries").len()
     );
     tokio::spawn(proxy::run(listener, guard.clone()));
+    tokio::spawn(dns::run(dns_udp, dns_tcp, guard.clone()));
 
     let _ = std::fs::remove_file(CONTROL);
     let control = tokio::net::UnixListener::bind(CONTROL)
@@ -258,6 +271,24 @@ async fn serve(o: &Options) -> Result<(), String> {
             }
         }
     }
+}
+
+/// A TCP listener and a UDP socket on one free port of the host, for [`dns`].
+async fn dns_listeners() -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let tcp = tokio::net::TcpListener::bind("0.0.0.0:0")
+            .await
+            .map_err(|e| format!("cannot open the DNS port: {e}"))?;
+        let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+        match tokio::net::UdpSocket::bind(("0.0.0.0", port)).await {
+            Ok(udp) => return Ok((udp, tcp)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!(
+        "cannot open one port for DNS over UDP and TCP: {last}"
+    ))
 }
 
 /// Drops the entries of sandboxes that are gone, and refreshes the engine's subnets.
@@ -370,17 +401,35 @@ fn write_entry(state: &Path, entry: &Entry) -> std::io::Result<()> {
     std::fs::rename(&tmp, state.join(&entry.id))
 }
 
-fn read_entries(state: &Path) -> BTreeMap<String, Entry> {
+/// The entries kept in `state`. Any that cannot be read is an error, not a sandbox left
+/// unguarded: the guard does not start (the rules of the one before hold in the kernel) and
+/// says which file to look at.
+fn read_entries(state: &Path) -> Result<BTreeMap<String, Entry>, String> {
     let mut out = BTreeMap::new();
-    for dirent in std::fs::read_dir(state).into_iter().flatten().flatten() {
-        let Ok(bytes) = std::fs::read(dirent.path()) else {
+    let dir = std::fs::read_dir(state)
+        .map_err(|e| format!("cannot read the saved entries in {}: {e}", state.display()))?;
+    for dirent in dir {
+        let path = dirent.map_err(|e| e.to_string())?.path();
+        // A write cut short (its temporary file) never replaced the entry it was for.
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            let _ = std::fs::remove_file(&path);
             continue;
-        };
-        if let Ok(e) = serde_json::from_slice::<Entry>(&bytes) {
-            out.insert(e.id.clone(), e);
         }
+        let entry = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                format!(
+                    "the saved entry {} cannot be read ({e}); remove it if its sandbox is gone",
+                    path.display()
+                )
+            })?;
+        out.insert(entry.id.clone(), entry);
     }
-    out
+    Ok(out)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -3,7 +3,7 @@
 //! UDP to the servers in `/etc/resolv.conf`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// What the first bytes of a connection tell about its server name.
@@ -197,88 +197,26 @@ pub(crate) async fn resolve(name: &str, fixed: &BTreeMap<String, IpAddr>) -> Vec
     Vec::new()
 }
 
-/// One DNS query for the A records of `name`.
+/// One DNS query for the A records of `name` (random id; an answer under another id is
+/// ignored).
 async fn query_a(server: IpAddr, name: &str) -> std::io::Result<Vec<IpAddr>> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
     } else {
         "[::]:0".parse().expect("addr")
     };
+    let (id, query) = super::dns::a_query(name.trim_end_matches('.'))
+        .ok_or_else(|| std::io::Error::other("bad name"))?;
     let socket = tokio::net::UdpSocket::bind(bind).await?;
     socket.connect((server, 53)).await?;
-    let id: u16 = rand_id();
-    let mut q = Vec::with_capacity(64);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, one question
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(std::io::Error::other("bad name"));
-        }
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
-    socket.send(&q).await?;
-    let mut buf = [0u8; 1500];
+    socket.send(&query).await?;
+    let mut buf = [0u8; 4096];
     loop {
         let n = socket.recv(&mut buf).await?;
-        let r = &buf[..n];
-        if n < 12 || r[0..2] != id.to_be_bytes() {
-            continue;
+        if n >= 2 && buf[..2] == id.to_be_bytes() {
+            return Ok(super::dns::a_records(&buf[..n]));
         }
-        return Ok(parse_a(r));
     }
-}
-
-fn rand_id() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos ^ (nanos >> 16) ^ std::process::id()) as u16
-}
-
-/// The A records of a DNS response.
-fn parse_a(r: &[u8]) -> Vec<IpAddr> {
-    let count = |i: usize| u16::from_be_bytes([r[i], r[i + 1]]) as usize;
-    let (qd, an) = (count(4), count(6));
-    let mut p = 12;
-    let skip_name = |p: &mut usize| -> Option<()> {
-        loop {
-            let len = *r.get(*p)? as usize;
-            if len == 0 {
-                *p += 1;
-                return Some(());
-            }
-            if len & 0xc0 == 0xc0 {
-                *p += 2;
-                return Some(());
-            }
-            *p += 1 + len;
-        }
-    };
-    let mut out = Vec::new();
-    let parsed = (|| {
-        for _ in 0..qd {
-            skip_name(&mut p)?;
-            p += 4;
-        }
-        for _ in 0..an {
-            skip_name(&mut p)?;
-            let kind = u16::from_be_bytes([*r.get(p)?, *r.get(p + 1)?]);
-            let len = u16::from_be_bytes([*r.get(p + 8)?, *r.get(p + 9)?]) as usize;
-            let data = r.get(p + 10..p + 10 + len)?;
-            if kind == 1 && len == 4 {
-                out.push(IpAddr::V4(Ipv4Addr::new(
-                    data[0], data[1], data[2], data[3],
-                )));
-            }
-            p += 10 + len;
-        }
-        Some(())
-    })();
-    let _ = parsed;
-    out
 }
 
 #[cfg(test)]
@@ -356,7 +294,7 @@ mod tests {
         r.extend_from_slice(b"\x07example\x03com\x00\x00\x01\x00\x01");
         r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 93, 184, 216, 34]);
         assert_eq!(
-            parse_a(&r),
+            super::super::dns::a_records(&r),
             vec!["93.184.216.34".parse::<IpAddr>().unwrap()]
         );
     }

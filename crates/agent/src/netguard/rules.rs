@@ -23,9 +23,18 @@ pub(crate) fn table(prefix: &str) -> String {
 /// Link-local IPv4 addresses: where clouds serve instance metadata.
 const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The nft script that replaces table `table` with rules for `entries`; `proxy_port` is where
-/// connections that must be judged by name are redirected.
-pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, proxy_port: u16) -> String {
+/// Where the rules send what the guard itself judges.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    /// HTTP and TLS connections that must be judged by name ([`super::proxy`]).
+    pub(crate) proxy: u16,
+    /// DNS of sandboxes whose policy names domains ([`super::dns`]).
+    pub(crate) dns: u16,
+}
+
+/// The nft script that replaces table `table` with rules for `entries`.
+pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Ports) -> String {
+    let (proxy_port, dns_port) = (ports.proxy, ports.dns);
     let mut s = String::new();
     // Declaring then deleting makes the delete succeed whether or not the table exists.
     for family in ["inet", "bridge"] {
@@ -77,17 +86,27 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, proxy_port:
             let _ = writeln!(body, "    ip daddr {LINK_LOCAL} drop");
         }
         if rules.has_domains() {
-            // Names resolve while a policy names domains (E2B allows its resolver likewise).
+            // Names resolve while a policy names domains, and DNS goes only where the policy
+            // says: to its `dns_servers` (port 53 only), or else to the guard, which forwards
+            // only queries for allowed names (no tunnel through a resolver of the sandbox's
+            // choosing).
             match &e.policy.dns_servers {
                 None => {
-                    let _ = writeln!(body, "    udp dport 53 accept\n    tcp dport 53 accept");
+                    let _ = writeln!(
+                        nat,
+                        "    {from} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns_port}"
+                    );
                 }
                 Some(servers) => {
                     for server in servers {
                         if let Ok(ip) = server.trim().parse::<std::net::Ipv4Addr>() {
-                            let _ = writeln!(body, "    ip daddr {ip} accept");
+                            let _ = writeln!(
+                                body,
+                                "    ip daddr {ip} meta l4proto {{ tcp, udp }} th dport 53 accept"
+                            );
                         }
                     }
+                    let _ = writeln!(body, "    meta l4proto {{ tcp, udp }} th dport 53 drop");
                 }
             }
             // HTTP and TLS go through the proxy, which judges them by name; connections to
@@ -122,6 +141,8 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, proxy_port:
     type filter hook input priority -5; policy accept;
     tcp dport {proxy_port} ct status dnat accept
     tcp dport {proxy_port} drop
+    meta l4proto {{ tcp, udp }} th dport {dns_port} ct status dnat accept
+    meta l4proto {{ tcp, udp }} th dport {dns_port} drop
 {input}  }}
   chain forward {{
     type filter hook forward priority -5; policy accept;
@@ -157,6 +178,11 @@ mod tests {
     use super::*;
     use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
 
+    const PORTS: Ports = Ports {
+        proxy: 1234,
+        dns: 5353,
+    };
+
     fn entry(policy: NetworkPolicy) -> Entry {
         Entry {
             id: "abc".into(),
@@ -176,7 +202,7 @@ mod tests {
 
     #[test]
     fn no_entries_removes_the_table() {
-        let s = script("sandkit_guard", &BTreeMap::new(), 1234);
+        let s = script("sandkit_guard", &BTreeMap::new(), PORTS);
         assert!(s.contains("delete table inet sandkit_guard"));
         assert!(!s.contains("chain"));
     }
@@ -185,7 +211,7 @@ mod tests {
     fn default_policy_blocks_host_and_link_local() {
         let mut m = BTreeMap::new();
         m.insert("abc".into(), entry(NetworkPolicy::new()));
-        let s = script("sandkit_guard", &m, 1234);
+        let s = script("sandkit_guard", &m, PORTS);
         assert!(
             s.contains("iifname \"br-123\" ip saddr 172.20.0.5 drop"),
             "{s}"
@@ -214,12 +240,36 @@ mod tests {
             "abc".into(),
             entry(NetworkPolicy::new().allow_out(["168.63.129.16"])),
         );
-        let s = script("sandkit_guard", &m, 1234);
+        let s = script("sandkit_guard", &m, PORTS);
         let allow = s
             .find("ip daddr 168.63.129.16/32 accept")
             .expect("allow rule");
         let drop = s.find("192.0.0.192 } drop").expect("metadata drop");
         assert!(allow < drop, "{s}");
+    }
+
+    #[test]
+    fn dns_servers_get_dns_only() {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "abc".into(),
+            entry(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out(["example.com"])
+                    .dns_servers(["10.9.9.9"]),
+            ),
+        );
+        let s = script("sandkit_guard", &m, PORTS);
+        let accept = s
+            .find("ip daddr 10.9.9.9 meta l4proto { tcp, udp } th dport 53 accept")
+            .expect("the server's DNS");
+        let drop = s
+            .find("meta l4proto { tcp, udp } th dport 53 drop")
+            .expect("other DNS");
+        assert!(accept < drop, "{s}");
+        assert!(!s.contains("ip daddr 10.9.9.9 accept"), "{s}");
+        assert!(!s.contains("redirect to :5353"), "{s}");
     }
 
     #[test]
@@ -235,11 +285,19 @@ mod tests {
                     .allow_link_local(true),
             ),
         );
-        let s = script("sandkit_guard", &m, 1234);
+        let s = script("sandkit_guard", &m, PORTS);
         let allow = s.find("ip daddr 10.1.0.0/16 accept").expect("allow rule");
         let deny = s.find("ip daddr 0.0.0.0/0 drop").expect("deny rule");
         assert!(allow < deny, "{s}");
         assert!(s.contains("redirect to :1234"), "{s}");
+        // DNS goes to the guard, nowhere else.
+        assert!(
+            s.contains(
+                "ip saddr 172.20.0.5 meta l4proto { tcp, udp } th dport 53 redirect to :5353"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("dport 53 accept"), "{s}");
         assert!(s.contains("ip saddr 172.20.0.5 jump s0"), "{s}");
         assert!(!s.contains("169.254"), "{s}");
     }
