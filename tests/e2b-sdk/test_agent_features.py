@@ -72,6 +72,20 @@ def test_metrics(sandbox):
     assert 0 < m.disk_used <= m.disk_total
 
 
+def test_metrics_only_inside_the_asked_range(sandbox):
+    """get_metrics(start, end) returns only samples inside the range: none for a range in
+    the past, the current sample for a range around now."""
+    from datetime import datetime, timedelta, timezone
+    now = datetime.now(timezone.utc)
+    past = sandbox.get_metrics(start=now - timedelta(hours=2), end=now - timedelta(hours=1))
+    assert past == []
+    around = sandbox.get_metrics(start=now - timedelta(minutes=1), end=now + timedelta(minutes=1))
+    assert len(around) == 1
+    assert now - timedelta(minutes=1) <= around[0].timestamp <= now + timedelta(minutes=1)
+    future = sandbox.get_metrics(start=now + timedelta(hours=1))
+    assert future == []
+
+
 def test_git_in_the_base_template(sandbox):
     """E2B's base template has git, and the SDK's git helpers rely on it."""
     result = sandbox.commands.run("git --version")
@@ -100,6 +114,23 @@ def test_auto_pause_at_the_timeout(server):
         wait_paused(sandkit.sandbox_id)
         resumed = Sandbox.connect(sandkit.sandbox_id)
         assert resumed.files.read("/home/user/kept.txt") == "across the pause"
+    finally:
+        Sandbox.kill(sandkit.sandbox_id)
+
+
+def test_set_timeout_zero_pauses_at_once_with_keep_memory_unset(server):
+    """As E2B's own test of keep_memory=None: lifecycle pause without a mode, then
+    set_timeout(0) ends the time to live at once (E2B accepts 0), and the sandbox is paused,
+    not killed."""
+    from e2b import Sandbox
+
+    sandkit = Sandbox.create(timeout=300, lifecycle={"on_timeout": {"action": "pause"}})
+    try:
+        sandkit.files.write("/home/user/kept.txt", "kept")
+        sandkit.set_timeout(0)
+        wait_paused(sandkit.sandbox_id)
+        resumed = Sandbox.connect(sandkit.sandbox_id)
+        assert resumed.files.read("/home/user/kept.txt") == "kept"
     finally:
         Sandbox.kill(sandkit.sandbox_id)
 

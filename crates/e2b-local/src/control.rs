@@ -51,7 +51,7 @@ fn not_found(id: &str) -> Response {
 }
 
 pub(crate) fn from_error(e: &runtime_core::Error, id: &str) -> Response {
-    match e.kind() {
+    let mut response = match e.kind() {
         ErrorKind::NotFound => not_found(id),
         ErrorKind::InvalidInput => api_error(StatusCode::BAD_REQUEST, e.to_string()),
         ErrorKind::Conflict => api_error(StatusCode::CONFLICT, e.to_string()),
@@ -59,7 +59,15 @@ pub(crate) fn from_error(e: &runtime_core::Error, id: &str) -> Response {
             api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         _ => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    // The server's own retry layer already tried again (or trying again cannot help): a
+    // client that would retry a 503 is told not to, so one call never multiplies into many.
+    if response.status().is_server_error() && !e.is_retryable() {
+        response
+            .headers_mut()
+            .insert(headers::SHOULD_RETRY, HeaderValue::from_static("false"));
     }
+    response
 }
 
 /// Whether a create asks for `autoResume` (resume on traffic).
@@ -593,9 +601,14 @@ async fn set_timeout(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let timeout = match check_timeout(&state, req.timeout) {
-        Ok(t) => t,
-        Err(r) => return r,
+    // As E2B: 0 (or less) ends the time to live now, so the sandbox is killed, or paused with
+    // auto-pause, at once (E2B's own tests force an auto-pause this way).
+    let timeout = match req.timeout {
+        ..=0 => Duration::ZERO,
+        t => match check_timeout(&state, t) {
+            Ok(t) => t,
+            Err(r) => return r,
+        },
     };
     let served = match state.served(&id).await {
         Ok(s) => s,
@@ -632,15 +645,37 @@ async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respo
     }
 }
 
-/// `GET /sandboxes/{id}/metrics`: what the sandbox uses now, one sample (this server keeps no
-/// history, so `start`/`end` select nothing more); none for a paused sandbox or a backend that
-/// cannot measure (Docker's exec path).
-async fn metrics(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+/// `start` and `end` of `GET /sandboxes/{id}/metrics`, in Unix seconds (both optional).
+#[derive(Debug, Default, Deserialize)]
+struct MetricsRange {
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+impl MetricsRange {
+    fn holds(&self, unix: i64) -> bool {
+        self.start.is_none_or(|s| unix >= s) && self.end.is_none_or(|e| unix <= e)
+    }
+}
+
+/// `GET /sandboxes/{id}/metrics`: what the sandbox uses now, one sample (no history is kept),
+/// and only when now is inside the asked range (a range in the past has no samples); none for
+/// a paused sandbox or a backend that cannot measure (Docker's exec path).
+async fn metrics(
+    AxState(state): AxState<Shared>,
+    Path(id): Path<String>,
+    Query(range): Query<MetricsRange>,
+) -> Response {
     let info = match state.owned_info(&id).await {
         Ok(i) => i,
         Err(e) => return from_error(&e, &id),
     };
-    if info.state != SandboxState::Running {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    // The sample is taken a moment from now: a range ending just before it still holds now.
+    if info.state != SandboxState::Running || !range.holds(now) {
         return Json(Vec::<serde_json::Value>::new()).into_response();
     }
     let served = match state.served(&id).await {

@@ -796,7 +796,12 @@ async fn run_build(
         From::Image(i) if i == "e2bdev/base" || i.starts_with("e2bdev/base:") => {
             (None, Cursor::new("user", "/home/user"))
         }
-        From::Image(i) if !state.image_allowed(i) => {
+        // A snapshot (this key's, or another's, which the backend's snapshot guard refuses)
+        // is not an engine image of the operator's; anything else must be allowed.
+        From::Image(i)
+            if !state.image_allowed(i)
+                && matches!(crate::snapshots::check_template(state, i).await, Ok(false)) =>
+        {
             return Err(base(format!(
                 "image '{i}' is not one this server allows: e2b-local pulls from no registry and \
                  builds only from the images its operator allows (--allow-image)"

@@ -813,3 +813,84 @@ async fn load_20_sandboxes_200_concurrent_streams() {
         .unwrap();
     assert!(left.is_empty(), "no sandbox left: {left:?}");
 }
+
+/// A backend whose engine is always busy (a retryable error), counting what it is asked.
+#[derive(Debug, Default)]
+struct AlwaysBusy {
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Runtime for AlwaysBusy {
+    fn name(&self) -> &'static str {
+        "busy"
+    }
+    fn capabilities(&self) -> runtime_core::Capabilities {
+        runtime_core::Capabilities::default()
+    }
+    async fn create(
+        &self,
+        _: runtime_core::SandboxSpec,
+    ) -> runtime_core::Result<Box<dyn runtime_core::Sandbox>> {
+        Err(busy())
+    }
+    async fn connect(&self, _: &str) -> runtime_core::Result<Box<dyn runtime_core::Sandbox>> {
+        Err(busy())
+    }
+    async fn list(&self, _: &ListFilter) -> runtime_core::Result<Vec<runtime_core::SandboxInfo>> {
+        self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(busy())
+    }
+    async fn info(&self, _: &str) -> runtime_core::Result<runtime_core::SandboxInfo> {
+        Err(busy())
+    }
+    async fn kill(&self, _: &str) -> runtime_core::Result<()> {
+        Err(busy())
+    }
+}
+
+fn busy() -> runtime_core::Error {
+    runtime_core::Error::new(runtime_core::ErrorKind::Unavailable, "the engine is busy")
+}
+
+/// The architecture issue's retries that multiply: an E2B client (retry layer) over e2b-local
+/// (retry layer) over a busy engine used to reach the engine 4 x 4 = 16 times for one call.
+/// The server's layer gives up after 4 and says so (`Should-Retry: false`): 4 in all.
+#[tokio::test]
+async fn retries_end_across_the_whole_chain() {
+    let engine = Arc::new(AlwaysBusy::default());
+    let stacked = runtime_core::layer::standard(
+        engine.clone(),
+        Some(runtime_core::layer::RetryLayer::default()),
+    );
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());
+    let key = "e2b_retries_end";
+    let server = Server::new(
+        stacked,
+        ServerConfig {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(api, envd, async {
+        let _ = stopped.await;
+    }));
+    let client = client(a, e, key, Duration::from_secs(10));
+    let error = client.list(&ListFilter::all()).await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        runtime_core::ErrorKind::Unavailable,
+        "{error}"
+    );
+    assert!(!error.is_retryable(), "{error:?}");
+    assert_eq!(
+        engine.lists.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "engine calls for one list through client and server"
+    );
+    let _ = stop.send(());
+    let _ = task.await;
+}

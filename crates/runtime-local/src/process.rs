@@ -51,6 +51,57 @@ impl Registry {
     }
 }
 
+/// The environment variable that ties a process to the sandbox whose command started it (or
+/// started its ancestor): `SANDKIT_LOCAL_SANDBOX=<sandbox id>`. Killing the sandbox kills every
+/// process that carries it, wherever it went (another process group, another session, adopted
+/// by init). A process that clears its own environment is not found; the local backend is for
+/// trusted code.
+pub(crate) const MARK: &str = "SANDKIT_LOCAL_SANDBOX";
+
+/// The most of a process's environment read while looking for [`MARK`].
+const MAX_ENVIRON: u64 = 1 << 20;
+
+/// The processes whose environment carries `MARK=id`.
+pub(crate) fn marked(id: &str) -> Vec<u32> {
+    use std::io::Read;
+    let needle = format!("{MARK}={id}");
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let mut environ = Vec::new();
+            std::fs::File::open(format!("/proc/{pid}/environ"))
+                .and_then(|f| f.take(MAX_ENVIRON).read_to_end(&mut environ))
+                .is_ok_and(|_| {
+                    environ
+                        .split(|b| *b == 0)
+                        .any(|entry| entry == needle.as_bytes())
+                })
+        })
+        .collect()
+}
+
+/// Kills every process marked as the sandbox `id`'s, looking again while some are found (one
+/// may fork while we look).
+pub(crate) fn kill_marked(id: &str) {
+    for _ in 0..10 {
+        let found = marked(id);
+        if found.is_empty() {
+            return;
+        }
+        for pid in found {
+            // SAFETY: kill(2) on one process id.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Default dispositions for every signal, and none blocked. Called between fork and exec
 /// (only async-signal-safe calls).
 fn reset_signals() {

@@ -91,6 +91,8 @@ struct State {
     deadline: watch::Sender<Option<SystemTime>>,
     killed: AtomicBool,
     cpu: CpuSampler,
+    /// Whether its commands carry [`process::MARK`].
+    marked: bool,
 }
 
 impl State {
@@ -108,6 +110,10 @@ impl State {
         let first = !self.killed.swap(true, Ordering::SeqCst);
         if first {
             self.processes.kill_all();
+            if self.marked {
+                // What its commands left behind: backgrounded, double-forked, in new sessions.
+                process::kill_marked(&self.id);
+            }
             tracing::debug!(sandbox = %self.id, "local sandbox killed");
         }
         first
@@ -126,7 +132,7 @@ impl Runtime for LocalRuntime {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
         let timeout = spec.timeout.unwrap_or(DEFAULT_SANDBOX_TIMEOUT);
-        let sandbox = LocalSandbox::make(spec, Some(timeout))?;
+        let sandbox = LocalSandbox::make(spec, Some(timeout), true)?;
         self.sandboxes
             .lock()
             .unwrap()
@@ -232,10 +238,13 @@ impl LocalSandbox {
     /// [`ErrorKind::InvalidInput`] for a default user the machine does not have;
     /// [`ErrorKind::Unsupported`] for what a local sandbox cannot do (templates, mounts, limits).
     pub fn this_machine(spec: SandboxSpec) -> Result<LocalSandbox> {
-        LocalSandbox::make(spec, None)
+        LocalSandbox::make(spec, None, false)
     }
 
-    fn make(spec: SandboxSpec, timeout: Option<Duration>) -> Result<LocalSandbox> {
+    /// A sandbox of `spec`; `marked`: its commands carry [`process::MARK`] in their
+    /// environment, so that `kill` finds whatever they started (a sandbox that is the whole
+    /// machine, the agent's, is not marked: its container ends with it).
+    fn make(spec: SandboxSpec, timeout: Option<Duration>, marked: bool) -> Result<LocalSandbox> {
         if spec.template.as_deref().is_some_and(|t| t != BACKEND) {
             return Err(unsupported(
                 "use templates (leave the template unset, or 'local')",
@@ -254,12 +263,17 @@ impl LocalSandbox {
         let id = format!("{:016x}", rand::random::<u64>());
         let (deadline, _) = watch::channel(timeout.map(|t| SystemTime::now() + t));
         let state = Arc::new(State {
-            id,
+            id: id.clone(),
             template: BACKEND.into(),
             metadata: spec.metadata,
             started_at: SystemTime::now(),
+            marked,
             defaults: Defaults {
-                env: spec.env.into_iter().collect(),
+                env: spec
+                    .env
+                    .into_iter()
+                    .chain(marked.then(|| (process::MARK.to_string(), id.clone())))
+                    .collect(),
                 cwd: spec.cwd,
                 user,
             },

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use runtime_conformance::{SandboxTarget, Suite};
 use runtime_core::{
-    CommandSpec, ErrorKind, FileStore, FileStoreExt, Runtime, Sandbox, SandboxSpec,
+    CommandSpec, ErrorKind, FileStore, FileStoreExt, Runtime, Sandbox, SandboxExt, SandboxSpec,
 };
 use runtime_local::LocalRuntime;
 
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     suite.add_sandbox(
         SandboxTarget::new("local", runtime.clone(), spec).with_python(has_python && private_tmp),
     );
-    let trials: [(&str, OwnCase); 5] = [
+    let trials: [(&str, OwnCase); 6] = [
         (
             "local::own::names_with_control_characters_round_trip",
             |r| Box::pin(names_with_control_characters(r)),
@@ -49,12 +49,86 @@ fn main() -> ExitCode {
         ("local::own::files_as_a_user_belong_to_them", |r| {
             Box::pin(files_as_user(r))
         }),
+        ("local::own::kill_ends_what_the_sandbox_started", |r| {
+            Box::pin(kill_ends_everything(r))
+        }),
     ];
     for (name, case) in trials {
         let r = runtime.clone();
         suite.add_trial(name.into(), false, move || case(r));
     }
-    suite.run()
+    let code = suite.run();
+    // Whatever a case's commands started ends with its sandbox: nothing of this run's
+    // sandboxes is left on the machine.
+    let left = survivors("SANDKIT_LOCAL_SANDBOX=");
+    if !left.is_empty() {
+        eprintln!("processes of this run's sandboxes outlived them: {left:?}");
+        return ExitCode::FAILURE;
+    }
+    code
+}
+
+/// The processes (pid and command line) whose environment has an entry starting with
+/// `prefix`, other than this one.
+fn survivors(prefix: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|e| e.starts_with(prefix.as_bytes()))
+                .then(|| {
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
+                })
+        })
+        .collect()
+}
+
+/// A command's background child, a double-forked daemon in a session of its own and a
+/// `nohup` child all end with the sandbox.
+async fn kill_ends_everything(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+    let sb = rt.create(SandboxSpec::new()).await?;
+    let token = format!("{}", 3_000_000 + rand::random::<u32>() % 1_000_000);
+    let line = format!(
+        "sleep {token}1 & setsid sh -c 'sleep {token}2 & exit 0' & nohup sleep {token}3 >/dev/null 2>&1 & \
+         sh -c '(sleep {token}4 &) ; exit 0'; sleep 0.5; echo started"
+    );
+    let out = sb.exec(CommandSpec::shell(line)).await?;
+    assert_eq!(out.stdout_text(), "started\n", "{out:?}");
+    let running = |n: usize| {
+        let token = token.clone();
+        move || {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("{token}{n}")))
+                })
+                .count()
+        }
+    };
+    for n in 1..=4 {
+        assert_eq!(
+            running(n)(),
+            1,
+            "sleep {token}{n} is not running before the kill"
+        );
+    }
+    sb.kill().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 1..=4 {
+        assert_eq!(running(n)(), 0, "sleep {token}{n} outlived its sandbox");
+    }
+    Ok(())
 }
 
 fn which(program: &str) -> bool {

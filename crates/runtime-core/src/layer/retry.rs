@@ -88,8 +88,14 @@ impl Layer for RetryLayer {
                     Err(e) => e,
                 };
                 attempt += 1;
-                if !op.repeatable() || !error.is_retryable() || attempt >= self.attempts {
+                if !op.repeatable() || !error.is_retryable() {
                     return Err(error);
+                }
+                if attempt >= self.attempts {
+                    // Tried as often as this layer tries: the error is final now, so that a
+                    // layer or a client above (e2b-local's, then an E2B client's) does not
+                    // multiply the attempts.
+                    return Err(error.with_retryable(false));
                 }
                 let wait = error
                     .retry_after()

@@ -277,6 +277,24 @@ async fn retryable_failures_are_tried_again_and_others_are_not() {
     let e = runtime.list(&ListFilter::all()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable);
     assert_eq!(script.count("list"), 4);
+    // Final once this layer gave up: a layer or client above does not try it again.
+    assert!(!e.is_retryable(), "{e:?}");
+    script.errors.lock().unwrap().clear();
+
+    // A second retry layer above the first adds no attempt to an error the first gave up on.
+    let twice = crate::layer::wrap(runtime.clone(), crate::layer::RetryLayer::default());
+    script.fail_next([
+        busy(),
+        busy(),
+        busy(),
+        busy(),
+        busy(),
+        busy(),
+        busy(),
+        busy(),
+    ]);
+    twice.list(&ListFilter::all()).await.unwrap_err();
+    assert_eq!(script.count("list"), 8, "4 attempts, not 16");
     script.errors.lock().unwrap().clear();
 
     // Not retryable: a read-only file system, a missing file.
