@@ -26,8 +26,9 @@ const BACKEND: &str = "local";
 /// container (where `sandkit-agent` runs it).
 ///
 /// A sandbox lives as long as this runtime's process: `connect` and `list` see the sandboxes
-/// this value made, and killing one (or its time to live passing) kills every process group it
-/// started.
+/// this value made, and killing one (or its time to live passing) kills every process its
+/// commands started, wherever they went (each carries `SANDKIT_LOCAL_SANDBOX=<id>` in its
+/// environment).
 ///
 /// ```no_run
 /// # async fn run() -> runtime_core::Result<()> {
