@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from e2b import Sandbox
 
-from conftest import LocalServer, our_containers
+from conftest import LocalServer, another_key, our_containers
 
 
 def test_eight_sandboxes_in_parallel(server):
@@ -20,6 +20,27 @@ def test_eight_sandboxes_in_parallel(server):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(work, range(8)))
     assert results == [str(i) for i in range(8)]
+
+
+def test_the_default_limits_suit_a_test_suite(monkeypatch):
+    """A fresh server at its default settings, as a user starts it: 70 creates in well under a
+    minute (more than the old default of 60 a minute, which failed most of an ordinary SDK
+    test run with RateLimitException) are all served."""
+    from e2b.exceptions import RateLimitException
+
+    def one(i: int) -> str:
+        try:
+            sandkit = Sandbox.create(timeout=60)
+        except RateLimitException as e:
+            return f"429: {e}"
+        sandkit.kill()
+        return "ok"
+
+    with another_key(monkeypatch):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(one, range(70)))
+    refused = [r for r in results if r != "ok"]
+    assert not refused, refused[:3]
 
 
 def test_ctrl_c_kills_what_the_server_made(monkeypatch):

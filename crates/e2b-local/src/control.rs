@@ -85,6 +85,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/connect", post(connect_v1))
         .route("/v2/sandboxes/{id}/connect", post(connect_v2))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
@@ -94,7 +95,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/snapshots", get(crate::snapshots::list))
         .route("/templates/{id}", delete(crate::snapshots::delete))
         .route("/health", get(|| async { StatusCode::OK }));
-    crate::volumes::routes(crate::templates::routes(routes))
+    crate::volumes::routes(crate::catalog::routes(crate::templates::routes(routes)))
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
         .fallback(not_served)
@@ -610,14 +611,54 @@ async fn set_timeout(
             Err(r) => return r,
         },
     };
-    let served = match state.served(&id).await {
+    keep_for(&state, &id, timeout).await
+}
+
+/// Sets the time to live of sandbox `id` to `timeout` from now (204).
+async fn keep_for(state: &State, id: &str, timeout: Duration) -> Response {
+    let served = match state.served(id).await {
         Ok(s) => s,
-        Err(e) => return from_error(&e, &id),
+        Err(e) => return from_error(&e, id),
     };
     match served.sandbox().set_timeout(timeout).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => from_error(&e, &id),
+        Err(e) => from_error(&e, id),
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Refresh {
+    duration: Option<u64>,
+}
+
+/// The least a refresh keeps a sandbox alive for, as on E2B.
+const MIN_REFRESH: u64 = 15;
+/// The most, as E2B's API allows.
+const MAX_REFRESH: u64 = 3600;
+
+/// `POST /sandboxes/{id}/refreshes` (204): keeps the sandbox alive for at least `duration`
+/// seconds from now (15 when absent or less, as on E2B); never shortens its time to live.
+async fn refresh(AxState(state): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
+    let req: Refresh = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let secs = req.duration.unwrap_or(MIN_REFRESH).max(MIN_REFRESH);
+    if secs > MAX_REFRESH {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            format!("duration must be at most {MAX_REFRESH} seconds"),
+        );
+    }
+    let info = match state.owned_info(&id).await {
+        Ok(i) => i,
+        Err(e) => return from_error(&e, &id),
+    };
+    let wanted = SystemTime::now() + Duration::from_secs(secs);
+    if info.expires_at.is_some_and(|end| end >= wanted) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    keep_for(&state, &id, Duration::from_secs(secs)).await
 }
 
 async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {

@@ -20,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 mod args;
+mod catalog;
 mod control;
 mod hosts;
 mod listen;

@@ -42,7 +42,7 @@ use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
 /// Metadata a template's snapshots carry (the build sandbox's, kept by the snapshot).
 pub(crate) const ALIAS_KEY: &str = "sandkit.e2b.tpl.alias";
 const ID_KEY: &str = "sandkit.e2b.tpl.id";
-const BUILD_KEY: &str = "sandkit.e2b.tpl.build";
+pub(crate) const BUILD_KEY: &str = "sandkit.e2b.tpl.build";
 const START_KEY: &str = "sandkit.e2b.tpl.start";
 const READY_KEY: &str = "sandkit.e2b.tpl.ready";
 const USER_KEY: &str = "sandkit.e2b.tpl.user";
@@ -70,14 +70,14 @@ pub(crate) struct Build {
     tags: Vec<String>,
     owner: String,
     registered: Instant,
-    progress: Mutex<Progress>,
+    pub(crate) progress: Mutex<Progress>,
 }
 
 #[derive(Debug, Default)]
-struct Progress {
+pub(crate) struct Progress {
     /// `waiting` (registered), `building`, `ready` or `error`.
     status: &'static str,
-    entries: Vec<serde_json::Value>,
+    pub(crate) entries: Vec<serde_json::Value>,
     reason: Option<serde_json::Value>,
 }
 
@@ -148,7 +148,7 @@ pub(crate) fn upload_router(state: Shared) -> Router {
 }
 
 /// `alias[:tag]`, with an optional `namespace/` in front (dropped: names are per key here).
-fn parse_name(name: &str) -> Result<(String, Option<String>), String> {
+pub(crate) fn parse_name(name: &str) -> Result<(String, Option<String>), String> {
     let name = name.trim().to_lowercase();
     let bare = name.rsplit_once('/').map_or(name.as_str(), |(_, a)| a);
     let (alias, tag) = match bare.split_once(':') {
@@ -220,8 +220,8 @@ fn snapshot_name(state: &State, alias: &str, tag: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Template {
     pub(crate) snapshot: Snapshot,
-    alias: String,
-    id: String,
+    pub(crate) alias: String,
+    pub(crate) id: String,
 }
 
 impl Template {
@@ -235,7 +235,7 @@ impl Template {
     }
 
     /// The tag this snapshot holds (its name's last part).
-    fn tag(&self) -> String {
+    pub(crate) fn tag(&self) -> String {
         self.snapshot
             .names
             .first()
@@ -246,7 +246,7 @@ impl Template {
 }
 
 /// Every template snapshot on the backend, of every key.
-async fn all_templates(state: &State) -> runtime_core::Result<Vec<Template>> {
+pub(crate) async fn all_templates(state: &State) -> runtime_core::Result<Vec<Template>> {
     if !state.runtime.capabilities().snapshots {
         return Ok(Vec::new());
     }
@@ -259,7 +259,7 @@ async fn all_templates(state: &State) -> runtime_core::Result<Vec<Template>> {
         .collect())
 }
 
-fn mine(state: &State, t: &Template) -> bool {
+pub(crate) fn mine(state: &State, t: &Template) -> bool {
     t.snapshot.metadata.get(OWNER_KEY).map(String::as_str) == Some(state.owner())
 }
 
@@ -319,7 +319,7 @@ pub(crate) async fn start_in(sandbox: &dyn Sandbox, t: &Template) -> runtime_cor
 }
 
 /// An entry of `GET /templates`: every field the SDK's model requires.
-fn entry(
+pub(crate) fn entry(
     id: &str,
     alias: &str,
     build: &str,
@@ -504,7 +504,7 @@ async fn register(AxState(state): AxState<Shared>, body: Bytes) -> Response {
 }
 
 /// The build `build` of template `id`, when this key registered it.
-fn build_of(state: &State, id: &str, build: &str) -> Result<Arc<Build>, Response> {
+pub(crate) fn build_of(state: &State, id: &str, build: &str) -> Result<Arc<Build>, Response> {
     match state.builds.lock().expect("builds").get(build) {
         Some(b) if b.template_id == id && b.owner == state.owner() => Ok(b.clone()),
         _ => Err(api_error(
