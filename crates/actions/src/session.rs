@@ -1125,7 +1125,8 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
 
 impl Drop for Session {
     /// With [`SessionOptions::kill_on_drop`], a session dropped without `close` kills its
-    /// sandbox (on the running tokio runtime, or a thread of its own where there is none).
+    /// sandbox, on a thread of its own that the process waits for at exit, so that the kill
+    /// holds when its tokio runtime ends (`main` returned early).
     fn drop(&mut self) {
         if !self.options.kill_on_drop
             || self.options.keep_alive
@@ -1141,23 +1142,68 @@ impl Drop for Session {
                 Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "killing on drop failed"),
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(kill);
-            }
-            Err(_) => {
-                let _ = std::thread::Builder::new()
-                    .name("sandkit-kill-on-drop".into())
-                    .spawn(move || {
-                        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            rt.block_on(kill);
-                        }
-                    });
+        kill_in_background(kill);
+    }
+}
+
+/// Kills started by dropped sessions that have not finished, and the signal of each end.
+static PENDING_KILLS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// The longest the process waits at exit for the kills of dropped sessions.
+const KILLS_AT_EXIT: Duration = Duration::from_secs(15);
+
+/// Runs `kill` on a thread of its own, with a runtime of its own: a session is often dropped
+/// as its tokio runtime ends (`main` returned early with `?`), which cancels anything spawned
+/// on that runtime. The process waits for such kills when it exits (an `atexit` handler, for
+/// up to [`KILLS_AT_EXIT`]), so returning from `main` leaves no sandbox behind.
+fn kill_in_background(kill: impl std::future::Future<Output = ()> + Send + 'static) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        extern "C" fn wait_for_kills() {
+            let (count, done) = &PENDING_KILLS;
+            let until = std::time::Instant::now() + KILLS_AT_EXIT;
+            let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+            while *n > 0 {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                n = done
+                    .wait_timeout(n, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
         }
+        // SAFETY: registers a plain function with no arguments to run at exit.
+        unsafe {
+            libc::atexit(wait_for_kills);
+        }
+    });
+    /// One kill under way; over when dropped (done, failed, or never started).
+    struct Pending;
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            let (count, done) = &PENDING_KILLS;
+            *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            done.notify_all();
+        }
+    }
+    *PENDING_KILLS.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    let pending = Pending;
+    let spawned = std::thread::Builder::new()
+        .name("sandkit-kill-on-drop".into())
+        .spawn(move || {
+            let _pending = pending;
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(kill);
+            }
+        });
+    if spawned.is_err() {
+        tracing::warn!("cannot start a thread to kill a dropped session's sandbox");
     }
 }
 

@@ -129,3 +129,84 @@ async fn session_keys_of_the_configuration_take_effect() {
     rt.kill(&id).await.unwrap();
     let _ = std::fs::remove_dir_all(std::path::Path::new(&workspace).parent().unwrap());
 }
+
+/// What a program's `#[tokio::main] async fn main() -> Result<()>` does when it returns early
+/// with `?` while two guarded sessions are open. Run as a child process by
+/// `main_returning_err_leaves_no_sandbox`, which then looks for what it left.
+#[test]
+#[ignore = "run as a child process by main_returning_err_leaves_no_sandbox"]
+fn child_main_returns_err() {
+    use runtime_core::{Error, ErrorKind};
+    let label = std::env::var("SANDKIT_GUARD_CHILD")
+        .expect("run by main_returning_err_leaves_no_sandbox, which sets SANDKIT_GUARD_CHILD");
+    let main = async {
+        let rt: Arc<dyn Runtime> =
+            Arc::new(runtime_docker::DockerRuntime::builder().build().await?);
+        let spec = SandboxSpec::new().metadata("sandkit-guard-test", &label);
+        let _a = Session::open(rt.clone(), "a", options_for(&spec)).await?;
+        let _b = Session::open(rt.clone(), "b", options_for(&spec)).await?;
+        Err::<(), _>(Error::new(ErrorKind::Unexpected, "the agent loop failed"))?;
+        Ok::<(), Error>(())
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(main);
+    assert!(result.is_err(), "{result:?}");
+}
+
+fn options_for(spec: &SandboxSpec) -> SessionOptions {
+    SessionOptions::new(spec.clone())
+        .time_to_live(Duration::from_secs(300))
+        .kill_on_drop(true)
+}
+
+/// The crate-family issue's leak: `main` returned `Err` with two guarded sessions open, tokio
+/// shut down and cancelled the kills, and the sandboxes lived on. Now the process waits for
+/// them as it exits: nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_returning_err_leaves_no_sandbox() {
+    let Some(rt) =
+        runtime_conformance::or_skip(runtime_docker::DockerRuntime::builder().build().await)
+    else {
+        return;
+    };
+    let label = format!(
+        "guard-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_main_returns_err",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SANDKIT_GUARD_CHILD", &label)
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = rt
+        .list(&ListFilter::all().metadata("sandkit-guard-test", &label))
+        .await
+        .unwrap();
+    for s in &left {
+        let _ = rt.kill(&s.id).await;
+    }
+    assert!(out.status.success() && said.contains("1 passed"), "{said}");
+    assert!(
+        left.is_empty(),
+        "{} sandbox(es) outlived a main that returned Err",
+        left.len()
+    );
+}
