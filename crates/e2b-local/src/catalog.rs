@@ -230,7 +230,8 @@ async fn tag_groups(
         .take(limit)
         .map(|t| json!({ "tag": t.tag(), "assignments": [assignment(t)], "hasMore": false }))
         .collect();
-    let next = (from + limit < tags.len()).then(|| (from + limit).to_string());
+    let end = from.saturating_add(limit);
+    let next = (end < tags.len()).then(|| end.to_string());
     Json(json!({ "tags": groups, "nextCursor": next })).into_response()
 }
 

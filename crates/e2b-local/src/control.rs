@@ -180,6 +180,7 @@ async fn authenticate(
             "Invalid API key, please check your E2B_API_KEY",
         );
     }
+    crate::listen::prove(&request);
     next.run(request).await
 }
 

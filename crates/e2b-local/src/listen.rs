@@ -6,9 +6,9 @@
 //! would otherwise hold them for ever.
 //!
 //! **Floods.** A cap alone lets a stranger who holds enough silent connections lock everyone
-//! out. So a connection is *proven* once it has had a successful answer to a request other
-//! than `/health` (every other route answers success only to a client with credentials: an
-//! API key, an access token, a signed URL). When a cap is full, a new connection closes the
+//! out. So a connection is *proven* once a request on it passed the API key check ([`prove`]),
+//! or had a successful answer to a request other than `/health` (every other route answers
+//! success only to a client with credentials: an access token, a signed URL, a derived token). When a cap is full, a new connection closes the
 //! oldest unproven connection (of its own source when the per-source cap is full) instead of
 //! being refused; it is refused only when every connection in the way is proven. Proven
 //! connections are never closed for a newcomer, so a flood of connections that never
@@ -31,6 +31,18 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::state::Limits;
+
+/// The mark of a request's connection: set once the request's credentials were checked (see
+/// [`prove`]), so that a slow first request is not pushed out while it runs.
+#[derive(Clone)]
+pub(crate) struct Proven(Arc<AtomicBool>);
+
+/// Marks the connection `request` came on as proven: its credentials were checked.
+pub(crate) fn prove(request: &axum::extract::Request) {
+    if let Some(Proven(p)) = request.extensions().get::<Proven>() {
+        p.store(true, Ordering::Relaxed);
+    }
+}
 
 /// One open connection, as the caps see it.
 struct Entry {
@@ -217,8 +229,10 @@ pub(crate) async fn serve(
         let service = hyper::service::service_fn(move |request: axum::extract::Request<_>| {
             let health = request.uri().path() == "/health";
             let (router, proven) = (router.clone(), proven.clone());
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(Proven(proven.clone()));
             async move {
-                let response = router.oneshot(request.map(axum::body::Body::new)).await?;
+                let response = router.oneshot(request).await?;
                 if !health && response.status().is_success() {
                     proven.store(true, Ordering::Relaxed);
                 }

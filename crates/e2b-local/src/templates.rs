@@ -796,16 +796,30 @@ async fn run_build(
         From::Image(i) if i == "e2bdev/base" || i.starts_with("e2bdev/base:") => {
             (None, Cursor::new("user", "/home/user"))
         }
-        // A snapshot (this key's, or another's, which the backend's snapshot guard refuses)
-        // is not an engine image of the operator's; anything else must be allowed.
-        From::Image(i)
-            if !state.image_allowed(i)
-                && matches!(crate::snapshots::check_template(state, i).await, Ok(false)) =>
-        {
-            return Err(base(format!(
-                "image '{i}' is not one this server allows: e2b-local pulls from no registry and \
-                 builds only from the images its operator allows (--allow-image)"
-            )))
+        // This key's own snapshot is a base it may build on; another key's is refused, and so
+        // is an image the operator did not allow (and a look-up that failed: fail closed).
+        From::Image(i) if !state.image_allowed(i) => {
+            match crate::snapshots::check_template(state, i).await {
+                Ok(true) => (Some(i.clone()), Cursor::new("root", "/")),
+                Ok(false) => {
+                    return Err(base(format!(
+                        "image '{i}' is not one this server allows: e2b-local pulls from no \
+                         registry and builds only from the images its operator allows \
+                         (--allow-image)"
+                    )))
+                }
+                Err(r) if r.status() == StatusCode::NOT_FOUND => {
+                    return Err(base(format!(
+                        "image '{i}' is not yours: it is a snapshot or template of another key"
+                    )))
+                }
+                Err(r) => {
+                    return Err(base(format!(
+                        "cannot tell whether image '{i}' may be used ({}); try again",
+                        r.status()
+                    )))
+                }
+            }
         }
         From::Image(i) => (Some(i.clone()), Cursor::new("root", "/")),
         From::Template(t) if t == "base" => (None, Cursor::new("user", "/home/user")),

@@ -425,6 +425,29 @@ async fn addresses_posing_as_names_and_metadata_services_are_refused() {
         }
     }
 
+    // Through the proxy, a range that covers them opens neither link-local nor a metadata
+    // service (`0.0.0.0/0` beside a domain used to reach 169.254.x.y on port 80).
+    let wide = rt
+        .create(
+            net.spec("literal").network_policy(
+                NetworkPolicy::new()
+                    .deny_out([ALL_TRAFFIC])
+                    .allow_out(["0.0.0.0/0", "allowed.test"]),
+            ),
+        )
+        .await
+        .unwrap();
+    for (target, port) in [(net.link_local, 80), (metadata, 80), (net.link_local, 443)] {
+        let out = probe(&*wide, "tcp", target, port, "").await;
+        assert!(
+            out.starts_with("blocked"),
+            "{target}:{port} through 0.0.0.0/0: {out}"
+        );
+    }
+    let out = probe(&*wide, "tcp", net.a, 80, "").await;
+    assert!(reached(&out, net.a, 80), "the range itself: {out}");
+    wide.kill().await.unwrap();
+
     // Metadata by address: refused by default, opened by naming it.
     let plain = rt.create(net.spec("literal")).await.unwrap();
     let out = probe(&*plain, "tcp", metadata, 8080, "").await;

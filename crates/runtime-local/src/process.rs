@@ -108,7 +108,7 @@ fn reset_signals() {
     // SAFETY: signal(2) and sigprocmask(2) are async-signal-safe; SIGKILL and SIGSTOP cannot
     // be changed, and the call fails harmlessly for them and for numbers past the last.
     unsafe {
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }

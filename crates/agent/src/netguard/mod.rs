@@ -50,15 +50,21 @@ pub(crate) const METADATA_V4: [Ipv4Addr; 3] = [
     Ipv4Addr::new(192, 0, 0, 192),
 ];
 
-/// Whether `addr` serves cloud metadata: link-local (v4 and v6), [`METADATA_V4`], and AWS's
-/// IPv6 endpoint `fd00:ec2::254`.
+/// Whether `addr` is link-local (IPv4 `169.254.0.0/16`, IPv6 `fe80::/10`), where clouds serve
+/// instance metadata.
+pub(crate) fn is_link_local(addr: IpAddr) -> bool {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Whether `addr` serves cloud metadata outside link-local: [`METADATA_V4`], and AWS's IPv6
+/// endpoint `fd00:ec2::254`.
 pub(crate) fn is_metadata(addr: IpAddr) -> bool {
     match addr.to_canonical() {
-        IpAddr::V4(v4) => v4.is_link_local() || METADATA_V4.contains(&v4),
-        IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-        }
+        IpAddr::V4(v4) => METADATA_V4.contains(&v4),
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
     }
 }
 

@@ -112,17 +112,24 @@ fn reachable(guard: &Guard, entry: &Entry, addr: IpAddr, wild_dns: bool) -> bool
     if matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()) {
         return false;
     }
-    let named = || {
+    let allowed = |exact: bool| {
         entry.policy.rules().is_ok_and(|r| {
-            r.allow
-                .iter()
-                .any(|d| matches!(d, runtime_core::Destination::Cidr(c) if c.contains(addr)))
+            r.allow.iter().any(|d| {
+                matches!(d, runtime_core::Destination::Cidr(c)
+                    if c.contains(addr) && (!exact || c.prefix == if addr.is_ipv4() { 32 } else { 128 }))
+            })
         })
     };
-    if super::is_metadata(addr) && !entry.policy.allow_link_local && !named() {
+    // Link-local only by the switch; the other metadata services by the switch or by their
+    // own address written out (a range that happens to cover one, `0.0.0.0/0` above all,
+    // does not open it).
+    if super::is_link_local(addr) && !entry.policy.allow_link_local {
         return false;
     }
-    if wild_dns && super::is_private(addr) && !named() {
+    if super::is_metadata(addr) && !entry.policy.allow_link_local && !allowed(true) {
+        return false;
+    }
+    if wild_dns && super::is_private(addr) && !allowed(false) {
         return false;
     }
     if guard
@@ -487,6 +494,18 @@ mod tests {
         ]));
         assert!(reachable(&g, &named, ip("10.0.0.5"), true));
         assert!(reachable(&g, &named, ip("100.100.100.200"), true));
+        // A range that covers them opens neither link-local nor a metadata service.
+        let everything = entry(NetworkPolicy::new().allow_out(["0.0.0.0/0", "100.64.0.0/10"]));
+        for addr in [
+            "169.254.169.254",
+            "100.100.100.200",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(
+                !reachable(&g, &everything, ip(addr), false),
+                "{addr} through a range"
+            );
+        }
         // Link-local and metadata when the policy allows link-local.
         let link = entry(NetworkPolicy::new().allow_link_local(true));
         assert!(reachable(&g, &link, ip("169.254.169.254"), false));

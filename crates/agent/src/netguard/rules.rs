@@ -84,6 +84,16 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
         let mut body = String::new();
         if !e.policy.allow_link_local {
             let _ = writeln!(body, "    ip daddr {LINK_LOCAL} drop");
+            // The metadata services outside link-local, before any allow: only their own
+            // address written out opens one (a range that covers it does not).
+            let metadata: Vec<String> = super::METADATA_V4
+                .iter()
+                .filter(|a| !rules.allow.iter().any(|d| exact_v4(d, **a)))
+                .map(|a| a.to_string())
+                .collect();
+            if !metadata.is_empty() {
+                let _ = writeln!(body, "    ip daddr {{ {} }} drop", metadata.join(", "));
+            }
         }
         if rules.has_domains() {
             // Names resolve while a policy names domains, and DNS goes only where the policy
@@ -121,12 +131,6 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
                 let _ = writeln!(body, "    ip daddr {c} accept");
             }
         }
-        // Metadata services beyond link-local: refused unless link-local is allowed or the
-        // policy named the address (an accept above).
-        if !e.policy.allow_link_local {
-            let metadata: Vec<String> = super::METADATA_V4.iter().map(|a| a.to_string()).collect();
-            let _ = writeln!(body, "    ip daddr {{ {} }} drop", metadata.join(", "));
-        }
         for d in &rules.deny {
             if let Some(c) = v4(d) {
                 let _ = writeln!(body, "    ip daddr {c} drop");
@@ -163,6 +167,11 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
         );
     }
     s
+}
+
+/// Whether `d` is exactly the address `a` (a /32).
+fn exact_v4(d: &Destination, a: std::net::Ipv4Addr) -> bool {
+    matches!(d, Destination::Cidr(c) if c.prefix == 32 && c.addr == IpAddr::V4(a))
 }
 
 /// An IPv4 CIDR destination, as nft spells it.
@@ -241,11 +250,26 @@ mod tests {
             entry(NetworkPolicy::new().allow_out(["168.63.129.16"])),
         );
         let s = script("sandkit_guard", &m, PORTS);
+        // The named one is left out of the drop; the others are dropped before any allow.
+        let drop = s
+            .find("ip daddr { 100.100.100.200, 192.0.0.192 } drop")
+            .expect("metadata drop");
         let allow = s
             .find("ip daddr 168.63.129.16/32 accept")
             .expect("allow rule");
-        let drop = s.find("192.0.0.192 } drop").expect("metadata drop");
-        assert!(allow < drop, "{s}");
+        assert!(drop < allow, "{s}");
+        // A range that covers a metadata address does not open it.
+        let mut m = BTreeMap::new();
+        m.insert(
+            "abc".into(),
+            entry(NetworkPolicy::new().allow_out(["100.64.0.0/10"])),
+        );
+        let s = script("sandkit_guard", &m, PORTS);
+        let drop = s
+            .find("ip daddr { 100.100.100.200, 168.63.129.16, 192.0.0.192 } drop")
+            .expect("metadata drop");
+        let allow = s.find("ip daddr 100.64.0.0/10 accept").expect("allow");
+        assert!(drop < allow, "{s}");
     }
 
     #[test]
