@@ -85,7 +85,13 @@ impl Internet {
             );
             return None;
         }
-        let n: u8 = 10 + (rand::random::<u8>() % 200);
+        // Distinct for every namespace this process makes (tests run at once, and two with the
+        // same number would route the same addresses), from a random start.
+        static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+        let next = NEXT
+            .get_or_init(|| std::sync::atomic::AtomicU32::new(rand::random::<u32>() % 200))
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n: u8 = 10 + (next % 200) as u8;
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let ns = format!("sbxt-{tag}");
         let host_if = format!("sbxt{tag}h");
@@ -98,11 +104,15 @@ impl Internet {
         let link_local = Ipv4Addr::new(169, 254, n, 2);
         let sh = |script: &str| {
             let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            if !out.status.success() {
+                // Nothing half-made is left behind.
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+                let _ = Command::new("ip")
+                    .args(["link", "del", &host_if])
+                    .stderr(Stdio::null())
+                    .status();
+                panic!("{script}: {}", String::from_utf8_lossy(&out.stderr));
+            }
         };
         sh(&format!(
             "ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && \
