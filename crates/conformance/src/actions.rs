@@ -590,41 +590,55 @@ async fn relative_paths_follow_the_shell(c: Ctx) -> CaseResult {
     s.close().await
 }
 
-async fn serve_page(s: &Session) -> runtime_core::Result<()> {
-    s.write("/tmp/site/index.html", "<html><head><title>T</title></head><body><h1>Hello page</h1><p>Some <b>bold</b> text.</p><a href=\"/x\">link</a></body></html>", 0, -1).await?;
-    s.run_static("cd /tmp/site && (python3 -m http.server 8123 --bind 127.0.0.1 >/dev/null 2>&1 &) ; sleep 1", None, Duration::from_secs(20)).await?;
-    Ok(())
+/// Serves a small page from inside the sandbox and returns its base URL. The port is one that is
+/// free on this machine: on the local backend the sandbox shares the host's network, and two
+/// cases serving on one fixed port at once would meet each other's server (or none).
+async fn serve_page(s: &Session) -> runtime_core::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| {
+            runtime_core::Error::new(
+                runtime_core::ErrorKind::Unexpected,
+                format!("no free port: {e}"),
+            )
+        })?;
+    let dir = format!("/tmp/site-{port}");
+    s.write(&format!("{dir}/index.html"), "<html><head><title>T</title></head><body><h1>Hello page</h1><p>Some <b>bold</b> text.</p><a href=\"/x\">link</a></body></html>", 0, -1).await?;
+    s.run_static(&format!("cd {dir} && (python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &) ; sleep 1"), None, Duration::from_secs(20)).await?;
+    Ok(format!("http://127.0.0.1:{port}"))
 }
 
 async fn browse_returns_markdown(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
-    serve_page(&s).await?;
-    let mut page = s.browse("http://127.0.0.1:8123/").await;
+    let base = serve_page(&s).await?;
+    let mut page = s.browse(&format!("{base}/")).await;
     for _ in 0..20 {
         if page.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        page = s.browse("http://127.0.0.1:8123/").await;
+        page = s.browse(&format!("{base}/")).await;
     }
     let page = page?;
     assert_eq!(page.status, 200);
     assert!(page.markdown.contains("# Hello page"), "{}", page.markdown);
     assert!(page.markdown.contains("**bold**"), "{}", page.markdown);
-    assert!(page.url.starts_with("http://127.0.0.1:8123/"));
+    assert!(page.url.starts_with(&format!("{base}/")));
     s.close().await
 }
 
 async fn browse_error_status(c: Ctx) -> CaseResult {
     let s = open(&c).await?;
-    serve_page(&s).await?;
-    let mut e = s.browse("http://127.0.0.1:8123/missing").await.unwrap_err();
+    let base = serve_page(&s).await?;
+    let missing = format!("{base}/missing");
+    let mut e = s.browse(&missing).await.unwrap_err();
     for _ in 0..20 {
         if e.kind() == ErrorKind::NotFound {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        e = s.browse("http://127.0.0.1:8123/missing").await.unwrap_err();
+        e = s.browse(&missing).await.unwrap_err();
     }
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.message().contains("404"), "{e}");
