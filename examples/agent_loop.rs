@@ -1,13 +1,13 @@
 //! An agent-style loop: actions in OpenHands' JSON shape (as an LLM tool call would produce
-//! them) run through `runtime-actions` on whichever backend the configuration picks.
+//! them) run through `sandkit-actions` on whichever backend the configuration picks.
 //!
 //! `cargo run -p sandkit-examples --example agent_loop`
 
-use runtime_actions::{Action, Session, SessionOptions};
+use sandkit::actions::{Action, Session, SessionOptions};
 
 #[tokio::main]
-async fn main() -> runtime_core::Result<()> {
-    let runtime = runtime_config::Config::load()?.runtime().await?;
+async fn main() -> sandkit::Result<()> {
+    let runtime = sandkit::Config::load()?.runtime().await?;
     let session = Session::open(runtime, "example-agent", SessionOptions::default()).await?;
 
     // What a model might ask for, one step at a time.

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use runtime_conformance::{SandboxTarget, Suite};
-use runtime_core::{Capabilities, ListFilter, Result, Runtime, Sandbox, SandboxInfo, SandboxSpec};
+use sandkit::{Capabilities, ListFilter, Result, Runtime, Sandbox, SandboxInfo, SandboxSpec};
+use sandkit_conformance::{SandboxTarget, Suite};
 
 /// A backend of our own: it delegates, and counts what it made.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
     match suite
         .tokio()
-        .block_on(runtime_docker::DockerRuntime::builder().build())
+        .block_on(sandkit::docker::DockerRuntime::builder().build())
     {
         Ok(docker) => {
             let ours = Arc::new(Counting {

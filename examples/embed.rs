@@ -2,11 +2,11 @@
 //!
 //! `cargo run -p sandkit-examples --example embed`
 
-use runtime_core::{CommandSpec, FileStoreExt, SandboxExt, SandboxSpec};
+use sandkit::{CommandSpec, FileStoreExt, SandboxExt, SandboxSpec};
 
 #[tokio::main]
-async fn main() -> runtime_core::Result<()> {
-    let config = runtime_config::Config::load()?;
+async fn main() -> sandkit::Result<()> {
+    let config = sandkit::Config::load()?;
     let runtime = config.runtime().await?; // Arc<dyn Runtime>: Docker or E2B, as configured
 
     let sandbox = runtime

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use runtime_actions::prelude::*;
+use sandkit::actions::prelude::*;
 
 /// The tools an LLM may call, over one sandbox.
 #[derive(Clone)]

@@ -1,4 +1,4 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    e2b_protocol::fuzzing::envelope(data);
+    sandkit_e2b_protocol::fuzzing::envelope(data);
 });

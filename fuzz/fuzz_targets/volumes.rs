@@ -1,4 +1,4 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    runtime_config::fuzzing::volumes(data);
+    sandkit_config::fuzzing::volumes(data);
 });

@@ -192,7 +192,7 @@ fn sdk_python() -> Result<PathBuf> {
 /// The official E2B Python SDK (tests/e2b-sdk, pinned versions) against e2b-local.
 fn e2b_sdk_tests(agent: &Path) -> Result {
     step("the official E2B Python SDK against e2b-local (tests/e2b-sdk)");
-    run(cargo().args(["build", "-p", "e2b-local"]))?;
+    run(cargo().args(["build", "-p", "sandkit-e2b-local"]))?;
     let python = sdk_python()?;
     run(Command::new(&python)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
@@ -205,7 +205,7 @@ fn e2b_sdk_tests(agent: &Path) -> Result {
 /// The official MCP Python SDK (tests/mcp) against `sandkit mcp`, over stdio and HTTP.
 fn mcp_tests(agent: &Path) -> Result {
     step("the official MCP Python SDK against sandkit mcp (tests/mcp)");
-    run(cargo().args(["build", "-p", "sandkit"]))?;
+    run(cargo().args(["build", "-p", "sandkit-cli"]))?;
     let python = sdk_python()?;
     run(Command::new(&python)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
@@ -228,7 +228,7 @@ fn run_in_sandbox(args: &[String], agent: &Path) -> Result {
     };
     step("sandkit run");
     run(cargo()
-        .args(["run", "--quiet", "-p", "sandkit", "--", "run", "--"])
+        .args(["run", "--quiet", "-p", "sandkit-cli", "--", "run", "--"])
         .args(&words)
         .env("SANDKIT_AGENT_BIN", agent))
 }

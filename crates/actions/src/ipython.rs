@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, Error, ErrorKind, ProcessEvent, ProcessHandle, Result, Sandbox, SandboxExt, Signal,
 };
 use serde::{Deserialize, Serialize};

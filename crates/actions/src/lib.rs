@@ -36,7 +36,7 @@ pub use wire::{
 /// What an agent tool executor needs, in one import line.
 ///
 /// ```no_run
-/// use runtime_actions::prelude::*;
+/// use sandkit_actions::prelude::*;
 ///
 /// # async fn demo() -> Result<()> {
 /// let config = Config::load()?;
@@ -48,14 +48,14 @@ pub use wire::{
 /// # Ok(()) }
 /// ```
 ///
-/// The backends come from `runtime-config`'s features: depend on it with
+/// The backends come from `sandkit-config`'s features: depend on it with
 /// `features = ["docker", "e2b"]` (or the ones you use) beside this crate.
 pub mod prelude {
     pub use crate::{
         Action, Observation, RunRequest, RunResult, Session, SessionOptions, ShellOptions,
     };
-    pub use runtime_config::Config;
-    pub use runtime_core::{
+    pub use sandkit_config::Config;
+    pub use sandkit_core::{
         CommandSpec, Error, ErrorKind, FileStore, FileStoreExt, Result, Runtime, Sandbox,
         SandboxExt, SandboxSpec,
     };

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use runtime_core::raw::shell_quote;
-use runtime_core::{
+use sandkit_core::raw::shell_quote;
+use sandkit_core::{
     CommandSpec, EntryKind, Error, ErrorKind, FileStoreExt, ListFilter, ProcessEvent, Result,
     Runtime, Sandbox, SandboxExt, SandboxSpec,
 };
@@ -93,17 +93,17 @@ impl SessionOptions {
     /// backend: made when the backend has not made it).
     ///
     /// ```
-    /// let config = runtime_config::Config::builder()
+    /// let config = sandkit_config::Config::builder()
     ///     .no_file()
     ///     .env_vars([("SANDBOX_TIMEOUT", "30")])
     ///     .load()
     ///     .unwrap();
-    /// let options = runtime_actions::SessionOptions::from_config(&config);
+    /// let options = sandkit_actions::SessionOptions::from_config(&config);
     /// assert_eq!(options.shell.hard_timeout, std::time::Duration::from_secs(30));
     /// // The same default directory on every backend.
     /// assert_eq!(options.spec.cwd.as_deref(), Some("/workspace"));
     /// ```
-    pub fn from_config(config: &runtime_config::Config) -> Self {
+    pub fn from_config(config: &sandkit_config::Config) -> Self {
         let s = &config.sandbox;
         SessionOptions {
             // The same directory on every backend (E2B's own default is the user's home).
@@ -165,8 +165,8 @@ pub struct BrowseResult {
 /// One agent's sandbox: a persistent shell, a Python kernel, a file editor with undo.
 ///
 /// ```no_run
-/// # async fn demo(runtime: std::sync::Arc<dyn runtime_core::Runtime>) -> runtime_core::Result<()> {
-/// use runtime_actions::{Action, Session, SessionOptions};
+/// # async fn demo(runtime: std::sync::Arc<dyn sandkit_core::Runtime>) -> sandkit_core::Result<()> {
+/// use sandkit_actions::{Action, Session, SessionOptions};
 /// let session = Session::open(runtime, "conversation-42", SessionOptions::default()).await?;
 /// let obs = session
 ///     .run_action(serde_json::from_str::<Action>(r#"{"action":"run","args":{"command":"cd /tmp && pwd"}}"#).unwrap())
@@ -201,7 +201,7 @@ impl std::fmt::Debug for Session {
 /// sandbox's default user so that commands there can write; one that is already there and
 /// writable is left alone.
 async fn ensure_dir(sandbox: &dyn Sandbox, dir: &str) -> Result<()> {
-    let q = runtime_core::raw::shell_quote(dir);
+    let q = sandkit_core::raw::shell_quote(dir);
     // As the default user: is it there and writable, and who is that user?
     let probe = sandbox
         .exec(
@@ -884,7 +884,7 @@ print(json.dumps({"status": status, "url": final, "content_type": ctype, "body":
         };
         // The archive comes from the sandbox: unpacked with no setuid bits, devices or links
         // that lead out of `dest` (see `LocalFileStore::unpack`).
-        let store = runtime_filestore::LocalFileStore::new(&dest)?;
+        let store = sandkit_filestore::LocalFileStore::new(&dest)?;
         let src = archive.path().to_path_buf();
         let top = name.clone();
         tokio::task::spawn_blocking(move || store.unpack(std::fs::File::open(src)?, "", &top))
@@ -1224,7 +1224,7 @@ const MAX_DRAIN: u64 = 8 << 30;
 const MAX_COLLECTED: usize = 16 << 20;
 
 async fn drain(
-    process: &mut runtime_core::Process,
+    process: &mut sandkit_core::Process,
     mut sink: Option<&mut tokio::fs::File>,
 ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runtime_core::{CommandSpec, ProcessEvent, ProcessHandle, Result, Sandbox, Signal};
+use sandkit_core::{CommandSpec, ProcessEvent, ProcessHandle, Result, Sandbox, Signal};
 use tokio::sync::Notify;
 
 use crate::editor::truncate_middle;
@@ -203,7 +203,7 @@ impl Shell {
     }
 
     fn script(&self, command: &str) -> String {
-        let state = runtime_core::raw::shell_quote(&self.state_file);
+        let state = sandkit_core::raw::shell_quote(&self.state_file);
         format!(
             "__sandkit_state={state}\n\
              if [ -f \"$__sandkit_state\" ]; then . \"$__sandkit_state\"; fi\n\

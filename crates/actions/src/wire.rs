@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// An action, tagged by `action`, with its fields under `args`.
 ///
 /// ```
-/// use runtime_actions::Action;
+/// use sandkit_actions::Action;
 /// let a: Action = serde_json::from_str(r#"{"action":"run","args":{"command":"ls"}}"#).unwrap();
 /// assert!(matches!(a, Action::Run(ref r) if r.command == "ls"));
 /// ```

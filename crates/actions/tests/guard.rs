@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runtime_actions::{Session, SessionOptions};
-use runtime_core::{ListFilter, Runtime, SandboxSpec};
-use runtime_local::LocalRuntime;
+use sandkit_actions::{Session, SessionOptions};
+use sandkit_core::{ListFilter, Runtime, SandboxSpec};
+use sandkit_local::LocalRuntime;
 
 async fn alive(rt: &dyn Runtime, id: &str) -> bool {
     rt.list(&ListFilter::all())
@@ -87,7 +87,7 @@ async fn session_keys_of_the_configuration_take_effect() {
         std::env::temp_dir().display(),
         std::process::id()
     );
-    let config = runtime_config::Config::builder()
+    let config = sandkit_config::Config::builder()
         .no_file()
         .env_vars([
             ("SANDBOX_TIME_TO_LIVE", "77"),
@@ -136,12 +136,12 @@ async fn session_keys_of_the_configuration_take_effect() {
 #[test]
 #[ignore = "run as a child process by main_returning_err_leaves_no_sandbox"]
 fn child_main_returns_err() {
-    use runtime_core::{Error, ErrorKind};
+    use sandkit_core::{Error, ErrorKind};
     let label = std::env::var("SANDKIT_GUARD_CHILD")
         .expect("run by main_returning_err_leaves_no_sandbox, which sets SANDKIT_GUARD_CHILD");
     let main = async {
         let rt: Arc<dyn Runtime> =
-            Arc::new(runtime_docker::DockerRuntime::builder().build().await?);
+            Arc::new(sandkit_docker::DockerRuntime::builder().build().await?);
         let spec = SandboxSpec::new().metadata("sandkit-guard-test", &label);
         let _a = Session::open(rt.clone(), "a", options_for(&spec)).await?;
         let _b = Session::open(rt.clone(), "b", options_for(&spec)).await?;
@@ -168,7 +168,7 @@ fn options_for(spec: &SandboxSpec) -> SessionOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_returning_err_leaves_no_sandbox() {
     let Some(rt) =
-        runtime_conformance::or_skip(runtime_docker::DockerRuntime::builder().build().await)
+        sandkit_conformance::or_skip(sandkit_docker::DockerRuntime::builder().build().await)
     else {
         return;
     };

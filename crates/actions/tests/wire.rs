@@ -2,7 +2,7 @@
 //! (events/serialization): what an OpenHands event stream carries parses, and what we write
 //! has the same shape.
 
-use runtime_actions::{Action, ActionEvent, Observation};
+use sandkit_actions::{Action, ActionEvent, Observation};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {

@@ -16,8 +16,8 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use runtime_core::SandboxSpec;
-use runtime_local::LocalSandbox;
+use sandkit_core::SandboxSpec;
+use sandkit_local::LocalSandbox;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
@@ -131,13 +131,13 @@ async fn serve(o: Options) -> Result<(), String> {
         spec = spec.cwd(c);
     }
     let sandbox = LocalSandbox::this_machine(spec).map_err(|e| e.to_string())?;
-    let served = Arc::new(envd::Served::new(
+    let served = Arc::new(sandkit_envd::Served::new(
         Box::new(sandbox),
         o.user.clone().unwrap_or_else(|| "user".into()),
     ));
     let envs: BTreeMap<String, String> = std::env::vars().collect();
-    let resolver = envd::OneSandbox::new(served.clone(), o.token.clone()).envs(envs);
-    let app = envd::router(Arc::new(resolver));
+    let resolver = sandkit_envd::OneSandbox::new(served.clone(), o.token.clone()).envs(envs);
+    let app = sandkit_envd::router(Arc::new(resolver));
 
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &o.listen {

@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use runtime_conformance::{SandboxTarget, Suite};
-use runtime_core::{
+use sandkit_conformance::{SandboxTarget, Suite};
+use sandkit_core::{
     Capabilities, CommandSpec, Error, ErrorKind, ExecOutput, FileStore, FileStoreExt,
     FsEventStream, ListFilter, Metrics, Process, ProcessEvent, ProcessInfo, Result, Runtime,
     Sandbox, SandboxInfo, SandboxSpec,
 };
-use runtime_e2b::{Connect, EnvdClient, EnvdIo};
+use sandkit_e2b::{Connect, EnvdClient, EnvdIo};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::watch;
@@ -167,7 +167,7 @@ async fn start_agent(
             libc::sigemptyset(&mut blocked);
             libc::sigaddset(&mut blocked, libc::SIGINT);
             libc::sigprocmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
-            if root && !runtime_conformance::private_scratch() {
+            if root && !sandkit_conformance::private_scratch() {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -283,7 +283,7 @@ impl Runtime for AgentRuntime {
             .with_defaults(spec.user.clone(), spec.cwd.clone());
         let ttl = spec
             .timeout
-            .unwrap_or(runtime_core::DEFAULT_SANDBOX_TIMEOUT);
+            .unwrap_or(sandkit_core::DEFAULT_SANDBOX_TIMEOUT);
         let (deadline, mut rx) = watch::channel(SystemTime::now() + ttl);
         let agent = Arc::new(Agent {
             id: id.clone(),
@@ -411,7 +411,7 @@ impl Sandbox for AgentSandbox {
 // ---- own trials ----------------------------------------------------------------------------
 
 /// An agent with a token answers `/health` to anyone and nothing else without the token.
-async fn nothing_but_health_without_the_token() -> runtime_conformance::CaseResult {
+async fn nothing_but_health_without_the_token() -> sandkit_conformance::CaseResult {
     let home = tempfile::tempdir()?;
     let (mut child, connect, _) =
         start_agent(true, "right-token", &SandboxSpec::new(), home.path()).await?;
@@ -464,7 +464,7 @@ async fn http1(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, Str
 
 /// `X-Metadata-*` on an upload: kept with the file (keys lowercased), in the answer and in
 /// `Stat`; replaced by the next upload; refused whole when invalid.
-async fn metadata_kept_read_back_and_replaced() -> runtime_conformance::CaseResult {
+async fn metadata_kept_read_back_and_replaced() -> sandkit_conformance::CaseResult {
     let home = tempfile::tempdir()?;
     let dir = tempfile::tempdir()?;
     let (mut child, connect, addr) =
@@ -515,7 +515,7 @@ async fn metadata_kept_read_back_and_replaced() -> runtime_conformance::CaseResu
 }
 
 /// The static agent in a container, reached over `docker run -i`'s stdio.
-async fn in_container(image: &'static str, bin: Option<String>) -> runtime_conformance::CaseResult {
+async fn in_container(image: &'static str, bin: Option<String>) -> sandkit_conformance::CaseResult {
     let docker_ok = std::process::Command::new("docker")
         .args(["image", "inspect", image])
         .stdout(Stdio::null())
@@ -528,7 +528,7 @@ async fn in_container(image: &'static str, bin: Option<String>) -> runtime_confo
              (`cargo xtask image`, `cargo xtask agent`)"
         );
         assert!(
-            !runtime_conformance::engine_required(),
+            !sandkit_conformance::engine_required(),
             "SANDKIT_REQUIRE_DOCKER=1: {why}"
         );
         eprintln!("skipped: {why}");

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use runtime_core::{CommandSpec, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
-use runtime_docker::DockerRuntime;
+use sandkit_core::{CommandSpec, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
+use sandkit_docker::DockerRuntime;
 use serde_json::json;
 
 const IMAGE: &str = "sandkit-base:bookworm";
@@ -113,9 +113,9 @@ fn peak_rss_kib() -> u64 {
 /// The runtime as programs get it from `Config::runtime`: the backend inside the standard
 /// layers (error context, retries, capability checks, tracing), so the rows count their cost.
 fn layered(docker: &DockerRuntime) -> Arc<dyn Runtime> {
-    runtime_core::layer::standard(
+    sandkit_core::layer::standard(
         Arc::new(docker.clone()),
-        Some(runtime_core::layer::RetryLayer::default()),
+        Some(sandkit_core::layer::RetryLayer::default()),
     )
 }
 
@@ -261,7 +261,7 @@ async fn load(docker: Arc<DockerRuntime>) -> Res<serde_json::Value> {
                 }
             }
             sb.kill().await?;
-            Ok::<u32, runtime_core::Error>(errors)
+            Ok::<u32, sandkit_core::Error>(errors)
         }));
     }
     let mut errors = 0;
@@ -284,9 +284,9 @@ async fn e2b(docker: DockerRuntime, python: &PathBuf, n: usize) -> Res<(Row, Row
     let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (api_addr, envd_addr) = (api.local_addr()?, envd.local_addr()?);
     let key = "e2b_bench_key";
-    let server = e2b_local::Server::new(
+    let server = sandkit_e2b_local::Server::new(
         Arc::new(docker),
-        e2b_local::ServerConfig {
+        sandkit_e2b_local::ServerConfig {
             api_key: Some(key.into()),
             ..Default::default()
         },
@@ -295,7 +295,7 @@ async fn e2b(docker: DockerRuntime, python: &PathBuf, n: usize) -> Res<(Row, Row
     let handle = tokio::spawn(server.serve(api, envd, async move {
         let _ = stop_rx.await;
     }));
-    let e2b = runtime_e2b::E2bRuntime::builder()
+    let e2b = sandkit_e2b::E2bRuntime::builder()
         .api_key(key)
         .api_url(format!("http://{api_addr}"))
         .sandbox_url(format!("http://{envd_addr}"))
@@ -471,11 +471,11 @@ async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let ip: std::net::IpAddr = "10.205.7.2".parse()?;
-        let cidr = runtime_core::NetworkPolicy::new()
-            .deny_out([runtime_core::ALL_TRAFFIC])
+        let cidr = sandkit_core::NetworkPolicy::new()
+            .deny_out([sandkit_core::ALL_TRAFFIC])
             .allow_out(["10.205.7.2"]);
-        let domain = runtime_core::NetworkPolicy::new()
-            .deny_out([runtime_core::ALL_TRAFFIC])
+        let domain = sandkit_core::NetworkPolicy::new()
+            .deny_out([sandkit_core::ALL_TRAFFIC])
             .allow_out(["server.test"]);
         let mut setup: Vec<Series> = Vec::new();
         let mut download: Vec<Series> = Vec::new();

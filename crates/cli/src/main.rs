@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use runtime_config::Config;
-use runtime_core::{
+use sandkit_config::Config;
+use sandkit_core::{
     copy_tree, CommandSpec, EntryKind, Error, ErrorKind, ListFilter, ProcessEvent, Runtime,
     Sandbox, SandboxSpec,
 };
-use runtime_filestore::LocalFileStore;
+use sandkit_filestore::LocalFileStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sandboxes for AI agents: one CLI over Docker and E2B.
@@ -105,7 +105,7 @@ enum Cmd {
         command: TemplateCmd,
     },
     /// Serve the E2B API and envd over this machine's backend (see e2b-local).
-    ServeE2b(e2b_local::ServeArgs),
+    ServeE2b(sandkit_e2b_local::ServeArgs),
     /// Serve sandbox tools over MCP: on stdin/stdout, or with --http on ADDR at /mcp. Each MCP
     /// session gets a sandbox on its first tool call, killed when the session ends.
     Mcp {
@@ -145,7 +145,7 @@ struct Make {
     policy: Policy,
 }
 
-/// A network policy on the command line (see `runtime_core::NetworkPolicy`).
+/// A network policy on the command line (see `sandkit_core::NetworkPolicy`).
 #[derive(Debug, clap::Args)]
 struct Policy {
     /// Always allow this address, CIDR or domain (`*.example.com`; repeatable).
@@ -164,13 +164,13 @@ struct Policy {
 
 impl Policy {
     /// The policy, `None` when no flag was given (the configuration's then applies).
-    fn get(&self) -> Option<runtime_core::NetworkPolicy> {
-        let p = runtime_core::NetworkPolicy::new()
+    fn get(&self) -> Option<sandkit_core::NetworkPolicy> {
+        let p = sandkit_core::NetworkPolicy::new()
             .allow_out(self.allow_out.clone())
             .deny_out(self.deny_out.clone())
             .allow_host(self.allow_host)
             .allow_link_local(self.allow_link_local);
-        (p != runtime_core::NetworkPolicy::new()).then_some(p)
+        (p != sandkit_core::NetworkPolicy::new()).then_some(p)
     }
 }
 
@@ -345,7 +345,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Cmd::Template {
             command: TemplateCmd::Build { dir },
         } => {
-            if config.core.runtime != runtime_config::RuntimeKind::Docker {
+            if config.core.runtime != sandkit_config::RuntimeKind::Docker {
                 return Err(fail(
                     "templates are built on the Docker backend",
                     Some("use --runtime docker"),
@@ -374,7 +374,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Cmd::Mcp { http } => {
             let runtime = config.runtime().await?;
-            let options = runtime_actions::SessionOptions::from_config(&config);
+            let options = sandkit_actions::SessionOptions::from_config(&config);
             let server = sandkit_mcp::McpServer::new(runtime.clone(), options);
             let served = match http {
                 None => server
@@ -447,8 +447,8 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                     .map(|i| {
                         serde_json::json!({
                             "id": i.id, "template": i.template, "state": i.state.as_str(), "metadata": i.metadata,
-                            "started_at": runtime_core::raw::time::rfc3339(i.started_at),
-                            "expires_at": i.expires_at.map(runtime_core::raw::time::rfc3339),
+                            "started_at": sandkit_core::raw::time::rfc3339(i.started_at),
+                            "expires_at": i.expires_at.map(sandkit_core::raw::time::rfc3339),
                             "backend": i.backend, "details": i.details,
                         })
                     })
@@ -462,7 +462,7 @@ async fn with_runtime(runtime: Arc<dyn Runtime>, cmd: Cmd) -> Result<u8, Failure
                 for i in list {
                     let meta: Vec<String> =
                         i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    let started = runtime_core::raw::time::rfc3339(i.started_at);
+                    let started = sandkit_core::raw::time::rfc3339(i.started_at);
                     println!(
                         "{:<22} {:<8} {:<24} {:<20} {}",
                         i.id,

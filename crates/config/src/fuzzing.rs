@@ -1,7 +1,7 @@
 //! Entry points of the fuzz targets (`fuzz/`), also replayed over the committed corpus by the
 //! tests. Not a stable API.
 
-use runtime_core::{ErrorKind, Mount};
+use sandkit_core::{ErrorKind, Mount};
 
 /// `SANDBOX_VOLUMES` parsing: never panics; every error is `InvalidInput` naming the entry;
 /// what parses prints back to something that parses the same.

@@ -19,7 +19,7 @@
 //! [`Config::explain`].
 //!
 //! ```
-//! use runtime_config::{Config, RuntimeKind};
+//! use sandkit_config::{Config, RuntimeKind};
 //!
 //! let config = Config::builder()
 //!     .no_file()
@@ -29,7 +29,7 @@
 //! assert_eq!(config.e2b.api_key.as_ref().unwrap().expose(), "123456");
 //! assert_eq!(config.sandbox.timeout, 60);
 //! assert!(!format!("{config:?}").contains("123456"));
-//! # Ok::<(), runtime_core::Error>(())
+//! # Ok::<(), sandkit_core::Error>(())
 //! ```
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
-use runtime_core::{Error, ErrorKind, Mount, Result, Runtime};
+use sandkit_core::{Error, ErrorKind, Mount, Result, Runtime};
 use serde::{Deserialize, Serialize};
 
 pub use sections::{
@@ -133,7 +133,7 @@ impl Config {
         };
         if let Some(base) = &self.core.workspace_base {
             mounts.push(Mount {
-                source: runtime_core::MountSource::HostPath(base.clone()),
+                source: sandkit_core::MountSource::HostPath(base.clone()),
                 target: self.core.workspace_mount_path_in_sandbox.clone(),
                 read_only: false,
             });
@@ -175,7 +175,7 @@ impl Config {
     }
 
     /// Builds the backend `[core] runtime` names, inside the standard stack of
-    /// [layers](runtime_core::layer::standard): error context, retries (unless
+    /// [layers](sandkit_core::layer::standard): error context, retries (unless
     /// `[sandbox] remote_runtime_enable_retries = false`), capability checks, tracing.
     ///
     /// Each backend is behind a cargo feature of this crate (`docker`, `e2b`); asking for one
@@ -188,14 +188,14 @@ impl Config {
         let retry = self
             .sandbox
             .remote_runtime_enable_retries
-            .then(runtime_core::layer::RetryLayer::default);
-        Ok(runtime_core::layer::standard(backend, retry))
+            .then(sandkit_core::layer::RetryLayer::default);
+        Ok(sandkit_core::layer::standard(backend, retry))
     }
 
     #[cfg(feature = "e2b")]
     fn e2b_runtime(&self) -> Result<Arc<dyn Runtime>> {
         let e = &self.e2b;
-        let mut builder = runtime_e2b::E2bRuntime::builder()
+        let mut builder = sandkit_e2b::E2bRuntime::builder()
             .domain(e.domain.clone())
             .debug(e.debug)
             .template(e.template.clone())
@@ -221,7 +221,7 @@ impl Config {
         Err(Error::new(
             ErrorKind::Unsupported,
             "the e2b backend is not built into this program; rebuild with the `e2b` feature \
-             of runtime-config, or set runtime = \"docker\"",
+             of sandkit-config, or set runtime = \"docker\"",
         )
         .with_context("source", self.source_of("core.runtime")))
     }
@@ -233,7 +233,7 @@ impl Config {
 
     /// The Docker backend as configured, for what only it offers (template builds).
     #[cfg(feature = "docker")]
-    pub async fn docker(&self) -> Result<runtime_docker::DockerRuntime> {
+    pub async fn docker(&self) -> Result<sandkit_docker::DockerRuntime> {
         let d = &self.docker;
         let s = &self.sandbox;
         let image = s
@@ -246,8 +246,8 @@ impl Config {
         } else {
             d.network.clone()
         };
-        let mut builder = runtime_docker::DockerRuntime::builder()
-            .network(runtime_core::NetworkMode::parse(&network))
+        let mut builder = sandkit_docker::DockerRuntime::builder()
+            .network(sandkit_core::NetworkMode::parse(&network))
             .mounts(self.mounts()?)
             .workdir(self.core.workspace_mount_path_in_sandbox.clone())
             .env(s.runtime_startup_env_vars.clone())
@@ -278,7 +278,7 @@ impl Config {
         if let Some(policy) = &s.network {
             builder = builder.network_policy(policy.clone());
         }
-        let mut resources = runtime_core::Resources::new();
+        let mut resources = sandkit_core::Resources::new();
         resources.cpus = d.cpus;
         resources.memory_mb = d.memory_mb;
         resources.pids = d.pids_limit;
@@ -304,7 +304,7 @@ impl Config {
         Err(Error::new(
             ErrorKind::Unsupported,
             "the docker backend is not built into this program; rebuild with the `docker` \
-             feature of runtime-config",
+             feature of sandkit-config",
         ))
     }
 }

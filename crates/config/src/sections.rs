@@ -188,14 +188,14 @@ pub struct SandboxSection {
     pub enable_gpu: bool,
     /// Comma-separated GPU ids for `enable_gpu` (all when unset).
     pub cuda_visible_devices: Option<String>,
-    /// `host:container[:ro|rw]` entries, comma-separated; see [`runtime_core::Mount::parse`].
+    /// `host:container[:ro|rw]` entries, comma-separated; see [`sandkit_core::Mount::parse`].
     pub volumes: Option<String>,
     /// Docker networks to connect sandboxes to after start.
     pub additional_networks: Vec<String>,
     /// `[sandbox.network]`: what sandboxes may reach (`allow_out`, `deny_out`, `allow_host`,
-    /// `allow_link_local`; see [`runtime_core::NetworkPolicy`]), for sandboxes whose spec sets
+    /// `allow_link_local`; see [`sandkit_core::NetworkPolicy`]), for sandboxes whose spec sets
     /// no policy. Unset: no lists, and the host and link-local addresses refused.
-    pub network: Option<runtime_core::NetworkPolicy>,
+    pub network: Option<sandkit_core::NetworkPolicy>,
     /// Image platform (`linux/amd64`) for template builds.
     pub platform: Option<String>,
     /// Extra `docker build` arguments (accepted; not used).
@@ -217,7 +217,7 @@ pub struct SandboxSection {
     /// Accepted for OpenHands compatibility; no effect here.
     pub remote_runtime_api_timeout: u64,
     /// Try again calls that failed and may work later (an unreachable or busy backend, a
-    /// 429): the [`RetryLayer`](runtime_core::layer::RetryLayer) in the stack
+    /// 429): the [`RetryLayer`](sandkit_core::layer::RetryLayer) in the stack
     /// [`Config::runtime`](crate::Config::runtime) builds. A spawn is never run twice.
     pub remote_runtime_enable_retries: bool,
     /// Accepted for OpenHands compatibility; no effect here.
@@ -384,7 +384,7 @@ pub struct DockerSection {
     /// Prefix of the labels that mark containers as ours. Default `sandkit`.
     pub label_prefix: String,
     /// Linux capabilities sandboxes get; every other one is dropped. Default: the backend's
-    /// set (`runtime_docker::DEFAULT_CAPABILITIES`, without `NET_RAW` and `MKNOD`).
+    /// set (`sandkit_docker::DEFAULT_CAPABILITIES`, without `NET_RAW` and `MKNOD`).
     pub capabilities: Option<Vec<String>>,
     /// An OCI runtime registered with the engine, e.g. `runsc` for gVisor. Default: the
     /// engine's own.

@@ -1,5 +1,5 @@
 use super::*;
-use runtime_core::MountSource;
+use sandkit_core::MountSource;
 
 fn env(vars: &[(&str, &str)]) -> ConfigBuilder {
     Config::builder()
@@ -499,7 +499,7 @@ fn sandbox_network_section_is_a_policy_and_typos_are_errors() {
         .load()
         .unwrap();
     let p = c.sandbox.network.clone().expect("a policy");
-    assert_eq!(p.deny_out, vec![runtime_core::ALL_TRAFFIC]);
+    assert_eq!(p.deny_out, vec![sandkit_core::ALL_TRAFFIC]);
     assert_eq!(p.allow_out, vec!["pypi.org", "10.1.0.0/16"]);
     assert!(p.allow_host && !p.allow_link_local);
     assert!(!c.docker.network_guard);
@@ -527,9 +527,9 @@ async fn a_bad_network_policy_in_config_names_the_section() {
         .unwrap();
     match c.docker().await {
         // No engine here: nothing to check past connecting.
-        Err(e) if e.kind() == runtime_core::ErrorKind::Unavailable => {}
+        Err(e) if e.kind() == sandkit_core::ErrorKind::Unavailable => {}
         Err(e) => {
-            assert_eq!(e.kind(), runtime_core::ErrorKind::InvalidInput, "{e}");
+            assert_eq!(e.kind(), sandkit_core::ErrorKind::InvalidInput, "{e}");
             assert!(e.to_string().contains("[sandbox.network]"), "{e}");
         }
         Ok(_) => panic!("a domain in deny_out was accepted"),
@@ -586,7 +586,7 @@ async fn remote_runtime_enable_retries_turns_the_retry_layer_on_and_off() {
         }
         let runtime = env(&vars).load().unwrap().runtime().await.unwrap();
         let e = runtime
-            .list(&runtime_core::ListFilter::all())
+            .list(&sandkit_core::ListFilter::all())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");

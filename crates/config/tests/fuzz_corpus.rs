@@ -13,10 +13,10 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
 
 #[test]
 fn volumes_corpus_replays() {
-    assert!(replay("volumes", runtime_config::fuzzing::volumes) >= 10);
+    assert!(replay("volumes", sandkit_config::fuzzing::volumes) >= 10);
 }
 
 #[test]
 fn config_corpus_replays() {
-    assert!(replay("config", runtime_config::fuzzing::config) >= 10);
+    assert!(replay("config", sandkit_config::fuzzing::config) >= 10);
 }

@@ -1,20 +1,20 @@
-//! The agent-operation cases (`area = actions`): `runtime-actions` over any backend whose image
+//! The agent-operation cases (`area = actions`): `sandkit-actions` over any backend whose image
 //! has bash and python3.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime_actions::{
+use sandkit_actions::{
     Action, Observation, RunRequest, RunResult, Session, SessionOptions, ShellOptions,
 };
-use runtime_core::{ErrorKind, FileStoreExt};
+use sandkit_core::{ErrorKind, FileStoreExt};
 
 use crate::suite::{Case, CaseResult, SandkitCtx};
 
 type Ctx = Arc<SandkitCtx>;
 
-fn needs_actions(_: &runtime_core::Capabilities) -> bool {
+fn needs_actions(_: &sandkit_core::Capabilities) -> bool {
     true
 }
 
@@ -74,12 +74,12 @@ cases!(
 );
 
 /// Opens a session on the target with short timeouts, its sandbox recorded for clean-up.
-async fn open(c: &Ctx) -> runtime_core::Result<Session> {
+async fn open(c: &Ctx) -> sandkit_core::Result<Session> {
     let id = format!("conf-{:x}", rand::random::<u64>());
     open_id(c, &id, false).await
 }
 
-async fn open_id(c: &Ctx, id: &str, attach: bool) -> runtime_core::Result<Session> {
+async fn open_id(c: &Ctx, id: &str, attach: bool) -> sandkit_core::Result<Session> {
     let shell = ShellOptions {
         no_output_timeout: Duration::from_secs(3),
         hard_timeout: Duration::from_secs(30),
@@ -93,7 +93,7 @@ async fn open_id(c: &Ctx, id: &str, attach: bool) -> runtime_core::Result<Sessio
     Ok(session)
 }
 
-async fn run(s: &Session, command: &str) -> runtime_core::Result<RunResult> {
+async fn run(s: &Session, command: &str) -> sandkit_core::Result<RunResult> {
     s.run(RunRequest {
         command: command.into(),
         ..Default::default()
@@ -101,7 +101,7 @@ async fn run(s: &Session, command: &str) -> runtime_core::Result<RunResult> {
     .await
 }
 
-async fn input(s: &Session, text: &str) -> runtime_core::Result<RunResult> {
+async fn input(s: &Session, text: &str) -> sandkit_core::Result<RunResult> {
     s.run(RunRequest {
         command: text.into(),
         is_input: true,
@@ -593,13 +593,13 @@ async fn relative_paths_follow_the_shell(c: Ctx) -> CaseResult {
 /// Serves a small page from inside the sandbox and returns its base URL. The port is one that is
 /// free on this machine: on the local backend the sandbox shares the host's network, and two
 /// cases serving on one fixed port at once would meet each other's server (or none).
-async fn serve_page(s: &Session) -> runtime_core::Result<String> {
+async fn serve_page(s: &Session) -> sandkit_core::Result<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| {
-            runtime_core::Error::new(
-                runtime_core::ErrorKind::Unexpected,
+            sandkit_core::Error::new(
+                sandkit_core::ErrorKind::Unexpected,
                 format!("no free port: {e}"),
             )
         })?;
@@ -734,7 +734,7 @@ async fn copy_directory_both_ways_with_modes(c: Ctx) -> CaseResult {
         assert_eq!(mode, 0o755);
         let file = s.copy_from("/tmp/in/proj/readme.md", None).await?;
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello");
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     let _ = std::fs::remove_dir_all(&host);
@@ -769,7 +769,7 @@ async fn copy_from_trusts_nothing_from_the_sandbox(c: Ctx) -> CaseResult {
             std::path::Path::new("suid"),
             "a link inside the copy is kept"
         );
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     let _ = std::fs::remove_dir_all(&host);

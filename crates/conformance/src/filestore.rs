@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use runtime_core::{EntryKind, ErrorKind, FileStoreExt};
+use sandkit_core::{EntryKind, ErrorKind, FileStoreExt};
 
 use crate::suite::{always, Case, CaseResult, FsCtx};
 
@@ -191,7 +191,7 @@ async fn tree(c: &FsCtx) -> CaseResult {
     Ok(())
 }
 
-fn rel_paths(c: &FsCtx, entries: &[runtime_core::EntryInfo]) -> Vec<String> {
+fn rel_paths(c: &FsCtx, entries: &[sandkit_core::EntryInfo]) -> Vec<String> {
     let prefix = format!("{}/", c.path("t"));
     entries
         .iter()
@@ -420,7 +420,7 @@ async fn remove_missing_is_not_found(c: FsCtx) -> CaseResult {
 async fn copy_tree_between_paths(c: FsCtx) -> CaseResult {
     tree(&c).await?;
     let (from, to) = (c.path("t"), c.path("copy"));
-    runtime_core::copy_tree(c.store(), &from, c.store(), &to).await?;
+    sandkit_core::copy_tree(c.store(), &from, c.store(), &to).await?;
     assert_eq!(
         c.store().read_to_string(&c.path("copy/b/d/e.txt")).await?,
         "eee"

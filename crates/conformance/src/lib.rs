@@ -1,7 +1,7 @@
 //! The sandkit behaviour suite, written once and run by every backend.
 //!
-//! Cases are plain async functions over [`runtime_core`] traits, registered through
-//! libtest-mimic as `backend::area::case` and gated by [`runtime_core::Capabilities`]: a case
+//! Cases are plain async functions over [`sandkit_core`] traits, registered through
+//! libtest-mimic as `backend::area::case` and gated by [`sandkit_core::Capabilities`]: a case
 //! a backend cannot run shows as *ignored*, never as passed. Each case gets its own directory
 //! or sandboxes and cleans them up even when it fails; after the run, [`Suite::run`] fails if
 //! any sandbox labelled with the run is left.
@@ -10,12 +10,12 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use runtime_conformance::{Suite, SandboxTarget};
-//! use runtime_core::SandboxSpec;
+//! use sandkit_conformance::{Suite, SandboxTarget};
+//! use sandkit_core::SandboxSpec;
 //!
 //! fn main() -> std::process::ExitCode {
 //!     let mut suite = Suite::new();
-//!     let runtime: Arc<dyn runtime_core::Runtime> = todo!("build your backend");
+//!     let runtime: Arc<dyn sandkit_core::Runtime> = todo!("build your backend");
 //!     suite.add_sandbox(SandboxTarget::new("mybackend", runtime, SandboxSpec::new()));
 //!     suite.run()
 //! }
@@ -42,7 +42,7 @@ pub fn peak_rss_kib() -> u64 {
 
 /// Moves this process into a mount namespace of its own with fresh, empty tmpfs mounts on
 /// `/tmp` and on root's home `/root`, for targets whose sandboxes share the machine
-/// (`runtime-local`, an agent on the host): the cases assume each sandbox starts with a `/tmp`
+/// (`sandkit-local`, an agent on the host): the cases assume each sandbox starts with a `/tmp`
 /// of its own and a home with no profile in it, as a container does, and some write there
 /// (`~/.bashrc`). Call it first thing in `main` (before any thread exists) or in a child
 /// about to `exec`. False where that is not allowed (not root); such a target should then

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use runtime_core::{
+use sandkit_core::{
     Capabilities, CommandSpec, ErrorKind, FileStoreExt, ListFilter, ProcessEvent, Sandbox,
     SandboxExt, SandboxState, Signal,
 };
@@ -112,9 +112,9 @@ fn metrics(c: &Capabilities) -> bool {
 
 /// Reads events until `want` have come (or 10 s pass); returns what came.
 async fn events_until(
-    events: &mut runtime_core::FsEventStream,
+    events: &mut sandkit_core::FsEventStream,
     want: usize,
-) -> Vec<(String, runtime_core::FsEventKind)> {
+) -> Vec<(String, sandkit_core::FsEventKind)> {
     use futures_util::StreamExt;
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -130,10 +130,10 @@ async fn events_until(
 
 /// Whether a process whose command line matches `pattern` (an extended regex; write one
 /// letter as `[x]` so the search does not find itself) runs in the sandbox.
-async fn running(sb: &dyn Sandbox, pattern: &str) -> runtime_core::Result<bool> {
+async fn running(sb: &dyn Sandbox, pattern: &str) -> sandkit_core::Result<bool> {
     let script = format!(
         "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done 2>/dev/null | grep -E -c -- {}",
-        runtime_core::raw::shell_quote(pattern)
+        sandkit_core::raw::shell_quote(pattern)
     );
     let out = sb.exec(CommandSpec::shell(script)).await?;
     Ok(out.stdout_text().trim().parse::<u32>().unwrap_or(0) > 0)
@@ -163,7 +163,7 @@ async fn errors_name_backend_operation_sandbox_and_path(c: Ctx) -> CaseResult {
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert_eq!(e.backend(), Some(c.runtime().name()), "{e}");
     assert!(e.operation().is_some(), "{e}");
-    let context = |e: &runtime_core::Error, key: &str| {
+    let context = |e: &sandkit_core::Error, key: &str| {
         e.context()
             .iter()
             .filter(|(k, _)| *k == key)
@@ -188,13 +188,13 @@ async fn specs_beyond_the_capabilities_are_refused(c: Ctx) -> CaseResult {
     let spec = || c.spec().metadata("refused", &tag);
     let mut asked = Vec::new();
     if !caps.mounts {
-        asked.push(spec().mount(runtime_core::Mount::parse("/tmp:/mnt/tmp")?));
+        asked.push(spec().mount(sandkit_core::Mount::parse("/tmp:/mnt/tmp")?));
     }
     if !caps.resource_limits {
-        asked.push(spec().resources(runtime_core::Resources::new().memory_mb(256)));
+        asked.push(spec().resources(sandkit_core::Resources::new().memory_mb(256)));
     }
     if !caps.network_modes {
-        asked.push(spec().network(runtime_core::NetworkMode::Host));
+        asked.push(spec().network(sandkit_core::NetworkMode::Host));
     }
     if !caps.hosts {
         asked.push(spec().host("db.internal", std::net::Ipv4Addr::new(10, 0, 0, 9).into()));
@@ -510,7 +510,7 @@ async fn fifty_concurrent_commands(c: Ctx) -> CaseResult {
     let sb = c.shared().await?;
     let runs = (0..50).map(|i| async move {
         let out = sb.exec_shell(&format!("echo {i}; echo e{i} >&2")).await?;
-        Ok::<_, runtime_core::Error>((i, out))
+        Ok::<_, sandkit_core::Error>((i, out))
     });
     for result in futures_util::future::join_all(runs).await {
         let (i, out) = result?;
@@ -550,7 +550,7 @@ async fn output_streams_before_exit(c: Ctx) -> CaseResult {
     Ok(())
 }
 
-async fn collect(p: &mut runtime_core::Process) -> runtime_core::Result<(Vec<u8>, i32)> {
+async fn collect(p: &mut sandkit_core::Process) -> sandkit_core::Result<(Vec<u8>, i32)> {
     let mut out = Vec::new();
     while let Some(ev) = p.next_event().await {
         match ev? {
@@ -749,7 +749,7 @@ async fn host_port_serves_http(c: Ctx) -> CaseResult {
 }
 
 async fn watch_reports_each_change_in_order(c: Ctx) -> CaseResult {
-    use runtime_core::FsEventKind::*;
+    use sandkit_core::FsEventKind::*;
     let sb = c.shared().await?;
     let dir = format!("/tmp/watch-{:x}", rand::random::<u32>());
     sb.files().mkdir(&dir).await?;
@@ -777,7 +777,7 @@ async fn watch_reports_each_change_in_order(c: Ctx) -> CaseResult {
 }
 
 async fn watch_recursive_sees_new_directories(c: Ctx) -> CaseResult {
-    use runtime_core::FsEventKind::*;
+    use sandkit_core::FsEventKind::*;
     let sb = c.shared().await?;
     let dir = format!("/tmp/watch-r-{:x}", rand::random::<u32>());
     sb.files().mkdir(&format!("{dir}/old")).await?;
@@ -846,7 +846,7 @@ async fn watch_refuses_missing_and_file_paths(c: Ctx) -> CaseResult {
 /// A write through the sandbox's file API shows as the file being made and written, never as
 /// a temporary file of the backend.
 async fn watch_sees_api_writes_as_the_file(c: Ctx) -> CaseResult {
-    use runtime_core::FsEventKind::*;
+    use sandkit_core::FsEventKind::*;
     let sb = c.shared().await?;
     let dir = format!("/tmp/watch-api-{:x}", rand::random::<u32>());
     sb.files().mkdir(&dir).await?;
@@ -922,7 +922,7 @@ async fn auto_pause_at_the_deadline_then_connect_resumes(c: Ctx) -> CaseResult {
 /// against destinations the tests make (see the Docker backend's `network` tests and the SDK
 /// tests of e2b-local).
 async fn network_policy_is_checked_then_set_live(c: Ctx) -> CaseResult {
-    use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+    use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
     let bad = NetworkPolicy::new().deny_out(["example.com"]);
     let e = c
         .create(c.spec().network_policy(bad.clone()))
@@ -1030,7 +1030,7 @@ async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
 /// A volume is shared by the sandboxes that mount it and outlives them; it cannot be removed
 /// while mounted, nor made twice, and is gone once removed.
 async fn volume_is_shared_kept_and_removed(c: Ctx) -> CaseResult {
-    use runtime_core::{Mount, MountSource};
+    use sandkit_core::{Mount, MountSource};
     let name = format!("sandkit-conformance-{:08x}", rand::random::<u32>());
     let rt = c.runtime();
     let volume = rt
@@ -1073,7 +1073,7 @@ async fn volume_is_shared_kept_and_removed(c: Ctx) -> CaseResult {
             "kept\n"
         );
         later.kill().await?;
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     // Removal right after a kill may race the engine's own clean-up: try a few times.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use libtest_mimic::{Arguments, Failed, Trial};
-use runtime_core::{
+use sandkit_core::{
     Capabilities, FileStore, ListFilter, Runtime, Sandbox, SandboxExt, SandboxSpec,
 };
 use tokio::sync::OnceCell;
@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use crate::{actions, filestore, sandbox};
 
 /// What a case returns. Assertions panic; backend errors come back through `?`.
-pub type CaseResult = runtime_core::Result<()>;
+pub type CaseResult = sandkit_core::Result<()>;
 /// A boxed case future.
 pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
 
@@ -62,7 +62,7 @@ pub trait FsHarness: Send + Sync + 'static {
     /// Where fresh case directories are made (`""` for a store root, `/tmp` in a sandbox).
     fn scratch_root(&self) -> String;
     /// Creates a symbolic link `link` pointing to `target`, by whatever means the store has.
-    async fn symlink(&self, target: &str, link: &str) -> runtime_core::Result<()>;
+    async fn symlink(&self, target: &str, link: &str) -> sandkit_core::Result<()>;
 }
 
 /// The context a FileStore case gets: the harness and a fresh, empty directory of its own.
@@ -125,10 +125,10 @@ impl FsHarness for SandboxFs {
     fn scratch_root(&self) -> String {
         "/tmp".into()
     }
-    async fn symlink(&self, target: &str, link: &str) -> runtime_core::Result<()> {
+    async fn symlink(&self, target: &str, link: &str) -> sandkit_core::Result<()> {
         let out = self
             .sandbox()
-            .exec(runtime_core::CommandSpec::program(
+            .exec(sandkit_core::CommandSpec::program(
                 "ln",
                 ["-s", target, link],
             ))
@@ -174,17 +174,17 @@ impl SandkitCtx {
         &self.target
     }
     /// Creates a sandbox from `spec`, recorded for clean-up.
-    pub async fn create(&self, spec: SandboxSpec) -> runtime_core::Result<Box<dyn Sandbox>> {
+    pub async fn create(&self, spec: SandboxSpec) -> sandkit_core::Result<Box<dyn Sandbox>> {
         let sandbox = self.target.runtime.create(spec).await?;
         self.made.lock().unwrap().push(sandbox.id().to_string());
         Ok(sandbox)
     }
     /// Creates a sandbox from [`SandkitCtx::spec`].
-    pub async fn fresh(&self) -> runtime_core::Result<Box<dyn Sandbox>> {
+    pub async fn fresh(&self) -> sandkit_core::Result<Box<dyn Sandbox>> {
         self.create(self.spec()).await
     }
     /// A sandbox shared by the cases that only run commands in it.
-    pub async fn shared(&self) -> runtime_core::Result<&dyn Sandbox> {
+    pub async fn shared(&self) -> sandkit_core::Result<&dyn Sandbox> {
         self.target.shared().await
     }
 
@@ -193,7 +193,7 @@ impl SandkitCtx {
         for id in ids {
             // Already killed by the case is fine; anything else is reported by the leak check.
             if let Err(e) = self.target.runtime.kill(&id).await {
-                if e.kind() != runtime_core::ErrorKind::NotFound {
+                if e.kind() != sandkit_core::ErrorKind::NotFound {
                     eprintln!("warning: cleaning up sandbox {id}: {e}");
                 }
             }
@@ -224,21 +224,21 @@ impl std::fmt::Debug for SandboxTarget {
 impl SandboxTarget {
     /// A target named `label` (the first part of every trial name) over `runtime`, whose
     /// sandboxes are made from `spec`. The cases run it inside the standard stack of
-    /// [layers](runtime_core::layer::standard), as programs get it from `Config::runtime`:
+    /// [layers](sandkit_core::layer::standard), as programs get it from `Config::runtime`:
     /// pass the backend itself.
     pub fn new(label: impl Into<String>, runtime: Arc<dyn Runtime>, spec: SandboxSpec) -> Self {
         SandboxTarget {
             label: label.into(),
-            runtime: runtime_core::layer::standard(
+            runtime: sandkit_core::layer::standard(
                 runtime,
-                Some(runtime_core::layer::RetryLayer::default()),
+                Some(sandkit_core::layer::RetryLayer::default()),
             ),
             spec,
             shared: OnceCell::new(),
             has_python: false,
         }
     }
-    async fn shared(&self) -> runtime_core::Result<&dyn Sandbox> {
+    async fn shared(&self) -> sandkit_core::Result<&dyn Sandbox> {
         let sandbox = self
             .shared
             .get_or_try_init(|| self.runtime.create(self.spec.clone()))
@@ -256,7 +256,7 @@ impl SandboxTarget {
 /// The behaviour suite for one test binary.
 ///
 /// ```no_run
-/// use runtime_conformance::Suite;
+/// use sandkit_conformance::Suite;
 /// use std::sync::Arc;
 ///
 /// fn main() -> std::process::ExitCode {
@@ -268,10 +268,10 @@ impl SandboxTarget {
 /// # struct MyHarness;
 /// # impl MyHarness { fn new() -> Self { MyHarness } }
 /// # #[async_trait::async_trait]
-/// # impl runtime_conformance::FsHarness for MyHarness {
-/// #   fn store(&self) -> &dyn runtime_core::FileStore { unimplemented!() }
+/// # impl sandkit_conformance::FsHarness for MyHarness {
+/// #   fn store(&self) -> &dyn sandkit_core::FileStore { unimplemented!() }
 /// #   fn scratch_root(&self) -> String { String::new() }
-/// #   async fn symlink(&self, _: &str, _: &str) -> runtime_core::Result<()> { Ok(()) }
+/// #   async fn symlink(&self, _: &str, _: &str) -> sandkit_core::Result<()> { Ok(()) }
 /// # }
 /// ```
 pub struct Suite {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime_core::Runtime;
+use sandkit_core::Runtime;
 
 use crate::{Limits, Server, ServerConfig};
 

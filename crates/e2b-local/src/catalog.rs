@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use e2b_protocol::json::rfc3339;
+use sandkit_e2b_protocol::json::rfc3339;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -123,7 +123,7 @@ async fn tags_of(state: &Shared, id: &str) -> Result<Vec<Template>, Response> {
 
 /// A UUID-shaped id made from `seed` (the API's ids are UUIDs; ours are derived).
 fn uuid_of(seed: &str) -> String {
-    let d = e2b_protocol::derive_token(seed, "", "uuid");
+    let d = sandkit_e2b_protocol::derive_token(seed, "", "uuid");
     format!(
         "{}-{}-4{}-a{}-{}",
         &d[0..8],

@@ -10,13 +10,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use e2b_protocol::api::{
+use sandkit_core::{ErrorKind, SandboxInfo, SandboxState};
+use sandkit_e2b_protocol::api::{
     ApiError, ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail, SetTimeout,
 };
-use e2b_protocol::envd::ENVD_VERSION;
-use e2b_protocol::json::rfc3339;
-use e2b_protocol::{decode_metadata_filter, headers, secrets_equal, CLIENT_ID};
-use runtime_core::{ErrorKind, SandboxInfo, SandboxState};
+use sandkit_e2b_protocol::envd::ENVD_VERSION;
+use sandkit_e2b_protocol::json::rfc3339;
+use sandkit_e2b_protocol::{decode_metadata_filter, headers, secrets_equal, CLIENT_ID};
 use serde::Deserialize;
 use tracing::info;
 
@@ -50,7 +50,7 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-pub(crate) fn from_error(e: &runtime_core::Error, id: &str) -> Response {
+pub(crate) fn from_error(e: &sandkit_core::Error, id: &str) -> Response {
     let mut response = match e.kind() {
         ErrorKind::NotFound => not_found(id),
         ErrorKind::InvalidInput => api_error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -270,7 +270,7 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
             let m = crate::volumes::mounts_of(&info.metadata);
             (!m.is_empty()).then(|| {
                 m.into_iter()
-                    .map(|(name, path)| e2b_protocol::api::VolumeMount { name, path })
+                    .map(|(name, path)| sandkit_e2b_protocol::api::VolumeMount { name, path })
                     .collect()
             })
         },
@@ -393,7 +393,7 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
     }
     match policy {
         Some(p) => {
-            let sent = e2b_protocol::api::NetworkConfig {
+            let sent = sandkit_e2b_protocol::api::NetworkConfig {
                 allow_out: req.network.as_ref().and_then(|n| n.allow_out.clone()),
                 deny_out: req.network.as_ref().and_then(|n| n.deny_out.clone()),
                 dns_servers: req.network.as_ref().and_then(|n| n.dns_servers.clone()),
@@ -405,7 +405,7 @@ async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
             );
         }
         None if req.allow_internet_access == Some(false) => {
-            spec = spec.network(runtime_core::NetworkMode::None);
+            spec = spec.network(sandkit_core::NetworkMode::None);
         }
         None => {}
     }
@@ -732,7 +732,7 @@ async fn metrics(
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or_default();
             Json(vec![serde_json::json!({
-                "timestamp": e2b_protocol::json::rfc3339(m.timestamp),
+                "timestamp": sandkit_e2b_protocol::json::rfc3339(m.timestamp),
                 "timestampUnix": unix,
                 "cpuCount": m.cpu_count,
                 "cpuUsedPct": m.cpu_used_pct,
@@ -804,14 +804,14 @@ async fn list_all(
     if let Some(after) = q
         .started_after
         .as_deref()
-        .and_then(e2b_protocol::json::parse_rfc3339)
+        .and_then(sandkit_e2b_protocol::json::parse_rfc3339)
     {
         list.retain(|i| i.started_at >= after);
     }
     if let Some(before) = q
         .started_before
         .as_deref()
-        .and_then(e2b_protocol::json::parse_rfc3339)
+        .and_then(sandkit_e2b_protocol::json::parse_rfc3339)
     {
         list.retain(|i| i.started_at <= before);
     }

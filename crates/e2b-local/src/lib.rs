@@ -14,7 +14,7 @@
 //! `E2b-Sandbox-Id` header. With `E2B_DEBUG=true` the SDK skips the control plane and sends
 //! envd traffic for `debug_sandbox_id`: that sandbox is made on first use.
 //!
-//! The envd side is written over [`runtime_core::Sandbox`] only, so any backend can serve it.
+//! The envd side is written over [`sandkit_core::Sandbox`] only, so any backend can serve it.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 // Handlers return a ready HTTP answer as their error; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
@@ -35,7 +35,7 @@ mod volumes;
 use std::future::Future;
 use std::sync::Arc;
 
-use runtime_core::Runtime;
+use sandkit_core::Runtime;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -45,8 +45,8 @@ pub use state::{Limits, ServerConfig};
 /// A running pair of listeners (control plane and envd) over one backend.
 ///
 /// ```no_run
-/// # async fn demo(runtime: std::sync::Arc<dyn runtime_core::Runtime>) -> std::io::Result<()> {
-/// use e2b_local::{Server, ServerConfig};
+/// # async fn demo(runtime: std::sync::Arc<dyn sandkit_core::Runtime>) -> std::io::Result<()> {
+/// use sandkit_e2b_local::{Server, ServerConfig};
 /// let config = ServerConfig { api_key: Some("e2b_local_key".into()), ..Default::default() };
 /// let api = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// let envd = tokio::net::TcpListener::bind("127.0.0.1:49983").await?;
@@ -83,7 +83,7 @@ impl Server {
     /// The envd routes, for embedding in another server. Requests naming a host that is not
     /// allowed are refused (see [`ServerConfig::allowed_hosts`]).
     pub fn envd_router(&self) -> axum::Router {
-        self.guarded(envd::router(self.state.clone()))
+        self.guarded(sandkit_envd::router(self.state.clone()))
     }
 
     fn guarded(&self, router: axum::Router) -> axum::Router {
@@ -220,7 +220,7 @@ async fn log_request(
     let path = request.uri().path().to_string();
     let sandbox = request
         .headers()
-        .get(e2b_protocol::headers::SANDBOX_ID)
+        .get(sandkit_e2b_protocol::headers::SANDBOX_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();

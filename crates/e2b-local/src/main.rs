@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use e2b_local::ServeArgs;
+use sandkit_e2b_local::ServeArgs;
 
 /// Serve E2B's API and envd over a local sandkit backend (Docker by default), so the official E2B
 /// SDKs run against this machine:
@@ -44,12 +44,12 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), String> {
     // Options are checked before the backend is reached.
     args.serve.config()?;
-    let mut builder = runtime_config::Config::builder();
+    let mut builder = sandkit_config::Config::builder();
     if let Some(path) = &args.config {
         builder = builder.file(path);
     }
     let config = builder.load().map_err(|e| e.to_string())?;
-    if config.core.runtime == runtime_config::RuntimeKind::E2b {
+    if config.core.runtime == sandkit_config::RuntimeKind::E2b {
         return Err(
             "e2b-local serves a local backend; set runtime = \"docker\" (RUNTIME=docker)".into(),
         );

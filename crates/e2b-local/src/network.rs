@@ -7,8 +7,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use e2b_protocol::api::{NetworkConfig, NetworkUpdate};
-use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
+use sandkit_e2b_protocol::api::{NetworkConfig, NetworkUpdate};
 
 use crate::control::{api_error, from_error, parse, Shared};
 
@@ -124,14 +124,14 @@ pub(crate) async fn update(
     };
     let served = match state.served(&id).await {
         Ok(s) => s,
-        Err(e) if e.kind() == runtime_core::ErrorKind::Conflict => {
+        Err(e) if e.kind() == sandkit_core::ErrorKind::Conflict => {
             return api_error(StatusCode::CONFLICT, format!("Sandbox {id} is not running"))
         }
         Err(e) => return from_error(&e, &id),
     };
     if let Err(e) = served.sandbox().set_network_policy(policy).await {
         return match e.kind() {
-            runtime_core::ErrorKind::Unsupported | runtime_core::ErrorKind::InvalidInput => {
+            sandkit_core::ErrorKind::Unsupported | sandkit_core::ErrorKind::InvalidInput => {
                 api_error(StatusCode::BAD_REQUEST, e.message())
             }
             _ => from_error(&e, &id),

@@ -130,7 +130,7 @@ async fn proxy(mut client: TcpStream, state: &State) -> std::io::Result<()> {
     };
     if info.metadata.get(PRIVATE_KEY).is_some_and(|v| v == "1") {
         let sent = header(TOKEN_HEADER).unwrap_or_default();
-        if !e2b_protocol::secrets_equal(&sent, &state.traffic_token(&id)) {
+        if !sandkit_e2b_protocol::secrets_equal(&sent, &state.traffic_token(&id)) {
             return refuse(
                 client,
                 "403 Forbidden",

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use e2b_protocol::{file_signature, headers, secrets_equal, DEBUG_SANDBOX_ID};
-use envd::{
+use sandkit_core::ErrorKind;
+use sandkit_e2b_protocol::{file_signature, headers, secrets_equal, DEBUG_SANDBOX_ID};
+use sandkit_envd::{
     check_file_auth, plain_error, sandbox_not_found, unauthorized, Auth, FileQuery, Served,
 };
-use runtime_core::ErrorKind;
 
 use crate::state::{State, ENVS_KEY};
 
 #[async_trait]
-impl envd::Resolve for State {
+impl sandkit_envd::Resolve for State {
     /// Finds the sandbox a request is for, after checking its credentials.
     ///
     /// The check comes first and uses only what the server holds (tokens are derived from the

@@ -12,8 +12,8 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use e2b_protocol::api::{ApiError, ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
-use runtime_core::{ErrorKind, Snapshot, MAX_FORKS};
+use sandkit_core::{ErrorKind, Snapshot, MAX_FORKS};
+use sandkit_e2b_protocol::api::{ApiError, ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
 use serde::Deserialize;
 use tracing::info;
 
@@ -31,7 +31,7 @@ fn info_of(s: &Snapshot) -> SnapshotInfo {
 }
 
 /// The snapshots of this key.
-async fn owned(state: &State, sandbox_id: Option<&str>) -> runtime_core::Result<Vec<Snapshot>> {
+async fn owned(state: &State, sandbox_id: Option<&str>) -> sandkit_core::Result<Vec<Snapshot>> {
     Ok(state
         .runtime
         .snapshots(sandbox_id)
@@ -55,7 +55,7 @@ fn unsupported(state: &State) -> Option<Response> {
 /// A create names a snapshot of another key: refused as E2B refuses a template it cannot
 /// see; `true` when it names one of this key's. Template names without a tag or a slash are
 /// never snapshot ids and cost nothing here. (However a snapshot is named, the backend
-/// refuses another key's: [`runtime_core::SandboxSpec::snapshot_guard`].)
+/// refuses another key's: [`sandkit_core::SandboxSpec::snapshot_guard`].)
 pub(crate) async fn check_template(state: &State, template: &str) -> Result<bool, Response> {
     if !template.contains(':') && !template.contains('/') {
         return Ok(false);
@@ -282,7 +282,7 @@ pub(crate) async fn fork(
     (StatusCode::CREATED, Json(out)).into_response()
 }
 
-fn failed(e: &runtime_core::Error) -> ForkResult {
+fn failed(e: &sandkit_core::Error) -> ForkResult {
     let status = match e.kind() {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,

@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runtime_core::{ErrorKind, ListFilter, Result, Runtime, Sandbox, SandboxSpec};
+use sandkit_core::{ErrorKind, ListFilter, Result, Runtime, Sandbox, SandboxSpec};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
-use envd::Served;
+use sandkit_envd::Served;
 
 /// Metadata keys the server keeps on each sandbox (hidden from the API, refused from clients).
 pub(crate) const TEMPLATE_KEY: &str = "sandkit.e2b.template";
@@ -153,7 +153,7 @@ pub(crate) struct State {
     creating: Mutex<usize>,
     /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
     /// the one kept at create).
-    networks: std::sync::Mutex<HashMap<String, e2b_protocol::api::NetworkConfig>>,
+    networks: std::sync::Mutex<HashMap<String, sandkit_e2b_protocol::api::NetworkConfig>>,
     /// The helper sandboxes of volumes' content (see [`crate::volumes`]).
     pub(crate) volume_helpers: crate::volumes::Helpers,
     /// Template builds by build id (see [`crate::templates`]).
@@ -169,7 +169,9 @@ impl State {
             .clone()
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         let owner = match &config.api_key {
-            Some(key) if !config.insecure_no_auth => e2b_protocol::derive_token(key, "", "owner"),
+            Some(key) if !config.insecure_no_auth => {
+                sandkit_e2b_protocol::derive_token(key, "", "owner")
+            }
             _ => "anonymous".to_string(),
         };
         State {
@@ -192,7 +194,11 @@ impl State {
     }
 
     /// Keeps the network configuration set on `id` by `PUT .../network`.
-    pub(crate) async fn set_network(&self, id: &str, network: e2b_protocol::api::NetworkConfig) {
+    pub(crate) async fn set_network(
+        &self,
+        id: &str,
+        network: sandkit_e2b_protocol::api::NetworkConfig,
+    ) {
         self.networks
             .lock()
             .expect("networks")
@@ -200,7 +206,7 @@ impl State {
     }
 
     /// The network configuration last set on `id` by `PUT .../network`.
-    pub(crate) fn network_of(&self, id: &str) -> Option<e2b_protocol::api::NetworkConfig> {
+    pub(crate) fn network_of(&self, id: &str) -> Option<sandkit_e2b_protocol::api::NetworkConfig> {
         self.networks.lock().expect("networks").get(id).cloned()
     }
 
@@ -263,7 +269,7 @@ impl State {
     /// The envd access token of a sandbox.
     /// The token a sandbox's ports need when it was made with `allowPublicTraffic=false`.
     pub(crate) fn traffic_token(&self, sandbox_id: &str) -> String {
-        e2b_protocol::derive_token(&self.secret, sandbox_id, "traffic")
+        sandkit_e2b_protocol::derive_token(&self.secret, sandbox_id, "traffic")
     }
 
     /// The domain sandboxes' ports are served under (`localhost:<port>`), when the port
@@ -278,7 +284,7 @@ impl State {
     }
 
     pub(crate) fn access_token(&self, sandbox_id: &str) -> String {
-        e2b_protocol::derive_token(&self.secret, sandbox_id, "envd")
+        sandkit_e2b_protocol::derive_token(&self.secret, sandbox_id, "envd")
     }
 
     pub(crate) async fn remember_made(&self, id: &str) {
@@ -307,7 +313,7 @@ impl State {
     /// resuming it. Another tenant's sandbox, or one not made through this API, is `NotFound`.
     /// A token for `subject` and `purpose`, from the server's secret.
     pub(crate) fn derive(&self, subject: &str, purpose: &str) -> String {
-        e2b_protocol::derive_token(&self.secret, subject, purpose)
+        sandkit_e2b_protocol::derive_token(&self.secret, subject, purpose)
     }
 
     /// Where uploads of template files are kept while this server runs.
@@ -339,10 +345,10 @@ impl State {
             .collect()
     }
 
-    pub(crate) async fn owned_info(&self, id: &str) -> Result<runtime_core::SandboxInfo> {
+    pub(crate) async fn owned_info(&self, id: &str) -> Result<sandkit_core::SandboxInfo> {
         let info = self.runtime.info(id).await?;
         if info.metadata.get(OWNER_KEY) != Some(&self.owner) {
-            return Err(runtime_core::Error::new(
+            return Err(sandkit_core::Error::new(
                 ErrorKind::NotFound,
                 format!("sandbox {id} doesn't exist or you don't have access to it"),
             ));
@@ -357,8 +363,8 @@ impl State {
             return Ok(s);
         }
         let info = self.owned_info(id).await?;
-        if info.state != runtime_core::SandboxState::Running {
-            return Err(runtime_core::Error::new(
+        if info.state != sandkit_core::SandboxState::Running {
+            return Err(sandkit_core::Error::new(
                 ErrorKind::Conflict,
                 format!("sandbox {id} is paused; resume it (connect) first"),
             ));
@@ -398,17 +404,17 @@ impl State {
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
         if !fresh {
             match served.sandbox().info().await {
-                Ok(info) if info.state == runtime_core::SandboxState::Running => {
+                Ok(info) if info.state == sandkit_core::SandboxState::Running => {
                     self.alive
                         .lock()
                         .await
                         .insert(id.to_string(), Instant::now());
                 }
-                Ok(info) if info.state == runtime_core::SandboxState::Paused => {
+                Ok(info) if info.state == sandkit_core::SandboxState::Paused => {
                     return self.resume_on_traffic(id).await;
                 }
                 Ok(_) => {
-                    return Err(runtime_core::Error::new(
+                    return Err(sandkit_core::Error::new(
                         ErrorKind::NotFound,
                         "the sandbox is not running",
                     ));
@@ -486,7 +492,7 @@ impl State {
     async fn resume_on_traffic(&self, id: &str) -> Result<Arc<Served>> {
         let info = self.owned_info(id).await?;
         if info.metadata.get(AUTO_RESUME_KEY).map(String::as_str) != Some("1") {
-            return Err(runtime_core::Error::new(
+            return Err(sandkit_core::Error::new(
                 ErrorKind::NotFound,
                 "the sandbox is paused",
             ));

@@ -28,10 +28,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 use axum::{Json, Router};
-use e2b_protocol::envd::ENVD_VERSION;
-use e2b_protocol::json::rfc3339;
-use runtime_core::raw::shell_quote;
-use runtime_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt, SandboxSpec, Snapshot};
+use sandkit_core::raw::shell_quote;
+use sandkit_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt, SandboxSpec, Snapshot};
+use sandkit_e2b_protocol::envd::ENVD_VERSION;
+use sandkit_e2b_protocol::json::rfc3339;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
@@ -209,7 +209,7 @@ fn add_tags(tags: &mut Vec<String>, asked: &[String]) -> Result<(), Response> {
 }
 
 fn template_id(state: &State, alias: &str) -> String {
-    e2b_protocol::derive_token(state.owner(), alias, "template")[..20].to_string()
+    sandkit_e2b_protocol::derive_token(state.owner(), alias, "template")[..20].to_string()
 }
 
 fn snapshot_name(state: &State, alias: &str, tag: &str) -> String {
@@ -246,7 +246,7 @@ impl Template {
 }
 
 /// Every template snapshot on the backend, of every key.
-pub(crate) async fn all_templates(state: &State) -> runtime_core::Result<Vec<Template>> {
+pub(crate) async fn all_templates(state: &State) -> sandkit_core::Result<Vec<Template>> {
     if !state.runtime.capabilities().snapshots {
         return Ok(Vec::new());
     }
@@ -265,7 +265,7 @@ pub(crate) fn mine(state: &State, t: &Template) -> bool {
 
 /// The template a create names, by alias (`alias[:tag]`) or id (`id[:tag]`), among this
 /// key's; `None` for a name that is not one (an image, a snapshot, `base`).
-pub(crate) async fn resolve(state: &State, name: &str) -> runtime_core::Result<Option<Template>> {
+pub(crate) async fn resolve(state: &State, name: &str) -> sandkit_core::Result<Option<Template>> {
     let Ok((alias, tag)) = parse_name(name) else {
         return Ok(None);
     };
@@ -277,7 +277,7 @@ pub(crate) async fn resolve(state: &State, name: &str) -> runtime_core::Result<O
 }
 
 /// Starts a template's start command in a new sandbox and waits for its ready command.
-pub(crate) async fn start_in(sandbox: &dyn Sandbox, t: &Template) -> runtime_core::Result<()> {
+pub(crate) async fn start_in(sandbox: &dyn Sandbox, t: &Template) -> sandkit_core::Result<()> {
     let m = &t.snapshot.metadata;
     let with_defaults = |spec: CommandSpec| {
         let spec = match m.get(USER_KEY) {
@@ -304,7 +304,7 @@ pub(crate) async fn start_in(sandbox: &dyn Sandbox, t: &Template) -> runtime_cor
                 return Ok(());
             }
             if begun.elapsed() > READY_TIMEOUT {
-                return Err(runtime_core::Error::new(
+                return Err(sandkit_core::Error::new(
                     ErrorKind::Timeout,
                     format!(
                         "the template's ready command `{ready}` did not succeed within {}s",
@@ -583,7 +583,7 @@ async fn upload(
     use tokio::io::AsyncWriteExt;
     if !valid_hash(&hash)
         || !tenant.bytes().all(|b| b.is_ascii_alphanumeric())
-        || !e2b_protocol::secrets_equal(&q.token, &upload_token(&state, &tenant, &hash))
+        || !sandkit_e2b_protocol::secrets_equal(&q.token, &upload_token(&state, &tenant, &hash))
     {
         return api_error(StatusCode::FORBIDDEN, "this upload URL is not valid");
     }
@@ -963,9 +963,9 @@ fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
 /// `base` joined with `path` (kept when absolute), `.` and `..` resolved.
 fn join(base: &str, path: &str) -> String {
     if path.starts_with('/') {
-        runtime_filestore::clean_absolute(path)
+        sandkit_filestore::clean_absolute(path)
     } else {
-        runtime_filestore::clean_absolute(&format!("{base}/{path}"))
+        sandkit_filestore::clean_absolute(&format!("{base}/{path}"))
     }
 }
 
@@ -1039,7 +1039,7 @@ async fn run_step(
             let archive = format!("{UNPACK}/{hash}.tar");
             let stream =
                 futures_util::StreamExt::map(tokio_util::io::ReaderStream::new(tar), |c| {
-                    c.map_err(runtime_core::Error::from)
+                    c.map_err(sandkit_core::Error::from)
                 });
             sandbox
                 .files()
@@ -1296,7 +1296,7 @@ async fn tags(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respon
 
 /// Deletes this key's template `id` (its id or alias): every tag's snapshot. `None` when
 /// there is no such template.
-pub(crate) async fn delete(state: &State, id: &str) -> Option<Result<(), runtime_core::Error>> {
+pub(crate) async fn delete(state: &State, id: &str) -> Option<Result<(), sandkit_core::Error>> {
     let all = match all_templates(state).await {
         Ok(a) => a,
         Err(e) => return Some(Err(e)),

@@ -2,7 +2,7 @@
 //! (`/volumecontent/{id}/...`, authenticated by the volume's bearer token) and `volumeMounts`
 //! on create.
 //!
-//! A volume is a backend volume ([`Runtime::create_volume`](runtime_core::Runtime)) named
+//! A volume is a backend volume ([`Runtime::create_volume`](sandkit_core::Runtime)) named
 //! `sandkit-volume-<id>`, carrying its owner, E2B name and id as metadata: it belongs to the key
 //! that made it, and names are unique per key. Its content is reached through a helper
 //! sandbox that mounts it at [`ROOT`]: made on first use, kept while requests come, killed
@@ -23,11 +23,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use e2b_protocol::json::rfc3339;
-use runtime_core::raw::shell_quote;
-use runtime_core::{
+use sandkit_core::raw::shell_quote;
+use sandkit_core::{
     CommandSpec, ErrorKind, Mount, MountSource, Sandbox, SandboxExt, SandboxSpec, Volume,
 };
+use sandkit_e2b_protocol::json::rfc3339;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -102,7 +102,7 @@ pub(crate) struct Owned {
     engine: String,
 }
 
-async fn owned(state: &State) -> runtime_core::Result<Vec<Owned>> {
+async fn owned(state: &State) -> sandkit_core::Result<Vec<Owned>> {
     if !state.runtime.capabilities().volumes {
         return Ok(Vec::new());
     }
@@ -352,7 +352,7 @@ pub(crate) async fn mounts_for(
 
 /// `/` and `path` joined, `.` and `..` resolved: always under the volume's root.
 fn clean(path: &str) -> String {
-    runtime_filestore::clean_absolute(&format!("/{path}"))
+    sandkit_filestore::clean_absolute(&format!("/{path}"))
 }
 
 /// The helper sandbox of volume `id`, after checking the bearer token.
@@ -366,7 +366,7 @@ async fn helper(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !e2b_protocol::secrets_equal(given, &token(state, id)) {
+    if !sandkit_e2b_protocol::secrets_equal(given, &token(state, id)) {
         return Err(api_error(
             StatusCode::UNAUTHORIZED,
             "invalid or missing volume token",
@@ -816,7 +816,7 @@ async fn write_file(
     }
     let stream = body
         .into_data_stream()
-        .map(|c| c.map_err(|e| runtime_core::Error::new(ErrorKind::Unavailable, e.to_string())));
+        .map(|c| c.map_err(|e| sandkit_core::Error::new(ErrorKind::Unavailable, e.to_string())));
     let raw = format!("{ROOT}{path}");
     if let Err(e) = sandbox.files().write_stream(&raw, Box::pin(stream)).await {
         return from_error(&e, "");

@@ -1,4 +1,4 @@
-//! The conformance suite against the E2B backend, end to end: `runtime-e2b` talking to an
+//! The conformance suite against the E2B backend, end to end: `sandkit-e2b` talking to an
 //! `e2b-local` server (in this process, on loopback) over Docker.
 //!
 //! With `SANDKIT_REQUIRE_DOCKER=1` (CI) a missing engine or image fails the run; otherwise the
@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2b_local::{Server, ServerConfig};
-use runtime_conformance::{SandboxTarget, Suite, SUITE_LABEL};
-use runtime_core::{CommandSpec, ErrorKind, Runtime, SandboxExt, SandboxSpec};
-use runtime_docker::DockerRuntime;
-use runtime_e2b::E2bRuntime;
+use sandkit_conformance::{SandboxTarget, Suite, SUITE_LABEL};
+use sandkit_core::{CommandSpec, ErrorKind, Runtime, SandboxExt, SandboxSpec};
+use sandkit_docker::DockerRuntime;
+use sandkit_e2b::E2bRuntime;
+use sandkit_e2b_local::{Server, ServerConfig};
 
 const KEY: &str = "e2b_conformance_key";
 
@@ -23,11 +23,11 @@ fn main() -> ExitCode {
         let docker = DockerRuntime::builder().build().await?;
         if docker
             .docker()
-            .inspect_image(runtime_docker::DEFAULT_IMAGE)
+            .inspect_image(sandkit_docker::DEFAULT_IMAGE)
             .await
             .is_err()
         {
-            return Err(runtime_core::Error::new(
+            return Err(sandkit_core::Error::new(
                 ErrorKind::NotFound,
                 "image sandkit-base:bookworm is missing; build it with `cargo xtask image`",
             ));
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             .sandbox_url(format!("http://{envd_addr}"))
             .request_timeout(Duration::from_secs(60))
             .build()?;
-        Ok::<_, runtime_core::Error>((e2b, api_addr))
+        Ok::<_, sandkit_core::Error>((e2b, api_addr))
     });
     let (e2b, api_addr) = match started {
         Ok(v) => v,
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let ps = sb.exec_shell("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -c 'slee[p] 3030'").await?;
             assert_eq!(ps.stdout_text().trim(), "0");
-            Ok::<_, runtime_core::Error>(())
+            Ok::<_, sandkit_core::Error>(())
         }
         .await;
         sb.kill().await?;

@@ -7,15 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2b_local::{Server, ServerConfig};
 use futures_util::StreamExt;
-use runtime_core::{CommandSpec, ProcessEvent, Runtime, SandboxSpec};
-use runtime_docker::DockerRuntime;
-use runtime_e2b::E2bRuntime;
+use sandkit_core::{CommandSpec, ProcessEvent, Runtime, SandboxSpec};
+use sandkit_docker::DockerRuntime;
+use sandkit_e2b::E2bRuntime;
+use sandkit_e2b_local::{Server, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_through_e2b_stays_bounded() {
-    let Some(docker) = runtime_conformance::or_skip(DockerRuntime::builder().build().await) else {
+    let Some(docker) = sandkit_conformance::or_skip(DockerRuntime::builder().build().await) else {
         return;
     };
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -55,7 +55,7 @@ async fn streaming_through_e2b_stays_bounded() {
             }
         }
         assert_eq!(n, 500 << 20);
-        let after_stdout = runtime_conformance::peak_rss_kib();
+        let after_stdout = sandkit_conformance::peak_rss_kib();
         // 200 MiB up from a generated stream, then down, counted.
         let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
         let up = futures_util::stream::iter((0..200).map(move |_| Ok(chunk.clone()))).boxed();
@@ -68,12 +68,12 @@ async fn streaming_through_e2b_stays_bounded() {
             m += c.len() as u64;
         }
         assert_eq!(m, 200 << 20);
-        Ok::<_, runtime_core::Error>(after_stdout)
+        Ok::<_, sandkit_core::Error>(after_stdout)
     }
     .await;
     let _ = sb.kill().await;
     let after_stdout = result.unwrap();
-    let peak = runtime_conformance::peak_rss_kib();
+    let peak = sandkit_conformance::peak_rss_kib();
     eprintln!(
         "E2B via e2b-local, client and server together: 500 MiB stdout peak RSS {} MiB, then a 200 MiB file: {} MiB",
         after_stdout / 1024,

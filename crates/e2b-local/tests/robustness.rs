@@ -19,18 +19,18 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::Response;
-use e2b_local::{Server, ServerConfig};
 use futures_util::StreamExt;
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStoreExt, ListFilter, Runtime, SandboxExt, SandboxSpec,
 };
-use runtime_docker::DockerRuntime;
-use runtime_e2b::E2bRuntime;
+use sandkit_docker::DockerRuntime;
+use sandkit_e2b::E2bRuntime;
+use sandkit_e2b_local::{Server, ServerConfig};
 
 const LABEL: &str = "sandkit-robustness";
 
 async fn docker() -> Option<DockerRuntime> {
-    runtime_conformance::or_skip(DockerRuntime::builder().build().await)
+    sandkit_conformance::or_skip(DockerRuntime::builder().build().await)
 }
 
 /// An in-process server; returns (api, envd) addresses.
@@ -60,9 +60,9 @@ fn client(api: SocketAddr, envd: SocketAddr, key: &str, timeout: Duration) -> Ar
         .request_timeout(timeout)
         .build()
         .unwrap();
-    runtime_core::layer::standard(
+    sandkit_core::layer::standard(
         Arc::new(backend),
-        Some(runtime_core::layer::RetryLayer::default()),
+        Some(sandkit_core::layer::RetryLayer::default()),
     )
 }
 
@@ -362,7 +362,7 @@ async fn faults_between_client_and_server() {
         );
         // And everything works again afterwards.
         assert_eq!(sb.exec_shell("echo fine").await?.stdout_text(), "fine\n");
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     let _ = sb.kill().await;
@@ -709,7 +709,7 @@ async fn killed_server_restarts_and_serves_its_sandboxes_and_logs_no_secrets() {
 /// The access token e2b-local gives a sandbox (derived from the key).
 fn e2b_protocol_token(key: &str, id: &str) -> String {
     // Same derivation as the server: the protocol crate is a dependency of both.
-    e2b_protocol::derive_token(key, id, "envd")
+    sandkit_e2b_protocol::derive_token(key, id, "envd")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -759,7 +759,7 @@ async fn load_20_sandboxes_200_concurrent_streams() {
                     "for j in 1 2 3 4 5; do echo {i}-$j; sleep 0.2; done"
                 )))
                 .await?;
-            Ok::<bool, runtime_core::Error>(
+            Ok::<bool, sandkit_core::Error>(
                 out.stdout_text() == (1..=5).map(|j| format!("{i}-{j}\n")).collect::<String>(),
             )
         }
@@ -826,32 +826,32 @@ impl Runtime for AlwaysBusy {
     fn name(&self) -> &'static str {
         "busy"
     }
-    fn capabilities(&self) -> runtime_core::Capabilities {
-        runtime_core::Capabilities::default()
+    fn capabilities(&self) -> sandkit_core::Capabilities {
+        sandkit_core::Capabilities::default()
     }
     async fn create(
         &self,
-        _: runtime_core::SandboxSpec,
-    ) -> runtime_core::Result<Box<dyn runtime_core::Sandbox>> {
+        _: sandkit_core::SandboxSpec,
+    ) -> sandkit_core::Result<Box<dyn sandkit_core::Sandbox>> {
         Err(busy())
     }
-    async fn connect(&self, _: &str) -> runtime_core::Result<Box<dyn runtime_core::Sandbox>> {
+    async fn connect(&self, _: &str) -> sandkit_core::Result<Box<dyn sandkit_core::Sandbox>> {
         Err(busy())
     }
-    async fn list(&self, _: &ListFilter) -> runtime_core::Result<Vec<runtime_core::SandboxInfo>> {
+    async fn list(&self, _: &ListFilter) -> sandkit_core::Result<Vec<sandkit_core::SandboxInfo>> {
         self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(busy())
     }
-    async fn info(&self, _: &str) -> runtime_core::Result<runtime_core::SandboxInfo> {
+    async fn info(&self, _: &str) -> sandkit_core::Result<sandkit_core::SandboxInfo> {
         Err(busy())
     }
-    async fn kill(&self, _: &str) -> runtime_core::Result<()> {
+    async fn kill(&self, _: &str) -> sandkit_core::Result<()> {
         Err(busy())
     }
 }
 
-fn busy() -> runtime_core::Error {
-    runtime_core::Error::new(runtime_core::ErrorKind::Unavailable, "the engine is busy")
+fn busy() -> sandkit_core::Error {
+    sandkit_core::Error::new(sandkit_core::ErrorKind::Unavailable, "the engine is busy")
 }
 
 /// The architecture issue's retries that multiply: an E2B client (retry layer) over e2b-local
@@ -860,9 +860,9 @@ fn busy() -> runtime_core::Error {
 #[tokio::test]
 async fn retries_end_across_the_whole_chain() {
     let engine = Arc::new(AlwaysBusy::default());
-    let stacked = runtime_core::layer::standard(
+    let stacked = sandkit_core::layer::standard(
         engine.clone(),
-        Some(runtime_core::layer::RetryLayer::default()),
+        Some(sandkit_core::layer::RetryLayer::default()),
     );
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -883,7 +883,7 @@ async fn retries_end_across_the_whole_chain() {
     let error = client.list(&ListFilter::all()).await.unwrap_err();
     assert_eq!(
         error.kind(),
-        runtime_core::ErrorKind::Unavailable,
+        sandkit_core::ErrorKind::Unavailable,
         "{error}"
     );
     assert!(!error.is_retryable(), "{error:?}");

@@ -17,15 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use e2b_local::{Server, ServerConfig};
-use runtime_core::{
+use sandkit_core::{
     Capabilities, ListFilter, Runtime, Sandbox, SandboxInfo, SandboxSpec, SandboxState,
 };
-use runtime_docker::DockerRuntime;
+use sandkit_docker::DockerRuntime;
+use sandkit_e2b_local::{Server, ServerConfig};
 use serde_json::json;
 
 async fn docker() -> Option<DockerRuntime> {
-    runtime_conformance::or_skip(DockerRuntime::builder().build().await)
+    sandkit_conformance::or_skip(DockerRuntime::builder().build().await)
 }
 
 /// A runtime that counts every call the server makes to the backend.
@@ -52,23 +52,23 @@ impl Runtime for Counting {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn create(&self, spec: SandboxSpec) -> runtime_core::Result<Box<dyn Sandbox>> {
+    async fn create(&self, spec: SandboxSpec) -> sandkit_core::Result<Box<dyn Sandbox>> {
         self.count();
         self.inner.create(spec).await
     }
-    async fn connect(&self, id: &str) -> runtime_core::Result<Box<dyn Sandbox>> {
+    async fn connect(&self, id: &str) -> sandkit_core::Result<Box<dyn Sandbox>> {
         self.count();
         self.inner.connect(id).await
     }
-    async fn list(&self, filter: &ListFilter) -> runtime_core::Result<Vec<SandboxInfo>> {
+    async fn list(&self, filter: &ListFilter) -> sandkit_core::Result<Vec<SandboxInfo>> {
         self.count();
         self.inner.list(filter).await
     }
-    async fn info(&self, id: &str) -> runtime_core::Result<SandboxInfo> {
+    async fn info(&self, id: &str) -> sandkit_core::Result<SandboxInfo> {
         self.count();
         self.inner.info(id).await
     }
-    async fn kill(&self, id: &str) -> runtime_core::Result<()> {
+    async fn kill(&self, id: &str) -> sandkit_core::Result<()> {
         self.count();
         self.inner.kill(id).await
     }
@@ -117,7 +117,7 @@ fn keyed(key: &str) -> ServerConfig {
 /// The sandboxes on the engine that belong to the server with this API key (tests run at
 /// once, each with its own key).
 async fn sandbox_ids(docker: &DockerRuntime, key: &str) -> Vec<String> {
-    let owner = e2b_protocol::derive_token(key, "", "owner");
+    let owner = sandkit_e2b_protocol::derive_token(key, "", "owner");
     docker
         .list(&ListFilter::all().metadata("sandkit.e2b.owner", owner))
         .await
@@ -330,7 +330,7 @@ async fn rejected_requests_have_no_effect() {
 
     // Even with the right token, envd does not resume a paused sandbox: it is gone until
     // resumed through the API.
-    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
     let r = start_as_root(&http, server.envd, &id, "true")
         .header("x-access-token", &token)
         .send()
@@ -381,7 +381,7 @@ async fn tenants_cannot_reach_each_other() {
         assert_eq!(r.status(), 404, "{method} {path}");
     }
     // B's holder can compute B's token for any id: B's envd still does not serve A's sandbox.
-    let forged = e2b_protocol::derive_token(&b.key, &id, "envd");
+    let forged = sandkit_e2b_protocol::derive_token(&b.key, &id, "envd");
     let r = start_as_root(&http, b.envd, &id, "touch /tmp/pwned")
         .header("x-access-token", &forged)
         .send()
@@ -433,7 +433,7 @@ async fn small_findings_are_answered_clearly() {
     let server = serve(docker.clone(), keyed("e2b_security_small")).await;
     let http = reqwest::Client::new();
     let id = create(&http, &server, json!({})).await;
-    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
     use base64::Engine as _;
     for user in ["..", "."] {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
@@ -450,7 +450,7 @@ async fn small_findings_are_answered_clearly() {
         assert_eq!(r.status(), 401, "{user}: {}", r.text().await.unwrap());
     }
     let sandbox = docker.connect(&id).await.unwrap();
-    use runtime_core::SandboxExt;
+    use sandkit_core::SandboxExt;
     let out = sandbox
         .exec_shell("mkfifo /tmp/pipe && echo ok")
         .await
@@ -478,7 +478,7 @@ async fn silent_and_slow_connections_are_dropped_and_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(docker) = docker().await else { return };
     let config = ServerConfig {
-        limits: e2b_local::Limits {
+        limits: sandkit_e2b_local::Limits {
             max_connections: 40,
             header_timeout: Duration::from_secs(1),
             ..Default::default()
@@ -541,7 +541,7 @@ async fn per_key_limits_answer_429() {
     };
 
     let one = ServerConfig {
-        limits: e2b_local::Limits {
+        limits: sandkit_e2b_local::Limits {
             max_sandboxes: 1,
             ..Default::default()
         },
@@ -555,7 +555,7 @@ async fn per_key_limits_answer_429() {
     server.stop().await; // kills what it made
 
     let rate = ServerConfig {
-        limits: e2b_local::Limits {
+        limits: sandkit_e2b_local::Limits {
             creates_per_minute: 2,
             ..Default::default()
         },
@@ -580,14 +580,14 @@ async fn per_key_limits_answer_429() {
 /// cannot.
 #[tokio::test]
 async fn uploads_are_atomic_and_run_as_the_user() {
-    use runtime_core::{CommandSpec, FileStoreExt, SandboxExt};
+    use sandkit_core::{CommandSpec, FileStoreExt, SandboxExt};
     use tokio::io::AsyncWriteExt;
     let Some(docker) = docker().await else { return };
     let docker = Arc::new(docker);
     let server = serve(docker.clone(), keyed("e2b_security_uploads")).await;
     let http = reqwest::Client::new();
     let id = create(&http, &server, json!({})).await;
-    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
     let sandbox = docker.connect(&id).await.unwrap();
     let shadow = || async {
         sandbox
@@ -687,7 +687,7 @@ async fn uploads_are_atomic_and_run_as_the_user() {
 /// A network policy the server cannot enforce is refused, never dropped: a sandbox made
 /// without it would be more open than its creator asked. Over a backend without the network
 /// guard, allow and deny lists are refused too (with it, they are enforced: see
-/// tests/e2b-sdk/test_network.py and runtime-docker's network tests).
+/// tests/e2b-sdk/test_network.py and sandkit-docker's network tests).
 #[tokio::test]
 async fn unenforced_network_options_are_refused() {
     let Some(docker) = docker().await else { return };
@@ -792,11 +792,19 @@ async fn another_server_cannot_open_a_volume() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 
-    let owner = |key: &str| e2b_protocol::derive_token(key, "", "owner");
+    let owner = |key: &str| sandkit_e2b_protocol::derive_token(key, "", "owner");
     let minted = [
-        e2b_protocol::derive_token(&b.key, &format!("volume/{id}"), "volume"),
-        e2b_protocol::derive_token(&b.key, &format!("volume/{}/{id}", owner(&b.key)), "volume"),
-        e2b_protocol::derive_token(&b.key, &format!("volume/{}/{id}", owner(&a.key)), "volume"),
+        sandkit_e2b_protocol::derive_token(&b.key, &format!("volume/{id}"), "volume"),
+        sandkit_e2b_protocol::derive_token(
+            &b.key,
+            &format!("volume/{}/{id}", owner(&b.key)),
+            "volume",
+        ),
+        sandkit_e2b_protocol::derive_token(
+            &b.key,
+            &format!("volume/{}/{id}", owner(&a.key)),
+            "volume",
+        ),
     ];
     for forged in minted.iter().chain([&token]) {
         let r = http.get(file(&b)).bearer_auth(forged).send().await.unwrap();
@@ -901,7 +909,7 @@ async fn a_connection_flood_locks_nobody_out() {
         .build()
         .unwrap();
     let id = create(&http, &server, json!({})).await;
-    let token = e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
 
     let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let held = Arc::new(AtomicUsize::new(0));

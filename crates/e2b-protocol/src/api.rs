@@ -317,7 +317,7 @@ const QUOTE_PLUS: &AsciiSet = &NON_ALPHANUMERIC
 /// ```
 /// use std::collections::BTreeMap;
 /// let m = BTreeMap::from([("k".to_string(), "v w".to_string())]);
-/// assert_eq!(e2b_protocol::encode_metadata_filter(&m), "k=v%2520w");
+/// assert_eq!(sandkit_e2b_protocol::encode_metadata_filter(&m), "k=v%2520w");
 /// ```
 pub fn encode_metadata_filter(metadata: &BTreeMap<String, String>) -> String {
     metadata
@@ -345,7 +345,7 @@ fn unescape(s: &str) -> String {
 /// the whole, split on `&` and `=`, unescape each key and value.
 ///
 /// ```
-/// let m = e2b_protocol::decode_metadata_filter("k=v%2520w&a=b");
+/// let m = sandkit_e2b_protocol::decode_metadata_filter("k=v%2520w&a=b");
 /// assert_eq!(m["k"], "v w");
 /// assert_eq!(m["a"], "b");
 /// ```

@@ -1,7 +1,7 @@
 //! Connect protocol framing: envelopes, the end-of-stream message, error codes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use runtime_core::ErrorKind;
+use sandkit_core::ErrorKind;
 use serde::{Deserialize, Serialize};
 
 /// Envelope flag: the payload is compressed (never used by the SDKs).
@@ -73,7 +73,7 @@ impl std::error::Error for FramingError {}
 /// Splits a byte stream into envelopes, however the bytes are cut across reads.
 ///
 /// ```
-/// use e2b_protocol::{encode_envelope, EnvelopeDecoder};
+/// use sandkit_e2b_protocol::{encode_envelope, EnvelopeDecoder};
 /// let framed = encode_envelope(0, b"{\"a\":1}");
 /// let mut d = EnvelopeDecoder::default();
 /// d.push(&framed[..3]);

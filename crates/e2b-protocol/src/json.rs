@@ -101,7 +101,7 @@ pub fn is_false(v: &bool) -> bool {
     !*v
 }
 
-pub use runtime_core::raw::time::{parse_rfc3339, rfc3339};
+pub use sandkit_core::raw::time::{parse_rfc3339, rfc3339};
 
 #[cfg(test)]
 mod tests {

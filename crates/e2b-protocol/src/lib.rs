@@ -1,7 +1,7 @@
 //! The E2B wire protocol, as the official SDKs speak it: control-plane models
 //! ([`api`]), envd messages in proto3 JSON ([`envd`]), and Connect framing ([`connect`]).
 //!
-//! Shared by the E2B client (`runtime-e2b`) and the E2B-compatible server (`e2b-local`) so the
+//! Shared by the E2B client (`sandkit-e2b`) and the E2B-compatible server (`e2b-local`) so the
 //! two cannot drift apart. Nothing here does I/O.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

@@ -7,7 +7,7 @@ fn envelope_corpus_replays() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).expect("the corpus is committed") {
         let data = std::fs::read(entry.unwrap().path()).unwrap();
-        e2b_protocol::fuzzing::envelope(&data);
+        sandkit_e2b_protocol::fuzzing::envelope(&data);
         n += 1;
     }
     assert!(n >= 20, "the corpus has {n} inputs");

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
-use e2b_protocol::{file_signature, headers, secrets_equal, ConnectError};
+use sandkit_e2b_protocol::{file_signature, headers, secrets_equal, ConnectError};
 use serde::Deserialize;
 
 use crate::wire::plain_error;

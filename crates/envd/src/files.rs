@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::collections::BTreeMap;
 
-use e2b_protocol::envd::{validate_metadata, WriteInfo, METADATA_HEADER_PREFIX};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::{ByteStream, EntryKind, ErrorKind};
+use sandkit_core::{ByteStream, EntryKind, ErrorKind};
+use sandkit_e2b_protocol::envd::{validate_metadata, WriteInfo, METADATA_HEADER_PREFIX};
 use tokio::sync::mpsc;
 
 use crate::auth::{user_of, Auth, FileQuery};
@@ -121,12 +121,12 @@ fn body_stream(headers: &HeaderMap, body: Body) -> ByteStream {
     };
     stream
         .map_err(|e| {
-            runtime_core::Error::new(ErrorKind::InvalidInput, format!("reading the upload: {e}"))
+            sandkit_core::Error::new(ErrorKind::InvalidInput, format!("reading the upload: {e}"))
         })
         .boxed()
 }
 
-fn upload_error(e: &runtime_core::Error, path: &str) -> Response {
+fn upload_error(e: &sandkit_core::Error, path: &str) -> Response {
     match e.kind() {
         ErrorKind::InvalidInput | ErrorKind::AlreadyExists => plain_error(
             StatusCode::BAD_REQUEST,
@@ -299,7 +299,7 @@ pub(crate) async fn upload(
             );
         }
         // Stream the part into the sandbox: a channel joins the part reader to the writer.
-        let (tx, mut rx) = mpsc::channel::<runtime_core::Result<Bytes>>(8);
+        let (tx, mut rx) = mpsc::channel::<sandkit_core::Result<Bytes>>(8);
         let content: ByteStream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
         let feed = async move {
             loop {
@@ -312,7 +312,7 @@ pub(crate) async fn upload(
                     Ok(None) => break,
                     Err(e) => {
                         let _ = tx
-                            .send(Err(runtime_core::Error::new(
+                            .send(Err(sandkit_core::Error::new(
                                 ErrorKind::InvalidInput,
                                 format!("reading the upload: {e}"),
                             )))

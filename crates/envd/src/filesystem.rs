@@ -1,12 +1,12 @@
 //! The filesystem service: `Stat`, `MakeDir`, `Move`, `ListDir`, `Remove`, and how envd
 //! reports entries and resolves paths.
 
-use e2b_protocol::envd::{
+use sandkit_core::{EntryKind, ErrorKind, FileStore};
+use sandkit_e2b_protocol::envd::{
     self, permissions_string, rpc, EntryResponse, FileType, ListDirRequest, ListDirResponse,
     MoveRequest, PathRequest,
 };
-use e2b_protocol::ConnectError;
-use runtime_core::{EntryKind, ErrorKind, FileStore};
+use sandkit_e2b_protocol::ConnectError;
 
 use crate::wire::{connect_error_response, decode, from_core, reply};
 use crate::Served;
@@ -142,7 +142,7 @@ pub(crate) fn resolve(user: &str, path: &str) -> String {
     }
 }
 
-fn not_found_path(e: &runtime_core::Error, path: &str) -> ConnectError {
+fn not_found_path(e: &sandkit_core::Error, path: &str) -> ConnectError {
     match e.kind() {
         ErrorKind::NotFound => {
             ConnectError::new("not_found", format!("path '{path}' does not exist"))
@@ -179,11 +179,11 @@ async fn resolve_link(
     link: &str,
     target: Option<&str>,
 ) -> (String, Option<EntryKind>) {
-    let mut at = runtime_filestore::clean_absolute(&follow(link, target));
+    let mut at = sandkit_filestore::clean_absolute(&follow(link, target));
     for _ in 0..40 {
         match fs.stat(&at).await {
             Ok(e) if e.kind == EntryKind::Symlink => {
-                at = runtime_filestore::clean_absolute(&follow(&at, e.symlink_target.as_deref()))
+                at = sandkit_filestore::clean_absolute(&follow(&at, e.symlink_target.as_deref()))
             }
             Ok(e) => return (at, Some(e.kind)),
             Err(_) => break,
@@ -196,7 +196,7 @@ async fn resolve_link(
 /// `symlinkTarget`, the resolved absolute path, as envd reports them.
 pub(crate) async fn to_wire(
     fs: &dyn FileStore,
-    e: runtime_core::EntryInfo,
+    e: sandkit_core::EntryInfo,
     shown: String,
 ) -> envd::EntryInfo {
     let mut symlink_target = None;
@@ -226,7 +226,7 @@ pub(crate) async fn to_wire(
         permissions: permissions_string(kind_char, e.mode),
         owner: e.owner.unwrap_or_default(),
         group: e.group.unwrap_or_default(),
-        modified_time: e.modified.map(e2b_protocol::json::rfc3339),
+        modified_time: e.modified.map(sandkit_e2b_protocol::json::rfc3339),
         is_symlink: e.kind == EntryKind::Symlink,
         symlink_target,
         metadata: e.metadata,
@@ -252,7 +252,7 @@ impl Files<'_> {
 pub(crate) fn files_for<'a>(
     served: &'a Served,
     user: &str,
-) -> Result<Files<'a>, runtime_core::Error> {
+) -> Result<Files<'a>, sandkit_core::Error> {
     match served.sandbox.files_as(user) {
         Ok(f) => Ok(Files::AsUser(f)),
         // A backend whose files act as one user: the request runs as that one.

@@ -1,13 +1,13 @@
-//! envd, E2B's in-sandbox daemon, served over any [`runtime_core::Sandbox`]: the process and
+//! envd, E2B's in-sandbox daemon, served over any [`sandkit_core::Sandbox`]: the process and
 //! filesystem services (Connect RPC with the JSON codec), `/files`, `/health` and `/envs`, as
-//! the official SDKs speak them (see `e2b-protocol`).
+//! the official SDKs speak them (see `sandkit-e2b-protocol`).
 //!
 //! [`router`] builds the routes over a [`Resolve`], which finds the sandbox a request is for
 //! after checking its credentials: `e2b-local` resolves by the `E2b-Sandbox-Id` header among
 //! many sandboxes; `sandkit-agent` serves one sandbox with one token ([`OneSandbox`]).
 //!
 //! ```no_run
-//! # async fn serve(sandbox: Box<dyn runtime_core::Sandbox>) -> std::io::Result<()> {
+//! # async fn serve(sandbox: Box<dyn sandkit_core::Sandbox>) -> std::io::Result<()> {
 //! use std::sync::Arc;
 //! let served = Arc::new(envd::Served::new(sandbox, "user"));
 //! let app = envd::router(Arc::new(envd::OneSandbox::new(served, Some("token".into()))));
@@ -35,8 +35,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use e2b_protocol::envd::rpc;
-use e2b_protocol::ConnectError;
+use sandkit_e2b_protocol::envd::rpc;
+use sandkit_e2b_protocol::ConnectError;
 
 pub use auth::{check_file_auth, unauthorized, Auth, FileQuery, OneSandbox, Resolve};
 pub use served::Served;
@@ -146,7 +146,7 @@ async fn metrics(AxState(state): AxState<Shared>, headers: HeaderMap) -> Respons
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or_default();
-            let body = e2b_protocol::envd::EnvdMetrics {
+            let body = sandkit_e2b_protocol::envd::EnvdMetrics {
                 ts,
                 cpu_count: m.cpu_count,
                 cpu_used_pct: m.cpu_used_pct as f32,
@@ -160,7 +160,7 @@ async fn metrics(AxState(state): AxState<Shared>, headers: HeaderMap) -> Respons
             };
             ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
         }
-        Err(e) if e.kind() == runtime_core::ErrorKind::Unsupported => plain_error(
+        Err(e) if e.kind() == sandkit_core::ErrorKind::Unsupported => plain_error(
             StatusCode::NOT_IMPLEMENTED,
             format!(
                 "metrics are not available for this sandbox: {}",

@@ -8,15 +8,15 @@ use axum::body::{Body, Bytes};
 use axum::extract::State as AxState;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use e2b_protocol::connect::{encode_end_stream, encode_envelope};
-use e2b_protocol::envd::{
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use sandkit_core::{CommandSpec, Signal};
+use sandkit_e2b_protocol::connect::{encode_end_stream, encode_envelope};
+use sandkit_e2b_protocol::envd::{
     self, rpc, EndEvent, EventMessage, ListResponse, ProcessRequest, ProcessSelector,
     SendInputRequest, SendSignalRequest, StartRequest, StreamInputRequest, UpdateRequest,
 };
-use e2b_protocol::{encode_message, ConnectError, EnvelopeDecoder};
-use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
-use runtime_core::{CommandSpec, Signal};
+use sandkit_e2b_protocol::{encode_message, ConnectError, EnvelopeDecoder};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -282,7 +282,7 @@ pub(crate) async fn start(
             match weak.upgrade() {
                 Some(s) => matches!(
                     s.sandbox.info().await,
-                    Ok(i) if i.state == runtime_core::SandboxState::Running
+                    Ok(i) if i.state == sandkit_core::SandboxState::Running
                 ),
                 None => false,
             }

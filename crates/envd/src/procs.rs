@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2b_protocol::envd::{DataEvent, EndEvent, ProcessConfig, ProcessEvent as WireEvent};
-use e2b_protocol::ConnectError;
-use runtime_core::{ErrorKind, Process, ProcessEvent, ProcessHandle};
+use sandkit_core::{ErrorKind, Process, ProcessEvent, ProcessHandle};
+use sandkit_e2b_protocol::envd::{DataEvent, EndEvent, ProcessConfig, ProcessEvent as WireEvent};
+use sandkit_e2b_protocol::ConnectError;
 use tokio::sync::mpsc;
 
 /// How long the end of an exited process is kept for `Connect` (envd's value).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runtime_core::{CommandSpec, Sandbox, SandboxExt};
+use sandkit_core::{CommandSpec, Sandbox, SandboxExt};
 use tokio::sync::Mutex;
 
 use crate::procs::Processes;

@@ -1,7 +1,7 @@
 //! Directory watching: the `WatchDir` stream, and the polled watchers of the synchronous SDK
 //! (`CreateWatcher`, `GetWatcherEvents`, `RemoveWatcher`), over [`Sandbox::watch`].
 //!
-//! [`Sandbox::watch`]: runtime_core::Sandbox::watch
+//! [`Sandbox::watch`]: sandkit_core::Sandbox::watch
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,13 +10,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::State as AxState;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use e2b_protocol::connect::encode_end_stream;
-use e2b_protocol::envd::{
+use futures_util::StreamExt;
+use sandkit_core::{ErrorKind, FsEvent, FsEventKind, FsEventStream};
+use sandkit_e2b_protocol::connect::encode_end_stream;
+use sandkit_e2b_protocol::envd::{
     self, rpc, EventType, FilesystemEvent, WatchDirResponse, WatchRequest, WatcherEvents, WatcherId,
 };
-use e2b_protocol::{encode_message, ConnectError};
-use futures_util::StreamExt;
-use runtime_core::{ErrorKind, FsEvent, FsEventKind, FsEventStream};
+use sandkit_e2b_protocol::{encode_message, ConnectError};
 
 use crate::filesystem::{files_for, resolve, to_wire};
 use crate::wire::{
@@ -49,7 +49,7 @@ impl Drop for Polled {
 /// is gone or too slow) rather than grow without bound.
 const MAX_UNREAD: usize = 100_000;
 
-fn watch_error(e: &runtime_core::Error, path: &str) -> ConnectError {
+fn watch_error(e: &sandkit_core::Error, path: &str) -> ConnectError {
     match e.kind() {
         ErrorKind::NotFound => ConnectError::new("not_found", format!("path {path} not found")),
         ErrorKind::InvalidInput => {

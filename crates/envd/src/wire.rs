@@ -6,10 +6,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use e2b_protocol::connect::{code_for_kind, encode_end_stream};
-use e2b_protocol::{headers, ConnectError, EnvelopeDecoder, STREAM_CONTENT_TYPE};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use sandkit_e2b_protocol::connect::{code_for_kind, encode_end_stream};
+use sandkit_e2b_protocol::{headers, ConnectError, EnvelopeDecoder, STREAM_CONTENT_TYPE};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -34,7 +34,7 @@ pub(crate) fn connect_error_response(e: &ConnectError) -> Response {
     (status, Json(e)).into_response()
 }
 
-pub(crate) fn from_core(e: &runtime_core::Error) -> ConnectError {
+pub(crate) fn from_core(e: &sandkit_core::Error) -> ConnectError {
     ConnectError::new(code_for_kind(e.kind()), e.message().to_string())
 }
 

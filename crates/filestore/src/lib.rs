@@ -3,8 +3,8 @@
 //! - [`LocalFileStore`]: a directory on the host; nothing outside it can be read or written.
 //! - [`InMemoryFileStore`]: a tree in memory.
 //!
-//! Both implement [`runtime_core::FileStore`] and pass the FileStore part of the
-//! conformance suite (`cargo test -p runtime-filestore`).
+//! Both implement [`sandkit_core::FileStore`] and pass the FileStore part of the
+//! conformance suite (`cargo test -p sandkit-filestore`).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod local;

@@ -5,8 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::raw::sort_entries;
-use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
+use sandkit_core::raw::sort_entries;
+use sandkit_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
 use tokio::io::AsyncWriteExt;
 
 use crate::path::{join, normalize};
@@ -26,9 +26,9 @@ const MAX_LINKS: usize = 32;
 /// swaps a directory for a link while a call runs is outside this guarantee.)
 ///
 /// ```
-/// # async fn demo() -> runtime_core::Result<()> {
-/// use runtime_core::{ErrorKind, FileStoreExt};
-/// use runtime_filestore::LocalFileStore;
+/// # async fn demo() -> sandkit_core::Result<()> {
+/// use sandkit_core::{ErrorKind, FileStoreExt};
+/// use sandkit_filestore::LocalFileStore;
 ///
 /// let dir = std::env::temp_dir().join("sandkit-doc-local");
 /// let store = LocalFileStore::new(&dir)?;

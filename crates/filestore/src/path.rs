@@ -1,6 +1,6 @@
 //! Path normalisation shared by the stores and the backends.
 
-use runtime_core::{Error, ErrorKind, Result};
+use sandkit_core::{Error, ErrorKind, Result};
 
 /// A path split into clean components: no empty parts, no `.`, and `..` resolved.
 ///
@@ -8,7 +8,7 @@ use runtime_core::{Error, ErrorKind, Result};
 /// a path given to a store never names something outside the store's root.
 ///
 /// ```
-/// use runtime_filestore::normalize;
+/// use sandkit_filestore::normalize;
 /// assert_eq!(normalize("a//b/./c/../d/").unwrap(), ["a", "b", "d"]);
 /// assert_eq!(normalize("/x/y").unwrap(), ["x", "y"]);
 /// assert!(normalize("a/../../etc").is_err());
@@ -43,8 +43,8 @@ pub fn normalize(path: &str) -> Result<Vec<&str>> {
 /// (`/a/../../b` is `/b`), no empty parts, no `.`.
 ///
 /// ```
-/// assert_eq!(runtime_filestore::clean_absolute("/home/user/../../../etc//x/."), "/etc/x");
-/// assert_eq!(runtime_filestore::clean_absolute("/"), "/");
+/// assert_eq!(sandkit_filestore::clean_absolute("/home/user/../../../etc//x/."), "/etc/x");
+/// assert_eq!(sandkit_filestore::clean_absolute("/"), "/");
 /// ```
 pub fn clean_absolute(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use runtime_core::{Error, Result};
+use sandkit_core::{Error, Result};
 
 use crate::local::LocalFileStore;
 
@@ -48,8 +48,8 @@ impl LocalFileStore {
     /// was already written stays.
     ///
     /// ```
-    /// # fn demo() -> runtime_core::Result<()> {
-    /// use runtime_filestore::LocalFileStore;
+    /// # fn demo() -> sandkit_core::Result<()> {
+    /// use sandkit_filestore::LocalFileStore;
     /// let mut tar = tar::Builder::new(Vec::new());
     /// let mut h = tar::Header::new_gnu();
     /// h.set_size(2);
@@ -67,7 +67,7 @@ impl LocalFileStore {
             .filter(|t| t.components().count() == 1)
             .ok_or_else(|| {
                 Error::new(
-                    runtime_core::ErrorKind::InvalidInput,
+                    sandkit_core::ErrorKind::InvalidInput,
                     "the top of an archive is one plain name",
                 )
                 .with_backend("local")

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use runtime_conformance::{FsHarness, Suite};
-use runtime_core::{ErrorKind, FileStore, FileStoreExt};
-use runtime_filestore::{InMemoryFileStore, LocalFileStore};
+use sandkit_conformance::{FsHarness, Suite};
+use sandkit_core::{ErrorKind, FileStore, FileStoreExt};
+use sandkit_filestore::{InMemoryFileStore, LocalFileStore};
 
 #[derive(Debug)]
 struct Local {
@@ -24,7 +24,7 @@ impl FsHarness for Local {
     fn scratch_root(&self) -> String {
         String::new()
     }
-    async fn symlink(&self, target: &str, link: &str) -> runtime_core::Result<()> {
+    async fn symlink(&self, target: &str, link: &str) -> sandkit_core::Result<()> {
         std::os::unix::fs::symlink(target, self.store.root().join(link))?;
         Ok(())
     }
@@ -41,7 +41,7 @@ impl FsHarness for Memory {
     fn scratch_root(&self) -> String {
         "/scratch".into()
     }
-    async fn symlink(&self, target: &str, link: &str) -> runtime_core::Result<()> {
+    async fn symlink(&self, target: &str, link: &str) -> sandkit_core::Result<()> {
         self.0.symlink(target, link)
     }
 }

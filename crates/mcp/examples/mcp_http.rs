@@ -6,8 +6,8 @@
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = runtime_config::Config::load()?;
-    let options = runtime_actions::SessionOptions::from_config(&config);
+    let config = sandkit_config::Config::load()?;
+    let options = sandkit_actions::SessionOptions::from_config(&config);
     let server = sandkit_mcp::McpServer::new(config.runtime().await?, options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8765").await?;
     eprintln!("MCP at http://127.0.0.1:8765/mcp");

@@ -20,9 +20,9 @@
 //! `2025-11-25`; a client that probes for the stateless `2026-07-28` revision falls back to it.
 //!
 //! ```no_run
-//! # async fn demo() -> runtime_core::Result<()> {
-//! let config = runtime_config::Config::load()?;
-//! let options = runtime_actions::SessionOptions::from_config(&config);
+//! # async fn demo() -> sandkit_core::Result<()> {
+//! let config = sandkit_config::Config::load()?;
+//! let options = sandkit_actions::SessionOptions::from_config(&config);
 //! let server = sandkit_mcp::McpServer::new(config.runtime().await?, options);
 //! server.serve_stdio(std::future::pending()).await // until the client closes stdin
 //! # }
@@ -39,8 +39,8 @@ use rmcp::model::{Implementation, ProtocolVersion, ServerCapabilities, ServerCon
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{tool, tool_handler, tool_router, ServerHandler, ServiceExt};
-use runtime_actions::{EditRequest, RunRequest, Session, SessionOptions};
-use runtime_core::Runtime;
+use sandkit_actions::{EditRequest, RunRequest, Session, SessionOptions};
+use sandkit_core::Runtime;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -92,12 +92,12 @@ impl McpServer {
     pub async fn serve_stdio(
         &self,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> runtime_core::Result<()> {
+    ) -> sandkit_core::Result<()> {
         let tools = self.session();
         let inner = tools.inner.clone();
         let running = tools.serve(rmcp::transport::stdio()).await.map_err(|e| {
-            runtime_core::Error::new(
-                runtime_core::ErrorKind::Unavailable,
+            sandkit_core::Error::new(
+                sandkit_core::ErrorKind::Unavailable,
                 format!("MCP over stdio did not start: {e}"),
             )
         })?;
@@ -182,11 +182,11 @@ struct Sandboxed {
 }
 
 impl Sandboxed {
-    async fn get(&self) -> runtime_core::Result<Arc<Session>> {
+    async fn get(&self) -> sandkit_core::Result<Arc<Session>> {
         let mut held = self.session.lock().await;
         if self.closed.load(Ordering::SeqCst) {
-            return Err(runtime_core::Error::new(
-                runtime_core::ErrorKind::Unavailable,
+            return Err(sandkit_core::Error::new(
+                sandkit_core::ErrorKind::Unavailable,
                 "this MCP session has ended",
             ));
         }
@@ -215,7 +215,7 @@ impl Sandboxed {
 async fn kill(runtime: &Arc<dyn Runtime>, s: &Session, session: &str) {
     match runtime.kill(s.sandbox().id()).await {
         Ok(()) => debug!(session, "MCP session ended; its sandbox is killed"),
-        Err(e) if e.kind() == runtime_core::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == sandkit_core::ErrorKind::NotFound => {}
         Err(e) => warn!(session, error = %e, "could not kill an MCP session's sandbox"),
     }
 }
@@ -344,7 +344,7 @@ pub struct CellArgs {
     pub timeout_secs: Option<u64>,
 }
 
-fn tool_error(e: runtime_core::Error) -> String {
+fn tool_error(e: sandkit_core::Error) -> String {
     e.to_string()
 }
 

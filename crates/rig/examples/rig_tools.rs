@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rig_core::tool::ToolContext;
-use runtime_actions::prelude::*;
+use sandkit_actions::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<()> {

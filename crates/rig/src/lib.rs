@@ -14,7 +14,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use rig_core::tool::ErasedTool;
-//! use runtime_actions::prelude::*;
+//! use sandkit_actions::prelude::*;
 //!
 //! # async fn demo() -> Result<()> {
 //! let config = Config::load()?;
@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rig_core::tool::{ErasedTool, PortableTool};
-use runtime_actions::{EditRequest, RunRequest, Session};
-use runtime_core::Error;
+use sandkit_actions::{EditRequest, RunRequest, Session};
+use sandkit_core::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use rig_core::tool::{tool_definition, ErasedTool, ToolContext};
-use runtime_actions::{Session, SessionOptions};
-use runtime_core::{Runtime, SandboxSpec};
-use runtime_docker::DockerRuntime;
+use sandkit_actions::{Session, SessionOptions};
+use sandkit_core::{Runtime, SandboxSpec};
+use sandkit_docker::DockerRuntime;
 
 async fn call(
     tools: &[Box<dyn ErasedTool>],
@@ -24,11 +24,11 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rig_drives_the_tools_by_name_on_docker() {
-    let Some(docker) = runtime_conformance::or_skip(DockerRuntime::builder().build().await) else {
+    let Some(docker) = sandkit_conformance::or_skip(DockerRuntime::builder().build().await) else {
         return;
     };
     let runtime: Arc<dyn Runtime> = Arc::new(docker);
-    let spec = SandboxSpec::new().metadata(runtime_conformance::SUITE_LABEL, "rig");
+    let spec = SandboxSpec::new().metadata(sandkit_conformance::SUITE_LABEL, "rig");
     let session = Session::open(
         runtime,
         &format!("rig-{:x}", rand_id()),

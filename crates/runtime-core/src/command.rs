@@ -36,7 +36,7 @@ pub struct PtySize {
 ///
 /// ```
 /// use std::time::Duration;
-/// use runtime_core::CommandSpec;
+/// use sandkit_core::CommandSpec;
 ///
 /// let ls = CommandSpec::program("ls", ["-la", "/tmp"]);
 /// let line = CommandSpec::shell("echo $HOME | tr a-z A-Z")
@@ -184,9 +184,9 @@ impl fmt::Display for CommandSpec {
 /// quotes.
 ///
 /// ```
-/// assert_eq!(runtime_core::raw::shell_quote("a b'c"), r#"'a b'\''c'"#);
-/// assert_eq!(runtime_core::raw::shell_quote("plain/path-1.txt"), "plain/path-1.txt");
-/// assert_eq!(runtime_core::raw::shell_quote(""), "''");
+/// assert_eq!(sandkit_core::raw::shell_quote("a b'c"), r#"'a b'\''c'"#);
+/// assert_eq!(sandkit_core::raw::shell_quote("plain/path-1.txt"), "plain/path-1.txt");
+/// assert_eq!(sandkit_core::raw::shell_quote(""), "''");
 /// ```
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()

@@ -72,7 +72,7 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// do, the backend and operation it came from, context, and the underlying cause.
 ///
 /// ```
-/// use runtime_core::{Error, ErrorKind};
+/// use sandkit_core::{Error, ErrorKind};
 ///
 /// let err = Error::new(ErrorKind::NotFound, "no such sandbox")
 ///     .with_backend("docker")

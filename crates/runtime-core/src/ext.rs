@@ -143,9 +143,9 @@ impl<T: FileStore + ?Sized> FileStoreExt for T {}
 /// [`ErrorKind::InvalidInput`]: a hostile source cannot place files beside the destination.
 ///
 /// ```
-/// # async fn demo(a: &dyn runtime_core::FileStore, b: &dyn runtime_core::FileStore)
-/// # -> runtime_core::Result<()> {
-/// runtime_core::copy_tree(a, "project", b, "/workspace/project").await?;
+/// # async fn demo(a: &dyn sandkit_core::FileStore, b: &dyn sandkit_core::FileStore)
+/// # -> sandkit_core::Result<()> {
+/// sandkit_core::copy_tree(a, "project", b, "/workspace/project").await?;
 /// # Ok(()) }
 /// ```
 pub async fn copy_tree(

@@ -10,9 +10,9 @@
 //! Every crate of sandkit returns one [`Error`], classified by a `Copy` [`ErrorKind`]:
 //!
 //! ```
-//! use runtime_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt};
+//! use sandkit_core::{CommandSpec, ErrorKind, Sandbox, SandboxExt};
 //!
-//! async fn show(sandbox: &dyn Sandbox) -> runtime_core::Result<()> {
+//! async fn show(sandbox: &dyn Sandbox) -> sandkit_core::Result<()> {
 //!     let out = sandbox.exec(CommandSpec::shell("echo hi; exit 3")).await?;
 //!     assert_eq!(out.exit_code, Some(3)); // exit codes are data, not errors
 //!     assert_eq!(out.stdout_text(), "hi\n");

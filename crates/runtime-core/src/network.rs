@@ -36,7 +36,7 @@ pub const ALL_TRAFFIC: &str = "0.0.0.0/0";
 /// [`allow_host`](Self::allow_host) or [`allow_link_local`](Self::allow_link_local) says so.
 ///
 /// ```
-/// use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+/// use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
 ///
 /// // Only GitHub, over HTTPS or HTTP.
 /// let policy = NetworkPolicy::new()

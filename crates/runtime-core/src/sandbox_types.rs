@@ -17,7 +17,7 @@ pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(300);
 ///
 /// ```
 /// use std::time::Duration;
-/// use runtime_core::SandboxSpec;
+/// use sandkit_core::SandboxSpec;
 ///
 /// let spec = SandboxSpec::new()
 ///     .template("sandkit-base:bookworm")
@@ -247,7 +247,7 @@ impl Mount {
     /// names a volume.
     ///
     /// ```
-    /// use runtime_core::{Mount, MountSource};
+    /// use sandkit_core::{Mount, MountSource};
     /// let m = Mount::parse("/data:/workspace:ro").unwrap();
     /// assert_eq!(m.source, MountSource::HostPath("/data".into()));
     /// assert!(m.read_only);

@@ -1,6 +1,6 @@
-//! Mapping Docker engine errors into [`runtime_core::Error`].
+//! Mapping Docker engine errors into [`sandkit_core::Error`].
 
-use runtime_core::{Error, ErrorKind};
+use sandkit_core::{Error, ErrorKind};
 
 pub(crate) const BACKEND: &str = "docker";
 
@@ -99,7 +99,7 @@ pub(crate) fn err(kind: ErrorKind, op: &'static str, message: impl Into<String>)
 
 #[cfg(test)]
 mod tests {
-    use runtime_core::ErrorKind;
+    use sandkit_core::ErrorKind;
 
     fn engine(status_code: u16, message: &str) -> bollard::errors::Error {
         bollard::errors::Error::DockerResponseServerError {

@@ -8,7 +8,7 @@ use bollard::Docker;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use runtime_core::{ErrorKind, Result};
+use sandkit_core::{ErrorKind, Result};
 use tokio::io::AsyncWrite;
 
 use crate::error::{err, map};
@@ -77,7 +77,7 @@ pub(crate) async fn start(
 
 /// Maps an engine error on a container call: a 404 or 409 about the container means the
 /// sandbox is gone (or paused).
-pub(crate) fn sandbox_error(e: bollard::errors::Error, op: &'static str) -> runtime_core::Error {
+pub(crate) fn sandbox_error(e: bollard::errors::Error, op: &'static str) -> sandkit_core::Error {
     if let bollard::errors::Error::DockerResponseServerError {
         status_code: 409,
         message,
@@ -181,12 +181,12 @@ pub(crate) async fn run_helper_as(
             .input
             .write_all(&data)
             .await
-            .map_err(|e| runtime_core::Error::from(e).with_operation(op))?;
+            .map_err(|e| sandkit_core::Error::from(e).with_operation(op))?;
         started
             .input
             .shutdown()
             .await
-            .map_err(|e| runtime_core::Error::from(e).with_operation(op))?;
+            .map_err(|e| sandkit_core::Error::from(e).with_operation(op))?;
     }
     let mut out = Collected {
         stdout: Vec::new(),

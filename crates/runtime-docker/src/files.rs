@@ -13,9 +13,9 @@ use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use runtime_core::raw::sort_entries;
-use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
-use runtime_filestore::{clean_absolute, join, parent};
+use sandkit_core::raw::sort_entries;
+use sandkit_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
+use sandkit_filestore::{clean_absolute, join, parent};
 
 use crate::error::{err, map};
 use crate::exec::{exit_code, run_helper_as, script, start, Collected, ExecRequest};
@@ -203,7 +203,7 @@ impl DockerFiles {
         // End of input either way: `cat` finishes, and what it wrote is renamed only if every
         // byte went out.
         let closed = started.input.shutdown().await;
-        let fed = fed.and(closed.map_err(runtime_core::Error::from));
+        let fed = fed.and(closed.map_err(sandkit_core::Error::from));
         let mut stderr = Vec::new();
         while let Some(frame) = started.output.next().await {
             if let Ok(bollard::container::LogOutput::StdErr { message }) = frame {

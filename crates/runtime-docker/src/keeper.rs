@@ -27,7 +27,7 @@ use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::{ErrorKind, Result};
+use sandkit_core::{ErrorKind, Result};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 

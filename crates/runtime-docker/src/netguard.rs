@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bollard::container::Config;
 use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::Docker;
-use runtime_core::{ErrorKind, NetworkPolicy, Result};
+use sandkit_core::{ErrorKind, NetworkPolicy, Result};
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{debug, info};

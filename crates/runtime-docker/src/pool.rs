@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use runtime_core::{Sandbox, SandboxSpec, SandboxState};
+use sandkit_core::{Sandbox, SandboxSpec, SandboxState};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 

@@ -13,8 +13,8 @@ use bollard::container::LogOutput;
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use runtime_core::raw::ProcessControl;
-use runtime_core::{
+use sandkit_core::raw::ProcessControl;
+use sandkit_core::{
     Command, CommandSpec, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo, Result,
     Signal,
 };
@@ -181,7 +181,7 @@ pub(crate) async fn spawn(
         .chain(rest.filter_map(|e| async move { e }))
         .chain(exited)
         .boxed();
-    Ok(runtime_core::raw::process(
+    Ok(sandkit_core::raw::process(
         pid.unwrap_or(0),
         events,
         control,
@@ -284,7 +284,7 @@ impl ProcessControl for DockerProcess {
         signal(&self.docker, &self.container, self.pid, sig).await
     }
 
-    async fn resize(&self, size: runtime_core::PtySize) -> Result<()> {
+    async fn resize(&self, size: sandkit_core::PtySize) -> Result<()> {
         self.docker
             .resize_exec(
                 &self.exec_id,

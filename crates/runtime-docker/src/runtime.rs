@@ -13,11 +13,11 @@ use bollard::models::{
     PortBinding,
 };
 use bollard::Docker;
-use runtime_core::{
+use sandkit_core::{
     Capabilities, ListFilter, Mount, MountSource, NetworkMode, Resources, Runtime, Sandbox,
     SandboxInfo, SandboxSpec, SandboxState, DEFAULT_SANDBOX_TIMEOUT,
 };
-use runtime_core::{Error, ErrorKind, Result};
+use sandkit_core::{Error, ErrorKind, Result};
 use tracing::debug;
 
 use crate::error::{err, map, BACKEND};
@@ -190,7 +190,7 @@ pub(crate) struct Settings {
     /// turned off (`[docker] network_guard = false`).
     pub(crate) netguard: Option<Arc<crate::netguard::NetGuard>>,
     /// The policy of sandboxes whose spec sets none.
-    pub(crate) network_policy: Option<runtime_core::NetworkPolicy>,
+    pub(crate) network_policy: Option<sandkit_core::NetworkPolicy>,
     /// Whether the engine runs on this machine (a Unix socket): its bridges are routable here.
     pub(crate) local_engine: bool,
 }
@@ -239,7 +239,7 @@ pub struct DockerRuntimeBuilder {
     no_new_privileges: bool,
     pool: usize,
     network_guard: bool,
-    network_policy: Option<runtime_core::NetworkPolicy>,
+    network_policy: Option<sandkit_core::NetworkPolicy>,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -393,7 +393,7 @@ impl DockerRuntimeBuilder {
     }
 
     /// The network policy of sandboxes whose spec sets none (`[sandbox.network]`).
-    pub fn network_policy(mut self, policy: runtime_core::NetworkPolicy) -> Self {
+    pub fn network_policy(mut self, policy: sandkit_core::NetworkPolicy) -> Self {
         self.network_policy = Some(policy);
         self
     }
@@ -670,7 +670,7 @@ fn stuck(state: Option<&bollard::models::ContainerState>) -> bool {
     state
         .finished_at
         .as_deref()
-        .and_then(runtime_core::raw::time::parse_rfc3339)
+        .and_then(sandkit_core::raw::time::parse_rfc3339)
         .is_some_and(|t| t.elapsed().is_ok_and(|d| d > Duration::from_secs(10)))
 }
 
@@ -1271,7 +1271,7 @@ impl DockerRuntime {
         &self,
         id: &str,
         network: &str,
-        policy: Option<&runtime_core::NetworkPolicy>,
+        policy: Option<&sandkit_core::NetworkPolicy>,
         hosts: &BTreeMap<String, std::net::IpAddr>,
     ) -> Result<()> {
         let explicit = policy.is_some();
@@ -1323,7 +1323,7 @@ impl DockerRuntime {
     pub(crate) async fn set_network_policy(
         &self,
         id: &str,
-        policy: &runtime_core::NetworkPolicy,
+        policy: &sandkit_core::NetworkPolicy,
     ) -> Result<()> {
         policy.validate()?;
         let name = self.settings.labels.container(id);
@@ -1716,7 +1716,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn info(&self, id: &str) -> Result<SandboxInfo> {
-        use runtime_core::Sandbox as _;
+        use sandkit_core::Sandbox as _;
         let (sandbox, _, _) = self.sandbox_from_container(id, "info").await?;
         sandbox.info().await
     }
@@ -1739,7 +1739,7 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
-    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<runtime_core::Snapshot>> {
+    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<sandkit_core::Snapshot>> {
         self.list_snapshots(sandbox_id).await
     }
 
@@ -1751,11 +1751,11 @@ impl Runtime for DockerRuntime {
         &self,
         name: &str,
         metadata: BTreeMap<String, String>,
-    ) -> Result<runtime_core::Volume> {
+    ) -> Result<sandkit_core::Volume> {
         self.make_volume(name, metadata).await
     }
 
-    async fn volumes(&self) -> Result<Vec<runtime_core::Volume>> {
+    async fn volumes(&self) -> Result<Vec<sandkit_core::Volume>> {
         self.list_volumes().await
     }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
     Sandbox, SandboxExt, SandboxInfo, SandboxState,
 };
@@ -57,7 +57,7 @@ pub struct DockerSandbox {
     files: DockerFiles,
     ttl: Ttl,
     /// The agent inside the sandbox, when it runs one (the fast path).
-    agent: Option<runtime_e2b::EnvdClient>,
+    agent: Option<sandkit_e2b::EnvdClient>,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -143,7 +143,7 @@ impl DockerSandbox {
 
     /// An error of the agent path as this backend reports it: a sandbox that is gone (or
     /// paused) is [`ErrorKind::NotFound`] / [`ErrorKind::Conflict`], as on the exec path.
-    async fn agent_error(&self, e: runtime_core::Error, op: &'static str) -> runtime_core::Error {
+    async fn agent_error(&self, e: sandkit_core::Error, op: &'static str) -> sandkit_core::Error {
         if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Unexpected) {
             return e;
         }
@@ -383,11 +383,11 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn kill(&self) -> Result<()> {
-        use runtime_core::Runtime;
+        use sandkit_core::Runtime;
         self.runtime.kill(&self.id).await
     }
 
-    async fn snapshot(&self, name: Option<&str>) -> Result<runtime_core::Snapshot> {
+    async fn snapshot(&self, name: Option<&str>) -> Result<sandkit_core::Snapshot> {
         self.runtime.commit_snapshot(&self.id, name, false).await
     }
 
@@ -414,7 +414,7 @@ impl Sandbox for DockerSandbox {
         }
     }
 
-    async fn set_network_policy(&self, policy: runtime_core::NetworkPolicy) -> Result<()> {
+    async fn set_network_policy(&self, policy: sandkit_core::NetworkPolicy) -> Result<()> {
         self.runtime.set_network_policy(&self.id, &policy).await
     }
 
@@ -470,7 +470,7 @@ impl Sandbox for DockerSandbox {
     }
 }
 
-fn gone(id: &str, op: &'static str) -> runtime_core::Error {
+fn gone(id: &str, op: &'static str) -> sandkit_core::Error {
     err(
         ErrorKind::NotFound,
         op,

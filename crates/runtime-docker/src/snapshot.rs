@@ -23,7 +23,7 @@ use bollard::container::Config;
 use bollard::image::{
     CommitContainerOptions, ListImagesOptions, PruneImagesOptions, RemoveImageOptions,
 };
-use runtime_core::{
+use sandkit_core::{
     ErrorKind, MountSource, NetworkMode, Result, Sandbox, SandboxSpec, Snapshot, MAX_FORKS,
 };
 use tracing::{debug, info};
@@ -93,7 +93,7 @@ impl DockerRuntime {
         };
         // The sandbox as its owner sees it (a pooled one's metadata is in its claim).
         let (_, _, labels) = self.sandbox_from_container(id, op).await?;
-        let info = self.info_from_labels(id, &labels, runtime_core::SandboxState::Running);
+        let info = self.info_from_labels(id, &labels, sandkit_core::SandboxState::Running);
         let l = &self.settings.labels;
         let container = l.container(id);
         let inspect = self
@@ -368,7 +368,7 @@ impl DockerRuntime {
                 if Some(&source) == agent_volume.as_ref() {
                     return None;
                 }
-                Some(runtime_core::Mount {
+                Some(sandkit_core::Mount {
                     source: match m.typ {
                         Some(bollard::models::MountTypeEnum::VOLUME) => MountSource::Volume(source),
                         _ => MountSource::HostPath(source),

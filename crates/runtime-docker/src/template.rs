@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bollard::image::BuildImageOptions;
 use futures_util::StreamExt;
-use runtime_core::{ErrorKind, Result};
+use sandkit_core::{ErrorKind, Result};
 use serde::Deserialize;
 use tracing::info;
 
@@ -45,7 +45,7 @@ impl TemplateFile {
     pub fn load(dir: &Path) -> Result<TemplateFile> {
         let path = dir.join("e2b.toml");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            runtime_core::Error::from(e)
+            sandkit_core::Error::from(e)
                 .with_operation("template build")
                 .with_context("file", path.display())
         })?;

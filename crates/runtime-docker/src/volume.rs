@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions};
-use runtime_core::{ErrorKind, Result, Volume};
+use sandkit_core::{ErrorKind, Result, Volume};
 
 use crate::error::{err, map};
 use crate::runtime::DockerRuntime;
@@ -34,7 +34,7 @@ impl DockerRuntime {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(&meta)?.to_string(), v.clone())))
             .collect();
-        if let Some(t) = created.and_then(runtime_core::raw::time::parse_rfc3339) {
+        if let Some(t) = created.and_then(sandkit_core::raw::time::parse_rfc3339) {
             volume.created_at = t;
         }
         volume

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use runtime_conformance::{SandboxTarget, Suite, SUITE_LABEL};
-use runtime_core::{
+use sandkit_conformance::{SandboxTarget, Suite, SUITE_LABEL};
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStoreExt, ListFilter, ProcessEvent, Runtime, SandboxExt,
     SandboxSpec,
 };
-use runtime_docker::DockerRuntime;
+use sandkit_docker::DockerRuntime;
 
 const MINI: &str = "sandkit-mini:latest";
 const BASE: &str = "sandkit-base:bookworm";
@@ -34,13 +34,13 @@ fn main() -> ExitCode {
         let rt = DockerRuntime::builder().build().await?;
         for image in [MINI, BASE] {
             if rt.docker().inspect_image(image).await.is_err() {
-                return Err(runtime_core::Error::new(
+                return Err(sandkit_core::Error::new(
                     ErrorKind::NotFound,
                     format!("image {image} is missing; build it with `cargo xtask image`"),
                 ));
             }
         }
-        Ok::<_, runtime_core::Error>(rt)
+        Ok::<_, sandkit_core::Error>(rt)
     });
     let runtime = match runtime {
         Ok(rt) => Arc::new(rt),
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(runtime_core::Error::new(
+        Err(sandkit_core::Error::new(
             ErrorKind::Unexpected,
             format!("pooled sandboxes left after drain_pool: {left:?}"),
         ))
@@ -313,7 +313,7 @@ fn main() -> ExitCode {
 
 /// A template `FROM sandkit-base:bookworm` with a start command serving a file and a ready command
 /// waiting for it.
-async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> sandkit_core::Result<()> {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("sandkit-test-tpl-{run_id}");
     std::fs::write(
@@ -380,8 +380,8 @@ async fn templates(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Resu
 
 /// What a sandbox spec asks of the container: mounts (read-only honoured), network modes, the
 /// user, and resource limits.
-async fn options(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
-    use runtime_core::{Mount, MountSource, NetworkMode, Resources};
+async fn options(rt: Arc<DockerRuntime>, run_id: String) -> sandkit_core::Result<()> {
+    use sandkit_core::{Mount, MountSource, NetworkMode, Resources};
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("hello"), "from the host").unwrap();
     let path = host.path().to_str().unwrap().to_string();
@@ -407,7 +407,7 @@ async fn options(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result
             Some(0),
             "read-only is honoured"
         );
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     ro.kill().await?;
@@ -479,7 +479,7 @@ async fn run_child(mode: &str, run_id: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-async fn shared_between_processes(run_id: String) -> runtime_core::Result<()> {
+async fn shared_between_processes(run_id: String) -> sandkit_core::Result<()> {
     let tag = format!("xproc-{:x}", rand_u32());
     let id = run_child(&format!("create:600:{tag}"), &run_id).await;
     let rt = DockerRuntime::builder().build().await?;
@@ -502,7 +502,7 @@ async fn shared_between_processes(run_id: String) -> runtime_core::Result<()> {
     Ok(())
 }
 
-async fn expires_without_us(run_id: String) -> runtime_core::Result<()> {
+async fn expires_without_us(run_id: String) -> sandkit_core::Result<()> {
     let tag = format!("expire-{:x}", rand_u32());
     // The child makes the sandbox, says its id, then is killed with SIGKILL: no clean-up of
     // ours runs, and nothing of ours runs for this sandbox afterwards.
@@ -549,7 +549,7 @@ async fn expires_without_us(run_id: String) -> runtime_core::Result<()> {
     Ok(())
 }
 
-async fn memory_bounded(run_id: String, what: &str) -> runtime_core::Result<()> {
+async fn memory_bounded(run_id: String, what: &str) -> sandkit_core::Result<()> {
     let report = run_child(&format!("memory:{what}"), &run_id).await;
     let (bytes, peak_kib) = report.split_once(' ').unwrap();
     let bytes: u64 = bytes.parse().unwrap();
@@ -586,7 +586,7 @@ fn child(mode: &str) -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    let result: runtime_core::Result<String> = rt.block_on(async {
+    let result: sandkit_core::Result<String> = rt.block_on(async {
         let docker = DockerRuntime::builder().build().await?;
         let parts: Vec<&str> = mode.split(':').collect();
         match parts.as_slice() {
@@ -641,7 +641,7 @@ fn child(mode: &str) -> ExitCode {
                                 ProcessEvent::Exited { code } => assert_eq!(code, 0),
                             }
                         }
-                        Ok::<u64, runtime_core::Error>(n)
+                        Ok::<u64, sandkit_core::Error>(n)
                     } else {
                         // 200 MiB up from a generated stream, then down, counted.
                         let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
@@ -664,7 +664,7 @@ fn child(mode: &str) -> ExitCode {
                 Ok(format!(
                     "{} {}",
                     moved?,
-                    runtime_conformance::peak_rss_kib()
+                    sandkit_conformance::peak_rss_kib()
                 ))
             }
             _ => panic!("unknown child mode {mode}"),
@@ -685,7 +685,7 @@ fn child(mode: &str) -> ExitCode {
 /// The agent inside a sandbox: `info` says which path a sandbox takes; the sandbox's user can
 /// neither read the agent's token nor reach its socket; root killing the agent costs a
 /// reconnect, not the sandbox.
-async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> sandkit_core::Result<()> {
     let sb = rt
         .create(
             SandboxSpec::new()
@@ -730,7 +730,7 @@ async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Res
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert!(ok, "commands work again after the agent was killed");
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     sb.kill().await?;
@@ -751,7 +751,7 @@ async fn agent_path(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Res
 
 /// The base image has git, and passwordless sudo for `user` as E2B's base template does: it
 /// works where `no-new-privileges` is off, and the default flag stops it.
-async fn git_and_sudo(run_id: String) -> runtime_core::Result<()> {
+async fn git_and_sudo(run_id: String) -> sandkit_core::Result<()> {
     let spec = || {
         SandboxSpec::new()
             .template(BASE)
@@ -770,7 +770,7 @@ async fn git_and_sudo(run_id: String) -> runtime_core::Result<()> {
         assert_eq!(git.stdout_text(), "x\n", "{git:?}");
         let sudo = sb.exec_shell("sudo -n id -u").await?;
         assert_eq!(sudo.stdout_text(), "0\n", "{sudo:?}");
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     sb.kill().await?;
@@ -791,7 +791,7 @@ async fn git_and_sudo(run_id: String) -> runtime_core::Result<()> {
 /// A sandbox taken from the pool is what its spec asked for: its metadata in `list` and
 /// `info` (and usable as a filter), its env, user, directory and time to live; the pool's
 /// ready sandboxes are seen by no one.
-async fn pool_claims(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Result<()> {
+async fn pool_claims(rt: Arc<DockerRuntime>, run_id: String) -> sandkit_core::Result<()> {
     // Let the pool fill.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tag = format!("{:x}", rand::random::<u32>());
@@ -828,7 +828,7 @@ async fn pool_claims(rt: Arc<DockerRuntime>, run_id: String) -> runtime_core::Re
             ..Default::default()
         }))
         .await
-        .map_err(|e| runtime_core::Error::new(ErrorKind::Unavailable, e.to_string()))?;
+        .map_err(|e| sandkit_core::Error::new(ErrorKind::Unavailable, e.to_string()))?;
     for c in ready {
         let id = c
             .labels
@@ -881,7 +881,7 @@ async fn pooled_ids(rt: &DockerRuntime) -> Vec<String> {
 /// A pool refills after every sandbox taken from it (a refill that never counted itself done
 /// once left the pool empty after its first two), and draining it does not wait for refills
 /// that are over.
-async fn pool_refills(run_id: String) -> runtime_core::Result<()> {
+async fn pool_refills(run_id: String) -> sandkit_core::Result<()> {
     let rt = DockerRuntime::builder().image(MINI).pool(1).build().await?;
     let spec = || SandboxSpec::new().metadata(SUITE_LABEL, &run_id);
     let rounds = async {
@@ -908,7 +908,7 @@ async fn pool_refills(run_id: String) -> runtime_core::Result<()> {
             );
             sb.kill().await?;
         }
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     let began = std::time::Instant::now();
@@ -924,8 +924,8 @@ async fn pool_refills(run_id: String) -> runtime_core::Result<()> {
 
 /// On the default network (`sandkit-isolated`) a sandbox cannot reach another's port; on Docker's
 /// `bridge`, asked for on purpose, it can. Traffic goes only between this test's containers.
-async fn isolation(run_id: String) -> runtime_core::Result<()> {
-    use runtime_core::NetworkMode;
+async fn isolation(run_id: String) -> sandkit_core::Result<()> {
+    use sandkit_core::NetworkMode;
     let rt = DockerRuntime::builder().build().await?;
     for (network, reachable) in [(None, false), (Some(NetworkMode::Bridge), true)] {
         let mut spec = SandboxSpec::new()

@@ -6,10 +6,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, ListFilter, ProcessEvent, Runtime, SandboxExt, SandboxSpec,
 };
-use runtime_docker::DockerRuntime;
+use sandkit_docker::DockerRuntime;
 
 const LABEL: &str = "sandkit-engine-restart";
 

@@ -11,15 +11,15 @@ use std::process::Command;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, ListFilter, ProcessEvent, Resources, Runtime, SandboxExt, SandboxSpec,
 };
-use runtime_docker::DockerRuntime;
+use sandkit_docker::DockerRuntime;
 
 const LABEL: &str = "sandkit-faults";
 
-async fn docker(builder: runtime_docker::DockerRuntimeBuilder) -> Option<DockerRuntime> {
-    runtime_conformance::or_skip(builder.build().await)
+async fn docker(builder: sandkit_docker::DockerRuntimeBuilder) -> Option<DockerRuntime> {
+    sandkit_conformance::or_skip(builder.build().await)
 }
 
 fn spec(test: &str) -> SandboxSpec {
@@ -111,7 +111,7 @@ async fn hostile_workloads_are_contained() {
             bystander.exec_shell("echo still").await?.stdout_text(),
             "still\n"
         );
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     cleanup(&rt, "contain").await;

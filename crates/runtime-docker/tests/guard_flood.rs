@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, FileStoreExt, NetworkPolicy, Process, ProcessEvent, Runtime, ALL_TRAFFIC,
 };
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use runtime_core::{Runtime, SandboxExt, SandboxSpec, SandboxState};
+use sandkit_core::{Runtime, SandboxExt, SandboxSpec, SandboxState};
 
 mod common;
 
@@ -32,7 +32,7 @@ async fn a_keeper_removed_by_hand_loses_no_extended_deadline() {
     let info = rt.info(sb.id()).await.unwrap();
     assert_eq!(info.state, SandboxState::Running);
     assert!(
-        rt.list(&runtime_core::ListFilter::all().metadata("sandkit-keeper-test", "removed"))
+        rt.list(&sandkit_core::ListFilter::all().metadata("sandkit-keeper-test", "removed"))
             .await
             .unwrap()
             .iter()

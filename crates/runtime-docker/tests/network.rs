@@ -17,10 +17,10 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStoreExt, NetworkPolicy, Runtime, Sandbox, SandboxExt, ALL_TRAFFIC,
 };
-use runtime_docker::DockerRuntime;
+use sandkit_docker::DockerRuntime;
 
 mod internet;
 use internet::{gateway, host_service, probe, reached, setup, PROBE};
@@ -215,11 +215,11 @@ async fn a_live_change_applies_to_open_and_new_connections() {
         let mut text = String::new();
         tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(event) = direct.next_event().await {
-                if let runtime_core::ProcessEvent::Stdout(b) = event? {
+                if let sandkit_core::ProcessEvent::Stdout(b) = event? {
                     text.push_str(&String::from_utf8_lossy(&b));
                 }
             }
-            Ok::<_, runtime_core::Error>(())
+            Ok::<_, sandkit_core::Error>(())
         })
         .await
         .expect("the held connection ends")?;
@@ -240,7 +240,7 @@ async fn a_live_change_applies_to_open_and_new_connections() {
         sb.set_network_policy(NetworkPolicy::new()).await?;
         let out = probe(&*sb, "tcp", net.b, 8080, "").await;
         assert!(reached(&out, net.b, 8080), "after opening again: {out}");
-        Ok::<_, runtime_core::Error>(())
+        Ok::<_, sandkit_core::Error>(())
     }
     .await;
     sb.kill().await.unwrap();
@@ -265,7 +265,7 @@ async fn policies_that_cannot_be_held_are_refused_not_dropped() {
     let e = rt
         .create(
             net.spec("refused")
-                .network(runtime_core::NetworkMode::Host)
+                .network(sandkit_core::NetworkMode::Host)
                 .network_policy(NetworkPolicy::new().deny_out([ALL_TRAFFIC])),
         )
         .await
@@ -489,7 +489,7 @@ async fn no_packet_leaves_before_the_rules_exist() {
     let base = rt
         .create(
             net.spec("window")
-                .network(runtime_core::NetworkMode::Bridge),
+                .network(sandkit_core::NetworkMode::Bridge),
         )
         .await
         .unwrap();
@@ -527,7 +527,7 @@ async fn no_packet_leaves_before_the_rules_exist() {
             .template(snapshot.id.clone())
             .network_policy(deny_all());
         if i % 2 == 0 {
-            spec.network(runtime_core::NetworkMode::Bridge)
+            spec.network(sandkit_core::NetworkMode::Bridge)
         } else {
             spec
         }

@@ -3,11 +3,11 @@
 //!
 //! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
 
-use runtime_core::{CommandSpec, ErrorKind, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
-use runtime_docker::DockerRuntime;
+use sandkit_core::{CommandSpec, ErrorKind, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
+use sandkit_docker::DockerRuntime;
 
 async fn docker() -> Option<DockerRuntime> {
-    runtime_conformance::or_skip(DockerRuntime::builder().build().await)
+    sandkit_conformance::or_skip(DockerRuntime::builder().build().await)
 }
 
 /// Both paths: the agent inside the sandbox (the default) and the engine's exec API.
@@ -132,7 +132,7 @@ async fn writes_atomic(rt: DockerRuntime) {
         let chunks = size / (1 << 20);
         let cut = futures_util::stream::iter((0..chunks).map(move |i| {
             if i == chunks / 2 {
-                Err(runtime_core::Error::new(
+                Err(sandkit_core::Error::new(
                     ErrorKind::Unavailable,
                     "the client went away",
                 ))
@@ -182,7 +182,7 @@ async fn writes_atomic(rt: DockerRuntime) {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     let big = futures_util::stream::iter(
-        (0..12).map(|_| Ok::<_, runtime_core::Error>(Bytes::from(vec![b'y'; 1 << 20]))),
+        (0..12).map(|_| Ok::<_, sandkit_core::Error>(Bytes::from(vec![b'y'; 1 << 20]))),
     )
     .boxed();
     sb.files().write_stream("/tmp/as-root", big).await.unwrap();
@@ -244,7 +244,7 @@ async fn a_huge_process_record_is_not_read() {
     assert_eq!(out.stdout_text(), "ok\n", "{out:?}");
     let listed = sb.processes().await.unwrap();
     assert!(listed.iter().any(|p| p.pid == 1), "{listed:?}");
-    let peak = runtime_conformance::peak_rss_kib();
+    let peak = sandkit_conformance::peak_rss_kib();
     assert!(
         peak < 300 * 1024,
         "peak RSS {peak} KiB: the record was read whole"

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use runtime_core::{ListFilter, Runtime, SandboxExt, SandboxSpec, SandboxState};
-use runtime_docker::DockerRuntime;
+use sandkit_core::{ListFilter, Runtime, SandboxExt, SandboxSpec, SandboxState};
+use sandkit_docker::DockerRuntime;
 
 const LABEL: &str = "sandkit-ttl-test";
 
@@ -67,7 +67,7 @@ async fn root_inside_cannot_extend_its_life() {
             // The attack freezes the agent too, so its output cannot come back: it is started
             // and left to run.
             let _attack = sb
-                .spawn(runtime_core::CommandSpec::shell(attack))
+                .spawn(sandkit_core::CommandSpec::shell(attack))
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -129,7 +129,7 @@ async fn a_huge_deadline_file_is_not_read() {
             .await
             .unwrap();
         let _ = sb.info().await;
-        let peak = runtime_conformance::peak_rss_kib();
+        let peak = sandkit_conformance::peak_rss_kib();
         assert!(
             peak < 200 * 1024,
             "{mode}: peak RSS {peak} KiB: the deadline file was read whole"

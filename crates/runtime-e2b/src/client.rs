@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2b_protocol::envd::{rpc, EventType, WatchDirResponse, WatchRequest};
 use futures_util::StreamExt;
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, FsEvent, FsEventKind, FsEventStream, Metrics, Process, ProcessInfo,
     Result,
 };
+use sandkit_e2b_protocol::envd::{rpc, EventType, WatchDirResponse, WatchRequest};
 
 use crate::conn::Connect;
 use crate::core::Envd;
@@ -29,9 +29,9 @@ pub(crate) struct Defaults {
 /// over the agent's connection.
 ///
 /// ```no_run
-/// # async fn run(connect: std::sync::Arc<dyn runtime_e2b::Connect>) -> runtime_core::Result<()> {
-/// use runtime_core::{CommandSpec, FileStoreExt};
-/// let envd = runtime_e2b::EnvdClient::over(connect, "sandbox-1", Some("token".into()))?;
+/// # async fn run(connect: std::sync::Arc<dyn sandkit_e2b::Connect>) -> sandkit_core::Result<()> {
+/// use sandkit_core::{CommandSpec, FileStoreExt};
+/// let envd = sandkit_e2b::EnvdClient::over(connect, "sandbox-1", Some("token".into()))?;
 /// let mut p = envd.spawn(CommandSpec::shell("echo hi")).await?;
 /// envd.files().write_str("/tmp/x", "y").await?;
 /// # Ok(()) }
@@ -88,7 +88,7 @@ impl EnvdClient {
         EnvdClient::new(self.envd, defaults)
     }
 
-    /// Starts a command (see [`Sandbox::spawn`](runtime_core::Sandbox::spawn)).
+    /// Starts a command (see [`Sandbox::spawn`](sandkit_core::Sandbox::spawn)).
     pub async fn spawn(&self, mut spec: CommandSpec) -> Result<Process> {
         for (k, v) in &self.defaults.env {
             spec.env.entry(k.clone()).or_insert_with(|| v.clone());
@@ -118,7 +118,7 @@ impl EnvdClient {
     }
 
     /// Watches a directory through envd's `WatchDir` (see
-    /// [`Sandbox::watch`](runtime_core::Sandbox::watch)).
+    /// [`Sandbox::watch`](sandkit_core::Sandbox::watch)).
     pub async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
         let req = WatchRequest {
             path: path.to_string(),

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use runtime_core::{Error, ErrorKind, Result};
+use sandkit_core::{Error, ErrorKind, Result};
 
 /// Domains whose envd traffic goes through the shared `sandbox.<domain>` host (SDK 2.63).
 const SHARED_HOST_DOMAINS: &[&str] = &[
@@ -16,7 +16,7 @@ const SHARED_HOST_DOMAINS: &[&str] = &[
     "foxtrot-2.e2b.dev",
 ];
 
-pub use e2b_protocol::DEBUG_SANDBOX_ID;
+pub use sandkit_e2b_protocol::DEBUG_SANDBOX_ID;
 
 /// Where and how to reach E2B. Built by [`E2bRuntimeBuilder`](crate::E2bRuntimeBuilder).
 #[derive(Clone)]
@@ -31,7 +31,7 @@ pub(crate) struct E2bConfig {
     /// The time to live of a sandbox whose spec sets none.
     pub(crate) time_to_live: Duration,
     /// The network policy of a sandbox whose spec sets none.
-    pub(crate) network_policy: Option<runtime_core::NetworkPolicy>,
+    pub(crate) network_policy: Option<sandkit_core::NetworkPolicy>,
 }
 
 impl fmt::Debug for E2bConfig {

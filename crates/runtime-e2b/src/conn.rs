@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use runtime_core::{ErrorKind, Result};
+use sandkit_core::{ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use tracing::debug;
@@ -28,7 +28,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> EnvdIo for T {}
 /// an [`EnvdClient`](crate::EnvdClient) is multiplexed.
 ///
 /// ```
-/// use runtime_e2b::{Connect, EnvdIo};
+/// use sandkit_e2b::{Connect, EnvdIo};
 /// #[derive(Debug)]
 /// struct Socket(std::path::PathBuf);
 /// impl Connect for Socket {

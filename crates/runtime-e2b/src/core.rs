@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2b_protocol::api::ApiError;
-use e2b_protocol::connect::{code_for_status, kind_for_code};
-use e2b_protocol::{
-    encode_message, headers, ConnectError, EndStream, EnvelopeDecoder, STREAM_CONTENT_TYPE,
-    UNARY_CONTENT_TYPE,
-};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use runtime_core::{Error, ErrorKind, Result};
+use sandkit_core::{Error, ErrorKind, Result};
+use sandkit_e2b_protocol::api::ApiError;
+use sandkit_e2b_protocol::connect::{code_for_status, kind_for_code};
+use sandkit_e2b_protocol::{
+    encode_message, headers, ConnectError, EndStream, EnvelopeDecoder, STREAM_CONTENT_TYPE,
+    UNARY_CONTENT_TYPE,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -127,7 +127,7 @@ impl Api {
 
     /// Sends a request. An answer the SDK would retry (429/502/503/504, or `Should-Retry:
     /// true`) becomes a retryable error carrying the server's `Retry-After`; the
-    /// [`RetryLayer`](runtime_core::layer::RetryLayer) does the retrying.
+    /// [`RetryLayer`](sandkit_core::layer::RetryLayer) does the retrying.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -311,7 +311,7 @@ impl Envd {
             .header(headers::SANDBOX_ID, &self.sandbox_id)
             .header(
                 headers::SANDBOX_PORT,
-                e2b_protocol::envd::ENVD_PORT.to_string(),
+                sandkit_e2b_protocol::envd::ENVD_PORT.to_string(),
             );
         if let Some(t) = &self.token {
             req = req.header(headers::ACCESS_TOKEN, t);
@@ -448,7 +448,7 @@ impl Envd {
     }
 
     /// `GET /metrics`.
-    pub(crate) async fn metrics(&self) -> Result<e2b_protocol::envd::EnvdMetrics> {
+    pub(crate) async fn metrics(&self) -> Result<sandkit_e2b_protocol::envd::EnvdMetrics> {
         let request = self
             .request(&self.http, Method::GET, "/metrics", None)
             .timeout(self.timeout);

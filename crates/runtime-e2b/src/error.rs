@@ -1,6 +1,6 @@
 //! Errors of this backend.
 
-use runtime_core::{Error, ErrorKind};
+use sandkit_core::{Error, ErrorKind};
 
 pub(crate) const BACKEND: &str = "e2b";
 

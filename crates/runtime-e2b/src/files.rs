@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use e2b_protocol::envd::{
+use futures_util::{StreamExt, TryStreamExt};
+use sandkit_core::raw::sort_entries;
+use sandkit_core::{ByteStream, EntryInfo, EntryKind, ErrorKind, FileStore, Result};
+use sandkit_e2b_protocol::envd::{
     self, rpc, EntryResponse, FileType, ListDirRequest, ListDirResponse, MoveRequest, PathRequest,
 };
-use e2b_protocol::json::parse_rfc3339;
-use futures_util::{StreamExt, TryStreamExt};
-use runtime_core::raw::sort_entries;
-use runtime_core::{ByteStream, EntryInfo, EntryKind, ErrorKind, FileStore, Result};
+use sandkit_e2b_protocol::json::parse_rfc3339;
 
 use crate::core::Envd;
 use crate::error::err;

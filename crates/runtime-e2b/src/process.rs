@@ -4,16 +4,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use e2b_protocol::envd::{
+use futures_util::StreamExt;
+use sandkit_core::raw::ProcessControl;
+use sandkit_core::{
+    Command, CommandSpec, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo, Result,
+    Signal,
+};
+use sandkit_e2b_protocol::envd::{
     self, rpc, DataEvent, EndEvent, EventMessage, ListResponse, ProcessConfig, ProcessInput,
     ProcessRequest, ProcessSelector, Pty, PtySize, SendInputRequest, SendSignalRequest,
     StartRequest,
-};
-use futures_util::StreamExt;
-use runtime_core::raw::ProcessControl;
-use runtime_core::{
-    Command, CommandSpec, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo, Result,
-    Signal,
 };
 
 use crate::core::Envd;
@@ -151,7 +151,7 @@ pub(crate) async fn spawn(
         }
     })
     .boxed();
-    Ok(runtime_core::raw::process(
+    Ok(sandkit_core::raw::process(
         pid,
         events,
         control,
@@ -227,8 +227,8 @@ impl ProcessControl for E2bProcess {
         Ok(())
     }
 
-    async fn resize(&self, size: runtime_core::PtySize) -> Result<()> {
-        let req = e2b_protocol::envd::UpdateRequest {
+    async fn resize(&self, size: sandkit_core::PtySize) -> Result<()> {
+        let req = sandkit_e2b_protocol::envd::UpdateRequest {
             process: ProcessSelector::pid(self.pid),
             pty: Some(Pty {
                 size: PtySize {

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use e2b_protocol::api::{ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail};
-use e2b_protocol::json::parse_rfc3339;
 use reqwest::{Method, StatusCode};
-use runtime_core::{
+use sandkit_core::{
     Capabilities, ErrorKind, ListFilter, NetworkMode, Result, Runtime, Sandbox, SandboxInfo,
     SandboxSpec, SandboxState,
 };
+use sandkit_e2b_protocol::api::{ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail};
+use sandkit_e2b_protocol::json::parse_rfc3339;
 use tracing::debug;
 
 use crate::client::Defaults;
@@ -59,7 +59,7 @@ pub struct E2bRuntimeBuilder {
     template: Option<String>,
     request_timeout: Option<Duration>,
     time_to_live: Option<Duration>,
-    network_policy: Option<runtime_core::NetworkPolicy>,
+    network_policy: Option<sandkit_core::NetworkPolicy>,
 }
 
 impl std::fmt::Debug for E2bRuntimeBuilder {
@@ -130,7 +130,7 @@ impl E2bRuntimeBuilder {
     }
 
     /// The network policy of sandboxes whose spec sets none (`[sandbox.network]`).
-    pub fn network_policy(mut self, policy: runtime_core::NetworkPolicy) -> Self {
+    pub fn network_policy(mut self, policy: sandkit_core::NetworkPolicy) -> Self {
         self.network_policy = Some(policy);
         self
     }
@@ -150,7 +150,7 @@ impl E2bRuntimeBuilder {
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(60)),
             time_to_live: self
                 .time_to_live
-                .unwrap_or(runtime_core::DEFAULT_SANDBOX_TIMEOUT),
+                .unwrap_or(sandkit_core::DEFAULT_SANDBOX_TIMEOUT),
             network_policy: self.network_policy,
         };
         config.validate()?;
@@ -165,9 +165,9 @@ impl E2bRuntimeBuilder {
 /// A policy as E2B's `network` lists; E2B always refuses the host and link-local addresses,
 /// so a policy that allows them cannot be held there.
 pub(crate) fn network_config(
-    policy: &runtime_core::NetworkPolicy,
+    policy: &sandkit_core::NetworkPolicy,
     op: &'static str,
-) -> Result<e2b_protocol::api::NetworkConfig> {
+) -> Result<sandkit_e2b_protocol::api::NetworkConfig> {
     policy.validate()?;
     if policy.allow_host || policy.allow_link_local {
         return Err(err(
@@ -177,7 +177,7 @@ pub(crate) fn network_config(
              (allow_host, allow_link_local)",
         ));
     }
-    Ok(e2b_protocol::api::NetworkConfig {
+    Ok(sandkit_e2b_protocol::api::NetworkConfig {
         allow_out: Some(policy.allow_out.clone()),
         deny_out: Some(policy.deny_out.clone()),
         dns_servers: policy.dns_servers.clone(),
@@ -245,7 +245,7 @@ impl E2bRuntime {
         Ok(out)
     }
 
-    pub(crate) fn not_found(id: &str, op: &'static str) -> runtime_core::Error {
+    pub(crate) fn not_found(id: &str, op: &'static str) -> sandkit_core::Error {
         err(
             ErrorKind::NotFound,
             op,
@@ -321,7 +321,7 @@ impl Runtime for E2bRuntime {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
         // Also refused by the capability layer; here for this backend used on its own.
-        runtime_core::layer::check_spec(BACKEND, self.capabilities(), &spec)?;
+        sandkit_core::layer::check_spec(BACKEND, self.capabilities(), &spec)?;
         let internet = match &spec.network {
             None | Some(NetworkMode::Bridge) => None,
             Some(NetworkMode::None) => Some(false),
@@ -462,7 +462,7 @@ impl Runtime for E2bRuntime {
         if !filter.metadata.is_empty() {
             query.push((
                 "metadata",
-                e2b_protocol::encode_metadata_filter(&filter.metadata),
+                sandkit_e2b_protocol::encode_metadata_filter(&filter.metadata),
             ));
         }
         let states: Vec<&str> = if filter.states.is_empty() {
@@ -495,18 +495,18 @@ impl Runtime for E2bRuntime {
         Ok(self.info_from(&detail))
     }
 
-    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<runtime_core::Snapshot>> {
+    async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<sandkit_core::Snapshot>> {
         let mut query: Vec<(&str, String)> = vec![("limit", "100".into())];
         if let Some(id) = sandbox_id {
             query.push(("sandboxID", id.to_string()));
         }
-        let page: Vec<e2b_protocol::api::SnapshotInfo> =
+        let page: Vec<sandkit_e2b_protocol::api::SnapshotInfo> =
             self.pages("/snapshots", query, "snapshots").await?;
         Ok(page
             .iter()
             .map(|s| {
                 let mut snapshot =
-                    runtime_core::Snapshot::new(&s.snapshot_id, sandbox_id.unwrap_or_default());
+                    sandkit_core::Snapshot::new(&s.snapshot_id, sandbox_id.unwrap_or_default());
                 snapshot.names = s.names.clone();
                 snapshot
             })
@@ -514,7 +514,7 @@ impl Runtime for E2bRuntime {
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let path = format!("/templates/{}", e2b_protocol::api::path_param(id));
+        let path = format!("/templates/{}", sandkit_e2b_protocol::api::path_param(id));
         let r = self
             .api
             .send(Method::DELETE, &path, &[], None, "delete_snapshot")

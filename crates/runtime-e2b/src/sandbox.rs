@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use e2b_protocol::api::SetTimeout;
 use reqwest::{Method, StatusCode};
-use runtime_core::{
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
     Runtime, Sandbox, SandboxInfo,
 };
+use sandkit_e2b_protocol::api::SetTimeout;
 
 use crate::client::{Defaults, EnvdClient};
 use crate::core::Envd;
@@ -104,16 +104,16 @@ impl Sandbox for E2bSandbox {
         Ok(self.runtime.info_from(&detail))
     }
 
-    async fn set_network_policy(&self, policy: runtime_core::NetworkPolicy) -> Result<()> {
+    async fn set_network_policy(&self, policy: sandkit_core::NetworkPolicy) -> Result<()> {
         let config = crate::runtime::network_config(&policy, "set_network_policy")?;
         if self.runtime.config.debug {
-            return Err(runtime_core::Error::new(
+            return Err(sandkit_core::Error::new(
                 ErrorKind::Unsupported,
                 "debug mode has no API to set a network policy through",
             )
             .with_operation("set_network_policy"));
         }
-        let body = serde_json::to_value(e2b_protocol::api::NetworkUpdate {
+        let body = serde_json::to_value(sandkit_e2b_protocol::api::NetworkUpdate {
             allow_out: config.allow_out,
             deny_out: config.deny_out,
             dns_servers: config.dns_servers,
@@ -168,15 +168,15 @@ impl Sandbox for E2bSandbox {
         self.runtime.kill(&self.id).await
     }
 
-    async fn snapshot(&self, name: Option<&str>) -> Result<runtime_core::Snapshot> {
-        let body = serde_json::to_value(e2b_protocol::api::SnapshotRequest {
+    async fn snapshot(&self, name: Option<&str>) -> Result<sandkit_core::Snapshot> {
+        let body = serde_json::to_value(sandkit_e2b_protocol::api::SnapshotRequest {
             name: name.map(String::from),
             memory: None,
         })
         .expect("json");
-        let info: e2b_protocol::api::SnapshotInfo =
+        let info: sandkit_e2b_protocol::api::SnapshotInfo =
             self.post("snapshots", body, "snapshot").await?;
-        let mut snapshot = runtime_core::Snapshot::new(info.snapshot_id, &self.id);
+        let mut snapshot = sandkit_core::Snapshot::new(info.snapshot_id, &self.id);
         snapshot.names = info.names;
         Ok(snapshot)
     }
@@ -186,22 +186,23 @@ impl Sandbox for E2bSandbox {
         count: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
-        if !(1..=runtime_core::MAX_FORKS).contains(&count) {
+        if !(1..=sandkit_core::MAX_FORKS).contains(&count) {
             return Err(err(
                 ErrorKind::InvalidInput,
                 "fork",
                 format!(
                     "a fork makes 1 to {} sandboxes, not {count}",
-                    runtime_core::MAX_FORKS
+                    sandkit_core::MAX_FORKS
                 ),
             ));
         }
-        let body = serde_json::to_value(e2b_protocol::api::ForkRequest {
+        let body = serde_json::to_value(sandkit_e2b_protocol::api::ForkRequest {
             timeout: timeout.map(|t| t.as_secs().max(1) as i64),
             count: Some(count as i64),
         })
         .expect("json");
-        let results: Vec<e2b_protocol::api::ForkResult> = self.post("fork", body, "fork").await?;
+        let results: Vec<sandkit_e2b_protocol::api::ForkResult> =
+            self.post("fork", body, "fork").await?;
         // The copies have this sandbox's metadata, its default user and directory with it.
         let metadata = self.runtime.info(&self.id).await.ok().map(|i| i.metadata);
         Ok(results

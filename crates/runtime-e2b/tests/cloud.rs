@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use runtime_conformance::{SandboxTarget, Suite};
-use runtime_core::SandboxSpec;
-use runtime_e2b::E2bRuntime;
+use sandkit_conformance::{SandboxTarget, Suite};
+use sandkit_core::SandboxSpec;
+use sandkit_e2b::E2bRuntime;
 
 fn main() -> ExitCode {
     let mut suite = Suite::new();

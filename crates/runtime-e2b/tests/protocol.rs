@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use e2b_protocol::{encode_end_stream, encode_message, ConnectError};
 use futures_util::StreamExt;
-use runtime_core::layer::RetryLayer;
-use runtime_core::{
+use sandkit_core::layer::RetryLayer;
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStoreExt, ListFilter, Runtime, SandboxExt, SandboxSpec,
 };
-use runtime_e2b::E2bRuntime;
+use sandkit_e2b::E2bRuntime;
+use sandkit_e2b_protocol::{encode_end_stream, encode_message, ConnectError};
 use serde_json::json;
 
 #[derive(Default)]
@@ -49,7 +49,7 @@ async fn serve(router: Router) -> Arc<dyn Runtime> {
         .request_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    runtime_core::layer::standard(Arc::new(backend), Some(RetryLayer::default()))
+    sandkit_core::layer::standard(Arc::new(backend), Some(RetryLayer::default()))
 }
 
 fn stream(frames: Vec<Bytes>, byte_by_byte: bool) -> Response {
@@ -408,9 +408,9 @@ async fn the_backend_alone_refuses_what_it_cannot_hold() {
         .build()
         .unwrap();
     for spec in [
-        SandboxSpec::new().mount(runtime_core::Mount::parse("/etc:/host-etc").unwrap()),
+        SandboxSpec::new().mount(sandkit_core::Mount::parse("/etc:/host-etc").unwrap()),
         SandboxSpec::new().host("db", "10.0.0.9".parse().unwrap()),
-        SandboxSpec::new().resources(runtime_core::Resources::new().memory_mb(64)),
+        SandboxSpec::new().resources(sandkit_core::Resources::new().memory_mb(64)),
     ] {
         let e = rt.create(spec.clone()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported, "{spec:?}: {e}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use runtime_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
+use sandkit_core::{ByteStream, EntryInfo, EntryKind, Error, ErrorKind, FileStore, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::users::{as_user, Ident, Names};
@@ -27,7 +27,7 @@ pub(crate) const TEMP_PREFIX: &str = ".sandkit-write-";
 ///   the target when complete. A write cut short (an error in the stream, a dropped future)
 ///   leaves the old content and no temporary file. A write onto a symbolic link replaces the
 ///   link; it never writes through it.
-/// - Acting as another user (see [`Sandbox::files_as`](runtime_core::Sandbox::files_as)),
+/// - Acting as another user (see [`Sandbox::files_as`](sandkit_core::Sandbox::files_as)),
 ///   every system call runs on a thread with that user's uid, gid and groups: the kernel checks
 ///   their permissions, and what is made belongs to them.
 #[derive(Debug, Clone)]
@@ -343,7 +343,7 @@ impl FileStore for LocalFiles {
                 Ok(out)
             })
             .await?;
-        runtime_core::raw::sort_entries(&mut entries);
+        sandkit_core::raw::sort_entries(&mut entries);
         Ok(entries)
     }
 

@@ -1,4 +1,4 @@
-//! The sandkit local backend: a [`Runtime`](runtime_core::Runtime) whose sandboxes are this
+//! The sandkit local backend: a [`Runtime`](sandkit_core::Runtime) whose sandboxes are this
 //! machine. **No isolation**: commands are processes of the current one and files are the
 //! machine's own. It is the fastest conformance target, a backend for trusted code, and what
 //! `sandkit-agent` serves from inside a container.
@@ -12,9 +12,9 @@
 //!   reported and not followed. As another user, every call runs with that user's credentials.
 //!
 //! ```no_run
-//! # async fn run() -> runtime_core::Result<()> {
-//! use runtime_core::{CommandSpec, Runtime, SandboxExt, SandboxSpec};
-//! let runtime = runtime_local::LocalRuntime::new();
+//! # async fn run() -> sandkit_core::Result<()> {
+//! use sandkit_core::{CommandSpec, Runtime, SandboxExt, SandboxSpec};
+//! let runtime = sandkit_local::LocalRuntime::new();
 //! let sb = runtime.create(SandboxSpec::new()).await?;
 //! let out = sb.exec(CommandSpec::shell("echo hi")).await?;
 //! assert_eq!(out.stdout_text(), "hi\n");

@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use runtime_core::Metrics;
+use sandkit_core::Metrics;
 
 /// The previous CPU sample, so that a reading is the use since the last one.
 #[derive(Debug, Default)]

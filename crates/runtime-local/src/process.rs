@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use runtime_core::raw::ProcessControl;
-use runtime_core::{
+use sandkit_core::raw::ProcessControl;
+use sandkit_core::{
     Command, CommandSpec, Error, ErrorKind, EventStream, Process, ProcessEvent, ProcessInfo,
     PtySize, Result, Signal,
 };
@@ -321,7 +321,7 @@ pub(crate) fn spawn(
     let events: EventStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (e, rx))
     }));
-    Ok(runtime_core::raw::process(
+    Ok(sandkit_core::raw::process(
         pid,
         events,
         control,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use runtime_core::{
+use sandkit_core::{
     Capabilities, CommandSpec, Error, ErrorKind, FileStore, FsEventStream, ListFilter, Metrics,
     Process, ProcessInfo, Result, Runtime, Sandbox, SandboxInfo, SandboxSpec,
     DEFAULT_SANDBOX_TIMEOUT,
@@ -31,9 +31,9 @@ const BACKEND: &str = "local";
 /// environment).
 ///
 /// ```no_run
-/// # async fn run() -> runtime_core::Result<()> {
-/// use runtime_core::{Runtime, SandboxExt, SandboxSpec};
-/// let runtime = runtime_local::LocalRuntime::new();
+/// # async fn run() -> sandkit_core::Result<()> {
+/// use sandkit_core::{Runtime, SandboxExt, SandboxSpec};
+/// let runtime = sandkit_local::LocalRuntime::new();
 /// let sandbox = runtime.create(SandboxSpec::new().cwd("/tmp")).await?;
 /// assert_eq!(sandbox.exec_shell("pwd").await?.stdout_text(), "/tmp\n");
 /// sandbox.kill().await?;
@@ -252,7 +252,7 @@ impl LocalSandbox {
             ));
         }
         // Mounts, limits, network policies, hosts entries, auto-pause: what Capabilities lack.
-        runtime_core::layer::check_spec(BACKEND, capabilities(), &spec)?;
+        sandkit_core::layer::check_spec(BACKEND, capabilities(), &spec)?;
         // No network at all cannot be held here either.
         if spec.network.is_some() {
             return Err(unsupported("change the network"));
@@ -418,7 +418,7 @@ mod tests {
         let rt = LocalRuntime::new();
         for spec in [
             SandboxSpec::new().network_policy(
-                runtime_core::NetworkPolicy::new().deny_out([runtime_core::ALL_TRAFFIC]),
+                sandkit_core::NetworkPolicy::new().deny_out([sandkit_core::ALL_TRAFFIC]),
             ),
             SandboxSpec::new().host("x.test", "10.0.0.1".parse().unwrap()),
         ] {

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use runtime_core::{Error, ErrorKind, FsEvent, FsEventKind, FsEventStream, Result};
+use sandkit_core::{Error, ErrorKind, FsEvent, FsEventKind, FsEventStream, Result};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 

@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use runtime_conformance::{SandboxTarget, Suite};
-use runtime_core::{
+use sandkit_conformance::{SandboxTarget, Suite};
+use sandkit_core::{
     CommandSpec, ErrorKind, FileStore, FileStoreExt, Runtime, Sandbox, SandboxExt, SandboxSpec,
 };
-use runtime_local::LocalRuntime;
+use sandkit_local::LocalRuntime;
 
 /// A case of this backend's own, over the runtime.
-type OwnCase = fn(Arc<dyn Runtime>) -> runtime_conformance::CaseFuture;
+type OwnCase = fn(Arc<dyn Runtime>) -> sandkit_conformance::CaseFuture;
 
 fn main() -> ExitCode {
     // Before any thread: the cases assume each sandbox starts with a /tmp and a home of its
     // own, as a container does. Local sandboxes share the machine, so this run gets its own.
-    let private_tmp = runtime_conformance::private_scratch();
+    let private_tmp = sandkit_conformance::private_scratch();
     let mut suite = Suite::new();
     let runtime: Arc<dyn Runtime> = Arc::new(LocalRuntime::new());
     let has_python = which("python3") && which("bash");
@@ -93,7 +93,7 @@ fn survivors(prefix: &str) -> Vec<(u32, String)> {
 
 /// A command's background child, a double-forked daemon in a session of its own and a
 /// `nohup` child all end with the sandbox.
-async fn kill_ends_everything(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+async fn kill_ends_everything(rt: Arc<dyn Runtime>) -> sandkit_conformance::CaseResult {
     let sb = rt.create(SandboxSpec::new()).await?;
     let token = format!("{}", 3_000_000 + rand::random::<u32>() % 1_000_000);
     let line = format!(
@@ -138,14 +138,14 @@ fn which(program: &str) -> bool {
         .any(|d| std::path::Path::new(d).join(program).is_file())
 }
 
-async fn scratch(sb: &dyn Sandbox) -> runtime_core::Result<String> {
+async fn scratch(sb: &dyn Sandbox) -> sandkit_core::Result<String> {
     let dir = format!("/tmp/sandkit-local-{:016x}", rand::random::<u64>());
     sb.files().mkdir(&dir).await?;
     Ok(dir)
 }
 
 /// Names with newlines, tabs, escapes and non-ASCII: listed and copied back whole.
-async fn names_with_control_characters(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+async fn names_with_control_characters(rt: Arc<dyn Runtime>) -> sandkit_conformance::CaseResult {
     let sb = rt.create(SandboxSpec::new()).await?;
     let dir = scratch(sb.as_ref()).await?;
     let names = [
@@ -187,7 +187,7 @@ async fn copy_out(
     store: &dyn FileStore,
     dir: &str,
     to: &std::path::Path,
-) -> runtime_core::Result<usize> {
+) -> sandkit_core::Result<usize> {
     let mut n = 0;
     for e in store.list(dir, 1).await? {
         let bytes = store.read(&e.path).await?;
@@ -199,7 +199,7 @@ async fn copy_out(
 
 /// A 200 MiB write whose stream fails half-way, and one whose future is dropped half-way:
 /// the old content is intact and no temporary file is left.
-async fn cut_write_keeps_old(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+async fn cut_write_keeps_old(rt: Arc<dyn Runtime>) -> sandkit_conformance::CaseResult {
     let sb = rt.create(SandboxSpec::new()).await?;
     let dir = scratch(sb.as_ref()).await?;
     let path = format!("{dir}/precious");
@@ -207,7 +207,7 @@ async fn cut_write_keeps_old(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseR
     let chunk = Bytes::from(vec![b'x'; 1 << 20]);
     let failing = futures_util::stream::iter((0..200).map(move |i| {
         if i == 100 {
-            Err(runtime_core::Error::new(
+            Err(sandkit_core::Error::new(
                 ErrorKind::Unavailable,
                 "connection cut",
             ))
@@ -225,7 +225,7 @@ async fn cut_write_keeps_old(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseR
 
     // Dropped mid-way: the future is cancelled while the stream still has data to come.
     let chunk = Bytes::from(vec![b'y'; 1 << 20]);
-    let (tx, rx) = tokio::sync::mpsc::channel::<runtime_core::Result<Bytes>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<sandkit_core::Result<Bytes>>(4);
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let files = sb.files();
@@ -255,7 +255,7 @@ async fn cut_write_keeps_old(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseR
 
 /// As a non-root user, a write onto a link to `/etc/shadow` replaces the link in the user's
 /// own directory and never touches the shadow file; a root write replaces the link too.
-async fn write_onto_shadow_link(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+async fn write_onto_shadow_link(rt: Arc<dyn Runtime>) -> sandkit_conformance::CaseResult {
     let sb = rt.create(SandboxSpec::new()).await?;
     let before = std::fs::read("/etc/shadow").ok();
     let dir = scratch(sb.as_ref()).await?;
@@ -293,7 +293,7 @@ fn euid() -> u32 {
 
 /// A command with a deadline whose output nobody reads: gone from `ps` within a second of it,
 /// children included.
-async fn timed_out_unread(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+async fn timed_out_unread(rt: Arc<dyn Runtime>) -> sandkit_conformance::CaseResult {
     let sb = rt.create(SandboxSpec::new()).await?;
     let marker = format!("{}", 3_000_000 + rand::random::<u32>() % 1_000_000);
     let p = sb
@@ -317,7 +317,7 @@ async fn timed_out_unread(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResu
 
 /// What a user writes through `files_as` belongs to them, and what they may not read stays
 /// unread.
-async fn files_as_user(rt: Arc<dyn Runtime>) -> runtime_conformance::CaseResult {
+async fn files_as_user(rt: Arc<dyn Runtime>) -> sandkit_conformance::CaseResult {
     use std::os::unix::fs::MetadataExt;
     if euid() != 0 {
         eprintln!("not root: the credential switch is not exercised");

@@ -12,9 +12,9 @@ use swiftide_core::{Command, ToolExecutor};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = runtime_config::Config::load()?;
+    let config = sandkit_config::Config::load()?;
     let runtime = config.runtime().await?;
-    let sandbox = runtime.create(runtime_core::SandboxSpec::new()).await?;
+    let sandbox = runtime.create(sandkit_core::SandboxSpec::new()).await?;
     let executor = sandkit_swiftide::SandboxExecutor::new(Arc::from(sandbox));
 
     executor

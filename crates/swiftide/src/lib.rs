@@ -18,9 +18,9 @@
 //! use swiftide_core::{Command, ToolExecutor};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
-//! let config = runtime_config::Config::load()?;
+//! let config = sandkit_config::Config::load()?;
 //! let runtime = config.runtime().await?;
-//! let sandbox = runtime.create(runtime_core::SandboxSpec::new()).await?;
+//! let sandbox = runtime.create(sandkit_core::SandboxSpec::new()).await?;
 //! let executor = sandkit_swiftide::SandboxExecutor::new(Arc::from(sandbox));
 //! let out = executor.exec_cmd(&Command::shell("uname -a")).await?;
 //! println!("{out}");
@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use runtime_core::{CommandSpec, ErrorKind, FileStoreExt, Sandbox, SandboxExt};
+use sandkit_core::{CommandSpec, ErrorKind, FileStoreExt, Sandbox, SandboxExt};
 use swiftide_core::indexing::{IndexingStream, Node};
 use swiftide_core::{Command, CommandError, CommandOutput, ToolExecutor};
 
@@ -112,7 +112,7 @@ impl SandboxExecutor {
 
 /// A file the executor cannot read or write is a failed command (the agent sees why), not an
 /// executor failure.
-fn file_error(e: runtime_core::Error) -> CommandError {
+fn file_error(e: sandkit_core::Error) -> CommandError {
     match e.kind() {
         ErrorKind::NotFound | ErrorKind::InvalidInput | ErrorKind::PermissionDenied => {
             CommandError::NonZeroExit(CommandOutput::new(e.to_string()))

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use runtime_core::{Runtime, SandboxSpec};
-use runtime_docker::DockerRuntime;
+use sandkit_core::{Runtime, SandboxSpec};
+use sandkit_docker::DockerRuntime;
 use sandkit_swiftide::SandboxExecutor;
 use swiftide_core::{Command, CommandError, ToolExecutor};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swiftide_runs_its_commands_in_a_docker_sandbox() {
-    let Some(docker) = runtime_conformance::or_skip(DockerRuntime::builder().build().await) else {
+    let Some(docker) = sandkit_conformance::or_skip(DockerRuntime::builder().build().await) else {
         return;
     };
     let sandbox = docker
-        .create(SandboxSpec::new().metadata(runtime_conformance::SUITE_LABEL, "swiftide"))
+        .create(SandboxSpec::new().metadata(sandkit_conformance::SUITE_LABEL, "swiftide"))
         .await
         .expect("a sandbox");
     let executor = SandboxExecutor::new(Arc::from(sandbox));

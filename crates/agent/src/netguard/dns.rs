@@ -53,7 +53,7 @@ pub(crate) fn judge(entry: Option<&Entry>, packet: &[u8]) -> Option<Judged> {
         entry.is_some_and(|e| {
             e.policy.rules().is_ok_and(|r| {
                 r.allow.iter().any(|d| {
-                    matches!(d, runtime_core::Destination::Domain(_))
+                    matches!(d, sandkit_core::Destination::Domain(_))
                         && d.matches(IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(&name))
                 })
             })
@@ -275,7 +275,7 @@ async fn serve_tcp(mut stream: TcpStream, from: Ipv4Addr, guard: &Guard) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+    use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
 
     fn entry() -> Entry {
         Entry {

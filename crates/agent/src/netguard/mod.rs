@@ -36,7 +36,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runtime_core::NetworkPolicy;
+use sandkit_core::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -117,7 +117,7 @@ pub(crate) struct Guard {
     pub(crate) live: proxy::Live,
     /// The address ranges of the engine's networks: the proxy never joins a connection to
     /// one (that would reach other containers around their isolation).
-    pub(crate) engine_subnets: Mutex<Vec<runtime_core::Cidr>>,
+    pub(crate) engine_subnets: Mutex<Vec<sandkit_core::Cidr>>,
     /// When an entry was last present.
     busy: Mutex<Instant>,
     /// Held by each change from reading the entries to applying them, so that two changes
@@ -325,7 +325,7 @@ fn sweep(engine: &Engine, prefix: &str, guard: &Guard) -> Result<(), String> {
             .into_iter()
             .flatten()
             .flat_map(|n| n["IPAM"]["Config"].as_array().cloned().unwrap_or_default())
-            .filter_map(|c| runtime_core::Cidr::parse(c["Subnet"].as_str()?))
+            .filter_map(|c| sandkit_core::Cidr::parse(c["Subnet"].as_str()?))
             .collect();
         *guard.engine_subnets.lock().expect("subnets") = subnets;
     }

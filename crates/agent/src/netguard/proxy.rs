@@ -86,7 +86,7 @@ fn judge(entry: Option<&Entry>, name: Option<&str>, dst: IpAddr) -> Verdict {
         let by_name = rules
             .allow
             .iter()
-            .any(|d| matches!(d, runtime_core::Destination::Domain(_)) && d.matches(dst, Some(n)));
+            .any(|d| matches!(d, sandkit_core::Destination::Domain(_)) && d.matches(dst, Some(n)));
         if by_name {
             return Verdict::Name(n.to_string());
         }
@@ -115,7 +115,7 @@ fn reachable(guard: &Guard, entry: &Entry, addr: IpAddr, wild_dns: bool) -> bool
     let allowed = |exact: bool| {
         entry.policy.rules().is_ok_and(|r| {
             r.allow.iter().any(|d| {
-                matches!(d, runtime_core::Destination::Cidr(c)
+                matches!(d, sandkit_core::Destination::Cidr(c)
                     if c.contains(addr) && (!exact || c.prefix == if addr.is_ipv4() { 32 } else { 128 }))
             })
         })
@@ -325,7 +325,7 @@ fn wild_dns(entry: &Entry, verdict: &Verdict) -> bool {
     let written = entry.policy.rules().is_ok_and(|r| {
         r.allow
             .iter()
-            .any(|d| matches!(d, runtime_core::Destination::Domain(x) if x == n))
+            .any(|d| matches!(d, sandkit_core::Destination::Domain(x) if x == n))
     });
     !fixed && !written
 }
@@ -367,7 +367,7 @@ fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+    use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
 
     fn entry(policy: NetworkPolicy) -> Entry {
         Entry {
@@ -436,7 +436,7 @@ mod tests {
             proxy_port: 0,
             dns_port: 0,
             live: Live::default(),
-            engine_subnets: Mutex::new(vec![runtime_core::Cidr::parse("172.20.0.0/16").unwrap()]),
+            engine_subnets: Mutex::new(vec![sandkit_core::Cidr::parse("172.20.0.0/16").unwrap()]),
             busy: Mutex::new(std::time::Instant::now()),
             writing: Mutex::new(()),
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use runtime_core::Destination;
+use sandkit_core::Destination;
 
 use super::Entry;
 
@@ -54,11 +54,11 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
     for (n, e) in entries.values().enumerate() {
         let chain = format!("s{n}");
         let from = format!("iifname \"{}\" ip saddr {}", e.bridge, e.ip);
-        let rules = e.policy.rules().unwrap_or_else(|_| runtime_core::Rules {
+        let rules = e.policy.rules().unwrap_or_else(|_| sandkit_core::Rules {
             allow: Vec::new(),
             // A policy that does not parse (it was checked before it was kept) refuses all.
             deny: vec![Destination::Cidr(
-                runtime_core::Cidr::parse(runtime_core::ALL_TRAFFIC).expect("valid"),
+                sandkit_core::Cidr::parse(sandkit_core::ALL_TRAFFIC).expect("valid"),
             )],
         });
         // The sandbox cannot send as another: a frame from its MAC carries its address.
@@ -185,7 +185,7 @@ fn v4(d: &Destination) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runtime_core::{NetworkPolicy, ALL_TRAFFIC};
+    use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
 
     const PORTS: Ports = Ports {
         proxy: 1234,

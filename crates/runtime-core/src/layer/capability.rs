@@ -96,7 +96,7 @@ fn refusal(backend: &'static str, operation: &'static str, what: &str, capabilit
 /// sandbox more open than its spec asked (a network policy or mounts silently dropped).
 ///
 /// ```
-/// use runtime_core::{layer::check_spec, Capabilities, ErrorKind, SandboxSpec};
+/// use sandkit_core::{layer::check_spec, Capabilities, ErrorKind, SandboxSpec};
 ///
 /// let spec = SandboxSpec::new().host("db", "10.0.0.9".parse().unwrap());
 /// let e = check_spec("mine", Capabilities::none(), &spec).unwrap_err();

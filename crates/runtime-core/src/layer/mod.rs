@@ -5,7 +5,7 @@
 //! A [`Layer`] sees each call as an [`Operation`] (backend, name, sandbox id, path, spec) and
 //! [`Next`], the same call on the layer below, which it runs once, runs again, or does not run.
 //! [`wrap`] puts one layer around a runtime; [`standard`] builds the stack every sandkit program
-//! uses (`runtime-config` builds it from the configuration):
+//! uses (`sandkit-config` builds it from the configuration):
 //!
 //! | layer | what it does |
 //! |---|---|
@@ -16,8 +16,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use runtime_core::layer::{self, RetryLayer};
-//! use runtime_core::Runtime;
+//! use sandkit_core::layer::{self, RetryLayer};
+//! use sandkit_core::Runtime;
 //!
 //! fn stack(backend: Arc<dyn Runtime>) -> Arc<dyn Runtime> {
 //!     // Context innermost, tracing outermost; retries with the default policy.
@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use futures_util::future::BoxFuture;
-//! use runtime_core::layer::{Layer, Next, Operation};
+//! use sandkit_core::layer::{Layer, Next, Operation};
 //!
 //! /// Counts the calls that failed.
 //! #[derive(Debug, Default)]
@@ -40,7 +40,7 @@
 //!         &'a self,
 //!         _op: &'a Operation<'a>,
 //!         next: Next<'a, T>,
-//!     ) -> BoxFuture<'a, runtime_core::Result<T>> {
+//!     ) -> BoxFuture<'a, sandkit_core::Result<T>> {
 //!         Box::pin(async move {
 //!             let result = next.run().await;
 //!             if result.is_err() {

@@ -19,7 +19,7 @@ use crate::Result;
 ///
 /// ```
 /// use std::time::Duration;
-/// use runtime_core::layer::RetryLayer;
+/// use sandkit_core::layer::RetryLayer;
 ///
 /// let retry = RetryLayer::default().attempts(5).max_wait(Duration::from_secs(2));
 /// # let _ = retry;

@@ -4,8 +4,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use runtime_core::raw::{self, ProcessControl};
-//! use runtime_core::{EventStream, Process, ProcessEvent};
+//! use sandkit_core::raw::{self, ProcessControl};
+//! use sandkit_core::{EventStream, Process, ProcessEvent};
 //!
 //! fn finished(control: Arc<dyn ProcessControl>) -> Process {
 //!     let events: EventStream =

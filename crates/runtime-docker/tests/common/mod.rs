@@ -15,12 +15,12 @@ pub fn agent_binary() -> Option<PathBuf> {
 
 /// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine
 /// or the agent binary, unless `SANDKIT_REQUIRE_DOCKER=1`.
-pub async fn kept() -> Option<runtime_docker::DockerRuntime> {
-    let bin = runtime_conformance::or_skip(
+pub async fn kept() -> Option<sandkit_docker::DockerRuntime> {
+    let bin = sandkit_conformance::or_skip(
         agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SANDKIT_AGENT_BIN"),
     )?;
-    runtime_conformance::or_skip(
-        runtime_docker::DockerRuntime::builder()
+    sandkit_conformance::or_skip(
+        sandkit_docker::DockerRuntime::builder()
             .agent_binary(bin)
             .build()
             .await,

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 
-use runtime_core::{CommandSpec, FileStoreExt, Runtime, Sandbox, SandboxExt, SandboxSpec};
-use runtime_docker::DockerRuntime;
+use sandkit_core::{CommandSpec, FileStoreExt, Runtime, Sandbox, SandboxExt, SandboxSpec};
+use sandkit_docker::DockerRuntime;
 
 /// What a sandbox runs to probe a destination: prints the server's answer, or `blocked`.
 pub const PROBE: &str = r#"
@@ -183,7 +183,7 @@ impl Drop for Internet {
 }
 
 pub async fn setup(test: &str) -> Option<(DockerRuntime, Internet)> {
-    let rt = runtime_conformance::or_skip(DockerRuntime::builder().build().await)?;
+    let rt = sandkit_conformance::or_skip(DockerRuntime::builder().build().await)?;
     if !rt.capabilities().network_policy {
         assert!(
             std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
