@@ -22,7 +22,7 @@ use sandkit_core::{
     FsEventStream, ListFilter, Metrics, Process, ProcessEvent, ProcessInfo, Result, Runtime,
     Sandbox, SandboxInfo, SandboxSpec,
 };
-use sandkit_e2b::{Connect, EnvdClient, EnvdIo};
+use sandkit_envd_client::{Connect, EnvdClient, EnvdIo};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::watch;
@@ -279,7 +279,7 @@ impl Runtime for AgentRuntime {
         let id = format!("{:016x}", rand::random::<u64>());
         let token = format!("{:032x}", rand::random::<u128>());
         let (child, connect, _) = start_agent(self.tcp, &token, &spec, &self.home).await?;
-        let client = EnvdClient::over(connect, id.clone(), Some(token))?
+        let client = EnvdClient::over(connect, id.clone(), Some(token))
             .with_defaults(spec.user.clone(), spec.cwd.clone());
         let ttl = spec
             .timeout
@@ -415,9 +415,9 @@ async fn nothing_but_health_without_the_token() -> sandkit_conformance::CaseResu
     let home = tempfile::tempdir()?;
     let (mut child, connect, _) =
         start_agent(true, "right-token", &SandboxSpec::new(), home.path()).await?;
-    let wrong = EnvdClient::over(connect.clone(), "x", Some("wrong-token".into()))?;
-    let none = EnvdClient::over(connect.clone(), "x", None)?;
-    let right = EnvdClient::over(connect, "x", Some("right-token".into()))?;
+    let wrong = EnvdClient::over(connect.clone(), "x", Some("wrong-token".into()));
+    let none = EnvdClient::over(connect.clone(), "x", None);
+    let right = EnvdClient::over(connect, "x", Some("right-token".into()));
     assert!(wrong.is_running().await?, "/health needs no token");
     let marker = format!("/tmp/sandkit-auth-{:x}", rand::random::<u64>());
     for client in [&wrong, &none] {
@@ -470,7 +470,7 @@ async fn metadata_kept_read_back_and_replaced() -> sandkit_conformance::CaseResu
     let (mut child, connect, addr) =
         start_agent(true, "t", &SandboxSpec::new(), home.path()).await?;
     let addr = addr.expect("a TCP agent has an address");
-    let client = EnvdClient::over(connect, "x", Some("t".into()))?;
+    let client = EnvdClient::over(connect, "x", Some("t".into()));
     let path = dir.path().join("m.txt");
     let path = path.to_str().unwrap();
     let upload = |extra: &str| {
@@ -548,7 +548,7 @@ async fn in_container(image: &'static str, bin: Option<String>) -> sandkit_confo
     let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
     let connect: Arc<dyn Connect> = Arc::new(Stdio1(Mutex::new(Some(io))));
     let result = async {
-        let client = EnvdClient::over(connect, &name, Some("container-token".into()))?;
+        let client = EnvdClient::over(connect, &name, Some("container-token".into()));
         assert!(client.is_running().await?, "/health over stdio");
         // As the image's `user` by default, as on E2B; as root when asked.
         let p = client

@@ -10,7 +10,7 @@
 //!   `/.sandkit-run/token` (root only) and the socket root only.
 //! - **The backend reaches it** through one attached exec of `sandkit-agent relay`, which joins the
 //!   exec's stdio to the socket: envd's HTTP/2 over that one stream, multiplexed, reopened when
-//!   it drops (`sandkit_e2b::EnvdClient`). Every network mode works, `none` included.
+//!   it drops (`sandkit_envd_client::EnvdClient`). Every network mode works, `none` included.
 //!
 //! The token is not a secret boundary (the socket already admits only root, and root in the
 //! sandbox owns the sandbox): it keeps a stray connection from being served. It is kept in a
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use sandkit_core::{ErrorKind, Result};
-use sandkit_e2b::{Connect, EnvdClient, EnvdIo};
+use sandkit_envd_client::{Connect, EnvdClient, EnvdIo};
 use tokio::sync::OnceCell;
 use tracing::{debug, info};
 
@@ -261,6 +261,6 @@ pub(crate) fn client(
         docker: docker.clone(),
         container: container.to_string(),
     });
-    Ok(EnvdClient::over(connect, id, Some(token.to_string()))?
+    Ok(EnvdClient::over(connect, id, Some(token.to_string()))
         .with_defaults(Some(user.to_string()), Some(workdir.to_string())))
 }

@@ -57,7 +57,7 @@ pub struct DockerSandbox {
     files: DockerFiles,
     ttl: Ttl,
     /// The agent inside the sandbox, when it runs one (the fast path).
-    agent: Option<sandkit_e2b::EnvdClient>,
+    agent: Option<sandkit_envd_client::EnvdClient>,
 }
 
 impl std::fmt::Debug for DockerSandbox {

@@ -12,13 +12,14 @@ use sandkit_core::{
 };
 use sandkit_e2b_protocol::api::{ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail};
 use sandkit_e2b_protocol::json::parse_rfc3339;
+use sandkit_envd_client::EnvdClient;
 use tracing::debug;
 
-use crate::client::Defaults;
+use crate::api::Api;
 use crate::config::{E2bConfig, DEBUG_SANDBOX_ID};
-use crate::core::{Api, Envd};
+use crate::envd_url::UrlTransport;
 use crate::error::{err, BACKEND};
-use crate::sandbox::E2bSandbox;
+use crate::sandbox::{Defaults, E2bSandbox};
 
 /// Metadata keys this backend keeps for itself (defaults E2B has no field for); hidden from
 /// `info`/`list`.
@@ -32,6 +33,8 @@ pub(crate) const USER_KEY: &str = "sandkit.user";
 pub struct E2bRuntime {
     pub(crate) config: Arc<E2bConfig>,
     pub(crate) api: Api,
+    /// How every sandbox's envd is reached.
+    envd: Arc<UrlTransport>,
 }
 
 impl std::fmt::Debug for E2bRuntime {
@@ -158,6 +161,7 @@ impl E2bRuntimeBuilder {
         Ok(E2bRuntime {
             config: Arc::new(config),
             api,
+            envd: Arc::new(UrlTransport::new()?),
         })
     }
 }
@@ -200,13 +204,14 @@ impl E2bRuntime {
         created: &SandboxCreated,
         defaults: Defaults,
     ) -> Result<E2bSandbox> {
-        let envd = Envd::new(
+        let envd = EnvdClient::with_transport(
+            self.envd.clone(),
             self.config
                 .envd_url(&created.sandbox_id, created.domain.as_deref()),
             created.sandbox_id.clone(),
             created.envd_access_token.clone(),
             self.config.request_timeout,
-        )?;
+        );
         Ok(E2bSandbox::new(
             self.clone(),
             created.sandbox_id.clone(),

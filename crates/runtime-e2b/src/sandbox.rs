@@ -10,10 +10,19 @@ use sandkit_core::{
 };
 use sandkit_e2b_protocol::api::SetTimeout;
 
-use crate::client::{Defaults, EnvdClient};
-use crate::core::Envd;
+use sandkit_envd_client::EnvdClient;
+
 use crate::error::err;
 use crate::runtime::E2bRuntime;
+
+/// Defaults for commands that do not name their own (kept in the sandbox's metadata: E2B has no
+/// field for them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Defaults {
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) env: std::collections::BTreeMap<String, String>,
+}
 
 /// A sandbox on E2B (or an E2B-compatible server).
 pub struct E2bSandbox {
@@ -50,7 +59,7 @@ impl std::fmt::Debug for E2bSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("E2bSandbox")
             .field("id", &self.id)
-            .field("envd", &self.client.envd)
+            .field("envd", &self.client)
             .finish()
     }
 }
@@ -60,14 +69,16 @@ impl E2bSandbox {
         runtime: E2bRuntime,
         id: String,
         domain: Option<String>,
-        envd: Envd,
+        envd: EnvdClient,
         defaults: Defaults,
     ) -> Self {
         E2bSandbox {
             runtime,
             id,
             domain,
-            client: EnvdClient::new(envd, defaults),
+            client: envd
+                .with_defaults(defaults.user, defaults.cwd)
+                .with_env(defaults.env),
         }
     }
 

@@ -11,10 +11,10 @@ use sandkit_core::{
 };
 use sandkit_e2b_protocol::envd::{rpc, EventType, WatchDirResponse, WatchRequest};
 
-use crate::conn::Connect;
-use crate::core::Envd;
+use crate::envd::Envd;
 use crate::error::err;
-use crate::files::E2bFiles;
+use crate::files::EnvdFiles;
+use crate::transport::{Conn, Connect, Transport};
 
 /// Defaults for commands that do not name their own.
 #[derive(Debug, Clone, Default)]
@@ -24,14 +24,14 @@ pub(crate) struct Defaults {
     pub(crate) env: std::collections::BTreeMap<String, String>,
 }
 
-/// The commands and files of one sandbox through its envd: what [`E2bSandbox`](crate::E2bSandbox)
-/// uses, and what a backend that runs envd itself (the Docker backend with `sandkit-agent`) uses
-/// over the agent's connection.
+/// The commands and files of one sandbox through its envd: what the E2B backend uses over URLs,
+/// and what a backend that runs envd itself (the Docker backend with `sandkit-agent`) uses over
+/// the agent's connection.
 ///
 /// ```no_run
-/// # async fn run(connect: std::sync::Arc<dyn sandkit_e2b::Connect>) -> sandkit_core::Result<()> {
+/// # async fn run(connect: std::sync::Arc<dyn sandkit_envd_client::Connect>) -> sandkit_core::Result<()> {
 /// use sandkit_core::{CommandSpec, FileStoreExt};
-/// let envd = sandkit_e2b::EnvdClient::over(connect, "sandbox-1", Some("token".into()))?;
+/// let envd = sandkit_envd_client::EnvdClient::over(connect, "sandbox-1", Some("token".into()));
 /// let mut p = envd.spawn(CommandSpec::shell("echo hi")).await?;
 /// envd.files().write_str("/tmp/x", "y").await?;
 /// # Ok(()) }
@@ -40,7 +40,7 @@ pub(crate) struct Defaults {
 pub struct EnvdClient {
     pub(crate) envd: Envd,
     defaults: Defaults,
-    files: E2bFiles,
+    files: EnvdFiles,
 }
 
 /// How long a unary envd call may take.
@@ -48,7 +48,7 @@ const UNARY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl EnvdClient {
     pub(crate) fn new(envd: Envd, defaults: Defaults) -> Self {
-        let files = E2bFiles::new(envd.clone(), defaults.user.clone());
+        let files = EnvdFiles::new(envd.clone(), defaults.user.clone());
         EnvdClient {
             envd,
             defaults,
@@ -59,13 +59,27 @@ impl EnvdClient {
     /// A client of the envd that `connect` reaches, for sandbox `id`, sending `token` as
     /// `X-Access-Token`. Every request is multiplexed on one HTTP/2 connection, reopened when
     /// it drops.
-    pub fn over(
-        connect: Arc<dyn Connect>,
+    pub fn over(connect: Arc<dyn Connect>, id: impl Into<String>, token: Option<String>) -> Self {
+        EnvdClient::with_transport(
+            Arc::new(Conn::new(connect)),
+            "http://envd",
+            id,
+            token,
+            UNARY_TIMEOUT,
+        )
+    }
+
+    /// A client of the envd at `base` (a URL with no trailing `/`) that `transport` reaches, for
+    /// sandbox `id`; unary calls may take `timeout`.
+    pub fn with_transport(
+        transport: Arc<dyn Transport>,
+        base: impl Into<String>,
         id: impl Into<String>,
         token: Option<String>,
-    ) -> Result<Self> {
-        let envd = Envd::over(connect, id.into(), token, UNARY_TIMEOUT)?;
-        Ok(EnvdClient::new(envd, Defaults::default()))
+        timeout: Duration,
+    ) -> Self {
+        let envd = Envd::new(transport, base.into(), id.into(), token, timeout);
+        EnvdClient::new(envd, Defaults::default())
     }
 
     /// Sets the user and working directory of commands (and the user of files) that name none.
@@ -108,12 +122,12 @@ impl EnvdClient {
     }
 
     /// The files, as the default user.
-    pub fn files(&self) -> &E2bFiles {
+    pub fn files(&self) -> &EnvdFiles {
         &self.files
     }
 
     /// The files as `user` sees them.
-    pub fn files_as(&self, user: &str) -> E2bFiles {
+    pub fn files_as(&self, user: &str) -> EnvdFiles {
         self.files.as_user(user)
     }
 

@@ -1,13 +1,16 @@
-//! envd over a connection that is not a URL: HTTP/2 cleartext over any byte stream (an
-//! agent's stdio through one attached exec, a Unix socket), opened by a [`Connect`] and
-//! reopened transparently when it drops.
+//! How requests reach envd: a [`Transport`] sends one HTTP request and returns the answer.
+//! This crate brings one, HTTP/2 cleartext over any byte stream (an agent's stdio through one
+//! attached exec, a Unix socket) opened by a [`Connect`] and reopened when it drops; the E2B
+//! backend brings another, over URLs with its HTTP client.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sandkit_core::{ErrorKind, Result};
@@ -16,6 +19,60 @@ use tokio::sync::Mutex;
 use tracing::debug;
 
 use crate::error::err;
+
+/// An error inside a body. A transport that meets its own failure mid-body may put a
+/// [`sandkit_core::Error`] here: the client returns it as it is.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of a request or an answer.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a request is, besides its HTTP: the operation it serves (for errors), how long it may
+/// take, and whether it moves a file.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Call {
+    /// The operation, as errors name it (`read`, `spawn`, ...).
+    pub op: &'static str,
+    /// How long the request may take; `None`: as long as it streams.
+    pub timeout: Option<Duration>,
+    /// A `/files` transfer. Over a URL these go on HTTP/1.1 (see the protocol notes).
+    pub file_transfer: bool,
+}
+
+impl Call {
+    /// A call for operation `op`, with no time limit.
+    pub fn new(op: &'static str) -> Self {
+        Call {
+            op,
+            timeout: None,
+            file_transfer: false,
+        }
+    }
+
+    /// Limits the call to `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks a `/files` transfer.
+    pub fn file_transfer(mut self) -> Self {
+        self.file_transfer = true;
+        self
+    }
+}
+
+/// Sends requests to one envd. A transport maps its own failures to [`sandkit_core::Error`]s:
+/// a connection never made is retryable, anything later is not (the request may have run).
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Sends `request` and returns the answer's head with its body still streaming.
+    fn send(
+        &self,
+        request: http::Request<Body>,
+        call: Call,
+    ) -> BoxFuture<'_, Result<http::Response<Body>>>;
+}
 
 /// How long opening a connection may take when the request sets no time of its own.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,7 +85,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> EnvdIo for T {}
 /// an [`EnvdClient`](crate::EnvdClient) is multiplexed.
 ///
 /// ```
-/// use sandkit_e2b::{Connect, EnvdIo};
+/// use sandkit_envd_client::{Connect, EnvdIo};
 /// #[derive(Debug)]
 /// struct Socket(std::path::PathBuf);
 /// impl Connect for Socket {
@@ -49,7 +106,7 @@ pub trait Connect: Send + Sync + fmt::Debug + 'static {
 /// One HTTP/2 connection to envd, made on first use and again after it drops.
 pub(crate) struct Conn {
     connect: Arc<dyn Connect>,
-    sender: Mutex<Option<SendRequest<reqwest::Body>>>,
+    sender: Mutex<Option<SendRequest<Body>>>,
 }
 
 impl fmt::Debug for Conn {
@@ -69,7 +126,7 @@ impl Conn {
     }
 
     /// A sender on a live connection: the current one, or a new one.
-    async fn ready(&self, op: &'static str) -> Result<SendRequest<reqwest::Body>> {
+    async fn ready(&self, op: &'static str) -> Result<SendRequest<Body>> {
         let mut slot = self.sender.lock().await;
         if let Some(s) = slot.as_mut() {
             if s.ready().await.is_ok() {
@@ -122,34 +179,38 @@ impl Conn {
         *slot = Some(sender.clone());
         Ok(sender)
     }
+}
 
-    /// Sends one request. A connection found dead before the request went out is replaced
-    /// once; a request that went out is never sent twice.
-    pub(crate) async fn send(
+impl Transport for Conn {
+    /// A connection found dead before the request went out is replaced once; a request that
+    /// went out is never sent twice.
+    fn send(
         &self,
-        request: reqwest::Request,
-        op: &'static str,
-    ) -> Result<reqwest::Response> {
-        let timeout = request.timeout().copied();
-        let mut request: http::Request<reqwest::Body> = request.try_into().map_err(|e| {
-            err(ErrorKind::InvalidInput, op, "cannot build the envd request").with_source(e)
-        })?;
-        *request.version_mut() = http::Version::HTTP_2;
-        // Opening the connection counts against the request's time too (a hung engine or
-        // relay must not hold every request of the sandbox).
-        let mut sender = tokio::time::timeout(timeout.unwrap_or(CONNECT_TIMEOUT), self.ready(op))
-            .await
-            .map_err(|_| err(ErrorKind::Timeout, op, "connecting to envd took too long"))??;
-        let send = sender.send_request(request);
-        let response = match timeout {
-            Some(t) => tokio::time::timeout(t, send)
-                .await
-                .map_err(|_| err(ErrorKind::Timeout, op, "envd did not answer in time"))?,
-            None => send.await,
-        }
-        .map_err(|e| {
-            err(ErrorKind::Unavailable, op, "the request to envd failed").with_source(e)
-        })?;
-        Ok(reqwest::Response::from(response.map(reqwest::Body::wrap)))
+        mut request: http::Request<Body>,
+        call: Call,
+    ) -> BoxFuture<'_, Result<http::Response<Body>>> {
+        Box::pin(async move {
+            let op = call.op;
+            *request.version_mut() = http::Version::HTTP_2;
+            // Opening the connection counts against the request's time too (a hung engine or
+            // relay must not hold every request of the sandbox).
+            let mut sender =
+                tokio::time::timeout(call.timeout.unwrap_or(CONNECT_TIMEOUT), self.ready(op))
+                    .await
+                    .map_err(|_| {
+                        err(ErrorKind::Timeout, op, "connecting to envd took too long")
+                    })??;
+            let send = sender.send_request(request);
+            let response = match call.timeout {
+                Some(t) => tokio::time::timeout(t, send)
+                    .await
+                    .map_err(|_| err(ErrorKind::Timeout, op, "envd did not answer in time"))?,
+                None => send.await,
+            }
+            .map_err(|e| {
+                err(ErrorKind::Unavailable, op, "the request to envd failed").with_source(e)
+            })?;
+            Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        })
     }
 }

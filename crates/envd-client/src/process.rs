@@ -16,7 +16,7 @@ use sandkit_e2b_protocol::envd::{
     StartRequest,
 };
 
-use crate::core::Envd;
+use crate::envd::Envd;
 use crate::error::err;
 
 /// The request envd gets for a command, as the SDK builds it: shell lines run with

@@ -1,9 +1,8 @@
-//! [`E2bFiles`]: a sandbox's files through envd (`/files` and the filesystem service).
+//! [`EnvdFiles`]: a sandbox's files through envd (`/files` and the filesystem service).
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use futures_util::{StreamExt, TryStreamExt};
 use sandkit_core::raw::sort_entries;
 use sandkit_core::{ByteStream, EntryInfo, EntryKind, ErrorKind, FileStore, Result};
 use sandkit_e2b_protocol::envd::{
@@ -11,19 +10,20 @@ use sandkit_e2b_protocol::envd::{
 };
 use sandkit_e2b_protocol::json::parse_rfc3339;
 
-use crate::core::Envd;
+use crate::envd::Envd;
 use crate::error::err;
 
-/// The files of one E2B sandbox. Relative paths resolve against the user's home, as in envd.
+/// The files of one sandbox through its envd. Relative paths resolve against the user's home, as
+/// in envd.
 #[derive(Debug, Clone)]
-pub struct E2bFiles {
+pub struct EnvdFiles {
     envd: Envd,
     user: Option<String>,
 }
 
-impl E2bFiles {
+impl EnvdFiles {
     pub(crate) fn new(envd: Envd, user: Option<String>) -> Self {
-        E2bFiles { envd, user }
+        EnvdFiles { envd, user }
     }
 
     fn user(&self) -> Option<&str> {
@@ -31,8 +31,8 @@ impl E2bFiles {
     }
 
     /// The same files as `user` sees them (envd runs each request as its user).
-    pub(crate) fn as_user(&self, user: &str) -> Self {
-        E2bFiles {
+    pub fn as_user(&self, user: &str) -> Self {
+        EnvdFiles {
             envd: self.envd.clone(),
             user: Some(user.to_string()),
         }
@@ -64,21 +64,9 @@ fn entry(e: envd::EntryInfo) -> EntryInfo {
 }
 
 #[async_trait]
-impl FileStore for E2bFiles {
+impl FileStore for EnvdFiles {
     async fn read_stream(&self, path: &str) -> Result<ByteStream> {
-        let response = self.envd.download(path, self.user()).await?;
-        let owned = path.to_string();
-        Ok(response
-            .bytes_stream()
-            .map_err(move |e| {
-                err(
-                    ErrorKind::Unavailable,
-                    "read",
-                    format!("the download of {owned} broke"),
-                )
-                .with_source(e)
-            })
-            .boxed())
+        self.envd.download(path, self.user()).await
     }
 
     async fn write_stream(&self, path: &str, content: ByteStream) -> Result<()> {
@@ -93,8 +81,7 @@ impl FileStore for E2bFiles {
         content: ByteStream,
         metadata: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let body = reqwest::Body::wrap_stream(content.map_err(std::io::Error::other));
-        self.envd.upload(path, self.user(), body, metadata).await
+        self.envd.upload(path, self.user(), content, metadata).await
     }
 
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
