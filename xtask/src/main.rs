@@ -1,21 +1,27 @@
 //! Project automation, with no dependencies beyond std.
 //!
 //! ```text
-//! cargo xtask ci        everything CI checks: engine, images, fmt, clippy, docs, tests
+//! cargo xtask ci        everything CI checks: engine, images, fmt, clippy, docs, packaging,
+//!                       unused dependencies, the feature matrix, a crate outside the
+//!                       workspace, tests
 //! cargo xtask docker [--gvisor]   make sure a Docker engine answers (installs and starts
 //!                       docker.io if needed); --gvisor also installs gVisor (runsc) and
 //!                       registers it with the engine as the OCI runtime `runsc`
 //! cargo xtask image     build sandkit-base:bookworm and sandkit-mini:latest from Debian packages
+//! cargo xtask packaging   the packaging part of ci: cargo package, unused dependencies,
+//!                       the feature matrix, a crate outside the workspace
 //! cargo xtask agent     build sandkit-agent fully static (prints its path; SANDKIT_AGENT_BIN points there)
 //! cargo xtask run [-- CMD...]   set up (engine, images) and run a command in a fresh sandbox
 //! cargo xtask bench [--quick]   the benchmark against the Docker CLI and the E2B SDK
 //! ```
 
+mod packaging;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-type Result<T = ()> = std::result::Result<T, String>;
+pub(crate) type Result<T = ()> = std::result::Result<T, String>;
 
 const BASE_IMAGE: &str = "sandkit-base:bookworm";
 const MINI_IMAGE: &str = "sandkit-mini:latest";
@@ -35,6 +41,7 @@ fn main() -> ExitCode {
             }
         }),
         Some("image") => docker().and_then(|_| images(force)),
+        Some("packaging") => packaging::packaging(),
         Some("agent") => agent().map(|path| println!("{}", path.display())),
         Some("run") => docker()
             .and_then(|_| images(false))
@@ -46,7 +53,7 @@ fn main() -> ExitCode {
             .and_then(|_| agent())
             .and_then(|bin| bench(&args[1..], &bin)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | docker [--gvisor] | image [--force] | agent | run [-- CMD...] | bench [--quick]>");
+            eprintln!("usage: cargo xtask <ci | docker [--gvisor] | image [--force] | agent | packaging | run [-- CMD...] | bench [--quick]>");
             return ExitCode::from(2);
         }
     };
@@ -91,7 +98,7 @@ fn succeeds(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
@@ -149,6 +156,7 @@ fn ci() -> Result {
     run(cargo()
         .args(["doc", "--no-deps", "--workspace"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
+    packaging::packaging()?;
     step("cargo test (SANDKIT_REQUIRE_DOCKER=1: a missing engine fails the run)");
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])

@@ -403,7 +403,7 @@ impl Sandbox for AgentSandbox {
         self.alive().await?;
         self.0.client.metrics().await
     }
-    async fn host(&self, port: u16) -> Result<String> {
+    async fn get_host(&self, port: u16) -> Result<String> {
         Ok(format!("127.0.0.1:{port}"))
     }
 }

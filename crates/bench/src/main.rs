@@ -480,7 +480,7 @@ async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<
         let mut setup: Vec<Series> = Vec::new();
         let mut download: Vec<Series> = Vec::new();
         for (policy, port) in [(None, 80), (Some(cidr), 80), (Some(domain), 80)] {
-            let mut spec = spec().host("server.test", ip);
+            let mut spec = spec().add_host("server.test", ip);
             if let Some(p) = policy {
                 spec = spec.network_policy(p);
             }

@@ -230,7 +230,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG")
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG"))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
@@ -296,7 +297,7 @@ fn spec_of(make: &Make) -> SandboxSpec {
         spec = spec.env(k, v);
     }
     for (name, ip) in &make.hosts {
-        spec = spec.host(name, *ip);
+        spec = spec.add_host(name, *ip);
     }
     if let Some(policy) = make.policy.get() {
         spec = spec.network_policy(policy);

@@ -156,6 +156,36 @@ impl Config {
             .unwrap_or_else(|| "default".into())
     }
 
+    /// Keys that were set (in a file, the environment or code) but have no effect in sandkit:
+    /// OpenHands settings of its other runtimes, accepted so that its `config.toml` loads. Each
+    /// with where it was set. [`ConfigBuilder::load`] warns once per key.
+    ///
+    /// ```
+    /// let config = sandkit_config::Config::builder()
+    ///     .no_file()
+    ///     .env_vars([("SANDBOX_CLOSE_DELAY", "5")])
+    ///     .load()?;
+    /// let ignored = config.keys_without_effect();
+    /// assert_eq!(ignored[0].0, "sandbox.close_delay");
+    /// assert_eq!(ignored[0].1, "environment variable SANDBOX_CLOSE_DELAY");
+    /// # Ok::<(), sandkit_core::Error>(())
+    /// ```
+    pub fn keys_without_effect(&self) -> Vec<(String, String)> {
+        let sandbox = NO_EFFECT_SANDBOX_KEYS
+            .iter()
+            .map(|k| format!("sandbox.{k}"))
+            .filter_map(|key| {
+                let source = self.source_of(&key);
+                (source != "default").then_some((key, source))
+            });
+        let core = self
+            .core
+            .ignored
+            .keys()
+            .map(|k| (format!("core.{k}"), "a configuration file".to_string()));
+        sandbox.chain(core).collect()
+    }
+
     /// The merged configuration as TOML, secrets redacted, each key followed by its source.
     pub fn to_toml_with_sources(&self) -> String {
         let mut out = String::new();
@@ -476,6 +506,9 @@ impl ConfigBuilder {
             }
         }
         config.sources = Sources::collect(&config, &ctx);
+        for (key, source) in config.keys_without_effect() {
+            warn_once(&key, &source);
+        }
         config.mounts()?;
         if config.sandbox.time_to_live == 0 {
             return Err(Error::new(
@@ -487,6 +520,50 @@ impl ConfigBuilder {
             ));
         }
         Ok(config)
+    }
+}
+
+/// `[sandbox]` keys of OpenHands' other runtimes: accepted so that its `config.toml` loads, with no
+/// effect on any sandkit backend.
+const NO_EFFECT_SANDBOX_KEYS: &[&str] = &[
+    "runtime_extra_build_args",
+    "remote_runtime_api_url",
+    "local_runtime_url",
+    "pause_closed_runtimes",
+    "rm_all_containers",
+    "api_key",
+    "user_id",
+    "remote_runtime_init_timeout",
+    "remote_runtime_api_timeout",
+    "remote_runtime_class",
+    "enable_auto_lint",
+    "initialize_plugins",
+    "force_rebuild_runtime",
+    "runtime_extra_deps",
+    "browsergym_eval_env",
+    "close_delay",
+    "remote_runtime_resource_factor",
+    "docker_runtime_kwargs",
+    "selected_repo",
+    "trusted_dirs",
+    "vscode_port",
+];
+
+/// Says once per process that `key` (set by `source`) does nothing here.
+fn warn_once(key: &str, source: &str) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .map(|mut w| w.insert(key.to_string()))
+        .unwrap_or(false);
+    if first {
+        tracing::warn!(
+            key,
+            source,
+            "{key} (from {source}) is an OpenHands setting that has no effect in sandkit; remove it \
+             to silence this warning"
+        );
     }
 }
 

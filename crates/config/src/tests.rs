@@ -222,6 +222,18 @@ volumes = "/tmp/data:/data:rw"
     assert!(c.sandbox.enable_auto_lint);
     assert_eq!(c.mounts().unwrap().len(), 2);
     assert!(c.explain().iter().all(|s| !s.key.starts_with("llm")));
+    // What loads but does nothing here is named (and warned about once), with where it was set.
+    let ignored = c.keys_without_effect();
+    let names: Vec<&str> = ignored.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sandbox.enable_auto_lint",
+            "core.default_agent",
+            "core.max_iterations"
+        ]
+    );
+    assert_eq!(ignored[0].1, format!("{}, line 19", f.path().display()));
 }
 
 #[test]

@@ -197,7 +197,7 @@ async fn specs_beyond_the_capabilities_are_refused(c: Ctx) -> CaseResult {
         asked.push(spec().network(sandkit_core::NetworkMode::Host));
     }
     if !caps.hosts {
-        asked.push(spec().host("db.internal", std::net::Ipv4Addr::new(10, 0, 0, 9).into()));
+        asked.push(spec().add_host("db.internal", std::net::Ipv4Addr::new(10, 0, 0, 9).into()));
     }
     for spec in asked {
         let e = c.runtime().create(spec.clone()).await.unwrap_err();
@@ -724,7 +724,7 @@ async fn host_port_serves_http(c: Ctx) -> CaseResult {
         "exec httpd -f -p 8000 -h /tmp/www"
     };
     let _server = sb.spawn(CommandSpec::shell(server)).await?;
-    let addr = sb.host(8000).await?;
+    let addr = sb.get_host(8000).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut body = String::new();
     while Instant::now() < deadline && !body.contains("served from the sandbox") {

@@ -1,7 +1,7 @@
 //! The port proxy: what the SDK's `get_host(port)` names, `<port>-<sandbox id>.<domain>`,
 //! served on a listener of its own. The `Host` of each connection's first request picks the
 //! sandbox and the port; the connection is then joined to that port inside the sandbox
-//! (through the backend's `Sandbox::host`), WebSocket upgrades included.
+//! (through the backend's `Sandbox::get_host`), WebSocket upgrades included.
 //!
 //! - Only sandboxes of this server's key are served; any other name answers `502`, as for a
 //!   sandbox that does not exist.
@@ -143,7 +143,7 @@ async fn proxy(mut client: TcpStream, state: &State) -> std::io::Result<()> {
         Ok(s) => s,
         Err(e) => return refuse(client, "502 Bad Gateway", e.message()).await,
     };
-    let addr = match served.sandbox().host(port).await {
+    let addr = match served.sandbox().get_host(port).await {
         Ok(a) => a,
         Err(e) => return refuse(client, "502 Bad Gateway", e.message()).await,
     };

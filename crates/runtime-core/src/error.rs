@@ -244,8 +244,20 @@ impl fmt::Display for Error {
     }
 }
 
+/// Reads like [`Display`](fmt::Display), so that a `main` returning `Err` prints one line that
+/// says what happened; `{:#?}` shows every field.
+///
+/// ```
+/// use sandkit_core::{Error, ErrorKind};
+/// let err = Error::new(ErrorKind::Timeout, "the command ran past 5s").with_operation("exec");
+/// assert_eq!(format!("{err:?}"), "exec: the command ran past 5s (timeout)");
+/// assert!(format!("{err:#?}").contains("kind: Timeout"));
+/// ```
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind)
             .field("message", &self.message)

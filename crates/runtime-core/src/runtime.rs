@@ -266,5 +266,5 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// runtime runs. On backends that publish ports explicitly, a port asked for in
     /// [`SandboxSpec::ports`] always is; Docker also answers with the sandbox's own address
     /// for other ports when the engine runs on this machine.
-    async fn host(&self, port: u16) -> Result<String>;
+    async fn get_host(&self, port: u16) -> Result<String>;
 }

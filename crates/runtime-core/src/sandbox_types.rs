@@ -52,7 +52,7 @@ pub struct SandboxSpec {
     /// Names the sandbox resolves to fixed addresses (Docker: `--add-host`); the network
     /// guard resolves an allowed domain the same way.
     pub hosts: BTreeMap<String, std::net::IpAddr>,
-    /// Ports inside the sandbox to make reachable through [`Sandbox::host`](crate::Sandbox::host).
+    /// Ports inside the sandbox to make reachable through [`Sandbox::get_host`](crate::Sandbox::get_host).
     pub ports: Vec<u16>,
     /// Host directories or named volumes to mount.
     pub mounts: Vec<Mount>,
@@ -119,7 +119,7 @@ impl SandboxSpec {
         self
     }
     /// Resolves `name` to `ip` in the sandbox.
-    pub fn host(mut self, name: impl Into<String>, ip: std::net::IpAddr) -> Self {
+    pub fn add_host(mut self, name: impl Into<String>, ip: std::net::IpAddr) -> Self {
         self.hosts.insert(name.into(), ip);
         self
     }
@@ -538,7 +538,7 @@ pub struct Capabilities {
     pub pause: bool,
     /// Commands on a pseudo-terminal.
     pub pty: bool,
-    /// `Sandbox::host` for ports inside the sandbox.
+    /// `Sandbox::get_host` for ports inside the sandbox.
     pub host_ports: bool,
     /// Host directories and volumes in [`SandboxSpec::mounts`].
     pub mounts: bool,

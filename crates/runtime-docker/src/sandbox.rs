@@ -418,7 +418,7 @@ impl Sandbox for DockerSandbox {
         self.runtime.set_network_policy(&self.id, &policy).await
     }
 
-    async fn host(&self, port: u16) -> Result<String> {
+    async fn get_host(&self, port: u16) -> Result<String> {
         let inspect = self
             .runtime
             .docker

@@ -269,7 +269,7 @@ impl Sandbox for E2bSandbox {
         self.client.metrics().await
     }
 
-    async fn host(&self, port: u16) -> Result<String> {
+    async fn get_host(&self, port: u16) -> Result<String> {
         Ok(self
             .runtime
             .config

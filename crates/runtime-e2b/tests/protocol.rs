@@ -409,7 +409,7 @@ async fn the_backend_alone_refuses_what_it_cannot_hold() {
         .unwrap();
     for spec in [
         SandboxSpec::new().mount(sandkit_core::Mount::parse("/etc:/host-etc").unwrap()),
-        SandboxSpec::new().host("db", "10.0.0.9".parse().unwrap()),
+        SandboxSpec::new().add_host("db", "10.0.0.9".parse().unwrap()),
         SandboxSpec::new().resources(sandkit_core::Resources::new().memory_mb(64)),
     ] {
         let e = rt.create(spec.clone()).await.unwrap_err();

@@ -400,7 +400,7 @@ impl Sandbox for LocalSandbox {
         Ok(self.state.cpu.measure().await)
     }
 
-    async fn host(&self, port: u16) -> Result<String> {
+    async fn get_host(&self, port: u16) -> Result<String> {
         self.alive("host")?;
         Ok(format!("127.0.0.1:{port}"))
     }
@@ -420,7 +420,7 @@ mod tests {
             SandboxSpec::new().network_policy(
                 sandkit_core::NetworkPolicy::new().deny_out([sandkit_core::ALL_TRAFFIC]),
             ),
-            SandboxSpec::new().host("x.test", "10.0.0.1".parse().unwrap()),
+            SandboxSpec::new().add_host("x.test", "10.0.0.1".parse().unwrap()),
         ] {
             let e = rt.create(spec).await.unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");

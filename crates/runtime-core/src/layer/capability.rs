@@ -98,7 +98,7 @@ fn refusal(backend: &'static str, operation: &'static str, what: &str, capabilit
 /// ```
 /// use sandkit_core::{layer::check_spec, Capabilities, ErrorKind, SandboxSpec};
 ///
-/// let spec = SandboxSpec::new().host("db", "10.0.0.9".parse().unwrap());
+/// let spec = SandboxSpec::new().add_host("db", "10.0.0.9".parse().unwrap());
 /// let e = check_spec("mine", Capabilities::none(), &spec).unwrap_err();
 /// assert_eq!(e.kind(), ErrorKind::Unsupported);
 /// assert!(check_spec("mine", Capabilities::all(), &spec).is_ok());

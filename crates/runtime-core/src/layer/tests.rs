@@ -139,7 +139,7 @@ impl Sandbox for ScriptSandbox {
     async fn pause(&self) -> Result<()> {
         self.0.answer("pause")
     }
-    async fn host(&self, _: u16) -> Result<String> {
+    async fn get_host(&self, _: u16) -> Result<String> {
         self.0.answer("host")?;
         Ok("127.0.0.1:1".into())
     }
@@ -371,7 +371,7 @@ async fn specs_beyond_the_capabilities_are_refused_before_the_backend_sees_them(
         SandboxSpec::new().resources(crate::Resources::new().memory_mb(64)),
         SandboxSpec::new().network(crate::NetworkMode::Host),
         SandboxSpec::new().network_policy(crate::NetworkPolicy::new().allow_out(["10.0.0.1"])),
-        SandboxSpec::new().host("db", std::net::Ipv4Addr::LOCALHOST.into()),
+        SandboxSpec::new().add_host("db", std::net::Ipv4Addr::LOCALHOST.into()),
         SandboxSpec::new().auto_pause(true),
     ];
     for spec in refused {

@@ -401,12 +401,12 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
             .collect())
     }
 
-    async fn host(&self, port: u16) -> Result<String> {
+    async fn get_host(&self, port: u16) -> Result<String> {
         through(
             self.layer(),
             &self.shared.op("host"),
             &*self.inner,
-            |inner| inner.host(port),
+            |inner| inner.get_host(port),
         )
         .await
     }

@@ -165,8 +165,8 @@ impl Internet {
     pub fn spec(&self, test: &str) -> SandboxSpec {
         SandboxSpec::new()
             .metadata("sandkit-network-test", test)
-            .host("allowed.test", IpAddr::V4(self.a))
-            .host("denied.test", IpAddr::V4(self.b))
+            .add_host("allowed.test", IpAddr::V4(self.a))
+            .add_host("denied.test", IpAddr::V4(self.b))
     }
 }
 
