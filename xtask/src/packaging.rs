@@ -33,11 +33,16 @@ const CONFIG_FEATURES: &[&str] = &["", "docker", "e2b"];
 
 pub(crate) fn packaging() -> Result {
     step("cargo package --workspace --no-verify (every published crate can be packaged)");
+    // Without lockfiles: cargo orders the packages to resolve each one's lock against those
+    // packaged before it, and the suite's dev-dependency cycle (sandkit-actions is tested with
+    // sandkit-conformance, which runs actions) has no order. The crate outside the workspace
+    // below resolves and builds the facade for real.
     run(cargo().args([
         "package",
         "--workspace",
         "--no-verify",
         "--allow-dirty",
+        "--exclude-lockfile",
         "--quiet",
     ]))?;
 
