@@ -8,7 +8,7 @@ use sandkit_e2b_local::ServeArgs;
 /// Serve E2B's API and envd over a local sandkit backend (Docker by default), so the official E2B
 /// SDKs run against this machine:
 ///
-///   E2B_API_KEY=<key> E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:49983
+///   E2B_API_KEY=KEY E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:49983
 #[derive(Debug, Parser)]
 #[command(name = "e2b-local", version)]
 struct Args {

@@ -27,16 +27,15 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `config` (default) | [`Config`]: layered configuration and the backend it picks ([`config`]) |
-//! | `docker` | [`docker`]: sandboxes as containers on a Docker engine, with the in-sandbox agent |
-//! | `e2b` | [`e2b`]: E2B's cloud or any E2B-compatible server (`e2b-local`) |
-//! | `local` | [`local`]: this machine as a sandbox, with no isolation (tests, trusted tools) |
-//! | `actions` | [`actions`]: an agent's session — persistent shell, IPython, editor, browsing |
+//! | `config` (default) | `sandkit::Config`: layered configuration and the backend it picks (`sandkit::config`) |
+//! | `docker` | `sandkit::docker`: sandboxes as containers on a Docker engine, with the in-sandbox agent |
+//! | `e2b` | `sandkit::e2b`: E2B's cloud or any E2B-compatible server (`e2b-local`) |
+//! | `local` | `sandkit::local`: this machine as a sandbox, with no isolation (tests, trusted tools) |
+//! | `actions` | `sandkit::actions`: an agent's session — persistent shell, IPython, editor, browsing |
 //!
 //! Everything else here is the contract every backend implements, re-exported from
 //! `sandkit-core`: [`Runtime`], [`Sandbox`], [`FileStore`], [`Error`] and their extensions.
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[cfg(all(feature = "config", not(any(feature = "docker", feature = "e2b"))))]
 compile_error!(
