@@ -12,11 +12,14 @@
 //! oldest unproven connection (of its own source when the per-source cap is full) instead of
 //! being refused; it is refused only when every connection in the way is proven. Proven
 //! connections are never closed for a newcomer, so a flood of connections that never
-//! authenticate cannot push out a client that did.
+//! authenticate cannot push out a client that did. Nor is a connection closed while a request
+//! on it is being answered, and among the rest a connection that never sent a request (what a
+//! silent flood holds) goes before one that did (a client between its `/health` and its next
+//! call).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,15 +35,42 @@ use tracing::{debug, warn};
 
 use crate::state::Limits;
 
-/// The mark of a request's connection: set once the request's credentials were checked (see
-/// [`prove`]), so that a slow first request is not pushed out while it runs.
+/// What the caps know of a connection's traffic.
+#[derive(Default)]
+struct Mark {
+    /// A request on it passed the credentials check, or had a successful answer.
+    proven: AtomicBool,
+    /// Requests it has sent.
+    requests: AtomicUsize,
+    /// Requests being answered now.
+    busy: AtomicUsize,
+}
+
+/// The mark of a request's connection, in the request's extensions (see [`prove`]).
 #[derive(Clone)]
-pub(crate) struct Proven(Arc<AtomicBool>);
+pub(crate) struct Proven(Arc<Mark>);
 
 /// Marks the connection `request` came on as proven: its credentials were checked.
 pub(crate) fn prove(request: &axum::extract::Request) {
-    if let Some(Proven(p)) = request.extensions().get::<Proven>() {
-        p.store(true, Ordering::Relaxed);
+    if let Some(Proven(m)) = request.extensions().get::<Proven>() {
+        m.proven.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request as being answered until it is dropped.
+struct Busy(Arc<Mark>);
+
+impl Busy {
+    fn new(mark: Arc<Mark>) -> Self {
+        mark.requests.fetch_add(1, Ordering::Relaxed);
+        mark.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(mark)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -48,7 +78,7 @@ pub(crate) fn prove(request: &axum::extract::Request) {
 struct Entry {
     peer: IpAddr,
     opened: Instant,
-    proven: Arc<AtomicBool>,
+    mark: Arc<Mark>,
     close: CancellationToken,
 }
 
@@ -63,14 +93,14 @@ struct Open {
 /// What the caps say of a new connection.
 enum Admit {
     /// Admitted as connection `id`.
-    Yes(u64, Arc<AtomicBool>, CancellationToken),
+    Yes(u64, Arc<Mark>, CancellationToken),
     /// Refused: every connection in the way is proven.
     No,
 }
 
 impl Open {
-    /// Admits a connection from `peer`, closing the oldest unproven one in the way if a cap
-    /// is full.
+    /// Admits a connection from `peer`, closing one in the way if a cap is full: unproven and
+    /// with no request being answered; one that never sent a request first, then the oldest.
     fn admit(&mut self, peer: IpAddr, limits: &Limits) -> Admit {
         let from_peer = self.per_source.get(&peer).copied().unwrap_or(0);
         let source_full = from_peer >= limits.max_connections_per_source.max(1);
@@ -79,9 +109,12 @@ impl Open {
             let victim = self
                 .entries
                 .iter()
-                .filter(|(_, e)| !e.proven.load(Ordering::Relaxed))
+                .filter(|(_, e)| {
+                    !e.mark.proven.load(Ordering::Relaxed)
+                        && e.mark.busy.load(Ordering::Relaxed) == 0
+                })
                 .filter(|(_, e)| !source_full || e.peer == peer)
-                .min_by_key(|(_, e)| e.opened)
+                .min_by_key(|(_, e)| (e.mark.requests.load(Ordering::Relaxed) > 0, e.opened))
                 .map(|(id, _)| *id);
             match victim {
                 Some(id) => {
@@ -94,18 +127,18 @@ impl Open {
         }
         let id = self.next;
         self.next += 1;
-        let (proven, close) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
+        let (mark, close) = (Arc::new(Mark::default()), CancellationToken::new());
         self.entries.insert(
             id,
             Entry {
                 peer,
                 opened: Instant::now(),
-                proven: proven.clone(),
+                mark: mark.clone(),
                 close: close.clone(),
             },
         );
         *self.per_source.entry(peer).or_default() += 1;
-        Admit::Yes(id, proven, close)
+        Admit::Yes(id, mark, close)
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
@@ -202,7 +235,7 @@ pub(crate) async fn serve(
             .lock()
             .expect("open connections")
             .admit(peer.ip(), &limits);
-        let Admit::Yes(id, proven, close) = admitted else {
+        let Admit::Yes(id, mark, close) = admitted else {
             refused += 1;
             if refused.is_power_of_two() {
                 warn!(
@@ -228,14 +261,24 @@ pub(crate) async fn serve(
         let router = router.clone();
         let service = hyper::service::service_fn(move |request: axum::extract::Request<_>| {
             let health = request.uri().path() == "/health";
-            let (router, proven) = (router.clone(), proven.clone());
+            let (router, mark) = (router.clone(), mark.clone());
+            let busy = Busy::new(mark.clone());
             let mut request = request.map(axum::body::Body::new);
-            request.extensions_mut().insert(Proven(proven.clone()));
+            request.extensions_mut().insert(Proven(mark.clone()));
             async move {
                 let response = router.oneshot(request).await?;
                 if !health && response.status().is_success() {
-                    proven.store(true, Ordering::Relaxed);
+                    mark.proven.store(true, Ordering::Relaxed);
                 }
+                // A streamed answer (a command's output) keeps its connection busy until its
+                // body is done.
+                let response = response.map(|body| {
+                    // (`map_err` keeps the body's size hint, so a length still goes out.)
+                    axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |e| {
+                        let _ = &busy;
+                        e
+                    }))
+                });
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -327,14 +370,43 @@ mod tests {
         assert!(open.entries.contains_key(&second) && open.entries.contains_key(&third));
         // Proven connections stay; with nothing unproven left in the way, refused.
         for e in open.entries.values() {
-            e.proven.store(true, Ordering::Relaxed);
+            e.mark.proven.store(true, Ordering::Relaxed);
         }
         assert!(matches!(open.admit(one, &l), Admit::No));
         // Another source still gets in until the whole table is full of proven ones.
         let other = id(open.admit(two, &l));
-        open.entries[&other].proven.store(true, Ordering::Relaxed);
+        open.entries[&other]
+            .mark
+            .proven
+            .store(true, Ordering::Relaxed);
         assert!(matches!(open.admit(two, &l), Admit::No));
         assert_eq!(open.per_source[&one], 2);
         assert_eq!(open.entries.len(), 3);
+    }
+
+    #[test]
+    fn a_connection_being_answered_stays_and_a_silent_one_goes_first() {
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let l = limits(3, 3);
+        let mut open = Open::default();
+        let (talked, answering, silent) = (
+            id(open.admit(one, &l)),
+            id(open.admit(one, &l)),
+            id(open.admit(one, &l)),
+        );
+        // `talked` sent a request that was answered; `answering` has one being answered now.
+        let done = Busy::new(open.entries[&talked].mark.clone());
+        drop(done);
+        let _busy = Busy::new(open.entries[&answering].mark.clone());
+        // The newest, silent connection goes before the oldest that talked.
+        let newest = id(open.admit(one, &l));
+        assert!(!open.entries.contains_key(&silent));
+        assert!(open.entries.contains_key(&talked));
+        // Once every connection has talked, the oldest goes; the one being answered never.
+        drop(Busy::new(open.entries[&newest].mark.clone()));
+        id(open.admit(one, &l));
+        assert!(open.entries.contains_key(&newest));
+        assert!(open.entries.contains_key(&answering));
+        assert!(!open.entries.contains_key(&talked));
     }
 }

@@ -68,19 +68,26 @@ fn file_query(path: &str, user: Option<&str>) -> String {
     q
 }
 
-/// A whole body, or the error that cut it (a transport's own error comes back as it was made).
+/// A whole answer, or the error that cut it. Never retryable: the request went out and may have
+/// been acted on (a `mkdir` whose answer was lost must not run again).
 async fn collect(body: Body, op: &'static str) -> Result<Bytes> {
     body.collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| body_error(e, op))
+        .map_err(|e| body_error(e, op, "the answer from envd was cut").with_retryable(false))
 }
 
-fn body_error(e: crate::transport::BoxError, op: &'static str) -> Error {
-    match e.downcast::<Error>() {
-        Ok(e) => *e,
-        Err(e) => err(ErrorKind::Unavailable, op, "the answer from envd was cut").with_source(e),
-    }
+/// The error inside a body: a transport's own error as it was made, else `message`.
+fn body_error(e: crate::transport::BoxError, op: &'static str, message: &str) -> Error {
+    let e = match e.downcast::<Error>() {
+        Ok(e) => return *e,
+        Err(e) => e,
+    };
+    let kind = match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_timeout() => ErrorKind::Timeout,
+        _ => ErrorKind::Unavailable,
+    };
+    err(kind, op, message.to_string()).with_source(e)
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -240,18 +247,19 @@ impl Envd {
                 .unwrap_or_default();
             return Err(envd_error(status, &bytes, "read", &self.sandbox_id));
         }
-        let owned = path.to_string();
+        let broke = format!("the download of {path} broke");
         Ok(response
             .into_body()
             .into_data_stream()
-            .map_err(move |e| match e.downcast::<Error>() {
-                Ok(e) => *e,
-                Err(e) => err(
-                    ErrorKind::Unavailable,
-                    "read",
-                    format!("the download of {owned} broke"),
-                )
-                .with_source(e),
+            .map_err(move |e| {
+                let e = body_error(e, "read", &broke);
+                if e.message() == broke {
+                    e
+                } else {
+                    // The transport's own error, with the path it was reading.
+                    err(e.kind(), "read", format!("{broke}: {}", e.message()))
+                        .with_retryable(e.is_retryable())
+                }
             })
             .boxed())
     }
@@ -419,11 +427,7 @@ fn decode_stream<Msg: DeserializeOwned + Send + 'static>(
                 Some(Ok(chunk)) => s.decoder.push(&chunk),
                 Some(Err(e)) => {
                     s.done = true;
-                    let e = match e.downcast::<Error>() {
-                        Ok(e) => *e,
-                        Err(e) => err(ErrorKind::Unavailable, op, "the stream from envd broke")
-                            .with_source(e),
-                    };
+                    let e = body_error(e, op, "the stream from envd broke");
                     return Some((Err(e), s));
                 }
                 None => {

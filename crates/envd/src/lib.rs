@@ -9,8 +9,8 @@
 //! ```no_run
 //! # async fn serve(sandbox: Box<dyn sandkit_core::Sandbox>) -> std::io::Result<()> {
 //! use std::sync::Arc;
-//! let served = Arc::new(envd::Served::new(sandbox, "user"));
-//! let app = envd::router(Arc::new(envd::OneSandbox::new(served, Some("token".into()))));
+//! let served = Arc::new(sandkit_envd::Served::new(sandbox, "user"));
+//! let app = sandkit_envd::router(Arc::new(sandkit_envd::OneSandbox::new(served, Some("token".into()))));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:49983").await?;
 //! axum::serve(listener, app).await
 //! # }

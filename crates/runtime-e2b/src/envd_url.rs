@@ -64,7 +64,20 @@ impl Transport for UrlTransport {
                 request.uri().authority().map(|a| a.as_str()).unwrap_or("")
             );
             let (parts, body) = request.into_parts();
-            let body = reqwest::Body::wrap_stream(body.into_data_stream());
+            // A body of known size goes as bytes: reqwest sends it with its length and may send
+            // it again on an HTTP/2 refusal (GOAWAY, REFUSED_STREAM), which a stream cannot.
+            let body = match http_body::Body::size_hint(&body).exact() {
+                Some(_) => reqwest::Body::from(
+                    body.collect()
+                        .await
+                        .map_err(|e| {
+                            err(ErrorKind::InvalidInput, op, "cannot read the envd request")
+                                .with_source(e)
+                        })?
+                        .to_bytes(),
+                ),
+                None => reqwest::Body::wrap_stream(body.into_data_stream()),
+            };
             let mut request: reqwest::Request = http::Request::from_parts(parts, body)
                 .try_into()
                 .map_err(|e| {
