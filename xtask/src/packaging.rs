@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{cargo, root, run, step, Result};
+use crate::shell::{cargo, root, run, step, Result};
 
 /// Crates that must never be in the tree of a program that asks for the Docker backend alone.
 const NOT_FOR_DOCKER: &[&str] = &[

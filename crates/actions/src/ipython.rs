@@ -55,11 +55,11 @@ while True:
             tb = tb.tb_next
         error = "".join(traceback.format_exception(etype, value, tb))
     resp = {"id": req["id"], "output": buf.getvalue(), "result": result, "error": error}
-    out.write("\x1eSBXCELL " + json.dumps(resp) + "\n")
+    out.write("\x1eSANDKIT_CELL " + json.dumps(resp) + "\n")
     out.flush()
 "#;
 
-const MARKER: &str = "\u{1e}SBXCELL ";
+const MARKER: &str = "\u{1e}SANDKIT_CELL ";
 
 #[derive(Serialize)]
 struct Request<'a> {

@@ -18,7 +18,7 @@ use crate::editor::truncate_middle;
 /// [`ShellOptions::max_output_chars`] anyway).
 const KEEP_BYTES: usize = 4 << 20;
 /// The marker the wrapper prints on stderr after saving the state.
-const STATE_MARKER: &[u8] = b"\x1eSBXSTATE ";
+const STATE_MARKER: &[u8] = b"\x1eSANDKIT_STATE ";
 
 /// Timeouts and limits of the shell (OpenHands' defaults).
 #[derive(Debug, Clone)]
@@ -210,7 +210,7 @@ impl Shell {
              {command}\n\
              __sandkit_rc=$?\n\
              {{ export -p; printf \"cd '%s'\\n\" \"$(pwd | sed \"s/'/'\\\\\\\\''/g\")\"; }} > \"$__sandkit_state.$$\" 2>/dev/null && mv -f \"$__sandkit_state.$$\" \"$__sandkit_state\"\n\
-             printf '\\036SBXSTATE %s %s\\n' \"$__sandkit_rc\" \"$(pwd)\" >&2\n\
+             printf '\\036SANDKIT_STATE %s %s\\n' \"$__sandkit_rc\" \"$(pwd)\" >&2\n\
              exit $__sandkit_rc\n"
         )
     }

@@ -81,17 +81,23 @@ pub fn engine_required() -> bool {
     std::env::var("SANDKIT_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
 }
 
-/// For a plain `#[test]` that needs the engine: the value, or `None` after saying why the test
-/// is skipped. With [`engine_required`] a missing engine fails the test instead, so no run in
-/// CI passes a test it skipped. (Suites on [`Suite`] report such cases as *ignored*.)
-pub fn or_skip<T, E: std::fmt::Display>(made: Result<T, E>) -> Option<T> {
+/// For a plain `#[test]` that needs the engine: the value, or a failed test that says what is
+/// missing and how to get it. A test that needs an engine never passes without one (suites on
+/// [`Suite`] report such cases as *ignored* instead, unless [`engine_required`]).
+///
+/// ```should_panic
+/// let made: Result<(), &str> = Err("no engine at unix:///var/run/docker.sock");
+/// sandkit_conformance::needs_engine(made);
+/// ```
+#[track_caller]
+pub fn needs_engine<T, E: std::fmt::Display>(made: Result<T, E>) -> T {
     match made {
-        Ok(v) => Some(v),
-        Err(e) => {
-            assert!(!engine_required(), "SANDKIT_REQUIRE_DOCKER=1: {e}");
-            eprintln!("no Docker engine: skipped ({e})");
-            None
-        }
+        Ok(v) => v,
+        Err(e) => panic!(
+            "this test needs a Docker engine, the sandbox images and the agent: {e}\n\
+             start them with `cargo xtask docker && cargo xtask image && cargo xtask agent`, \
+             or run only the tests that need none: `cargo test --workspace --lib`"
+        ),
     }
 }
 

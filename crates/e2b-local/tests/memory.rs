@@ -2,7 +2,7 @@
 //! through `spawn` and a 200 MiB file up and down. Client and server run in this one process
 //! (a test binary of its own, so nothing else runs here), so the bound holds for both together.
 //!
-//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the test returns early.
+//! Needs Docker; without an engine the test fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +15,7 @@ use sandkit_e2b_local::{Server, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_through_e2b_stays_bounded() {
-    let Some(docker) = sandkit_conformance::or_skip(DockerRuntime::builder().build().await) else {
-        return;
-    };
+    let docker = sandkit_conformance::needs_engine(DockerRuntime::builder().build().await);
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());

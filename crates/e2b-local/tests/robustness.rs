@@ -8,7 +8,7 @@
 //! - no key or token in the logs at TRACE level;
 //! - 20 sandboxes and 200 concurrent command streams, with the server's peak memory.
 //!
-//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine the tests fail.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,13 +29,13 @@ use sandkit_e2b_local::{Server, ServerConfig};
 
 const LABEL: &str = "sandkit-robustness";
 
-async fn docker() -> Option<DockerRuntime> {
-    sandkit_conformance::or_skip(DockerRuntime::builder().build().await)
+async fn docker() -> DockerRuntime {
+    sandkit_conformance::needs_engine(DockerRuntime::builder().build().await)
 }
 
 /// An in-process server; returns (api, envd) addresses.
-async fn serve(key: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let docker = docker().await?;
+async fn serve(key: &str) -> (SocketAddr, SocketAddr) {
+    let docker = docker().await;
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addrs = (api.local_addr().unwrap(), envd.local_addr().unwrap());
@@ -47,7 +47,7 @@ async fn serve(key: &str) -> Option<(SocketAddr, SocketAddr)> {
         },
     );
     tokio::spawn(server.serve(api, envd, std::future::pending()));
-    Some(addrs)
+    addrs
 }
 
 /// The E2B backend in the standard stack of layers, as `Config::runtime` builds it (retries
@@ -243,9 +243,7 @@ async fn proxy(api: SocketAddr, envd: SocketAddr) -> (Proxy, SocketAddr) {
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_between_client_and_server() {
     let key = "e2b_fault_key";
-    let Some((api, envd)) = serve(key).await else {
-        return;
-    };
+    let (api, envd) = serve(key).await;
     let (p, addr) = proxy(api, envd).await;
     let rt = client(addr, addr, key, Duration::from_secs(3));
     let spec = || SandboxSpec::new().metadata(LABEL, "faults");
@@ -374,9 +372,7 @@ async fn faults_between_client_and_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_requests_get_clear_answers() {
     let key = "e2b_hostile_key";
-    let Some((api, envd)) = serve(key).await else {
-        return;
-    };
+    let (api, envd) = serve(key).await;
     let http = reqwest::Client::new();
     let a = |p: &str| format!("http://{api}{p}");
     let e = |p: &str| format!("http://{envd}{p}");
@@ -647,9 +643,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_server_restarts_and_serves_its_sandboxes_and_logs_no_secrets() {
-    if docker().await.is_none() {
-        return;
-    }
+    docker().await;
     let key = format!("e2b_restart_{:x}", rand::random::<u64>());
     let (api, envd) = (free_port(), free_port());
     let mut server = start_bin(&key, api, envd, "trace", "restart");
@@ -714,7 +708,7 @@ fn e2b_protocol_token(key: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn load_20_sandboxes_200_concurrent_streams() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let key = format!("e2b_load_{:x}", rand::random::<u64>());
     let (api, envd) = (free_port(), free_port());
     let server = start_bin(&key, api, envd, "warn", "load");

@@ -9,7 +9,7 @@
 //! - a second server with another key on the same engine: cannot list, read, use or kill the
 //!   first one's sandboxes; reserved metadata keys are refused.
 //!
-//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine the tests fail.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +24,8 @@ use sandkit_docker::DockerRuntime;
 use sandkit_e2b_local::{Server, ServerConfig};
 use serde_json::json;
 
-async fn docker() -> Option<DockerRuntime> {
-    sandkit_conformance::or_skip(DockerRuntime::builder().build().await)
+async fn docker() -> DockerRuntime {
+    sandkit_conformance::needs_engine(DockerRuntime::builder().build().await)
 }
 
 /// A runtime that counts every call the server makes to the backend.
@@ -162,7 +162,7 @@ fn start_as_root(
 
 #[tokio::test]
 async fn debug_sandbox_needs_debug_mode() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let server = serve(docker.clone(), keyed("e2b_security_debug")).await;
     let http = reqwest::Client::new();
@@ -189,7 +189,7 @@ async fn debug_sandbox_needs_debug_mode() {
 
 #[tokio::test]
 async fn foreign_host_names_are_refused() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let counting = Arc::new(Counting {
         inner: Arc::new(docker),
         calls: AtomicUsize::new(0),
@@ -229,7 +229,7 @@ async fn foreign_host_names_are_refused() {
 
 #[tokio::test]
 async fn listeners_beyond_loopback_need_consent() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker: Arc<dyn Runtime> = Arc::new(docker);
     let attempt = |config: ServerConfig| {
         let docker = docker.clone();
@@ -268,7 +268,7 @@ async fn listeners_beyond_loopback_need_consent() {
 
 #[tokio::test]
 async fn rejected_requests_have_no_effect() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let counting = Arc::new(Counting {
         inner: docker.clone(),
@@ -344,7 +344,7 @@ async fn rejected_requests_have_no_effect() {
 
 #[tokio::test]
 async fn tenants_cannot_reach_each_other() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let a = serve(docker.clone(), keyed("e2b_tenant_a")).await;
     let b = serve(docker.clone(), keyed("e2b_tenant_b")).await;
@@ -428,7 +428,7 @@ async fn tenants_cannot_reach_each_other() {
 /// FIFO is not called a directory.
 #[tokio::test]
 async fn small_findings_are_answered_clearly() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let server = serve(docker.clone(), keyed("e2b_security_small")).await;
     let http = reqwest::Client::new();
@@ -476,7 +476,7 @@ async fn small_findings_are_answered_clearly() {
 #[tokio::test]
 async fn silent_and_slow_connections_are_dropped_and_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let config = ServerConfig {
         limits: sandkit_e2b_local::Limits {
             max_connections: 40,
@@ -529,7 +529,7 @@ async fn silent_and_slow_connections_are_dropped_and_capped() {
 /// `Retry-After`, as E2B answers.
 #[tokio::test]
 async fn per_key_limits_answer_429() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let http = reqwest::Client::new();
     let post = |s: &Served| {
@@ -582,7 +582,7 @@ async fn per_key_limits_answer_429() {
 async fn uploads_are_atomic_and_run_as_the_user() {
     use sandkit_core::{CommandSpec, FileStoreExt, SandboxExt};
     use tokio::io::AsyncWriteExt;
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let server = serve(docker.clone(), keyed("e2b_security_uploads")).await;
     let http = reqwest::Client::new();
@@ -690,7 +690,7 @@ async fn uploads_are_atomic_and_run_as_the_user() {
 /// tests/e2b-sdk/test_network.py and sandkit-docker's network tests).
 #[tokio::test]
 async fn unenforced_network_options_are_refused() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let unguarded = Arc::new(
         DockerRuntime::builder()
             .network_guard(false)
@@ -763,7 +763,7 @@ async fn unenforced_network_options_are_refused() {
 /// guess) and tries to read and overwrite its file. Nothing is read, nothing changes.
 #[tokio::test]
 async fn another_server_cannot_open_a_volume() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     let a = serve(docker.clone(), keyed("e2b_volume_owner_a")).await;
     let b = serve(docker.clone(), keyed("e2b_volume_owner_b")).await;
@@ -846,7 +846,7 @@ async fn another_server_cannot_open_a_volume() {
 /// tags): nothing is made from it; the allowed images still work.
 #[tokio::test]
 async fn only_allowed_images_boot() {
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let docker = Arc::new(docker);
     // An image of the operator's: the base image under another name.
     let private = "sandkit-test-operator-private:latest";
@@ -902,7 +902,7 @@ async fn only_allowed_images_boot() {
 #[tokio::test]
 async fn a_connection_flood_locks_nobody_out() {
     use tokio::io::AsyncReadExt;
-    let Some(docker) = docker().await else { return };
+    let docker = docker().await;
     let server = serve(Arc::new(docker), keyed("e2b_security_flood")).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

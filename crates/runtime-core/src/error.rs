@@ -114,7 +114,8 @@ impl Error {
     }
 
     /// Shorthand for an [`ErrorKind::Unsupported`] error naming the operation.
-    pub fn unsupported(backend: &'static str, operation: &'static str) -> Self {
+    pub fn unsupported(backend: &'static str, operation: impl Into<&'static str>) -> Self {
+        let operation = operation.into();
         Error::new(
             ErrorKind::Unsupported,
             format!("the {backend} backend does not support {operation}"),
@@ -129,10 +130,22 @@ impl Error {
         self
     }
 
-    /// Names the operation ("create", "exec", "read", ...). Kept if already set.
-    pub fn with_operation(mut self, operation: &'static str) -> Self {
-        self.operation.get_or_insert(operation);
+    /// Names the operation: an [`Operation`](crate::Operation) of the contract, or a step of
+    /// one ("load config", "exec"). Kept if already set.
+    pub fn with_operation(mut self, operation: impl Into<&'static str>) -> Self {
+        self.operation.get_or_insert(operation.into());
         self
+    }
+
+    /// Names the contract's operation that failed, as layers know it: it replaces the name a
+    /// backend gave its own step, which stays in the context as `step` (`docker: read_stream:
+    /// ... (step=read)`).
+    pub(crate) fn in_operation(mut self, operation: crate::Operation) -> Self {
+        let name = operation.as_str();
+        match self.operation.replace(name) {
+            Some(step) if step != name => self.with_context_once("step", step),
+            _ => self,
+        }
     }
 
     /// Adds a key/value pair of context (a path, a sandbox id, ...). Never pass secrets.

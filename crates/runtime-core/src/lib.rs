@@ -31,6 +31,7 @@ mod ext;
 mod files;
 pub mod layer;
 mod network;
+mod operation;
 mod process;
 pub mod raw;
 mod runtime;
@@ -41,6 +42,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use ext::{copy_tree, FileStoreExt, SandboxExt, DEFAULT_EXEC_LIMIT};
 pub use files::{ByteStream, EntryInfo, EntryKind, FileStore, FsEvent, FsEventKind, FsEventStream};
 pub use network::{domain_matches, Cidr, Destination, NetworkPolicy, Rules, ALL_TRAFFIC};
+pub use operation::Operation;
 pub use process::{EventStream, Process, ProcessHandle};
 pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{

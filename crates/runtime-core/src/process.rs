@@ -39,7 +39,7 @@ pub trait ProcessControl: Send + Sync + fmt::Debug {
             ErrorKind::Unsupported,
             "this backend cannot resize terminals",
         )
-        .with_operation("resize"))
+        .with_operation(crate::Operation::Resize))
     }
 }
 

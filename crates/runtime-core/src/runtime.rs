@@ -10,7 +10,7 @@ use crate::{
     Result, SandboxInfo, SandboxSpec, Snapshot, Volume,
 };
 
-fn no_volumes(op: &'static str) -> crate::Error {
+fn no_volumes(op: crate::Operation) -> crate::Error {
     crate::Error::new(
         crate::ErrorKind::Unsupported,
         "this backend keeps no volumes of its own",
@@ -21,7 +21,7 @@ fn no_volumes(op: &'static str) -> crate::Error {
 /// The most copies one [`Sandbox::fork`] makes (as on E2B).
 pub const MAX_FORKS: usize = 20;
 
-fn no_snapshots(op: &'static str) -> crate::Error {
+fn no_snapshots(op: crate::Operation) -> crate::Error {
     crate::Error::new(
         crate::ErrorKind::Unsupported,
         "this backend cannot snapshot sandboxes",
@@ -72,7 +72,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
                     format!("sandbox {id} doesn't exist (killed, expired, or never made here)"),
                 )
                 .with_backend(self.name())
-                .with_operation("info")
+                .with_operation(crate::Operation::Info)
                 .with_context("sandbox_id", id)
             })
     }
@@ -86,7 +86,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// snapshot ([`Capabilities::snapshots`]).
     async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<Snapshot>> {
         let _ = sandbox_id;
-        Err(no_snapshots("snapshots"))
+        Err(no_snapshots(crate::Operation::Snapshots))
     }
     /// Deletes a snapshot by its [`Snapshot::id`]. Sandboxes already made from it keep
     /// running; no new ones can be made from it.
@@ -97,7 +97,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// the backend cannot snapshot.
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
         let _ = id;
-        Err(no_snapshots("delete_snapshot"))
+        Err(no_snapshots(crate::Operation::DeleteSnapshot))
     }
     /// Makes a volume named `name` (its metadata is kept with it), to mount into sandboxes
     /// with [`MountSource::Volume`](crate::MountSource::Volume).
@@ -113,11 +113,11 @@ pub trait Runtime: Send + Sync + fmt::Debug {
         metadata: std::collections::BTreeMap<String, String>,
     ) -> Result<Volume> {
         let _ = (name, metadata);
-        Err(no_volumes("create_volume"))
+        Err(no_volumes(crate::Operation::CreateVolume))
     }
     /// The volumes this runtime made.
     async fn volumes(&self) -> Result<Vec<Volume>> {
-        Err(no_volumes("volumes"))
+        Err(no_volumes(crate::Operation::Volumes))
     }
     /// Removes a volume this runtime made, with its content.
     ///
@@ -126,7 +126,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// gone; [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) while a sandbox mounts it.
     async fn remove_volume(&self, name: &str) -> Result<()> {
         let _ = name;
-        Err(no_volumes("remove_volume"))
+        Err(no_volumes(crate::Operation::RemoveVolume))
     }
     /// Releases what the runtime keeps ready for later creates (Docker's warm pool), for a
     /// process about to end. Sandboxes handed out are not touched. The default does nothing.
@@ -174,7 +174,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
             crate::ErrorKind::Unsupported,
             "this backend's files act as one user only",
         )
-        .with_operation("files_as"))
+        .with_operation(crate::Operation::FilesAs))
     }
     /// Current information.
     async fn info(&self) -> Result<SandboxInfo>;
@@ -199,7 +199,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
             crate::ErrorKind::Unsupported,
             "this backend cannot watch directories",
         )
-        .with_operation("watch"))
+        .with_operation(crate::Operation::Watch))
     }
     /// What the sandbox uses now: CPU, memory, disk.
     ///
@@ -211,7 +211,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
             crate::ErrorKind::Unsupported,
             "this backend cannot measure what a sandbox uses",
         )
-        .with_operation("metrics"))
+        .with_operation(crate::Operation::Metrics))
     }
     /// Replaces the sandbox's network policy; it takes effect on new connections and on
     /// connections already open.
@@ -227,7 +227,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
             crate::ErrorKind::Unsupported,
             "this backend cannot enforce a network policy",
         )
-        .with_operation("set_network_policy"))
+        .with_operation(crate::Operation::SetNetworkPolicy))
     }
     /// Saves the sandbox's files as a snapshot that new sandboxes can be made from (pass its
     /// [`Snapshot::id`] as [`SandboxSpec::template`]). The sandbox keeps running. With a
@@ -241,7 +241,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// cannot use.
     async fn snapshot(&self, name: Option<&str>) -> Result<Snapshot> {
         let _ = name;
-        Err(no_snapshots("snapshot"))
+        Err(no_snapshots(crate::Operation::Snapshot))
     }
     /// Makes `count` new sandboxes that start from this sandbox's state now: it is captured
     /// once, then each copy is made from that capture, with this sandbox's template, metadata,
@@ -260,7 +260,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         timeout: Option<Duration>,
     ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
         let _ = (count, timeout);
-        Err(no_snapshots("fork"))
+        Err(no_snapshots(crate::Operation::Fork))
     }
     /// An address (`host:port`) at which `port` inside the sandbox is reachable from where the
     /// runtime runs. On backends that publish ports explicitly, a port asked for in

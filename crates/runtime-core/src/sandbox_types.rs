@@ -187,7 +187,8 @@ impl Resources {
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum NetworkMode {
-    /// Its own network with outbound access (Docker's `bridge`).
+    /// The backend's default network with outbound access (Docker's `bridge`, shared with
+    /// other containers: sandboxes on it can reach each other).
     Bridge,
     /// No network at all.
     None,
@@ -198,7 +199,8 @@ pub enum NetworkMode {
 }
 
 impl NetworkMode {
-    /// Parses `bridge`, `none`, `host`, or anything else as a named network.
+    /// Parses `bridge` (or the empty string), `none`, `host`, or anything else as a named
+    /// network.
     pub fn parse(s: &str) -> Self {
         match s {
             "bridge" | "" => NetworkMode::Bridge,

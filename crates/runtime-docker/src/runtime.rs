@@ -289,7 +289,8 @@ impl DockerRuntimeBuilder {
         self.image = image.into();
         self
     }
-    /// Network mode. Default bridge.
+    /// Network mode. Default [`ISOLATED_NETWORK`] (`sandkit-isolated`: a bridge of its own with
+    /// inter-container traffic off, so sandboxes do not reach each other).
     pub fn network(mut self, network: NetworkMode) -> Self {
         self.network = network;
         self

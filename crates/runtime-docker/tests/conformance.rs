@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         move || pool_claims(rt, id),
     );
 
-    // Once more on the Debian image under gVisor (`runsc`), when the engine has it
+    // Once more on the busybox image under gVisor (`runsc`), when the engine has it
     // (`cargo xtask docker --gvisor`; CI requires it with SANDKIT_REQUIRE_GVISOR=1).
     let gvisor = suite.tokio().block_on(async {
         let info = runtime.docker().info().await.ok()?;

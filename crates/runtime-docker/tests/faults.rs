@@ -4,7 +4,7 @@
 //! sandboxes alive at once. (The engine stopped under running calls is tests/engine_restart.rs,
 //! a binary of its own so nothing else runs while the engine is down.)
 //!
-//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine the tests fail.
 
 use std::process::Command;
 
@@ -18,8 +18,8 @@ use sandkit_docker::DockerRuntime;
 
 const LABEL: &str = "sandkit-faults";
 
-async fn docker(builder: sandkit_docker::DockerRuntimeBuilder) -> Option<DockerRuntime> {
-    sandkit_conformance::or_skip(builder.build().await)
+async fn docker(builder: sandkit_docker::DockerRuntimeBuilder) -> DockerRuntime {
+    sandkit_conformance::needs_engine(builder.build().await)
 }
 
 fn spec(test: &str) -> SandboxSpec {
@@ -39,9 +39,7 @@ async fn hostile_workloads_are_contained() {
     let builder = DockerRuntime::builder()
         .resources(Resources::new().memory_mb(256).pids(128))
         .max_file_bytes(Some(16 << 20));
-    let Some(rt) = docker(builder).await else {
-        return;
-    };
+    let rt = docker(builder).await;
     let result = async {
         let victim = rt.create(spec("contain")).await?;
         let bystander = rt.create(spec("contain")).await?;
@@ -120,9 +118,7 @@ async fn hostile_workloads_are_contained() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn container_killed_from_outside_ends_the_call() {
-    let Some(rt) = docker(DockerRuntime::builder()).await else {
-        return;
-    };
+    let rt = docker(DockerRuntime::builder()).await;
     let sb = rt.create(spec("outside")).await.unwrap();
     let mut p = sb
         .spawn(CommandSpec::shell("echo started; sleep 60"))
@@ -171,11 +167,8 @@ async fn container_killed_from_outside_ends_the_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_sandboxes_at_once() {
-    let Some(rt) =
-        docker(DockerRuntime::builder().resources(Resources::new().memory_mb(128).pids(64))).await
-    else {
-        return;
-    };
+    let rt =
+        docker(DockerRuntime::builder().resources(Resources::new().memory_mb(128).pids(64))).await;
     let started = Instant::now();
     let rt = std::sync::Arc::new(rt);
     let made = futures_util::stream::iter(0..100)

@@ -1,20 +1,18 @@
 //! Small findings of the security review (finding 10), each performed against the engine:
 //! hostile user names, file names too long for the kernel, and kills that race each other.
 //!
-//! Needs Docker; without an engine (and without `SANDKIT_REQUIRE_DOCKER=1`) the tests return early.
+//! Needs Docker; without an engine the tests fail.
 
 use sandkit_core::{CommandSpec, ErrorKind, FileStoreExt, Runtime, SandboxExt, SandboxSpec};
 use sandkit_docker::DockerRuntime;
 
-async fn docker() -> Option<DockerRuntime> {
-    sandkit_conformance::or_skip(DockerRuntime::builder().build().await)
+async fn docker() -> DockerRuntime {
+    sandkit_conformance::needs_engine(DockerRuntime::builder().build().await)
 }
 
 /// Both paths: the agent inside the sandbox (the default) and the engine's exec API.
 async fn both() -> Vec<DockerRuntime> {
-    let Some(agent) = docker().await else {
-        return Vec::new();
-    };
+    let agent = docker().await;
     let exec = DockerRuntime::builder()
         .agent_inside(false)
         .build()
@@ -84,7 +82,7 @@ async fn long_file_names(rt: DockerRuntime) {
 
 #[tokio::test]
 async fn kills_that_race_each_other_all_end_well() {
-    let Some(rt) = docker().await else { return };
+    let rt = docker().await;
     let sb = rt
         .create(SandboxSpec::new().metadata("sandkit-security-test", "kills"))
         .await
@@ -227,7 +225,7 @@ async fn writes_atomic(rt: DockerRuntime) {
 #[tokio::test]
 async fn a_huge_process_record_is_not_read() {
     // The registry is the exec path's: the agent lists the processes it started itself.
-    let Some(rt) = docker().await else { return };
+    let rt = docker().await;
     let rt = DockerRuntime::builder()
         .agent_inside(false)
         .build()

@@ -39,10 +39,8 @@ async fn gone_within(rt: &DockerRuntime, id: &str, limit: Duration) -> bool {
 /// every process it can: the sandbox still ends at its deadline.
 #[tokio::test]
 async fn root_inside_cannot_extend_its_life() {
-    let Some(agent_path) = kept().await else {
-        return;
-    };
-    let exec_path = kept_exec().await.expect("the engine answered a moment ago");
+    let agent_path = kept().await;
+    let exec_path = kept_exec().await;
     for (rt, path) in [(exec_path, "exec"), (agent_path, "agent")] {
         let spec = SandboxSpec::new()
             .metadata(LABEL, "extend")
@@ -87,23 +85,21 @@ async fn root_inside_cannot_extend_its_life() {
 }
 
 /// [`kept`] on the exec path (no agent inside the sandboxes).
-async fn kept_exec() -> Option<DockerRuntime> {
-    let bin = common::agent_binary()?;
+async fn kept_exec() -> DockerRuntime {
+    let bin = common::agent_binary().expect("kept() found the agent a moment ago");
     DockerRuntime::builder()
         .agent_binary(bin)
         .agent_inside(false)
         .build()
         .await
-        .ok()
+        .expect("the engine answered a moment ago")
 }
 
 /// A 1 GiB (sparse) deadline file written by root in the sandbox: listing and info read a few
 /// bytes of it at most, with the keeper and without it.
 #[tokio::test]
 async fn a_huge_deadline_file_is_not_read() {
-    let Some(with_keeper) = kept().await else {
-        return;
-    };
+    let with_keeper = kept().await;
     let without = DockerRuntime::builder()
         .without_agent()
         .build()
@@ -147,7 +143,7 @@ async fn a_huge_deadline_file_is_not_read() {
 /// The exact `set_timeout` the finding repeated until sandboxes died: 3,000 in a row.
 #[tokio::test]
 async fn three_thousand_deadline_updates_leave_it_alive() {
-    let Some(rt) = kept().await else { return };
+    let rt = kept().await;
     let sb = rt
         .create(
             SandboxSpec::new()
@@ -173,7 +169,7 @@ async fn three_thousand_deadline_updates_leave_it_alive() {
 /// Paused, a sandbox is not killed at its deadline; resumed, it gets a fresh one.
 #[tokio::test]
 async fn a_paused_sandbox_outlives_its_deadline_and_resumes() {
-    let Some(rt) = kept().await else { return };
+    let rt = kept().await;
     let sb = rt
         .create(
             SandboxSpec::new()
@@ -203,7 +199,7 @@ async fn a_paused_sandbox_outlives_its_deadline_and_resumes() {
 #[tokio::test]
 async fn a_listing_past_64_mib_still_kills_on_time() {
     use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
-    let Some(rt) = kept().await else { return };
+    let rt = kept().await;
     let filler = "m".repeat(12 << 20);
     let mut fillers = Vec::new();
     for i in 0..6 {

@@ -4,8 +4,8 @@
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Layer, Next, Operation};
-use crate::{Capabilities, Error, ErrorKind, NetworkMode, Result, SandboxSpec};
+use super::{Call, Layer, Next};
+use crate::{Capabilities, Error, ErrorKind, NetworkMode, Operation, Result, SandboxSpec};
 
 /// Checks each call against the backend's [`Capabilities`] before the backend sees it:
 ///
@@ -59,23 +59,28 @@ fn spec_lacks(spec: &SandboxSpec, caps: Capabilities) -> Option<(&'static str, &
 }
 
 /// What `op` asks of the backend that `caps` lacks, as (what, capability).
-fn missing(op: &Operation<'_>, caps: Capabilities) -> Option<(&'static str, &'static str)> {
+fn missing(op: &Call<'_>, caps: Capabilities) -> Option<(&'static str, &'static str)> {
     if let Some(lacks) = op.spec().and_then(|spec| spec_lacks(spec, caps)) {
         return Some(lacks);
     }
     if op.command().is_some_and(|c| c.pty.is_some()) && !caps.pty {
         return Some(("commands on a pseudo-terminal", "pty"));
     }
-    let (has, cap) = match op.name() {
-        "pause" => (caps.pause, "pause"),
-        "watch" => (caps.watch, "watch"),
-        "metrics" => (caps.metrics, "metrics"),
-        "set_network_policy" => (caps.network_policy, "network_policy"),
-        "snapshot" | "fork" | "snapshots" | "delete_snapshot" => (caps.snapshots, "snapshots"),
-        "create_volume" | "volumes" | "remove_volume" => (caps.volumes, "volumes"),
+    let (has, cap) = match op.operation() {
+        Operation::Pause => (caps.pause, "pause"),
+        Operation::Watch => (caps.watch, "watch"),
+        Operation::Metrics => (caps.metrics, "metrics"),
+        Operation::SetNetworkPolicy => (caps.network_policy, "network_policy"),
+        Operation::Snapshot
+        | Operation::Fork
+        | Operation::Snapshots
+        | Operation::DeleteSnapshot => (caps.snapshots, "snapshots"),
+        Operation::CreateVolume | Operation::Volumes | Operation::RemoveVolume => {
+            (caps.volumes, "volumes")
+        }
         _ => (true, ""),
     };
-    (!has).then_some((op.name(), cap))
+    (!has).then_some((op.operation().as_str(), cap))
 }
 
 /// The refusal of `what`, which needs `capability`.
@@ -117,13 +122,13 @@ pub fn check_spec(
 impl Layer for CapabilityLayer {
     fn call<'a, T: Send + 'a>(
         &'a self,
-        op: &'a Operation<'a>,
+        op: &'a Call<'a>,
         next: Next<'a, T>,
     ) -> BoxFuture<'a, Result<T>> {
         match missing(op, op.capabilities()) {
             None => next.run(),
             Some((what, capability)) => {
-                let mut error = refusal(op.backend(), op.name(), what, capability);
+                let mut error = refusal(op.backend(), op.operation().as_str(), what, capability);
                 if let Some(id) = op.sandbox_id() {
                     error = error.with_context("sandbox_id", id);
                 }

@@ -3,20 +3,22 @@
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Layer, Next, Operation};
+use super::{Call, Layer, Next};
 use crate::{Error, Result};
 
-/// Adds to every error the backend, the operation, and the sandbox id and path it was on
-/// (each only where the backend did not name it), so that backends need not:
+/// Adds to every error the backend, the operation, and the sandbox id and path it was on, so
+/// that backends need not. The backend, id and path are kept where the backend named them; the
+/// operation is always the contract's ([`Operation`](crate::Operation)), and a backend's own
+/// name for its step stays as `step`:
 ///
-/// `docker: read_stream: no such file (not found; path=/x, sandbox_id=4f2a…)`.
+/// `docker: read_stream: no such file (not found; path=/x, sandbox_id=4f2a…, step=read)`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextLayer;
 
 impl Layer for ContextLayer {
     fn call<'a, T: Send + 'a>(
         &'a self,
-        op: &'a Operation<'a>,
+        op: &'a Call<'a>,
         next: Next<'a, T>,
     ) -> BoxFuture<'a, Result<T>> {
         next.run()
@@ -24,8 +26,10 @@ impl Layer for ContextLayer {
             .boxed()
     }
 
-    fn error(&self, op: &Operation<'_>, error: Error) -> Error {
-        let mut error = error.with_backend(op.backend()).with_operation(op.name());
+    fn error(&self, op: &Call<'_>, error: Error) -> Error {
+        let mut error = error
+            .with_backend(op.backend())
+            .in_operation(op.operation());
         if let Some(path) = op.path() {
             error = error.with_context_once("path", path);
         }

@@ -6,14 +6,14 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Layer, Next, Operation};
+use super::{Call, Layer, Next};
 use crate::Result;
 
 /// Runs an operation again when it failed with a [retryable](crate::Error::is_retryable) error
 /// (the backend was unreachable or busy, or asked to slow down), waiting as the backend asked
 /// ([`Error::retry_after`](crate::Error::retry_after)) or with a jittered exponential backoff.
 ///
-/// Never runs again what must not run twice ([`Operation::repeatable`]): a spawn (a command
+/// Never runs again what must not run twice ([`Call::repeatable`]): a spawn (a command
 /// that may have started), a fork, a write of a stream. Errors that are not retryable — a
 /// command's timeout, a read-only file system, a missing file — come back at once.
 ///
@@ -77,7 +77,7 @@ impl RetryLayer {
 impl Layer for RetryLayer {
     fn call<'a, T: Send + 'a>(
         &'a self,
-        op: &'a Operation<'a>,
+        op: &'a Call<'a>,
         next: Next<'a, T>,
     ) -> BoxFuture<'a, Result<T>> {
         async move {
@@ -105,7 +105,7 @@ impl Layer for RetryLayer {
                 }
                 tracing::debug!(
                     backend = op.backend(),
-                    op = op.name(),
+                    op = op.operation().as_str(),
                     attempt,
                     ?wait,
                     %error,

@@ -11,8 +11,9 @@ use futures_util::StreamExt;
 use super::*;
 use crate::process::ProcessControl;
 use crate::{
-    ByteStream, CommandSpec, EntryInfo, EntryKind, ErrorKind, FileStore, FileStoreExt, ListFilter,
-    Mount, Process, ProcessEvent, ProcessInfo, Sandbox, SandboxExt, SandboxInfo, Signal,
+    ByteStream, Capabilities, CommandSpec, EntryInfo, EntryKind, Error, ErrorKind, FileStore,
+    FileStoreExt, ListFilter, Mount, Operation, Process, ProcessEvent, ProcessInfo, Result,
+    Sandbox, SandboxExt, SandboxInfo, SandboxSpec, Signal,
 };
 
 /// A backend that records each call and answers with the next scripted error, if any.
@@ -200,16 +201,25 @@ async fn errors_name_backend_operation_sandbox_and_path_once() {
         e.to_string(),
         "script: stat: no such file (not found; path=/x, sandbox_id=sb-1)"
     );
-    // What the backend named already is not named twice; its operation is kept.
+    // What the backend named already is not named twice; the operation is the contract's,
+    // and the backend's own name for its step is kept as `step`.
     script.fail_next([Error::new(ErrorKind::NotFound, "gone")
         .with_operation("lookup")
         .with_context("path", "/y/z")]);
     let e = sandbox.files().stat("/y/z").await.unwrap_err();
     assert_eq!(
         e.to_string(),
-        "script: lookup: gone (not found; path=/y/z, sandbox_id=sb-1)"
+        "script: stat: gone (not found; path=/y/z, step=lookup, sandbox_id=sb-1)"
     );
-    assert_eq!(e.context().len(), 2, "{:?}", e.context());
+    assert_eq!(e.operation(), Some(Operation::Stat.as_str()));
+    assert_eq!(e.context().len(), 3, "{:?}", e.context());
+    // A backend that names the contract's operation itself gets no `step`.
+    script.fail_next([Error::new(ErrorKind::NotFound, "gone").with_operation(Operation::Stat)]);
+    let e = sandbox.files().stat("/y").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "script: stat: gone (not found; path=/y, sandbox_id=sb-1)"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use super::{Layer, Next, Operation};
+use super::{Call, Layer, Next};
 use crate::Result;
 
 /// Runs every operation in an `info` span named `sandkit` with fields `backend`, `op`, and
@@ -15,13 +15,13 @@ pub struct TracingLayer;
 impl Layer for TracingLayer {
     fn call<'a, T: Send + 'a>(
         &'a self,
-        op: &'a Operation<'a>,
+        op: &'a Call<'a>,
         next: Next<'a, T>,
     ) -> BoxFuture<'a, Result<T>> {
         let span = tracing::info_span!(
             "sandkit",
             backend = op.backend(),
-            op = op.name(),
+            op = op.operation().as_str(),
             sandbox_id = tracing::field::Empty,
             path = tracing::field::Empty,
         );

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
-use super::{Layer, Next, Operation};
+use super::{Call, Layer, Next};
 use crate::process::ProcessControl;
+use crate::Operation;
 use crate::{
     ByteStream, Capabilities, CommandSpec, EntryInfo, Error, ErrorKind, FileStore, FsEventStream,
     ListFilter, Metrics, NetworkPolicy, Process, ProcessHandle, ProcessInfo, PtySize, Result,
@@ -21,7 +22,7 @@ use crate::{
 /// Runs `call` on `inner`, the object below, through `layer` as `op`.
 async fn through<'a, L: Layer, I: ?Sized + Sync, T: Send + 'a>(
     layer: &'a L,
-    op: &'a Operation<'a>,
+    op: &'a Call<'a>,
     inner: &'a I,
     call: impl Fn(&'a I) -> BoxFuture<'a, Result<T>> + Send + Sync + 'a,
 ) -> Result<T> {
@@ -29,8 +30,8 @@ async fn through<'a, L: Layer, I: ?Sized + Sync, T: Send + 'a>(
     layer.call(op, Next::new(&call)).await
 }
 
-/// Takes a value a call consumes, for calls that run once (see [`Operation::repeatable`]).
-fn take_once<T>(slot: &Mutex<Option<T>>, op: &'static str) -> Result<T> {
+/// Takes a value a call consumes, for calls that run once (see [`Call::repeatable`]).
+fn take_once<T>(slot: &Mutex<Option<T>>, op: Operation) -> Result<T> {
     slot.lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
@@ -54,8 +55,8 @@ impl<L: Layer> LayeredRuntime<L> {
         LayeredRuntime { inner, layer }
     }
 
-    fn op<'a>(&self, name: &'static str) -> Operation<'a> {
-        Operation::new(self.inner.name(), name, self.inner.capabilities())
+    fn op<'a>(&self, operation: Operation) -> Call<'a> {
+        Call::new(self.inner.name(), operation, self.inner.capabilities())
     }
 
     fn sandbox(&self, inner: Box<dyn Sandbox>) -> Box<dyn Sandbox> {
@@ -79,7 +80,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        let op = self.op("create").with_spec(&spec);
+        let op = self.op(Operation::Create).with_spec(&spec);
         let made = through(&*self.layer, &op, &*self.inner, |inner| {
             inner.create(spec.clone())
         })
@@ -88,22 +89,25 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
-        let op = self.op("connect").with_sandbox(id);
+        let op = self.op(Operation::Connect).with_sandbox(id);
         let sandbox = through(&*self.layer, &op, &*self.inner, |inner| inner.connect(id)).await?;
         Ok(self.sandbox(sandbox))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {
-        through(&*self.layer, &self.op("list"), &*self.inner, |inner| {
-            inner.list(filter)
-        })
+        through(
+            &*self.layer,
+            &self.op(Operation::List),
+            &*self.inner,
+            |inner| inner.list(filter),
+        )
         .await
     }
 
     async fn info(&self, id: &str) -> Result<SandboxInfo> {
         through(
             &*self.layer,
-            &self.op("info").with_sandbox(id),
+            &self.op(Operation::Info).with_sandbox(id),
             &*self.inner,
             |inner| inner.info(id),
         )
@@ -113,7 +117,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     async fn kill(&self, id: &str) -> Result<()> {
         through(
             &*self.layer,
-            &self.op("kill").with_sandbox(id),
+            &self.op(Operation::Kill).with_sandbox(id),
             &*self.inner,
             |inner| inner.kill(id),
         )
@@ -121,7 +125,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     }
 
     async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<Snapshot>> {
-        let mut op = self.op("snapshots");
+        let mut op = self.op(Operation::Snapshots);
         if let Some(id) = sandbox_id {
             op = op.with_sandbox(id);
         }
@@ -134,7 +138,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
         through(
             &*self.layer,
-            &self.op("delete_snapshot"),
+            &self.op(Operation::DeleteSnapshot),
             &*self.inner,
             |inner| inner.delete_snapshot(id),
         )
@@ -148,7 +152,7 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     ) -> Result<Volume> {
         through(
             &*self.layer,
-            &self.op("create_volume"),
+            &self.op(Operation::CreateVolume),
             &*self.inner,
             |inner| inner.create_volume(name, metadata.clone()),
         )
@@ -156,16 +160,19 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>> {
-        through(&*self.layer, &self.op("volumes"), &*self.inner, |inner| {
-            inner.volumes()
-        })
+        through(
+            &*self.layer,
+            &self.op(Operation::Volumes),
+            &*self.inner,
+            |inner| inner.volumes(),
+        )
         .await
     }
 
     async fn remove_volume(&self, name: &str) -> Result<()> {
         through(
             &*self.layer,
-            &self.op("remove_volume"),
+            &self.op(Operation::RemoveVolume),
             &*self.inner,
             |inner| inner.remove_volume(name),
         )
@@ -196,14 +203,14 @@ struct Shared<L> {
 }
 
 impl<L: Layer> Shared<L> {
-    fn op<'a>(&'a self, name: &'static str) -> Operation<'a> {
-        Operation::new(self.backend, name, self.capabilities).with_sandbox(&*self.sandbox_id)
+    fn op<'a>(&'a self, operation: Operation) -> Call<'a> {
+        Call::new(self.backend, operation, self.capabilities).with_sandbox(&*self.sandbox_id)
     }
 
     /// Sends each error of `stream` through [`Layer::error`].
     fn stream<S, I>(
         &self,
-        op: Operation<'_>,
+        op: Call<'_>,
         stream: S,
     ) -> futures_util::stream::BoxStream<'static, Result<I>>
     where
@@ -269,7 +276,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     }
 
     async fn spawn(&self, spec: CommandSpec) -> Result<Process> {
-        let op = self.shared.op("spawn").with_command(&spec).once();
+        let op = self.shared.op(Operation::Spawn).with_command(&spec);
         let process = through(self.layer(), &op, &*self.inner, |inner| {
             inner.spawn(spec.clone())
         })
@@ -280,7 +287,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn processes(&self) -> Result<Vec<ProcessInfo>> {
         through(
             self.layer(),
-            &self.shared.op("processes"),
+            &self.shared.op(Operation::Processes),
             &*self.inner,
             |inner| inner.processes(),
         )
@@ -297,14 +304,14 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
                 store: Store::Own(store),
                 shared: self.shared.clone(),
             })),
-            Err(e) => Err(self.layer().error(&self.shared.op("files_as"), e)),
+            Err(e) => Err(self.layer().error(&self.shared.op(Operation::FilesAs), e)),
         }
     }
 
     async fn info(&self) -> Result<SandboxInfo> {
         through(
             self.layer(),
-            &self.shared.op("info"),
+            &self.shared.op(Operation::Info),
             &*self.inner,
             |inner| inner.info(),
         )
@@ -314,7 +321,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn set_timeout(&self, timeout: Duration) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("set_timeout"),
+            &self.shared.op(Operation::SetTimeout),
             &*self.inner,
             |inner| inner.set_timeout(timeout),
         )
@@ -324,7 +331,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn kill(&self) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("kill"),
+            &self.shared.op(Operation::Kill),
             &*self.inner,
             |inner| inner.kill(),
         )
@@ -334,7 +341,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn pause(&self) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("pause"),
+            &self.shared.op(Operation::Pause),
             &*self.inner,
             |inner| inner.pause(),
         )
@@ -342,7 +349,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     }
 
     async fn watch(&self, path: &str, recursive: bool) -> Result<FsEventStream> {
-        let op = self.shared.op("watch").with_path(path);
+        let op = self.shared.op(Operation::Watch).with_path(path);
         let events = through(self.layer(), &op, &*self.inner, |inner| {
             inner.watch(path, recursive)
         })
@@ -353,7 +360,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn metrics(&self) -> Result<Metrics> {
         through(
             self.layer(),
-            &self.shared.op("metrics"),
+            &self.shared.op(Operation::Metrics),
             &*self.inner,
             |inner| inner.metrics(),
         )
@@ -363,7 +370,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn set_network_policy(&self, policy: NetworkPolicy) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("set_network_policy"),
+            &self.shared.op(Operation::SetNetworkPolicy),
             &*self.inner,
             |inner| inner.set_network_policy(policy.clone()),
         )
@@ -371,7 +378,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     }
 
     async fn snapshot(&self, name: Option<&str>) -> Result<Snapshot> {
-        let mut op = self.shared.op("snapshot");
+        let mut op = self.shared.op(Operation::Snapshot);
         if name.is_none() {
             // Each call makes another snapshot.
             op = op.once();
@@ -387,7 +394,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
         count: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<Result<Box<dyn Sandbox>>>> {
-        let op = self.shared.op("fork").once();
+        let op = self.shared.op(Operation::Fork);
         let copies = through(self.layer(), &op, &*self.inner, |inner| {
             inner.fork(count, timeout)
         })
@@ -404,7 +411,7 @@ impl<L: Layer> Sandbox for LayeredSandbox<L> {
     async fn get_host(&self, port: u16) -> Result<String> {
         through(
             self.layer(),
-            &self.shared.op("host"),
+            &self.shared.op(Operation::GetHost),
             &*self.inner,
             |inner| inner.get_host(port),
         )
@@ -437,10 +444,10 @@ impl<L: Layer> LayeredFiles<L> {
         content: ByteStream,
         metadata: Option<&BTreeMap<String, String>>,
     ) -> Result<()> {
-        let op = self.shared.op("write_stream").with_path(path).once();
+        let op = self.shared.op(Operation::WriteStream).with_path(path);
         let content = Mutex::new(Some(content));
         through(self.layer(), &op, self.store(), |store| {
-            match take_once(&content, "write_stream") {
+            match take_once(&content, Operation::WriteStream) {
                 Ok(content) => match metadata {
                     None => store.write_stream(path, content),
                     Some(metadata) => store.write_stream_with_metadata(path, content, metadata),
@@ -455,7 +462,7 @@ impl<L: Layer> LayeredFiles<L> {
 #[async_trait]
 impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn read_stream(&self, path: &str) -> Result<ByteStream> {
-        let op = self.shared.op("read_stream").with_path(path);
+        let op = self.shared.op(Operation::ReadStream).with_path(path);
         let stream = through(self.layer(), &op, self.store(), |store| {
             store.read_stream(path)
         })
@@ -479,7 +486,7 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
         through(
             self.layer(),
-            &self.shared.op("list").with_path(path),
+            &self.shared.op(Operation::ListFiles).with_path(path),
             self.store(),
             |store| store.list(path, depth),
         )
@@ -489,7 +496,7 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn stat(&self, path: &str) -> Result<EntryInfo> {
         through(
             self.layer(),
-            &self.shared.op("stat").with_path(path),
+            &self.shared.op(Operation::Stat).with_path(path),
             self.store(),
             |store| store.stat(path),
         )
@@ -499,7 +506,7 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn mkdir(&self, path: &str) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("mkdir").with_path(path),
+            &self.shared.op(Operation::Mkdir).with_path(path),
             self.store(),
             |store| store.mkdir(path),
         )
@@ -509,7 +516,7 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("rename").with_path(from),
+            &self.shared.op(Operation::Rename).with_path(from),
             self.store(),
             |store| store.rename(from, to),
         )
@@ -519,7 +526,7 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
     async fn remove(&self, path: &str) -> Result<()> {
         through(
             self.layer(),
-            &self.shared.op("remove").with_path(path),
+            &self.shared.op(Operation::Remove).with_path(path),
             self.store(),
             |store| store.remove(path),
         )
@@ -529,11 +536,7 @@ impl<L: Layer> FileStore for LayeredFiles<L> {
 
 /// A process whose events and control go through the layer. The deadline stays with the
 /// process below, which enforces it.
-fn layered_process<L: Layer>(
-    shared: &Arc<Shared<L>>,
-    op: Operation<'_>,
-    inner: Process,
-) -> Process {
+fn layered_process<L: Layer>(shared: &Arc<Shared<L>>, op: Call<'_>, inner: Process) -> Process {
     let pid = inner.pid();
     let handle = inner.handle();
     let events = futures_util::stream::unfold(inner, |mut process| async move {
@@ -558,8 +561,8 @@ struct LayeredControl<L> {
 }
 
 impl<L: Layer> LayeredControl<L> {
-    fn op(&self, name: &'static str) -> Operation<'_> {
-        self.shared.op(name)
+    fn op(&self, operation: Operation) -> Call<'_> {
+        self.shared.op(operation)
     }
 }
 
@@ -567,7 +570,7 @@ impl<L: Layer> LayeredControl<L> {
 impl<L: Layer> ProcessControl for LayeredControl<L> {
     async fn write_stdin(&self, data: Bytes) -> Result<()> {
         // Written twice, the input would be read twice.
-        let op = self.op("write_stdin").once();
+        let op = self.op(Operation::WriteStdin);
         through(&*self.shared.layer, &op, &self.handle, |handle| {
             let data = data.clone();
             async move { handle.write_stdin(data).await }.boxed()
@@ -578,7 +581,7 @@ impl<L: Layer> ProcessControl for LayeredControl<L> {
     async fn close_stdin(&self) -> Result<()> {
         through(
             &*self.shared.layer,
-            &self.op("close_stdin"),
+            &self.op(Operation::CloseStdin),
             &self.handle,
             |handle| async move { handle.close_stdin().await }.boxed(),
         )
@@ -588,7 +591,7 @@ impl<L: Layer> ProcessControl for LayeredControl<L> {
     async fn signal(&self, signal: Signal) -> Result<()> {
         through(
             &*self.shared.layer,
-            &self.op("signal"),
+            &self.op(Operation::Signal),
             &self.handle,
             |handle| async move { handle.signal(signal).await }.boxed(),
         )
@@ -598,7 +601,7 @@ impl<L: Layer> ProcessControl for LayeredControl<L> {
     async fn resize(&self, size: PtySize) -> Result<()> {
         through(
             &*self.shared.layer,
-            &self.op("resize"),
+            &self.op(Operation::Resize),
             &self.handle,
             |handle| async move { handle.resize(size.cols, size.rows).await }.boxed(),
         )

@@ -13,13 +13,13 @@ pub fn agent_binary() -> Option<PathBuf> {
     built.exists().then_some(built)
 }
 
-/// A runtime whose sandboxes' deadlines the keeper holds; `None` (skipped) without an engine
-/// or the agent binary, unless `SANDKIT_REQUIRE_DOCKER=1`.
-pub async fn kept() -> Option<sandkit_docker::DockerRuntime> {
-    let bin = sandkit_conformance::or_skip(
+/// A runtime whose sandboxes' deadlines the keeper holds; the test fails without an engine or
+/// the agent binary.
+pub async fn kept() -> sandkit_docker::DockerRuntime {
+    let bin = sandkit_conformance::needs_engine(
         agent_binary().ok_or("no agent binary: run `cargo xtask agent` or set SANDKIT_AGENT_BIN"),
-    )?;
-    sandkit_conformance::or_skip(
+    );
+    sandkit_conformance::needs_engine(
         sandkit_docker::DockerRuntime::builder()
             .agent_binary(bin)
             .build()

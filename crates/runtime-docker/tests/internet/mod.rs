@@ -73,18 +73,15 @@ pub struct Internet {
 }
 
 impl Internet {
-    pub fn new() -> Option<Internet> {
+    pub fn new() -> Internet {
         let is_root = Command::new("id")
             .arg("-u")
             .output()
             .is_ok_and(|o| o.stdout == b"0\n");
-        if !is_root {
-            assert!(
-                std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
-                "the network tests make a network namespace: run them as root"
-            );
-            return None;
-        }
+        assert!(
+            is_root,
+            "the network tests make a network namespace: run them as root"
+        );
         // Distinct for every namespace this process makes (tests run at once, and two with the
         // same number would route the same addresses), from a random start.
         static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
@@ -134,14 +131,14 @@ impl Internet {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line, "ready\n");
-        Some(Internet {
+        Internet {
             ns,
             host_if,
             server,
             a,
             b,
             link_local,
-        })
+        }
     }
 
     /// Routes `addr` into the namespace, where the server answers on it too (the route goes
@@ -182,17 +179,13 @@ impl Drop for Internet {
     }
 }
 
-pub async fn setup(test: &str) -> Option<(DockerRuntime, Internet)> {
-    let rt = sandkit_conformance::or_skip(DockerRuntime::builder().build().await)?;
-    if !rt.capabilities().network_policy {
-        assert!(
-            std::env::var("SANDKIT_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "{test}: no network guard (it needs SANDKIT_AGENT_BIN)"
-        );
-        return None;
-    }
-    let net = Internet::new()?;
-    Some((rt, net))
+pub async fn setup(test: &str) -> (DockerRuntime, Internet) {
+    let rt = sandkit_conformance::needs_engine(DockerRuntime::builder().build().await);
+    assert!(
+        rt.capabilities().network_policy,
+        "{test}: no network guard: it needs the agent (`cargo xtask agent` or SANDKIT_AGENT_BIN)"
+    );
+    (rt, Internet::new())
 }
 
 /// Runs the probe in `sb`: `mode` is `tcp`, `tls` (a ClientHello naming `name`) or `http`
