@@ -3,6 +3,7 @@
 
 mod api;
 mod config;
+mod control;
 mod envd_url;
 mod error;
 mod runtime;

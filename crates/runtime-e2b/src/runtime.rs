@@ -1,8 +1,7 @@
 //! [`E2bRuntime`] and its builder: the control plane.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
@@ -11,36 +10,27 @@ use sandkit_core::{
     SandboxSpec, SandboxState,
 };
 use sandkit_e2b_protocol::api::{ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail};
-use sandkit_e2b_protocol::json::parse_rfc3339;
-use sandkit_envd_client::EnvdClient;
 use tracing::debug;
 
 use crate::api::Api;
 use crate::config::{E2bConfig, DEBUG_SANDBOX_ID};
+use crate::control::{network_config, Control, Defaults, CWD_KEY, USER_KEY};
 use crate::envd_url::UrlTransport;
 use crate::error::{err, BACKEND};
-use crate::sandbox::{Defaults, E2bSandbox};
-
-/// Metadata keys this backend keeps for itself (defaults E2B has no field for); hidden from
-/// `info`/`list`.
-pub(crate) const CWD_KEY: &str = "sandkit.cwd";
-pub(crate) const USER_KEY: &str = "sandkit.user";
+use crate::sandbox::E2bSandbox;
 
 /// Sandboxes on E2B's cloud, or on any server that speaks its protocol (`e2b-local`).
 ///
 /// See the [crate documentation](crate).
 #[derive(Clone)]
 pub struct E2bRuntime {
-    pub(crate) config: Arc<E2bConfig>,
-    pub(crate) api: Api,
-    /// How every sandbox's envd is reached.
-    envd: Arc<UrlTransport>,
+    control: Control,
 }
 
 impl std::fmt::Debug for E2bRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("E2bRuntime")
-            .field("config", &self.config)
+            .field("config", &self.control.config)
             .finish()
     }
 }
@@ -159,66 +149,19 @@ impl E2bRuntimeBuilder {
         config.validate()?;
         let api = Api::new(&config)?;
         Ok(E2bRuntime {
-            config: Arc::new(config),
-            api,
-            envd: Arc::new(UrlTransport::new()?),
+            control: Control {
+                config: Arc::new(config),
+                api,
+                envd: Arc::new(UrlTransport::new()?),
+            },
         })
     }
-}
-
-/// A policy as E2B's `network` lists; E2B always refuses the host and link-local addresses,
-/// so a policy that allows them cannot be held there.
-pub(crate) fn network_config(
-    policy: &sandkit_core::NetworkPolicy,
-    op: &'static str,
-) -> Result<sandkit_e2b_protocol::api::NetworkConfig> {
-    policy.validate()?;
-    if policy.allow_host || policy.allow_link_local {
-        return Err(err(
-            ErrorKind::Unsupported,
-            op,
-            "E2B sandboxes cannot be allowed to reach the host or link-local addresses \
-             (allow_host, allow_link_local)",
-        ));
-    }
-    Ok(sandkit_e2b_protocol::api::NetworkConfig {
-        allow_out: Some(policy.allow_out.clone()),
-        deny_out: Some(policy.deny_out.clone()),
-        dns_servers: policy.dns_servers.clone(),
-        ..Default::default()
-    })
-}
-
-fn hidden(key: &str) -> bool {
-    key == CWD_KEY || key == USER_KEY
 }
 
 impl E2bRuntime {
     /// A builder with no settings.
     pub fn builder() -> E2bRuntimeBuilder {
         E2bRuntimeBuilder::default()
-    }
-
-    pub(crate) fn handle(
-        &self,
-        created: &SandboxCreated,
-        defaults: Defaults,
-    ) -> Result<E2bSandbox> {
-        let envd = EnvdClient::with_transport(
-            self.envd.clone(),
-            self.config
-                .envd_url(&created.sandbox_id, created.domain.as_deref()),
-            created.sandbox_id.clone(),
-            created.envd_access_token.clone(),
-            self.config.request_timeout,
-        );
-        Ok(E2bSandbox::new(
-            self.clone(),
-            created.sandbox_id.clone(),
-            created.domain.clone(),
-            envd,
-            defaults,
-        ))
     }
 
     /// Every page of a listing that pages with `nextToken` / `x-next-token`.
@@ -235,7 +178,11 @@ impl E2bRuntime {
             if let Some(t) = &next {
                 q.push(("nextToken", t.clone()));
             }
-            let r = self.api.send(Method::GET, path, &q, None, op).await?;
+            let r = self
+                .control
+                .api
+                .send(Method::GET, path, &q, None, op)
+                .await?;
             if !r.status.is_success() {
                 return Err(r.error(op));
             }
@@ -248,59 +195,6 @@ impl E2bRuntime {
             }
         }
         Ok(out)
-    }
-
-    pub(crate) fn not_found(id: &str, op: &'static str) -> sandkit_core::Error {
-        err(
-            ErrorKind::NotFound,
-            op,
-            format!(
-                "sandbox {id} doesn't exist (killed, expired, or not visible with this API key)"
-            ),
-        )
-    }
-
-    pub(crate) async fn detail(&self, id: &str, op: &'static str) -> Result<SandboxDetail> {
-        let r = self
-            .api
-            .send(Method::GET, &format!("/sandboxes/{id}"), &[], None, op)
-            .await?;
-        match r.status {
-            s if s.is_success() => r.json(op),
-            StatusCode::NOT_FOUND => Err(Self::not_found(id, op)),
-            _ => Err(r.error(op)),
-        }
-    }
-
-    pub(crate) fn info_from(&self, d: &SandboxDetail) -> SandboxInfo {
-        let mut info = SandboxInfo::new(
-            &d.sandbox_id,
-            d.alias.clone().unwrap_or_else(|| d.template_id.clone()),
-            BACKEND,
-        );
-        info.metadata = d
-            .metadata
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| !hidden(k))
-            .collect();
-        info.state = if d.state == "paused" {
-            SandboxState::Paused
-        } else {
-            SandboxState::Running
-        };
-        info.started_at = parse_rfc3339(&d.started_at).unwrap_or(SystemTime::UNIX_EPOCH);
-        info.expires_at = parse_rfc3339(&d.end_at);
-        info
-    }
-
-    pub(crate) fn defaults_from(metadata: Option<&BTreeMap<String, String>>) -> Defaults {
-        Defaults {
-            cwd: metadata.and_then(|m| m.get(CWD_KEY)).cloned(),
-            user: metadata.and_then(|m| m.get(USER_KEY)).cloned(),
-            ..Default::default()
-        }
     }
 }
 
@@ -315,12 +209,12 @@ impl Runtime for E2bRuntime {
         c.pause = true;
         c.pty = true;
         // Ports are reachable on E2B's own hosts; a server behind E2B_SANDBOX_URL has none.
-        c.host_ports = self.config.sandbox_url.is_none();
+        c.host_ports = self.control.config.sandbox_url.is_none();
         // envd watches and measures (e2b-local too, over a backend that can).
         c.watch = true;
         c.metrics = true;
         c.network_policy = true;
-        c.snapshots = !self.config.debug;
+        c.snapshots = !self.control.config.debug;
         c
     }
 
@@ -339,10 +233,11 @@ impl Runtime for E2bRuntime {
                 ))
             }
         };
-        let network = match spec
+        let network = match spec.network_policy.as_ref().or(self
+            .control
+            .config
             .network_policy
-            .as_ref()
-            .or(self.config.network_policy.as_ref())
+            .as_ref())
         {
             Some(p) => Some(network_config(p, "create")?),
             None => None,
@@ -354,13 +249,14 @@ impl Runtime for E2bRuntime {
                 "a sandbox with no network (network = none) takes no network policy",
             ));
         }
-        if self.config.debug {
+        if self.control.config.debug {
             // As the SDKs: debug mode makes no API call; the one sandbox is the local one.
             let created = SandboxCreated {
                 sandbox_id: DEBUG_SANDBOX_ID.into(),
                 ..Default::default()
             };
-            return Ok(Box::new(self.handle(
+            return Ok(Box::new(E2bSandbox::from_created(
+                self.control.clone(),
                 &created,
                 Defaults {
                     cwd: spec.cwd,
@@ -380,10 +276,10 @@ impl Runtime for E2bRuntime {
             template_id: spec
                 .template
                 .clone()
-                .unwrap_or_else(|| self.config.template.clone()),
+                .unwrap_or_else(|| self.control.config.template.clone()),
             timeout: Some(
                 spec.timeout
-                    .unwrap_or(self.config.time_to_live)
+                    .unwrap_or(self.control.config.time_to_live)
                     .as_secs()
                     .max(1) as i64,
             ),
@@ -396,6 +292,7 @@ impl Runtime for E2bRuntime {
         };
         let json = serde_json::to_value(&body).expect("json");
         let mut r = self
+            .control
             .api
             .send(Method::POST, "/v2/sandboxes", &[], Some(json), "create")
             .await?;
@@ -406,6 +303,7 @@ impl Runtime for E2bRuntime {
             v1.timeout = Some(v1.timeout.unwrap_or(300));
             let json = serde_json::to_value(&v1).expect("json");
             r = self
+                .control
                 .api
                 .send(Method::POST, "/sandboxes", &[], Some(json), "create")
                 .await?;
@@ -415,20 +313,29 @@ impl Runtime for E2bRuntime {
         }
         let created: SandboxCreated = r.json("create")?;
         debug!(sandbox_id = %created.sandbox_id, "sandbox created");
-        let sandbox = self.handle(&created, Self::defaults_from(Some(&metadata)))?;
+        let sandbox = E2bSandbox::from_created(
+            self.control.clone(),
+            &created,
+            Control::defaults_from(Some(&metadata)),
+        )?;
         Ok(Box::new(sandbox) as Box<dyn Sandbox>)
     }
 
     async fn connect(&self, id: &str) -> Result<Box<dyn Sandbox>> {
-        if self.config.debug {
+        if self.control.config.debug {
             let created = SandboxCreated {
                 sandbox_id: id.into(),
                 ..Default::default()
             };
-            return Ok(Box::new(self.handle(&created, Defaults::default())?));
+            return Ok(Box::new(E2bSandbox::from_created(
+                self.control.clone(),
+                &created,
+                Defaults::default(),
+            )?));
         }
         let body = serde_json::to_value(ConnectSandbox::default()).expect("json");
         let mut r = self
+            .control
             .api
             .send(
                 Method::POST,
@@ -441,6 +348,7 @@ impl Runtime for E2bRuntime {
         if r.status == StatusCode::NOT_FOUND && !r.is_api_error() {
             let body = serde_json::to_value(ConnectSandbox { timeout: Some(300) }).expect("json");
             r = self
+                .control
                 .api
                 .send(
                     Method::POST,
@@ -453,13 +361,17 @@ impl Runtime for E2bRuntime {
         }
         match r.status {
             s if s.is_success() => {}
-            StatusCode::NOT_FOUND => return Err(Self::not_found(id, "connect")),
+            StatusCode::NOT_FOUND => return Err(Control::not_found(id, "connect")),
             _ => return Err(r.error("connect")),
         }
         let created: SandboxCreated = r.json("connect")?;
-        let detail = self.detail(id, "connect").await.ok();
-        let defaults = Self::defaults_from(detail.as_ref().and_then(|d| d.metadata.as_ref()));
-        Ok(Box::new(self.handle(&created, defaults)?))
+        let detail = self.control.detail(id, "connect").await.ok();
+        let defaults = Control::defaults_from(detail.as_ref().and_then(|d| d.metadata.as_ref()));
+        Ok(Box::new(E2bSandbox::from_created(
+            self.control.clone(),
+            &created,
+            defaults,
+        )?))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {
@@ -490,14 +402,14 @@ impl Runtime for E2bRuntime {
         let pages: Vec<SandboxDetail> = self.pages("/v2/sandboxes", query, "list").await?;
         Ok(pages
             .iter()
-            .map(|d| self.info_from(d))
+            .map(|d| self.control.info_from(d))
             .filter(|i| filter.matches(i))
             .collect())
     }
 
     async fn info(&self, id: &str) -> Result<SandboxInfo> {
-        let detail = self.detail(id, "info").await?;
-        Ok(self.info_from(&detail))
+        let detail = self.control.detail(id, "info").await?;
+        Ok(self.control.info_from(&detail))
     }
 
     async fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<sandkit_core::Snapshot>> {
@@ -521,6 +433,7 @@ impl Runtime for E2bRuntime {
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
         let path = format!("/templates/{}", sandkit_e2b_protocol::api::path_param(id));
         let r = self
+            .control
             .api
             .send(Method::DELETE, &path, &[], None, "delete_snapshot")
             .await?;
@@ -537,23 +450,6 @@ impl Runtime for E2bRuntime {
     }
 
     async fn kill(&self, id: &str) -> Result<()> {
-        if self.config.debug {
-            return Ok(());
-        }
-        let r = self
-            .api
-            .send(
-                Method::DELETE,
-                &format!("/sandboxes/{id}"),
-                &[],
-                None,
-                "kill",
-            )
-            .await?;
-        match r.status {
-            s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(Self::not_found(id, "kill")),
-            _ => Err(r.error("kill")),
-        }
+        self.control.kill(id).await
     }
 }

@@ -6,27 +6,18 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use sandkit_core::{
     CommandSpec, ErrorKind, FileStore, FsEventStream, Metrics, Process, ProcessInfo, Result,
-    Runtime, Sandbox, SandboxInfo,
+    Sandbox, SandboxInfo,
 };
-use sandkit_e2b_protocol::api::SetTimeout;
+use sandkit_e2b_protocol::api::{SandboxCreated, SetTimeout};
 
 use sandkit_envd_client::EnvdClient;
 
+use crate::control::{network_config, Control, Defaults};
 use crate::error::err;
-use crate::runtime::E2bRuntime;
-
-/// Defaults for commands that do not name their own (kept in the sandbox's metadata: E2B has no
-/// field for them).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Defaults {
-    pub(crate) cwd: Option<String>,
-    pub(crate) user: Option<String>,
-    pub(crate) env: std::collections::BTreeMap<String, String>,
-}
 
 /// A sandbox on E2B (or an E2B-compatible server).
 pub struct E2bSandbox {
-    runtime: E2bRuntime,
+    control: Control,
     id: String,
     domain: Option<String>,
     client: EnvdClient,
@@ -43,13 +34,13 @@ impl E2bSandbox {
     ) -> Result<T> {
         let path = format!("/sandboxes/{}/{route}", self.id);
         let r = self
-            .runtime
+            .control
             .api
             .send(Method::POST, &path, &[], Some(body), op)
             .await?;
         match r.status {
             s if s.is_success() => r.json(op),
-            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, op)),
+            StatusCode::NOT_FOUND => Err(Control::not_found(&self.id, op)),
             _ => Err(r.error(op)),
         }
     }
@@ -65,21 +56,45 @@ impl std::fmt::Debug for E2bSandbox {
 }
 
 impl E2bSandbox {
-    pub(crate) fn new(
-        runtime: E2bRuntime,
+    fn new(
+        control: Control,
         id: String,
         domain: Option<String>,
         envd: EnvdClient,
         defaults: Defaults,
     ) -> Self {
         E2bSandbox {
-            runtime,
+            control,
             id,
             domain,
             client: envd
                 .with_defaults(defaults.user, defaults.cwd)
                 .with_env(defaults.env),
         }
+    }
+
+    /// The sandbox the API answered with, reached through `control`.
+    pub(crate) fn from_created(
+        control: Control,
+        created: &SandboxCreated,
+        defaults: Defaults,
+    ) -> Result<E2bSandbox> {
+        let envd = EnvdClient::with_transport(
+            control.envd.clone(),
+            control
+                .config
+                .envd_url(&created.sandbox_id, created.domain.as_deref()),
+            created.sandbox_id.clone(),
+            created.envd_access_token.clone(),
+            control.config.request_timeout,
+        );
+        Ok(E2bSandbox::new(
+            control,
+            created.sandbox_id.clone(),
+            created.domain.clone(),
+            envd,
+            defaults,
+        ))
     }
 
     /// Whether the sandbox's envd answers (`GET /health`).
@@ -111,13 +126,13 @@ impl Sandbox for E2bSandbox {
     }
 
     async fn info(&self) -> Result<SandboxInfo> {
-        let detail = self.runtime.detail(&self.id, "info").await?;
-        Ok(self.runtime.info_from(&detail))
+        let detail = self.control.detail(&self.id, "info").await?;
+        Ok(self.control.info_from(&detail))
     }
 
     async fn set_network_policy(&self, policy: sandkit_core::NetworkPolicy) -> Result<()> {
-        let config = crate::runtime::network_config(&policy, "set_network_policy")?;
-        if self.runtime.config.debug {
+        let config = network_config(&policy, "set_network_policy")?;
+        if self.control.config.debug {
             return Err(sandkit_core::Error::new(
                 ErrorKind::Unsupported,
                 "debug mode has no API to set a network policy through",
@@ -132,7 +147,7 @@ impl Sandbox for E2bSandbox {
         })
         .expect("json");
         let r = self
-            .runtime
+            .control
             .api
             .send(
                 Method::PUT,
@@ -144,13 +159,13 @@ impl Sandbox for E2bSandbox {
             .await?;
         match r.status {
             s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, "set_network_policy")),
+            StatusCode::NOT_FOUND => Err(Control::not_found(&self.id, "set_network_policy")),
             _ => Err(r.error("set_network_policy")),
         }
     }
 
     async fn set_timeout(&self, timeout: Duration) -> Result<()> {
-        if self.runtime.config.debug {
+        if self.control.config.debug {
             return Ok(());
         }
         let body = serde_json::to_value(SetTimeout {
@@ -158,7 +173,7 @@ impl Sandbox for E2bSandbox {
         })
         .expect("json");
         let r = self
-            .runtime
+            .control
             .api
             .send(
                 Method::POST,
@@ -170,13 +185,13 @@ impl Sandbox for E2bSandbox {
             .await?;
         match r.status {
             s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, "set_timeout")),
+            StatusCode::NOT_FOUND => Err(Control::not_found(&self.id, "set_timeout")),
             _ => Err(r.error("set_timeout")),
         }
     }
 
     async fn kill(&self) -> Result<()> {
-        self.runtime.kill(&self.id).await
+        self.control.kill(&self.id).await
     }
 
     async fn snapshot(&self, name: Option<&str>) -> Result<sandkit_core::Snapshot> {
@@ -215,14 +230,21 @@ impl Sandbox for E2bSandbox {
         let results: Vec<sandkit_e2b_protocol::api::ForkResult> =
             self.post("fork", body, "fork").await?;
         // The copies have this sandbox's metadata, its default user and directory with it.
-        let metadata = self.runtime.info(&self.id).await.ok().map(|i| i.metadata);
+        let metadata = self
+            .control
+            .detail(&self.id, "fork")
+            .await
+            .ok()
+            .map(|d| self.control.info_from(&d).metadata);
         Ok(results
             .into_iter()
             .map(|result| match (result.sandbox, result.error) {
-                (Some(created), None) => self
-                    .runtime
-                    .handle(&created, E2bRuntime::defaults_from(metadata.as_ref()))
-                    .map(|s| Box::new(s) as Box<dyn Sandbox>),
+                (Some(created), None) => E2bSandbox::from_created(
+                    self.control.clone(),
+                    &created,
+                    Control::defaults_from(metadata.as_ref()),
+                )
+                .map(|s| Box::new(s) as Box<dyn Sandbox>),
                 (_, Some(e)) => Err(err(
                     crate::error::kind_of_status(e.code),
                     "fork",
@@ -239,7 +261,7 @@ impl Sandbox for E2bSandbox {
 
     async fn pause(&self) -> Result<()> {
         let r = self
-            .runtime
+            .control
             .api
             .send(
                 Method::POST,
@@ -251,7 +273,7 @@ impl Sandbox for E2bSandbox {
             .await?;
         match r.status {
             s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(E2bRuntime::not_found(&self.id, "pause")),
+            StatusCode::NOT_FOUND => Err(Control::not_found(&self.id, "pause")),
             StatusCode::CONFLICT => Err(err(
                 ErrorKind::Conflict,
                 "pause",
@@ -271,7 +293,7 @@ impl Sandbox for E2bSandbox {
 
     async fn get_host(&self, port: u16) -> Result<String> {
         Ok(self
-            .runtime
+            .control
             .config
             .host(&self.id, self.domain.as_deref(), port))
     }
