@@ -163,15 +163,11 @@ fn strip(text: &str) -> String {
                 }
                 out.push(' ');
             }
-            b'r' if matches!(b.get(i + 1), Some(b'#') | Some(b'"'))
-                && !b[..i]
-                    .last()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') =>
-            {
+            b'r' if matches!(b.get(i + 1), Some(b'#') | Some(b'"')) && raw_start(b, i) => {
                 let hashes = b[i + 1..].iter().take_while(|c| **c == b'#').count();
                 if b.get(i + 1 + hashes) != Some(&b'"') {
-                    out.push('r');
-                    i += 1;
+                    // A raw identifier (`r#type`): the identifier.
+                    i += 1 + hashes;
                     continue;
                 }
                 let close: Vec<u8> = std::iter::once(b'"')
@@ -222,6 +218,17 @@ fn strip(text: &str) -> String {
         }
     }
     out
+}
+
+/// Whether the `r` at `at` starts a raw string or identifier: nothing of an identifier before
+/// it, or only a literal's prefix (`br"..."`, `cr"..."`).
+fn raw_start(b: &[u8], at: usize) -> bool {
+    let ident = |i: usize| b[i].is_ascii_alphanumeric() || b[i] == b'_';
+    match at.checked_sub(1) {
+        None => true,
+        Some(p) if !ident(p) => true,
+        Some(p) => matches!(b[p], b'b' | b'c') && (p == 0 || !ident(p - 1)),
+    }
 }
 
 fn is_ident(c: char) -> bool {
@@ -276,6 +283,10 @@ fn absolute(module: &[String], path: &[String]) -> Option<Vec<String>> {
 /// Expands a `use` tree (`a::{b, c::d as e, f::*}`) into (path, name in scope) pairs; a glob
 /// has the name `*`.
 fn expand(tokens: &[&str], prefix: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+    if tokens.is_empty() {
+        // After a group's trailing comma (`use a::{b, c,};`): nothing.
+        return;
+    }
     let mut path = prefix;
     let mut i = 0;
     while i < tokens.len() {
@@ -336,9 +347,13 @@ fn parse(code: &str, module: Vec<String>) -> File {
     };
     // The inline modules (`mod tests { .. }`) each token is in: paths there start from them.
     let mut scope: Vec<Vec<String>> = Vec::with_capacity(t.len());
+    let mut level: Vec<usize> = Vec::with_capacity(t.len());
+    let mut item_depth: Vec<usize> = Vec::with_capacity(t.len());
     let mut open: Vec<(String, usize)> = Vec::new();
     let mut depth = 0;
     for i in 0..t.len() {
+        level.push(depth);
+        item_depth.push(open.last().map_or(0, |(_, d)| d + 1));
         match t[i] {
             "{" => {
                 if i >= 2 && t[i - 2] == "mod" {
@@ -360,7 +375,11 @@ fn parse(code: &str, module: Vec<String>) -> File {
     for i in 0..t.len() {
         let prev = if i > 0 { t[i - 1] } else { ";" };
         let inline = !scope[i].is_empty();
+        // At the level of items (not in a function, an impl or a type's generics).
+        let item_level = level[i] == item_depth[i];
         match t[i] {
+            "fn" | "struct" | "enum" | "trait" | "type" | "const" | "static" | "union"
+                if !item_level || matches!(prev, "'" | "*" | "<" | ",") => {}
             "mod" if t.get(i + 2) == Some(&";") => {
                 file.children.insert(t[i + 1].to_string());
             }
@@ -387,8 +406,8 @@ fn parse(code: &str, module: Vec<String>) -> File {
                     if !export {
                         file.uses.push((abs.clone(), path.join("::")));
                     }
-                    if inline {
-                        // Scoped to the inline module: nothing else resolves through it.
+                    if inline || level[i] != 0 {
+                        // Scoped to an inline module or a block: nothing else resolves through it.
                     } else if name == "*" {
                         file.globs.push(abs);
                     } else {
@@ -633,6 +652,27 @@ mod tests {
         assert!(edges(&files)
             .iter()
             .any(|(a, b, _)| a.ends_with("a.rs") && b.ends_with("b.rs")));
+    }
+
+    #[test]
+    fn trailing_commas_raw_strings_and_impl_items_add_nothing() {
+        let files = crate_of(&[
+            ("lib.rs", "mod a;\nmod b;\npub use a::A;\nfn f() { b::g(); }\n"),
+            (
+                "a.rs",
+                "use crate::{\n    b::B,\n};\npub struct A;\nconst R: &[u8] = br#\"crate::X\"#;\n",
+            ),
+            (
+                "b.rs",
+                "pub struct B;\npub fn g() {}\nimpl B { type Error = (); const N: u8 = 1; }\nfn h(_: &'static str) {}\n",
+            ),
+        ]);
+        assert!(cycles(&files).is_empty(), "{:?}", edges(&files));
+        assert!(!edges(&files)
+            .iter()
+            .any(|(a, b, _)| a.ends_with("a.rs") && b.ends_with("lib.rs")));
+        let b = files.iter().find(|(p, _)| p.ends_with("b.rs")).unwrap().1;
+        assert!(!b.defined.contains("Error") && !b.defined.contains("N"));
     }
 
     #[test]

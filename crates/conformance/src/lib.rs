@@ -75,8 +75,8 @@ pub fn private_scratch() -> bool {
     own && tmpfs(c"/tmp", c"mode=1777") && tmpfs(c"/root", c"mode=0700")
 }
 
-/// Whether a missing engine must fail the run instead of skipping (`SANDKIT_REQUIRE_DOCKER=1`, as
-/// CI sets it).
+/// Whether a suite's cases must fail on a missing engine instead of being reported as ignored
+/// (`SANDKIT_REQUIRE_DOCKER=1`, as CI sets it).
 pub fn engine_required() -> bool {
     std::env::var("SANDKIT_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
 }

@@ -961,11 +961,11 @@ async fn network_policy_is_checked_then_set_live(c: Ctx) -> CaseResult {
 }
 
 /// A snapshot keeps the files as they were when it was taken and sandboxes are made from its
-/// id; a fork copies the files as they are now and the metadata; deleting a snapshot leaves
+/// id; a fork copies the files as they are now, the metadata and the default directory; deleting a snapshot leaves
 /// the sandboxes made from it running and takes it out of the list.
 async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
     let sb = c
-        .create(c.spec().metadata("snapshot-case", "source"))
+        .create(c.spec().metadata("snapshot-case", "source").cwd("/tmp"))
         .await?;
     sb.files().write_str("/tmp/snap.txt", "when taken").await?;
     let e = sb.fork(0, None).await.expect_err("0 copies is refused");
@@ -993,6 +993,8 @@ async fn snapshot_then_create_fork_and_delete(c: Ctx) -> CaseResult {
         ids.push(fork.id().to_string());
         assert_ne!(fork.id(), sb.id());
         assert_eq!(fork.files().read_to_string("/tmp/snap.txt").await?, "after");
+        // The source's default directory comes with the copy (E2B keeps it in metadata).
+        assert_eq!(fork.exec_shell("pwd").await?.stdout_text(), "/tmp\n");
         let info = fork.info().await?;
         assert_eq!(
             info.metadata.get("snapshot-case").map(String::as_str),

@@ -19,9 +19,11 @@ pub(crate) const OWNER_KEY: &str = "sandkit.e2b.owner";
 /// Set on a sandbox that resumes when an authenticated envd request finds it paused.
 pub(crate) const AUTO_RESUME_KEY: &str = "sandkit.e2b.auto_resume";
 
-/// Whether a metadata key is hidden from the API (the server's own, and the E2B backend's).
+/// Whether a metadata key is hidden from the API: the server's own. (The keys sandkit's E2B
+/// client keeps its defaults in, `sandkit.cwd` and `sandkit.user`, are shown as E2B shows them:
+/// the client reads them back to give a fork its source's defaults, and hides them itself.)
 pub(crate) fn hidden(key: &str) -> bool {
-    reserved(key) || key == "sandkit.cwd" || key == "sandkit.user"
+    reserved(key)
 }
 
 /// Whether a metadata key belongs to the server: a client may not set it (it would claim

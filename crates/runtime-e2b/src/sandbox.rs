@@ -235,7 +235,7 @@ impl Sandbox for E2bSandbox {
             .detail(&self.id, "fork")
             .await
             .ok()
-            .map(|d| self.control.info_from(&d).metadata);
+            .and_then(|d| d.metadata);
         Ok(results
             .into_iter()
             .map(|result| match (result.sandbox, result.error) {

@@ -9,7 +9,7 @@ use crate::{Capabilities, CommandSpec, Error, Operation, Result, SandboxSpec};
 
 /// Behaviour around every operation of a runtime and of what it hands out.
 ///
-/// Implement [`Layer::call`]; [`wrap`] does the rest (the wrappers of [`Runtime`],
+/// Implement [`Layer::call`]; [`wrap`](super::wrap) does the rest (the wrappers of [`Runtime`](crate::Runtime),
 /// [`Sandbox`](crate::Sandbox), [`FileStore`](crate::FileStore) and
 /// [`Process`](crate::Process) are written once, here).
 pub trait Layer: Send + Sync + fmt::Debug + 'static {
@@ -133,7 +133,7 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// The backend's name ([`Runtime::name`]).
+    /// The backend's name ([`Runtime::name`](crate::Runtime::name)).
     pub fn backend(&self) -> &'static str {
         self.backend
     }
@@ -143,7 +143,7 @@ impl<'a> Call<'a> {
         self.operation
     }
 
-    /// What the backend can do ([`Runtime::capabilities`]).
+    /// What the backend can do ([`Runtime::capabilities`](crate::Runtime::capabilities)).
     pub fn capabilities(&self) -> Capabilities {
         self.capabilities
     }

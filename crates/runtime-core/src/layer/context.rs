@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// operation is always the contract's ([`Operation`](crate::Operation)), and a backend's own
 /// name for its step stays as `step`:
 ///
-/// `docker: read_stream: no such file (not found; path=/x, sandbox_id=4f2a…, step=read)`.
+/// `docker: read_stream: no such file (not found; step=read, path=/x, sandbox_id=4f2a…)`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextLayer;
 

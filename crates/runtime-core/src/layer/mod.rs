@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`ContextLayer`] | every error names its backend, operation, sandbox id and path |
 //! | [`RetryLayer`] | runs again what failed with a [retryable](crate::Error::is_retryable) error; never a spawn or a write of a stream |
-//! | [`CapabilityLayer`] | refuses specs and calls the backend's [`Capabilities`] do not cover, before the backend sees them |
+//! | [`CapabilityLayer`] | refuses specs and calls the backend's [`Capabilities`](crate::Capabilities) do not cover, before the backend sees them |
 //! | [`TracingLayer`] | a span per operation, with backend, operation, sandbox id and path |
 //!
 //! ```
