@@ -290,7 +290,7 @@ async fn e2b(docker: DockerRuntime, python: &PathBuf, n: usize) -> Res<(Row, Row
             api_key: Some(key.into()),
             ..Default::default()
         },
-    );
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server.serve(api, envd, async move {
         let _ = stop_rx.await;

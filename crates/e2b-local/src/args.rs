@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sandkit_core::Runtime;
 
-use crate::{Limits, Server, ServerConfig};
+use crate::{Limits, Revoked, Server, ServerConfig};
 
 /// How to serve: addresses, keys, modes and limits.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,9 +23,23 @@ pub struct ServeArgs {
     /// not served).
     #[arg(long)]
     pub ports_addr: Option<SocketAddr>,
-    /// The API key clients must send. Default: E2B_API_KEY.
+    /// An API key clients may send (the key named `default`). Default: E2B_API_KEY.
     #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A keys file: more keys, each with a name and its own limits, stored as SHA-256
+    /// hashes (`[[key]] name = "ci"  sha256 = "..."  max_sandboxes = 20
+    /// creates_per_minute = 120`). Read again when it changes and on SIGHUP; a file that does
+    /// not parse is refused whole and the keys before it stay.
+    #[arg(long, env = "E2B_LOCAL_KEYS_FILE", value_name = "FILE")]
+    pub keys_file: Option<std::path::PathBuf>,
+    /// What happens to what a key owns when it leaves the keys file: kept out of reach
+    /// (served again if the key comes back), or removed.
+    #[arg(long, value_enum, default_value_t = Revoked::Keep)]
+    pub revoked: Revoked,
+    /// Where the server keeps its token-signing secret and template uploads. Default:
+    /// $XDG_STATE_HOME/e2b-local, else ~/.local/state/e2b-local.
+    #[arg(long, env = "E2B_LOCAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Accept any API key and no access tokens (loopback only, on a machine you trust).
     #[arg(long)]
     pub insecure_no_auth: bool,
@@ -74,18 +88,21 @@ impl ServeArgs {
     /// The server configuration these options describe.
     ///
     /// # Errors
-    /// No API key without `--insecure-no-auth`.
+    /// No API key or keys file without `--insecure-no-auth`.
     pub fn config(&self) -> Result<ServerConfig, String> {
         let api_key = self.api_key.clone().filter(|k| !k.is_empty());
-        if api_key.is_none() && !self.insecure_no_auth {
+        if api_key.is_none() && self.keys_file.is_none() && !self.insecure_no_auth {
             return Err(
                 "no API key: pass --api-key or set E2B_API_KEY (clients send the same key), \
-                 or run with --insecure-no-auth on a machine you trust"
+                 give a --keys-file, or run with --insecure-no-auth on a machine you trust"
                     .into(),
             );
         }
         Ok(ServerConfig {
             api_key,
+            keys_file: self.keys_file.clone(),
+            revoked: self.revoked,
+            data_dir: self.data_dir.clone().or_else(default_data_dir),
             insecure_no_auth: self.insecure_no_auth,
             keep_sandboxes: self.keep_sandboxes,
             max_timeout: Duration::from_secs(self.max_timeout_hours.max(1) * 3600),
@@ -133,9 +150,30 @@ impl ServeArgs {
             ),
             None => None,
         };
-        Server::new(runtime, config)
+        let server = Server::new(runtime, config).map_err(|e| e.to_string())?;
+        if self.keys_file.is_some() {
+            let keys = server.clone();
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reading the keys file again");
+                    keys.reload_keys().await;
+                }
+            });
+        }
+        server
             .serve_with_ports(api, envd, ports, shutdown)
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Where a server keeps what outlives a run, when no `--data-dir` is given.
+fn default_data_dir() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(state) => std::path::PathBuf::from(state),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("e2b-local"))
 }

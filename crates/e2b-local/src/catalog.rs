@@ -5,7 +5,7 @@
 //! Each tag of a template is one snapshot (see [`crate::templates`]), so a tag has exactly one
 //! assignment: the build that made it, at the time its snapshot was taken.
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,8 @@ use sandkit_e2b_protocol::json::rfc3339;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::control::{api_error, from_error, parse, Shared};
+use crate::caller::Caller;
+use crate::http::{api_error, from_error, parse, Shared};
 use crate::templates::{all_templates, build_of, entry, mine, parse_name, Template, BUILD_KEY};
 
 /// The routes of this module (under the API key).
@@ -69,7 +70,7 @@ fn level_rank(level: &str) -> u8 {
 /// `GET /templates/{id}/builds/{build}/logs`: the build's log, oldest first (or newest first
 /// with `direction=backward`), from `cursor`, at or above `level`, at most `limit` (100).
 async fn build_logs(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path((id, build_id)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
 ) -> Response {
@@ -103,7 +104,7 @@ async fn build_logs(
 }
 
 /// This key's tags of template `id` (its id or alias), or 404.
-async fn tags_of(state: &Shared, id: &str) -> Result<Vec<Template>, Response> {
+async fn tags_of(state: &Caller, id: &str) -> Result<Vec<Template>, Response> {
     let alias = parse_name(id)
         .map(|(a, _)| a)
         .map_err(|why| api_error(StatusCode::BAD_REQUEST, why))?;
@@ -153,7 +154,7 @@ fn assignment(t: &Template) -> serde_json::Value {
 }
 
 /// `GET /templates/{id}/tags/count`.
-async fn tag_count(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+async fn tag_count(state: Caller, Path(id): Path<String>) -> Response {
     match tags_of(&state, &id).await {
         Ok(tags) => Json(json!({ "total": tags.len() })).into_response(),
         Err(r) => r,
@@ -169,7 +170,7 @@ struct ExistsQuery {
 /// `GET /templates/{id}/tags/exists?tag=`: whether the tag, normalised as builds name tags,
 /// is one of the template's.
 async fn tag_exists(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path(id): Path<String>,
     Query(q): Query<ExistsQuery>,
 ) -> Response {
@@ -201,7 +202,7 @@ struct GroupsQuery {
 /// `GET /templates/{id}/tags/groups`: each tag with its assignment, searched and sorted as
 /// asked, a page at a time.
 async fn tag_groups(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path(id): Path<String>,
     Query(q): Query<GroupsQuery>,
 ) -> Response {
@@ -236,10 +237,7 @@ async fn tag_groups(
 }
 
 /// `GET /templates/{id}/tags/{tag}/assignments`: the tag's one assignment.
-async fn tag_assignments(
-    AxState(state): AxState<Shared>,
-    Path((id, tag)): Path<(String, String)>,
-) -> Response {
+async fn tag_assignments(state: Caller, Path((id, tag)): Path<(String, String)>) -> Response {
     let tags = match tags_of(&state, &id).await {
         Ok(t) => t,
         Err(r) => return r,
@@ -261,7 +259,7 @@ struct TemplateUpdate {
 
 /// Checks a `PATCH` of template `id`: it must be this key's, and it stays private (templates
 /// belong to the key that built them on this server; none is shared with other keys).
-async fn update(state: &Shared, id: &str, body: &axum::body::Bytes) -> Result<String, Response> {
+async fn update(state: &Caller, id: &str, body: &axum::body::Bytes) -> Result<String, Response> {
     let req: TemplateUpdate = parse(body)?;
     let tags = tags_of(state, id).await?;
     if req.public == Some(true) {
@@ -275,11 +273,7 @@ async fn update(state: &Shared, id: &str, body: &axum::body::Bytes) -> Result<St
 }
 
 /// `PATCH /templates/{id}` (200, no body).
-async fn update_v1(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn update_v1(state: Caller, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     match update(&state, &id, &body).await {
         Ok(_) => StatusCode::OK.into_response(),
         Err(r) => r,
@@ -287,11 +281,7 @@ async fn update_v1(
 }
 
 /// `PATCH /v2/templates/{id}` (200, the template's names).
-async fn update_v2(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn update_v2(state: Caller, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     match update(&state, &id, &body).await {
         Ok(alias) => Json(json!({ "names": [alias] })).into_response(),
         Err(r) => r,

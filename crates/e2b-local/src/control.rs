@@ -1,74 +1,27 @@
 //! The control plane: `/sandboxes`, `/v2/sandboxes`, as E2B's API answers them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use sandkit_core::{ErrorKind, SandboxInfo, SandboxState};
 use sandkit_e2b_protocol::api::{
-    ApiError, ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail, SetTimeout,
+    ConnectSandbox, NewSandbox, SandboxCreated, SandboxDetail, SetTimeout,
 };
 use sandkit_e2b_protocol::envd::ENVD_VERSION;
 use sandkit_e2b_protocol::json::rfc3339;
-use sandkit_e2b_protocol::{decode_metadata_filter, headers, secrets_equal, CLIENT_ID};
+use sandkit_e2b_protocol::{decode_metadata_filter, headers, CLIENT_ID};
 use serde::Deserialize;
 use tracing::info;
 
+use crate::caller::Caller;
+use crate::http::{api_error, from_error, not_found, parse, too_many, Shared};
 use crate::state::{hidden, reserved, State, TEMPLATE_KEY};
-
-pub(crate) type Shared = Arc<State>;
-
-/// An API error answer: `{"code": status, "message": ...}`.
-pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = ApiError {
-        code: status.as_u16(),
-        message: message.into(),
-    };
-    (status, Json(body)).into_response()
-}
-
-/// `429` with `Retry-After`.
-pub(crate) fn too_many(message: String, retry_after: u64) -> Response {
-    let mut r = api_error(StatusCode::TOO_MANY_REQUESTS, message);
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        HeaderValue::from_str(&retry_after.to_string()).expect("digits"),
-    );
-    r
-}
-
-fn not_found(id: &str) -> Response {
-    api_error(
-        StatusCode::NOT_FOUND,
-        format!("Sandbox \"{id}\" doesn't exist or you don't have access to it"),
-    )
-}
-
-pub(crate) fn from_error(e: &sandkit_core::Error, id: &str) -> Response {
-    let mut response = match e.kind() {
-        ErrorKind::NotFound => not_found(id),
-        ErrorKind::InvalidInput => api_error(StatusCode::BAD_REQUEST, e.to_string()),
-        ErrorKind::Conflict => api_error(StatusCode::CONFLICT, e.to_string()),
-        ErrorKind::Unavailable | ErrorKind::Timeout => {
-            api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        }
-        _ => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    // The server's own retry layer already tried again (or trying again cannot help): a
-    // client that would retry a 503 is told not to, so one call never multiplies into many.
-    if response.status().is_server_error() && !e.is_retryable() {
-        response
-            .headers_mut()
-            .insert(headers::SHOULD_RETRY, HeaderValue::from_static("false"));
-    }
-    response
-}
 
 /// Whether a create asks for `autoResume` (resume on traffic).
 fn auto_resume(req: &NewSandbox) -> bool {
@@ -76,9 +29,9 @@ fn auto_resume(req: &NewSandbox) -> bool {
         if o.get("enabled") == Some(&serde_json::Value::Bool(true)))
 }
 
-/// The routes of the control plane.
-pub(crate) fn router(state: Shared) -> Router {
-    let routes = Router::new()
+/// The sandbox routes of the control plane, added to `routes`.
+pub(crate) fn routes(routes: Router<Shared>) -> Router<Shared> {
+    routes
         .route("/sandboxes", post(create_v1).get(list_v1))
         .route("/v2/sandboxes", post(create_v2).get(list_v2))
         .route("/sandboxes/{id}", get(detail).delete(kill))
@@ -89,112 +42,6 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
-        .route("/sandboxes/{id}/network", put(crate::network::update))
-        .route("/sandboxes/{id}/snapshots", post(crate::snapshots::create))
-        .route("/sandboxes/{id}/fork", post(crate::snapshots::fork))
-        .route("/snapshots", get(crate::snapshots::list))
-        .route("/templates/{id}", delete(crate::snapshots::delete))
-        .route("/health", get(|| async { StatusCode::OK }));
-    crate::volumes::routes(crate::catalog::routes(crate::templates::routes(routes)))
-        // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
-        // found" for a sandbox that is running.
-        .fallback(not_served)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(json_errors))
-        .with_state(state.clone())
-        .merge(crate::templates::upload_router(state.clone()))
-        .merge(crate::volumes::content_router(state))
-}
-
-async fn not_served(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    // A path naming something that cannot be a sandbox is a missing sandbox, as before.
-    let mut parts = uri.path().trim_start_matches('/').split('/');
-    if let (Some("sandboxes"), Some(id)) = (parts.next(), parts.next()) {
-        let id_like = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !id_like {
-            return not_found(id);
-        }
-    }
-    api_error(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "{method} {} is not served by e2b-local (a feature of E2B's cloud it does not have yet)",
-            uri.path()
-        ),
-    )
-}
-
-/// Largest control-plane request body.
-const MAX_BODY: usize = 1 << 20;
-
-/// Errors the framework answers itself (413, 405, ...) get the API's JSON body too: the SDK
-/// parses every error as `{"code", "message"}`.
-async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if (status.is_client_error() || status.is_server_error()) && !is_json {
-        let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => format!("request body over {MAX_BODY} bytes"),
-            s => s.canonical_reason().unwrap_or("error").to_string(),
-        };
-        let mut answer = api_error(status, message);
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was not read: the connection cannot carry another request,
-            // and the client must not try (it would see a connection closed under it).
-            answer.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
-        }
-        return answer;
-    }
-    response
-}
-
-async fn authenticate(
-    AxState(state): AxState<Shared>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if request.uri().path() == "/health" || state.config.insecure_no_auth {
-        return next.run(request).await;
-    }
-    let given = request
-        .headers()
-        .get(headers::API_KEY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let expected = state.config.api_key.as_deref().unwrap_or_default();
-    if expected.is_empty() || !secrets_equal(given, expected) {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid API key, please check your E2B_API_KEY",
-        );
-    }
-    crate::listen::prove(&request);
-    next.run(request).await
-}
-
-/// Parses a JSON body, answering 400 with the reason when it is not.
-pub(crate) fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
-    })
 }
 
 fn visible(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -297,7 +144,7 @@ pub(crate) fn check_timeout(state: &State, timeout: i64) -> Result<Duration, Res
     Ok(t)
 }
 
-async fn create(state: Shared, body: Bytes, default_timeout: i64) -> Response {
+async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     let req: NewSandbox = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -481,15 +328,15 @@ fn unsupported_options(req: &NewSandbox) -> Option<String> {
     None
 }
 
-async fn create_v2(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+async fn create_v2(state: Caller, body: Bytes) -> Response {
     create(state, body, 300).await
 }
 
-async fn create_v1(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+async fn create_v1(state: Caller, body: Bytes) -> Response {
     create(state, body, 15).await
 }
 
-async fn connect(state: Shared, id: String, body: Bytes) -> Response {
+async fn connect(state: Caller, id: String, body: Bytes) -> Response {
     let req: ConnectSandbox = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -529,23 +376,15 @@ async fn connect(state: Shared, id: String, body: Bytes) -> Response {
     (status, Json(created(&state, &info))).into_response()
 }
 
-async fn connect_v2(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn connect_v2(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     connect(state, id, body).await
 }
 
-async fn connect_v1(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn connect_v1(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     connect(state, id, body).await
 }
 
-async fn resume(AxState(state): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn resume(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     match state.owned_info(&id).await {
         Ok(i) if i.state == SandboxState::Running => {
             return api_error(
@@ -565,7 +404,7 @@ async fn resume(AxState(state): AxState<Shared>, Path(id): Path<String>, body: B
     resp
 }
 
-async fn detail(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+async fn detail(state: Caller, Path(id): Path<String>) -> Response {
     match state.owned_info(&id).await {
         Ok(info) if info.state != SandboxState::Stopped => {
             Json(detail_of(&state, &info, true)).into_response()
@@ -580,7 +419,7 @@ async fn detail(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Resp
     }
 }
 
-async fn kill(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+async fn kill(state: Caller, Path(id): Path<String>) -> Response {
     if let Err(e) = state.owned_info(&id).await {
         return from_error(&e, &id);
     }
@@ -594,11 +433,7 @@ async fn kill(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respon
     }
 }
 
-async fn set_timeout(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn set_timeout(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     let req: SetTimeout = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -616,7 +451,7 @@ async fn set_timeout(
 }
 
 /// Sets the time to live of sandbox `id` to `timeout` from now (204).
-async fn keep_for(state: &State, id: &str, timeout: Duration) -> Response {
+async fn keep_for(state: &Caller, id: &str, timeout: Duration) -> Response {
     let served = match state.served(id).await {
         Ok(s) => s,
         Err(e) => return from_error(&e, id),
@@ -639,7 +474,7 @@ const MAX_REFRESH: u64 = 3600;
 
 /// `POST /sandboxes/{id}/refreshes` (204): keeps the sandbox alive for at least `duration`
 /// seconds from now (15 when absent or less, as on E2B); never shortens its time to live.
-async fn refresh(AxState(state): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn refresh(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     let req: Refresh = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -662,7 +497,7 @@ async fn refresh(AxState(state): AxState<Shared>, Path(id): Path<String>, body: 
     keep_for(&state, &id, Duration::from_secs(secs)).await
 }
 
-async fn pause(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+async fn pause(state: Caller, Path(id): Path<String>) -> Response {
     let served = match state.served(&id).await {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::Conflict => {
@@ -704,7 +539,7 @@ impl MetricsRange {
 /// and only when now is inside the asked range (a range in the past has no samples); none for
 /// a paused sandbox or a backend that cannot measure (Docker's exec path).
 async fn metrics(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path(id): Path<String>,
     Query(range): Query<MetricsRange>,
 ) -> Response {
@@ -765,7 +600,7 @@ struct ListQuery {
 }
 
 async fn list_all(
-    state: &State,
+    state: &Caller,
     q: &ListQuery,
     default_states: &[SandboxState],
 ) -> Result<Vec<SandboxInfo>, Response> {
@@ -822,7 +657,7 @@ async fn list_all(
     Ok(list)
 }
 
-async fn list_v2(AxState(state): AxState<Shared>, Query(q): Query<ListQuery>) -> Response {
+async fn list_v2(state: Caller, Query(q): Query<ListQuery>) -> Response {
     let list = match list_all(&state, &q, &[SandboxState::Running, SandboxState::Paused]).await {
         Ok(l) => l,
         Err(r) => return r,
@@ -857,7 +692,7 @@ async fn list_v2(AxState(state): AxState<Shared>, Query(q): Query<ListQuery>) ->
     (headers, Json(page)).into_response()
 }
 
-async fn list_v1(AxState(state): AxState<Shared>, Query(q): Query<ListQuery>) -> Response {
+async fn list_v1(state: Caller, Query(q): Query<ListQuery>) -> Response {
     match list_all(&state, &q, &[SandboxState::Running]).await {
         Ok(list) => Json(
             list.iter()

@@ -64,7 +64,7 @@ pub(crate) async fn check(
         Some(h) if allowed(&h, &state.config.allowed_hosts) => next.run(request).await,
         Some(h) => {
             tracing::warn!(host = %h, "refused a request for a host name that is not allowed");
-            crate::control::api_error(
+            crate::http::api_error(
                 StatusCode::FORBIDDEN,
                 format!(
                     "host '{h}' is not served here: use an IP address or localhost, or start \

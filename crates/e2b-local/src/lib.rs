@@ -19,10 +19,14 @@
 // Handlers return a ready HTTP answer as their error; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
+mod api;
 mod args;
+mod caller;
 mod catalog;
 mod control;
 mod hosts;
+mod http;
+mod keys;
 mod listen;
 mod network;
 mod ports;
@@ -40,6 +44,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 pub use args::ServeArgs;
+pub use keys::Revoked;
 pub use state::{Limits, ServerConfig};
 
 /// A running pair of listeners (control plane and envd) over one backend.
@@ -50,7 +55,7 @@ pub use state::{Limits, ServerConfig};
 /// let config = ServerConfig { api_key: Some("e2b_local_key".into()), ..Default::default() };
 /// let api = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// let envd = tokio::net::TcpListener::bind("127.0.0.1:49983").await?;
-/// Server::new(runtime, config).serve(api, envd, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// Server::new(runtime, config)?.serve(api, envd, async { let _ = tokio::signal::ctrl_c().await; }).await
 /// # }
 /// ```
 #[derive(Clone)]
@@ -67,17 +72,32 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server over `runtime`.
-    pub fn new(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Self {
-        Server {
-            state: Arc::new(state::State::new(runtime, config)),
+    /// A server over `runtime`: its keys read, its data directory ready.
+    ///
+    /// # Errors
+    /// No API key without [`ServerConfig::insecure_no_auth`], a keys file that does not load,
+    /// or a data directory that cannot be made (`InvalidInput` or the I/O error, with what
+    /// to do).
+    pub fn new(runtime: Arc<dyn Runtime>, config: ServerConfig) -> std::io::Result<Self> {
+        Ok(Server {
+            state: Arc::new(state::State::new(runtime, config)?),
+        })
+    }
+
+    /// Reads the keys file again (what `SIGHUP` does for `e2b-local`, and what the server
+    /// does itself when the file changes): a key taken out is refused from the next request
+    /// on, and what it owns is kept or removed as [`ServerConfig::revoked`] says. A file that
+    /// does not load leaves the keys as they were (the error is logged).
+    pub async fn reload_keys(&self) {
+        if let Err(e) = self.state.reload_keys().await {
+            tracing::error!(error = %e, "the keys file was not read again; the keys before it stay");
         }
     }
 
     /// The control-plane routes, for embedding in another server. Requests naming a host
     /// that is not allowed are refused (see [`ServerConfig::allowed_hosts`]).
     pub fn api_router(&self) -> axum::Router {
-        self.guarded(control::router(self.state.clone()))
+        self.guarded(api::router(self.state.clone()))
     }
 
     /// The envd routes, for embedding in another server. Requests naming a host that is not
@@ -141,6 +161,12 @@ impl Server {
             api.local_addr()?,
             envd.local_addr()?
         );
+        let keys_task = self
+            .state
+            .config
+            .keys_file
+            .clone()
+            .map(|file| tokio::spawn(watch_keys(self.clone(), file, rx.clone())));
         let limits = self.state.config.limits.clone();
         // Two listeners' connections, and room for the backend's own files and sockets.
         listen::raise_open_file_limit(2 * limits.max_connections as u64 + 1024);
@@ -168,6 +194,9 @@ impl Server {
         let _ = envd_task.await;
         if let Some(t) = ports_task {
             let _ = t.await;
+        }
+        if let Some(t) = keys_task {
+            t.abort();
         }
         self.state.shutdown().await;
         Ok(())
@@ -208,6 +237,34 @@ impl Server {
             );
         }
         Ok(())
+    }
+}
+
+/// Reads the keys file again whenever it changes (checked every 2 s), until `stop`.
+async fn watch_keys(
+    server: Server,
+    file: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    // What identifies a version of the file: replaced (rename), rewritten or touched.
+    let version = |file: &std::path::Path| {
+        std::fs::metadata(file)
+            .ok()
+            .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+    };
+    let mut seen = version(&file);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = version(&file);
+        if now != seen {
+            seen = now;
+            info!(file = %file.display(), "the keys file changed: reading it again");
+            server.reload_keys().await;
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 //! asked.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State as AxState};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
 use sandkit_e2b_protocol::api::{NetworkConfig, NetworkUpdate};
 
-use crate::control::{api_error, from_error, parse, Shared};
+use crate::caller::Caller;
+use crate::http::{api_error, from_error, parse};
 
 /// Hidden metadata: the network configuration a sandbox was made with (JSON), reported by
 /// `GET /sandboxes/{id}` until a `PUT .../network` replaces it.
@@ -109,11 +110,7 @@ fn refuse_unsupported(
 }
 
 /// `PUT /sandboxes/{id}/network`: replaces the sandbox's egress rules, on open connections too.
-pub(crate) async fn update(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     let req: NetworkUpdate = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,

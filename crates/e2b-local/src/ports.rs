@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use crate::state::State;
+use crate::state::{State, Whose};
 
 /// Hidden metadata: set on sandboxes whose ports need the traffic access token.
 pub(crate) const PRIVATE_KEY: &str = "sandkit.e2b.private_ports";
@@ -117,7 +117,7 @@ async fn proxy(mut client: TcpStream, state: &State) -> std::io::Result<()> {
         )
         .await;
     };
-    let info = match state.owned_info(&id).await {
+    let info = match state.info_for(&id, Whose::AnyKey).await {
         Ok(i) => i,
         Err(_) => {
             return refuse(
@@ -139,7 +139,7 @@ async fn proxy(mut client: TcpStream, state: &State) -> std::io::Result<()> {
             .await;
         }
     }
-    let served = match state.served(&id).await {
+    let served = match state.served_for(&id, Whose::AnyKey).await {
         Ok(s) => s,
         Err(e) => return refuse(client, "502 Bad Gateway", e.message()).await,
     };

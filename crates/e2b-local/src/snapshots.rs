@@ -8,7 +8,7 @@
 //! (`memory: true` is refused): a sandbox made from a snapshot starts its processes afresh.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +17,9 @@ use sandkit_e2b_protocol::api::{ApiError, ForkRequest, ForkResult, SnapshotInfo,
 use serde::Deserialize;
 use tracing::info;
 
-use crate::control::{api_error, check_timeout, created, from_error, parse, too_many, Shared};
+use crate::caller::Caller;
+use crate::control::{check_timeout, created};
+use crate::http::{api_error, from_error, parse, too_many};
 use crate::state::{State, OWNER_KEY};
 
 /// The most entries one page of `GET /snapshots` holds.
@@ -31,7 +33,7 @@ fn info_of(s: &Snapshot) -> SnapshotInfo {
 }
 
 /// The snapshots of this key.
-async fn owned(state: &State, sandbox_id: Option<&str>) -> sandkit_core::Result<Vec<Snapshot>> {
+async fn owned(state: &Caller, sandbox_id: Option<&str>) -> sandkit_core::Result<Vec<Snapshot>> {
     Ok(state
         .runtime
         .snapshots(sandbox_id)
@@ -56,7 +58,7 @@ fn unsupported(state: &State) -> Option<Response> {
 /// see; `true` when it names one of this key's. Template names without a tag or a slash are
 /// never snapshot ids and cost nothing here. (However a snapshot is named, the backend
 /// refuses another key's: [`sandkit_core::SandboxSpec::snapshot_guard`].)
-pub(crate) async fn check_template(state: &State, template: &str) -> Result<bool, Response> {
+pub(crate) async fn check_template(state: &Caller, template: &str) -> Result<bool, Response> {
     if !template.contains(':') && !template.contains('/') {
         return Ok(false);
     }
@@ -84,11 +86,7 @@ pub(crate) async fn check_template(state: &State, template: &str) -> Result<bool
 }
 
 /// `POST /sandboxes/{id}/snapshots`.
-pub(crate) async fn create(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub(crate) async fn create(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     if let Some(r) = unsupported(&state) {
         return r;
     }
@@ -142,7 +140,7 @@ pub(crate) struct ListQuery {
 }
 
 /// `GET /snapshots`: newest first, a page at a time (`x-next-token`).
-pub(crate) async fn list(AxState(state): AxState<Shared>, Query(q): Query<ListQuery>) -> Response {
+pub(crate) async fn list(state: Caller, Query(q): Query<ListQuery>) -> Response {
     if let Some(r) = unsupported(&state) {
         return r;
     }
@@ -185,7 +183,7 @@ pub(crate) async fn list(AxState(state): AxState<Shared>, Query(q): Query<ListQu
 
 /// `DELETE /templates/{id}`: deletes a snapshot of this key (204); anything else is 404,
 /// which the SDK's `delete_snapshot` reads as "nothing was deleted".
-pub(crate) async fn delete(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+pub(crate) async fn delete(state: Caller, Path(id): Path<String>) -> Response {
     let gone = || {
         api_error(
             StatusCode::NOT_FOUND,
@@ -220,11 +218,7 @@ pub(crate) async fn delete(AxState(state): AxState<Shared>, Path(id): Path<Strin
 }
 
 /// `POST /sandboxes/{id}/fork`: `count` copies, each a sandbox or the reason it is not.
-pub(crate) async fn fork(
-    AxState(state): AxState<Shared>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub(crate) async fn fork(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     if let Some(r) = unsupported(&state) {
         return r;
     }

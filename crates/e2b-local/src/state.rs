@@ -1,7 +1,9 @@
 //! What the server knows: the backend, the sandboxes it serves, their processes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sandkit_core::{ErrorKind, ListFilter, Result, Runtime, Sandbox, SandboxSpec};
@@ -9,6 +11,8 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use sandkit_envd::Served;
+
+use crate::keys::{Key, KeySet, Revoked, ANONYMOUS};
 
 /// Metadata keys the server keeps on each sandbox (hidden from the API, refused from clients).
 pub(crate) const TEMPLATE_KEY: &str = "sandkit.e2b.template";
@@ -67,8 +71,20 @@ impl Default for Limits {
 /// Settings of a server.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// The API key clients must send (`X-API-KEY`); `None` with `insecure_no_auth`.
+    /// An API key clients may send (`X-API-KEY`), named `default`, with the limits of
+    /// [`ServerConfig::limits`].
     pub api_key: Option<String>,
+    /// A keys file: more keys, each with a name and its own limits, stored as hashes (see
+    /// the crate's documentation). Re-read when it changes and on `SIGHUP`; a file that does
+    /// not parse is refused whole and the keys before it stay.
+    pub keys_file: Option<PathBuf>,
+    /// What happens to what a key owns when it leaves the keys file. Default: kept.
+    pub revoked: Revoked,
+    /// Where the server keeps what outlives a run: the secret access tokens are signed with
+    /// (`secret`, made on first start) and template uploads. `None`: a fresh directory under
+    /// the system's temporary directory, removed at shutdown (tokens do not survive a
+    /// restart).
+    pub data_dir: Option<PathBuf>,
     /// Serve without checking API keys and access tokens.
     pub insecure_no_auth: bool,
     /// Leave the sandboxes this server made running when it stops.
@@ -99,6 +115,9 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("keys_file", &self.keys_file)
+            .field("revoked", &self.revoked)
+            .field("data_dir", &self.data_dir)
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("keep_sandboxes", &self.keep_sandboxes)
             .field("default_user", &self.default_user)
@@ -116,6 +135,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             api_key: None,
+            keys_file: None,
+            revoked: Revoked::Keep,
+            data_dir: None,
             insecure_no_auth: false,
             keep_sandboxes: false,
             default_user: "user".into(),
@@ -138,21 +160,22 @@ pub(crate) fn default_allowed_images() -> Vec<String> {
 pub(crate) struct State {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) config: ServerConfig,
-    /// Signs envd access tokens; the API key, so tokens survive a restart.
+    /// Signs access tokens (envd, traffic, volumes, uploads): kept in the data directory, so
+    /// tokens survive a restart.
     secret: String,
+    /// Where the secret and uploads are kept.
+    data_dir: PathBuf,
     /// A random id of this server process, put on the sandboxes it makes.
     pub(crate) instance: String,
-    /// The tenant of this server's key: only sandboxes labelled with it are visible.
-    owner: String,
-    served: Mutex<HashMap<String, Arc<Served>>>,
+    /// The keys served now; replaced whole when the keys file is read again.
+    keys: RwLock<Arc<KeySet>>,
+    /// What each key has used of its limits, by owner (kept across re-reads of the keys).
+    usage: std::sync::Mutex<HashMap<String, Arc<Usage>>>,
+    served: Mutex<HashMap<String, Held>>,
     made: Mutex<HashSet<String>>,
     debug_sandbox: Mutex<Option<String>>,
     /// When each sandbox was last confirmed alive.
     alive: Mutex<HashMap<String, Instant>>,
-    /// The key's create budget: tokens left, and when they were last counted.
-    creates: Mutex<(f64, Instant)>,
-    /// Creates under way (counted against `max_sandboxes` until they are listed).
-    creating: Mutex<usize>,
     /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
     /// the one kept at create).
     networks: std::sync::Mutex<HashMap<String, sandkit_e2b_protocol::api::NetworkConfig>>,
@@ -164,35 +187,159 @@ pub(crate) struct State {
     ports_domain: std::sync::OnceLock<String>,
 }
 
+/// A sandbox this server holds a handle to, and the owner it was made for.
+struct Held {
+    owner: String,
+    served: Arc<Served>,
+}
+
+/// What one key has used of its limits.
+struct Usage {
+    /// The create budget: tokens left, and when they were last counted.
+    creates: Mutex<(f64, Instant)>,
+    /// Creates under way (counted against `max_sandboxes` until they are listed).
+    creating: Mutex<usize>,
+}
+
 impl State {
-    pub(crate) fn new(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Self {
-        let secret = config
-            .api_key
-            .clone()
-            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-        let owner = match &config.api_key {
-            Some(key) if !config.insecure_no_auth => {
-                sandkit_e2b_protocol::derive_token(key, "", "owner")
-            }
-            _ => "anonymous".to_string(),
+    /// The state of a server with `config`: its keys read, its data directory ready.
+    ///
+    /// # Errors
+    /// No key without `insecure_no_auth`, a keys file that does not load, or a data directory
+    /// that cannot be made or read.
+    pub(crate) fn new(runtime: Arc<dyn Runtime>, config: ServerConfig) -> std::io::Result<Self> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let keys = if config.insecure_no_auth {
+            KeySet::anonymous(&config.limits)
+        } else {
+            KeySet::load(
+                config.api_key.as_deref().filter(|k| !k.is_empty()),
+                config.keys_file.as_deref(),
+                &config.limits,
+            )
+            .map_err(|e| {
+                invalid(if e == "no API key" {
+                    "no API key: set ServerConfig::api_key or keys_file (or insecure_no_auth)"
+                        .into()
+                } else {
+                    e
+                })
+            })?
         };
-        State {
+        let instance = format!("{:016x}", rand::random::<u64>());
+        let data_dir = match &config.data_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir().join(format!("e2b-local-{instance}")),
+        };
+        let secret = load_secret(&data_dir)?;
+        info!(keys = keys.len(), data_dir = %data_dir.display(), "e2b-local keys loaded");
+        Ok(State {
             runtime,
-            owner,
             secret,
-            instance: format!("{:016x}", rand::random::<u64>()),
+            data_dir,
+            instance,
+            keys: RwLock::new(Arc::new(keys)),
+            usage: std::sync::Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
             made: Mutex::new(HashSet::new()),
             builds: std::sync::Mutex::new(HashMap::new()),
             volume_helpers: Default::default(),
             debug_sandbox: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
-            creates: Mutex::new((config.limits.creates_per_minute as f64, Instant::now())),
-            creating: Mutex::new(0),
             networks: std::sync::Mutex::new(HashMap::new()),
             ports_domain: std::sync::OnceLock::new(),
             config,
+        })
+    }
+
+    /// The keys served now.
+    pub(crate) fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().expect("keys").clone()
+    }
+
+    /// Reads the keys file again. A file that does not load leaves the keys as they were.
+    /// What a key that left the file owns is removed when [`ServerConfig::revoked`] says so.
+    pub(crate) async fn reload_keys(&self) -> std::result::Result<(), String> {
+        if self.config.insecure_no_auth {
+            return Ok(());
         }
+        let newer = Arc::new(KeySet::load(
+            self.config.api_key.as_deref().filter(|k| !k.is_empty()),
+            self.config.keys_file.as_deref(),
+            &self.config.limits,
+        )?);
+        let older = std::mem::replace(&mut *self.keys.write().expect("keys"), newer.clone());
+        let removed = older.removed_in(&newer);
+        info!(
+            keys = newer.len(),
+            revoked = removed.len(),
+            "e2b-local keys read again"
+        );
+        for key in removed {
+            info!(key = %key.name, "key revoked: no longer served");
+            self.served.lock().await.retain(|_, h| h.owner != key.owner);
+            if self.config.revoked == Revoked::Remove {
+                self.remove_owned(&key).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a revoked key owns: sandboxes, snapshots (and templates), volumes.
+    async fn remove_owned(&self, key: &Key) {
+        let filter = ListFilter::all().metadata(OWNER_KEY, key.owner.clone());
+        let mut failed = 0usize;
+        match self.runtime.list(&filter).await {
+            Ok(list) => {
+                for sandbox in list {
+                    if let Err(e) = self.runtime.kill(&sandbox.id).await {
+                        if e.kind() != ErrorKind::NotFound {
+                            failed += 1;
+                            tracing::warn!(key = %key.name, sandbox_id = %sandbox.id, error = %e, "cannot kill a revoked key's sandbox");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(key = %key.name, error = %e, "cannot list a revoked key's sandboxes")
+            }
+        }
+        if self.runtime.capabilities().snapshots {
+            for snapshot in self.runtime.snapshots(None).await.unwrap_or_default() {
+                if snapshot.metadata.get(OWNER_KEY) == Some(&key.owner) {
+                    if let Err(e) = self.runtime.delete_snapshot(&snapshot.id).await {
+                        failed += 1;
+                        tracing::warn!(key = %key.name, snapshot = %snapshot.id, error = %e, "cannot delete a revoked key's snapshot");
+                    }
+                }
+            }
+        }
+        if self.runtime.capabilities().volumes {
+            for volume in self.runtime.volumes().await.unwrap_or_default() {
+                if volume.metadata.get(OWNER_KEY) == Some(&key.owner) {
+                    if let Err(e) = self.runtime.remove_volume(&volume.name).await {
+                        failed += 1;
+                        tracing::warn!(key = %key.name, volume = %volume.name, error = %e, "cannot remove a revoked key's volume");
+                    }
+                }
+            }
+        }
+        info!(key = %key.name, failed, "removed what a revoked key owned");
+    }
+
+    fn usage(&self, key: &Key) -> Arc<Usage> {
+        self.usage
+            .lock()
+            .expect("usage")
+            .entry(key.owner.clone())
+            .or_insert_with(|| {
+                Arc::new(Usage {
+                    creates: Mutex::new((key.creates_per_minute as f64, Instant::now())),
+                    creating: Mutex::new(0),
+                })
+            })
+            .clone()
     }
 
     /// Keeps the network configuration set on `id` by `PUT .../network`.
@@ -212,19 +359,20 @@ impl State {
         self.networks.lock().expect("networks").get(id).cloned()
     }
 
-    /// Admits one create under the key's limits, or says how long to wait. The admission is
+    /// Admits one create under `key`'s limits, or says how long to wait. The admission is
     /// held until the returned guard is dropped (when the sandbox is made or the create fails).
     pub(crate) async fn admit_create(
-        self: &Arc<Self>,
+        &self,
+        key: &Key,
     ) -> std::result::Result<CreateAdmission, (String, u64)> {
-        let limits = &self.config.limits;
+        let usage = self.usage(key);
         {
-            let mut bucket = self.creates.lock().await;
-            let per_sec = limits.creates_per_minute as f64 / 60.0;
+            let mut bucket = usage.creates.lock().await;
+            let per_sec = key.creates_per_minute as f64 / 60.0;
             let (tokens, at) = *bucket;
             let now = Instant::now();
             let tokens = (tokens + now.duration_since(at).as_secs_f64() * per_sec)
-                .min(limits.creates_per_minute as f64);
+                .min(key.creates_per_minute as f64);
             if tokens < 1.0 {
                 let wait = if per_sec > 0.0 {
                     ((1.0 - tokens) / per_sec).ceil() as u64
@@ -235,16 +383,16 @@ impl State {
                 return Err((
                     format!(
                         "Rate limit exceeded: at most {} sandbox creates a minute for this key",
-                        limits.creates_per_minute
+                        key.creates_per_minute
                     ),
                     wait.max(1),
                 ));
             }
             *bucket = (tokens - 1.0, now);
         }
-        let mut creating = self.creating.lock().await;
+        let mut creating = usage.creating.lock().await;
         // A count that cannot be had admits nothing: the limit must hold.
-        let existing = match self.runtime.list(&self.owned_filter()).await {
+        let existing = match self.runtime.list(&owned_filter(&key.owner)).await {
             Ok(l) => l.len(),
             Err(e) => {
                 return Err((
@@ -253,19 +401,18 @@ impl State {
                 ))
             }
         };
-        if existing + *creating >= limits.max_sandboxes {
+        if existing + *creating >= key.max_sandboxes {
             return Err((
                 format!(
                     "You have reached the maximum number of concurrent sandboxes ({}); kill one first",
-                    limits.max_sandboxes
+                    key.max_sandboxes
                 ),
                 5,
             ));
         }
         *creating += 1;
-        Ok(CreateAdmission {
-            state: self.clone(),
-        })
+        drop(creating);
+        Ok(CreateAdmission { usage })
     }
 
     /// The envd access token of a sandbox.
@@ -293,10 +440,15 @@ impl State {
         self.made.lock().await.insert(id.to_string());
     }
 
-    pub(crate) async fn insert(&self, sandbox: Box<dyn Sandbox>) -> Arc<Served> {
+    /// Holds a handle to `sandbox`, made for `owner`.
+    pub(crate) async fn insert(&self, sandbox: Box<dyn Sandbox>, owner: &str) -> Arc<Served> {
         let id = sandbox.id().to_string();
         let served = Arc::new(Served::new(sandbox, self.config.default_user.clone()));
-        self.served.lock().await.insert(id.clone(), served.clone());
+        let held = Held {
+            owner: owner.to_string(),
+            served: served.clone(),
+        };
+        self.served.lock().await.insert(id.clone(), held);
         self.alive.lock().await.insert(id, Instant::now());
         served
     }
@@ -311,16 +463,15 @@ impl State {
         self.alive.lock().await.remove(id);
     }
 
-    /// What the backend says of a sandbox this tenant owns, without attaching to it or
-    /// resuming it. Another tenant's sandbox, or one not made through this API, is `NotFound`.
     /// A token for `subject` and `purpose`, from the server's secret.
     pub(crate) fn derive(&self, subject: &str, purpose: &str) -> String {
         sandkit_e2b_protocol::derive_token(&self.secret, subject, purpose)
     }
 
-    /// Where uploads of template files are kept while this server runs.
+    /// Where uploads of template files are kept while this server runs (on disk, in the
+    /// data directory: a RAM-backed temporary directory would hold them in memory).
     pub(crate) fn uploads_dir(&self) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("e2b-local-{}", self.instance))
+        self.data_dir.join("uploads").join(&self.instance)
     }
 
     /// Whether a create or a build may start from the engine image `image`.
@@ -334,22 +485,15 @@ impl State {
             })
     }
 
-    /// This key's tenant, as it is put on what it makes (metadata `sandkit.e2b.owner`).
-    pub(crate) fn owner(&self) -> &str {
-        &self.owner
-    }
-
-    /// The namespace of this key's snapshot names: two keys' names never meet.
-    pub(crate) fn tenant(&self) -> String {
-        self.owner
-            .chars()
-            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            .collect()
-    }
-
-    pub(crate) async fn owned_info(&self, id: &str) -> Result<sandkit_core::SandboxInfo> {
+    /// What the backend says of a sandbox `whose` may use, without attaching to it or
+    /// resuming it. Another tenant's sandbox, or one not made through this API, is `NotFound`.
+    pub(crate) async fn info_for(
+        &self,
+        id: &str,
+        whose: Whose<'_>,
+    ) -> Result<sandkit_core::SandboxInfo> {
         let info = self.runtime.info(id).await?;
-        if info.metadata.get(OWNER_KEY) != Some(&self.owner) {
+        if !self.may_use(info.metadata.get(OWNER_KEY).map(String::as_str), whose) {
             return Err(sandkit_core::Error::new(
                 ErrorKind::NotFound,
                 format!("sandbox {id} doesn't exist or you don't have access to it"),
@@ -358,13 +502,28 @@ impl State {
         Ok(info)
     }
 
-    /// The handle of a running sandbox this tenant owns: cached, or attached. Never resumes a
-    /// paused sandbox (that is `connect`'s job): a paused one is [`ErrorKind::Conflict`].
-    pub(crate) async fn served(&self, id: &str) -> Result<Arc<Served>> {
-        if let Some(s) = self.cached(id).await {
-            return Ok(s);
+    /// Whether `whose` may use what carries the owner `owner`.
+    fn may_use(&self, owner: Option<&str>, whose: Whose<'_>) -> bool {
+        match (owner, whose) {
+            (Some(owner), Whose::Key(key)) => owner == key,
+            (Some(owner), Whose::AnyKey) => self.keys().by_owner(owner).is_some(),
+            (None, _) => false,
         }
-        let info = self.owned_info(id).await?;
+    }
+
+    /// The handle of a running sandbox `whose` may use: cached, or attached. Never resumes a
+    /// paused sandbox (that is `connect`'s job): a paused one is [`ErrorKind::Conflict`].
+    pub(crate) async fn served_for(&self, id: &str, whose: Whose<'_>) -> Result<Arc<Served>> {
+        if let Some(held) = self.held(id).await {
+            if self.may_use(Some(&held.0), whose) {
+                return Ok(held.1);
+            }
+            return Err(sandkit_core::Error::new(
+                ErrorKind::NotFound,
+                format!("sandbox {id} doesn't exist or you don't have access to it"),
+            ));
+        }
+        let info = self.info_for(id, whose).await?;
         if info.state != sandkit_core::SandboxState::Running {
             return Err(sandkit_core::Error::new(
                 ErrorKind::Conflict,
@@ -372,7 +531,15 @@ impl State {
             ));
         }
         let sandbox = self.runtime.connect(id).await?;
-        Ok(self.insert(sandbox).await)
+        let owner = info.metadata.get(OWNER_KEY).cloned().unwrap_or_default();
+        Ok(self.insert(sandbox, &owner).await)
+    }
+
+    /// The owner and handle of a sandbox this server holds (no backend call).
+    async fn held(&self, id: &str) -> Option<(String, Arc<Served>)> {
+        let served = self.served.lock().await;
+        let held = served.get(id)?;
+        Some((held.owner.clone(), held.served.clone()))
     }
 
     /// A sandbox's handle if this server holds one and has not seen it stop or pause (no
@@ -384,17 +551,18 @@ impl State {
 
     /// A sandbox's handle if this server holds one (no backend call).
     pub(crate) async fn cached(&self, id: &str) -> Option<Arc<Served>> {
-        self.served.lock().await.get(id).cloned()
+        self.held(id).await.map(|(_, served)| served)
     }
 
-    /// Like [`State::served`], for envd: confirms the sandbox is still running when it was not
+    /// Like [`State::served_for`], for envd (whose token was checked: any served key's
+    /// sandbox): confirms the sandbox is still running when it was not
     /// seen for a second (it may have expired or been paused). A paused sandbox is `NotFound`:
     /// envd is gone until it is resumed.
     ///
     /// A paused sandbox made with `autoResume` is resumed here, as E2B resumes one on traffic:
     /// this is called for requests whose credentials were checked.
     pub(crate) async fn live(&self, id: &str) -> Result<Arc<Served>> {
-        let served = match self.served(id).await {
+        let served = match self.served_for(id, Whose::AnyKey).await {
             Err(e) if e.kind() == ErrorKind::Conflict => return self.resume_on_traffic(id).await,
             other => other?,
         };
@@ -437,31 +605,27 @@ impl State {
         self.served.lock().await.keys().cloned().collect()
     }
 
-    /// The list filter of this tenant's sandboxes.
-    pub(crate) fn owned_filter(&self) -> ListFilter {
-        ListFilter::all().metadata(OWNER_KEY, self.owner.clone())
-    }
-
     /// The sandbox behind `debug_sandbox_id`, made on first use.
     pub(crate) async fn debug_sandbox(&self) -> Result<Arc<Served>> {
         let mut slot = self.debug_sandbox.lock().await;
         if let Some(id) = slot.as_ref() {
-            if let Ok(s) = self.live(id).await {
+            if let Ok(s) = self.served_for(id, Whose::Key(ANONYMOUS)).await {
                 return Ok(s);
             }
         }
-        let spec = self.spec_for("base", BTreeMap::new(), BTreeMap::new(), None);
+        let spec = self.spec_for(ANONYMOUS, "base", BTreeMap::new(), BTreeMap::new(), None);
         let sandbox = self.runtime.create(spec).await?;
         let id = sandbox.id().to_string();
         info!(sandbox_id = %id, "made the debug-mode sandbox");
         self.remember_made(&id).await;
         *slot = Some(id);
-        Ok(self.insert(sandbox).await)
+        Ok(self.insert(sandbox, ANONYMOUS).await)
     }
 
-    /// The spec of a sandbox made through the API.
+    /// The spec of a sandbox made through the API for `owner`.
     pub(crate) fn spec_for(
         &self,
+        owner: &str,
         template: &str,
         metadata: BTreeMap<String, String>,
         envs: BTreeMap<String, String>,
@@ -470,8 +634,8 @@ impl State {
         let mut spec = SandboxSpec::new()
             .metadata(TEMPLATE_KEY, template)
             .metadata(INSTANCE_KEY, &self.instance)
-            .metadata(OWNER_KEY, &self.owner)
-            .snapshot_guard(OWNER_KEY, &self.owner)
+            .metadata(OWNER_KEY, owner)
+            .snapshot_guard(OWNER_KEY, owner)
             .metadata(ENVS_KEY, serde_json::to_string(&envs).expect("json"))
             .env("E2B_SANDBOX", "true");
         if template != "base" {
@@ -492,7 +656,7 @@ impl State {
     /// A paused sandbox found by an authenticated envd request: resumed if it was made with
     /// `autoResume`, else gone for envd (as on E2B).
     async fn resume_on_traffic(&self, id: &str) -> Result<Arc<Served>> {
-        let info = self.owned_info(id).await?;
+        let info = self.info_for(id, Whose::AnyKey).await?;
         if info.metadata.get(AUTO_RESUME_KEY).map(String::as_str) != Some("1") {
             return Err(sandkit_core::Error::new(
                 ErrorKind::NotFound,
@@ -505,8 +669,8 @@ impl State {
         );
         self.forget(id).await;
         let sandbox = self.runtime.connect(id).await?;
-        let served = self.insert(sandbox).await;
-        Ok(served)
+        let owner = info.metadata.get(OWNER_KEY).cloned().unwrap_or_default();
+        Ok(self.insert(sandbox, &owner).await)
     }
 
     /// Kills what this server made (on shutdown).
@@ -514,6 +678,10 @@ impl State {
         // What the backend keeps ready (a warm pool) goes in any case, and template uploads.
         self.runtime.shutdown().await;
         let _ = tokio::fs::remove_dir_all(self.uploads_dir()).await;
+        if self.config.data_dir.is_none() {
+            // A directory of this run only.
+            let _ = tokio::fs::remove_dir_all(&self.data_dir).await;
+        }
         crate::volumes::shutdown(self).await;
         if self.config.keep_sandboxes {
             info!("leaving the sandboxes running (--keep-sandboxes)");
@@ -541,16 +709,82 @@ impl State {
 
 /// One admitted create; counted until dropped.
 pub(crate) struct CreateAdmission {
-    state: Arc<State>,
+    usage: Arc<Usage>,
 }
 
 impl Drop for CreateAdmission {
     fn drop(&mut self) {
-        let state = self.state.clone();
+        let usage = self.usage.clone();
         // Drop cannot wait: decrement on the runtime.
         tokio::spawn(async move {
-            let mut creating = state.creating.lock().await;
+            let mut creating = usage.creating.lock().await;
             *creating = creating.saturating_sub(1);
         });
+    }
+}
+
+/// Whose sandboxes a lookup may find.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Whose<'a> {
+    /// Those carrying this owner (a control-plane request's key).
+    Key(&'a str),
+    /// Those of any key served now (an envd request, whose access token was checked).
+    AnyKey,
+}
+
+/// The list filter of `owner`'s sandboxes.
+pub(crate) fn owned_filter(owner: &str) -> ListFilter {
+    ListFilter::all().metadata(OWNER_KEY, owner.to_string())
+}
+
+/// The server's secret in `dir` (`secret`), made on first use. Two servers starting at once
+/// with one directory agree: the file is written whole under another name and linked in,
+/// never over one that is there.
+fn load_secret(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("secret");
+    let context = |e: std::io::Error, what: &str| {
+        std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().to_string()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is too short to be this server's secret; remove it to make a new one",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(context(e, "cannot read")),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| context(e, "cannot make the directory of"))?;
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    let staged = dir.join(format!(".secret-{:x}", rand::random::<u64>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .map_err(|e| context(e, "cannot write"))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| context(e, "cannot write"))?;
+    let linked = std::fs::hard_link(&staged, &path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => Ok(secret),
+        // Another server made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_secret(dir),
+        Err(e) => Err(context(e, "cannot write")),
     }
 }

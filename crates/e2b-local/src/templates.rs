@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::control::{api_error, parse, Shared};
+use crate::caller::Caller;
+use crate::http::{api_error, parse, Shared};
 use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
 
 /// Metadata a template's snapshots carry (the build sandbox's, kept by the snapshot).
@@ -208,11 +209,11 @@ fn add_tags(tags: &mut Vec<String>, asked: &[String]) -> Result<(), Response> {
     Ok(())
 }
 
-fn template_id(state: &State, alias: &str) -> String {
+fn template_id(state: &Caller, alias: &str) -> String {
     sandkit_e2b_protocol::derive_token(state.owner(), alias, "template")[..20].to_string()
 }
 
-fn snapshot_name(state: &State, alias: &str, tag: &str) -> String {
+fn snapshot_name(state: &Caller, alias: &str, tag: &str) -> String {
     format!("{}/template/{alias}/{tag}", state.tenant())
 }
 
@@ -259,13 +260,13 @@ pub(crate) async fn all_templates(state: &State) -> sandkit_core::Result<Vec<Tem
         .collect())
 }
 
-pub(crate) fn mine(state: &State, t: &Template) -> bool {
+pub(crate) fn mine(state: &Caller, t: &Template) -> bool {
     t.snapshot.metadata.get(OWNER_KEY).map(String::as_str) == Some(state.owner())
 }
 
 /// The template a create names, by alias (`alias[:tag]`) or id (`id[:tag]`), among this
 /// key's; `None` for a name that is not one (an image, a snapshot, `base`).
-pub(crate) async fn resolve(state: &State, name: &str) -> sandkit_core::Result<Option<Template>> {
+pub(crate) async fn resolve(state: &Caller, name: &str) -> sandkit_core::Result<Option<Template>> {
     let Ok((alias, tag)) = parse_name(name) else {
         return Ok(None);
     };
@@ -347,10 +348,10 @@ pub(crate) fn entry(
 }
 
 /// `GET /templates`: `base`, and this key's templates.
-async fn list(AxState(state): AxState<Shared>) -> Response {
+async fn list(state: Caller) -> Response {
     let all = match all_templates(&state).await {
         Ok(a) => a,
-        Err(e) => return crate::control::from_error(&e, ""),
+        Err(e) => return crate::http::from_error(&e, ""),
     };
     let mut out = vec![entry("base", "base", "base", SystemTime::UNIX_EPOCH, true)];
     let mut seen = std::collections::HashSet::new();
@@ -370,7 +371,7 @@ async fn list(AxState(state): AxState<Shared>) -> Response {
 
 /// `GET /templates/aliases/{alias}`: 200 for `base` and this key's templates, 403 for
 /// another key's, 404 for none.
-async fn alias(AxState(state): AxState<Shared>, Path(name): Path<String>) -> Response {
+async fn alias(state: Caller, Path(name): Path<String>) -> Response {
     let (alias, tag) = match parse_name(&name) {
         Ok(p) => p,
         Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
@@ -380,7 +381,7 @@ async fn alias(AxState(state): AxState<Shared>, Path(name): Path<String>) -> Res
     }
     let all = match all_templates(&state).await {
         Ok(a) => a,
-        Err(e) => return crate::control::from_error(&e, ""),
+        Err(e) => return crate::http::from_error(&e, ""),
     };
     let tag = tag.unwrap_or_else(|| "default".into());
     let named: Vec<&Template> = all
@@ -413,7 +414,7 @@ struct Register {
 }
 
 /// `POST /v3/templates`: registers a build (202).
-async fn register(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+async fn register(state: Caller, body: Bytes) -> Response {
     if !state.runtime.capabilities().snapshots {
         return api_error(
             StatusCode::NOT_IMPLEMENTED,
@@ -479,7 +480,7 @@ async fn register(AxState(state): AxState<Shared>, body: Bytes) -> Response {
             match oldest {
                 Some(id) => builds.remove(&id),
                 None => {
-                    return crate::control::too_many(
+                    return crate::http::too_many(
                         format!("{MAX_BUILDS} template builds are under way; wait for one"),
                         10,
                     )
@@ -504,7 +505,7 @@ async fn register(AxState(state): AxState<Shared>, body: Bytes) -> Response {
 }
 
 /// The build `build` of template `id`, when this key registered it.
-pub(crate) fn build_of(state: &State, id: &str, build: &str) -> Result<Arc<Build>, Response> {
+pub(crate) fn build_of(state: &Caller, id: &str, build: &str) -> Result<Arc<Build>, Response> {
     match state.builds.lock().expect("builds").get(build) {
         Some(b) if b.template_id == id && b.owner == state.owner() => Ok(b.clone()),
         _ => Err(api_error(
@@ -532,7 +533,7 @@ fn upload_token(state: &State, tenant: &str, hash: &str) -> String {
 /// `GET /templates/{id}/files/{hash}`: whether the files are here, and where to put them
 /// (201).
 async fn upload_link(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path((id, hash)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -659,7 +660,7 @@ struct StartBuild {
 
 /// `POST /v2/templates/{id}/builds/{build}`: starts the build in the background (202).
 async fn start(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path((id, build_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -704,7 +705,7 @@ async fn start(
     // The build's sandbox counts against the key's limits like any other.
     let admission = match state.admit_create().await {
         Ok(a) => a,
-        Err((message, retry_after)) => return crate::control::too_many(message, retry_after),
+        Err((message, retry_after)) => return crate::http::too_many(message, retry_after),
     };
     {
         let mut p = build.progress.lock().expect("build");
@@ -739,7 +740,7 @@ struct StatusQuery {
 
 /// `GET /templates/{id}/builds/{build}/status`.
 async fn status(
-    AxState(state): AxState<Shared>,
+    state: Caller,
     Path((id, build_id)): Path<(String, String)>,
     Query(q): Query<StatusQuery>,
 ) -> Response {
@@ -785,7 +786,7 @@ type StepError = (String, String);
 
 /// Runs a build to its snapshots; the error names the step (`base`, `1`.., `finalize`).
 async fn run_build(
-    state: &Shared,
+    state: &Caller,
     build: &Build,
     from: From,
     req: StartBuild,
@@ -985,7 +986,7 @@ async fn as_root(sandbox: &dyn Sandbox, cursor: &Cursor, line: &str) -> Result<S
 }
 
 async fn run_step(
-    state: &State,
+    state: &Caller,
     build: &Build,
     sandbox: &dyn Sandbox,
     cursor: &mut Cursor,
@@ -1146,7 +1147,7 @@ struct AssignTags {
 }
 
 /// This key's template snapshot `name` (`alias[:tag]` or `id[:tag]`), else the answer.
-async fn named(state: &State, name: &str) -> Result<Template, Response> {
+async fn named(state: &Caller, name: &str) -> Result<Template, Response> {
     if let Err(why) = parse_name(name) {
         return Err(api_error(StatusCode::BAD_REQUEST, why));
     }
@@ -1156,13 +1157,13 @@ async fn named(state: &State, name: &str) -> Result<Template, Response> {
             StatusCode::NOT_FOUND,
             format!("template '{name}' not found"),
         )),
-        Err(e) => Err(crate::control::from_error(&e, "")),
+        Err(e) => Err(crate::http::from_error(&e, "")),
     }
 }
 
 /// `POST /templates/tags`: gives the build `target` names more tags (201). Each tag is a
 /// snapshot of its own, made from a sandbox of the target's.
-async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+async fn assign_tags(state: Caller, body: Bytes) -> Response {
     let req: AssignTags = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -1190,7 +1191,7 @@ async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     }
     let sandbox = match state.runtime.create(spec).await {
         Ok(s) => s,
-        Err(e) => return crate::control::from_error(&e, ""),
+        Err(e) => return crate::http::from_error(&e, ""),
     };
     let mut made = Ok(());
     for tag in &tags {
@@ -1204,7 +1205,7 @@ async fn assign_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     }
     let _ = sandbox.kill().await;
     if let Err(e) = made {
-        return crate::control::from_error(&e, "");
+        return crate::http::from_error(&e, "");
     }
     info!(template = %target.alias, ?tags, "tags assigned");
     let build = target
@@ -1229,7 +1230,7 @@ struct RemoveTags {
 }
 
 /// `DELETE /templates/tags`: takes tags off a template (204).
-async fn remove_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
+async fn remove_tags(state: Caller, body: Bytes) -> Response {
     let req: RemoveTags = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -1240,7 +1241,7 @@ async fn remove_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
     };
     let all = match all_templates(&state).await {
         Ok(a) => a,
-        Err(e) => return crate::control::from_error(&e, ""),
+        Err(e) => return crate::http::from_error(&e, ""),
     };
     let mine: Vec<&Template> = all
         .iter()
@@ -1261,21 +1262,21 @@ async fn remove_tags(AxState(state): AxState<Shared>, body: Bytes) -> Response {
             );
         };
         if let Err(e) = state.runtime.delete_snapshot(&t.snapshot.id).await {
-            return crate::control::from_error(&e, "");
+            return crate::http::from_error(&e, "");
         }
     }
     StatusCode::NO_CONTENT.into_response()
 }
 
 /// `GET /templates/{id}/tags`: the tags of this key's template, newest first.
-async fn tags(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
+async fn tags(state: Caller, Path(id): Path<String>) -> Response {
     let alias = match parse_name(&id) {
         Ok((a, _)) => a,
         Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
     };
     let all = match all_templates(&state).await {
         Ok(a) => a,
-        Err(e) => return crate::control::from_error(&e, ""),
+        Err(e) => return crate::http::from_error(&e, ""),
     };
     let out: Vec<serde_json::Value> = all
         .iter()
@@ -1296,7 +1297,7 @@ async fn tags(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respon
 
 /// Deletes this key's template `id` (its id or alias): every tag's snapshot. `None` when
 /// there is no such template.
-pub(crate) async fn delete(state: &State, id: &str) -> Option<Result<(), sandkit_core::Error>> {
+pub(crate) async fn delete(state: &Caller, id: &str) -> Option<Result<(), sandkit_core::Error>> {
     let all = match all_templates(state).await {
         Ok(a) => a,
         Err(e) => return Some(Err(e)),

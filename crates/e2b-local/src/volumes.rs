@@ -33,7 +33,8 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
-use crate::control::{api_error, from_error, parse, Shared};
+use crate::caller::Caller;
+use crate::http::{api_error, from_error, parse, Shared};
 use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
 
 const NAME_KEY: &str = "sandkit.e2b.volume.name";
@@ -90,8 +91,8 @@ fn engine_name(id: &str) -> String {
 
 /// A volume's bearer token: bound to its owner as well as its id, so that it opens nothing
 /// once the volume is not that key's.
-fn token(state: &State, id: &str) -> String {
-    state.derive(&format!("volume/{}/{id}", state.owner()), "volume")
+fn token(state: &State, owner: &str, id: &str) -> String {
+    state.derive(&format!("volume/{owner}/{id}"), "volume")
 }
 
 /// A volume of this key: `(id, name, engine name)`.
@@ -102,7 +103,7 @@ pub(crate) struct Owned {
     engine: String,
 }
 
-async fn owned(state: &State) -> sandkit_core::Result<Vec<Owned>> {
+async fn owned(state: &State, owner: &str) -> sandkit_core::Result<Vec<Owned>> {
     if !state.runtime.capabilities().volumes {
         return Ok(Vec::new());
     }
@@ -111,7 +112,7 @@ async fn owned(state: &State) -> sandkit_core::Result<Vec<Owned>> {
         .volumes()
         .await?
         .into_iter()
-        .filter(|v: &Volume| v.metadata.get(OWNER_KEY).map(String::as_str) == Some(state.owner()))
+        .filter(|v: &Volume| v.metadata.get(OWNER_KEY).map(String::as_str) == Some(owner))
         .filter_map(|v| {
             Some(Owned {
                 id: v.metadata.get(ID_KEY)?.clone(),
@@ -143,7 +144,7 @@ struct NewVolume {
 }
 
 /// `POST /volumes` (201).
-async fn create(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Response {
+async fn create(state: Caller, body: axum::body::Bytes) -> Response {
     if let Some(r) = unsupported(&state) {
         return r;
     }
@@ -163,7 +164,7 @@ async fn create(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Res
             "Invalid volume name: use letters, digits, '_' and '-'",
         );
     }
-    let mine = match owned(&state).await {
+    let mine = match owned(&state, state.owner()).await {
         Ok(m) => m,
         Err(e) => return from_error(&e, ""),
     };
@@ -200,14 +201,14 @@ async fn create(AxState(state): AxState<Shared>, body: axum::body::Bytes) -> Res
     info!(volume_id = %id, name = %req.name, "volume created");
     (
         StatusCode::CREATED,
-        Json(json!({"volumeID": id, "name": req.name, "token": token(&state, &id)})),
+        Json(json!({"volumeID": id, "name": req.name, "token": token(&state, state.owner(), &id)})),
     )
         .into_response()
 }
 
 /// `GET /volumes`.
-async fn list(AxState(state): AxState<Shared>) -> Response {
-    match owned(&state).await {
+async fn list(state: Caller) -> Response {
+    match owned(&state, state.owner()).await {
         Ok(m) => Json(
             m.iter()
                 .map(|v| json!({"volumeID": v.id, "name": v.name}))
@@ -219,11 +220,11 @@ async fn list(AxState(state): AxState<Shared>) -> Response {
 }
 
 /// `GET /volumes/{id}`.
-async fn info(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
-    match owned(&state).await {
+async fn info(state: Caller, Path(id): Path<String>) -> Response {
+    match owned(&state, state.owner()).await {
         Ok(m) => match m.iter().find(|v| v.id == id) {
             Some(v) => {
-                Json(json!({"volumeID": v.id, "name": v.name, "token": token(&state, &v.id)}))
+                Json(json!({"volumeID": v.id, "name": v.name, "token": token(&state, state.owner(), &v.id)}))
                     .into_response()
             }
             None => volume_missing(&id),
@@ -234,8 +235,8 @@ async fn info(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Respon
 
 /// `DELETE /volumes/{id}` (204): its helper sandbox first, then the volume; a volume a
 /// sandbox mounts is 409.
-async fn destroy(AxState(state): AxState<Shared>, Path(id): Path<String>) -> Response {
-    let mine = match owned(&state).await {
+async fn destroy(state: Caller, Path(id): Path<String>) -> Response {
+    let mine = match owned(&state, state.owner()).await {
         Ok(m) => m,
         Err(e) => return from_error(&e, ""),
     };
@@ -296,7 +297,7 @@ pub(crate) fn mounts_of(metadata: &BTreeMap<String, String>) -> Vec<(String, Str
 /// `volumeMounts` of a create, checked (E2B's rules, one 400 for all) and turned into mounts
 /// of this key's volumes.
 pub(crate) async fn mounts_for(
-    state: &State,
+    state: &Caller,
     asked: &serde_json::Value,
 ) -> Result<(Vec<Mount>, Vec<(String, String)>), String> {
     #[derive(Deserialize)]
@@ -313,7 +314,9 @@ pub(crate) async fn mounts_for(
     if !(c.volumes && c.mounts) {
         return Err("volumeMounts are not supported by this server's backend".into());
     }
-    let mine = owned(state).await.map_err(|e| e.to_string())?;
+    let mine = owned(state, state.owner())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
     let mut mounts = Vec::new();
     let mut kept = Vec::new();
@@ -366,12 +369,17 @@ async fn helper(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !sandkit_e2b_protocol::secrets_equal(given, &token(state, id)) {
+    // The token names its owner among the keys served now (a revoked key's opens nothing).
+    let keys = state.keys();
+    let Some(owner) = keys
+        .owners()
+        .find(|owner| sandkit_e2b_protocol::secrets_equal(given, &token(state, owner, id)))
+    else {
         return Err(api_error(
             StatusCode::UNAUTHORIZED,
             "invalid or missing volume token",
         ));
-    }
+    };
     let mut held = state.volume_helpers.held.lock().await;
     if let Some(h) = held.get_mut(id) {
         h.used = Instant::now();
@@ -379,7 +387,7 @@ async fn helper(
     }
     // The token proves this server minted it, not that the volume is this key's: another
     // server on the same engine mints tokens for any id. Only a volume this key owns is served.
-    let engine = match owned(state).await {
+    let engine = match owned(state, owner).await {
         Ok(mine) => match mine.into_iter().find(|v| v.id == id) {
             Some(v) => v.engine,
             None => return Err(volume_missing(id)),
@@ -388,7 +396,7 @@ async fn helper(
     };
     let mut spec = SandboxSpec::new()
         .metadata(INSTANCE_KEY, &state.instance)
-        .metadata(OWNER_KEY, state.owner())
+        .metadata(OWNER_KEY, owner)
         .timeout(Duration::from_secs(3600));
     spec.mounts.push(Mount {
         source: MountSource::Volume(engine),

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             api_key: Some(KEY.into()),
             ..Default::default()
         };
-        let server = Server::new(Arc::new(docker), config);
+        let server = Server::new(Arc::new(docker), config).expect("the server starts");
         tokio::spawn(server.serve(api, envd, std::future::pending()));
         let e2b = E2bRuntime::builder()
             .api_key(KEY)

@@ -26,7 +26,8 @@ async fn streaming_through_e2b_stays_bounded() {
             api_key: Some(key.into()),
             ..Default::default()
         },
-    );
+    )
+    .expect("the server starts");
     tokio::spawn(server.serve(api, envd, std::future::pending()));
     let rt = E2bRuntime::builder()
         .api_key(key)

@@ -45,7 +45,8 @@ async fn serve(key: &str) -> (SocketAddr, SocketAddr) {
             api_key: Some(key.into()),
             ..Default::default()
         },
-    );
+    )
+    .expect("the server starts");
     tokio::spawn(server.serve(api, envd, std::future::pending()));
     addrs
 }
@@ -603,18 +604,31 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The data directory the binary started by a test keeps its secret in (one per test
+/// process and data tag; removed by [`Bin`]'s owner when it is done).
+fn data_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("e2b-local-data-{tag}-{}", std::process::id()))
+}
+
 fn start_bin(key: &str, api: u16, envd: u16, level: &str, tag: &str) -> Bin {
+    start_bin_with(&["--api-key", key], api, envd, level, tag)
+}
+
+/// The `e2b-local` binary with `args` besides its addresses and data directory.
+fn start_bin_with(args: &[&str], api: u16, envd: u16, level: &str, tag: &str) -> Bin {
     let log = std::env::temp_dir().join(format!("e2b-local-{tag}-{}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
+    let data = data_dir(tag.trim_end_matches(char::is_numeric));
     let child = Command::new(env!("CARGO_BIN_EXE_e2b-local"))
         .args([
             "--api-addr",
             &format!("127.0.0.1:{api}"),
             "--envd-addr",
             &format!("127.0.0.1:{envd}"),
-            "--api-key",
-            key,
+            "--data-dir",
+            data.to_str().unwrap(),
         ])
+        .args(args)
         .env("SANDKIT_LOG", level)
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -688,7 +702,9 @@ async fn killed_server_restarts_and_serves_its_sandboxes_and_logs_no_secrets() {
 
     // Secrets in no log line, at TRACE.
     let docker = DockerRuntime::builder().build().await.unwrap();
-    let token = e2b_protocol_token(&key, sb.id());
+    let secret = std::fs::read_to_string(data_dir("restart").join("secret")).unwrap();
+    let token = e2b_protocol_token(&secret, sb.id());
+    let _ = std::fs::remove_dir_all(data_dir("restart"));
     for (name, log) in [("first", &log1), ("restarted", &log2)] {
         assert!(log.contains("request"), "{name} log has request lines");
         assert!(!log.contains(&key), "the API key is in the {name} log");
@@ -700,10 +716,171 @@ async fn killed_server_restarts_and_serves_its_sandboxes_and_logs_no_secrets() {
     kill_labelled(&docker, "restart").await;
 }
 
-/// The access token e2b-local gives a sandbox (derived from the key).
-fn e2b_protocol_token(key: &str, id: &str) -> String {
+/// A raw E2B client (no retry layer: a 429 is seen as it comes).
+fn raw_client(api: u16, envd: u16, key: &str) -> E2bRuntime {
+    E2bRuntime::builder()
+        .api_key(key)
+        .api_url(format!("http://127.0.0.1:{api}"))
+        .sandbox_url(format!("http://127.0.0.1:{envd}"))
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// One `[[key]]` of a keys file.
+fn key_entry(name: &str, key: &str, extra: &str) -> String {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("[[key]]\nname = \"{name}\"\nsha256 = \"{hash}\"\n{extra}\n")
+}
+
+/// Waits up to `secs` for `check` to hold.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    secs: u64,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Many keys from a keys file: each key sees only what it made and has its own limits; a key
+/// taken out of the file is refused at once after `SIGHUP`, on the control plane and on envd
+/// with the access token it was given, while what it owned is kept; when the key comes back
+/// (the file's change is noticed without a signal) its sandbox is its own again.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
+    let docker = docker().await;
+    let alice = format!("e2b_alice_{:x}", rand::random::<u64>());
+    let bob = format!("e2b_bob_{:x}", rand::random::<u64>());
+    let dir = data_dir("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys.toml");
+    let both = key_entry("alice", &alice, "max_sandboxes = 1") + &key_entry("bob", &bob, "");
+    std::fs::write(&keys, &both).unwrap();
+    let (api, envd) = (free_port(), free_port());
+    let server = start_bin_with(
+        &["--keys-file", keys.to_str().unwrap()],
+        api,
+        envd,
+        "info",
+        "keys",
+    );
+    let (a, b) = (raw_client(api, envd, &alice), raw_client(api, envd, &bob));
+    let spec = || {
+        SandboxSpec::new()
+            .template("sandkit-mini:latest")
+            .metadata(LABEL, "keys")
+    };
+    let result = async {
+        let sa = a.create(spec()).await.expect("alice's first sandbox");
+        // Alice's limit is hers: her second create is refused, Bob's first is not.
+        let e = a
+            .create(spec())
+            .await
+            .map(|s| s.id().to_string())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+        assert!(e.to_string().contains("concurrent sandboxes (1)"), "{e}");
+        let sb = b.create(spec()).await.expect("bob's sandbox");
+        // Each key sees and reaches only its own.
+        let ids =
+            |l: Vec<sandkit_core::SandboxInfo>| l.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(a.list(&ListFilter::all()).await.unwrap()),
+            vec![sa.id().to_string()]
+        );
+        assert_eq!(
+            ids(b.list(&ListFilter::all()).await.unwrap()),
+            vec![sb.id().to_string()]
+        );
+        for e in [
+            b.connect(sa.id()).await.map(|_| ()).unwrap_err(),
+            b.kill(sa.id()).await.unwrap_err(),
+            a.connect(sb.id()).await.map(|_| ()).unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        }
+        assert_eq!(
+            sa.exec_shell("echo alice").await.unwrap().stdout_text(),
+            "alice\n"
+        );
+
+        // Alice revoked: the file without her, and SIGHUP.
+        std::fs::write(&keys, key_entry("bob", &bob, "")).unwrap();
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+        assert!(
+            eventually(5, || async { a.list(&ListFilter::all()).await.is_err() }).await,
+            "alice's key is still served after SIGHUP"
+        );
+        let e = a.list(&ListFilter::all()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+        // The access token she was given opens nothing now.
+        let e = sa.exec_shell("echo still").await.unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unauthenticated),
+            "a revoked key's sandbox answered envd: {e}"
+        );
+        // Kept (the default), and Bob is not touched.
+        let on_engine = ids(docker
+            .list(&ListFilter::all().metadata(LABEL, "keys"))
+            .await
+            .unwrap());
+        assert!(
+            on_engine.contains(&sa.id().to_string()),
+            "alice's sandbox was removed"
+        );
+        assert_eq!(
+            sb.exec_shell("echo bob").await.unwrap().stdout_text(),
+            "bob\n"
+        );
+
+        // Alice back: the file changes, no signal.
+        std::fs::write(&keys, &both).unwrap();
+        assert!(
+            eventually(10, || async { a.list(&ListFilter::all()).await.is_ok() }).await,
+            "the keys file's change was not noticed"
+        );
+        assert_eq!(
+            ids(a.list(&ListFilter::all()).await.unwrap()),
+            vec![sa.id().to_string()]
+        );
+        assert_eq!(
+            sa.exec_shell("echo back").await.unwrap().stdout_text(),
+            "back\n"
+        );
+    };
+    // Clean up whatever the checks found, then report them.
+    let result = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    drop(server);
+    kill_labelled(&docker, "keys").await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !log.contains(&alice) && !log.contains(&bob),
+        "a key is in the log"
+    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        log.contains("key revoked") && log.contains("alice"),
+        "the revocation is not logged:\n{log}"
+    );
+}
+
+/// The access token e2b-local gives a sandbox (derived from the server's secret).
+fn e2b_protocol_token(secret: &str, id: &str) -> String {
     // Same derivation as the server: the protocol crate is a dependency of both.
-    sandkit_e2b_protocol::derive_token(key, id, "envd")
+    sandkit_e2b_protocol::derive_token(secret, id, "envd")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -784,6 +961,7 @@ async fn load_20_sandboxes_200_concurrent_streams() {
     }
     eprintln!("load: 20 sandboxes, 200 concurrent streams in {:.1}s, {errors} errors, e2b-local peak RSS {} MiB", elapsed.as_secs_f64(), peak / 1024);
     drop(server);
+    let _ = std::fs::remove_dir_all(data_dir("load"));
     kill_labelled(&docker, "load").await;
     assert_eq!(
         errors,
@@ -868,7 +1046,8 @@ async fn retries_end_across_the_whole_chain() {
             api_key: Some(key.into()),
             ..Default::default()
         },
-    );
+    )
+    .expect("the server starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(api, envd, async {
         let _ = stopped.await;

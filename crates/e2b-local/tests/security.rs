@@ -95,7 +95,8 @@ async fn serve(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Served {
     let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());
     let key = config.api_key.clone().unwrap_or_default();
     let (stop, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(Server::new(runtime, config).serve(api, envd, async {
+    let server = Server::new(runtime, config).expect("the server starts");
+    let task = tokio::spawn(server.serve(api, envd, async {
         let _ = rx.await;
     }));
     Served {
@@ -238,7 +239,7 @@ async fn listeners_beyond_loopback_need_consent() {
             let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tokio::time::timeout(
                 Duration::from_secs(5),
-                Server::new(docker, config).serve(api, envd, async {}),
+                Server::new(docker, config)?.serve(api, envd, async {}),
             )
             .await
             .expect("serve returns")

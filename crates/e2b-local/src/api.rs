@@ -1,0 +1,85 @@
+//! The control plane's router: every route file's routes, behind API-key authentication,
+//! body limits and E2B's error shape; and the token-checked routes beside them (template
+//! uploads, volume content).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+
+use crate::caller::authenticate;
+use crate::http::{api_error, not_found, Shared};
+
+/// The routes of the control plane.
+pub(crate) fn router(state: Shared) -> Router {
+    let routes = crate::control::routes(Router::new())
+        .route("/sandboxes/{id}/network", put(crate::network::update))
+        .route("/sandboxes/{id}/snapshots", post(crate::snapshots::create))
+        .route("/sandboxes/{id}/fork", post(crate::snapshots::fork))
+        .route("/snapshots", get(crate::snapshots::list))
+        .route("/templates/{id}", delete(crate::snapshots::delete))
+        .route("/health", get(|| async { StatusCode::OK }));
+    crate::volumes::routes(crate::catalog::routes(crate::templates::routes(routes)))
+        // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
+        // found" for a sandbox that is running.
+        .fallback(not_served)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
+        .with_state(state.clone())
+        .merge(crate::templates::upload_router(state.clone()))
+        .merge(crate::volumes::content_router(state))
+}
+
+async fn not_served(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    // A path naming something that cannot be a sandbox is a missing sandbox, as before.
+    let mut parts = uri.path().trim_start_matches('/').split('/');
+    if let (Some("sandboxes"), Some(id)) = (parts.next(), parts.next()) {
+        let id_like = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !id_like {
+            return not_found(id);
+        }
+    }
+    api_error(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "{method} {} is not served by e2b-local (a feature of E2B's cloud it does not have yet)",
+            uri.path()
+        ),
+    )
+}
+
+/// Largest control-plane request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// Errors the framework answers itself (413, 405, ...) get the API's JSON body too: the SDK
+/// parses every error as `{"code", "message"}`.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => format!("request body over {MAX_BODY} bytes"),
+            s => s.canonical_reason().unwrap_or("error").to_string(),
+        };
+        let mut answer = api_error(status, message);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot carry another request,
+            // and the client must not try (it would see a connection closed under it).
+            answer.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
+        return answer;
+    }
+    response
+}
