@@ -14,7 +14,7 @@ use sandkit_core::{ListFilter, Result, SandboxInfo, SandboxSpec};
 use sandkit_envd::Served;
 
 use crate::keys::Key;
-use crate::state::{owned_filter, CreateAdmission, State, Whose};
+use crate::state::{owned_filter, CreateAdmission, State, Whose, OWNER_KEY};
 
 /// The server, as one key sees it.
 #[derive(Clone)]
@@ -91,6 +91,41 @@ impl Caller {
     /// Holds a handle to a sandbox this key made or attached.
     pub(crate) async fn insert(&self, sandbox: Box<dyn sandkit_core::Sandbox>) -> Arc<Served> {
         self.state.insert(sandbox, self.owner()).await
+    }
+
+    /// A create names a snapshot of another key: refused as E2B refuses a template it cannot
+    /// see; `true` when it names one of this key's. Template names without a tag or a slash are
+    /// never snapshot ids and cost nothing here. (However a snapshot is named, the backend
+    /// refuses another key's: [`sandkit_core::SandboxSpec::snapshot_guard`].)
+    pub(crate) async fn check_template(
+        &self,
+        template: &str,
+    ) -> std::result::Result<bool, Response> {
+        let state = self;
+        if !template.contains(':') && !template.contains('/') {
+            return Ok(false);
+        }
+        if !state.runtime.capabilities().snapshots {
+            return Ok(false);
+        }
+        let all = state
+            .runtime
+            .snapshots(None)
+            .await
+            .map_err(|e| crate::http::from_error(&e, ""))?;
+        match all
+            .iter()
+            .find(|s| s.id == template || s.names.iter().any(|n| n == template))
+        {
+            Some(s) if s.metadata.get(OWNER_KEY).map(String::as_str) != Some(state.owner()) => {
+                Err(crate::http::api_error(
+                    StatusCode::NOT_FOUND,
+                    format!("template '{template}' not found or you don't have access to it"),
+                ))
+            }
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
     }
 
     /// The spec of a sandbox this key makes.

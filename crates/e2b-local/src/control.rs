@@ -190,7 +190,7 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
             "autoPause (lifecycle on_timeout=pause) is not supported by this backend (it cannot pause); the sandbox would be killed at its timeout",
         );
     }
-    let snapshot = match crate::snapshots::check_template(&state, &req.template_id).await {
+    let snapshot = match state.check_template(&req.template_id).await {
         Ok(s) => s,
         Err(r) => return r,
     };

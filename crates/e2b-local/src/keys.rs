@@ -22,7 +22,14 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::state::Limits;
+/// The limits a key has when the keys file sets none for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyLimits {
+    /// Sandboxes at once.
+    pub(crate) max_sandboxes: usize,
+    /// Creates a minute.
+    pub(crate) creates_per_minute: u32,
+}
 
 /// The owner of what is made without authentication (`--insecure-no-auth`).
 pub(crate) const ANONYMOUS: &str = "anonymous";
@@ -65,7 +72,7 @@ struct KeysFile {
 
 impl KeySet {
     /// The one key of a server without authentication: everything is the anonymous tenant's.
-    pub(crate) fn anonymous(limits: &Limits) -> Self {
+    pub(crate) fn anonymous(limits: &KeyLimits) -> Self {
         let mut set = KeySet::default();
         set.by_hash.insert(
             [0; 32],
@@ -88,7 +95,7 @@ impl KeySet {
     pub(crate) fn load(
         api_key: Option<&str>,
         file: Option<&Path>,
-        limits: &Limits,
+        limits: &KeyLimits,
     ) -> Result<Self, String> {
         let mut set = KeySet::default();
         if let Some(key) = api_key {
@@ -224,8 +231,11 @@ pub enum Revoked {
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits::default()
+    fn limits() -> KeyLimits {
+        KeyLimits {
+            max_sandboxes: 100,
+            creates_per_minute: 600,
+        }
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {

@@ -21,6 +21,7 @@
 
 mod api;
 mod args;
+mod builds;
 mod caller;
 mod catalog;
 mod control;
@@ -34,6 +35,7 @@ mod resolve;
 mod snapshots;
 mod state;
 mod templates;
+mod volume_helpers;
 mod volumes;
 
 use std::future::Future;

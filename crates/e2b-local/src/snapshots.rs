@@ -54,37 +54,6 @@ fn unsupported(state: &State) -> Option<Response> {
     })
 }
 
-/// A create names a snapshot of another key: refused as E2B refuses a template it cannot
-/// see; `true` when it names one of this key's. Template names without a tag or a slash are
-/// never snapshot ids and cost nothing here. (However a snapshot is named, the backend
-/// refuses another key's: [`sandkit_core::SandboxSpec::snapshot_guard`].)
-pub(crate) async fn check_template(state: &Caller, template: &str) -> Result<bool, Response> {
-    if !template.contains(':') && !template.contains('/') {
-        return Ok(false);
-    }
-    if !state.runtime.capabilities().snapshots {
-        return Ok(false);
-    }
-    let all = state
-        .runtime
-        .snapshots(None)
-        .await
-        .map_err(|e| from_error(&e, ""))?;
-    match all
-        .iter()
-        .find(|s| s.id == template || s.names.iter().any(|n| n == template))
-    {
-        Some(s) if s.metadata.get(OWNER_KEY).map(String::as_str) != Some(state.owner()) => {
-            Err(api_error(
-                StatusCode::NOT_FOUND,
-                format!("template '{template}' not found or you don't have access to it"),
-            ))
-        }
-        Some(_) => Ok(true),
-        None => Ok(false),
-    }
-}
-
 /// `POST /sandboxes/{id}/snapshots`.
 pub(crate) async fn create(state: Caller, Path(id): Path<String>, body: Bytes) -> Response {
     if let Some(r) = unsupported(&state) {

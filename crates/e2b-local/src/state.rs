@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use sandkit_envd::Served;
 
-use crate::keys::{Key, KeySet, Revoked, ANONYMOUS};
+use crate::keys::{Key, KeyLimits, KeySet, Revoked, ANONYMOUS};
 
 /// Metadata keys the server keeps on each sandbox (hidden from the API, refused from clients).
 pub(crate) const TEMPLATE_KEY: &str = "sandkit.e2b.template";
@@ -54,6 +54,16 @@ pub struct Limits {
     /// Creates a key may make a minute; past it, create is `429` with `Retry-After`. Default
     /// 600: one person's test suite never meets it (a team tightens it per key).
     pub creates_per_minute: u32,
+}
+
+impl Limits {
+    /// The limits of a key that sets none of its own.
+    pub(crate) fn per_key(&self) -> KeyLimits {
+        KeyLimits {
+            max_sandboxes: self.max_sandboxes,
+            creates_per_minute: self.creates_per_minute,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -179,10 +189,10 @@ pub(crate) struct State {
     /// Network configurations set by `PUT .../network`, by sandbox id (reported instead of
     /// the one kept at create).
     networks: std::sync::Mutex<HashMap<String, sandkit_e2b_protocol::api::NetworkConfig>>,
-    /// The helper sandboxes of volumes' content (see [`crate::volumes`]).
-    pub(crate) volume_helpers: crate::volumes::Helpers,
-    /// Template builds by build id (see [`crate::templates`]).
-    pub(crate) builds: std::sync::Mutex<HashMap<String, Arc<crate::templates::Build>>>,
+    /// The helper sandboxes of volumes' content.
+    pub(crate) volume_helpers: crate::volume_helpers::Helpers,
+    /// Template builds by build id (see [`crate::builds`]).
+    pub(crate) builds: std::sync::Mutex<HashMap<String, Arc<crate::builds::Build>>>,
     /// The port proxy's domain, once it listens.
     ports_domain: std::sync::OnceLock<String>,
 }
@@ -210,12 +220,12 @@ impl State {
     pub(crate) fn new(runtime: Arc<dyn Runtime>, config: ServerConfig) -> std::io::Result<Self> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let keys = if config.insecure_no_auth {
-            KeySet::anonymous(&config.limits)
+            KeySet::anonymous(&config.limits.per_key())
         } else {
             KeySet::load(
                 config.api_key.as_deref().filter(|k| !k.is_empty()),
                 config.keys_file.as_deref(),
-                &config.limits,
+                &config.limits.per_key(),
             )
             .map_err(|e| {
                 invalid(if e == "no API key" {
@@ -266,7 +276,7 @@ impl State {
         let newer = Arc::new(KeySet::load(
             self.config.api_key.as_deref().filter(|k| !k.is_empty()),
             self.config.keys_file.as_deref(),
-            &self.config.limits,
+            &self.config.limits.per_key(),
         )?);
         let older = std::mem::replace(&mut *self.keys.write().expect("keys"), newer.clone());
         let removed = older.removed_in(&newer);
@@ -682,7 +692,7 @@ impl State {
             // A directory of this run only.
             let _ = tokio::fs::remove_dir_all(&self.data_dir).await;
         }
-        crate::volumes::shutdown(self).await;
+        self.volume_helpers.shutdown().await;
         if self.config.keep_sandboxes {
             info!("leaving the sandboxes running (--keep-sandboxes)");
             return;

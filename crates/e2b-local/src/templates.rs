@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::builds::{Build, Progress};
 use crate::caller::Caller;
 use crate::http::{api_error, parse, Shared};
 use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
@@ -55,74 +56,10 @@ const MAX_UPLOAD: usize = 1 << 30;
 const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a sandbox's ready command may take to succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// The most log entries a build keeps.
-const MAX_LOG_ENTRIES: usize = 10_000;
 /// The most builds kept in memory; the oldest finished ones go first.
 const MAX_BUILDS: usize = 200;
 /// Where COPY files are unpacked inside a build's sandbox.
 const UNPACK: &str = "/tmp/.sandkit-build";
-
-/// One build: its status and log, as the status route answers them.
-#[derive(Debug)]
-pub(crate) struct Build {
-    id: String,
-    template_id: String,
-    alias: String,
-    tags: Vec<String>,
-    owner: String,
-    registered: Instant,
-    pub(crate) progress: Mutex<Progress>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// `waiting` (registered), `building`, `ready` or `error`.
-    status: &'static str,
-    pub(crate) entries: Vec<serde_json::Value>,
-    reason: Option<serde_json::Value>,
-}
-
-impl Build {
-    fn log(&self, level: &str, step: &str, message: impl Into<String>) {
-        let message = message.into();
-        let mut p = self.progress.lock().expect("build");
-        if p.entries.len() >= MAX_LOG_ENTRIES {
-            return;
-        }
-        if p.entries.len() + 1 == MAX_LOG_ENTRIES {
-            p.entries.push(json!({
-                "timestamp": rfc3339(SystemTime::now()),
-                "level": "warn",
-                "message": format!("the log is cut at {MAX_LOG_ENTRIES} entries"),
-                "step": step,
-            }));
-            return;
-        }
-        p.entries.push(json!({
-            "timestamp": rfc3339(SystemTime::now()),
-            "level": level,
-            "message": message,
-            "step": step,
-        }));
-    }
-
-    fn finish(&self, outcome: Result<(), (String, String)>) {
-        let mut p = self.progress.lock().expect("build");
-        match outcome {
-            Ok(()) => p.status = "ready",
-            Err((step, message)) => {
-                p.entries.push(json!({
-                    "timestamp": rfc3339(SystemTime::now()),
-                    "level": "error",
-                    "message": message,
-                    "step": step,
-                }));
-                p.status = "error";
-                p.reason = Some(json!({"message": message, "step": step}));
-            }
-        }
-    }
-}
 
 /// The routes that need the API key.
 pub(crate) fn routes(router: Router<Shared>) -> Router<Shared> {
@@ -799,29 +736,27 @@ async fn run_build(
         }
         // This key's own snapshot is a base it may build on; another key's is refused, and so
         // is an image the operator did not allow (and a look-up that failed: fail closed).
-        From::Image(i) if !state.image_allowed(i) => {
-            match crate::snapshots::check_template(state, i).await {
-                Ok(true) => (Some(i.clone()), Cursor::new("root", "/")),
-                Ok(false) => {
-                    return Err(base(format!(
-                        "image '{i}' is not one this server allows: e2b-local pulls from no \
+        From::Image(i) if !state.image_allowed(i) => match state.check_template(i).await {
+            Ok(true) => (Some(i.clone()), Cursor::new("root", "/")),
+            Ok(false) => {
+                return Err(base(format!(
+                    "image '{i}' is not one this server allows: e2b-local pulls from no \
                          registry and builds only from the images its operator allows \
                          (--allow-image)"
-                    )))
-                }
-                Err(r) if r.status() == StatusCode::NOT_FOUND => {
-                    return Err(base(format!(
-                        "image '{i}' is not yours: it is a snapshot or template of another key"
-                    )))
-                }
-                Err(r) => {
-                    return Err(base(format!(
-                        "cannot tell whether image '{i}' may be used ({}); try again",
-                        r.status()
-                    )))
-                }
+                )))
             }
-        }
+            Err(r) if r.status() == StatusCode::NOT_FOUND => {
+                return Err(base(format!(
+                    "image '{i}' is not yours: it is a snapshot or template of another key"
+                )))
+            }
+            Err(r) => {
+                return Err(base(format!(
+                    "cannot tell whether image '{i}' may be used ({}); try again",
+                    r.status()
+                )))
+            }
+        },
         From::Image(i) => (Some(i.clone()), Cursor::new("root", "/")),
         From::Template(t) if t == "base" => (None, Cursor::new("user", "/home/user")),
         From::Template(t) => match resolve(state, t).await {

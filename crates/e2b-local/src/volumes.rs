@@ -13,7 +13,7 @@
 //! The SDK reaches the content API at `E2B_VOLUME_API_URL` (it never uses `E2B_API_URL` for
 //! it): set it to this server's API address.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,12 +30,12 @@ use sandkit_core::{
 use sandkit_e2b_protocol::json::rfc3339;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::caller::Caller;
 use crate::http::{api_error, from_error, parse, Shared};
 use crate::state::{State, INSTANCE_KEY, OWNER_KEY};
+use crate::volume_helpers::Helper;
 
 const NAME_KEY: &str = "sandkit.e2b.volume.name";
 const ID_KEY: &str = "sandkit.e2b.volume.id";
@@ -47,23 +47,6 @@ const HELPER_IDLE: Duration = Duration::from_secs(60);
 const MAX_VOLUMES: usize = 100;
 /// The deepest listing.
 const MAX_DEPTH: u32 = 10;
-
-/// The helper sandboxes, by volume id.
-#[derive(Default)]
-pub(crate) struct Helpers {
-    held: Mutex<HashMap<String, Helper>>,
-}
-
-impl std::fmt::Debug for Helpers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Helpers").finish_non_exhaustive()
-    }
-}
-
-struct Helper {
-    sandbox: Arc<dyn Sandbox>,
-    used: Instant,
-}
 
 /// The control routes (API key).
 pub(crate) fn routes(router: Router<Shared>) -> Router<Shared> {
@@ -465,21 +448,6 @@ async fn target(
         path,
         full,
     })
-}
-
-/// Kills every helper sandbox (on shutdown).
-pub(crate) async fn shutdown(state: &State) {
-    let held: Vec<Helper> = state
-        .volume_helpers
-        .held
-        .lock()
-        .await
-        .drain()
-        .map(|(_, h)| h)
-        .collect();
-    for h in held {
-        let _ = h.sandbox.kill().await;
-    }
 }
 
 /// `find -printf` of one entry: name, type, size, mode, uid, gid, times, link target.

@@ -78,6 +78,8 @@ struct Served {
     api: SocketAddr,
     envd: SocketAddr,
     key: String,
+    /// The secret it signs tokens with (what its operator holds).
+    secret: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -89,13 +91,33 @@ impl Served {
     }
 }
 
-async fn serve(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Served {
+/// The data directory of every server this test process starts: one secret for all of them,
+/// as servers on one machine share `~/.local/state/e2b-local`, so a token one server mints is
+/// one another server would mint too.
+fn shared_data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("e2b-local-security-{}", std::process::id()))
+}
+
+/// The owner digest e2b-local puts on what `key` makes (derived from the key's hash).
+fn owner_of(key: &str) -> String {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    sandkit_e2b_protocol::derive_token(&hash, "", "owner")
+}
+
+async fn serve(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> Served {
+    config.data_dir.get_or_insert_with(shared_data_dir);
+    let data_dir = config.data_dir.clone().unwrap();
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());
     let key = config.api_key.clone().unwrap_or_default();
     let (stop, rx) = tokio::sync::oneshot::channel();
     let server = Server::new(runtime, config).expect("the server starts");
+    let secret = std::fs::read_to_string(data_dir.join("secret")).unwrap();
     let task = tokio::spawn(server.serve(api, envd, async {
         let _ = rx.await;
     }));
@@ -103,6 +125,7 @@ async fn serve(runtime: Arc<dyn Runtime>, config: ServerConfig) -> Served {
         api: a,
         envd: e,
         key,
+        secret,
         stop,
         task,
     }
@@ -118,7 +141,7 @@ fn keyed(key: &str) -> ServerConfig {
 /// The sandboxes on the engine that belong to the server with this API key (tests run at
 /// once, each with its own key).
 async fn sandbox_ids(docker: &DockerRuntime, key: &str) -> Vec<String> {
-    let owner = sandkit_e2b_protocol::derive_token(key, "", "owner");
+    let owner = owner_of(key);
     docker
         .list(&ListFilter::all().metadata("sandkit.e2b.owner", owner))
         .await
@@ -331,7 +354,7 @@ async fn rejected_requests_have_no_effect() {
 
     // Even with the right token, envd does not resume a paused sandbox: it is gone until
     // resumed through the API.
-    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.secret, &id, "envd");
     let r = start_as_root(&http, server.envd, &id, "true")
         .header("x-access-token", &token)
         .send()
@@ -381,8 +404,10 @@ async fn tenants_cannot_reach_each_other() {
             .unwrap();
         assert_eq!(r.status(), 404, "{method} {path}");
     }
-    // B's holder can compute B's token for any id: B's envd still does not serve A's sandbox.
-    let forged = sandkit_e2b_protocol::derive_token(&b.key, &id, "envd");
+    // B's operator can compute B's token for any id (here the very token A's server gives:
+    // both keep their secret in one data directory): B's envd still does not serve A's
+    // sandbox.
+    let forged = sandkit_e2b_protocol::derive_token(&b.secret, &id, "envd");
     let r = start_as_root(&http, b.envd, &id, "touch /tmp/pwned")
         .header("x-access-token", &forged)
         .send()
@@ -434,7 +459,7 @@ async fn small_findings_are_answered_clearly() {
     let server = serve(docker.clone(), keyed("e2b_security_small")).await;
     let http = reqwest::Client::new();
     let id = create(&http, &server, json!({})).await;
-    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.secret, &id, "envd");
     use base64::Engine as _;
     for user in ["..", "."] {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
@@ -588,7 +613,7 @@ async fn uploads_are_atomic_and_run_as_the_user() {
     let server = serve(docker.clone(), keyed("e2b_security_uploads")).await;
     let http = reqwest::Client::new();
     let id = create(&http, &server, json!({})).await;
-    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.secret, &id, "envd");
     let sandbox = docker.connect(&id).await.unwrap();
     let shadow = || async {
         sandbox
@@ -793,17 +818,16 @@ async fn another_server_cannot_open_a_volume() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 
-    let owner = |key: &str| sandkit_e2b_protocol::derive_token(key, "", "owner");
     let minted = [
-        sandkit_e2b_protocol::derive_token(&b.key, &format!("volume/{id}"), "volume"),
+        sandkit_e2b_protocol::derive_token(&b.secret, &format!("volume/{id}"), "volume"),
         sandkit_e2b_protocol::derive_token(
-            &b.key,
-            &format!("volume/{}/{id}", owner(&b.key)),
+            &b.secret,
+            &format!("volume/{}/{id}", owner_of(&b.key)),
             "volume",
         ),
         sandkit_e2b_protocol::derive_token(
-            &b.key,
-            &format!("volume/{}/{id}", owner(&a.key)),
+            &b.secret,
+            &format!("volume/{}/{id}", owner_of(&a.key)),
             "volume",
         ),
     ];
@@ -910,7 +934,7 @@ async fn a_connection_flood_locks_nobody_out() {
         .build()
         .unwrap();
     let id = create(&http, &server, json!({})).await;
-    let token = sandkit_e2b_protocol::derive_token(&server.key, &id, "envd");
+    let token = sandkit_e2b_protocol::derive_token(&server.secret, &id, "envd");
 
     let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let held = Arc::new(AtomicUsize::new(0));
