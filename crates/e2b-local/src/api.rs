@@ -3,12 +3,14 @@
 //! uploads, volume content).
 
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
-use crate::caller::authenticate;
+use crate::caller::{authenticate, Caller};
 use crate::http::{api_error, not_found, Shared};
+use crate::metrics::Counted;
+use crate::state::OWNER_KEY;
 
 /// The routes of the control plane.
 pub(crate) fn router(state: Shared) -> Router {
@@ -18,7 +20,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/sandboxes/{id}/fork", post(crate::snapshots::fork))
         .route("/snapshots", get(crate::snapshots::list))
         .route("/templates/{id}", delete(crate::snapshots::delete))
-        .route("/health", get(|| async { StatusCode::OK }));
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(metrics));
     crate::volumes::routes(crate::catalog::routes(crate::templates::routes(routes)))
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
@@ -82,4 +85,45 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
         return answer;
     }
     response
+}
+
+/// `GET /metrics`: Prometheus' text format, for an operator key (`operator = true` in the keys
+/// file, or `--api-key`'s). Sandboxes are counted from the engine at each scrape, by the name
+/// of the key that owns them (those of keys this server does not serve are not counted).
+async fn metrics(state: Caller) -> Response {
+    if !state.key.operator {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "this key may not read /metrics: give it `operator = true` in the keys file",
+        );
+    }
+    let keys = state.keys();
+    let listed = match state.runtime.list(&sandkit_core::ListFilter::all()).await {
+        Ok(l) => l,
+        Err(e) => return crate::http::from_error(&e, ""),
+    };
+    let counted: Vec<Counted> = listed
+        .iter()
+        .filter_map(|info| {
+            let key = keys.by_owner(info.metadata.get(OWNER_KEY)?)?;
+            let state = match info.state {
+                sandkit_core::SandboxState::Running => "running",
+                sandkit_core::SandboxState::Paused => "paused",
+                _ => "other",
+            };
+            Some(Counted {
+                key: key.name.clone(),
+                state,
+            })
+        })
+        .collect();
+    let text = state.metrics.render(&counted, keys.len());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }

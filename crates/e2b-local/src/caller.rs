@@ -155,10 +155,13 @@ pub(crate) async fn authenticate(
     let key = if state.config.insecure_no_auth {
         keys.by_owner(crate::keys::ANONYMOUS)
     } else {
-        request
-            .headers()
+        // `X-API-Key`, as the SDKs send it, or a bearer token, as Prometheus sends one.
+        let headers = request.headers();
+        headers
             .get(sandkit_e2b_protocol::headers::API_KEY)
+            .or_else(|| headers.get(axum::http::header::AUTHORIZATION))
             .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
             .filter(|given| !given.is_empty())
             .and_then(|given| keys.find(given))
     };
@@ -171,6 +174,45 @@ pub(crate) async fn authenticate(
     if !state.config.insecure_no_auth {
         crate::listen::prove(&request);
     }
-    request.extensions_mut().insert(key);
-    next.run(request).await
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    request.extensions_mut().insert(key.clone());
+    let response = next.run(request).await;
+    let made = response.extensions().get::<Made>().map(|m| m.0.as_str());
+    audit(&key, &method, &path, made, response.status());
+    response
+}
+
+/// The sandbox a request made, put on its answer for the audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct Made(pub(crate) String);
+
+/// One line of the audit log (target `e2b_local::audit`): which key did what to which
+/// sandbox, and how it was answered. Reads (`GET`) are not audited.
+fn audit(
+    key: &Key,
+    method: &axum::http::Method,
+    path: &str,
+    made: Option<&str>,
+    status: StatusCode,
+) {
+    if method == axum::http::Method::GET {
+        return;
+    }
+    let mut parts = path.trim_start_matches('/').split('/');
+    let sandbox = match (parts.next(), parts.next()) {
+        (Some("v2"), Some("sandboxes")) => parts.next(),
+        (Some("sandboxes"), id) => id,
+        _ => None,
+    }
+    .or(made)
+    .unwrap_or("");
+    tracing::info!(
+        target: "e2b_local::audit",
+        key = %key.name,
+        %method,
+        path,
+        sandbox,
+        status = status.as_u16(),
+        "audit"
+    );
 }

@@ -276,6 +276,7 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     if auto_resume(&req) {
         spec = spec.metadata(crate::state::AUTO_RESUME_KEY, "1");
     }
+    let started = std::time::Instant::now();
     let sandbox = match state.runtime.create(spec).await {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -284,8 +285,14 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
                 format!("template '{}' not found: {}", req.template_id, e.message()),
             )
         }
-        Err(e) => return from_error(&e, ""),
+        Err(e) => {
+            state.metrics.create(&state.key.name, None);
+            return from_error(&e, "");
+        }
     };
+    state
+        .metrics
+        .create(&state.key.name, Some(started.elapsed()));
     if let Some(t) = &built {
         if let Err(e) = crate::templates::start_in(sandbox.as_ref(), t).await {
             let _ = sandbox.kill().await;
@@ -299,7 +306,11 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     info!(sandbox_id = %info.id, template = %req.template_id, "sandbox created");
     state.remember_made(&info.id).await;
     state.insert(sandbox).await;
-    (StatusCode::CREATED, Json(created(&state, &info))).into_response()
+    let mut response = (StatusCode::CREATED, Json(created(&state, &info))).into_response();
+    response
+        .extensions_mut()
+        .insert(crate::caller::Made(info.id.clone()));
+    response
 }
 
 /// What a create asks for that this server cannot honour: refused with a reason, never

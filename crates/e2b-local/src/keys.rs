@@ -9,6 +9,7 @@
 //! sha256 = "9f86d081..."      # printf %s "$KEY" | sha256sum
 //! max_sandboxes = 20          # optional: overrides --max-sandboxes for this key
 //! creates_per_minute = 120    # optional: overrides --creates-per-minute
+//! operator = true             # optional: may read /metrics (the --api-key key always may)
 //! ```
 //!
 //! What a key makes carries its owner digest (metadata `sandkit.e2b.owner`), derived from the
@@ -45,6 +46,8 @@ pub(crate) struct Key {
     pub(crate) max_sandboxes: usize,
     /// Creates it may make a minute.
     pub(crate) creates_per_minute: u32,
+    /// May read what the operator reads (`/metrics`).
+    pub(crate) operator: bool,
 }
 
 /// The keys a server accepts, by the SHA-256 of each.
@@ -61,6 +64,8 @@ struct FileKey {
     sha256: String,
     max_sandboxes: Option<usize>,
     creates_per_minute: Option<u32>,
+    #[serde(default)]
+    operator: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +86,7 @@ impl KeySet {
                 owner: ANONYMOUS.into(),
                 max_sandboxes: limits.max_sandboxes,
                 creates_per_minute: limits.creates_per_minute,
+                operator: true,
             }),
         );
         set
@@ -99,11 +105,13 @@ impl KeySet {
     ) -> Result<Self, String> {
         let mut set = KeySet::default();
         if let Some(key) = api_key {
+            // The one key of a server for one person: its operator too.
             set.add(
                 "default".into(),
                 sha256(key),
                 limits.max_sandboxes,
                 limits.creates_per_minute,
+                true,
             )?;
         }
         if let Some(path) = file {
@@ -124,6 +132,7 @@ impl KeySet {
                     hash,
                     k.max_sandboxes.unwrap_or(limits.max_sandboxes),
                     k.creates_per_minute.unwrap_or(limits.creates_per_minute),
+                    k.operator,
                 )
                 .map_err(|e| format!("{e} (in {})", path.display()))?;
             }
@@ -143,6 +152,7 @@ impl KeySet {
         hash: [u8; 32],
         max_sandboxes: usize,
         creates_per_minute: u32,
+        operator: bool,
     ) -> Result<(), String> {
         if name.is_empty() || name.chars().any(|c| c.is_control()) {
             return Err(format!("key name {name:?}: give each key a printable name"));
@@ -161,6 +171,7 @@ impl KeySet {
                 owner,
                 max_sandboxes,
                 creates_per_minute,
+                operator,
             }),
         );
         Ok(())

@@ -29,6 +29,7 @@ mod hosts;
 mod http;
 mod keys;
 mod listen;
+mod metrics;
 mod network;
 mod ports;
 mod resolve;
@@ -99,20 +100,26 @@ impl Server {
     /// The control-plane routes, for embedding in another server. Requests naming a host
     /// that is not allowed are refused (see [`ServerConfig::allowed_hosts`]).
     pub fn api_router(&self) -> axum::Router {
-        self.guarded(api::router(self.state.clone()))
+        self.guarded(api::router(self.state.clone()), "api")
     }
 
     /// The envd routes, for embedding in another server. Requests naming a host that is not
     /// allowed are refused (see [`ServerConfig::allowed_hosts`]).
     pub fn envd_router(&self) -> axum::Router {
-        self.guarded(sandkit_envd::router(self.state.clone()))
+        self.guarded(sandkit_envd::router(self.state.clone()), "envd")
     }
 
-    fn guarded(&self, router: axum::Router) -> axum::Router {
-        router.layer(axum::middleware::from_fn_with_state(
-            self.state.clone(),
-            hosts::check,
-        ))
+    /// `router` behind the host check, its requests counted for `/metrics` as `listener`'s.
+    fn guarded(&self, router: axum::Router, listener: &'static str) -> axum::Router {
+        router
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                hosts::check,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                (self.state.clone(), listener),
+                count_request,
+            ))
     }
 
     /// Serves both listeners until `shutdown` completes, then kills the sandboxes this server
@@ -268,6 +275,23 @@ async fn watch_keys(
             server.reload_keys().await;
         }
     }
+}
+
+/// Counts a request and the time to its answer's head, for `/metrics`.
+async fn count_request(
+    axum::extract::State((state, listener)): axum::extract::State<(
+        Arc<state::State>,
+        &'static str,
+    )>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request(listener, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Logs each request (method, path, status, time); never headers, which carry secrets.

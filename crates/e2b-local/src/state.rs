@@ -195,6 +195,8 @@ pub(crate) struct State {
     pub(crate) builds: std::sync::Mutex<HashMap<String, Arc<crate::builds::Build>>>,
     /// The port proxy's domain, once it listens.
     ports_domain: std::sync::OnceLock<String>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// A sandbox this server holds a handle to, and the owner it was made for.
@@ -258,6 +260,7 @@ impl State {
             alive: Mutex::new(HashMap::new()),
             networks: std::sync::Mutex::new(HashMap::new()),
             ports_domain: std::sync::OnceLock::new(),
+            metrics: Default::default(),
             config,
         })
     }
@@ -390,6 +393,7 @@ impl State {
                     60
                 };
                 *bucket = (tokens, now);
+                self.metrics.refused(&key.name, "rate");
                 return Err((
                     format!(
                         "Rate limit exceeded: at most {} sandbox creates a minute for this key",
@@ -412,6 +416,7 @@ impl State {
             }
         };
         if existing + *creating >= key.max_sandboxes {
+            self.metrics.refused(&key.name, "concurrent");
             return Err((
                 format!(
                     "You have reached the maximum number of concurrent sandboxes ({}); kill one first",

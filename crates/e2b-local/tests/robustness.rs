@@ -764,7 +764,8 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
     let dir = data_dir("keys");
     std::fs::create_dir_all(&dir).unwrap();
     let keys = dir.join("keys.toml");
-    let both = key_entry("alice", &alice, "max_sandboxes = 1") + &key_entry("bob", &bob, "");
+    let both = key_entry("alice", &alice, "max_sandboxes = 1")
+        + &key_entry("bob", &bob, "operator = true");
     std::fs::write(&keys, &both).unwrap();
     let (api, envd) = (free_port(), free_port());
     let server = start_bin_with(
@@ -780,8 +781,10 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             .template("sandkit-mini:latest")
             .metadata(LABEL, "keys")
     };
+    let alices = Mutex::new(String::new());
     let result = async {
         let sa = a.create(spec()).await.expect("alice's first sandbox");
+        *alices.lock().unwrap() = sa.id().to_string();
         // Alice's limit is hers: her second create is refused, Bob's first is not.
         let e = a
             .create(spec())
@@ -815,7 +818,35 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
         );
 
         // Alice revoked: the file without her, and SIGHUP.
-        std::fs::write(&keys, key_entry("bob", &bob, "")).unwrap();
+        // What the operator scrapes: per key, and Alice may not read it.
+        let metrics = |key: &str| {
+            reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{api}/metrics"))
+                .bearer_auth(key)
+                .send()
+        };
+        assert_eq!(metrics(&alice).await.unwrap().status(), 403);
+        let scrape = metrics(&bob).await.unwrap();
+        assert_eq!(scrape.status(), 200);
+        let text = scrape.text().await.unwrap();
+        for line in [
+            "e2b_local_sandboxes{key=\"alice\",state=\"running\"} 1",
+            "e2b_local_sandboxes{key=\"bob\",state=\"running\"} 1",
+            "e2b_local_creates_total{key=\"alice\",outcome=\"made\"} 1",
+            "e2b_local_quota_refusals_total{key=\"alice\",limit=\"concurrent\"} 1",
+            "e2b_local_keys 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} not in /metrics:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("e2b_local_requests_total{listener=\"envd\",status=\"200\"}"),
+            "{text}"
+        );
+
+        std::fs::write(&keys, key_entry("bob", &bob, "operator = true")).unwrap();
         unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
         assert!(
             eventually(5, || async { a.list(&ListFilter::all()).await.is_err() }).await,
@@ -874,6 +905,15 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
     assert!(
         log.contains("key revoked") && log.contains("alice"),
         "the revocation is not logged:\n{log}"
+    );
+    // The audit log says which key made Alice's sandbox.
+    let made = alices.lock().unwrap().clone();
+    assert!(
+        log.lines().any(|l| l.contains("e2b_local::audit")
+            && l.contains("alice")
+            && l.contains(&made)
+            && l.contains("201")),
+        "no audit line for alice's create of {made}:\n{log}"
     );
 }
 
