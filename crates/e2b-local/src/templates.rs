@@ -1124,6 +1124,11 @@ async fn assign_tags(state: Caller, body: Bytes) -> Response {
             spec = spec.metadata(k.clone(), v.clone());
         }
     }
+    // The sandbox the tags are made from counts against the key's limits like any other.
+    let _admission = match state.admit_create().await {
+        Ok(a) => a,
+        Err((message, retry_after)) => return crate::http::too_many(message, retry_after),
+    };
     let sandbox = match state.runtime.create(spec).await {
         Ok(s) => s,
         Err(e) => return crate::http::from_error(&e, ""),

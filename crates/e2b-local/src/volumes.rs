@@ -377,6 +377,12 @@ async fn helper(
         },
         Err(e) => return Err(from_error(&e, "")),
     };
+    // A helper is a sandbox of the key's like any other: admitted under its limits.
+    let key = keys.by_owner(owner).expect("the owner of a served key");
+    let _admission = state
+        .admit_create(&key)
+        .await
+        .map_err(|(message, retry_after)| crate::http::too_many(message, retry_after))?;
     let mut spec = SandboxSpec::new()
         .metadata(INSTANCE_KEY, &state.instance)
         .metadata(OWNER_KEY, owner)

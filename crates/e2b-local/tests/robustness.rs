@@ -818,6 +818,42 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
         );
 
         // Alice revoked: the file without her, and SIGHUP.
+        // A volume's helper sandbox is admitted like a create: at her limit, Alice's volume
+        // content answers 429 (and no helper is made).
+        let http = reqwest::Client::new();
+        let volume: serde_json::Value = http
+            .post(format!("http://127.0.0.1:{api}/volumes"))
+            .header("x-api-key", &alice)
+            .header("content-type", "application/json")
+            .body(r#"{"name": "alices"}"#)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        let listed = http
+            .get(format!(
+                "http://127.0.0.1:{api}/volumecontent/{}/dir?path=/",
+                volume["volumeID"].as_str().unwrap()
+            ))
+            .bearer_auth(volume["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 429, "{}", listed.text().await.unwrap());
+        let removed = http
+            .delete(format!(
+                "http://127.0.0.1:{api}/volumes/{}",
+                volume["volumeID"].as_str().unwrap()
+            ))
+            .header("x-api-key", &alice)
+            .send()
+            .await
+            .unwrap();
+        assert!(removed.status().is_success(), "{}", removed.status());
+
         // What the operator scrapes: per key, and Alice may not read it.
         let metrics = |key: &str| {
             reqwest::Client::new()
@@ -833,7 +869,7 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             "e2b_local_sandboxes{key=\"alice\",state=\"running\"} 1",
             "e2b_local_sandboxes{key=\"bob\",state=\"running\"} 1",
             "e2b_local_creates_total{key=\"alice\",outcome=\"made\"} 1",
-            "e2b_local_quota_refusals_total{key=\"alice\",limit=\"concurrent\"} 1",
+            "e2b_local_quota_refusals_total{key=\"alice\",limit=\"concurrent\"} 2",
             "e2b_local_keys 2",
         ] {
             assert!(
