@@ -522,6 +522,8 @@ async fn upload(
     if !valid_hash(&hash)
         || !tenant.bytes().all(|b| b.is_ascii_alphanumeric())
         || !sandkit_e2b_protocol::secrets_equal(&q.token, &upload_token(&state, &tenant, &hash))
+        // A key revoked since the URL was given uploads nothing.
+        || !state.keys().owners().any(|owner| owner == tenant)
     {
         return api_error(StatusCode::FORBIDDEN, "this upload URL is not valid");
     }
