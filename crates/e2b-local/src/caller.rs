@@ -78,6 +78,11 @@ impl Caller {
         self.state.served_for(id, Whose::Key(self.owner())).await
     }
 
+    /// Drops this key's handle of `id` (never another key's).
+    pub(crate) async fn forget(&self, id: &str) {
+        self.state.forget_for(id, self.owner()).await
+    }
+
     /// The list filter of this key's sandboxes.
     pub(crate) fn owned_filter(&self) -> ListFilter {
         owned_filter(self.owner())

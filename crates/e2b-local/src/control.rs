@@ -615,12 +615,14 @@ async fn list_all(
     q: &ListQuery,
     default_states: &[SandboxState],
 ) -> Result<Vec<SandboxInfo>, Response> {
-    let mut filter = state.owned_filter();
+    let mut filter = sandkit_core::ListFilter::all();
     if let Some(m) = &q.metadata {
         for (k, v) in decode_metadata_filter(m) {
             filter = filter.metadata(k, v);
         }
     }
+    // The owner last: a client's `sandkit.e2b.owner=...` cannot replace it.
+    filter = filter.metadata(crate::state::OWNER_KEY, state.owner());
     let states: Vec<SandboxState> = match &q.state {
         Some(s) => s
             .split(',')

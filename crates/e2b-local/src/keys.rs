@@ -13,7 +13,7 @@
 //! ```
 //!
 //! What a key makes carries its owner digest (metadata `sandkit.e2b.owner`), derived from the
-//! key's hash: the same key finds its sandboxes, snapshots, templates and volumes again after a
+//! key's hash (from the key itself for `--api-key`'s, as before keys files came): the same key finds its sandboxes, snapshots, templates and volumes again after a
 //! restart, and a key taken out of the file stops being served at the next read.
 
 use std::collections::HashMap;
@@ -109,6 +109,8 @@ impl KeySet {
             set.add(
                 "default".into(),
                 sha256(key),
+                // As before keys files came: what it made before is still its own.
+                sandkit_e2b_protocol::derive_token(key, "", "owner"),
                 limits.max_sandboxes,
                 limits.creates_per_minute,
                 true,
@@ -117,8 +119,19 @@ impl KeySet {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the keys file {}: {e}", path.display()))?;
-            let parsed: KeysFile = toml::from_str(&text)
-                .map_err(|e| format!("the keys file {} is not valid: {e}", path.display()))?;
+            // The error's own message and line only: toml quotes the source line, which may
+            // hold a key pasted by mistake.
+            let parsed: KeysFile = toml::from_str(&text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                format!(
+                    "the keys file {} is not valid{}: {}",
+                    path.display(),
+                    line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                    e.message()
+                )
+            })?;
             for k in parsed.key {
                 let hash = parse_hash(&k.sha256).ok_or_else(|| {
                     format!(
@@ -127,9 +140,11 @@ impl KeySet {
                         path.display()
                     )
                 })?;
+                let owner = sandkit_e2b_protocol::derive_token(&hex(&hash), "", "owner");
                 set.add(
                     k.name,
                     hash,
+                    owner,
                     k.max_sandboxes.unwrap_or(limits.max_sandboxes),
                     k.creates_per_minute.unwrap_or(limits.creates_per_minute),
                     k.operator,
@@ -150,6 +165,7 @@ impl KeySet {
         &mut self,
         name: String,
         hash: [u8; 32],
+        owner: String,
         max_sandboxes: usize,
         creates_per_minute: u32,
         operator: bool,
@@ -163,7 +179,6 @@ impl KeySet {
         if self.by_hash.contains_key(&hash) {
             return Err(format!("key '{name}' has the same hash as another key"));
         }
-        let owner = sandkit_e2b_protocol::derive_token(&hex(&hash), "", "owner");
         self.by_hash.insert(
             hash,
             Arc::new(Key {
@@ -214,7 +229,7 @@ fn sha256(key: &str) -> [u8; 32] {
 
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
-    if text.len() != 64 {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -314,6 +329,19 @@ mod tests {
             let file = write(text);
             let err = KeySet::load(None, Some(file.path()), &limits()).unwrap_err();
             assert!(err.contains(expected), "{text:?}: {err}");
+        }
+        // A key pasted into the file by mistake is not repeated in the error.
+        for text in [
+            "[[key]]\nname = \"a\"\nkey = \"e2b_pasted_secret\"\n",
+            "[[key]]\nname = \"a\"\nsha256 = e2b_pasted_secret\n",
+        ] {
+            let file = write(text);
+            let err = KeySet::load(None, Some(file.path()), &limits()).unwrap_err();
+            assert!(err.contains("line "), "{err}");
+            assert!(
+                !err.contains("e2b_pasted_secret"),
+                "the error repeats the key: {err}"
+            );
         }
         let missing = std::path::Path::new("/nonexistent/keys.toml");
         let err = KeySet::load(Some("k"), Some(missing), &limits()).unwrap_err();

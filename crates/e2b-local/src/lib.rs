@@ -262,18 +262,22 @@ async fn watch_keys(
             .ok()
             .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
     };
-    let mut seen = version(&file);
+    let mut loaded = version(&file);
+    let mut last = loaded;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = stop.changed() => return,
         }
         let now = version(&file);
-        if now != seen {
-            seen = now;
+        // Read only a version that stayed the same for a whole check: a file caught while
+        // an editor or `cat >` writes it may parse and hold fewer keys than meant.
+        if now != loaded && now == last {
+            loaded = now;
             info!(file = %file.display(), "the keys file changed: reading it again");
             server.reload_keys().await;
         }
+        last = now;
     }
 }
 

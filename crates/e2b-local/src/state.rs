@@ -179,6 +179,8 @@ pub(crate) struct State {
     pub(crate) instance: String,
     /// The keys served now; replaced whole when the keys file is read again.
     keys: RwLock<Arc<KeySet>>,
+    /// Held while the keys are read again (a signal and the file's watcher never interleave).
+    reloading: Mutex<()>,
     /// What each key has used of its limits, by owner (kept across re-reads of the keys).
     usage: std::sync::Mutex<HashMap<String, Arc<Usage>>>,
     served: Mutex<HashMap<String, Held>>,
@@ -209,8 +211,10 @@ struct Held {
 struct Usage {
     /// The create budget: tokens left, and when they were last counted.
     creates: Mutex<(f64, Instant)>,
+    /// Held while one create of the key is admitted (the count and the list agree).
+    admitting: Mutex<()>,
     /// Creates under way (counted against `max_sandboxes` until they are listed).
-    creating: Mutex<usize>,
+    creating: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
@@ -251,6 +255,7 @@ impl State {
             data_dir,
             instance,
             keys: RwLock::new(Arc::new(keys)),
+            reloading: Mutex::new(()),
             usage: std::sync::Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
             made: Mutex::new(HashSet::new()),
@@ -276,6 +281,7 @@ impl State {
         if self.config.insecure_no_auth {
             return Ok(());
         }
+        let _one_at_a_time = self.reloading.lock().await;
         let newer = Arc::new(KeySet::load(
             self.config.api_key.as_deref().filter(|k| !k.is_empty()),
             self.config.keys_file.as_deref(),
@@ -349,7 +355,8 @@ impl State {
             .or_insert_with(|| {
                 Arc::new(Usage {
                     creates: Mutex::new((key.creates_per_minute as f64, Instant::now())),
-                    creating: Mutex::new(0),
+                    admitting: Mutex::new(()),
+                    creating: Default::default(),
                 })
             })
             .clone()
@@ -404,7 +411,8 @@ impl State {
             }
             *bucket = (tokens - 1.0, now);
         }
-        let mut creating = usage.creating.lock().await;
+        let admitting = usage.admitting.lock().await;
+        let creating = usage.creating.load(std::sync::atomic::Ordering::SeqCst);
         // A count that cannot be had admits nothing: the limit must hold.
         let existing = match self.runtime.list(&owned_filter(&key.owner)).await {
             Ok(l) => l.len(),
@@ -415,7 +423,7 @@ impl State {
                 ))
             }
         };
-        if existing + *creating >= key.max_sandboxes {
+        if existing + creating >= key.max_sandboxes {
             self.metrics.refused(&key.name, "concurrent");
             return Err((
                 format!(
@@ -425,8 +433,10 @@ impl State {
                 5,
             ));
         }
-        *creating += 1;
-        drop(creating);
+        usage
+            .creating
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(admitting);
         Ok(CreateAdmission { usage })
     }
 
@@ -471,6 +481,17 @@ impl State {
     /// Makes the next [`State::live`] ask the backend whether the sandbox still runs.
     pub(crate) async fn mark_stale(&self, id: &str) {
         self.alive.lock().await.remove(id);
+    }
+
+    /// Drops the handle of `id` if it is held for `owner` (another key's request never drops
+    /// a handle: "not yours" is also `NotFound`).
+    pub(crate) async fn forget_for(&self, id: &str, owner: &str) {
+        let mut served = self.served.lock().await;
+        if served.get(id).is_some_and(|h| h.owner == owner) {
+            served.remove(id);
+            drop(served);
+            self.alive.lock().await.remove(id);
+        }
     }
 
     pub(crate) async fn forget(&self, id: &str) {
@@ -729,12 +750,9 @@ pub(crate) struct CreateAdmission {
 
 impl Drop for CreateAdmission {
     fn drop(&mut self) {
-        let usage = self.usage.clone();
-        // Drop cannot wait: decrement on the runtime.
-        tokio::spawn(async move {
-            let mut creating = usage.creating.lock().await;
-            *creating = creating.saturating_sub(1);
-        });
+        self.usage
+            .creating
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

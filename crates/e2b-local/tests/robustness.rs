@@ -816,6 +816,30 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             sa.exec_shell("echo alice").await.unwrap().stdout_text(),
             "alice\n"
         );
+        // A metadata filter naming Alice's owner digest (anyone who reads the keys file can
+        // compute it) does not replace Bob's own: he lists nothing of hers.
+        let alice_owner = {
+            use sha2::Digest;
+            let hash: String = sha2::Sha256::digest(alice.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            sandkit_e2b_protocol::derive_token(&hash, "", "owner")
+        };
+        let listed = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{api}/v2/sandboxes?metadata=sandkit.e2b.owner%3D{alice_owner}"
+            ))
+            .header("x-api-key", &bob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 200);
+        let body = listed.text().await.unwrap();
+        assert!(
+            !body.contains(sa.id()),
+            "bob listed alice's sandbox: {body}"
+        );
 
         // Alice revoked: the file without her, and SIGHUP.
         // A volume's helper sandbox is admitted like a create: at her limit, Alice's volume

@@ -98,14 +98,9 @@ fn shared_data_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("e2b-local-security-{}", std::process::id()))
 }
 
-/// The owner digest e2b-local puts on what `key` makes (derived from the key's hash).
+/// The owner digest e2b-local puts on what `--api-key`'s key makes.
 fn owner_of(key: &str) -> String {
-    use sha2::Digest;
-    let hash: String = sha2::Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    sandkit_e2b_protocol::derive_token(&hash, "", "owner")
+    sandkit_e2b_protocol::derive_token(key, "", "owner")
 }
 
 async fn serve(runtime: Arc<dyn Runtime>, mut config: ServerConfig) -> Served {
