@@ -82,6 +82,15 @@ pub struct ServeArgs {
     /// Sandbox creates a key may make a minute; past it, create answers 429 with Retry-After.
     #[arg(long, default_value_t = Limits::default().creates_per_minute)]
     pub creates_per_minute: u32,
+    /// Snapshots a key may keep (templates not counted); past it, a snapshot answers 429.
+    #[arg(long, default_value_t = Limits::default().max_snapshots)]
+    pub max_snapshots: usize,
+    /// Volumes a key may keep; past it, a new volume answers 429.
+    #[arg(long, default_value_t = Limits::default().max_volumes)]
+    pub max_volumes: usize,
+    /// Template builds a key may run at once; past it, starting one answers 429.
+    #[arg(long, default_value_t = Limits::default().max_builds)]
+    pub max_builds: usize,
 }
 
 impl ServeArgs {
@@ -120,6 +129,9 @@ impl ServeArgs {
                 header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
                 max_sandboxes: self.max_sandboxes,
                 creates_per_minute: self.creates_per_minute,
+                max_snapshots: self.max_snapshots,
+                max_volumes: self.max_volumes,
+                max_builds: self.max_builds,
             },
             ..Default::default()
         })

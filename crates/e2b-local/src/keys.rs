@@ -9,6 +9,9 @@
 //! sha256 = "9f86d081..."      # printf %s "$KEY" | sha256sum
 //! max_sandboxes = 20          # optional: overrides --max-sandboxes for this key
 //! creates_per_minute = 120    # optional: overrides --creates-per-minute
+//! max_snapshots = 50          # optional: overrides --max-snapshots
+//! max_volumes = 10            # optional: overrides --max-volumes
+//! max_builds = 2              # optional: template builds at once, overrides --max-builds
 //! operator = true             # optional: may read /metrics (the --api-key key always may)
 //! ```
 //!
@@ -30,6 +33,12 @@ pub(crate) struct KeyLimits {
     pub(crate) max_sandboxes: usize,
     /// Creates a minute.
     pub(crate) creates_per_minute: u32,
+    /// Snapshots kept (templates not counted).
+    pub(crate) max_snapshots: usize,
+    /// Volumes kept.
+    pub(crate) max_volumes: usize,
+    /// Template builds running at once.
+    pub(crate) max_builds: usize,
 }
 
 /// The owner of what is made without authentication (`--insecure-no-auth`).
@@ -42,10 +51,8 @@ pub(crate) struct Key {
     pub(crate) name: String,
     /// The digest put on what this key makes.
     pub(crate) owner: String,
-    /// Sandboxes it may have at once.
-    pub(crate) max_sandboxes: usize,
-    /// Creates it may make a minute.
-    pub(crate) creates_per_minute: u32,
+    /// What it may have and do.
+    pub(crate) limits: KeyLimits,
     /// May read what the operator reads (`/metrics`).
     pub(crate) operator: bool,
 }
@@ -64,6 +71,9 @@ struct FileKey {
     sha256: String,
     max_sandboxes: Option<usize>,
     creates_per_minute: Option<u32>,
+    max_snapshots: Option<usize>,
+    max_volumes: Option<usize>,
+    max_builds: Option<usize>,
     #[serde(default)]
     operator: bool,
 }
@@ -84,8 +94,7 @@ impl KeySet {
             Arc::new(Key {
                 name: ANONYMOUS.into(),
                 owner: ANONYMOUS.into(),
-                max_sandboxes: limits.max_sandboxes,
-                creates_per_minute: limits.creates_per_minute,
+                limits: *limits,
                 operator: true,
             }),
         );
@@ -111,8 +120,7 @@ impl KeySet {
                 sha256(key),
                 // As before keys files came: what it made before is still its own.
                 sandkit_e2b_protocol::derive_token(key, "", "owner"),
-                limits.max_sandboxes,
-                limits.creates_per_minute,
+                *limits,
                 true,
             )?;
         }
@@ -145,8 +153,15 @@ impl KeySet {
                     k.name,
                     hash,
                     owner,
-                    k.max_sandboxes.unwrap_or(limits.max_sandboxes),
-                    k.creates_per_minute.unwrap_or(limits.creates_per_minute),
+                    KeyLimits {
+                        max_sandboxes: k.max_sandboxes.unwrap_or(limits.max_sandboxes),
+                        creates_per_minute: k
+                            .creates_per_minute
+                            .unwrap_or(limits.creates_per_minute),
+                        max_snapshots: k.max_snapshots.unwrap_or(limits.max_snapshots),
+                        max_volumes: k.max_volumes.unwrap_or(limits.max_volumes),
+                        max_builds: k.max_builds.unwrap_or(limits.max_builds),
+                    },
                     k.operator,
                 )
                 .map_err(|e| format!("{e} (in {})", path.display()))?;
@@ -166,8 +181,7 @@ impl KeySet {
         name: String,
         hash: [u8; 32],
         owner: String,
-        max_sandboxes: usize,
-        creates_per_minute: u32,
+        limits: KeyLimits,
         operator: bool,
     ) -> Result<(), String> {
         if name.is_empty() || name.chars().any(|c| c.is_control()) {
@@ -184,8 +198,7 @@ impl KeySet {
             Arc::new(Key {
                 name,
                 owner,
-                max_sandboxes,
-                creates_per_minute,
+                limits,
                 operator,
             }),
         );
@@ -261,6 +274,9 @@ mod tests {
         KeyLimits {
             max_sandboxes: 100,
             creates_per_minute: 600,
+            max_snapshots: 500,
+            max_volumes: 100,
+            max_builds: 4,
         }
     }
 
@@ -277,17 +293,18 @@ mod tests {
     #[test]
     fn file_keys_are_found_by_the_key_sent_and_carry_their_limits() {
         let file = write(&format!(
-            "[[key]]\nname = \"ci\"\nsha256 = \"{}\"\nmax_sandboxes = 3\n\n[[key]]\nname = \"alice\"\nsha256 = \"{}\"\n",
+            "[[key]]\nname = \"ci\"\nsha256 = \"{}\"\nmax_sandboxes = 3\nmax_builds = 1\n\n[[key]]\nname = \"alice\"\nsha256 = \"{}\"\n",
             hash_of("ci-key"),
             hash_of("alice-key").to_uppercase()
         ));
         let set = KeySet::load(Some("env-key"), Some(file.path()), &limits()).unwrap();
         assert_eq!(set.len(), 3);
         let ci = set.find("ci-key").unwrap();
-        assert_eq!((ci.name.as_str(), ci.max_sandboxes), ("ci", 3));
-        assert_eq!(ci.creates_per_minute, limits().creates_per_minute);
+        assert_eq!((ci.name.as_str(), ci.limits.max_sandboxes), ("ci", 3));
+        assert_eq!(ci.limits.max_builds, 1);
+        assert_eq!(ci.limits.creates_per_minute, limits().creates_per_minute);
         let alice = set.find("alice-key").unwrap();
-        assert_eq!(alice.max_sandboxes, limits().max_sandboxes);
+        assert_eq!(alice.limits.max_sandboxes, limits().max_sandboxes);
         assert_eq!(set.find("env-key").unwrap().name, "default");
         assert!(set.find("ci-key ").is_none() && set.find("").is_none());
         assert_ne!(ci.owner, alice.owner);

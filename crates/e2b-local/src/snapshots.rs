@@ -84,6 +84,20 @@ pub(crate) async fn create(state: Caller, Path(id): Path<String>, body: Bytes) -
         Ok(s) => s,
         Err(e) => return from_error(&e, &id),
     };
+    // A snapshot holds disk: a key keeps at most its `max_snapshots`. (Two snapshots taken
+    // at the same moment may both pass: the count is of what the engine holds.)
+    let max = state.key.limits.max_snapshots;
+    match owned(&state, None).await {
+        Ok(kept) if kept.len() >= max => {
+            state.metrics.refused(&state.key.name, "snapshots");
+            return too_many(
+                format!("this key may keep at most {max} snapshots; delete one first"),
+                60,
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return from_error(&e, &id),
+    }
     match served.sandbox().snapshot(name.as_deref()).await {
         Ok(s) => {
             info!(sandbox_id = %id, snapshot = %s.id, "snapshot taken");

@@ -54,6 +54,13 @@ pub struct Limits {
     /// Creates a key may make a minute; past it, create is `429` with `Retry-After`. Default
     /// 600: one person's test suite never meets it (a team tightens it per key).
     pub creates_per_minute: u32,
+    /// Snapshots a key may keep (templates not counted); past it, a snapshot is `429`.
+    /// Default 500.
+    pub max_snapshots: usize,
+    /// Volumes a key may keep; past it, a new volume is `429`. Default 100.
+    pub max_volumes: usize,
+    /// Template builds a key may run at once; past it, starting one is `429`. Default 4.
+    pub max_builds: usize,
 }
 
 impl Limits {
@@ -62,6 +69,9 @@ impl Limits {
         KeyLimits {
             max_sandboxes: self.max_sandboxes,
             creates_per_minute: self.creates_per_minute,
+            max_snapshots: self.max_snapshots,
+            max_volumes: self.max_volumes,
+            max_builds: self.max_builds,
         }
     }
 }
@@ -74,6 +84,9 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             max_sandboxes: 100,
             creates_per_minute: 600,
+            max_snapshots: 500,
+            max_volumes: 100,
+            max_builds: 4,
         }
     }
 }
@@ -354,7 +367,7 @@ impl State {
             .entry(key.owner.clone())
             .or_insert_with(|| {
                 Arc::new(Usage {
-                    creates: Mutex::new((key.creates_per_minute as f64, Instant::now())),
+                    creates: Mutex::new((key.limits.creates_per_minute as f64, Instant::now())),
                     admitting: Mutex::new(()),
                     creating: Default::default(),
                 })
@@ -388,11 +401,11 @@ impl State {
         let usage = self.usage(key);
         {
             let mut bucket = usage.creates.lock().await;
-            let per_sec = key.creates_per_minute as f64 / 60.0;
+            let per_sec = key.limits.creates_per_minute as f64 / 60.0;
             let (tokens, at) = *bucket;
             let now = Instant::now();
             let tokens = (tokens + now.duration_since(at).as_secs_f64() * per_sec)
-                .min(key.creates_per_minute as f64);
+                .min(key.limits.creates_per_minute as f64);
             if tokens < 1.0 {
                 let wait = if per_sec > 0.0 {
                     ((1.0 - tokens) / per_sec).ceil() as u64
@@ -404,7 +417,7 @@ impl State {
                 return Err((
                     format!(
                         "Rate limit exceeded: at most {} sandbox creates a minute for this key",
-                        key.creates_per_minute
+                        key.limits.creates_per_minute
                     ),
                     wait.max(1),
                 ));
@@ -423,12 +436,12 @@ impl State {
                 ))
             }
         };
-        if existing + creating >= key.max_sandboxes {
+        if existing + creating >= key.limits.max_sandboxes {
             self.metrics.refused(&key.name, "concurrent");
             return Err((
                 format!(
                     "You have reached the maximum number of concurrent sandboxes ({}); kill one first",
-                    key.max_sandboxes
+                    key.limits.max_sandboxes
                 ),
                 5,
             ));

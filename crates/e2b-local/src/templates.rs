@@ -641,12 +641,15 @@ async fn start(
             );
         }
     }
-    // The build's sandbox counts against the key's limits like any other.
-    let admission = match state.admit_create().await {
-        Ok(a) => a,
-        Err((message, retry_after)) => return crate::http::too_many(message, retry_after),
-    };
+    // At most `max_builds` of the key's builds run at once: counted and marked under the
+    // builds' lock, so two starts cannot both take the last place.
     {
+        let builds = state.builds.lock().expect("builds");
+        let running = builds
+            .values()
+            .filter(|b| b.owner == state.owner() && b.id != build.id)
+            .filter(|b| b.progress.lock().expect("build").status == "building")
+            .count();
         let mut p = build.progress.lock().expect("build");
         if p.status != "waiting" {
             return api_error(
@@ -654,8 +657,24 @@ async fn start(
                 format!("build '{build_id}' was already started"),
             );
         }
+        let max = state.key.limits.max_builds;
+        if running >= max {
+            state.metrics.refused(&state.key.name, "builds");
+            return crate::http::too_many(
+                format!("this key may run at most {max} template builds at once; wait for one"),
+                30,
+            );
+        }
         p.status = "building";
     }
+    // The build's sandbox counts against the key's limits like any other.
+    let admission = match state.admit_create().await {
+        Ok(a) => a,
+        Err((message, retry_after)) => {
+            build.progress.lock().expect("build").status = "waiting";
+            return crate::http::too_many(message, retry_after);
+        }
+    };
     let task_state = state.clone();
     tokio::spawn(async move {
         let outcome = run_build(&task_state, &build, from, req).await;

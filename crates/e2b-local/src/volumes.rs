@@ -43,8 +43,6 @@ const ID_KEY: &str = "sandkit.e2b.volume.id";
 const ROOT: &str = "/vol";
 /// How long a helper sandbox is kept without a request.
 const HELPER_IDLE: Duration = Duration::from_secs(60);
-/// The most volumes a key may have.
-const MAX_VOLUMES: usize = 100;
 /// The deepest listing.
 const MAX_DEPTH: u32 = 10;
 
@@ -157,10 +155,12 @@ async fn create(state: Caller, body: axum::body::Bytes) -> Response {
             format!("Volume with name '{}' already exists", req.name),
         );
     }
-    if mine.len() >= MAX_VOLUMES {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            format!("a key may have at most {MAX_VOLUMES} volumes; destroy one first"),
+    let max = state.key.limits.max_volumes;
+    if mine.len() >= max {
+        state.metrics.refused(&state.key.name, "volumes");
+        return crate::http::too_many(
+            format!("this key may keep at most {max} volumes; destroy one first"),
+            60,
         );
     }
     let id: String = {

@@ -764,8 +764,12 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
     let dir = data_dir("keys");
     std::fs::create_dir_all(&dir).unwrap();
     let keys = dir.join("keys.toml");
-    let both = key_entry("alice", &alice, "max_sandboxes = 1")
-        + &key_entry("bob", &bob, "operator = true");
+    let both = key_entry("alice", &alice, "max_sandboxes = 1\nmax_volumes = 1")
+        + &key_entry(
+            "bob",
+            &bob,
+            "operator = true\nmax_snapshots = 0\nmax_builds = 0",
+        );
     std::fs::write(&keys, &both).unwrap();
     let (api, envd) = (free_port(), free_port());
     let server = start_bin_with(
@@ -867,6 +871,54 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             .await
             .unwrap();
         assert_eq!(listed.status(), 429, "{}", listed.text().await.unwrap());
+        // Her volume quota is one.
+        let second = http
+            .post(format!("http://127.0.0.1:{api}/volumes"))
+            .header("x-api-key", &alice)
+            .header("content-type", "application/json")
+            .body(r#"{"name": "alices-second"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(second.status(), 429, "{}", second.text().await.unwrap());
+        // Bob may keep no snapshot and run no build.
+        let snapshot = http
+            .post(format!(
+                "http://127.0.0.1:{api}/sandboxes/{}/snapshots",
+                sb.id()
+            ))
+            .header("x-api-key", &bob)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.status(), 429, "{}", snapshot.text().await.unwrap());
+        let registered: serde_json::Value = http
+            .post(format!("http://127.0.0.1:{api}/v3/templates"))
+            .header("x-api-key", &bob)
+            .header("content-type", "application/json")
+            .body(r#"{"name": "bobs"}"#)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        let started = http
+            .post(format!(
+                "http://127.0.0.1:{api}/v2/templates/{}/builds/{}",
+                registered["templateID"].as_str().unwrap(),
+                registered["buildID"].as_str().unwrap()
+            ))
+            .header("x-api-key", &bob)
+            .header("content-type", "application/json")
+            .body(r#"{"fromImage": "e2bdev/base"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 429, "{}", started.text().await.unwrap());
         let removed = http
             .delete(format!(
                 "http://127.0.0.1:{api}/volumes/{}",
@@ -895,6 +947,9 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             "e2b_local_creates_total{key=\"alice\",outcome=\"made\"} 1",
             "e2b_local_quota_refusals_total{key=\"alice\",limit=\"concurrent\"} 2",
             "e2b_local_keys 2",
+            "e2b_local_quota_refusals_total{key=\"alice\",limit=\"volumes\"} 1",
+            "e2b_local_quota_refusals_total{key=\"bob\",limit=\"snapshots\"} 1",
+            "e2b_local_quota_refusals_total{key=\"bob\",limit=\"builds\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
