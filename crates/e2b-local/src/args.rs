@@ -28,8 +28,9 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// A keys file: more keys, each with a name and its own limits, stored as SHA-256
     /// hashes (`[[key]] name = "ci"  sha256 = "..."  max_sandboxes = 20
-    /// creates_per_minute = 120`). Read again when it changes and on SIGHUP; a file that does
-    /// not parse is refused whole and the keys before it stay.
+    /// creates_per_minute = 120`), or a directory of such `*.toml` files. Read again when it
+    /// changes and on SIGHUP; keys that do not load are refused whole and the keys before
+    /// them stay.
     #[arg(long, env = "E2B_LOCAL_KEYS_FILE", value_name = "FILE")]
     pub keys_file: Option<std::path::PathBuf>,
     /// What happens to what a key owns when it leaves the keys file: kept out of reach

@@ -125,55 +125,61 @@ impl KeySet {
             )?;
         }
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the keys file {}: {e}", path.display()))?;
-            // The error's own message and line only: toml quotes the source line, which may
-            // hold a key pasted by mistake.
-            let parsed: KeysFile = toml::from_str(&text).map_err(|e| {
-                let line = e
-                    .span()
-                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-                format!(
-                    "the keys file {} is not valid{}: {}",
-                    path.display(),
-                    line.map(|l| format!(" (line {l})")).unwrap_or_default(),
-                    e.message()
-                )
-            })?;
-            for k in parsed.key {
-                let hash = parse_hash(&k.sha256).ok_or_else(|| {
-                    format!(
-                        "key '{}' in {}: sha256 must be 64 hex digits (printf %s \"$KEY\" | sha256sum)",
-                        k.name,
-                        path.display()
-                    )
-                })?;
-                let owner = sandkit_e2b_protocol::derive_token(&hex(&hash), "", "owner");
-                set.add(
-                    k.name,
-                    hash,
-                    owner,
-                    KeyLimits {
-                        max_sandboxes: k.max_sandboxes.unwrap_or(limits.max_sandboxes),
-                        creates_per_minute: k
-                            .creates_per_minute
-                            .unwrap_or(limits.creates_per_minute),
-                        max_snapshots: k.max_snapshots.unwrap_or(limits.max_snapshots),
-                        max_volumes: k.max_volumes.unwrap_or(limits.max_volumes),
-                        max_builds: k.max_builds.unwrap_or(limits.max_builds),
-                    },
-                    k.operator,
-                )
-                .map_err(|e| format!("{e} (in {})", path.display()))?;
+            for one in key_files(path)? {
+                set.add_file(&one, limits)?;
             }
         }
         if set.by_hash.is_empty() {
             return Err(match file {
-                Some(path) => format!("the keys file {} holds no [[key]]", path.display()),
+                Some(path) => format!("{} holds no [[key]]", path.display()),
                 None => "no API key".into(),
             });
         }
         Ok(set)
+    }
+
+    /// Adds the `[[key]]`s of one keys file.
+    fn add_file(&mut self, path: &Path, limits: &KeyLimits) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the keys file {}: {e}", path.display()))?;
+        // The error's own message and line only: toml quotes the source line, which may
+        // hold a key pasted by mistake.
+        let parsed: KeysFile = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            format!(
+                "the keys file {} is not valid{}: {}",
+                path.display(),
+                line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                e.message()
+            )
+        })?;
+        for k in parsed.key {
+            let hash = parse_hash(&k.sha256).ok_or_else(|| {
+                format!(
+                    "key '{}' in {}: sha256 must be 64 hex digits (printf %s \"$KEY\" | sha256sum)",
+                    k.name,
+                    path.display()
+                )
+            })?;
+            let owner = sandkit_e2b_protocol::derive_token(&hex(&hash), "", "owner");
+            self.add(
+                k.name,
+                hash,
+                owner,
+                KeyLimits {
+                    max_sandboxes: k.max_sandboxes.unwrap_or(limits.max_sandboxes),
+                    creates_per_minute: k.creates_per_minute.unwrap_or(limits.creates_per_minute),
+                    max_snapshots: k.max_snapshots.unwrap_or(limits.max_snapshots),
+                    max_volumes: k.max_volumes.unwrap_or(limits.max_volumes),
+                    max_builds: k.max_builds.unwrap_or(limits.max_builds),
+                },
+                k.operator,
+            )
+            .map_err(|e| format!("{e} (in {})", path.display()))?;
+        }
+        Ok(())
     }
 
     fn add(
@@ -233,6 +239,27 @@ impl KeySet {
     pub(crate) fn len(&self) -> usize {
         self.by_hash.len()
     }
+}
+
+/// The files a keys path names: the file itself, or a directory's `*.toml` files in name
+/// order (one file per person or service, say).
+pub(crate) fn key_files(path: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot read the keys directory {}: {e}", path.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| format!("cannot read the keys directory {}: {e}", path.display()))?;
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// The SHA-256 of a key as it is sent.
@@ -363,5 +390,32 @@ mod tests {
         let missing = std::path::Path::new("/nonexistent/keys.toml");
         let err = KeySet::load(Some("k"), Some(missing), &limits()).unwrap_err();
         assert!(err.contains("cannot read the keys file"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_holds_one_keys_file_per_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str, key: &str| {
+            format!(
+                "[[key]]\nname = \"{name}\"\nsha256 = \"{}\"\n",
+                hash_of(key)
+            )
+        };
+        std::fs::write(dir.path().join("alice.toml"), key("alice", "a-key")).unwrap();
+        std::fs::write(dir.path().join("bob.toml"), key("bob", "b-key")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a keys file").unwrap();
+        let set = KeySet::load(None, Some(dir.path()), &limits()).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.find("b-key").unwrap().name, "bob");
+        // One bad file refuses the whole directory, and says which file.
+        std::fs::write(dir.path().join("carol.toml"), key("alice", "c-key")).unwrap();
+        let err = KeySet::load(None, Some(dir.path()), &limits()).unwrap_err();
+        assert!(
+            err.contains("two keys are named 'alice'") && err.contains("carol.toml"),
+            "{err}"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let err = KeySet::load(None, Some(empty.path()), &limits()).unwrap_err();
+        assert!(err.contains("holds no [[key]]"), "{err}");
     }
 }

@@ -256,14 +256,22 @@ async fn watch_keys(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use std::os::unix::fs::MetadataExt;
-    // What identifies a version of the file: replaced (rename), rewritten or touched.
-    let version = |file: &std::path::Path| {
-        std::fs::metadata(file)
-            .ok()
-            .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+    // What identifies a version of the keys: each file's identity and times (replaced by a
+    // rename, rewritten or touched), and in a directory which files there are.
+    let version = |path: &std::path::Path| {
+        keys::key_files(path).ok().map(|files| {
+            files
+                .into_iter()
+                .map(|f| {
+                    let m = std::fs::metadata(&f).ok();
+                    let stamp = m.map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()));
+                    (f, stamp)
+                })
+                .collect::<Vec<_>>()
+        })
     };
     let mut loaded = version(&file);
-    let mut last = loaded;
+    let mut last = loaded.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
@@ -273,7 +281,7 @@ async fn watch_keys(
         // Read only a version that stayed the same for a whole check: a file caught while
         // an editor or `cat >` writes it may parse and hold fewer keys than meant.
         if now != loaded && now == last {
-            loaded = now;
+            loaded = now.clone();
             info!(file = %file.display(), "the keys file changed: reading it again");
             server.reload_keys().await;
         }

@@ -97,8 +97,8 @@ pub struct ServerConfig {
     /// An API key clients may send (`X-API-KEY`), named `default`, with the limits of
     /// [`ServerConfig::limits`].
     pub api_key: Option<String>,
-    /// A keys file: more keys, each with a name and its own limits, stored as hashes (see
-    /// the crate's documentation). Re-read when it changes and on `SIGHUP`; a file that does
+    /// A keys file, or a directory of `*.toml` keys files: more keys, each with a name and its
+    /// own limits, stored as hashes. Re-read when it changes and on `SIGHUP`; a file that does
     /// not parse is refused whole and the keys before it stay.
     pub keys_file: Option<PathBuf>,
     /// What happens to what a key owns when it leaves the keys file. Default: kept.
