@@ -22,6 +22,7 @@ cases!(
     large_file_20mib_streams,
     many_small_chunks_stream,
     overwrite_replaces_whole_file,
+    writes_are_whole_or_not_at_all,
     write_creates_parents,
     read_missing_is_not_found,
     read_directory_is_invalid_input,
@@ -133,6 +134,74 @@ async fn overwrite_replaces_whole_file(c: FsCtx) -> CaseResult {
         .await?;
     c.store().write_str(&p, "short").await?;
     assert_eq!(c.store().read_to_string(&p).await?, "short");
+    Ok(())
+}
+
+/// A write replaces a file whole or not at all (the `FileStore` contract): a reader while a
+/// write is under way sees the old content, whole; a write whose content fails part-way is an
+/// error and leaves the old file and nothing beside it.
+async fn writes_are_whole_or_not_at_all(c: FsCtx) -> CaseResult {
+    const MIB: usize = 1 << 20;
+    let p = c.path("atomic/f.bin");
+    c.store().write(&p, Bytes::from(vec![b'o'; MIB])).await?;
+
+    // A write held after its first MiB until the reader has read.
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let content = futures_util::stream::iter([Ok(Bytes::from(vec![b'n'; MIB]))])
+        .chain(futures_util::stream::once(async move {
+            let _ = held.await;
+            Ok(Bytes::from(vec![b'n'; MIB]))
+        }))
+        .boxed();
+    let reader = async {
+        // Time for the write to start (it cannot end before the release).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let seen = c.store().read(&p).await;
+        let _ = release.send(());
+        seen
+    };
+    let (written, seen) = tokio::join!(c.store().write_stream(&p, content), reader);
+    written?;
+    let seen = seen?;
+    assert!(
+        seen.len() == MIB && seen.iter().all(|b| *b == b'o'),
+        "a reader during the write saw {} bytes, not the old file whole",
+        seen.len()
+    );
+    let now = c.store().read(&p).await?;
+    assert!(now.len() == 2 * MIB && now.iter().all(|b| *b == b'n'));
+
+    // A write whose content fails after a MiB.
+    let failing = futures_util::stream::iter([
+        Ok(Bytes::from(vec![b'x'; MIB])),
+        Err(sandkit_core::Error::new(
+            ErrorKind::Unavailable,
+            "the content's source failed",
+        )),
+    ])
+    .boxed();
+    assert!(
+        c.store().write_stream(&p, failing).await.is_err(),
+        "a write whose content failed succeeded"
+    );
+    let after = c.store().read(&p).await?;
+    assert!(
+        after.len() == 2 * MIB && after.iter().all(|b| *b == b'n'),
+        "a failed write changed the file ({} bytes)",
+        after.len()
+    );
+    let names: Vec<String> = c
+        .store()
+        .list(&c.path("atomic"), 1)
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["f.bin"],
+        "a failed write left something beside the file"
+    );
     Ok(())
 }
 

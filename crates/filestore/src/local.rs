@@ -163,6 +163,42 @@ fn lexical(path: &Path) -> PathBuf {
     out
 }
 
+/// A file being written beside its target: removed when dropped, unless renamed over it.
+struct Staged {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    fn beside(target: &Path) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = format!(".{name}.sandkit-{}-{n}.tmp", std::process::id());
+        Staged {
+            path: target.with_file_name(temp),
+            committed: false,
+        }
+    }
+
+    fn commit(mut self, target: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, target)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 fn io(e: std::io::Error, op: &'static str, path: &str) -> Error {
     Error::from(e)
         .with_backend(BACKEND)
@@ -237,7 +273,11 @@ impl FileStore for LocalFileStore {
                 .await
                 .map_err(|e| io(e, "write", path))?;
         }
-        let mut file = tokio::fs::File::create(&full)
+        // Whole or not at all: the content goes to a file beside the target, renamed over it
+        // once every byte arrived; until then (an error, or the write dropped) the temporary
+        // file is removed and the target is as it was.
+        let staged = Staged::beside(&full);
+        let mut file = tokio::fs::File::create(&staged.path)
             .await
             .map_err(|e| io(e, "write", path))?;
         while let Some(chunk) = content.next().await {
@@ -247,7 +287,12 @@ impl FileStore for LocalFileStore {
                 .map_err(|e| io(e, "write", path))?;
         }
         file.flush().await.map_err(|e| io(e, "write", path))?;
-        Ok(())
+        if let Ok(old) = tokio::fs::metadata(&full).await {
+            // A replaced file keeps its permissions, as a file written in place would.
+            let _ = tokio::fs::set_permissions(&staged.path, old.permissions()).await;
+        }
+        drop(file);
+        staged.commit(&full).map_err(|e| io(e, "write", path))
     }
 
     async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {

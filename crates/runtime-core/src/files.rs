@@ -108,7 +108,9 @@ pub fn sort_entries(entries: &mut [EntryInfo]) {
 /// - Paths are `/`-separated. What a relative path is relative to is the store's to say
 ///   (a sandbox: its working directory; a local store: its root).
 /// - Content is bytes: every byte value round-trips.
-/// - `write_stream` creates missing parent directories and replaces an existing file.
+/// - `write_stream` creates missing parent directories and replaces an existing file whole or
+///   not at all: a reader during the write sees the old content, and a write that fails (its
+///   content errs part-way, or it is dropped) leaves the old file, or none, and nothing else.
 /// - `list(path, depth)` returns the entries below `path` down to `depth` levels (1 = the
 ///   directory's own entries), not `path` itself, in [`compare_paths`] order. Links are
 ///   listed, not followed.
