@@ -104,9 +104,9 @@ pub struct ServerConfig {
     /// What happens to what a key owns when it leaves the keys file. Default: kept.
     pub revoked: Revoked,
     /// Where the server keeps what outlives a run: the secret access tokens are signed with
-    /// (`secret`, made on first start) and template uploads. `None`: a fresh directory under
-    /// the system's temporary directory, removed at shutdown (tokens do not survive a
-    /// restart).
+    /// (`secret`, made on first start) and template uploads. `None`: the secret is made in
+    /// memory (tokens do not survive a restart) and uploads go to a directory under the
+    /// system's temporary directory, removed at shutdown.
     pub data_dir: Option<PathBuf>,
     /// Serve without checking API keys and access tokens.
     pub insecure_no_auth: bool,
@@ -186,7 +186,7 @@ pub(crate) struct State {
     /// Signs access tokens (envd, traffic, volumes, uploads): kept in the data directory, so
     /// tokens survive a restart.
     secret: String,
-    /// Where the secret and uploads are kept.
+    /// Where uploads are kept (and the secret, when the configuration names a data directory).
     data_dir: PathBuf,
     /// A random id of this server process, put on the sandboxes it makes.
     pub(crate) instance: String,
@@ -260,7 +260,16 @@ impl State {
             Some(dir) => dir.clone(),
             None => std::env::temp_dir().join(format!("e2b-local-{instance}")),
         };
-        let secret = load_secret(&data_dir)?;
+        // Without a data directory nothing is written at start (a server that is never shut
+        // down leaves nothing behind): the secret lives in memory, for this run only.
+        let secret = match &config.data_dir {
+            Some(dir) => load_secret(dir)?,
+            None => format!(
+                "{:032x}{:032x}",
+                rand::random::<u128>(),
+                rand::random::<u128>()
+            ),
+        };
         info!(keys = keys.len(), data_dir = %data_dir.display(), "e2b-local keys loaded");
         Ok(State {
             runtime,

@@ -607,7 +607,8 @@ fn free_port() -> u16 {
 /// The data directory the binary started by a test keeps its secret in (one per test
 /// process and data tag; removed by [`Bin`]'s owner when it is done).
 fn data_dir(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("e2b-local-data-{tag}-{}", std::process::id()))
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("e2b-local-data-{tag}-{}", std::process::id()))
 }
 
 fn start_bin(key: &str, api: u16, envd: u16, level: &str, tag: &str) -> Bin {
@@ -616,7 +617,10 @@ fn start_bin(key: &str, api: u16, envd: u16, level: &str, tag: &str) -> Bin {
 
 /// The `e2b-local` binary with `args` besides its addresses and data directory.
 fn start_bin_with(args: &[&str], api: u16, envd: u16, level: &str, tag: &str) -> Bin {
-    let log = std::env::temp_dir().join(format!("e2b-local-{tag}-{}.log", std::process::id()));
+    // In the build's scratch directory (one file per tag, rewritten each run): kept to read
+    // after a failure, never left in /tmp.
+    let log =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2b-local-{tag}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let data = data_dir(tag.trim_end_matches(char::is_numeric));
     let child = Command::new(env!("CARGO_BIN_EXE_e2b-local"))

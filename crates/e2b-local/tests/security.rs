@@ -91,11 +91,12 @@ impl Served {
     }
 }
 
-/// The data directory of every server this test process starts: one secret for all of them,
+/// The data directory of every server these tests start: one secret for all of them,
 /// as servers on one machine share `~/.local/state/e2b-local`, so a token one server mints is
 /// one another server would mint too.
 fn shared_data_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("e2b-local-security-{}", std::process::id()))
+    // Under the build's own scratch directory, reused by every run: nothing is left in /tmp.
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2b-local-security")
 }
 
 /// The owner digest e2b-local puts on what `--api-key`'s key makes.
