@@ -166,7 +166,13 @@ async fn proxy(mut client: TcpStream, state: &State) -> std::io::Result<()> {
     upstream.write_all(&buf[end..]).await?;
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    // Until either side hangs up, or the sandbox's key is revoked.
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            copied?;
+        }
+        _ = served.streams_ended() => {}
+    }
     Ok(())
 }
 

@@ -318,7 +318,15 @@ impl State {
         );
         for key in removed {
             info!(key = %key.name, "key revoked: no longer served");
-            self.served.lock().await.retain(|_, h| h.owner != key.owner);
+            // Its held sandboxes are let go, and the streams open on them (command output,
+            // watches, port connections) end now, not when their clients hang up.
+            self.served.lock().await.retain(|_, h| {
+                let theirs = h.owner == key.owner;
+                if theirs {
+                    h.served.end_streams();
+                }
+                !theirs
+            });
             if self.config.revoked == Revoked::Remove {
                 self.remove_owned(&key).await;
             }

@@ -849,6 +849,9 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             "bob listed alice's sandbox: {body}"
         );
 
+        // A command of hers whose output stream is open when her key goes.
+        let mut long = sa.spawn(CommandSpec::shell("sleep 40")).await.unwrap();
+
         // Alice revoked: the file without her, and SIGHUP.
         // A volume's helper sandbox is admitted like a create: at her limit, Alice's volume
         // content answers 429 (and no helper is made).
@@ -973,6 +976,16 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
         );
         let e = a.list(&ListFilter::all()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthenticated, "{e}");
+        // Its stream ends now, not when the command does.
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(event) = long.next_event().await {
+                if event.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "a revoked key's command stream stayed open");
         // The access token she was given opens nothing now.
         let e = sa.exec_shell("echo still").await.unwrap_err();
         assert!(

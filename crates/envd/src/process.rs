@@ -291,7 +291,11 @@ pub(crate) async fn start(
     let (_entry, rx) = served
         .processes
         .start(process, config, req.tag.clone(), pty, alive);
-    stream_response(event_stream(pid, rx, keepalive_interval(&headers), None))
+    stream_response(
+        event_stream(pid, rx, keepalive_interval(&headers), None)
+            .take_until(served.streams_ended())
+            .boxed(),
+    )
 }
 
 pub(crate) async fn connect(
@@ -323,12 +327,11 @@ pub(crate) async fn connect(
         ))),
         other => other,
     };
-    stream_response(event_stream(
-        entry.pid,
-        rx,
-        keepalive_interval(&headers),
-        prelude,
-    ))
+    stream_response(
+        event_stream(entry.pid, rx, keepalive_interval(&headers), prelude)
+            .take_until(served.streams_ended())
+            .boxed(),
+    )
 }
 
 pub(crate) async fn stream_input(

@@ -17,6 +17,9 @@ pub struct Served {
     wanted_user: String,
     /// The default user, once known to exist in the sandbox.
     user: Mutex<Option<String>>,
+    /// Cancelled when whoever serves the sandbox stops serving it to the clients it had
+    /// (their access was taken back): every stream open on it ends.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Served {
@@ -38,7 +41,19 @@ impl Served {
             watchers: Watchers::default(),
             wanted_user: default_user.into(),
             user: Mutex::new(None),
+            ended: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Ends every stream open on this sandbox (command output, watches) and any a caller
+    /// ties to [`Served::streams_ended`]: for a server that took the clients' access back.
+    pub fn end_streams(&self) {
+        self.ended.cancel();
+    }
+
+    /// Completes once [`Served::end_streams`] was called.
+    pub fn streams_ended(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.ended.clone().cancelled_owned()
     }
 
     /// The sandbox's id.

@@ -132,6 +132,7 @@ pub(crate) async fn watch_dir(
     let keepalive = keepalive_interval(&headers);
     let start = encode_message(&WatchDirResponse::Start(envd::Empty {}));
     let include = req.include_entry;
+    let ended = served.streams_ended();
     let body = futures_util::stream::unfold(Some(events), move |events| {
         let (served, user, dir) = (served.clone(), user.clone(), dir.clone());
         async move {
@@ -154,6 +155,7 @@ pub(crate) async fn watch_dir(
     stream_response(
         futures_util::stream::once(async move { Ok(start) })
             .chain(body)
+            .take_until(ended)
             .boxed(),
     )
 }
