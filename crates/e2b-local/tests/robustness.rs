@@ -741,6 +741,27 @@ fn key_entry(name: &str, key: &str, extra: &str) -> String {
     format!("[[key]]\nname = \"{name}\"\nsha256 = \"{hash}\"\n{extra}\n")
 }
 
+/// A call to e2b-local with `key` as a bearer token (the API takes it as an API key, the
+/// volume content routes as a volume token): the status and the JSON answer (`Null` if none).
+async fn call_api(
+    method: &'static str,
+    url: String,
+    key: String,
+    body: &'static str,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
 /// Waits up to `secs` for `check` to hold.
 async fn eventually<F: std::future::Future<Output = bool>>(
     secs: u64,
@@ -834,108 +855,77 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
                 .collect();
             sandkit_e2b_protocol::derive_token(&hash, "", "owner")
         };
-        let listed = reqwest::Client::new()
-            .get(format!(
-                "http://127.0.0.1:{api}/v2/sandboxes?metadata=sandkit.e2b.owner%3D{alice_owner}"
-            ))
-            .header("x-api-key", &bob)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(listed.status(), 200);
-        let body = listed.text().await.unwrap();
+        let call = |method: &'static str, path: String, key: &str, body: &'static str| {
+            call_api(
+                method,
+                format!("http://127.0.0.1:{api}{path}"),
+                key.to_string(),
+                body,
+            )
+        };
+        let (status, listed) = call(
+            "GET",
+            format!("/v2/sandboxes?metadata=sandkit.e2b.owner%3D{alice_owner}"),
+            &bob,
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
         assert!(
-            !body.contains(sa.id()),
-            "bob listed alice's sandbox: {body}"
+            !listed.to_string().contains(sa.id()),
+            "bob listed alice's sandbox: {listed}"
         );
 
-        // A command of hers whose output stream is open when her key goes.
-        let mut long = sa.spawn(CommandSpec::shell("sleep 40")).await.unwrap();
-
-        // Alice revoked: the file without her, and SIGHUP.
         // A volume's helper sandbox is admitted like a create: at her limit, Alice's volume
         // content answers 429 (and no helper is made).
-        let http = reqwest::Client::new();
-        let volume: serde_json::Value = http
-            .post(format!("http://127.0.0.1:{api}/volumes"))
-            .header("x-api-key", &alice)
-            .header("content-type", "application/json")
-            .body(r#"{"name": "alices"}"#)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap();
-        let listed = http
-            .get(format!(
-                "http://127.0.0.1:{api}/volumecontent/{}/dir?path=/",
-                volume["volumeID"].as_str().unwrap()
-            ))
-            .bearer_auth(volume["token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(listed.status(), 429, "{}", listed.text().await.unwrap());
+        let (status, volume) =
+            call("POST", "/volumes".into(), &alice, r#"{"name": "alices"}"#).await;
+        assert_eq!(status, 201, "{volume}");
+        let volume_id = volume["volumeID"].as_str().unwrap().to_string();
+        let token = volume["token"].as_str().unwrap().to_string();
+        let (status, listed) = call(
+            "GET",
+            format!("/volumecontent/{volume_id}/dir?path=/"),
+            &token,
+            "",
+        )
+        .await;
+        assert_eq!(status, 429, "{listed}");
         // Her volume quota is one.
-        let second = http
-            .post(format!("http://127.0.0.1:{api}/volumes"))
-            .header("x-api-key", &alice)
-            .header("content-type", "application/json")
-            .body(r#"{"name": "alices-second"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(second.status(), 429, "{}", second.text().await.unwrap());
+        let (status, second) = call(
+            "POST",
+            "/volumes".into(),
+            &alice,
+            r#"{"name": "alices-second"}"#,
+        )
+        .await;
+        assert_eq!(status, 429, "{second}");
+        let (status, _) = call("DELETE", format!("/volumes/{volume_id}"), &alice, "").await;
+        assert!((200..300).contains(&status), "{status}");
         // Bob may keep no snapshot and run no build.
-        let snapshot = http
-            .post(format!(
-                "http://127.0.0.1:{api}/sandboxes/{}/snapshots",
-                sb.id()
-            ))
-            .header("x-api-key", &bob)
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(snapshot.status(), 429, "{}", snapshot.text().await.unwrap());
-        let registered: serde_json::Value = http
-            .post(format!("http://127.0.0.1:{api}/v3/templates"))
-            .header("x-api-key", &bob)
-            .header("content-type", "application/json")
-            .body(r#"{"name": "bobs"}"#)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap();
-        let started = http
-            .post(format!(
-                "http://127.0.0.1:{api}/v2/templates/{}/builds/{}",
+        let (status, snapshot) = call(
+            "POST",
+            format!("/sandboxes/{}/snapshots", sb.id()),
+            &bob,
+            "{}",
+        )
+        .await;
+        assert_eq!(status, 429, "{snapshot}");
+        let (status, registered) =
+            call("POST", "/v3/templates".into(), &bob, r#"{"name": "bobs"}"#).await;
+        assert_eq!(status, 202, "{registered}");
+        let (status, started) = call(
+            "POST",
+            format!(
+                "/v2/templates/{}/builds/{}",
                 registered["templateID"].as_str().unwrap(),
                 registered["buildID"].as_str().unwrap()
-            ))
-            .header("x-api-key", &bob)
-            .header("content-type", "application/json")
-            .body(r#"{"fromImage": "e2bdev/base"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(started.status(), 429, "{}", started.text().await.unwrap());
-        let removed = http
-            .delete(format!(
-                "http://127.0.0.1:{api}/volumes/{}",
-                volume["volumeID"].as_str().unwrap()
-            ))
-            .header("x-api-key", &alice)
-            .send()
-            .await
-            .unwrap();
-        assert!(removed.status().is_success(), "{}", removed.status());
+            ),
+            &bob,
+            r#"{"fromImage": "e2bdev/base"}"#,
+        )
+        .await;
+        assert_eq!(status, 429, "{started}");
 
         // What the operator scrapes: per key, and Alice may not read it.
         let metrics = |key: &str| {
@@ -968,6 +958,10 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
             "{text}"
         );
 
+        // A command of hers whose output stream is open when her key goes.
+        let mut long = sa.spawn(CommandSpec::shell("sleep 40")).await.unwrap();
+
+        // Alice revoked: the file without her, and SIGHUP.
         std::fs::write(&keys, key_entry("bob", &bob, "operator = true")).unwrap();
         unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
         assert!(
