@@ -228,14 +228,14 @@ fn fail(message: impl Into<String>, hint: Option<&str>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG"))
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let audit_log = match &cli.command {
+        Cmd::ServeE2b(args) => args.audit_log.clone(),
+        _ => None,
+    };
+    if let Err(e) = sandkit_e2b_local::init_logging("warn", audit_log.as_deref()) {
+        eprintln!("sandkit: {e}");
+        return ExitCode::from(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

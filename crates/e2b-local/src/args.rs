@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// (served again if the key comes back), or removed.
     #[arg(long, value_enum, default_value_t = Revoked::Keep)]
     pub revoked: Revoked,
+    /// Append the audit log (every change a key makes: key name, method, path, sandbox,
+    /// status) to this file as well as to stderr.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<std::path::PathBuf>,
     /// Where the server keeps its token-signing secret and template uploads. Default:
     /// $XDG_STATE_HOME/e2b-local, else ~/.local/state/e2b-local.
     #[arg(long, env = "E2B_LOCAL_DATA_DIR", value_name = "DIR")]
@@ -189,4 +193,49 @@ fn default_data_dir() -> Option<std::path::PathBuf> {
         None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
     };
     Some(base.join("e2b-local"))
+}
+
+/// Sets up a server binary's logs: stderr at the level `RUST_LOG` (or `SANDKIT_LOG`) asks for,
+/// else `default_level`; and with `audit_log`, the audit lines (target `e2b_local::audit`)
+/// appended to that file whatever the stderr level.
+///
+/// # Errors
+/// The audit log file cannot be opened for appending.
+pub fn init_logging(
+    default_level: &str,
+    audit_log: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let level = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("SANDKIT_LOG"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(level);
+    let audit = match audit_log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_target("e2b_local::audit", tracing::Level::INFO),
+                    ),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(audit)
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))
 }

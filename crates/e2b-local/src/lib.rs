@@ -46,7 +46,7 @@ use sandkit_core::Runtime;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use args::ServeArgs;
+pub use args::{init_logging, ServeArgs};
 pub use keys::Revoked;
 pub use state::{Limits, ServerConfig};
 

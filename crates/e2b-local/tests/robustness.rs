@@ -797,8 +797,14 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
         );
     std::fs::write(&keys, &both).unwrap();
     let (api, envd) = (free_port(), free_port());
+    let audit_log = dir.join("audit.log");
     let server = start_bin_with(
-        &["--keys-file", keys.to_str().unwrap()],
+        &[
+            "--keys-file",
+            keys.to_str().unwrap(),
+            "--audit-log",
+            audit_log.to_str().unwrap(),
+        ],
         api,
         envd,
         "info",
@@ -1019,6 +1025,7 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
     let result = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
     let log = std::fs::read_to_string(&server.log).unwrap_or_default();
     drop(server);
+    let audit = std::fs::read_to_string(&audit_log).unwrap_or_default();
     kill_labelled(&docker, "keys").await;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
@@ -1032,8 +1039,19 @@ async fn keys_file_tenants_have_their_own_limits_and_revoking_stops_access() {
         log.contains("key revoked") && log.contains("alice"),
         "the revocation is not logged:\n{log}"
     );
-    // The audit log says which key made Alice's sandbox.
+    // The audit log says which key made Alice's sandbox, on stderr and in its own file
+    // (which holds audit lines only).
     let made = alices.lock().unwrap().clone();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("alice") && l.contains(&made) && l.contains("201")),
+        "no audit line for alice's create of {made} in the audit log:\n{audit}"
+    );
+    assert!(
+        audit.lines().all(|l| l.contains("e2b_local::audit")),
+        "the audit log holds other lines:\n{audit}"
+    );
     assert!(
         log.lines().any(|l| l.contains("e2b_local::audit")
             && l.contains("alice")
