@@ -33,6 +33,7 @@ pub mod layer;
 mod network;
 mod operation;
 mod process;
+mod request_rules;
 pub mod raw;
 mod runtime;
 mod sandbox_types;
@@ -41,9 +42,10 @@ pub use command::{Command, CommandSpec, ExecOutput, ProcessEvent, ProcessInfo, P
 pub use error::{Error, ErrorKind, Result};
 pub use ext::{copy_tree, FileStoreExt, SandboxExt, DEFAULT_EXEC_LIMIT};
 pub use files::{ByteStream, EntryInfo, EntryKind, FileStore, FsEvent, FsEventKind, FsEventStream};
-pub use network::{domain_matches, Cidr, Destination, NetworkPolicy, Rules, ALL_TRAFFIC};
+pub use network::{domain_matches, Cidr, Destination, Lists, NetworkPolicy, ALL_TRAFFIC};
 pub use operation::Operation;
 pub use process::{EventStream, Process, ProcessHandle};
+pub use request_rules::{expand_secrets, secret_names, RequestRule, Secrets, SECRET_PLACEHOLDER};
 pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{
     Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,

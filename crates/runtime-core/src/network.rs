@@ -1,10 +1,12 @@
 //! What a sandbox may reach on the network: [`NetworkPolicy`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::request_rules::{RequestRule, Secrets};
 use crate::{Error, ErrorKind, Result};
 
 /// Every IPv4 address, as a CIDR: in [`NetworkPolicy::deny_out`] it refuses all outbound
@@ -66,6 +68,18 @@ pub struct NetworkPolicy {
     /// works; an empty list: none (names then resolve only through the sandbox's hosts file).
     /// No effect without a domain in `allow_out`. E2B's `dns_servers`.
     pub dns_servers: Option<Vec<String>>,
+    /// Request rules by domain (`api.example.com`, or `*.example.com` for its subdomains):
+    /// headers set on the sandbox's HTTP and HTTPS requests to it, outside the sandbox. For
+    /// a name, the rules of its exact key apply, or else those of the longest wildcard that
+    /// matches it, in order (a later rule's header replaces an earlier one's). HTTPS to such
+    /// a domain is decrypted and re-encrypted by the backend, which the sandbox trusts for
+    /// it; other traffic is not touched. A rule does not allow the domain: `allow_out` still
+    /// decides. E2B's `network.rules`.
+    pub rules: BTreeMap<String, Vec<RequestRule>>,
+    /// The values of the secrets the [`rules`](Self::rules) name (`${e2b.secrets.NAME}`).
+    /// Never serialized with the policy, and never put in the sandbox.
+    #[serde(skip)]
+    pub secrets: Secrets,
 }
 
 impl NetworkPolicy {
@@ -93,6 +107,54 @@ impl NetworkPolicy {
         self.dns_servers = Some(servers.into_iter().map(Into::into).collect());
         self
     }
+    /// Adds `rule` to the rules of `domain` (see [`rules`](Self::rules)).
+    pub fn rule(mut self, domain: &str, rule: RequestRule) -> Self {
+        self.rules
+            .entry(domain.trim().to_ascii_lowercase())
+            .or_default()
+            .push(rule);
+        self
+    }
+    /// Sets secret `name` for the [`rules`](Self::rules) to name.
+    pub fn secret(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.secrets.insert(name, value);
+        self
+    }
+    /// The headers the rules set on a request to `name`, secrets resolved; empty when no
+    /// rule applies.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when a value names a secret the policy does not hold.
+    pub fn headers_for(&self, name: &str) -> Result<Vec<(String, String)>> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for rule in crate::request_rules::rules_for(&self.rules, name).unwrap_or_default() {
+            for (header, value) in &rule.headers {
+                let value = crate::request_rules::expand_secrets(value, &self.secrets)?;
+                out.retain(|(h, _)| !h.eq_ignore_ascii_case(header));
+                out.push((header.clone(), value));
+            }
+        }
+        Ok(out)
+    }
+    /// Whether some rule applies to requests to `name`.
+    pub fn has_rules_for(&self, name: &str) -> bool {
+        crate::request_rules::rules_for(&self.rules, name).is_some()
+    }
+    /// The names of the secrets the rules refer to.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .rules
+            .values()
+            .flatten()
+            .flat_map(|r| r.headers.values())
+            .filter_map(|v| crate::request_rules::secret_names(v).ok())
+            .flatten()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Sets [`allow_link_local`](Self::allow_link_local).
     pub fn allow_link_local(mut self, on: bool) -> Self {
         self.allow_link_local = on;
@@ -101,16 +163,33 @@ impl NetworkPolicy {
 
     /// Whether the policy restricts nothing beyond the defaults (no list entries).
     pub fn is_open(&self) -> bool {
-        self.allow_out.is_empty() && self.deny_out.is_empty()
+        self.allow_out.is_empty() && self.deny_out.is_empty() && self.rules.is_empty()
     }
 
     /// Checks every entry.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] naming the first entry that is neither an address, a CIDR
-    /// nor (in `allow_out`) a domain name.
+    /// nor (in `allow_out`) a domain name, a rule whose key is not a domain name or whose
+    /// header cannot be set, or a rule that names a secret the policy does not hold.
     pub fn validate(&self) -> Result<()> {
-        self.rules().map(|_| ())
+        self.lists()?;
+        for (domain, rules) in &self.rules {
+            let d = domain.trim();
+            if d == "*" || !is_domain_pattern(d) || d.parse::<IpAddr>().is_ok() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "request rules are keyed by a domain name (api.example.com) or a                          wildcard of subdomains (*.example.com); {domain:?} is neither"
+                    ),
+                )
+                .with_operation("network policy"));
+            }
+            for rule in rules {
+                crate::request_rules::validate_rule(domain, rule, &self.secrets)?;
+            }
+        }
+        Ok(())
     }
 
     /// The lists, parsed, with E2B's checks: `deny_out` holds addresses and CIDRs only, and
@@ -118,7 +197,7 @@ impl NetworkPolicy {
     ///
     /// # Errors
     /// As [`validate`](Self::validate).
-    pub fn rules(&self) -> Result<Rules> {
+    pub fn lists(&self) -> Result<Lists> {
         let allow = self
             .allow_out
             .iter()
@@ -138,7 +217,7 @@ impl NetworkPolicy {
                 .with_operation("network policy"));
             }
         }
-        let rules = Rules { allow, deny };
+        let rules = Lists { allow, deny };
         if rules.has_domains() && !self.deny_out.iter().any(|d| d.trim() == ALL_TRAFFIC) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -155,7 +234,7 @@ impl NetworkPolicy {
     /// [`validate`](Self::validate) first. The host and link-local switches are not judged
     /// here: they depend on the backend's view of the network.
     pub fn allows(&self, ip: IpAddr, domain: Option<&str>) -> bool {
-        let rules = Rules {
+        let rules = Lists {
             allow: self
                 .allow_out
                 .iter()
@@ -173,14 +252,14 @@ impl NetworkPolicy {
 
 /// A policy's lists, parsed: see [`NetworkPolicy::rules`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rules {
+pub struct Lists {
     /// Parsed [`NetworkPolicy::allow_out`].
     pub allow: Vec<Destination>,
     /// Parsed [`NetworkPolicy::deny_out`].
     pub deny: Vec<Destination>,
 }
 
-impl Rules {
+impl Lists {
     /// As [`NetworkPolicy::allows`].
     pub fn allows(&self, ip: IpAddr, domain: Option<&str>) -> bool {
         if self.allow.iter().any(|d| d.matches(ip, domain)) {

@@ -14,6 +14,7 @@ mod runtime;
 mod sandbox;
 mod snapshot;
 mod template;
+mod trust;
 mod volume;
 
 pub use agent::AGENT_BIN_ENV;

@@ -41,6 +41,8 @@ struct Entry<'a> {
     mac: Option<&'a str>,
     policy: &'a NetworkPolicy,
     hosts: &'a BTreeMap<String, IpAddr>,
+    /// The values of the secrets the policy's rules name (the policy never serializes them).
+    secrets: BTreeMap<&'a str, &'a str>,
 }
 
 /// Where a sandbox sits on a bridge network.
@@ -60,6 +62,10 @@ pub(crate) struct NetGuard {
     inside: Arc<Inside>,
     socket: String,
     channel: Mutex<Option<Channel>>,
+    /// Upstream roots (PEM) the guard trusts besides the system's, for request rules.
+    trust: Option<String>,
+    /// The guard's certificate authority (PEM), once asked for.
+    certificate: tokio::sync::OnceCell<String>,
     /// Host-side bridge names of networks, by network name.
     bridges: Mutex<HashMap<String, String>>,
 }
@@ -80,8 +86,11 @@ impl NetGuard {
         image: &str,
         inside: Arc<Inside>,
         socket: &str,
+        trust: Option<String>,
     ) -> Self {
         NetGuard {
+            trust,
+            certificate: tokio::sync::OnceCell::new(),
             docker,
             name: format!("{prefix}-netguard"),
             prefix: prefix.to_string(),
@@ -161,6 +170,14 @@ impl NetGuard {
             mac: place.mac.as_deref(),
             policy,
             hosts,
+            secrets: {
+                let named = policy.secret_names();
+                policy
+                    .secrets
+                    .iter()
+                    .filter(|(n, _)| named.iter().any(|x| x == n))
+                    .collect()
+            },
         };
         let json = serde_json::to_vec(&entry)
             .map_err(|e| err(ErrorKind::Unexpected, "network policy", e.to_string()))?;
@@ -198,6 +215,43 @@ impl NetGuard {
                 )
             })?;
         Ok(Some(held.policy))
+    }
+
+    /// The certificate (PEM) of the authority the guard signs the certificates of domains
+    /// with request rules with; sandboxes with rules trust it ([`crate::trust`]).
+    pub(crate) async fn certificate(&self) -> Result<String> {
+        self.certificate
+            .get_or_try_init(|| async {
+                let reply = self.ask("ca").await?;
+                crate::pool::unhex(&reply)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .filter(|pem| pem.contains("BEGIN CERTIFICATE"))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::Unavailable,
+                            "network policy",
+                            format!(
+                                "the network guard did not give its certificate authority                                  ({reply:?}); request rules need a guard of this build"
+                            ),
+                        )
+                    })
+            })
+            .await
+            .cloned()
+    }
+
+    /// What the guard's container is labelled with: the agent build it runs, and the roots
+    /// it trusts (a guard with other roots is replaced).
+    fn identity(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        match &self.trust {
+            None => self.inside.volume().to_string(),
+            Some(t) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                t.hash(&mut h);
+                format!("{}+trust-{:016x}", self.inside.volume(), h.finish())
+            }
+        }
     }
 
     /// Stops holding sandbox `id` (it is gone). Nothing to do when the guard is not running.
@@ -255,8 +309,8 @@ impl NetGuard {
                 .config
                 .and_then(|c| c.labels)
                 .and_then(|mut l| l.remove(&format!("{}.netguard", self.prefix)));
-            if runs.as_deref() != Some(self.inside.volume()) {
-                info!(guard = %self.name, "replacing a network guard of another agent build");
+            if runs.as_deref() != Some(self.identity().as_str()) {
+                info!(guard = %self.name, "replacing a network guard of another agent build or trust");
                 let _ = self
                     .docker
                     .remove_container(
@@ -289,10 +343,7 @@ impl NetGuard {
             ));
         }
         let mut labels = HashMap::new();
-        labels.insert(
-            format!("{}.netguard", self.prefix),
-            self.inside.volume().to_string(),
-        );
+        labels.insert(format!("{}.netguard", self.prefix), self.identity());
         let config = Config {
             image: Some(self.image.clone()),
             entrypoint: Some(vec![
@@ -304,6 +355,10 @@ impl NetGuard {
                 self.name.clone(),
             ]),
             cmd: Some(vec![]),
+            env: self
+                .trust
+                .as_ref()
+                .map(|t| vec![format!("SANDKIT_NETGUARD_TRUST={t}")]),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 binds: Some(vec![

@@ -240,6 +240,7 @@ pub struct DockerRuntimeBuilder {
     pool: usize,
     network_guard: bool,
     network_policy: Option<sandkit_core::NetworkPolicy>,
+    egress_trust: Option<String>,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -270,6 +271,7 @@ impl Default for DockerRuntimeBuilder {
             pool: 0,
             network_guard: true,
             network_policy: None,
+            egress_trust: None,
             engine_socket: "/var/run/docker.sock".into(),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             oci_runtime: None,
@@ -399,6 +401,14 @@ impl DockerRuntimeBuilder {
         self
     }
 
+    /// Certificates (PEM) the network guard trusts, besides the system's, when it sends a
+    /// request that a policy's request rules changed on to its server (`[docker]
+    /// egress_trust`): for servers of your own with a private CA.
+    pub fn egress_trust(mut self, pem: impl Into<String>) -> Self {
+        self.egress_trust = Some(pem.into());
+        self
+    }
+
     /// Whether sandboxes get Docker's `no-new-privileges` flag (default on): setuid programs
     /// then cannot raise privileges, so `sudo` fails. Off, `user` in the base image may
     /// `sudo` without a password, as in E2B's base template (root stays within the sandbox's
@@ -494,6 +504,7 @@ impl DockerRuntimeBuilder {
                     None => Arc::new(Inside::new(docker.clone(), &self.label_prefix, k.clone())),
                 },
                 &self.engine_socket,
+                self.egress_trust.clone(),
             ))),
             _ => None,
         };
@@ -1056,6 +1067,17 @@ impl DockerRuntime {
 
             let mut env: Vec<String> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+            // Request rules: the sandbox trusts the guard's authority for their domains.
+            let guard_ca = match (&policy, &s.netguard) {
+                (Some(p), Some(guard)) if !p.rules.is_empty() => {
+                    let ca = guard.certificate().await?;
+                    env.extend(crate::trust::env(&|k| {
+                        spec.env.contains_key(k) || s.env.contains_key(k)
+                    }));
+                    Some(ca)
+                }
+                _ => None,
+            };
 
             let network = spec.network.clone().unwrap_or_else(|| s.network.clone());
             if network.as_str() == ISOLATED_NETWORK {
@@ -1214,6 +1236,9 @@ impl DockerRuntime {
                     )
                     .await
                     .map_err(|e| map(e, "create", "sandbox"))?;
+                if let Some(ca) = &guard_ca {
+                    crate::trust::install(&self.docker, &name, ca).await?;
+                }
                 self.docker
                     .start_container::<String>(&name, None)
                     .await
@@ -1343,7 +1368,15 @@ impl DockerRuntime {
             network
         };
         let hosts = fixed_hosts(&host);
-        self.hold(id, &network, Some(policy), &hosts).await
+        self.hold(id, &network, Some(policy), &hosts).await?;
+        // Rules added to a running sandbox: its system bundle trusts the guard from now on
+        // (variables set at create, such as REQUESTS_CA_BUNDLE, cannot change in a running
+        // process; a sandbox made with rules has them).
+        if let (false, Some(guard)) = (policy.rules.is_empty(), &self.settings.netguard) {
+            let ca = guard.certificate().await?;
+            crate::trust::install(&self.docker, &name, &ca).await?;
+        }
+        Ok(())
     }
 
     /// Kills sandbox `id` (its container known to be ours, in `state`) and waits for the

@@ -51,7 +51,7 @@ pub(crate) fn judge(entry: Option<&Entry>, packet: &[u8]) -> Option<Judged> {
             .trim_end_matches('.')
             .to_ascii_lowercase();
         entry.is_some_and(|e| {
-            e.policy.rules().is_ok_and(|r| {
+            e.policy.lists().is_ok_and(|r| {
                 r.allow.iter().any(|d| {
                     matches!(d, sandkit_core::Destination::Domain(_))
                         && d.matches(IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(&name))
@@ -287,6 +287,7 @@ mod tests {
                 .deny_out([ALL_TRAFFIC])
                 .allow_out(["pypi.org", "*.allowed.test"]),
             hosts: Default::default(),
+            secrets: Default::default(),
         }
     }
 

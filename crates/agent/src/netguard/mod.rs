@@ -25,6 +25,7 @@
 //! its rules and its own container.
 
 mod dns;
+mod intercept;
 mod names;
 mod proxy;
 mod rules;
@@ -100,6 +101,10 @@ pub(crate) struct Entry {
     /// Names with fixed addresses for this sandbox (its `--add-host` entries).
     #[serde(default)]
     pub(crate) hosts: BTreeMap<String, IpAddr>,
+    /// The values of the secrets the policy's request rules name (kept here, in the
+    /// guard's state, and never given back by `get`).
+    #[serde(default)]
+    pub(crate) secrets: BTreeMap<String, String>,
 }
 
 pub(crate) use crate::keeper::Options;
@@ -115,6 +120,8 @@ pub(crate) struct Guard {
     dns_port: u16,
     /// Connections the proxy holds, to judge again when a policy changes.
     pub(crate) live: proxy::Live,
+    /// Signs the certificates of domains with request rules ([`intercept`]).
+    pub(crate) authority: intercept::Authority,
     /// The address ranges of the engine's networks: the proxy never joins a connection to
     /// one (that would reach other containers around their isolation).
     pub(crate) engine_subnets: Mutex<Vec<sandkit_core::Cidr>>,
@@ -153,7 +160,8 @@ impl Guard {
         Ok(())
     }
 
-    fn set(&self, entry: Entry) -> Result<(), String> {
+    fn set(&self, mut entry: Entry) -> Result<(), String> {
+        entry.policy.secrets = entry.secrets.iter().collect();
         entry
             .policy
             .validate()
@@ -217,6 +225,9 @@ async fn serve(o: &Options) -> Result<(), String> {
     let (dns_udp, dns_tcp) = dns_listeners().await?;
     let dns_port = dns_tcp.local_addr().map_err(|e| e.to_string())?.port();
     std::fs::create_dir_all(&o.state).map_err(|e| e.to_string())?;
+    let trust = std::env::var(intercept::TRUST_ENV).ok();
+    let authority = intercept::Authority::open(&o.state.join("ca"), trust.as_deref())
+        .map_err(|e| format!("cannot set up the certificate authority for request rules: {e}"))?;
     let guard = Arc::new(Guard {
         entries: Mutex::new(BTreeMap::new()),
         state: o.state.clone(),
@@ -224,6 +235,7 @@ async fn serve(o: &Options) -> Result<(), String> {
         proxy_port,
         dns_port,
         live: proxy::Live::default(),
+        authority,
         engine_subnets: Mutex::new(Vec::new()),
         busy: Mutex::new(Instant::now()),
         writing: Mutex::new(()),
@@ -358,9 +370,15 @@ async fn answer(stream: tokio::net::UnixStream, guard: Arc<Guard>) {
                 .unwrap_or_else(|e| Err(e.to_string()))
                 .map_or_else(|e| format!("error {e}"), |()| "ok".into()),
             "get" => match guard.entries.lock().expect("entries").get(&arg) {
-                Some(e) => hex(&serde_json::to_vec(e).unwrap_or_default()),
+                Some(e) => {
+                    // Secrets are write-only: what is held is told without them.
+                    let mut told = e.clone();
+                    told.secrets.clear();
+                    hex(&serde_json::to_vec(&told).unwrap_or_default())
+                }
                 None => "none".into(),
             },
+            "ca" => hex(guard.authority.certificate().as_bytes()),
             other => format!("error unknown request {other:?}"),
         };
         let reply = reply.replace('\n', " ");
@@ -401,9 +419,18 @@ fn apply(script: &str) -> Result<(), String> {
     }
 }
 
+/// Keeps `entry` (with its secrets: readable by the guard only).
 fn write_entry(state: &Path, entry: &Entry) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = state.join(format!(".{}.tmp", entry.id));
-    std::fs::write(&tmp, serde_json::to_vec(entry)?)?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(&serde_json::to_vec(entry)?)?;
     std::fs::rename(&tmp, state.join(&entry.id))
 }
 
@@ -416,6 +443,10 @@ fn read_entries(state: &Path) -> Result<BTreeMap<String, Entry>, String> {
         .map_err(|e| format!("cannot read the saved entries in {}: {e}", state.display()))?;
     for dirent in dir {
         let path = dirent.map_err(|e| e.to_string())?.path();
+        // The certificate authority's directory.
+        if path.is_dir() {
+            continue;
+        }
         // A write cut short (its temporary file) never replaced the entry it was for.
         if path
             .file_name()
@@ -433,6 +464,8 @@ fn read_entries(state: &Path) -> Result<BTreeMap<String, Entry>, String> {
                     path.display()
                 )
             })?;
+        let mut entry = entry;
+        entry.policy.secrets = entry.secrets.iter().collect();
         out.insert(entry.id.clone(), entry);
     }
     Ok(out)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::intercept;
 use super::names::{self, Peek};
 use super::{Entry, Guard};
 
@@ -79,7 +80,7 @@ fn judge(entry: Option<&Entry>, name: Option<&str>, dst: IpAddr) -> Verdict {
     let Some(entry) = entry else {
         return Verdict::Refused;
     };
-    let Ok(rules) = entry.policy.rules() else {
+    let Ok(rules) = entry.policy.lists() else {
         return Verdict::Refused;
     };
     if let Some(n) = name {
@@ -113,7 +114,7 @@ fn reachable(guard: &Guard, entry: &Entry, addr: IpAddr, wild_dns: bool) -> bool
         return false;
     }
     let allowed = |exact: bool| {
-        entry.policy.rules().is_ok_and(|r| {
+        entry.policy.lists().is_ok_and(|r| {
             r.allow.iter().any(|d| {
                 matches!(d, sandkit_core::Destination::Cidr(c)
                     if c.contains(addr) && (!exact || c.prefix == if addr.is_ipv4() { 32 } else { 128 }))
@@ -251,23 +252,36 @@ async fn handle(
     let Some(entry) = entry else {
         return Err("no policy for this sandbox".into());
     };
-    let targets: Vec<SocketAddr> = match &verdict {
-        Verdict::Refused => {
-            return Err(format!(
-                "refused {from} -> {dst} ({})",
-                name.as_deref().unwrap_or("no name")
-            ));
-        }
-        Verdict::Address => vec![SocketAddr::V4(dst)],
-        Verdict::Name(n) => names::resolve(n, &entry.hosts)
+    if verdict == Verdict::Refused {
+        return Err(format!(
+            "refused {from} -> {dst} ({})",
+            name.as_deref().unwrap_or("no name")
+        ));
+    }
+    // A name with request rules is served by the guard ([`intercept`]), and always joined to
+    // the name's own addresses: a rule's headers never go where the sandbox pointed.
+    let intercept = name
+        .as_deref()
+        .is_some_and(|n| entry.policy.has_rules_for(n));
+    let lookup = match &verdict {
+        Verdict::Name(n) => Some(n.clone()),
+        _ if intercept => name.clone(),
+        _ => None,
+    };
+    let targets: Vec<SocketAddr> = match &lookup {
+        None => vec![SocketAddr::V4(dst)],
+        Some(n) => names::resolve(n, &entry.hosts)
             .await
             .into_iter()
             .map(|ip| SocketAddr::new(ip, dst.port()))
             .collect(),
     };
+    let wild = lookup
+        .as_ref()
+        .is_some_and(|n| wild_dns(&entry, &Verdict::Name(n.clone())));
     let targets: Vec<SocketAddr> = targets
         .into_iter()
-        .filter(|t| reachable(guard, &entry, t.ip(), wild_dns(&entry, &verdict)))
+        .filter(|t| reachable(guard, &entry, t.ip(), wild))
         .collect();
     let Some(target) = targets.first().copied() else {
         return Err(format!("no reachable address for {verdict:?}"));
@@ -278,20 +292,32 @@ async fn handle(
         .map_err(|e| format!("cannot reach {target}: {e}"))?;
     let _ = outbound.set_nodelay(true);
     let _ = inbound.set_nodelay(true);
-    outbound.write_all(&buf).await.map_err(|e| e.to_string())?;
     // Register before joining, so a policy change from now on closes it.
-    let joined = tokio::spawn(async move {
-        // Large buffers: with tokio's 8 KiB ones a 64 MiB download took 1.56 times as long
-        // as without the proxy (the README's benchmark has the figure now); bounded with the
-        // connection caps above.
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut inbound,
-            &mut outbound,
-            COPY_BUF,
-            COPY_BUF,
-        )
-        .await;
-    });
+    let joined = match (intercept, lookup) {
+        (true, Some(n)) => tokio::spawn(intercept::serve(
+            guard.clone(),
+            from,
+            n,
+            intercept::Rewind::new(buf, inbound),
+            outbound,
+        )),
+        _ => {
+            outbound.write_all(&buf).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                // Large buffers: with tokio's 8 KiB ones a 64 MiB download took 1.56 times as
+                // long as without the proxy (the README's benchmark has the figure now);
+                // bounded with the connection caps above.
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut inbound,
+                    &mut outbound,
+                    COPY_BUF,
+                    COPY_BUF,
+                )
+                .await;
+                Ok(())
+            })
+        }
+    };
     guard.live.conns.lock().expect("conns").insert(
         id,
         Conn {
@@ -311,8 +337,10 @@ async fn handle(
     {
         joined.abort();
     }
-    let _ = joined.await;
-    Ok(())
+    match joined.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
 }
 
 /// Whether a verdict's addresses come from DNS for a name that only a wildcard of the policy
@@ -322,7 +350,7 @@ fn wild_dns(entry: &Entry, verdict: &Verdict) -> bool {
         return false;
     };
     let fixed = entry.hosts.keys().any(|h| h.eq_ignore_ascii_case(n));
-    let written = entry.policy.rules().is_ok_and(|r| {
+    let written = entry.policy.lists().is_ok_and(|r| {
         r.allow
             .iter()
             .any(|d| matches!(d, sandkit_core::Destination::Domain(x) if x == n))
@@ -377,6 +405,7 @@ mod tests {
             mac: None,
             policy,
             hosts: Default::default(),
+            secrets: Default::default(),
         }
     }
 
@@ -436,6 +465,7 @@ mod tests {
             proxy_port: 0,
             dns_port: 0,
             live: Live::default(),
+            authority: intercept::Authority::ephemeral(None),
             engine_subnets: Mutex::new(vec![sandkit_core::Cidr::parse("172.20.0.0/16").unwrap()]),
             busy: Mutex::new(std::time::Instant::now()),
             writing: Mutex::new(()),

@@ -54,7 +54,7 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
     for (n, e) in entries.values().enumerate() {
         let chain = format!("s{n}");
         let from = format!("iifname \"{}\" ip saddr {}", e.bridge, e.ip);
-        let rules = e.policy.rules().unwrap_or_else(|_| sandkit_core::Rules {
+        let rules = e.policy.lists().unwrap_or_else(|_| sandkit_core::Lists {
             allow: Vec::new(),
             // A policy that does not parse (it was checked before it was kept) refuses all.
             deny: vec![Destination::Cidr(
@@ -119,8 +119,11 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
                     let _ = writeln!(body, "    meta l4proto {{ tcp, udp }} th dport 53 drop");
                 }
             }
-            // HTTP and TLS go through the proxy, which judges them by name; connections to
-            // the host and to other containers keep their own rules.
+        }
+        if rules.has_domains() || !e.policy.rules.is_empty() {
+            // HTTP and TLS go through the proxy, which judges them by name and applies the
+            // policy's request rules; connections to the host and to other containers keep
+            // their own rules.
             let _ = writeln!(
                 nat,
                 "    {from} tcp dport {{ 80, 443 }} fib daddr type != local fib daddr oifname != \"br-*\" fib daddr oifname != \"docker0\" redirect to :{proxy_port}"
@@ -200,6 +203,7 @@ mod tests {
             mac: Some("02:42:ac:14:00:05".into()),
             policy,
             hosts: BTreeMap::new(),
+            secrets: Default::default(),
         }
     }
 

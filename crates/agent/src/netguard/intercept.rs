@@ -1,0 +1,570 @@
+//! Request rules applied in the guard: HTTP and HTTPS connections to a domain that has rules
+//! in the sandbox's policy are answered here, each request gets the rule's headers (secrets
+//! resolved at the moment it is sent), and it goes on to the name's own server.
+//!
+//! For HTTPS the guard is the server the sandbox talks to, with a certificate for the name
+//! signed by the guard's own authority ([`Authority`]; its key stays in the guard's state,
+//! never in a sandbox or a label), which the backend adds to the sandbox's trust. The
+//! connection on to the real server is verified against the guard's roots (the system's,
+//! plus any the backend adds). HTTP/1.1 and HTTP/2 are served, each request judged alone:
+//! one that names another host than the connection's is refused, so a rule's headers only
+//! ever go to the server its domain names. Connections to domains without rules never come
+//! here (the proxy joins them as they are).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::Guard;
+
+/// Where the backend's extra upstream roots (PEM) come from: the guard container's env.
+pub(crate) const TRUST_ENV: &str = "SANDKIT_NETGUARD_TRUST";
+/// The system's roots in the guard's image (Debian's bundle).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Leaf certificates kept at once; the cache starts over when full.
+const LEAVES: usize = 1024;
+
+type Body = Either<Incoming, Full<Bytes>>;
+
+/// The guard's certificate authority, and the TLS settings made from it.
+pub(crate) struct Authority {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+    /// Server settings per name, each with its own leaf certificate.
+    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// Settings for the real servers: HTTP/1.1 only, and HTTP/2 or HTTP/1.1.
+    upstream_h1: Arc<rustls::ClientConfig>,
+    upstream_h2: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Authority {
+    /// The authority kept in `dir` (`ca.pem`, and `ca.key` readable by the guard only), made
+    /// there on first start; upstreams verified against the system's roots and `extra` (PEM).
+    pub(crate) fn open(dir: &Path, extra: Option<&str>) -> Result<Authority, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        if !key.exists() || !cert.exists() {
+            let (pem, key_pem) = make_ca()?;
+            write_private(&dir.join(".ca.key.tmp"), &key, key_pem.as_bytes())?;
+            std::fs::write(dir.join(".ca.pem.tmp"), &pem).map_err(|e| e.to_string())?;
+            std::fs::rename(dir.join(".ca.pem.tmp"), &cert).map_err(|e| e.to_string())?;
+        }
+        let pem = std::fs::read_to_string(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let key_pem =
+            std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+        Authority::from_pem(&pem, &key_pem, extra)
+    }
+
+    /// An authority of this process only (for tests).
+    #[cfg(test)]
+    pub(crate) fn ephemeral(extra: Option<&str>) -> Authority {
+        let (pem, key) = make_ca().expect("a CA");
+        Authority::from_pem(&pem, &key, extra).expect("an authority")
+    }
+
+    fn from_pem(pem: &str, key_pem: &str, extra: Option<&str>) -> Result<Authority, String> {
+        let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key: {e}"))?;
+        // The certificate was made from these same parameters (its subject and key usages
+        // are fixed), so they describe it as an issuer.
+        let issuer = rcgen::Issuer::new(ca_params()?, key);
+        let ca_der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Ok(system) = std::fs::read(SYSTEM_ROOTS) {
+            for c in CertificateDer::pem_slice_iter(&system).flatten() {
+                let _ = roots.add(c);
+            }
+        }
+        for c in CertificateDer::pem_slice_iter(extra.unwrap_or_default().as_bytes()) {
+            roots
+                .add(c.map_err(|e| format!("{TRUST_ENV}: {e}"))?)
+                .map_err(|e| format!("{TRUST_ENV}: {e}"))?;
+        }
+        let client = |alpn: &[&[u8]]| -> Result<Arc<rustls::ClientConfig>, String> {
+            let mut c = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(c))
+        };
+        Ok(Authority {
+            issuer,
+            ca_der,
+            ca_pem: pem.to_string(),
+            leaves: Mutex::new(HashMap::new()),
+            upstream_h1: client(&[b"http/1.1"])?,
+            upstream_h2: client(&[b"h2", b"http/1.1"])?,
+        })
+    }
+
+    /// The authority's certificate (PEM), for the sandboxes' trust.
+    pub(crate) fn certificate(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Server settings presenting a certificate for `name`.
+    fn server(&self, name: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        if let Some(c) = self.leaves.lock().expect("leaves").get(name) {
+            return Ok(c.clone());
+        }
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone(), self.ca_der.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let mut leaves = self.leaves.lock().expect("leaves");
+        if leaves.len() >= LEAVES {
+            leaves.clear();
+        }
+        leaves.insert(name.to_string(), config.clone());
+        Ok(config)
+    }
+}
+
+/// A new CA: its certificate and key, PEM.
+fn make_ca() -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = ca_params()?.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What every guard's CA certificate says of itself.
+fn ca_params() -> Result<rcgen::CertificateParams, String> {
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sandkit network guard");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+    Ok(params)
+}
+
+/// Writes `bytes` to `to` readable by this user only, through `tmp`.
+fn write_private(tmp: &Path, to: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(bytes).map_err(|e| e.to_string())?;
+    std::fs::rename(tmp, to).map_err(|e| e.to_string())
+}
+
+/// A stream that first yields what the proxy already read from it.
+pub(crate) struct Rewind {
+    head: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub(crate) fn new(head: Vec<u8>, inner: TcpStream) -> Self {
+        Rewind {
+            head: head.into(),
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let head = self.head.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection on to the real server.
+#[derive(Clone)]
+enum Upstream {
+    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Upstream {
+    async fn send(&self, req: Request<Incoming>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Upstream::H1(s) => {
+                let mut s = s.lock().await;
+                s.ready().await?;
+                let answer = s.send_request(req);
+                drop(s);
+                answer.await
+            }
+            Upstream::H2(s) => s.clone().send_request(req).await,
+        }
+    }
+}
+
+/// Serves the connection of the sandbox at `from` to `name`, whose first bytes (`inbound`'s
+/// head) the proxy already read, joined to the real server over `outbound`.
+pub(crate) async fn serve(
+    guard: Arc<Guard>,
+    from: Ipv4Addr,
+    name: String,
+    inbound: Rewind,
+    outbound: TcpStream,
+) -> Result<(), String> {
+    let tls = inbound.head.first() == Some(&0x16);
+    if !tls {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(outbound))
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        let up = Upstream::H1(Arc::new(tokio::sync::Mutex::new(sender)));
+        let served = answer(TokioIo::new(inbound), false, up, guard, from, name, "http");
+        return finish(served, conn).await;
+    }
+    let auth = &guard.authority;
+    let inbound = tokio_rustls::TlsAcceptor::from(auth.server(&name)?)
+        .accept(inbound)
+        .await
+        .map_err(|e| format!("{name}: the sandbox's TLS: {e}"))?;
+    let h2_in = inbound.get_ref().1.alpn_protocol() == Some(b"h2");
+    let config = if h2_in {
+        auth.upstream_h2.clone()
+    } else {
+        auth.upstream_h1.clone()
+    };
+    let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
+    let outbound = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, outbound)
+        .await
+        .map_err(|e| format!("{name}: the server's TLS: {e}"))?;
+    if outbound.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(outbound))
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+        let served = answer(TokioIo::new(inbound), h2_in, Upstream::H2(sender), guard, from, name, "https");
+        finish(served, conn).await
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(outbound))
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        let up = Upstream::H1(Arc::new(tokio::sync::Mutex::new(sender)));
+        let served = answer(TokioIo::new(inbound), h2_in, up, guard, from, name, "https");
+        finish(served, conn).await
+    }
+}
+
+/// Runs the sandbox's side until it ends, or the server's connection does.
+async fn finish<S, C, E>(served: S, conn: C) -> Result<(), String>
+where
+    S: std::future::Future<Output = Result<(), String>>,
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::select! {
+        r = served => r,
+        _ = conn => Ok(()),
+    }
+}
+
+/// Serves the sandbox's requests over `io` (HTTP/2 when `h2`), each sent on through `up`.
+async fn answer<IO>(
+    io: TokioIo<IO>,
+    h2: bool,
+    up: Upstream,
+    guard: Arc<Guard>,
+    from: Ipv4Addr,
+    name: String,
+    scheme: &'static str,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let up_h2 = matches!(up, Upstream::H2(_));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (up, guard, name) = (up.clone(), guard.clone(), name.clone());
+        async move {
+            let answer = match prepare(req, &guard, from, &name, scheme, up_h2) {
+                Err(refusal) => refusal,
+                Ok(req) => match up.send(req).await {
+                    Ok(resp) => resp.map(Either::Left),
+                    Err(e) => refuse(StatusCode::BAD_GATEWAY, &format!("{name}: {e}")),
+                },
+            };
+            Ok::<_, std::convert::Infallible>(answer)
+        }
+    });
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Headers that belong to one connection, not to the request (never sent on over HTTP/2).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+/// The request as it goes on: the rule's headers set (secrets resolved now, from the policy
+/// the guard holds at this moment), its target in the form the server's protocol wants. A
+/// request for another host than the connection's, or whose rules cannot be applied, is
+/// answered here instead.
+fn prepare(
+    mut req: Request<Incoming>,
+    guard: &Guard,
+    from: Ipv4Addr,
+    name: &str,
+    scheme: &str,
+    up_h2: bool,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_string())
+        })
+        .unwrap_or_default();
+    if !host
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(name.trim_end_matches('.'))
+    {
+        return Err(refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!("this connection is for {name}; a request for {host:?} needs its own"),
+        ));
+    }
+    let Some(entry) = guard.by_ip(from) else {
+        return Err(refuse(StatusCode::FORBIDDEN, "no policy for this sandbox"));
+    };
+    let headers = entry
+        .policy
+        .headers_for(name)
+        .map_err(|e| refuse(StatusCode::BAD_GATEWAY, e.message()))?;
+    for (h, v) in headers {
+        let (Ok(h), Ok(mut v)) = (
+            HeaderName::from_bytes(h.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) else {
+            return Err(refuse(
+                StatusCode::BAD_GATEWAY,
+                &format!("the rule for {name} has a header that cannot be sent"),
+            ));
+        };
+        v.set_sensitive(true);
+        req.headers_mut().insert(h, v);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| name.to_string());
+    let uri = if up_h2 {
+        for h in HOP_BY_HOP {
+            req.headers_mut().remove(h);
+        }
+        req.headers_mut().remove(http::header::HOST);
+        format!("{scheme}://{authority}{path}")
+    } else {
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        path
+    };
+    *req.uri_mut() = uri
+        .parse::<Uri>()
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    *req.version_mut() = if up_h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    Ok(req)
+}
+
+/// An answer from the guard itself.
+fn refuse(status: StatusCode, why: &str) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "sandkit network guard: {why}\n"
+    )))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a client that trusts only `a`'s certificate completes a handshake with `a`'s
+    /// server settings for `served`, asking for `asked`.
+    async fn handshake(a: &Authority, served: &str, asked: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(a.ca_der.clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (c, s) = tokio::io::duplex(64 << 10);
+        let acceptor = tokio_rustls::TlsAcceptor::from(a.server(served).unwrap());
+        let server = tokio::spawn(async move { acceptor.accept(s).await.is_ok() });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = ServerName::try_from(asked.to_string()).unwrap();
+        let ok = connector.connect(name, c).await.is_ok();
+        let _ = server.await;
+        ok
+    }
+
+    #[tokio::test]
+    async fn leaves_are_signed_by_the_authority_for_their_name_only() {
+        let a = Authority::ephemeral(None);
+        assert!(Arc::ptr_eq(
+            &a.server("api.example.test").unwrap(),
+            &a.server("api.example.test").unwrap()
+        ));
+        assert!(a.certificate().starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(handshake(&a, "api.example.test", "api.example.test").await);
+        assert!(!handshake(&a, "api.example.test", "other.example.test").await);
+        // Another guard's authority is not trusted for it.
+        let b = Authority::ephemeral(None);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(b.ca_der.clone()).unwrap();
+        assert!(!handshake_with(&a, roots).await);
+    }
+
+    async fn handshake_with(a: &Authority, roots: rustls::RootCertStore) -> bool {
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (c, s) = tokio::io::duplex(64 << 10);
+        let acceptor = tokio_rustls::TlsAcceptor::from(a.server("x.test").unwrap());
+        tokio::spawn(async move { acceptor.accept(s).await.is_ok() });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        connector
+            .connect(ServerName::try_from("x.test").unwrap(), c)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_authority_is_kept_and_its_key_readable_by_the_guard_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = Authority::open(dir.path(), None).unwrap();
+        let again = Authority::open(dir.path(), None).unwrap();
+        assert_eq!(first.certificate(), again.certificate());
+        // Leaves signed after a restart verify against the certificate sandboxes were given.
+        assert!(handshake(&again, "after.test", "after.test").await);
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "ca.key is {mode:o}");
+    }
+}

@@ -1,0 +1,284 @@
+//! Request rules: headers set on a sandbox's HTTP and HTTPS requests to a domain, outside the
+//! sandbox, with values that may name [`Secrets`] the sandbox never holds.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, ErrorKind, Result};
+
+/// How a header value names a secret: `${e2b.secrets.NAME}` (E2B's `Secret.fill(NAME)`).
+pub const SECRET_PLACEHOLDER: &str = "${e2b.secrets.";
+
+/// How E2B names a workload identity token in a header value; not served here.
+const IDENTITY_PLACEHOLDER: &str = "${e2b.identity.";
+
+/// What is done to each request that matches a rule's domain: E2B's `transform`.
+///
+/// ```
+/// use sandkit_core::{NetworkPolicy, RequestRule, ALL_TRAFFIC};
+///
+/// let policy = NetworkPolicy::new()
+///     .deny_out([ALL_TRAFFIC])
+///     .allow_out(["api.example.com"])
+///     .rule(
+///         "api.example.com",
+///         RequestRule::new().header("Authorization", "Bearer ${e2b.secrets.example-token}"),
+///     )
+///     .secret("example-token", "sk-123");
+/// policy.validate().unwrap();
+/// let headers = policy.headers_for("API.example.com").unwrap();
+/// assert_eq!(headers, [("Authorization".to_string(), "Bearer sk-123".to_string())]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RequestRule {
+    /// Headers set on the request, replacing any of the same name the sandbox sent. A value
+    /// may hold `${e2b.secrets.NAME}`, replaced by that secret's value outside the sandbox
+    /// when the request is sent.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl RequestRule {
+    /// A rule that changes nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a header to set.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// The values of secrets, by name (lower case), that request rules name.
+///
+/// A policy carries them to the backend that applies the rules; they are never serialized
+/// with the policy, never shown by `Debug` (only their names are), and never put in the
+/// sandbox.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Secrets")
+            .field(&self.0.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// No secrets.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets secret `name` (compared without case) to `value`.
+    pub fn insert(&mut self, name: &str, value: impl Into<String>) {
+        self.0.insert(name.to_ascii_lowercase(), value.into());
+    }
+    /// The value of secret `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+    /// The secrets held: name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    /// The names held.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Only the secrets whose names `keep` accepts.
+    pub fn only(&self, keep: impl Fn(&str) -> bool) -> Secrets {
+        Secrets(
+            self.0
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Secrets {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut s = Secrets::new();
+        for (k, v) in iter {
+            s.insert(k.as_ref(), v);
+        }
+        s
+    }
+}
+
+/// The names of the secrets `value` refers to (lower case), in order.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a placeholder that is not closed, or one for a workload
+/// identity token (not served).
+pub fn secret_names(value: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    if value.contains(IDENTITY_PLACEHOLDER) {
+        return Err(invalid(
+            "workload identity tokens (`${e2b.identity.tokens.*}`, the `iam` option) are not \
+             served here; keep the credential in a secret and name it with \
+             `${e2b.secrets.NAME}`",
+        ));
+    }
+    while let Some(at) = rest.find(SECRET_PLACEHOLDER) {
+        let after = &rest[at + SECRET_PLACEHOLDER.len()..];
+        let Some(end) = after.find('}') else {
+            return Err(invalid(format!(
+                "a header value has an unclosed secret placeholder: `{SECRET_PLACEHOLDER}NAME}}` \
+                 expected"
+            )));
+        };
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(invalid("a secret placeholder names no secret"));
+        }
+        out.push(name.to_ascii_lowercase());
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+/// `value` with each secret placeholder replaced by the secret's value.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming a secret `secrets` does not hold (never an empty value
+/// in its place), and as [`secret_names`].
+pub fn expand_secrets(value: &str, secrets: &Secrets) -> Result<String> {
+    secret_names(value)?;
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find(SECRET_PLACEHOLDER) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + SECRET_PLACEHOLDER.len()..];
+        let end = after.find('}').expect("checked by secret_names");
+        let name = &after[..end];
+        let secret = secrets.get(name).ok_or_else(|| {
+            invalid(format!(
+                "a request rule names the secret {name:?}, which is not set; create it first \
+                 (or fix the name)"
+            ))
+        })?;
+        out.push_str(secret);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Headers a rule may not set: they decide how the request is framed or where it goes.
+const FRAMING: [&str; 7] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "keep-alive",
+];
+
+/// Checks one rule of domain `domain`.
+pub(crate) fn validate_rule(domain: &str, rule: &RequestRule, secrets: &Secrets) -> Result<()> {
+    for (name, value) in &rule.headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(invalid(format!(
+                "the rule for {domain:?} sets the header {name:?}, which is not a header name"
+            )));
+        }
+        if FRAMING.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(invalid(format!(
+                "the rule for {domain:?} sets the header {name:?}, which decides how the \
+                 request is framed or routed; rules cannot set it"
+            )));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(invalid(format!(
+                "the rule for {domain:?} gives the header {name:?} a value with a line break"
+            )));
+        }
+        for secret in secret_names(value)? {
+            if secrets.get(&secret).is_none() {
+                return Err(invalid(format!(
+                    "the rule for {domain:?} names the secret {secret:?} in the header \
+                     {name:?}, and no secret of that name is set; create it first (or fix \
+                     the name)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The rules of the key in `rules` that decides for `name`: the exact name first, then the
+/// longest wildcard (`*.example.com`) that matches it. Rule sets are not merged.
+pub(crate) fn rules_for<'a>(
+    rules: &'a BTreeMap<String, Vec<RequestRule>>,
+    name: &str,
+) -> Option<&'a [RequestRule]> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some((_, r)) = rules.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
+        return Some(r);
+    }
+    rules
+        .iter()
+        .filter(|(k, _)| k.starts_with("*.") && crate::domain_matches(&k.to_ascii_lowercase(), &name))
+        .max_by_key(|(k, _)| k.len())
+        .map(|(_, r)| r.as_slice())
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, message.into()).with_operation("network policy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_found_and_replaced() {
+        let s: Secrets = [("Token", "abc"), ("other", "x}y")].into_iter().collect();
+        assert_eq!(
+            expand_secrets("Bearer ${e2b.secrets.TOKEN} and ${e2b.secrets.other}!", &s).unwrap(),
+            "Bearer abc and x}y!"
+        );
+        assert_eq!(expand_secrets("plain", &s).unwrap(), "plain");
+        let e = expand_secrets("${e2b.secrets.missing}", &s).unwrap_err();
+        assert!(e.message().contains("\"missing\""), "{e}");
+        assert!(secret_names("${e2b.secrets.open").is_err());
+        assert!(secret_names("${e2b.secrets.}").is_err());
+        assert!(secret_names("Bearer ${e2b.identity.tokens.aws}").is_err());
+        assert!(!format!("{s:?}").contains("abc"), "Debug shows names only");
+    }
+
+    #[test]
+    fn exact_names_win_then_the_longest_wildcard() {
+        let one = |h: &str| vec![RequestRule::new().header("X-Which", h)];
+        let rules: BTreeMap<String, Vec<RequestRule>> = [
+            ("api.example.com".to_string(), one("exact")),
+            ("*.example.com".to_string(), one("short")),
+            ("*.eu.example.com".to_string(), one("long")),
+        ]
+        .into_iter()
+        .collect();
+        let which = |n: &str| rules_for(&rules, n).map(|r| r[0].headers["X-Which"].clone());
+        assert_eq!(which("API.example.com.").as_deref(), Some("exact"));
+        assert_eq!(which("a.example.com").as_deref(), Some("short"));
+        assert_eq!(which("a.b.eu.example.com").as_deref(), Some("long"));
+        assert_eq!(which("example.com"), None, "a wildcard is not its apex");
+        assert_eq!(which("example.org"), None);
+    }
+}
