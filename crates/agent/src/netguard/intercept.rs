@@ -328,16 +328,27 @@ pub(crate) async fn serve(
     }
 }
 
-/// Runs the sandbox's side until it ends, or the server's connection does.
+/// Runs the sandbox's side until it ends, with the server's connection driven beside it (a
+/// server that closes after its answer must not cut the answer short) and closed with it,
+/// also when this future is dropped (a policy change aborts the connection).
 async fn finish<S, C, E>(served: S, conn: C) -> Result<(), String>
 where
     S: std::future::Future<Output = Result<(), String>>,
-    C: std::future::Future<Output = Result<(), E>>,
+    C: std::future::Future<Output = Result<(), E>> + Send + 'static,
 {
-    tokio::select! {
-        r = served => r,
-        _ = conn => Ok(()),
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
     }
+    let _conn = AbortOnDrop(
+        tokio::spawn(async move {
+            let _ = conn.await;
+        })
+        .abort_handle(),
+    );
+    served.await
 }
 
 /// Serves the sandbox's requests over `io` (HTTP/2 when `h2`), each sent on through `up`.

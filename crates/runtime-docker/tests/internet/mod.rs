@@ -74,6 +74,12 @@ pub struct Internet {
 
 impl Internet {
     pub fn new() -> Internet {
+        Internet::serving(SERVER, &[])
+    }
+
+    /// A namespace where `server` (Python, run with `args`; it prints `ready` once it
+    /// listens) answers on all of its addresses.
+    pub fn serving(server: &str, args: &[&str]) -> Internet {
         let is_root = Command::new("id")
             .arg("-u")
             .output()
@@ -121,7 +127,8 @@ impl Internet {
              ip route add {link_local}/32 via {a}"
         ));
         let mut server = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-c", SERVER])
+            .args(["netns", "exec", &ns, "python3", "-c", server])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
