@@ -16,6 +16,16 @@ use crate::state::OWNER_KEY;
 pub(crate) fn router(state: Shared) -> Router {
     let routes = crate::control::routes(Router::new())
         .route("/sandboxes/{id}/network", put(crate::network::update))
+        .route(
+            "/secrets",
+            post(crate::secrets::create).get(crate::secrets::list),
+        )
+        .route(
+            "/secrets/{id}",
+            get(crate::secrets::get_info)
+                .post(crate::secrets::update)
+                .delete(crate::secrets::destroy),
+        )
         .route("/sandboxes/{id}/snapshots", post(crate::snapshots::create))
         .route("/sandboxes/{id}/fork", post(crate::snapshots::fork))
         .route("/snapshots", get(crate::snapshots::list))

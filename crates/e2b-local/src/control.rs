@@ -176,7 +176,13 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
         Ok(a) => a,
         Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
     };
-    let policy = asked.policy.clone();
+    let mut policy = asked.policy.clone();
+    if let Some(p) = policy.as_mut() {
+        if !p.rules.is_empty() && !state.runtime.capabilities().request_rules {
+            return api_error(StatusCode::BAD_REQUEST, crate::network::RULES_UNSUPPORTED);
+        }
+        state.secrets.fill(&state.tenant(), p);
+    }
     if policy.is_some() && !state.runtime.capabilities().network_policy {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -244,6 +250,7 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
                 allow_out: req.network.as_ref().and_then(|n| n.allow_out.clone()),
                 deny_out: req.network.as_ref().and_then(|n| n.deny_out.clone()),
                 dns_servers: req.network.as_ref().and_then(|n| n.dns_servers.clone()),
+                rules: req.network.as_ref().and_then(|n| n.rules.clone()),
                 ..Default::default()
             };
             spec = spec.network_policy(p).metadata(

@@ -7,8 +7,10 @@ use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use sandkit_core::{NetworkPolicy, ALL_TRAFFIC};
-use sandkit_e2b_protocol::api::{NetworkConfig, NetworkUpdate};
+use std::collections::BTreeMap;
+
+use sandkit_core::{NetworkPolicy, RequestRule, ALL_TRAFFIC};
+use sandkit_e2b_protocol::api::{NetworkConfig, NetworkRule, NetworkUpdate};
 
 use crate::caller::Caller;
 use crate::http::{api_error, from_error, parse};
@@ -18,6 +20,11 @@ use crate::http::{api_error, from_error, parse};
 pub(crate) const NETWORK_KEY: &str = "sandkit.e2b.network";
 /// Hidden metadata: `0` when the sandbox was made with `allow_internet_access=false`.
 pub(crate) const INTERNET_KEY: &str = "sandkit.e2b.internet";
+
+/// The answer when the backend cannot apply request rules.
+pub(crate) const RULES_UNSUPPORTED: &str =
+    "network.rules cannot be applied by this server's backend (on Docker: it needs the \
+     network guard), so they are refused rather than ignored";
 
 /// What a create's `network` asks for.
 #[derive(Debug, Default, PartialEq)]
@@ -38,7 +45,7 @@ pub(crate) fn from_create(
     let Some(n) = network else {
         return Ok(Asked::default());
     };
-    refuse_unsupported(&n.egress_proxy, &n.rules, &n.other)?;
+    refuse_unsupported(&n.egress_proxy, &n.other)?;
     let mask = n.mask_request_host.clone().filter(|m| !m.is_empty());
     if let Some(m) = &mask {
         let bad = |c: char| matches!(c, '/' | ' ' | '\r' | '\n' | '@' | '?' | '#');
@@ -53,7 +60,8 @@ pub(crate) fn from_create(
     };
     let allow = n.allow_out.clone().unwrap_or_default();
     let mut deny = n.deny_out.clone().unwrap_or_default();
-    if allow.is_empty() && deny.is_empty() {
+    let rules = request_rules(n.rules.as_ref())?;
+    if allow.is_empty() && deny.is_empty() && rules.is_empty() {
         return Ok(asked);
     }
     // As E2B: no internet keeps the allow list and denies everything else.
@@ -62,6 +70,7 @@ pub(crate) fn from_create(
     }
     let mut policy = NetworkPolicy::new().allow_out(allow).deny_out(deny);
     policy.dns_servers = n.dns_servers.clone();
+    policy.rules = rules;
     Ok(Asked {
         policy: Some(checked(policy)?),
         ..asked
@@ -70,7 +79,7 @@ pub(crate) fn from_create(
 
 /// The policy a `PUT .../network` sets: the whole policy, fields left out cleared.
 pub(crate) fn from_update(u: &NetworkUpdate) -> Result<NetworkPolicy, String> {
-    refuse_unsupported(&u.egress_proxy, &u.rules, &u.other)?;
+    refuse_unsupported(&u.egress_proxy, &u.other)?;
     let mut deny = u.deny_out.clone().unwrap_or_default();
     if u.allow_internet_access == Some(false) {
         deny = vec![ALL_TRAFFIC.to_string()];
@@ -79,18 +88,63 @@ pub(crate) fn from_update(u: &NetworkUpdate) -> Result<NetworkPolicy, String> {
         .allow_out(u.allow_out.clone().unwrap_or_default())
         .deny_out(deny);
     policy.dns_servers = u.dns_servers.clone();
+    policy.rules = request_rules(u.rules.as_ref())?;
     checked(policy)
 }
 
+/// `network.rules` as request rules: each rule's `transform.headers`, in order.
+fn request_rules(
+    rules: Option<&BTreeMap<String, Vec<NetworkRule>>>,
+) -> Result<BTreeMap<String, Vec<RequestRule>>, String> {
+    let mut out = BTreeMap::new();
+    for (domain, list) in rules.into_iter().flatten() {
+        let mapped: Vec<RequestRule> = list
+            .iter()
+            .map(|r| {
+                let headers = r.transform.as_ref().and_then(|t| t.headers.clone());
+                headers
+                    .into_iter()
+                    .flatten()
+                    .fold(RequestRule::new(), |rule, (k, v)| rule.header(k, v))
+            })
+            .collect();
+        if out
+            .insert(domain.trim().to_ascii_lowercase(), mapped)
+            .is_some()
+        {
+            return Err(format!("network.rules names {domain:?} twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// The policy running sandbox `info` is held to, as its network configuration says (the one
+/// `PUT .../network` set last, or else the one it was made with); its secrets not filled.
+pub(crate) fn policy_of(state: &Caller, info: &sandkit_core::SandboxInfo) -> Option<NetworkPolicy> {
+    let config = state.network_of(&info.id).or_else(|| {
+        info.metadata
+            .get(NETWORK_KEY)
+            .and_then(|j| serde_json::from_str(j).ok())
+    })?;
+    let internet = info.metadata.get(INTERNET_KEY).map(|v| v != "0");
+    from_create(Some(&config), internet).ok()?.policy
+}
+
+/// Whether the policy is structurally valid. Secrets are checked once filled: a name with no
+/// secret is held unset (the request fails, as on E2B, where a placeholder is resolved at
+/// egress).
 fn checked(policy: NetworkPolicy) -> Result<NetworkPolicy, String> {
-    policy.validate().map_err(|e| e.message().to_string())?;
+    let mut probe = policy.clone();
+    for name in probe.secret_names() {
+        probe.secrets.unset(&name);
+    }
+    probe.validate().map_err(|e| e.message().to_string())?;
     Ok(policy)
 }
 
 fn refuse_unsupported(
     egress_proxy: &Option<serde_json::Value>,
-    rules: &Option<serde_json::Value>,
-    other: &std::collections::BTreeMap<String, serde_json::Value>,
+    other: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), String> {
     let set = |v: &Option<serde_json::Value>| match v {
         None | Some(serde_json::Value::Null) => false,
@@ -99,9 +153,6 @@ fn refuse_unsupported(
     };
     if set(egress_proxy) {
         return Err("network.egressProxy is not available in e2b-local".into());
-    }
-    if set(rules) {
-        return Err("network.rules (request transforms) are not available in e2b-local".into());
     }
     if let Some(k) = other.keys().next() {
         return Err(format!("network.{k} is not known to e2b-local"));
@@ -119,6 +170,11 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         Ok(p) => p,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
+    if !policy.rules.is_empty() && !state.runtime.capabilities().request_rules {
+        return api_error(StatusCode::BAD_REQUEST, RULES_UNSUPPORTED);
+    }
+    let mut policy = policy;
+    state.secrets.fill(&state.tenant(), &mut policy);
     let served = match state.served(&id).await {
         Ok(s) => s,
         Err(e) if e.kind() == sandkit_core::ErrorKind::Conflict => {
@@ -138,6 +194,7 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         allow_out: req.allow_out.clone(),
         deny_out: req.deny_out.clone(),
         dns_servers: req.dns_servers.clone(),
+        rules: req.rules.clone(),
         ..Default::default()
     };
     state.set_network(&id, reported).await;
@@ -183,7 +240,8 @@ mod tests {
         assert!(e.contains("ALL_TRAFFIC"), "{e}");
         for refused in [
             r#"{"egressProxy":{"address":"x:1"}}"#,
-            r#"{"rules":{"a.com":[]}}"#,
+            r#"{"rules":{"*":[]}}"#,
+            r#"{"rules":{"a.com":[{"transform":{"headers":{"Host":"x"}}}]}}"#,
             r#"{"maskRequestHost":"a b"}"#,
             r#"{"somethingNew":1}"#,
             r#"{"httpsPorts":[3000]}"#,
@@ -193,6 +251,32 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn rules_map_to_request_rules_in_order() {
+        let p = from_create(
+            Some(&config(
+                r#"{"rules":{"API.test":[{"transform":{"headers":{"A":"1"}}},{},{"transform":{"headers":{"A":"2","B":"${e2b.secrets.k}"}}}]}}"#,
+            )),
+            None,
+        )
+        .unwrap()
+        .policy
+        .expect("rules alone make a policy");
+        let mut p = p.secret("k", "v");
+        assert_eq!(
+            p.headers_for("api.test").unwrap(),
+            [("A".to_string(), "2".to_string()), ("B".to_string(), "v".to_string())]
+        );
+        // A secret not created (yet) is accepted, and fails at the request.
+        p.secrets = Default::default();
+        assert!(checked(p).is_ok());
+        // A shape the SDK does not send is refused when the body is read.
+        assert!(serde_json::from_str::<NetworkConfig>(
+            r#"{"rules":{"a.com":[{"transform":{"set":{}}}]}}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -212,6 +212,8 @@ pub(crate) struct State {
     ports_domain: std::sync::OnceLock<String>,
     /// What `/metrics` reports.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Every key's secrets (see [`crate::secrets`]).
+    pub(crate) secrets: crate::secrets::Store,
 }
 
 /// A sandbox this server holds a handle to, and the owner it was made for.
@@ -271,6 +273,7 @@ impl State {
             ),
         };
         info!(keys = keys.len(), data_dir = %data_dir.display(), "e2b-local keys loaded");
+        let secrets = crate::secrets::Store::new(crate::secrets::dir_in(&data_dir));
         Ok(State {
             runtime,
             secret,
@@ -288,6 +291,7 @@ impl State {
             networks: std::sync::Mutex::new(HashMap::new()),
             ports_domain: std::sync::OnceLock::new(),
             metrics: Default::default(),
+            secrets,
             config,
         })
     }

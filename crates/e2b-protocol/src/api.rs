@@ -78,12 +78,74 @@ pub struct NetworkConfig {
     /// An egress proxy all traffic goes through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_proxy: Option<serde_json::Value>,
-    /// Per-host request transforms.
+    /// Per-host request transforms: domain (or `*.domain`) to its rules, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<serde_json::Value>,
+    pub rules: Option<BTreeMap<String, Vec<NetworkRule>>>,
     /// Anything else the client sent (a server refuses what it does not know).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// One rule of [`NetworkConfig::rules`] (the SDK's `SandboxNetworkRule`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRule {
+    /// What is done to a matching request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<NetworkTransform>,
+}
+
+/// [`NetworkRule::transform`] (the SDK's `SandboxNetworkTransform`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkTransform {
+    /// Headers set on the request, replacing any of the same name; values may hold
+    /// `${e2b.secrets.NAME}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// A secret as the API reports it (`Secret`): never its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretInfo {
+    /// `sec_…`.
+    #[serde(rename = "secretID")]
+    pub secret_id: String,
+    /// Its name, lower case.
+    pub name: String,
+    /// The version requests are served from (1 at create, one more at each update).
+    pub current_version: u64,
+    /// The caller's metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// `POST /secrets` (`NewSecret`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSecret {
+    /// Its name (kept lower case).
+    pub name: String,
+    /// Its value: write-only.
+    pub value: String,
+    /// Metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /secrets/{id}` (`SecretUpdate`): a new version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUpdate {
+    /// The new value.
+    pub value: String,
+    /// Replaces the metadata when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// The body of `PUT /sandboxes/{id}/network` (the SDK's `SandboxNetworkUpdate`): replaces the
@@ -105,7 +167,7 @@ pub struct NetworkUpdate {
     pub egress_proxy: Option<serde_json::Value>,
     /// As [`NetworkConfig::rules`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<serde_json::Value>,
+    pub rules: Option<BTreeMap<String, Vec<NetworkRule>>>,
     /// `false`: deny all traffic but `allow_out` (snake_case on the wire, as the SDK sends it).
     #[serde(
         default,

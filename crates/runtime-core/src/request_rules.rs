@@ -58,8 +58,13 @@ impl RequestRule {
 /// A policy carries them to the backend that applies the rules; they are never serialized
 /// with the policy, never shown by `Debug` (only their names are), and never put in the
 /// sandbox.
+///
+/// A name can also be held without a value ([`unset`](Self::unset)): a rule naming it is
+/// accepted, and each request it applies to fails, saying so, until the secret is set (a
+/// server that keeps secrets apart from sandboxes marks a deleted, or not yet created, secret
+/// this way).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secrets(BTreeMap<String, String>);
+pub struct Secrets(BTreeMap<String, Option<String>>);
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,15 +81,27 @@ impl Secrets {
     }
     /// Sets secret `name` (compared without case) to `value`.
     pub fn insert(&mut self, name: &str, value: impl Into<String>) {
-        self.0.insert(name.to_ascii_lowercase(), value.into());
+        self.0.insert(name.to_ascii_lowercase(), Some(value.into()));
     }
-    /// The value of secret `name`.
+    /// Holds `name` without a value: requests whose rules name it fail until it is set.
+    pub fn unset(&mut self, name: &str) {
+        self.0.insert(name.to_ascii_lowercase(), None);
+    }
+    /// The value of secret `name`, if it is set.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.0
+            .get(&name.to_ascii_lowercase())
+            .and_then(|v| v.as_deref())
     }
-    /// The secrets held: name and value.
+    /// Whether `name` is held, set or not.
+    pub fn holds(&self, name: &str) -> bool {
+        self.0.contains_key(&name.to_ascii_lowercase())
+    }
+    /// The secrets that are set: name and value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?)))
     }
     /// The names held.
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -165,8 +182,8 @@ pub fn expand_secrets(value: &str, secrets: &Secrets) -> Result<String> {
         let name = &after[..end];
         let secret = secrets.get(name).ok_or_else(|| {
             invalid(format!(
-                "a request rule names the secret {name:?}, which is not set; create it first \
-                 (or fix the name)"
+                "a request rule names the secret {name:?}, which is not set (not created yet, \
+                 or deleted); create it (or fix the name)"
             ))
         })?;
         out.push_str(secret);
@@ -211,7 +228,7 @@ pub(crate) fn validate_rule(domain: &str, rule: &RequestRule, secrets: &Secrets)
             )));
         }
         for secret in secret_names(value)? {
-            if secrets.get(&secret).is_none() {
+            if !secrets.holds(&secret) {
                 return Err(invalid(format!(
                     "the rule for {domain:?} names the secret {secret:?} in the header \
                      {name:?}, and no secret of that name is set; create it first (or fix \
@@ -262,6 +279,12 @@ mod tests {
         assert!(secret_names("${e2b.secrets.}").is_err());
         assert!(secret_names("Bearer ${e2b.identity.tokens.aws}").is_err());
         assert!(!format!("{s:?}").contains("abc"), "Debug shows names only");
+        let mut s = s;
+        s.unset("token");
+        assert!(s.holds("TOKEN") && s.get("token").is_none());
+        let e = expand_secrets("${e2b.secrets.token}", &s).unwrap_err();
+        assert!(e.message().contains("not set"), "{e}");
+        assert_eq!(s.iter().count(), 1);
     }
 
     #[test]

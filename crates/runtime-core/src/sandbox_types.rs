@@ -557,6 +557,9 @@ pub struct Capabilities {
     /// [`SandboxSpec::network_policy`] and
     /// [`Sandbox::set_network_policy`](crate::Sandbox::set_network_policy).
     pub network_policy: bool,
+    /// Request rules of a [`NetworkPolicy`](crate::NetworkPolicy) are applied: headers set on
+    /// the sandbox's HTTP and HTTPS requests outside it, secrets resolved there.
+    pub request_rules: bool,
     /// [`Sandbox::snapshot`](crate::Sandbox::snapshot), [`Sandbox::fork`](crate::Sandbox::fork),
     /// [`Runtime::snapshots`](crate::Runtime::snapshots) and
     /// [`Runtime::delete_snapshot`](crate::Runtime::delete_snapshot).
@@ -587,6 +590,7 @@ impl Capabilities {
             watch: true,
             metrics: true,
             network_policy: true,
+            request_rules: true,
             snapshots: true,
             volumes: true,
             hosts: true,

@@ -1611,6 +1611,7 @@ impl Runtime for DockerRuntime {
         c.watch = self.settings.inside.is_some();
         c.metrics = self.settings.inside.is_some();
         c.network_policy = self.settings.netguard.is_some();
+        c.request_rules = self.settings.netguard.is_some();
         c
     }
 

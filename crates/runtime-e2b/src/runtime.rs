@@ -214,6 +214,7 @@ impl Runtime for E2bRuntime {
         c.watch = true;
         c.metrics = true;
         c.network_policy = true;
+        c.request_rules = true;
         c.snapshots = !self.control.config.debug;
         c
     }

@@ -161,7 +161,7 @@ impl Guard {
     }
 
     fn set(&self, mut entry: Entry) -> Result<(), String> {
-        entry.policy.secrets = entry.secrets.iter().collect();
+        entry.policy.secrets = secrets_of(&entry);
         entry
             .policy
             .validate()
@@ -465,10 +465,22 @@ fn read_entries(state: &Path) -> Result<BTreeMap<String, Entry>, String> {
                 )
             })?;
         let mut entry = entry;
-        entry.policy.secrets = entry.secrets.iter().collect();
+        entry.policy.secrets = secrets_of(&entry);
         out.insert(entry.id.clone(), entry);
     }
     Ok(out)
+}
+
+/// The secrets of `entry`'s rules: those the backend sent, and the names it did not send
+/// held unset (their requests fail, saying so; the backend checked the names it knows).
+fn secrets_of(entry: &Entry) -> sandkit_core::Secrets {
+    let mut secrets: sandkit_core::Secrets = entry.secrets.iter().collect();
+    for name in entry.policy.secret_names() {
+        if !secrets.holds(&name) {
+            secrets.unset(&name);
+        }
+    }
+    secrets
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -46,6 +46,14 @@ fn spec_lacks(spec: &SandboxSpec, caps: Capabilities) -> Option<(&'static str, &
             "network_policy",
         ),
         (
+            spec.network_policy
+                .as_ref()
+                .is_some_and(|p| !p.rules.is_empty())
+                && !caps.request_rules,
+            "request rules in a network policy",
+            "request_rules",
+        ),
+        (
             !spec.hosts.is_empty() && !caps.hosts,
             "fixed hosts entries",
             "hosts",
