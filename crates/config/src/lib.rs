@@ -305,6 +305,16 @@ impl Config {
             .no_new_privileges(d.no_new_privileges)
             .pool(d.pool)
             .network_guard(d.network_guard);
+        if let Some(path) = &d.egress_trust {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                sandkit_core::Error::new(
+                    sandkit_core::ErrorKind::InvalidInput,
+                    format!("[docker] egress_trust: cannot read {}: {e}", path.display()),
+                )
+                .with_operation("configure")
+            })?;
+            builder = builder.egress_trust(pem);
+        }
         if let Some(policy) = &s.network {
             builder = builder.network_policy(policy.clone());
         }

@@ -405,6 +405,10 @@ pub struct DockerSection {
     /// host's network with `NET_ADMIN`, run from the base image). Default true; false leaves
     /// the host and link-local addresses reachable and refuses network policies.
     pub network_guard: bool,
+    /// A PEM file of certificates the network guard trusts, besides the system's, when it
+    /// sends a request that a policy's request rules changed on to its server: for servers of
+    /// your own with a private CA.
+    pub egress_trust: Option<std::path::PathBuf>,
 }
 
 /// `[docker] agent`.
@@ -436,6 +440,7 @@ impl Default for DockerSection {
             no_new_privileges: true,
             pool: 0,
             network_guard: true,
+            egress_trust: None,
         }
     }
 }

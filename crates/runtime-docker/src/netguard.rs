@@ -240,20 +240,6 @@ impl NetGuard {
             .cloned()
     }
 
-    /// What the guard's container is labelled with: the agent build it runs, and the roots
-    /// it trusts (a guard with other roots is replaced).
-    fn identity(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        match &self.trust {
-            None => self.inside.volume().to_string(),
-            Some(t) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                t.hash(&mut h);
-                format!("{}+trust-{:016x}", self.inside.volume(), h.finish())
-            }
-        }
-    }
-
     /// Stops holding sandbox `id` (it is gone). Nothing to do when the guard is not running.
     pub(crate) async fn clear(&self, id: &str) {
         if self.channel.lock().await.is_none() {
@@ -274,7 +260,31 @@ impl NetGuard {
                 let cmd = vec![BIN.into(), "relay".into(), CONTROL.into()];
                 let mut c = Channel::open(&self.docker, &self.name, cmd).await?;
                 match c.ask("probe").await {
-                    Ok(a) if a.starts_with("ok") => *channel = Some(c),
+                    Ok(a) if a.starts_with("ok") => {
+                        // The roots this backend adds, told to every guard it talks to.
+                        if let Some(pem) = &self.trust {
+                            let hex: String =
+                                pem.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                            match c.ask(&format!("trust {hex}")).await {
+                                Ok(a) if a == "ok" => {}
+                                Ok(a) => {
+                                    return Err(err(
+                                        ErrorKind::InvalidInput,
+                                        "network policy",
+                                        format!(
+                                            "the network guard refused the egress trust roots: {}",
+                                            a.strip_prefix("error ").unwrap_or(&a)
+                                        ),
+                                    ))
+                                }
+                                Err(e) => {
+                                    last = e;
+                                    continue;
+                                }
+                            }
+                        }
+                        *channel = Some(c)
+                    }
                     Ok(a) => last = a,
                     Err(e) => last = e,
                 }
@@ -309,8 +319,8 @@ impl NetGuard {
                 .config
                 .and_then(|c| c.labels)
                 .and_then(|mut l| l.remove(&format!("{}.netguard", self.prefix)));
-            if runs.as_deref() != Some(self.identity().as_str()) {
-                info!(guard = %self.name, "replacing a network guard of another agent build or trust");
+            if runs.as_deref() != Some(self.inside.volume()) {
+                info!(guard = %self.name, "replacing a network guard of another agent build");
                 let _ = self
                     .docker
                     .remove_container(
@@ -343,7 +353,10 @@ impl NetGuard {
             ));
         }
         let mut labels = HashMap::new();
-        labels.insert(format!("{}.netguard", self.prefix), self.identity());
+        labels.insert(
+            format!("{}.netguard", self.prefix),
+            self.inside.volume().to_string(),
+        );
         let config = Config {
             image: Some(self.image.clone()),
             entrypoint: Some(vec![
@@ -355,10 +368,6 @@ impl NetGuard {
                 self.name.clone(),
             ]),
             cmd: Some(vec![]),
-            env: self
-                .trust
-                .as_ref()
-                .map(|t| vec![format!("SANDKIT_NETGUARD_TRUST={t}")]),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 binds: Some(vec![

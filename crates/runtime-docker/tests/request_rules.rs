@@ -3,9 +3,8 @@
 //! carrying a header whose value comes from a secret, and the sandbox never holds the secret.
 //!
 //! The server answers every request with a digest of the `Authorization` header it got (never
-//! the value), the address it was reached at, and the `Host` asked for. A test binary of its
-//! own: its runtime trusts the test's CA, which replaces the network guard of other runtimes
-//! with the default prefix.
+//! the value), the address it was reached at, and the `Host` asked for. The runtime tells the
+//! guard to trust the test's CA for the servers behind rules (`egress_trust`).
 
 use sandkit_core::{
     ErrorKind, NetworkPolicy, RequestRule, Runtime, Sandbox, SandboxExt,

@@ -30,8 +30,6 @@ use tokio::net::TcpStream;
 
 use super::Guard;
 
-/// Where the backend's extra upstream roots (PEM) come from: the guard container's env.
-pub(crate) const TRUST_ENV: &str = "SANDKIT_NETGUARD_TRUST";
 /// The system's roots in the guard's image (Debian's bundle).
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Leaf certificates kept at once; the cache starts over when full.
@@ -46,9 +44,48 @@ pub(crate) struct Authority {
     ca_pem: String,
     /// Server settings per name, each with its own leaf certificate.
     leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
-    /// Settings for the real servers: HTTP/1.1 only, and HTTP/2 or HTTP/1.1.
-    upstream_h1: Arc<rustls::ClientConfig>,
-    upstream_h2: Arc<rustls::ClientConfig>,
+    /// Where the authority and the roots backends added are kept.
+    dir: Option<std::path::PathBuf>,
+    /// The roots the real servers are verified against, and the settings made from them.
+    upstream: Mutex<Upstreams>,
+}
+
+/// Settings for the real servers, from one set of roots.
+struct Upstreams {
+    roots: rustls::RootCertStore,
+    /// HTTP/1.1 only, and HTTP/2 or HTTP/1.1.
+    h1: Arc<rustls::ClientConfig>,
+    h2: Arc<rustls::ClientConfig>,
+}
+
+impl Upstreams {
+    fn new(roots: rustls::RootCertStore) -> Result<Upstreams, String> {
+        let client = |alpn: &[&[u8]]| -> Result<Arc<rustls::ClientConfig>, String> {
+            let mut c = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(c))
+        };
+        Ok(Upstreams {
+            h1: client(&[b"http/1.1"])?,
+            h2: client(&[b"h2", b"http/1.1"])?,
+            roots,
+        })
+    }
+}
+
+/// The certificates of `pem`.
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(certs)
 }
 
 impl std::fmt::Debug for Authority {
@@ -63,8 +100,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl Authority {
     /// The authority kept in `dir` (`ca.pem`, and `ca.key` readable by the guard only), made
-    /// there on first start; upstreams verified against the system's roots and `extra` (PEM).
-    pub(crate) fn open(dir: &Path, extra: Option<&str>) -> Result<Authority, String> {
+    /// there on first start; upstreams verified against the system's roots and those
+    /// [`trust`](Self::trust) kept there.
+    pub(crate) fn open(dir: &Path) -> Result<Authority, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
         if !key.exists() || !cert.exists() {
@@ -76,17 +114,65 @@ impl Authority {
         let pem = std::fs::read_to_string(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
         let key_pem =
             std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-        Authority::from_pem(&pem, &key_pem, extra)
+        let mut authority = Authority::from_pem(&pem, &key_pem)?;
+        authority.dir = Some(dir.to_path_buf());
+        let mut kept: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("trust-"))
+            })
+            .collect();
+        kept.sort();
+        for path in kept {
+            let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            authority
+                .add_roots(&pem)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(authority)
     }
 
     /// An authority of this process only (for tests).
     #[cfg(test)]
-    pub(crate) fn ephemeral(extra: Option<&str>) -> Authority {
+    pub(crate) fn ephemeral() -> Authority {
         let (pem, key) = make_ca().expect("a CA");
-        Authority::from_pem(&pem, &key, extra).expect("an authority")
+        Authority::from_pem(&pem, &key).expect("an authority")
     }
 
-    fn from_pem(pem: &str, key_pem: &str, extra: Option<&str>) -> Result<Authority, String> {
+    /// Trusts the certificates of `pem` too, from now on and after a restart: a backend's
+    /// roots for servers with a private CA. Roots are only ever added (backends on one
+    /// engine share the guard).
+    pub(crate) fn trust(&self, pem: &[u8]) -> Result<(), String> {
+        self.add_roots(pem)?;
+        if let Some(dir) = &self.dir {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            pem.hash(&mut h);
+            let path = dir.join(format!("trust-{:016x}.pem", h.finish()));
+            if !path.exists() {
+                let tmp = dir.join(format!(".trust-{:016x}.tmp", h.finish()));
+                std::fs::write(&tmp, pem).map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_roots(&self, pem: &[u8]) -> Result<(), String> {
+        let certs = certificates(pem)?;
+        let mut upstream = self.upstream.lock().expect("upstream");
+        let mut roots = upstream.roots.clone();
+        for c in certs {
+            roots.add(c).map_err(|e| format!("not a usable root: {e}"))?;
+        }
+        *upstream = Upstreams::new(roots)?;
+        Ok(())
+    }
+
+    fn from_pem(pem: &str, key_pem: &str) -> Result<Authority, String> {
         let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key: {e}"))?;
         // The certificate was made from these same parameters (its subject and key usages
         // are fixed), so they describe it as an issuer.
@@ -99,27 +185,13 @@ impl Authority {
                 let _ = roots.add(c);
             }
         }
-        for c in CertificateDer::pem_slice_iter(extra.unwrap_or_default().as_bytes()) {
-            roots
-                .add(c.map_err(|e| format!("{TRUST_ENV}: {e}"))?)
-                .map_err(|e| format!("{TRUST_ENV}: {e}"))?;
-        }
-        let client = |alpn: &[&[u8]]| -> Result<Arc<rustls::ClientConfig>, String> {
-            let mut c = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            Ok(Arc::new(c))
-        };
         Ok(Authority {
             issuer,
             ca_der,
             ca_pem: pem.to_string(),
             leaves: Mutex::new(HashMap::new()),
-            upstream_h1: client(&[b"http/1.1"])?,
-            upstream_h2: client(&[b"h2", b"http/1.1"])?,
+            dir: None,
+            upstream: Mutex::new(Upstreams::new(roots)?),
         })
     }
 
@@ -301,10 +373,13 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| format!("{name}: the sandbox's TLS: {e}"))?;
     let h2_in = inbound.get_ref().1.alpn_protocol() == Some(b"h2");
-    let config = if h2_in {
-        auth.upstream_h2.clone()
-    } else {
-        auth.upstream_h1.clone()
+    let config = {
+        let up = auth.upstream.lock().expect("upstream");
+        if h2_in {
+            up.h2.clone()
+        } else {
+            up.h1.clone()
+        }
     };
     let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
     let outbound = tokio_rustls::TlsConnector::from(config)
@@ -532,7 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn leaves_are_signed_by_the_authority_for_their_name_only() {
-        let a = Authority::ephemeral(None);
+        let a = Authority::ephemeral();
         assert!(Arc::ptr_eq(
             &a.server("api.example.test").unwrap(),
             &a.server("api.example.test").unwrap()
@@ -541,7 +616,7 @@ mod tests {
         assert!(handshake(&a, "api.example.test", "api.example.test").await);
         assert!(!handshake(&a, "api.example.test", "other.example.test").await);
         // Another guard's authority is not trusted for it.
-        let b = Authority::ephemeral(None);
+        let b = Authority::ephemeral();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(b.ca_der.clone()).unwrap();
         assert!(!handshake_with(&a, roots).await);
@@ -567,11 +642,18 @@ mod tests {
     async fn the_authority_is_kept_and_its_key_readable_by_the_guard_only() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let first = Authority::open(dir.path(), None).unwrap();
-        let again = Authority::open(dir.path(), None).unwrap();
+        let first = Authority::open(dir.path()).unwrap();
+        let again = Authority::open(dir.path()).unwrap();
         assert_eq!(first.certificate(), again.certificate());
         // Leaves signed after a restart verify against the certificate sandboxes were given.
         assert!(handshake(&again, "after.test", "after.test").await);
+        // Roots a backend adds are kept too, and anything else is refused.
+        let other = Authority::ephemeral();
+        again.trust(other.certificate().as_bytes()).unwrap();
+        assert!(again.trust(b"not pem").is_err());
+        let reopened = Authority::open(dir.path()).unwrap();
+        let roots = reopened.upstream.lock().unwrap().roots.len();
+        assert_eq!(roots, first.upstream.lock().unwrap().roots.len() + 1);
         let mode = std::fs::metadata(dir.path().join("ca.key"))
             .unwrap()
             .permissions()

@@ -20,7 +20,9 @@
 //!
 //! The backend talks to it over a Unix socket in this container (`sandkit-agent relay` through
 //! one attached exec), a request per line: `probe`, `set <hex JSON entry>`, `clear <id>`,
-//! `get <id>`. Entries are kept in `/state` and reloaded on start; every second entries whose
+//! `get <id>` (without the entry's secrets), `ca` (the certificate of the authority that
+//! signs for domains with request rules, hex PEM) and `trust <hex PEM>` (roots to verify
+//! those domains' servers with, besides the system's). Entries are kept in `/state` and reloaded on start; every second entries whose
 //! sandbox is gone are dropped. With no entry left for `--idle-exit` seconds the guard removes
 //! its rules and its own container.
 
@@ -225,8 +227,7 @@ async fn serve(o: &Options) -> Result<(), String> {
     let (dns_udp, dns_tcp) = dns_listeners().await?;
     let dns_port = dns_tcp.local_addr().map_err(|e| e.to_string())?.port();
     std::fs::create_dir_all(&o.state).map_err(|e| e.to_string())?;
-    let trust = std::env::var(intercept::TRUST_ENV).ok();
-    let authority = intercept::Authority::open(&o.state.join("ca"), trust.as_deref())
+    let authority = intercept::Authority::open(&o.state.join("ca"))
         .map_err(|e| format!("cannot set up the certificate authority for request rules: {e}"))?;
     let guard = Arc::new(Guard {
         entries: Mutex::new(BTreeMap::new()),
@@ -379,6 +380,10 @@ async fn answer(stream: tokio::net::UnixStream, guard: Arc<Guard>) {
                 None => "none".into(),
             },
             "ca" => hex(guard.authority.certificate().as_bytes()),
+            "trust" => match unhex(&arg).and_then(|pem| guard.authority.trust(&pem)) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error the roots to trust: {e}"),
+            },
             other => format!("error unknown request {other:?}"),
         };
         let reply = reply.replace('\n', " ");

@@ -465,7 +465,7 @@ mod tests {
             proxy_port: 0,
             dns_port: 0,
             live: Live::default(),
-            authority: intercept::Authority::ephemeral(None),
+            authority: intercept::Authority::ephemeral(),
             engine_subnets: Mutex::new(vec![sandkit_core::Cidr::parse("172.20.0.0/16").unwrap()]),
             busy: Mutex::new(std::time::Instant::now()),
             writing: Mutex::new(()),
