@@ -304,7 +304,8 @@ impl Config {
             .agent_inside(d.agent == sections::AgentMode::Auto)
             .no_new_privileges(d.no_new_privileges)
             .pool(d.pool)
-            .network_guard(d.network_guard);
+            .network_guard(d.network_guard)
+            .hosts(d.hosts.clone());
         if let Some(path) = &d.egress_trust {
             let pem = std::fs::read_to_string(path).map_err(|e| {
                 sandkit_core::Error::new(

@@ -409,6 +409,9 @@ pub struct DockerSection {
     /// sends a request that a policy's request rules changed on to its server: for servers of
     /// your own with a private CA.
     pub egress_trust: Option<std::path::PathBuf>,
+    /// Names every sandbox resolves to fixed addresses (`name = "address"`): services of
+    /// your network that sandboxes know by name. Empty by default.
+    pub hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 /// `[docker] agent`.
@@ -441,6 +444,7 @@ impl Default for DockerSection {
             pool: 0,
             network_guard: true,
             egress_trust: None,
+            hosts: Default::default(),
         }
     }
 }

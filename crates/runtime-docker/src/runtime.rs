@@ -164,6 +164,8 @@ impl Labels {
 
 #[derive(Debug)]
 pub(crate) struct Settings {
+    /// Names every sandbox resolves to fixed addresses (a spec's own entries win).
+    pub(crate) hosts: BTreeMap<String, std::net::IpAddr>,
     pub(crate) image: String,
     pub(crate) network: NetworkMode,
     pub(crate) mounts: Vec<Mount>,
@@ -241,6 +243,7 @@ pub struct DockerRuntimeBuilder {
     network_guard: bool,
     network_policy: Option<sandkit_core::NetworkPolicy>,
     egress_trust: Option<String>,
+    hosts: BTreeMap<String, std::net::IpAddr>,
     engine_socket: String,
     capabilities: Vec<String>,
     oci_runtime: Option<String>,
@@ -272,6 +275,7 @@ impl Default for DockerRuntimeBuilder {
             network_guard: true,
             network_policy: None,
             egress_trust: None,
+            hosts: BTreeMap::new(),
             engine_socket: "/var/run/docker.sock".into(),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             oci_runtime: None,
@@ -398,6 +402,14 @@ impl DockerRuntimeBuilder {
     /// The network policy of sandboxes whose spec sets none (`[sandbox.network]`).
     pub fn network_policy(mut self, policy: sandkit_core::NetworkPolicy) -> Self {
         self.network_policy = Some(policy);
+        self
+    }
+
+    /// Names every sandbox resolves to fixed addresses (`[docker] hosts`), as
+    /// [`SandboxSpec::add_host`](sandkit_core::SandboxSpec::add_host) for each: services of
+    /// your network that sandboxes know by name. A spec's own entry for a name wins.
+    pub fn hosts(mut self, hosts: BTreeMap<String, std::net::IpAddr>) -> Self {
+        self.hosts = hosts;
         self
     }
 
@@ -548,6 +560,7 @@ impl DockerRuntimeBuilder {
                 pool,
                 netguard,
                 network_policy: self.network_policy,
+                hosts: self.hosts,
                 local_engine: host.starts_with("unix://"),
             }),
         })
@@ -982,6 +995,10 @@ impl DockerRuntime {
         debug!(sandbox_id = %id, "making a sandbox");
         async move {
             let s = &self.settings;
+            let mut spec = spec;
+            for (name, ip) in &s.hosts {
+                spec.hosts.entry(name.clone()).or_insert(*ip);
+            }
             let image = image.unwrap_or_else(|| self.image_for(spec.template.as_deref()));
             let template = self.ensure_image(&image).await?;
             if let Some(taken_with) = &template.snapshot_metadata {
