@@ -82,6 +82,7 @@ cases!(
     "watch": watch_sees_api_writes_as_the_file if watch,
     "metrics": metrics_are_plausible if metrics,
     "network": network_policy_is_checked_then_set_live if network_policy,
+    "network": request_rules_are_checked_and_keep_secrets_out if request_rules,
     "snapshots": snapshot_then_create_fork_and_delete if snapshots,
     "volumes": volume_is_shared_kept_and_removed if volumes,
 );
@@ -100,6 +101,10 @@ fn snapshots(c: &Capabilities) -> bool {
 
 fn network_policy(c: &Capabilities) -> bool {
     c.network_policy
+}
+
+fn request_rules(c: &Capabilities) -> bool {
+    c.network_policy && c.request_rules
 }
 
 fn watch(c: &Capabilities) -> bool {
@@ -955,6 +960,68 @@ async fn network_policy_is_checked_then_set_live(c: Ctx) -> CaseResult {
     sb.set_network_policy(NetworkPolicy::new().deny_out(["192.0.2.0/24"]))
         .await?;
     sb.set_network_policy(NetworkPolicy::new()).await?;
+    assert_eq!(sb.exec_shell("echo still").await?.stdout_text(), "still\n");
+    sb.kill().await?;
+    Ok(())
+}
+
+/// Request rules are checked before anything is made, a sandbox made with a rule that names
+/// a secret runs without the secret anywhere in its environment, and it takes new rules live.
+/// That the header reaches the server is shown per backend against a server the tests make
+/// (the Docker backend's `request_rules` test, the SDK tests of e2b-local).
+async fn request_rules_are_checked_and_keep_secrets_out(c: Ctx) -> CaseResult {
+    use sandkit_core::{NetworkPolicy, RequestRule, ALL_TRAFFIC};
+    let value = format!("conformance-{:016x}", std::process::id() as u64 * 7919);
+    let base = || {
+        NetworkPolicy::new()
+            .deny_out([ALL_TRAFFIC])
+            .allow_out(["api.conformance.test"])
+    };
+    for (bad, why) in [
+        (
+            base().rule("*", RequestRule::new().header("A", "1")),
+            "a bare * is no domain",
+        ),
+        (
+            base().rule("api.conformance.test", RequestRule::new().header("Host", "x")),
+            "Host routes the request",
+        ),
+        (
+            base().rule("api.conformance.test", RequestRule::new().header("A", "x\r\nB: y")),
+            "a line break",
+        ),
+    ] {
+        let e = c
+            .create(c.spec().network_policy(bad))
+            .await
+            .expect_err(why);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{why}: {e}");
+    }
+    let rule = RequestRule::new().header("Authorization", "Bearer ${e2b.secrets.conformance-token}");
+    let sb = c
+        .create(
+            c.spec().network_policy(
+                base()
+                    .rule("api.conformance.test", rule.clone())
+                    .secret("conformance-token", &value),
+            ),
+        )
+        .await?;
+    let env = sb
+        .exec_shell("env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'")
+        .await?
+        .stdout_text();
+    assert!(env.contains("PATH="), "the environment was read: {env}");
+    assert!(!env.contains(&value), "the secret is in the sandbox's environment");
+    sb.set_network_policy(
+        base().rule("*.conformance.test", RequestRule::new().header("X-Other", "1")),
+    )
+    .await?;
+    let e = sb
+        .set_network_policy(base().rule("*", rule))
+        .await
+        .expect_err("checked live too");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert_eq!(sb.exec_shell("echo still").await?.stdout_text(), "still\n");
     sb.kill().await?;
     Ok(())

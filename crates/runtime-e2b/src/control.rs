@@ -44,7 +44,15 @@ pub(crate) fn network_config(
     policy: &sandkit_core::NetworkPolicy,
     op: &'static str,
 ) -> Result<sandkit_e2b_protocol::api::NetworkConfig> {
-    policy.validate()?;
+    // A secret a rule names and the policy does not hold is the server's own (made with its
+    // Secret API): resolved there.
+    let mut checked = policy.clone();
+    for name in checked.secret_names() {
+        if !checked.secrets.holds(&name) {
+            checked.secrets.unset(&name);
+        }
+    }
+    checked.validate()?;
     if policy.allow_host || policy.allow_link_local {
         return Err(err(
             ErrorKind::Unsupported,
@@ -57,6 +65,23 @@ pub(crate) fn network_config(
         allow_out: Some(policy.allow_out.clone()),
         deny_out: Some(policy.deny_out.clone()),
         dns_servers: policy.dns_servers.clone(),
+        rules: (!policy.rules.is_empty()).then(|| {
+            policy
+                .rules
+                .iter()
+                .map(|(domain, rules)| {
+                    let rules = rules
+                        .iter()
+                        .map(|r| sandkit_e2b_protocol::api::NetworkRule {
+                            transform: Some(sandkit_e2b_protocol::api::NetworkTransform {
+                                headers: Some(r.headers.clone()),
+                            }),
+                        })
+                        .collect();
+                    (domain.clone(), rules)
+                })
+                .collect()
+        }),
         ..Default::default()
     })
 }
@@ -66,6 +91,37 @@ fn hidden(key: &str) -> bool {
 }
 
 impl Control {
+    /// Keeps the secrets `policy` holds values for on the server (its Secret API: created, or
+    /// a new version when one of that name exists), where its rules name them.
+    pub(crate) async fn put_secrets(
+        &self,
+        policy: &sandkit_core::NetworkPolicy,
+        op: &'static str,
+    ) -> Result<()> {
+        for (name, value) in policy.secrets.iter() {
+            let body = serde_json::json!({ "name": name, "value": value });
+            let r = self
+                .api
+                .send(Method::POST, "/secrets", &[], Some(body), op)
+                .await?;
+            if r.status.is_success() {
+                continue;
+            }
+            if r.status != StatusCode::CONFLICT {
+                return Err(r.error(op));
+            }
+            let body = serde_json::json!({ "value": value });
+            let r = self
+                .api
+                .send(Method::POST, &format!("/secrets/{name}"), &[], Some(body), op)
+                .await?;
+            if !r.status.is_success() {
+                return Err(r.error(op));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn not_found(id: &str, op: &'static str) -> sandkit_core::Error {
         err(
             ErrorKind::NotFound,

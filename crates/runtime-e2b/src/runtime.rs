@@ -240,7 +240,11 @@ impl Runtime for E2bRuntime {
             .network_policy
             .as_ref())
         {
-            Some(p) => Some(network_config(p, "create")?),
+            Some(p) => {
+                let config = network_config(p, "create")?;
+                self.control.put_secrets(p, "create").await?;
+                Some(config)
+            }
             None => None,
         };
         if network.is_some() && internet == Some(false) {

@@ -139,10 +139,14 @@ impl Sandbox for E2bSandbox {
             )
             .with_operation("set_network_policy"));
         }
+        self.control
+            .put_secrets(&policy, "set_network_policy")
+            .await?;
         let body = serde_json::to_value(sandkit_e2b_protocol::api::NetworkUpdate {
             allow_out: config.allow_out,
             deny_out: config.deny_out,
             dns_servers: config.dns_servers,
+            rules: config.rules,
             ..Default::default()
         })
         .expect("json");
