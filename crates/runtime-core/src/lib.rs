@@ -45,7 +45,10 @@ pub use files::{ByteStream, EntryInfo, EntryKind, FileStore, FsEvent, FsEventKin
 pub use network::{domain_matches, Cidr, Destination, Lists, NetworkPolicy, ALL_TRAFFIC};
 pub use operation::Operation;
 pub use process::{EventStream, Process, ProcessHandle};
-pub use request_rules::{expand_secrets, secret_names, RequestRule, Secrets, SECRET_PLACEHOLDER};
+pub use request_rules::{
+    expand_secrets, secret_names, EgressProxy, EgressProxyTls, RequestRule, Secrets,
+    SECRET_PLACEHOLDER,
+};
 pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{
     Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::request_rules::{RequestRule, Secrets};
+use crate::request_rules::{EgressProxy, RequestRule, Secrets};
 use crate::{Error, ErrorKind, Result};
 
 /// Every IPv4 address, as a CIDR: in [`NetworkPolicy::deny_out`] it refuses all outbound
@@ -80,6 +80,9 @@ pub struct NetworkPolicy {
     /// Never serialized with the policy, and never put in the sandbox.
     #[serde(skip)]
     pub secrets: Secrets,
+    /// A SOCKS5 proxy the sandbox's outbound TCP goes through after this policy's filtering
+    /// ([`EgressProxy`]); `None`: out directly. E2B's `egress_proxy`.
+    pub egress_proxy: Option<EgressProxy>,
 }
 
 impl NetworkPolicy {
@@ -113,6 +116,11 @@ impl NetworkPolicy {
             .entry(domain.trim().to_ascii_lowercase())
             .or_default()
             .push(rule);
+        self
+    }
+    /// Sets [`egress_proxy`](Self::egress_proxy).
+    pub fn egress_proxy(mut self, proxy: EgressProxy) -> Self {
+        self.egress_proxy = Some(proxy);
         self
     }
     /// Sets secret `name` for the [`rules`](Self::rules) to name.
@@ -163,7 +171,10 @@ impl NetworkPolicy {
 
     /// Whether the policy restricts nothing beyond the defaults (no list entries).
     pub fn is_open(&self) -> bool {
-        self.allow_out.is_empty() && self.deny_out.is_empty() && self.rules.is_empty()
+        self.allow_out.is_empty()
+            && self.deny_out.is_empty()
+            && self.rules.is_empty()
+            && self.egress_proxy.is_none()
     }
 
     /// Checks every entry.
@@ -174,6 +185,9 @@ impl NetworkPolicy {
     /// header cannot be set, or a rule that names a secret the policy does not hold.
     pub fn validate(&self) -> Result<()> {
         self.lists()?;
+        if let Some(p) = &self.egress_proxy {
+            p.validate()?;
+        }
         for (domain, rules) in &self.rules {
             let d = domain.trim();
             if d == "*" || !is_domain_pattern(d) || d.parse::<IpAddr>().is_ok() {

@@ -193,6 +193,118 @@ pub fn expand_secrets(value: &str, secrets: &Secrets) -> Result<String> {
     Ok(out)
 }
 
+/// A SOCKS5 proxy of yours that a sandbox's outbound TCP goes through, after the policy's
+/// filtering (E2B's `egress_proxy`): connections the policy refuses never reach it, request
+/// rules still apply, names a policy allowed are sent to it as names (the proxy resolves
+/// them). UDP (DNS, QUIC) is not tunnelled.
+///
+/// ```
+/// use sandkit_core::{EgressProxy, NetworkPolicy};
+///
+/// let policy = NetworkPolicy::new().egress_proxy(
+///     EgressProxy::new("proxy.example.com:1080").credentials("me", "pass"),
+/// );
+/// policy.validate().unwrap();
+/// assert!(!format!("{policy:?}").contains("pass\""), "the password is not shown");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EgressProxy {
+    /// `host:port`.
+    pub address: String,
+    /// RFC 1929 user name, when the proxy asks for one.
+    pub username: Option<String>,
+    /// RFC 1929 password (with a user name only). Never shown by `Debug`.
+    pub password: Option<String>,
+    /// TLS to the proxy; `None`: plain TCP.
+    pub tls: Option<EgressProxyTls>,
+}
+
+impl fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EgressProxy")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// [`EgressProxy::tls`]: the proxy's certificate is always verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EgressProxyTls {
+    /// The name verified and sent (SNI); default: the host of the address.
+    pub server_name: Option<String>,
+    /// PEM certificates that replace the system's roots for the proxy.
+    pub ca_cert: Option<String>,
+}
+
+impl EgressProxy {
+    /// A proxy at `address` (`host:port`), plain TCP, no credentials.
+    pub fn new(address: impl Into<String>) -> Self {
+        EgressProxy {
+            address: address.into(),
+            ..Default::default()
+        }
+    }
+    /// With RFC 1929 credentials.
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+    /// Over TLS, verified against `ca_cert` (PEM) or else the system's roots.
+    pub fn tls(mut self, server_name: Option<String>, ca_cert: Option<String>) -> Self {
+        self.tls = Some(EgressProxyTls {
+            server_name,
+            ca_cert,
+        });
+        self
+    }
+    /// The host and port of [`address`](Self::address).
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.address.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        (!host.is_empty()).then_some((host, port))
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.host_port().is_none() {
+            return Err(invalid(format!(
+                "egress proxy address {:?} is not host:port (e.g. proxy.example.com:1080)",
+                self.address
+            )));
+        }
+        let long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > 255);
+        if long(&self.username) || long(&self.password) {
+            return Err(invalid("egress proxy credentials are at most 255 bytes each"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(invalid("an egress proxy password needs a user name"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.server_name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 253) {
+                return Err(invalid("the egress proxy's TLS server name is 1 to 253 bytes"));
+            }
+            if tls
+                .ca_cert
+                .as_ref()
+                .is_some_and(|c| c.len() > 8192 || !c.contains("BEGIN CERTIFICATE"))
+            {
+                return Err(invalid(
+                    "the egress proxy's ca_cert is PEM certificates, at most 8192 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Headers a rule may not set: they decide how the request is framed or where it goes.
 const FRAMING: [&str; 7] = [
     "host",

@@ -195,11 +195,14 @@ impl NetGuard {
         }
     }
 
-    /// The policy sandbox `id` is held to; `None` when it is not held (the default policy).
+    /// The policy sandbox `id` is held to, with the values of its rules' secrets; `None` when
+    /// it is not held (the default policy).
     pub(crate) async fn policy(&self, id: &str) -> Result<Option<NetworkPolicy>> {
         #[derive(serde::Deserialize)]
         struct Held {
             policy: NetworkPolicy,
+            #[serde(default)]
+            secrets: BTreeMap<String, String>,
         }
         let reply = self.ask(&format!("get {id}")).await?;
         if reply == "none" {
@@ -214,7 +217,9 @@ impl NetGuard {
                     format!("the network guard answered what it holds with {reply:?}"),
                 )
             })?;
-        Ok(Some(held.policy))
+        let mut policy = held.policy;
+        policy.secrets = held.secrets.iter().collect();
+        Ok(Some(policy))
     }
 
     /// The certificate (PEM) of the authority the guard signs the certificates of domains

@@ -15,7 +15,7 @@ use sandkit_docker::DockerRuntime;
 mod internet;
 use internet::Internet;
 
-/// HTTP on 80 and HTTPS on 443, answering `auth=<digest or none> at=<address> host=<Host>`.
+/// HTTP on 80 and 8080 and HTTPS on 443, answering `auth=<digest or none> at=<address> host=<Host>`.
 const SERVER: &str = r#"
 import hashlib, ssl, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,11 +31,12 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a): pass
 plain = ThreadingHTTPServer(('0.0.0.0', 80), H)
+other = ThreadingHTTPServer(('0.0.0.0', 8080), H)
 tls = ThreadingHTTPServer(('0.0.0.0', 443), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[1], sys.argv[2])
 tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
-for s in (plain, tls):
+for s in (plain, other, tls):
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print('ready', flush=True)
 threading.Event().wait()
@@ -183,6 +184,14 @@ async fn a_rule_sets_a_secret_header_the_sandbox_never_holds() {
             out.starts_with(&format!("auth={}", digest(&format!("Bearer {second}")))),
             "after the change: {out}"
         );
+        // A fork keeps the rules and their secrets.
+        let fork = sb.fork(1, None).await?.pop().expect("one fork")?;
+        let out = sh(&*fork, &format!("{curl} https://api.test/")).await;
+        fork.kill().await?;
+        assert!(
+            out.starts_with(&format!("auth={}", digest(&format!("Bearer {second}")))),
+            "in the fork: {out}"
+        );
         // A rule naming a secret that is not set is refused, and the last policy holds.
         let e = sb
             .set_network_policy(policy.clone().rule("other.test", rule("missing")))
@@ -194,5 +203,110 @@ async fn a_rule_sets_a_secret_header_the_sandbox_never_holds() {
     }
     .await;
     sb.kill().await.unwrap();
+    result.unwrap();
+}
+
+/// A SOCKS5 server (no credentials) that writes each `CONNECT` target to the file it is given
+/// and joins it, resolving `api.test` and `other.test` to the addresses it is given.
+const SOCKS: &str = r#"
+import asyncio, socket, sys
+log = open(sys.argv[1], 'a', buffering=1)
+names = {'api.test': sys.argv[2], 'other.test': sys.argv[3]}
+async def pipe(r, w):
+    try:
+        while True:
+            d = await r.read(65536)
+            if not d: break
+            w.write(d)
+            await w.drain()
+    except Exception: pass
+    finally:
+        try: w.close()
+        except Exception: pass
+async def handle(r, w):
+    try:
+        g = await r.readexactly(2)
+        await r.readexactly(g[1])
+        w.write(b'\x05\x00'); await w.drain()
+        h = await r.readexactly(4)
+        if h[3] == 1: host = socket.inet_ntoa(await r.readexactly(4))
+        elif h[3] == 3: host = (await r.readexactly((await r.readexactly(1))[0])).decode()
+        else: return w.close()
+        port = int.from_bytes(await r.readexactly(2), 'big')
+        log.write('%s:%d\n' % (host, port))
+        ur, uw = await asyncio.open_connection(names.get(host, host), port)
+        w.write(b'\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00'); await w.drain()
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+    except Exception:
+        w.close()
+async def main():
+    s = await asyncio.start_server(handle, '0.0.0.0', 1080)
+    print('ready', flush=True)
+    await s.serve_forever()
+asyncio.run(main())
+"#;
+
+#[tokio::test]
+async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let net = Internet::serving(SERVER, &[&cert, &key]);
+    let log = dir.path().join("socks.log");
+    std::fs::write(&log, "").unwrap();
+    let mut socks = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.ns, "python3", "-c", SOCKS])
+        .arg(&log)
+        .args([net.a.to_string(), net.b.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(socks.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready, "ready\n");
+    let rt = sandkit_conformance::needs_engine(
+        DockerRuntime::builder().egress_trust(ca).build().await,
+    );
+    let secret = format!("sk-{:032x}", rand::random::<u128>());
+    let policy = NetworkPolicy::new()
+        .deny_out([format!("{}/32", net.b)])
+        .rule(
+            "api.test",
+            RequestRule::new().header("Authorization", "Bearer ${e2b.secrets.t}"),
+        )
+        .secret("t", &secret)
+        .egress_proxy(sandkit_core::EgressProxy::new(format!("{}:1080", net.a)));
+    let spec = net
+        .spec("socks")
+        .add_host("api.test", std::net::IpAddr::V4(net.a))
+        .network_policy(policy);
+    let sb = rt.create(spec).await.unwrap();
+    let result = async {
+        let curl = "curl --noproxy '*' -sS -m 10";
+        // A rule domain: the header is set, and the proxy is asked for the name.
+        let out = sh(&*sb, &format!("{curl} https://api.test/")).await;
+        assert!(
+            out.starts_with(&format!("auth={} at={}", digest(&format!("Bearer {secret}")), net.a)),
+            "through the proxy: {out}"
+        );
+        // Another port, by address: through the proxy too.
+        let out = sh(&*sb, &format!("{curl} http://{}:8080/", net.a)).await;
+        assert!(out.starts_with(&format!("auth=none at={}", net.a)), "port 8080: {out}");
+        // What the policy denies never reaches the proxy.
+        let out = sh(&*sb, &format!("{curl} http://{}:8080/", net.b)).await;
+        assert!(!out.contains("auth="), "denied: {out}");
+        let asked = std::fs::read_to_string(&log).unwrap();
+        assert!(asked.lines().any(|l| l == "api.test:443"), "{asked}");
+        assert!(asked.lines().any(|l| l == format!("{}:8080", net.a)), "{asked}");
+        assert!(!asked.contains(&net.b.to_string()), "the denied address reached the proxy: {asked}");
+        Ok::<_, sandkit_core::Error>(())
+    }
+    .await;
+    sb.kill().await.unwrap();
+    let _ = socks.kill();
+    let _ = socks.wait();
     result.unwrap();
 }

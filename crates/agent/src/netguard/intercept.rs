@@ -32,6 +32,13 @@ use super::Guard;
 
 /// The system's roots in the guard's image (Debian's bundle).
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The system's roots (none when the bundle is missing).
+pub(crate) fn system_roots() -> Vec<CertificateDer<'static>> {
+    std::fs::read(SYSTEM_ROOTS)
+        .map(|b| CertificateDer::pem_slice_iter(&b).flatten().collect())
+        .unwrap_or_default()
+}
 /// Leaf certificates kept at once; the cache starts over when full.
 const LEAVES: usize = 1024;
 
@@ -180,10 +187,8 @@ impl Authority {
         let ca_der = CertificateDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| format!("the CA certificate: {e}"))?;
         let mut roots = rustls::RootCertStore::empty();
-        if let Ok(system) = std::fs::read(SYSTEM_ROOTS) {
-            for c in CertificateDer::pem_slice_iter(&system).flatten() {
-                let _ = roots.add(c);
-            }
+        for c in system_roots() {
+            let _ = roots.add(c);
         }
         Ok(Authority {
             issuer,
@@ -356,7 +361,7 @@ pub(crate) async fn serve(
     from: Ipv4Addr,
     name: String,
     inbound: Rewind,
-    outbound: TcpStream,
+    outbound: super::socks::Stream,
 ) -> Result<(), String> {
     let tls = inbound.head.first() == Some(&0x16);
     if !tls {

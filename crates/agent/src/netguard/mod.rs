@@ -20,7 +20,7 @@
 //!
 //! The backend talks to it over a Unix socket in this container (`sandkit-agent relay` through
 //! one attached exec), a request per line: `probe`, `set <hex JSON entry>`, `clear <id>`,
-//! `get <id>` (without the entry's secrets), `ca` (the certificate of the authority that
+//! `get <id>` (the entry, secrets too), `ca` (the certificate of the authority that
 //! signs for domains with request rules, hex PEM) and `trust <hex PEM>` (roots to verify
 //! those domains' servers with, besides the system's). Entries are kept in `/state` and reloaded on start; every second entries whose
 //! sandbox is gone are dropped. With no entry left for `--idle-exit` seconds the guard removes
@@ -31,6 +31,7 @@ mod intercept;
 mod names;
 mod proxy;
 mod rules;
+mod socks;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -104,7 +105,7 @@ pub(crate) struct Entry {
     #[serde(default)]
     pub(crate) hosts: BTreeMap<String, IpAddr>,
     /// The values of the secrets the policy's request rules name (kept here, in the
-    /// guard's state, and never given back by `get`).
+    /// guard's state, readable by root only).
     #[serde(default)]
     pub(crate) secrets: BTreeMap<String, String>,
 }
@@ -370,13 +371,10 @@ async fn answer(stream: tokio::net::UnixStream, guard: Arc<Guard>) {
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
                 .map_or_else(|e| format!("error {e}"), |()| "ok".into()),
+            // Whole, secrets too: the backend (which alone reaches this socket, inside the
+            // guard's container) makes forks with the same policy.
             "get" => match guard.entries.lock().expect("entries").get(&arg) {
-                Some(e) => {
-                    // Secrets are write-only: what is held is told without them.
-                    let mut told = e.clone();
-                    told.secrets.clear();
-                    hex(&serde_json::to_vec(&told).unwrap_or_default())
-                }
+                Some(e) => hex(&serde_json::to_vec(e).unwrap_or_default()),
                 None => "none".into(),
             },
             "ca" => hex(guard.authority.certificate().as_bytes()),

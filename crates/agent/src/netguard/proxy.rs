@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::intercept;
+use super::socks;
 use super::names::{self, Peek};
 use super::{Entry, Guard};
 
@@ -226,9 +227,14 @@ async fn handle(
         return Err("not an IPv4 peer".into());
     };
     let dst = original_dst(&inbound).map_err(|e| format!("no original destination: {e}"))?;
-    // Read until the connection names its server (or clearly names none).
+    // Read until the connection names its server (or clearly names none). Only HTTP and TLS
+    // ports carry names; on others (through an egress proxy) the server may speak first.
     let mut buf = Vec::with_capacity(4096);
+    let named_port = matches!(dst.port(), 80 | 443);
     let name = tokio::time::timeout(PEEK_FOR, async {
+        if !named_port {
+            return Ok(None);
+        }
         loop {
             match names::peek(&buf) {
                 Peek::Name(n) => return Ok(Some(n)),
@@ -268,29 +274,9 @@ async fn handle(
         _ if intercept => name.clone(),
         _ => None,
     };
-    let targets: Vec<SocketAddr> = match &lookup {
-        None => vec![SocketAddr::V4(dst)],
-        Some(n) => names::resolve(n, &entry.hosts)
-            .await
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, dst.port()))
-            .collect(),
-    };
-    let wild = lookup
-        .as_ref()
-        .is_some_and(|n| wild_dns(&entry, &Verdict::Name(n.clone())));
-    let targets: Vec<SocketAddr> = targets
-        .into_iter()
-        .filter(|t| reachable(guard, &entry, t.ip(), wild))
-        .collect();
-    let Some(target) = targets.first().copied() else {
-        return Err(format!("no reachable address for {verdict:?}"));
-    };
-    let mut outbound = tokio::time::timeout(CONNECT_FOR, TcpStream::connect(target))
+    let mut outbound = tokio::time::timeout(CONNECT_FOR, join(guard, &entry, dst, &lookup))
         .await
-        .map_err(|_| format!("{target} did not answer in time"))?
-        .map_err(|e| format!("cannot reach {target}: {e}"))?;
-    let _ = outbound.set_nodelay(true);
+        .map_err(|_| format!("{dst} ({lookup:?}) did not answer in time"))??;
     let _ = inbound.set_nodelay(true);
     // Register before joining, so a policy change from now on closes it.
     let joined = match (intercept, lookup) {
@@ -341,6 +327,48 @@ async fn handle(
         Ok(result) => result,
         Err(_) => Ok(()),
     }
+}
+
+/// The connection on for a sandbox's connection to `dst`, by `lookup` (the name whose own
+/// addresses it goes to) or else by address: through the policy's egress proxy when it has
+/// one (a name is sent as a name, resolved by the proxy), or straight to an address the guard
+/// may reach.
+async fn join(
+    guard: &Guard,
+    entry: &Entry,
+    dst: SocketAddrV4,
+    lookup: &Option<String>,
+) -> Result<socks::Stream, String> {
+    if let Some(proxy) = &entry.policy.egress_proxy {
+        let dest = match lookup {
+            Some(n) => socks::Dest::Name(n.clone(), dst.port()),
+            None if reachable(guard, entry, IpAddr::V4(*dst.ip()), false) => {
+                socks::Dest::Addr(SocketAddr::V4(dst))
+            }
+            None => return Err(format!("{dst} is not reachable from the guard")),
+        };
+        return socks::connect(proxy, &dest).await;
+    }
+    let targets: Vec<SocketAddr> = match lookup {
+        None => vec![SocketAddr::V4(dst)],
+        Some(n) => names::resolve(n, &entry.hosts)
+            .await
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, dst.port()))
+            .collect(),
+    };
+    let wild = lookup
+        .as_ref()
+        .is_some_and(|n| wild_dns(entry, &Verdict::Name(n.clone())));
+    let target = targets
+        .into_iter()
+        .find(|t| reachable(guard, entry, t.ip(), wild))
+        .ok_or_else(|| format!("no reachable address for {dst} ({lookup:?})"))?;
+    let outbound = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("cannot reach {target}: {e}"))?;
+    let _ = outbound.set_nodelay(true);
+    Ok(Box::new(outbound))
 }
 
 /// Whether a verdict's addresses come from DNS for a name that only a wildcard of the policy

@@ -120,7 +120,14 @@ pub(crate) fn script(table: &str, entries: &BTreeMap<String, Entry>, ports: Port
                 }
             }
         }
-        if rules.has_domains() || !e.policy.rules.is_empty() {
+        if e.policy.egress_proxy.is_some() {
+            // Every TCP connection that would leave the host goes through the proxy, which
+            // judges it and joins it through the egress proxy.
+            let _ = writeln!(
+                nat,
+                "    {from} meta l4proto tcp fib daddr type != local fib daddr oifname != \"br-*\" fib daddr oifname != \"docker0\" redirect to :{proxy_port}"
+            );
+        } else if rules.has_domains() || !e.policy.rules.is_empty() {
             // HTTP and TLS go through the proxy, which judges them by name and applies the
             // policy's request rules; connections to the host and to other containers keep
             // their own rules.
