@@ -108,11 +108,14 @@ fn detail_of(state: &State, info: &SandboxInfo, with_token: bool) -> SandboxDeta
                 .map(String::as_str)
                 != Some("0"),
         ),
-        network: state.network_of(&info.id).or_else(|| {
-            info.metadata
-                .get(crate::network::NETWORK_KEY)
-                .and_then(|j| serde_json::from_str(j).ok())
-        }),
+        network: state
+            .network_of(&info.id)
+            .or_else(|| {
+                info.metadata
+                    .get(crate::network::NETWORK_KEY)
+                    .and_then(|j| serde_json::from_str(j).ok())
+            })
+            .map(crate::network::reported),
         volume_mounts: {
             let m = crate::volumes::mounts_of(&info.metadata);
             (!m.is_empty()).then(|| {
@@ -178,8 +181,8 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     };
     let mut policy = asked.policy.clone();
     if let Some(p) = policy.as_mut() {
-        if !p.rules.is_empty() && !state.runtime.capabilities().request_rules {
-            return api_error(StatusCode::BAD_REQUEST, crate::network::RULES_UNSUPPORTED);
+        if let Some(why) = crate::network::unsupported(&state, p) {
+            return api_error(StatusCode::BAD_REQUEST, why);
         }
         state.secrets.fill(&state.tenant(), p);
     }
@@ -251,6 +254,7 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
                 deny_out: req.network.as_ref().and_then(|n| n.deny_out.clone()),
                 dns_servers: req.network.as_ref().and_then(|n| n.dns_servers.clone()),
                 rules: req.network.as_ref().and_then(|n| n.rules.clone()),
+                egress_proxy: req.network.as_ref().and_then(|n| n.egress_proxy.clone()),
                 ..Default::default()
             };
             spec = spec.network_policy(p).metadata(

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 
-use sandkit_core::{NetworkPolicy, RequestRule, ALL_TRAFFIC};
-use sandkit_e2b_protocol::api::{NetworkConfig, NetworkRule, NetworkUpdate};
+use sandkit_core::{EgressProxy, NetworkPolicy, RequestRule, ALL_TRAFFIC};
+use sandkit_e2b_protocol::api::{EgressProxyConfig, NetworkConfig, NetworkRule, NetworkUpdate};
 
 use crate::caller::Caller;
 use crate::http::{api_error, from_error, parse};
@@ -21,10 +21,24 @@ pub(crate) const NETWORK_KEY: &str = "sandkit.e2b.network";
 /// Hidden metadata: `0` when the sandbox was made with `allow_internet_access=false`.
 pub(crate) const INTERNET_KEY: &str = "sandkit.e2b.internet";
 
-/// The answer when the backend cannot apply request rules.
-pub(crate) const RULES_UNSUPPORTED: &str =
-    "network.rules cannot be applied by this server's backend (on Docker: it needs the \
-     network guard), so they are refused rather than ignored";
+/// Why the backend cannot hold `policy`'s rules or egress proxy, if it cannot: refused, never
+/// ignored.
+pub(crate) fn unsupported(state: &Caller, policy: &NetworkPolicy) -> Option<&'static str> {
+    let caps = state.runtime.capabilities();
+    if !policy.rules.is_empty() && !caps.request_rules {
+        return Some(
+            "network.rules cannot be applied by this server's backend (on Docker: it needs the \
+             network guard), so they are refused rather than ignored",
+        );
+    }
+    if policy.egress_proxy.is_some() && !caps.egress_proxy {
+        return Some(
+            "network.egressProxy cannot be applied by this server's backend (on Docker: it \
+             needs the network guard), so it is refused rather than ignored",
+        );
+    }
+    None
+}
 
 /// What a create's `network` asks for.
 #[derive(Debug, Default, PartialEq)]
@@ -45,7 +59,7 @@ pub(crate) fn from_create(
     let Some(n) = network else {
         return Ok(Asked::default());
     };
-    refuse_unsupported(&n.egress_proxy, &n.other)?;
+    refuse_unsupported(&n.other)?;
     let mask = n.mask_request_host.clone().filter(|m| !m.is_empty());
     if let Some(m) = &mask {
         let bad = |c: char| matches!(c, '/' | ' ' | '\r' | '\n' | '@' | '?' | '#');
@@ -61,7 +75,8 @@ pub(crate) fn from_create(
     let allow = n.allow_out.clone().unwrap_or_default();
     let mut deny = n.deny_out.clone().unwrap_or_default();
     let rules = request_rules(n.rules.as_ref())?;
-    if allow.is_empty() && deny.is_empty() && rules.is_empty() {
+    let proxy = egress_proxy(n.egress_proxy.as_ref())?;
+    if allow.is_empty() && deny.is_empty() && rules.is_empty() && proxy.is_none() {
         return Ok(asked);
     }
     // As E2B: no internet keeps the allow list and denies everything else.
@@ -71,6 +86,7 @@ pub(crate) fn from_create(
     let mut policy = NetworkPolicy::new().allow_out(allow).deny_out(deny);
     policy.dns_servers = n.dns_servers.clone();
     policy.rules = rules;
+    policy.egress_proxy = proxy;
     Ok(Asked {
         policy: Some(checked(policy)?),
         ..asked
@@ -79,7 +95,7 @@ pub(crate) fn from_create(
 
 /// The policy a `PUT .../network` sets: the whole policy, fields left out cleared.
 pub(crate) fn from_update(u: &NetworkUpdate) -> Result<NetworkPolicy, String> {
-    refuse_unsupported(&u.egress_proxy, &u.other)?;
+    refuse_unsupported(&u.other)?;
     let mut deny = u.deny_out.clone().unwrap_or_default();
     if u.allow_internet_access == Some(false) {
         deny = vec![ALL_TRAFFIC.to_string()];
@@ -89,6 +105,7 @@ pub(crate) fn from_update(u: &NetworkUpdate) -> Result<NetworkPolicy, String> {
         .deny_out(deny);
     policy.dns_servers = u.dns_servers.clone();
     policy.rules = request_rules(u.rules.as_ref())?;
+    policy.egress_proxy = egress_proxy(u.egress_proxy.as_ref())?;
     checked(policy)
 }
 
@@ -142,18 +159,40 @@ fn checked(policy: NetworkPolicy) -> Result<NetworkPolicy, String> {
     Ok(policy)
 }
 
-fn refuse_unsupported(
-    egress_proxy: &Option<serde_json::Value>,
-    other: &BTreeMap<String, serde_json::Value>,
-) -> Result<(), String> {
-    let set = |v: &Option<serde_json::Value>| match v {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Object(o)) => !o.is_empty(),
-        Some(_) => true,
+/// `network.egressProxy` as the policy's egress proxy.
+fn egress_proxy(p: Option<&EgressProxyConfig>) -> Result<Option<EgressProxy>, String> {
+    let Some(p) = p else {
+        return Ok(None);
     };
-    if set(egress_proxy) {
-        return Err("network.egressProxy is not available in e2b-local".into());
+    let mut proxy = EgressProxy::new(p.address.clone());
+    proxy.username = p.username.clone();
+    proxy.password = p.password.clone();
+    match &p.tls {
+        Some(t) if t.enabled => {
+            proxy = proxy.tls(t.server_name.clone(), t.ca_cert.clone());
+        }
+        Some(t) if t.server_name.is_some() || t.ca_cert.is_some() => {
+            return Err(
+                "network.egressProxy.tls: when enabled is false, no other field may be set".into(),
+            )
+        }
+        _ => {}
     }
+    Ok(Some(proxy))
+}
+
+/// What is reported of a network configuration: never the proxy's password or CA.
+pub(crate) fn reported(mut config: NetworkConfig) -> NetworkConfig {
+    if let Some(p) = config.egress_proxy.as_mut() {
+        p.password = None;
+        if let Some(t) = p.tls.as_mut() {
+            t.ca_cert = None;
+        }
+    }
+    config
+}
+
+fn refuse_unsupported(other: &BTreeMap<String, serde_json::Value>) -> Result<(), String> {
     if let Some(k) = other.keys().next() {
         return Err(format!("network.{k} is not known to e2b-local"));
     }
@@ -170,8 +209,8 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         Ok(p) => p,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
-    if !policy.rules.is_empty() && !state.runtime.capabilities().request_rules {
-        return api_error(StatusCode::BAD_REQUEST, RULES_UNSUPPORTED);
+    if let Some(why) = unsupported(&state, &policy) {
+        return api_error(StatusCode::BAD_REQUEST, why);
     }
     let mut policy = policy;
     state.secrets.fill(&state.tenant(), &mut policy);
@@ -195,6 +234,7 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         deny_out: req.deny_out.clone(),
         dns_servers: req.dns_servers.clone(),
         rules: req.rules.clone(),
+        egress_proxy: req.egress_proxy.clone(),
         ..Default::default()
     };
     state.set_network(&id, reported).await;
@@ -239,7 +279,9 @@ mod tests {
         let e = from_create(Some(&config(r#"{"allowOut":["example.com"]}"#)), None).unwrap_err();
         assert!(e.contains("ALL_TRAFFIC"), "{e}");
         for refused in [
-            r#"{"egressProxy":{"address":"x:1"}}"#,
+            r#"{"egressProxy":{"address":"no-port"}}"#,
+            r#"{"egressProxy":{"address":"p:1","tls":{"enabled":false,"caCert":"x"}}}"#,
+            r#"{"egressProxy":{"address":"p:1","password":"only"}}"#,
             r#"{"rules":{"*":[]}}"#,
             r#"{"rules":{"a.com":[{"transform":{"headers":{"Host":"x"}}}]}}"#,
             r#"{"maskRequestHost":"a b"}"#,

@@ -75,15 +75,46 @@ pub struct NetworkConfig {
     /// DNS servers reachable while `allow_out` names a domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
-    /// An egress proxy all traffic goes through.
+    /// A SOCKS5 proxy the sandbox's outbound TCP goes through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress_proxy: Option<serde_json::Value>,
+    pub egress_proxy: Option<EgressProxyConfig>,
     /// Per-host request transforms: domain (or `*.domain`) to its rules, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<BTreeMap<String, Vec<NetworkRule>>>,
     /// Anything else the client sent (a server refuses what it does not know).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// [`NetworkConfig::egress_proxy`] (the SDK's `SandboxEgressProxyConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressProxyConfig {
+    /// `host:port`.
+    pub address: String,
+    /// RFC 1929 user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// RFC 1929 password (never reported back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// TLS to the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EgressProxyTlsConfig>,
+}
+
+/// [`EgressProxyConfig::tls`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressProxyTlsConfig {
+    /// Whether TLS is used; when false no other field may be set.
+    pub enabled: bool,
+    /// The name verified and sent; default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM certificates replacing the system's roots (never reported back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
 }
 
 /// One rule of [`NetworkConfig::rules`] (the SDK's `SandboxNetworkRule`).
@@ -164,7 +195,7 @@ pub struct NetworkUpdate {
     pub dns_servers: Option<Vec<String>>,
     /// As [`NetworkConfig::egress_proxy`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress_proxy: Option<serde_json::Value>,
+    pub egress_proxy: Option<EgressProxyConfig>,
     /// As [`NetworkConfig::rules`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<BTreeMap<String, Vec<NetworkRule>>>,

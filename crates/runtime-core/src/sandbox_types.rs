@@ -560,6 +560,9 @@ pub struct Capabilities {
     /// Request rules of a [`NetworkPolicy`](crate::NetworkPolicy) are applied: headers set on
     /// the sandbox's HTTP and HTTPS requests outside it, secrets resolved there.
     pub request_rules: bool,
+    /// A [`NetworkPolicy`](crate::NetworkPolicy)'s `egress_proxy` is honoured: outbound TCP
+    /// goes through the SOCKS5 proxy it names.
+    pub egress_proxy: bool,
     /// [`Sandbox::snapshot`](crate::Sandbox::snapshot), [`Sandbox::fork`](crate::Sandbox::fork),
     /// [`Runtime::snapshots`](crate::Runtime::snapshots) and
     /// [`Runtime::delete_snapshot`](crate::Runtime::delete_snapshot).
@@ -591,6 +594,7 @@ impl Capabilities {
             metrics: true,
             network_policy: true,
             request_rules: true,
+            egress_proxy: true,
             snapshots: true,
             volumes: true,
             hosts: true,

@@ -1629,6 +1629,7 @@ impl Runtime for DockerRuntime {
         c.metrics = self.settings.inside.is_some();
         c.network_policy = self.settings.netguard.is_some();
         c.request_rules = self.settings.netguard.is_some();
+        c.egress_proxy = self.settings.netguard.is_some();
         c
     }
 

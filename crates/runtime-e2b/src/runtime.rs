@@ -215,6 +215,7 @@ impl Runtime for E2bRuntime {
         c.metrics = true;
         c.network_policy = true;
         c.request_rules = true;
+        c.egress_proxy = true;
         c.snapshots = !self.control.config.debug;
         c
     }

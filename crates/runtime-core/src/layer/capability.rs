@@ -54,6 +54,14 @@ fn spec_lacks(spec: &SandboxSpec, caps: Capabilities) -> Option<(&'static str, &
             "request_rules",
         ),
         (
+            spec.network_policy
+                .as_ref()
+                .is_some_and(|p| p.egress_proxy.is_some())
+                && !caps.egress_proxy,
+            "an egress proxy in a network policy",
+            "egress_proxy",
+        ),
+        (
             !spec.hosts.is_empty() && !caps.hosts,
             "fixed hosts entries",
             "hosts",
