@@ -180,12 +180,18 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
         Err(why) => return api_error(StatusCode::BAD_REQUEST, why),
     };
     let mut policy = asked.policy.clone();
+    // Held until the sandbox's policy is kept, when its rules name secrets (see secrets.rs).
+    let mut applying = None;
     if let Some(p) = policy.as_mut() {
         if let Some(why) = crate::network::unsupported(&state, p) {
             return api_error(StatusCode::BAD_REQUEST, why);
         }
+        if !p.secret_names().is_empty() {
+            applying = Some(state.secrets.applying.lock().await);
+        }
         state.secrets.fill(&state.tenant(), p);
     }
+    let kept_policy = policy.clone();
     if policy.is_some() && !state.runtime.capabilities().network_policy {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -315,6 +321,10 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
         Err(e) => return from_error(&e, sandbox.id()),
     };
     info!(sandbox_id = %info.id, template = %req.template_id, "sandbox created");
+    if let Some(p) = &kept_policy {
+        state.secrets.keep_policy(&info.id, p);
+    }
+    drop(applying);
     state.remember_made(&info.id).await;
     state.insert(sandbox).await;
     let mut response = (StatusCode::CREATED, Json(created(&state, &info))).into_response();
@@ -449,6 +459,7 @@ async fn kill(state: Caller, Path(id): Path<String>) -> Response {
     match state.runtime.kill(&id).await {
         Ok(()) => {
             info!(sandbox_id = %id, "sandbox killed");
+            state.secrets.forget_policy(&id);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => from_error(&e, &id),

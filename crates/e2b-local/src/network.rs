@@ -135,18 +135,6 @@ fn request_rules(
     Ok(out)
 }
 
-/// The policy running sandbox `info` is held to, as its network configuration says (the one
-/// `PUT .../network` set last, or else the one it was made with); its secrets not filled.
-pub(crate) fn policy_of(state: &Caller, info: &sandkit_core::SandboxInfo) -> Option<NetworkPolicy> {
-    let config = state.network_of(&info.id).or_else(|| {
-        info.metadata
-            .get(NETWORK_KEY)
-            .and_then(|j| serde_json::from_str(j).ok())
-    })?;
-    let internet = info.metadata.get(INTERNET_KEY).map(|v| v != "0");
-    from_create(Some(&config), internet).ok()?.policy
-}
-
 /// Whether the policy is structurally valid. Secrets are checked once filled: a name with no
 /// secret is held unset (the request fails, as on E2B, where a placeholder is resolved at
 /// egress).
@@ -213,6 +201,7 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         return api_error(StatusCode::BAD_REQUEST, why);
     }
     let mut policy = policy;
+    let _applying = state.secrets.applying.lock().await;
     state.secrets.fill(&state.tenant(), &mut policy);
     let served = match state.served(&id).await {
         Ok(s) => s,
@@ -221,7 +210,7 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         }
         Err(e) => return from_error(&e, &id),
     };
-    if let Err(e) = served.sandbox().set_network_policy(policy).await {
+    if let Err(e) = served.sandbox().set_network_policy(policy.clone()).await {
         return match e.kind() {
             sandkit_core::ErrorKind::Unsupported | sandkit_core::ErrorKind::InvalidInput => {
                 api_error(StatusCode::BAD_REQUEST, e.message())
@@ -238,6 +227,7 @@ pub(crate) async fn update(state: Caller, Path(id): Path<String>, body: Bytes) -
         ..Default::default()
     };
     state.set_network(&id, reported).await;
+    state.secrets.keep_policy(&id, &policy);
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -31,8 +31,8 @@ const MAX_PER_KEY: usize = 1000;
 /// The longest value kept.
 const MAX_VALUE: usize = 64 << 10;
 
-/// One secret as it is kept.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One secret as it is kept (no `Debug`: its value must not reach a log).
+#[derive(Clone, Serialize, Deserialize)]
 struct Kept {
     id: String,
     name: String,
@@ -56,11 +56,16 @@ impl Kept {
     }
 }
 
-/// Every key's secrets, on disk.
+/// Every key's secrets, on disk, and the policies in force of sandboxes whose rules name
+/// secrets (so that a secret's change is applied to the policy the sandbox really has).
 pub(crate) struct Store {
     dir: PathBuf,
     /// Held by each change, so that two at once cannot both take a name.
     writing: tokio::sync::Mutex<()>,
+    /// Held from filling a policy's secrets to keeping it, by creates and network updates
+    /// that name secrets and by each secret's change: a change never lands between another's
+    /// fill and apply, so the last value written is the one in force.
+    pub(crate) applying: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -68,6 +73,49 @@ impl Store {
         Store {
             dir,
             writing: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn policy_file(&self, sandbox: &str) -> Option<PathBuf> {
+        let safe = !sandbox.is_empty()
+            && sandbox
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        safe.then(|| self.dir.join("in-force").join(format!("{sandbox}.json")))
+    }
+
+    /// Keeps `policy` (its secrets left out) as the one sandbox `sandbox` is held to.
+    pub(crate) fn keep_policy(&self, sandbox: &str, policy: &NetworkPolicy) {
+        let Some(file) = self.policy_file(sandbox) else {
+            return;
+        };
+        let written = (|| -> std::io::Result<()> {
+            use std::os::unix::fs::DirBuilderExt;
+            let dir = file.parent().expect("a directory");
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            let tmp = dir.join(format!(".{sandbox}.tmp"));
+            std::fs::write(&tmp, serde_json::to_vec(policy)?)?;
+            std::fs::rename(&tmp, &file)
+        })();
+        if let Err(e) = written {
+            warn!(sandbox, error = %e, "the policy in force cannot be kept; a secret's change may not reach it");
+        }
+    }
+
+    /// The policy kept for sandbox `sandbox` ([`keep_policy`](Self::keep_policy)).
+    pub(crate) fn policy_in_force(&self, sandbox: &str) -> Option<NetworkPolicy> {
+        let bytes = std::fs::read(self.policy_file(sandbox)?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Forgets sandbox `sandbox`'s policy (it is gone).
+    pub(crate) fn forget_policy(&self, sandbox: &str) {
+        if let Some(file) = self.policy_file(sandbox) {
+            let _ = std::fs::remove_file(file);
         }
     }
 
@@ -246,8 +294,9 @@ pub(crate) async fn list(state: Caller, Query(q): Query<BTreeMap<String, String>
     let all = state.secrets.all(&state.tenant());
     let page: Vec<SecretInfo> = all.iter().skip(from).take(limit).map(Kept::info).collect();
     let mut response = Json(page).into_response();
-    if from + limit < all.len() {
-        if let Ok(v) = HeaderValue::from_str(&(from + limit).to_string()) {
+    let next = from.saturating_add(limit);
+    if next < all.len() {
+        if let Ok(v) = HeaderValue::from_str(&next.to_string()) {
             response.headers_mut().insert("x-next-token", v);
         }
     }
@@ -310,8 +359,10 @@ pub(crate) async fn destroy(state: Caller, UrlPath(id): UrlPath<String>) -> Resp
 }
 
 /// Gives the running sandboxes of the caller's key whose rules name secret `name` its value
-/// as it is now (or none, when it was deleted).
+/// as it is now (or none, when it was deleted), in the policy each is held to. A paused
+/// sandbox gets it when its policy is next set (see RELIABILITY.md).
 async fn reapply(state: &Caller, name: &str) {
+    let _applying = state.secrets.applying.lock().await;
     let Ok(list) = state.runtime.list(&state.owned_filter()).await else {
         return;
     };
@@ -319,7 +370,7 @@ async fn reapply(state: &Caller, name: &str) {
         if info.state != sandkit_core::SandboxState::Running {
             continue;
         }
-        let Some(mut policy) = crate::network::policy_of(state, &info) else {
+        let Some(mut policy) = state.secrets.policy_in_force(&info.id) else {
             continue;
         };
         if !policy.secret_names().iter().any(|n| n == name) {

@@ -19,6 +19,9 @@ use crate::error::{err, map};
 pub(crate) const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The certificate alone.
 pub(crate) const CA_FILE: &str = "/etc/sandkit/egress-ca.pem";
+/// The largest bundle read (Debian's is about 220 KiB): code in a sandbox can grow the file,
+/// and it is read into the backend's memory.
+const MAX_BUNDLE: usize = 8 << 20;
 
 /// The variables a sandbox made with request rules gets, unless `set` already names them.
 pub(crate) fn env(set: &dyn Fn(&str) -> bool) -> Vec<String> {
@@ -93,6 +96,17 @@ async fn read_file(docker: &Docker, container: &str, path: &str) -> Result<Optio
     let mut tar = Vec::new();
     while let Some(chunk) = stream.next().await {
         match chunk {
+            Ok(c) if tar.len() + c.len() > MAX_BUNDLE => {
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "network policy",
+                    format!(
+                        "the sandbox's {path} is over {} MiB; the network guard's certificate \
+                         authority is not added to it",
+                        MAX_BUNDLE >> 20
+                    ),
+                ))
+            }
             Ok(c) => tar.extend_from_slice(&c),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..

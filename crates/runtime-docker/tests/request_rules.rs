@@ -159,6 +159,28 @@ async fn a_rule_sets_a_secret_header_the_sandbox_never_holds() {
         let out = sh(&*sb, &format!("{curl} -H 'Host: other.test' https://api.test/")).await;
         assert!(out.contains("this connection is for api.test"), "{out}");
         assert!(!out.contains("auth="), "{out}");
+        // Nor is one that names another host some other way: an absolute target, a Host
+        // with user info, two Host headers.
+        for (what, flags) in [
+            ("absolute target", "--request-target https://other.test/".to_string()),
+            ("user info", "-H 'Host: api.test:@other.test'".to_string()),
+        ] {
+            let out = sh(&*sb, &format!("{curl} {flags} https://api.test/")).await;
+            assert!(!out.contains("auth="), "{what}: {out}");
+        }
+        let two_hosts = sh(
+            &*sb,
+            "python3 -c \"import socket,ssl; s=ssl.create_default_context().wrap_socket(\
+             socket.create_connection(('api.test',443)),server_hostname='api.test'); \
+             s.sendall(b'GET / HTTP/1.1\\r\\nHost: api.test\\r\\nHost: other.test\\r\\n\
+             Connection: close\\r\\n\\r\\n'); print(s.recv(4096).decode())\"",
+        )
+        .await;
+        assert!(two_hosts.contains(" 421 "), "two Hosts: {two_hosts}");
+        assert!(!two_hosts.contains("auth="), "two Hosts: {two_hosts}");
+        // Plain text to the HTTPS port carries no rule's header.
+        let out = sh(&*sb, &format!("{curl} http://api.test:443/")).await;
+        assert!(!out.contains("auth="), "plain text on 443: {out}");
         // Over plain HTTP the name is the Host header's: other.test's own server, untouched.
         let out = sh(&*sb, &format!("{curl} -H 'Host: other.test' http://api.test/")).await;
         assert!(out.starts_with(&format!("auth=none at={}", net.b)), "{out}");
@@ -192,6 +214,24 @@ async fn a_rule_sets_a_secret_header_the_sandbox_never_holds() {
             out.starts_with(&format!("auth={}", digest(&format!("Bearer {second}")))),
             "in the fork: {out}"
         );
+        // A rule does not allow its domain: with only the other address allowed, a
+        // connection there naming api.test goes nowhere.
+        sb.set_network_policy(
+            NetworkPolicy::new()
+                .deny_out([ALL_TRAFFIC])
+                .allow_out([format!("{}/32", net.b)])
+                .rule("api.test", rule("api-token"))
+                .secret("api-token", &second),
+        )
+        .await?;
+        let out = sh(
+            &*sb,
+            &format!("{curl} --resolve api.test:443:{} https://api.test/", net.b),
+        )
+        .await;
+        assert!(!out.contains("auth="), "a rule domain the lists do not allow: {out}");
+        sb.set_network_policy(policy.clone().secret("api-token", &second))
+            .await?;
         // A rule naming a secret that is not set is refused, and the last policy holds.
         let e = sb
             .set_network_policy(policy.clone().rule("other.test", rule("missing")))
@@ -253,6 +293,13 @@ async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
     let net = Internet::serving(SERVER, &[&cert, &key]);
     let log = dir.path().join("socks.log");
     std::fs::write(&log, "").unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut socks = std::process::Command::new("ip")
         .args(["netns", "exec", &net.ns, "python3", "-c", SOCKS])
         .arg(&log)
@@ -266,13 +313,15 @@ async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
         &mut ready,
     )
     .unwrap();
+    let _socks = Killed(socks);
     assert_eq!(ready, "ready\n");
     let rt = sandkit_conformance::needs_engine(
         DockerRuntime::builder().egress_trust(ca).build().await,
     );
     let secret = format!("sk-{:032x}", rand::random::<u128>());
     let policy = NetworkPolicy::new()
-        .deny_out([format!("{}/32", net.b)])
+        .deny_out([ALL_TRAFFIC])
+        .allow_out(["api.test".to_string(), format!("{}/32", net.a)])
         .rule(
             "api.test",
             RequestRule::new().header("Authorization", "Bearer ${e2b.secrets.t}"),
@@ -286,13 +335,14 @@ async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
     let sb = rt.create(spec).await.unwrap();
     let result = async {
         let curl = "curl --noproxy '*' -sS -m 10";
-        // A rule domain: the header is set, and the proxy is asked for the name.
+        // An allowed domain with a rule: the header is set, and the proxy is asked for the
+        // name (it resolves it).
         let out = sh(&*sb, &format!("{curl} https://api.test/")).await;
         assert!(
             out.starts_with(&format!("auth={} at={}", digest(&format!("Bearer {secret}")), net.a)),
             "through the proxy: {out}"
         );
-        // Another port, by address: through the proxy too.
+        // An allowed address on another port: through the proxy too.
         let out = sh(&*sb, &format!("{curl} http://{}:8080/", net.a)).await;
         assert!(out.starts_with(&format!("auth=none at={}", net.a)), "port 8080: {out}");
         // What the policy denies never reaches the proxy.
@@ -306,7 +356,5 @@ async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
     }
     .await;
     sb.kill().await.unwrap();
-    let _ = socks.kill();
-    let _ = socks.wait();
     result.unwrap();
 }

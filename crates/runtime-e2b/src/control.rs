@@ -86,6 +86,18 @@ pub(crate) fn network_config(
     })
 }
 
+/// `s` as one path segment (every byte but unreserved ones percent-encoded).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn hidden(key: &str) -> bool {
     key == CWD_KEY || key == USER_KEY
 }
@@ -98,7 +110,12 @@ impl Control {
         policy: &sandkit_core::NetworkPolicy,
         op: &'static str,
     ) -> Result<()> {
-        for (name, value) in policy.secrets.iter() {
+        let named = policy.secret_names();
+        for (name, value) in policy
+            .secrets
+            .iter()
+            .filter(|(n, _)| named.iter().any(|x| x == n))
+        {
             let body = serde_json::json!({ "name": name, "value": value });
             let r = self
                 .api
@@ -113,7 +130,7 @@ impl Control {
             let body = serde_json::json!({ "value": value });
             let r = self
                 .api
-                .send(Method::POST, &format!("/secrets/{name}"), &[], Some(body), op)
+                .send(Method::POST, &format!("/secrets/{}", encode(name)), &[], Some(body), op)
                 .await?;
             if !r.status.is_success() {
                 return Err(r.error(op));

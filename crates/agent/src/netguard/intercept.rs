@@ -17,6 +17,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
@@ -354,29 +355,51 @@ impl Upstream {
     }
 }
 
+/// How long the sandbox's TLS handshake, the server's, or a request's headers may take.
+const HANDSHAKE_FOR: Duration = Duration::from_secs(10);
+/// HTTP/2 streams of one sandbox connection at once, and the flow-control windows: with the
+/// proxy's connection caps they bound what one sandbox can make the guard hold.
+const H2_STREAMS: u32 = 32;
+const H2_STREAM_WINDOW: u32 = 256 << 10;
+const H2_CONN_WINDOW: u32 = 1 << 20;
+/// The most header bytes a request may carry.
+const MAX_HEADERS: usize = 64 << 10;
+
 /// Serves the connection of the sandbox at `from` to `name`, whose first bytes (`inbound`'s
-/// head) the proxy already read, joined to the real server over `outbound`.
+/// head) the proxy already read, joined to the real server over `outbound`. Plain HTTP only
+/// on port 80: a rule's headers never go out unencrypted to an HTTPS port.
 pub(crate) async fn serve(
     guard: Arc<Guard>,
     from: Ipv4Addr,
     name: String,
+    port: u16,
     inbound: Rewind,
     outbound: super::socks::Stream,
 ) -> Result<(), String> {
     let tls = inbound.head.first() == Some(&0x16);
+    let site = Site { name, port };
     if !tls {
+        if port != 80 {
+            return Err(format!(
+                "{}:{port}: plain text to a port other than 80 carries no rule's headers; closed",
+                site.name
+            ));
+        }
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(outbound))
             .await
-            .map_err(|e| format!("{name}: {e}"))?;
+            .map_err(|e| format!("{}: {e}", site.name))?;
         let up = Upstream::H1(Arc::new(tokio::sync::Mutex::new(sender)));
-        let served = answer(TokioIo::new(inbound), false, up, guard, from, name, "http");
-        return finish(served, conn).await;
+        let closed = drive(conn);
+        return answer(TokioIo::new(inbound), false, up, closed, guard, from, site, "http").await;
     }
     let auth = &guard.authority;
-    let inbound = tokio_rustls::TlsAcceptor::from(auth.server(&name)?)
-        .accept(inbound)
-        .await
-        .map_err(|e| format!("{name}: the sandbox's TLS: {e}"))?;
+    let inbound = tokio::time::timeout(
+        HANDSHAKE_FOR,
+        tokio_rustls::TlsAcceptor::from(auth.server(&site.name)?).accept(inbound),
+    )
+    .await
+    .map_err(|_| format!("{}: the sandbox's TLS handshake took too long", site.name))?
+    .map_err(|e| format!("{}: the sandbox's TLS: {e}", site.name))?;
     let h2_in = inbound.get_ref().1.alpn_protocol() == Some(b"h2");
     let config = {
         let up = auth.upstream.lock().expect("upstream");
@@ -386,59 +409,100 @@ pub(crate) async fn serve(
             up.h1.clone()
         }
     };
-    let server_name = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
-    let outbound = tokio_rustls::TlsConnector::from(config)
-        .connect(server_name, outbound)
-        .await
-        .map_err(|e| format!("{name}: the server's TLS: {e}"))?;
-    if outbound.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let server_name =
+        ServerName::try_from(site.name.clone()).map_err(|e| format!("{}: {e}", site.name))?;
+    let outbound = tokio::time::timeout(
+        HANDSHAKE_FOR,
+        tokio_rustls::TlsConnector::from(config).connect(server_name, outbound),
+    )
+    .await
+    .map_err(|_| format!("{}: the server's TLS handshake took too long", site.name))?
+    .map_err(|e| format!("{}: the server's TLS: {e}", site.name))?;
+    let (up, closed) = if outbound.get_ref().1.alpn_protocol() == Some(b"h2") {
         let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(outbound))
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .handshake(TokioIo::new(outbound))
                 .await
-                .map_err(|e| format!("{name}: {e}"))?;
-        let served = answer(TokioIo::new(inbound), h2_in, Upstream::H2(sender), guard, from, name, "https");
-        finish(served, conn).await
+                .map_err(|e| format!("{}: {e}", site.name))?;
+        (Upstream::H2(sender), drive(conn))
     } else {
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(outbound))
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEADERS.max(8 << 10) * 2)
+            .handshake(TokioIo::new(outbound))
             .await
-            .map_err(|e| format!("{name}: {e}"))?;
-        let up = Upstream::H1(Arc::new(tokio::sync::Mutex::new(sender)));
-        let served = answer(TokioIo::new(inbound), h2_in, up, guard, from, name, "https");
-        finish(served, conn).await
+            .map_err(|e| format!("{}: {e}", site.name))?;
+        (
+            Upstream::H1(Arc::new(tokio::sync::Mutex::new(sender))),
+            drive(conn),
+        )
+    };
+    answer(TokioIo::new(inbound), h2_in, up, closed, guard, from, site, "https").await
+}
+
+/// The real server a connection goes to.
+#[derive(Debug, Clone)]
+struct Site {
+    name: String,
+    port: u16,
+}
+
+impl Site {
+    /// `name`, with the port when it is not the scheme's own.
+    fn authority(&self, scheme: &str) -> String {
+        match (scheme, self.port) {
+            ("http", 80) | ("https", 443) => self.name.clone(),
+            (_, p) => format!("{}:{p}", self.name),
+        }
     }
 }
 
-/// Runs the sandbox's side until it ends, with the server's connection driven beside it (a
-/// server that closes after its answer must not cut the answer short) and closed with it,
-/// also when this future is dropped (a policy change aborts the connection).
-async fn finish<S, C, E>(served: S, conn: C) -> Result<(), String>
+/// The server's connection, driven on its own task (a server that closes after its answer
+/// must not cut the answer short) and aborted when the returned guard is dropped (a policy
+/// change aborts the sandbox's connection, and the server's goes with it); the receiver
+/// learns when it ended.
+fn drive<C, E>(conn: C) -> Driven
 where
-    S: std::future::Future<Output = Result<(), String>>,
     C: std::future::Future<Output = Result<(), E>> + Send + 'static,
 {
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = done.send(());
+    });
+    Driven {
+        _abort: AbortOnDrop(task.abort_handle()),
+        ended,
     }
-    let _conn = AbortOnDrop(
-        tokio::spawn(async move {
-            let _ = conn.await;
-        })
-        .abort_handle(),
-    );
-    served.await
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A server connection being driven: [`drive`].
+struct Driven {
+    _abort: AbortOnDrop,
+    ended: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Serves the sandbox's requests over `io` (HTTP/2 when `h2`), each sent on through `up`.
+/// When the server's connection ends (an idle keep-alive closed, a GOAWAY), the sandbox's is
+/// shut down gracefully too, so that its client opens a new one rather than getting errors.
+#[allow(clippy::too_many_arguments)]
 async fn answer<IO>(
     io: TokioIo<IO>,
     h2: bool,
     up: Upstream,
+    mut closed: Driven,
     guard: Arc<Guard>,
     from: Ipv4Addr,
-    name: String,
+    site: Site,
     scheme: &'static str,
 ) -> Result<(), String>
 where
@@ -446,71 +510,113 @@ where
 {
     let up_h2 = matches!(up, Upstream::H2(_));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (up, guard, name) = (up.clone(), guard.clone(), name.clone());
+        let (up, guard, site) = (up.clone(), guard.clone(), site.clone());
         async move {
-            let answer = match prepare(req, &guard, from, &name, scheme, up_h2) {
+            let answer = match prepare(req, &guard, from, &site, scheme, up_h2) {
                 Err(refusal) => refusal,
                 Ok(req) => match up.send(req).await {
                     Ok(resp) => resp.map(Either::Left),
-                    Err(e) => refuse(StatusCode::BAD_GATEWAY, &format!("{name}: {e}")),
+                    Err(e) => refuse(StatusCode::BAD_GATEWAY, &format!("{}: {e}", site.name)),
                 },
             };
             Ok::<_, std::convert::Infallible>(answer)
         }
     });
+    let timer = hyper_util::rt::TokioTimer::new();
     let result = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service)
-            .await
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(timer)
+            .max_concurrent_streams(H2_STREAMS)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .max_header_list_size(MAX_HEADERS as u32)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = &mut closed.ended => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     } else {
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, service)
-            .await
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(timer)
+            .header_read_timeout(HANDSHAKE_FOR)
+            .max_buf_size(MAX_HEADERS.max(8 << 10) * 2)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = &mut closed.ended => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     };
     result.map_err(|e| e.to_string())
 }
 
-/// Headers that belong to one connection, not to the request (never sent on over HTTP/2).
-const HOP_BY_HOP: [&str; 6] = [
+/// Headers that belong to one connection, not to the request (never sent on over HTTP/2;
+/// `te` only as `trailers`).
+const HOP_BY_HOP: [&str; 5] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "upgrade",
-    "te",
 ];
 
+/// The host a request names: its target's authority and its `Host` headers, which must all
+/// agree (one `Host` at most). `None` when they do not, or it names none.
+fn named_host(req: &Request<Incoming>) -> Option<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    if let Some(a) = req.uri().authority() {
+        hosts.push(a.host().to_ascii_lowercase());
+    }
+    let headers: Vec<_> = req.headers().get_all(http::header::HOST).iter().collect();
+    if headers.len() > 1 {
+        return None;
+    }
+    for h in headers {
+        let a = h.to_str().ok()?.parse::<http::uri::Authority>().ok()?;
+        if a.as_str().contains('@') {
+            return None;
+        }
+        hosts.push(a.host().to_ascii_lowercase());
+    }
+    let first = hosts.first()?.trim_end_matches('.').to_string();
+    hosts
+        .iter()
+        .all(|h| h.trim_end_matches('.') == first)
+        .then_some(first)
+}
+
 /// The request as it goes on: the rule's headers set (secrets resolved now, from the policy
-/// the guard holds at this moment), its target in the form the server's protocol wants. A
-/// request for another host than the connection's, or whose rules cannot be applied, is
-/// answered here instead.
+/// the guard holds at this moment), its target and `Host` written by the guard for the
+/// connection's own site, in the form the server's protocol wants. A request that names
+/// another host than the connection's (by target, `Host`, a second `Host`, or user info), or
+/// whose rules cannot be applied, is answered here instead.
 fn prepare(
     mut req: Request<Incoming>,
     guard: &Guard,
     from: Ipv4Addr,
-    name: &str,
+    site: &Site,
     scheme: &str,
     up_h2: bool,
 ) -> Result<Request<Incoming>, Response<Body>> {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_string())
-        })
-        .unwrap_or_default();
-    if !host
-        .trim_end_matches('.')
-        .eq_ignore_ascii_case(name.trim_end_matches('.'))
-    {
-        return Err(refuse(
-            StatusCode::MISDIRECTED_REQUEST,
-            &format!("this connection is for {name}; a request for {host:?} needs its own"),
-        ));
+    let name = site.name.as_str();
+    match named_host(&req) {
+        Some(h) if h.eq_ignore_ascii_case(name.trim_end_matches('.')) => {}
+        other => {
+            return Err(refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "this connection is for {name}; a request for {} needs its own",
+                    other.map_or_else(|| "another or no host".to_string(), |h| format!("{h:?}"))
+                ),
+            ))
+        }
     }
     let Some(entry) = guard.by_ip(from) else {
         return Err(refuse(StatusCode::FORBIDDEN, "no policy for this sandbox"));
@@ -537,29 +643,24 @@ fn prepare(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| name.to_string());
+    let authority = site.authority(scheme);
     let uri = if up_h2 {
         for h in HOP_BY_HOP {
             req.headers_mut().remove(h);
         }
+        let trailers = req
+            .headers()
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !trailers {
+            req.headers_mut().remove(http::header::TE);
+        }
         req.headers_mut().remove(http::header::HOST);
         format!("{scheme}://{authority}{path}")
     } else {
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&authority) {
-                req.headers_mut().insert(http::header::HOST, v);
-            }
-        }
+        let host = HeaderValue::from_str(&authority)
+            .map_err(|e| refuse(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        req.headers_mut().insert(http::header::HOST, host);
         path
     };
     *req.uri_mut() = uri

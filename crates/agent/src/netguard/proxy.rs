@@ -274,7 +274,11 @@ async fn handle(
         _ if intercept => name.clone(),
         _ => None,
     };
-    let mut outbound = tokio::time::timeout(CONNECT_FOR, join(guard, &entry, dst, &lookup))
+    // Joined by a name only rules named (the address was allowed, not the name): the
+    // name's addresses must be allowed by the lists too.
+    let by_lists = intercept && verdict == Verdict::Address;
+    let mut outbound =
+        tokio::time::timeout(CONNECT_FOR, join(guard, &entry, dst, &lookup, by_lists))
         .await
         .map_err(|_| format!("{dst} ({lookup:?}) did not answer in time"))??;
     let _ = inbound.set_nodelay(true);
@@ -284,6 +288,7 @@ async fn handle(
             guard.clone(),
             from,
             n,
+            dst.port(),
             intercept::Rewind::new(buf, inbound),
             outbound,
         )),
@@ -331,24 +336,47 @@ async fn handle(
 
 /// The connection on for a sandbox's connection to `dst`, by `lookup` (the name whose own
 /// addresses it goes to) or else by address: through the policy's egress proxy when it has
-/// one (a name is sent as a name, resolved by the proxy), or straight to an address the guard
-/// may reach.
+/// one (a name the lists allowed is sent as a name, resolved by the proxy), or straight to an
+/// address the guard may reach. With `by_lists`, the name's addresses must be ones the
+/// policy's lists allow.
 async fn join(
     guard: &Guard,
     entry: &Entry,
     dst: SocketAddrV4,
     lookup: &Option<String>,
+    by_lists: bool,
 ) -> Result<socks::Stream, String> {
     if let Some(proxy) = &entry.policy.egress_proxy {
         let dest = match lookup {
-            Some(n) => socks::Dest::Name(n.clone(), dst.port()),
+            Some(n) if !by_lists => socks::Dest::Name(n.clone(), dst.port()),
             None if reachable(guard, entry, IpAddr::V4(*dst.ip()), false) => {
                 socks::Dest::Addr(SocketAddr::V4(dst))
             }
             None => return Err(format!("{dst} is not reachable from the guard")),
+            Some(_) => socks::Dest::Addr(
+                resolved(guard, entry, dst, lookup, by_lists)
+                    .await?,
+            ),
         };
         return socks::connect(proxy, &dest).await;
     }
+    let target = resolved(guard, entry, dst, lookup, by_lists).await?;
+    let outbound = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("cannot reach {target}: {e}"))?;
+    let _ = outbound.set_nodelay(true);
+    Ok(Box::new(outbound))
+}
+
+/// The address to join: `dst`, or the first of `lookup`'s own addresses the guard may reach
+/// (and, with `by_lists`, the policy's lists allow).
+async fn resolved(
+    guard: &Guard,
+    entry: &Entry,
+    dst: SocketAddrV4,
+    lookup: &Option<String>,
+    by_lists: bool,
+) -> Result<SocketAddr, String> {
     let targets: Vec<SocketAddr> = match lookup {
         None => vec![SocketAddr::V4(dst)],
         Some(n) => names::resolve(n, &entry.hosts)
@@ -360,15 +388,11 @@ async fn join(
     let wild = lookup
         .as_ref()
         .is_some_and(|n| wild_dns(entry, &Verdict::Name(n.clone())));
-    let target = targets
+    targets
         .into_iter()
+        .filter(|t| !by_lists || entry.policy.allows(t.ip(), None))
         .find(|t| reachable(guard, entry, t.ip(), wild))
-        .ok_or_else(|| format!("no reachable address for {dst} ({lookup:?})"))?;
-    let outbound = TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("cannot reach {target}: {e}"))?;
-    let _ = outbound.set_nodelay(true);
-    Ok(Box::new(outbound))
+        .ok_or_else(|| format!("no reachable address for {dst} ({lookup:?})"))
 }
 
 /// Whether a verdict's addresses come from DNS for a name that only a wildcard of the policy
