@@ -983,21 +983,25 @@ async fn request_rules_are_checked_and_keep_secrets_out(c: Ctx) -> CaseResult {
             "a bare * is no domain",
         ),
         (
-            base().rule("api.conformance.test", RequestRule::new().header("Host", "x")),
+            base().rule(
+                "api.conformance.test",
+                RequestRule::new().header("Host", "x"),
+            ),
             "Host routes the request",
         ),
         (
-            base().rule("api.conformance.test", RequestRule::new().header("A", "x\r\nB: y")),
+            base().rule(
+                "api.conformance.test",
+                RequestRule::new().header("A", "x\r\nB: y"),
+            ),
             "a line break",
         ),
     ] {
-        let e = c
-            .create(c.spec().network_policy(bad))
-            .await
-            .expect_err(why);
+        let e = c.create(c.spec().network_policy(bad)).await.expect_err(why);
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{why}: {e}");
     }
-    let rule = RequestRule::new().header("Authorization", "Bearer ${e2b.secrets.conformance-token}");
+    let rule =
+        RequestRule::new().header("Authorization", "Bearer ${e2b.secrets.conformance-token}");
     let sb = c
         .create(
             c.spec().network_policy(
@@ -1012,10 +1016,14 @@ async fn request_rules_are_checked_and_keep_secrets_out(c: Ctx) -> CaseResult {
         .await?
         .stdout_text();
     assert!(env.contains("PATH="), "the environment was read: {env}");
-    assert!(!env.contains(&value), "the secret is in the sandbox's environment");
-    sb.set_network_policy(
-        base().rule("*.conformance.test", RequestRule::new().header("X-Other", "1")),
-    )
+    assert!(
+        !env.contains(&value),
+        "the secret is in the sandbox's environment"
+    );
+    sb.set_network_policy(base().rule(
+        "*.conformance.test",
+        RequestRule::new().header("X-Other", "1"),
+    ))
     .await?;
     let e = sb
         .set_network_policy(base().rule("*", rule))

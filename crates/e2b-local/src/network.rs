@@ -299,7 +299,10 @@ mod tests {
         let mut p = p.secret("k", "v");
         assert_eq!(
             p.headers_for("api.test").unwrap(),
-            [("A".to_string(), "2".to_string()), ("B".to_string(), "v".to_string())]
+            [
+                ("A".to_string(), "2".to_string()),
+                ("B".to_string(), "v".to_string())
+            ]
         );
         // A secret not created (yet) is accepted, and fails at the request.
         p.secrets = Default::default();

@@ -423,19 +423,24 @@ mod tests {
         };
         store.write("t", &kept).unwrap();
         let file = dir.path().join("secrets/t/sec_1.json");
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o077, 0);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o077,
+            0
+        );
         let d = dir.path().join("secrets/t");
-        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o077, 0);
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o077,
+            0
+        );
         assert_eq!(store.find("t", "TOKEN").unwrap().id, "sec_1");
         assert_eq!(store.find("t", "sec_1").unwrap().name, "token");
         assert!(store.find("other", "token").is_none(), "another key's");
-        let mut p = NetworkPolicy::new()
-            .rule(
-                "a.test",
-                sandkit_core::RequestRule::new()
-                    .header("A", "${e2b.secrets.token}")
-                    .header("B", "${e2b.secrets.missing}"),
-            );
+        let mut p = NetworkPolicy::new().rule(
+            "a.test",
+            sandkit_core::RequestRule::new()
+                .header("A", "${e2b.secrets.token}")
+                .header("B", "${e2b.secrets.missing}"),
+        );
         store.fill("t", &mut p);
         assert_eq!(p.secrets.get("token"), Some("v1"));
         assert!(p.secrets.holds("missing") && p.secrets.get("missing").is_none());

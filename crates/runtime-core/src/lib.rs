@@ -33,8 +33,8 @@ pub mod layer;
 mod network;
 mod operation;
 mod process;
-mod request_rules;
 pub mod raw;
+mod request_rules;
 mod runtime;
 mod sandbox_types;
 

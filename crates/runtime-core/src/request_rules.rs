@@ -282,14 +282,22 @@ impl EgressProxy {
         }
         let long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > 255);
         if long(&self.username) || long(&self.password) {
-            return Err(invalid("egress proxy credentials are at most 255 bytes each"));
+            return Err(invalid(
+                "egress proxy credentials are at most 255 bytes each",
+            ));
         }
         if self.password.is_some() && self.username.is_none() {
             return Err(invalid("an egress proxy password needs a user name"));
         }
         if let Some(tls) = &self.tls {
-            if tls.server_name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 253) {
-                return Err(invalid("the egress proxy's TLS server name is 1 to 253 bytes"));
+            if tls
+                .server_name
+                .as_ref()
+                .is_some_and(|n| n.is_empty() || n.len() > 253)
+            {
+                return Err(invalid(
+                    "the egress proxy's TLS server name is 1 to 253 bytes",
+                ));
             }
             if tls
                 .ca_cert
@@ -364,7 +372,9 @@ pub(crate) fn rules_for<'a>(
     }
     rules
         .iter()
-        .filter(|(k, _)| k.starts_with("*.") && crate::domain_matches(&k.to_ascii_lowercase(), &name))
+        .filter(|(k, _)| {
+            k.starts_with("*.") && crate::domain_matches(&k.to_ascii_lowercase(), &name)
+        })
         .max_by_key(|(k, _)| k.len())
         .map(|(_, r)| r.as_slice())
 }

@@ -84,8 +84,10 @@ pub(crate) async fn install(docker: &Docker, container: &str, ca: &str) -> Resul
         )
         .await
         .map_err(|e| {
-            map(e, "network policy", "sandbox")
-                .with_context("detail", "cannot add the network guard's certificate authority")
+            map(e, "network policy", "sandbox").with_context(
+                "detail",
+                "cannot add the network guard's certificate authority",
+            )
         })
 }
 

@@ -7,8 +7,7 @@
 //! guard to trust the test's CA for the servers behind rules (`egress_trust`).
 
 use sandkit_core::{
-    ErrorKind, NetworkPolicy, RequestRule, Runtime, Sandbox, SandboxExt,
-    ALL_TRAFFIC,
+    ErrorKind, NetworkPolicy, RequestRule, Runtime, Sandbox, SandboxExt, ALL_TRAFFIC,
 };
 use sandkit_docker::DockerRuntime;
 
@@ -96,9 +95,8 @@ async fn a_rule_sets_a_secret_header_the_sandbox_never_holds() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(dir.path());
     let net = Internet::serving(SERVER, &[&cert, &key]);
-    let rt = sandkit_conformance::needs_engine(
-        DockerRuntime::builder().egress_trust(ca).build().await,
-    );
+    let rt =
+        sandkit_conformance::needs_engine(DockerRuntime::builder().egress_trust(ca).build().await);
     let secret = format!("sk-{:032x}", rand::random::<u128>());
     // Put in the sandbox's environment, to show the search below finds what is there.
     let marker = format!("marker-{:032x}", rand::random::<u128>());
@@ -315,9 +313,8 @@ async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
     .unwrap();
     let _socks = Killed(socks);
     assert_eq!(ready, "ready\n");
-    let rt = sandkit_conformance::needs_engine(
-        DockerRuntime::builder().egress_trust(ca).build().await,
-    );
+    let rt =
+        sandkit_conformance::needs_engine(DockerRuntime::builder().egress_trust(ca).build().await);
     let secret = format!("sk-{:032x}", rand::random::<u128>());
     let policy = NetworkPolicy::new()
         .deny_out([ALL_TRAFFIC])
@@ -339,19 +336,32 @@ async fn an_egress_proxy_carries_what_the_policy_allows_and_nothing_else() {
         // name (it resolves it).
         let out = sh(&*sb, &format!("{curl} https://api.test/")).await;
         assert!(
-            out.starts_with(&format!("auth={} at={}", digest(&format!("Bearer {secret}")), net.a)),
+            out.starts_with(&format!(
+                "auth={} at={}",
+                digest(&format!("Bearer {secret}")),
+                net.a
+            )),
             "through the proxy: {out}"
         );
         // An allowed address on another port: through the proxy too.
         let out = sh(&*sb, &format!("{curl} http://{}:8080/", net.a)).await;
-        assert!(out.starts_with(&format!("auth=none at={}", net.a)), "port 8080: {out}");
+        assert!(
+            out.starts_with(&format!("auth=none at={}", net.a)),
+            "port 8080: {out}"
+        );
         // What the policy denies never reaches the proxy.
         let out = sh(&*sb, &format!("{curl} http://{}:8080/", net.b)).await;
         assert!(!out.contains("auth="), "denied: {out}");
         let asked = std::fs::read_to_string(&log).unwrap();
         assert!(asked.lines().any(|l| l == "api.test:443"), "{asked}");
-        assert!(asked.lines().any(|l| l == format!("{}:8080", net.a)), "{asked}");
-        assert!(!asked.contains(&net.b.to_string()), "the denied address reached the proxy: {asked}");
+        assert!(
+            asked.lines().any(|l| l == format!("{}:8080", net.a)),
+            "{asked}"
+        );
+        assert!(
+            !asked.contains(&net.b.to_string()),
+            "the denied address reached the proxy: {asked}"
+        );
         Ok::<_, sandkit_core::Error>(())
     }
     .await;

@@ -130,7 +130,13 @@ impl Control {
             let body = serde_json::json!({ "value": value });
             let r = self
                 .api
-                .send(Method::POST, &format!("/secrets/{}", encode(name)), &[], Some(body), op)
+                .send(
+                    Method::POST,
+                    &format!("/secrets/{}", encode(name)),
+                    &[],
+                    Some(body),
+                    op,
+                )
                 .await?;
             if !r.status.is_success() {
                 return Err(r.error(op));

@@ -174,7 +174,9 @@ impl Authority {
         let mut upstream = self.upstream.lock().expect("upstream");
         let mut roots = upstream.roots.clone();
         for c in certs {
-            roots.add(c).map_err(|e| format!("not a usable root: {e}"))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("not a usable root: {e}"))?;
         }
         *upstream = Upstreams::new(roots)?;
         Ok(())
@@ -325,10 +327,7 @@ impl AsyncWrite for Rewind {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -390,7 +389,17 @@ pub(crate) async fn serve(
             .map_err(|e| format!("{}: {e}", site.name))?;
         let up = Upstream::H1(Arc::new(tokio::sync::Mutex::new(sender)));
         let closed = drive(conn);
-        return answer(TokioIo::new(inbound), false, up, closed, guard, from, site, "http").await;
+        return answer(
+            TokioIo::new(inbound),
+            false,
+            up,
+            closed,
+            guard,
+            from,
+            site,
+            "http",
+        )
+        .await;
     }
     let auth = &guard.authority;
     let inbound = tokio::time::timeout(
@@ -419,13 +428,12 @@ pub(crate) async fn serve(
     .map_err(|_| format!("{}: the server's TLS handshake took too long", site.name))?
     .map_err(|e| format!("{}: the server's TLS: {e}", site.name))?;
     let (up, closed) = if outbound.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let (sender, conn) =
-            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONN_WINDOW)
-                .handshake(TokioIo::new(outbound))
-                .await
-                .map_err(|e| format!("{}: {e}", site.name))?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .handshake(TokioIo::new(outbound))
+            .await
+            .map_err(|e| format!("{}: {e}", site.name))?;
         (Upstream::H2(sender), drive(conn))
     } else {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -438,7 +446,17 @@ pub(crate) async fn serve(
             drive(conn),
         )
     };
-    answer(TokioIo::new(inbound), h2_in, up, closed, guard, from, site, "https").await
+    answer(
+        TokioIo::new(inbound),
+        h2_in,
+        up,
+        closed,
+        guard,
+        from,
+        site,
+        "https",
+    )
+    .await
 }
 
 /// The real server a connection goes to.
@@ -513,7 +531,7 @@ where
         let (up, guard, site) = (up.clone(), guard.clone(), site.clone());
         async move {
             let answer = match prepare(req, &guard, from, &site, scheme, up_h2) {
-                Err(refusal) => refusal,
+                Err((status, why)) => refuse(status, &why),
                 Ok(req) => match up.send(req).await {
                     Ok(resp) => resp.map(Either::Left),
                     Err(e) => refuse(StatusCode::BAD_GATEWAY, &format!("{}: {e}", site.name)),
@@ -604,12 +622,12 @@ fn prepare(
     site: &Site,
     scheme: &str,
     up_h2: bool,
-) -> Result<Request<Incoming>, Response<Body>> {
+) -> Result<Request<Incoming>, (StatusCode, String)> {
     let name = site.name.as_str();
     match named_host(&req) {
         Some(h) if h.eq_ignore_ascii_case(name.trim_end_matches('.')) => {}
         other => {
-            return Err(refuse(
+            return Err(refusal(
                 StatusCode::MISDIRECTED_REQUEST,
                 &format!(
                     "this connection is for {name}; a request for {} needs its own",
@@ -619,18 +637,18 @@ fn prepare(
         }
     }
     let Some(entry) = guard.by_ip(from) else {
-        return Err(refuse(StatusCode::FORBIDDEN, "no policy for this sandbox"));
+        return Err(refusal(StatusCode::FORBIDDEN, "no policy for this sandbox"));
     };
     let headers = entry
         .policy
         .headers_for(name)
-        .map_err(|e| refuse(StatusCode::BAD_GATEWAY, e.message()))?;
+        .map_err(|e| refusal(StatusCode::BAD_GATEWAY, e.message()))?;
     for (h, v) in headers {
         let (Ok(h), Ok(mut v)) = (
             HeaderName::from_bytes(h.as_bytes()),
             HeaderValue::from_str(&v),
         ) else {
-            return Err(refuse(
+            return Err(refusal(
                 StatusCode::BAD_GATEWAY,
                 &format!("the rule for {name} has a header that cannot be sent"),
             ));
@@ -659,19 +677,24 @@ fn prepare(
         format!("{scheme}://{authority}{path}")
     } else {
         let host = HeaderValue::from_str(&authority)
-            .map_err(|e| refuse(StatusCode::BAD_REQUEST, &e.to_string()))?;
+            .map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.to_string()))?;
         req.headers_mut().insert(http::header::HOST, host);
         path
     };
     *req.uri_mut() = uri
         .parse::<Uri>()
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        .map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.to_string()))?;
     *req.version_mut() = if up_h2 {
         http::Version::HTTP_2
     } else {
         http::Version::HTTP_11
     };
     Ok(req)
+}
+
+/// Why the guard answers a request itself.
+fn refusal(status: StatusCode, why: &str) -> (StatusCode, String) {
+    (status, why.to_string())
 }
 
 /// An answer from the guard itself.

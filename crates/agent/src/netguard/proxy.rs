@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::intercept;
-use super::socks;
 use super::names::{self, Peek};
+use super::socks;
 use super::{Entry, Guard};
 
 /// How long a connection may take to say its name.
@@ -279,8 +279,8 @@ async fn handle(
     let by_lists = intercept && verdict == Verdict::Address;
     let mut outbound =
         tokio::time::timeout(CONNECT_FOR, join(guard, &entry, dst, &lookup, by_lists))
-        .await
-        .map_err(|_| format!("{dst} ({lookup:?}) did not answer in time"))??;
+            .await
+            .map_err(|_| format!("{dst} ({lookup:?}) did not answer in time"))??;
     let _ = inbound.set_nodelay(true);
     // Register before joining, so a policy change from now on closes it.
     let joined = match (intercept, lookup) {
@@ -353,10 +353,7 @@ async fn join(
                 socks::Dest::Addr(SocketAddr::V4(dst))
             }
             None => return Err(format!("{dst} is not reachable from the guard")),
-            Some(_) => socks::Dest::Addr(
-                resolved(guard, entry, dst, lookup, by_lists)
-                    .await?,
-            ),
+            Some(_) => socks::Dest::Addr(resolved(guard, entry, dst, lookup, by_lists).await?),
         };
         return socks::connect(proxy, &dest).await;
     }
