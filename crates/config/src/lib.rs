@@ -222,6 +222,40 @@ impl Config {
         Ok(sandkit_core::layer::standard(backend, retry))
     }
 
+    /// `[sandbox.network]`, with the values of the secrets its rules name read from where
+    /// `[sandbox.secrets]` says.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](sandkit_core::ErrorKind::InvalidInput) naming a secret
+    /// whose environment variable is not set.
+    pub fn network_policy(&self) -> Result<Option<sandkit_core::NetworkPolicy>> {
+        let Some(mut policy) = self.sandbox.network.clone() else {
+            return Ok(None);
+        };
+        for name in policy.secret_names() {
+            let Some((_, source)) = self
+                .sandbox
+                .secrets
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            else {
+                continue;
+            };
+            let value = std::env::var(&source.env).map_err(|_| {
+                sandkit_core::Error::new(
+                    sandkit_core::ErrorKind::InvalidInput,
+                    format!(
+                        "[sandbox.secrets] {name}: the environment variable {} is not set",
+                        source.env
+                    ),
+                )
+                .with_operation("configure")
+            })?;
+            policy.secrets.insert(&name, value);
+        }
+        Ok(Some(policy))
+    }
+
     #[cfg(feature = "e2b")]
     fn e2b_runtime(&self) -> Result<Arc<dyn Runtime>> {
         let e = &self.e2b;
@@ -231,8 +265,8 @@ impl Config {
             .template(e.template.clone())
             .request_timeout(std::time::Duration::from_secs(e.request_timeout.max(1)))
             .time_to_live(std::time::Duration::from_secs(self.sandbox.time_to_live));
-        if let Some(policy) = &self.sandbox.network {
-            builder = builder.network_policy(policy.clone());
+        if let Some(policy) = self.network_policy()? {
+            builder = builder.network_policy(policy);
         }
         if let Some(key) = &e.api_key {
             builder = builder.api_key(key.expose());
@@ -316,8 +350,8 @@ impl Config {
             })?;
             builder = builder.egress_trust(pem);
         }
-        if let Some(policy) = &s.network {
-            builder = builder.network_policy(policy.clone());
+        if let Some(policy) = self.network_policy()? {
+            builder = builder.network_policy(policy);
         }
         let mut resources = sandkit_core::Resources::new();
         resources.cpus = d.cpus;

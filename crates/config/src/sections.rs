@@ -196,6 +196,10 @@ pub struct SandboxSection {
     /// `allow_link_local`; see [`sandkit_core::NetworkPolicy`]), for sandboxes whose spec sets
     /// no policy. Unset: no lists, and the host and link-local addresses refused.
     pub network: Option<sandkit_core::NetworkPolicy>,
+    /// `[sandbox.secrets]`: where the values of the secrets `[sandbox.network.rules]` name
+    /// come from (`openai = { env = "OPENAI_API_KEY" }`): read when the runtime is made,
+    /// never written in the file, never put in a sandbox.
+    pub secrets: std::collections::BTreeMap<String, SecretSource>,
     /// Image platform (`linux/amd64`) for template builds.
     pub platform: Option<String>,
     /// Extra `docker build` arguments (accepted; not used).
@@ -262,6 +266,7 @@ impl Default for SandboxSection {
             volumes: None,
             additional_networks: Vec::new(),
             network: None,
+            secrets: Default::default(),
             platform: None,
             runtime_extra_build_args: None,
             remote_runtime_api_url: "http://localhost:8000".into(),
@@ -287,6 +292,15 @@ impl Default for SandboxSection {
             vscode_port: None,
         }
     }
+}
+
+/// Where a secret's value comes from (`[sandbox.secrets]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SecretSource {
+    /// The environment variable that holds it.
+    pub env: String,
 }
 
 /// The `[sandbox]` keys, as `SANDBOX_<KEY>` environment variables are matched against.

@@ -611,3 +611,31 @@ async fn remote_runtime_enable_retries_turns_the_retry_layer_on_and_off() {
         );
     }
 }
+
+#[test]
+fn request_rules_take_secrets_from_the_environment_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sandkit.toml");
+    std::fs::write(
+        &file,
+        "[sandbox.network]\ndeny_out = [\"0.0.0.0/0\"]\nallow_out = [\"api.test\"]\n\n\
+         [[sandbox.network.rules.\"api.test\"]]\nheaders = { Authorization = \"Bearer ${e2b.secrets.tok}\" }\n\n\
+         [sandbox.secrets]\ntok = { env = \"SANDKIT_TEST_RULES_TOKEN\" }\n",
+    )
+    .unwrap();
+    let c = Config::builder().file(&file).load().unwrap();
+    // The variable unset: the runtime is not made, and the error names it.
+    std::env::remove_var("SANDKIT_TEST_RULES_TOKEN");
+    let e = c.network_policy().unwrap_err();
+    assert!(e.message().contains("SANDKIT_TEST_RULES_TOKEN"), "{e}");
+    std::env::set_var("SANDKIT_TEST_RULES_TOKEN", "v1");
+    let p = c.network_policy().unwrap().unwrap();
+    std::env::remove_var("SANDKIT_TEST_RULES_TOKEN");
+    p.validate().unwrap();
+    assert_eq!(
+        p.headers_for("api.test").unwrap(),
+        [("Authorization".to_string(), "Bearer v1".to_string())]
+    );
+    // The value is not in what the configuration shows.
+    assert!(!format!("{c:?}").contains("v1\""));
+}
