@@ -160,16 +160,40 @@ struct Policy {
     /// Let the sandbox reach link-local addresses (169.254.0.0/16).
     #[arg(long)]
     allow_link_local: bool,
+    /// Set a header on the sandbox's HTTP(S) requests to a domain, outside the sandbox:
+    /// `DOMAIN:HEADER=VALUE`; the value may name a secret, `${e2b.secrets.NAME}` (repeatable).
+    #[arg(long = "rule", value_parser = parse_rule)]
+    rules: Vec<(String, String, String)>,
+    /// A secret for the rules: `NAME=VARIABLE`, its value read from that environment variable
+    /// (never from the command line, which other users can see; repeatable).
+    #[arg(long = "secret", value_parser = parse_secret)]
+    secrets: Vec<(String, String)>,
+    /// Send the sandbox's outbound TCP through this SOCKS5 proxy (`host:port`), after the
+    /// policy's filtering.
+    #[arg(long)]
+    egress_proxy: Option<String>,
 }
 
 impl Policy {
     /// The policy, `None` when no flag was given (the configuration's then applies).
     fn get(&self) -> Option<sandkit_core::NetworkPolicy> {
-        let p = sandkit_core::NetworkPolicy::new()
+        let mut p = sandkit_core::NetworkPolicy::new()
             .allow_out(self.allow_out.clone())
             .deny_out(self.deny_out.clone())
             .allow_host(self.allow_host)
             .allow_link_local(self.allow_link_local);
+        for (domain, header, value) in &self.rules {
+            p = p.rule(
+                domain,
+                sandkit_core::RequestRule::new().header(header, value),
+            );
+        }
+        for (name, value) in &self.secrets {
+            p = p.secret(name, value);
+        }
+        if let Some(address) = &self.egress_proxy {
+            p = p.egress_proxy(sandkit_core::EgressProxy::new(address));
+        }
         (p != sandkit_core::NetworkPolicy::new()).then_some(p)
     }
 }
@@ -180,6 +204,24 @@ fn parse_host(s: &str) -> Result<(String, std::net::IpAddr), String> {
         .parse()
         .map_err(|_| format!("expected NAME=IP, got {s:?} ({v:?} is not an IP address)"))?;
     Ok((k, ip))
+}
+
+fn parse_rule(s: &str) -> Result<(String, String, String), String> {
+    let bad = || format!("expected DOMAIN:HEADER=VALUE, got {s:?}");
+    let (domain, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (header, value) = rest.split_once('=').ok_or_else(bad)?;
+    if domain.is_empty() || header.is_empty() {
+        return Err(bad());
+    }
+    Ok((domain.to_string(), header.to_string(), value.to_string()))
+}
+
+fn parse_secret(s: &str) -> Result<(String, String), String> {
+    let (name, var) = parse_pair(s)?;
+    let value = std::env::var(&var).map_err(|_| {
+        format!("secret {name}: the environment variable {var} is not set (NAME=VARIABLE)")
+    })?;
+    Ok((name, value))
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {

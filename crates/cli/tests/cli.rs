@@ -483,3 +483,62 @@ fn network_policy_from_the_command_line_applies_live() {
     assert_eq!(reach(), "blocked\n");
     assert!(sandkit(&["kill", &id]).status.success());
 }
+
+#[test]
+fn request_rules_take_secrets_from_the_environment_not_the_command_line() {
+    needs_docker();
+    let t = tag();
+    let _made = Made(t.clone());
+    let meta = format!("cli-test={t}");
+    let value = format!("sk-{t}");
+    let args = |secret: &'static str| {
+        vec![
+            "create".to_string(),
+            "--meta".into(),
+            meta.clone(),
+            "--deny-out".into(),
+            "0.0.0.0/0".into(),
+            "--allow-out".into(),
+            "api.test".into(),
+            "--rule".into(),
+            "api.test:Authorization=Bearer ${e2b.secrets.tok}".into(),
+            "--secret".into(),
+            secret.into(),
+        ]
+    };
+    let run = |a: &[String], env: &[(&str, &str)]| {
+        sandkit_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+    };
+    // The variable is not set: refused, naming it.
+    let missing = run(&args("tok=SANDKIT_CLI_TEST_TOKEN"), &[]);
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(
+        text(&missing.stderr).contains("SANDKIT_CLI_TEST_TOKEN"),
+        "{}",
+        text(&missing.stderr)
+    );
+    // A rule naming a secret that is not given: refused, naming the secret.
+    let unnamed = run(
+        &args("other=SANDKIT_CLI_TEST_TOKEN"),
+        &[("SANDKIT_CLI_TEST_TOKEN", &value)],
+    );
+    assert_ne!(unnamed.status.code(), Some(0));
+    assert!(
+        text(&unnamed.stderr).contains("\"tok\""),
+        "{}",
+        text(&unnamed.stderr)
+    );
+    let created = run(
+        &args("tok=SANDKIT_CLI_TEST_TOKEN"),
+        &[("SANDKIT_CLI_TEST_TOKEN", &value)],
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let id = text(&created.stdout).trim().to_string();
+    // The sandbox trusts the guard for the rule's domain, and never holds the value.
+    let env = sandkit(&["exec", &id, "--", "sh", "-c", "env; cat /proc/1/environ"]);
+    let env = text(&env.stdout);
+    assert!(env.contains("SSL_CERT_FILE="), "{env}");
+    assert!(!env.contains(&value), "the secret is in the sandbox");
+    let bundle = sandkit(&["exec", &id, "--", "cat", "/etc/sandkit/egress-ca.pem"]);
+    assert!(text(&bundle.stdout).contains("BEGIN CERTIFICATE"));
+}
