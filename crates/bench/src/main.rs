@@ -395,13 +395,48 @@ async def http(r, w):
     if not first.startswith(b'HEAD'):
         w.write(BIG)
     await w.drain(); w.close()
+async def small(r, w):
+    try:
+        while True:
+            first = await r.readline()
+            if not first: break
+            while (await r.readline()) not in (b'\r\n', b''):
+                pass
+            w.write(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+            await w.drain()
+    except Exception:
+        pass
+    w.close()
 async def main():
+    import os, ssl
     a = await asyncio.start_server(echo, '0.0.0.0', 8080)
     b = await asyncio.start_server(http, '0.0.0.0', 80)
+    open('/tmp/cert.pem', 'w').write(os.environ['CERT'])
+    open('/tmp/key.pem', 'w').write(os.environ['KEY'])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain('/tmp/cert.pem', '/tmp/key.pem')
+    c = await asyncio.start_server(small, '0.0.0.0', 443, ssl=ctx)
     print('ready', flush=True)
-    await asyncio.gather(a.serve_forever(), b.serve_forever())
+    await asyncio.gather(a.serve_forever(), b.serve_forever(), c.serve_forever())
 asyncio.run(main())
 "#;
+
+/// A CA of the benchmark's own and a certificate it signed for `server.test`: (CA, cert, key).
+fn bench_pki() -> Res<(String, String, String)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let leaf =
+        rcgen::CertificateParams::new(vec!["server.test".to_string()])?.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), leaf.pem(), key.serialize_pem()))
+}
 
 /// What a sandbox runs for row 7: `n` connections, each opened and used for one line; prints
 /// the milliseconds of each.
@@ -429,8 +464,9 @@ async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<
     if !root {
         return Err("linking the server container into the network needs root".into());
     }
-    eprintln!("7/7 network policy: connection setup and 64 MiB download…");
+    eprintln!("7/7 network policy: connection setup, 64 MiB download, HTTPS through a rule…");
     let name = format!("sandkit-bench-net-{:06x}", rand_u32() & 0xff_ffff);
+    let (ca, cert, key) = bench_pki()?;
     let server = tokio::process::Command::new("docker")
         .args([
             "run",
@@ -442,6 +478,10 @@ async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<
             LABEL,
             "--name",
             &name,
+            "-e",
+            &format!("CERT={cert}"),
+            "-e",
+            &format!("KEY={key}"),
         ])
         .args([IMAGE, "python3", "-c", NET_SERVER])
         .output()
@@ -524,6 +564,60 @@ async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<
             download.push(d);
             let _ = sb.kill().await;
         }
+        // HTTPS through a request rule (the guard answers TLS itself and sets a header from a
+        // secret) against the same requests with no policy, on new and kept-alive connections.
+        let trusting = DockerRuntime::builder().egress_trust(ca).build().await?;
+        let rule = sandkit_core::NetworkPolicy::new()
+            .rule(
+                "server.test",
+                sandkit_core::RequestRule::new()
+                    .header("Authorization", "Bearer ${e2b.secrets.bench}"),
+            )
+            .secret("bench", "benchmark-token");
+        let mut fresh: Vec<Series> = Vec::new();
+        let mut kept: Vec<Series> = Vec::new();
+        for policy in [None, Some(rule)] {
+            let mut spec = spec().add_host("server.test", ip);
+            if let Some(p) = policy {
+                spec = spec.network_policy(p);
+            }
+            let sb = trusting.create(spec).await?;
+            let curl = "curl --noproxy '*' -k -sS -w '%{time_total}\\n'";
+            let times = |text: String| -> Series {
+                let mut s = Series::new();
+                for line in text.lines() {
+                    if let Ok(secs) = line.trim().parse::<f64>() {
+                        s.add(Duration::from_secs_f64(secs));
+                    }
+                }
+                s
+            };
+            // One process and connection each (the first unmeasured).
+            let out = sb
+                .exec_shell(&format!(
+                    "for i in $(seq {}); do {curl} -o /dev/null https://server.test/; done",
+                    conns + 1
+                ))
+                .await?;
+            let mut s = times(out.stdout_text());
+            if s.samples.len() != conns + 1 {
+                return Err(format!("HTTPS requests failed: {out:?}").into());
+            }
+            s.samples.remove(0);
+            fresh.push(s);
+            // One connection for all (its first request, which opens it, unmeasured).
+            let urls: String = (0..=conns)
+                .map(|_| " -o /dev/null https://server.test/")
+                .collect();
+            let out = sb.exec_shell(&format!("{curl}{urls}")).await?;
+            let mut s = times(out.stdout_text());
+            if s.samples.len() != conns + 1 {
+                return Err(format!("kept-alive HTTPS requests failed: {out:?}").into());
+            }
+            s.samples.remove(0);
+            kept.push(s);
+            let _ = sb.kill().await;
+        }
         let row = |name: &str, ours: &Series, peer: &Series| Row {
             name: name.into(),
             ours: ours.clone(),
@@ -535,6 +629,8 @@ async fn network(docker: &DockerRuntime, conns: usize, downloads: usize) -> Res<
             row("connection setup + first reply, domain allow list (proxy)", &setup[2], &setup[0]),
             row("64 MiB HTTP download, address allow list", &download[1], &download[0]),
             row("64 MiB HTTP download, domain allow list (proxy)", &download[2], &download[0]),
+            row("HTTPS request, new connection, request rule (guard's TLS)", &fresh[1], &fresh[0]),
+            row("HTTPS request, kept-alive connection, request rule (guard's TLS)", &kept[1], &kept[0]),
         ])
     }
     .await;
