@@ -7,10 +7,12 @@ already reads, and stops it with SIGINT at the end.
 
 import contextlib
 import os
+import random
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -128,3 +130,39 @@ def processes_matching(sandkit, pattern: str) -> int:
     cmd = ("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null"
            f" | grep -E -c -- '{pattern}' || true")
     return int(sandkit.commands.run(cmd, user="root").stdout.strip() or "0")
+
+
+@contextlib.contextmanager
+def namespace(prefix: str, second_octet: int, server: str, *args: str):
+    """A network namespace of the test's own standing for the internet, joined to the host by
+    a veth pair, with two addresses (10.<second_octet>.<n>.2 and .3) and `server` (Python,
+    run there with `args`; it prints `ready` once it listens). Yields (a, b, namespace).
+    Needs root."""
+    if os.geteuid() != 0:
+        if os.environ.get("SANDKIT_REQUIRE_DOCKER") == "1":
+            pytest.fail("the network tests make a network namespace: run them as root")
+        pytest.skip("making a network namespace needs root")
+    n = random.randint(10, 250)
+    tag = "%06x" % random.getrandbits(24)
+    ns, host_if, peer = f"{prefix}-{tag}", f"{prefix}{tag}h", f"{prefix}{tag}n"
+    net = f"10.{second_octet}.{n}"
+    a, b = f"{net}.2", f"{net}.3"
+    subprocess.run(
+        ["sh", "-c",
+         f"ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && "
+         f"ip link set {peer} netns {ns} && ip addr add {net}.1/24 dev {host_if} && "
+         f"ip link set {host_if} up && ip netns exec {ns} sh -c 'ip link set lo up && "
+         f"ip addr add {a}/24 dev {peer} && ip addr add {b}/24 dev {peer} && "
+         f"ip link set {peer} up && ip route add default via {net}.1'"],
+        check=True,
+    )
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", server, *args],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        yield a, b, ns
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ip", "netns", "del", ns])
+        subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL)

@@ -6,15 +6,13 @@ answering on port 8080 with where it was reached. Sandboxes reach it as they rea
 internet, routed and masqueraded by the host.
 """
 
-import os
-import random
-import subprocess
-import sys
 import time
 
 import pytest
 from e2b import ALL_TRAFFIC, Sandbox
 from e2b.exceptions import SandboxException
+
+from conftest import namespace
 
 SERVER = r"""
 import asyncio
@@ -48,33 +46,8 @@ except Exception as e:
 
 @pytest.fixture(scope="module")
 def internet():
-    if os.geteuid() != 0:
-        if os.environ.get("SANDKIT_REQUIRE_DOCKER") == "1":
-            pytest.fail("the network tests make a network namespace: run them as root")
-        pytest.skip("making a network namespace needs root")
-    n = random.randint(10, 250)
-    tag = "%06x" % random.getrandbits(24)
-    ns, host_if, peer = f"sbxp-{tag}", f"sbxp{tag}h", f"sbxp{tag}n"
-    a, b = f"10.204.{n}.2", f"10.204.{n}.3"
-    subprocess.run(
-        ["sh", "-c",
-         f"ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && "
-         f"ip link set {peer} netns {ns} && ip addr add 10.204.{n}.1/24 dev {host_if} && "
-         f"ip link set {host_if} up && ip netns exec {ns} sh -c 'ip link set lo up && "
-         f"ip addr add {a}/24 dev {peer} && ip addr add {b}/24 dev {peer} && "
-         f"ip link set {peer} up && ip route add default via 10.204.{n}.1'"],
-        check=True,
-    )
-    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline() == "ready\n"
+    with namespace("sbxp", 204, SERVER) as (a, b, _):
         yield a, b
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "netns", "del", ns])
-        subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL)
 
 
 def probe(sandkit, ip):
@@ -139,7 +112,7 @@ def test_no_internet_access_keeps_the_allow_list(server, internet):
 @pytest.mark.parametrize("network, says", [
     ({"deny_out": ["example.com"]}, "deny_out"),
     ({"allow_out": ["example.com"]}, "ALL_TRAFFIC"),
-    ({"egress_proxy": {"address": "proxy.example.com:1080"}}, "egressProxy"),
+    ({"egress_proxy": {"address": "proxy.example.com:1080", "password": "x"}}, "user name"),
     ({"mask_request_host": "a b"}, "mask request host"),
     ({"https_ports": [3000]}, "httpsPorts"),
 ])

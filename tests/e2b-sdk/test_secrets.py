@@ -12,12 +12,13 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from e2b import ALL_TRAFFIC, Sandbox, Secret
 from e2b.exceptions import SecretException, SecretNotFoundException
 
-from conftest import LocalServer
+from conftest import LocalServer, namespace
 
 SERVER = r"""
 import hashlib, ssl, sys, threading
@@ -65,35 +66,8 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def internet(pki):
-    if os.geteuid() != 0:
-        if os.environ.get("SANDKIT_REQUIRE_DOCKER") == "1":
-            pytest.fail("the rules tests make a network namespace: run them as root")
-        pytest.skip("making a network namespace needs root")
-    n = random.randint(10, 250)
-    tag = "%06x" % random.getrandbits(24)
-    ns, host_if, peer = f"sbxs-{tag}", f"sbxs{tag}h", f"sbxs{tag}n"
-    a, b = f"10.205.{n}.2", f"10.205.{n}.3"
-    subprocess.run(
-        ["sh", "-c",
-         f"ip netns add {ns} && ip link add {host_if} type veth peer name {peer} && "
-         f"ip link set {peer} netns {ns} && ip addr add 10.205.{n}.1/24 dev {host_if} && "
-         f"ip link set {host_if} up && ip netns exec {ns} sh -c 'ip link set lo up && "
-         f"ip addr add {a}/24 dev {peer} && ip addr add {b}/24 dev {peer} && "
-         f"ip link set {peer} up && ip route add default via 10.205.{n}.1'"],
-        check=True,
-    )
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER,
-         str(pki / "server.pem"), str(pki / "server.key")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline() == "ready\n"
-        yield a, b, ns
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "netns", "del", ns])
-        subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL)
+    with namespace("sbxs", 205, SERVER, str(pki / "server.pem"), str(pki / "server.key")) as net:
+        yield net
 
 
 @pytest.fixture(scope="module")
@@ -236,58 +210,16 @@ def test_rules_that_cannot_be_held_are_refused(rules_server):
     assert "identity" in str(e.value), e.value
 
 
-SOCKS = r"""
-import asyncio, socket, sys
-log = open(sys.argv[1], 'a', buffering=1)
-names = {'api.test': sys.argv[2], 'other.test': sys.argv[3]}
-async def pipe(r, w):
-    try:
-        while True:
-            d = await r.read(65536)
-            if not d: break
-            w.write(d)
-            await w.drain()
-    except Exception: pass
-    finally:
-        try: w.close()
-        except Exception: pass
-async def handle(r, w):
-    try:
-        g = await r.readexactly(2)
-        methods = await r.readexactly(g[1])
-        if 2 not in methods: return w.close()
-        w.write(b'\x05\x02'); await w.drain()
-        v = await r.readexactly(2)
-        user = await r.readexactly(v[1])
-        pw = await r.readexactly((await r.readexactly(1))[0])
-        ok = (user, pw) == (b'me', b'pw')
-        w.write(b'\x01' + (b'\x00' if ok else b'\x01')); await w.drain()
-        if not ok: return w.close()
-        h = await r.readexactly(4)
-        if h[3] == 1: host = socket.inet_ntoa(await r.readexactly(4))
-        elif h[3] == 3: host = (await r.readexactly((await r.readexactly(1))[0])).decode()
-        else: return w.close()
-        port = int.from_bytes(await r.readexactly(2), 'big')
-        log.write('%s:%d\n' % (host, port))
-        ur, uw = await asyncio.open_connection(names.get(host, host), port)
-        w.write(b'\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00'); await w.drain()
-        await asyncio.gather(pipe(r, uw), pipe(ur, w))
-    except Exception:
-        w.close()
-async def main():
-    s = await asyncio.start_server(handle, '0.0.0.0', 1080)
-    print('ready', flush=True)
-    await s.serve_forever()
-asyncio.run(main())
-"""
+SOCKS = (Path(__file__).resolve().parents[1] / "fixtures" / "socks5.py").read_text()
 
 
 def test_an_egress_proxy_carries_the_sandboxs_traffic(rules_server, internet, tmp_path):
     a, b, ns = internet
     log = tmp_path / "socks.log"
     log.write_text("")
-    socks = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SOCKS,
-                              str(log), a, b], stdout=subprocess.PIPE, text=True)
+    socks = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SOCKS, str(log),
+                              f"api.test={a}", f"other.test={b}", "--auth", "me:pw"],
+                             stdout=subprocess.PIPE, text=True)
     try:
         assert socks.stdout.readline() == "ready\n"
         value = "sk-%032x" % random.getrandbits(128)

@@ -226,7 +226,7 @@ impl Config {
     /// `[sandbox.secrets]` says.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`](sandkit_core::ErrorKind::InvalidInput) naming a secret
+    /// [`ErrorKind::InvalidInput`] naming a secret
     /// whose environment variable is not set.
     pub fn network_policy(&self) -> Result<Option<sandkit_core::NetworkPolicy>> {
         let Some(mut policy) = self.sandbox.network.clone() else {

@@ -725,11 +725,14 @@ async fn unenforced_network_options_are_refused() {
     let lists = [
         json!({"templateID": "base", "network": {"denyOut": ["0.0.0.0/0"]}}),
         json!({"templateID": "base", "network": {"allowOut": ["example.com"], "denyOut": ["0.0.0.0/0"]}}),
+        json!({"templateID": "base", "network": {"egressProxy": {"address": "p:1080"}}}),
+        json!({"templateID": "base", "network": {"rules": {"a.test": [{"transform": {"headers": {"A": "1"}}}]}}}),
     ];
     let never = [
         json!({"templateID": "base", "network": {"maskRequestHost": "not a host"}}),
         json!({"templateID": "base", "network": {"httpsPorts": [3000]}}),
-        json!({"templateID": "base", "network": {"egressProxy": {"address": "p:1080"}}}),
+        json!({"templateID": "base", "network": {"egressProxy": {"address": "no-port"}}}),
+        json!({"templateID": "base", "network": {"rules": {"*": []}}}),
         json!({"templateID": "base", "network": {"denyOut": ["example.com"]}}),
         json!({"templateID": "base", "network": {"allowOut": ["example.com"]}}),
         json!({"templateID": "base", "autoResume": {"enabled": true}}),

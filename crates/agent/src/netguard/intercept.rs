@@ -540,37 +540,37 @@ where
             Ok::<_, std::convert::Infallible>(answer)
         }
     });
+    // The two protocols' connections are different types with the same methods.
+    macro_rules! until_done {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = &mut closed.ended => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
     let timer = hyper_util::rt::TokioTimer::new();
     let result = if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(timer)
-            .max_concurrent_streams(H2_STREAMS)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONN_WINDOW)
-            .max_header_list_size(MAX_HEADERS as u32)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = &mut closed.ended => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_done!(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(timer)
+                .max_concurrent_streams(H2_STREAMS)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .max_header_list_size(MAX_HEADERS as u32)
+                .serve_connection(io, service)
+        )
     } else {
-        let conn = hyper::server::conn::http1::Builder::new()
+        until_done!(hyper::server::conn::http1::Builder::new()
             .timer(timer)
             .header_read_timeout(HANDSHAKE_FOR)
             .max_buf_size(MAX_HEADERS.max(8 << 10) * 2)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = &mut closed.ended => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+            .serve_connection(io, service))
     };
     result.map_err(|e| e.to_string())
 }
