@@ -33,6 +33,7 @@ mod metrics;
 mod network;
 mod ports;
 mod resolve;
+mod secret_store;
 mod secrets;
 mod snapshots;
 mod state;

@@ -212,8 +212,8 @@ pub(crate) struct State {
     ports_domain: std::sync::OnceLock<String>,
     /// What `/metrics` reports.
     pub(crate) metrics: crate::metrics::Metrics,
-    /// Every key's secrets (see [`crate::secrets`]).
-    pub(crate) secrets: crate::secrets::Store,
+    /// Every key's secrets (see [`crate::secret_store`]).
+    pub(crate) secrets: crate::secret_store::Store,
 }
 
 /// A sandbox this server holds a handle to, and the owner it was made for.
@@ -273,7 +273,7 @@ impl State {
             ),
         };
         info!(keys = keys.len(), data_dir = %data_dir.display(), "e2b-local keys loaded");
-        let secrets = crate::secrets::Store::new(crate::secrets::dir_in(&data_dir));
+        let secrets = crate::secret_store::Store::new(crate::secret_store::dir_in(&data_dir));
         Ok(State {
             runtime,
             secret,

@@ -135,7 +135,7 @@ impl NetworkPolicy {
     /// [`ErrorKind::InvalidInput`] when a value names a secret the policy does not hold.
     pub fn headers_for(&self, name: &str) -> Result<Vec<(String, String)>> {
         let mut out: Vec<(String, String)> = Vec::new();
-        for rule in crate::request_rules::rules_for(&self.rules, name).unwrap_or_default() {
+        for rule in rules_for(&self.rules, name).unwrap_or_default() {
             for (header, value) in &rule.headers {
                 let value = crate::request_rules::expand_secrets(value, &self.secrets)?;
                 out.retain(|(h, _)| !h.eq_ignore_ascii_case(header));
@@ -146,7 +146,7 @@ impl NetworkPolicy {
     }
     /// Whether some rule applies to requests to `name`.
     pub fn has_rules_for(&self, name: &str) -> bool {
-        crate::request_rules::rules_for(&self.rules, name).is_some()
+        rules_for(&self.rules, name).is_some()
     }
     /// The names of the secrets the rules refer to.
     pub fn secret_names(&self) -> Vec<String> {
@@ -441,6 +441,23 @@ pub fn domain_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// The rules of the key in `rules` that decides for `name`: the exact name first, then the
+/// longest wildcard (`*.example.com`) that matches it. Rule sets are not merged.
+pub(crate) fn rules_for<'a>(
+    rules: &'a BTreeMap<String, Vec<RequestRule>>,
+    name: &str,
+) -> Option<&'a [RequestRule]> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some((_, r)) = rules.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
+        return Some(r);
+    }
+    rules
+        .iter()
+        .filter(|(k, _)| k.starts_with("*.") && domain_matches(&k.to_ascii_lowercase(), &name))
+        .max_by_key(|(k, _)| k.len())
+        .map(|(_, r)| r.as_slice())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +530,22 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidInput);
             assert!(e.message().contains(bad), "{e}");
         }
+    }
+    #[test]
+    fn exact_names_win_then_the_longest_wildcard() {
+        let one = |h: &str| vec![RequestRule::new().header("X-Which", h)];
+        let rules: BTreeMap<String, Vec<RequestRule>> = [
+            ("api.example.com".to_string(), one("exact")),
+            ("*.example.com".to_string(), one("short")),
+            ("*.eu.example.com".to_string(), one("long")),
+        ]
+        .into_iter()
+        .collect();
+        let which = |n: &str| rules_for(&rules, n).map(|r| r[0].headers["X-Which"].clone());
+        assert_eq!(which("API.example.com.").as_deref(), Some("exact"));
+        assert_eq!(which("a.example.com").as_deref(), Some("short"));
+        assert_eq!(which("a.b.eu.example.com").as_deref(), Some("long"));
+        assert_eq!(which("example.com"), None, "a wildcard is not its apex");
+        assert_eq!(which("example.org"), None);
     }
 }

@@ -360,25 +360,6 @@ pub(crate) fn validate_rule(domain: &str, rule: &RequestRule, secrets: &Secrets)
     Ok(())
 }
 
-/// The rules of the key in `rules` that decides for `name`: the exact name first, then the
-/// longest wildcard (`*.example.com`) that matches it. Rule sets are not merged.
-pub(crate) fn rules_for<'a>(
-    rules: &'a BTreeMap<String, Vec<RequestRule>>,
-    name: &str,
-) -> Option<&'a [RequestRule]> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if let Some((_, r)) = rules.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
-        return Some(r);
-    }
-    rules
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("*.") && crate::domain_matches(&k.to_ascii_lowercase(), &name)
-        })
-        .max_by_key(|(k, _)| k.len())
-        .map(|(_, r)| r.as_slice())
-}
-
 fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidInput, message.into()).with_operation("network policy")
 }
@@ -407,23 +388,5 @@ mod tests {
         let e = expand_secrets("${e2b.secrets.token}", &s).unwrap_err();
         assert!(e.message().contains("not set"), "{e}");
         assert_eq!(s.iter().count(), 1);
-    }
-
-    #[test]
-    fn exact_names_win_then_the_longest_wildcard() {
-        let one = |h: &str| vec![RequestRule::new().header("X-Which", h)];
-        let rules: BTreeMap<String, Vec<RequestRule>> = [
-            ("api.example.com".to_string(), one("exact")),
-            ("*.example.com".to_string(), one("short")),
-            ("*.eu.example.com".to_string(), one("long")),
-        ]
-        .into_iter()
-        .collect();
-        let which = |n: &str| rules_for(&rules, n).map(|r| r[0].headers["X-Which"].clone());
-        assert_eq!(which("API.example.com.").as_deref(), Some("exact"));
-        assert_eq!(which("a.example.com").as_deref(), Some("short"));
-        assert_eq!(which("a.b.eu.example.com").as_deref(), Some("long"));
-        assert_eq!(which("example.com"), None, "a wildcard is not its apex");
-        assert_eq!(which("example.org"), None);
     }
 }

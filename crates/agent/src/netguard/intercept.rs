@@ -12,7 +12,6 @@
 //! here (the proxy joins them as they are).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -29,21 +28,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::Guard;
+use super::tls::{provider, system_roots};
 
-/// The system's roots in the guard's image (Debian's bundle).
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// The system's roots (none when the bundle is missing).
-pub(crate) fn system_roots() -> Vec<CertificateDer<'static>> {
-    std::fs::read(SYSTEM_ROOTS)
-        .map(|b| CertificateDer::pem_slice_iter(&b).flatten().collect())
-        .unwrap_or_default()
-}
 /// Leaf certificates kept at once; the cache starts over when full.
 const LEAVES: usize = 1024;
 
 type Body = Either<Incoming, Full<Bytes>>;
+
+/// The policy the sandbox is held to at this moment (`None`: it is held no more).
+pub(crate) type PolicyNow = Arc<dyn Fn() -> Option<sandkit_core::NetworkPolicy> + Send + Sync>;
 
 /// The guard's certificate authority, and the TLS settings made from it.
 pub(crate) struct Authority {
@@ -100,10 +93,6 @@ impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority").finish_non_exhaustive()
     }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 impl Authority {
@@ -368,8 +357,8 @@ const MAX_HEADERS: usize = 64 << 10;
 /// head) the proxy already read, joined to the real server over `outbound`. Plain HTTP only
 /// on port 80: a rule's headers never go out unencrypted to an HTTPS port.
 pub(crate) async fn serve(
-    guard: Arc<Guard>,
-    from: Ipv4Addr,
+    auth: Arc<Authority>,
+    policy_now: PolicyNow,
     name: String,
     port: u16,
     inbound: Rewind,
@@ -394,14 +383,12 @@ pub(crate) async fn serve(
             false,
             up,
             closed,
-            guard,
-            from,
+            policy_now,
             site,
             "http",
         )
         .await;
     }
-    let auth = &guard.authority;
     let inbound = tokio::time::timeout(
         HANDSHAKE_FOR,
         tokio_rustls::TlsAcceptor::from(auth.server(&site.name)?).accept(inbound),
@@ -451,8 +438,7 @@ pub(crate) async fn serve(
         h2_in,
         up,
         closed,
-        guard,
-        from,
+        policy_now,
         site,
         "https",
     )
@@ -512,14 +498,12 @@ struct Driven {
 /// Serves the sandbox's requests over `io` (HTTP/2 when `h2`), each sent on through `up`.
 /// When the server's connection ends (an idle keep-alive closed, a GOAWAY), the sandbox's is
 /// shut down gracefully too, so that its client opens a new one rather than getting errors.
-#[allow(clippy::too_many_arguments)]
 async fn answer<IO>(
     io: TokioIo<IO>,
     h2: bool,
     up: Upstream,
     mut closed: Driven,
-    guard: Arc<Guard>,
-    from: Ipv4Addr,
+    policy_now: PolicyNow,
     site: Site,
     scheme: &'static str,
 ) -> Result<(), String>
@@ -528,9 +512,9 @@ where
 {
     let up_h2 = matches!(up, Upstream::H2(_));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (up, guard, site) = (up.clone(), guard.clone(), site.clone());
+        let (up, policy_now, site) = (up.clone(), policy_now.clone(), site.clone());
         async move {
-            let answer = match prepare(req, &guard, from, &site, scheme, up_h2) {
+            let answer = match prepare(req, &policy_now, &site, scheme, up_h2) {
                 Err((status, why)) => refuse(status, &why),
                 Ok(req) => match up.send(req).await {
                     Ok(resp) => resp.map(Either::Left),
@@ -617,8 +601,7 @@ fn named_host(req: &Request<Incoming>) -> Option<String> {
 /// whose rules cannot be applied, is answered here instead.
 fn prepare(
     mut req: Request<Incoming>,
-    guard: &Guard,
-    from: Ipv4Addr,
+    policy_now: &PolicyNow,
     site: &Site,
     scheme: &str,
     up_h2: bool,
@@ -636,11 +619,10 @@ fn prepare(
             ))
         }
     }
-    let Some(entry) = guard.by_ip(from) else {
+    let Some(policy) = policy_now() else {
         return Err(refusal(StatusCode::FORBIDDEN, "no policy for this sandbox"));
     };
-    let headers = entry
-        .policy
+    let headers = policy
         .headers_for(name)
         .map_err(|e| refusal(StatusCode::BAD_GATEWAY, e.message()))?;
     for (h, v) in headers {

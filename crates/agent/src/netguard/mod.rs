@@ -32,6 +32,7 @@ mod names;
 mod proxy;
 mod rules;
 mod socks;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -124,7 +125,7 @@ pub(crate) struct Guard {
     /// Connections the proxy holds, to judge again when a policy changes.
     pub(crate) live: proxy::Live,
     /// Signs the certificates of domains with request rules ([`intercept`]).
-    pub(crate) authority: intercept::Authority,
+    pub(crate) authority: Arc<intercept::Authority>,
     /// The address ranges of the engine's networks: the proxy never joins a connection to
     /// one (that would reach other containers around their isolation).
     pub(crate) engine_subnets: Mutex<Vec<sandkit_core::Cidr>>,
@@ -237,7 +238,7 @@ async fn serve(o: &Options) -> Result<(), String> {
         proxy_port,
         dns_port,
         live: proxy::Live::default(),
-        authority,
+        authority: Arc::new(authority),
         engine_subnets: Mutex::new(Vec::new()),
         busy: Mutex::new(Instant::now()),
         writing: Mutex::new(()),

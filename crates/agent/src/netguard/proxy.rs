@@ -285,8 +285,11 @@ async fn handle(
     // Register before joining, so a policy change from now on closes it.
     let joined = match (intercept, lookup) {
         (true, Some(n)) => tokio::spawn(intercept::serve(
-            guard.clone(),
-            from,
+            guard.authority.clone(),
+            {
+                let g = guard.clone();
+                Arc::new(move || g.by_ip(from).map(|e| e.policy))
+            },
             n,
             dst.port(),
             intercept::Rewind::new(buf, inbound),
@@ -514,7 +517,7 @@ mod tests {
             proxy_port: 0,
             dns_port: 0,
             live: Live::default(),
-            authority: intercept::Authority::ephemeral(),
+            authority: Arc::new(intercept::Authority::ephemeral()),
             engine_subnets: Mutex::new(vec![sandkit_core::Cidr::parse("172.20.0.0/16").unwrap()]),
             busy: Mutex::new(std::time::Instant::now()),
             writing: Mutex::new(()),

@@ -50,18 +50,16 @@ pub(crate) async fn connect(proxy: &EgressProxy, dest: &Dest) -> Result<Stream, 
                     }
                 }
                 None => {
-                    for c in super::intercept::system_roots() {
+                    for c in super::tls::system_roots() {
                         let _ = roots.add(c);
                     }
                 }
             }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            let config = rustls::ClientConfig::builder_with_provider(super::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
             let name = tls.server_name.clone().unwrap_or_else(|| host.to_string());
             let name = ServerName::try_from(name)
                 .map_err(|e| format!("the egress proxy's server name: {e}"))?;
