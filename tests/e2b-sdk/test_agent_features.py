@@ -30,6 +30,25 @@ def test_watch_dir_polled(sandbox):
     assert not any(".sandkit-write" in n for n, _ in seen), "temporary files of writes are never shown"
 
 
+def test_a_new_file_is_reported_as_e2b_reports_it(sandbox):
+    """E2B's envd writes a new file in place: create, chmod, write, in that order (the SDK's
+    own test_watch_iterated counts the three). sandkit writes it whole, staged beside it, and
+    reports the same; the staged name is never shown."""
+    sandbox.files.make_dir("/home/user/iterated")
+    handle = sandbox.files.watch_dir("/home/user/iterated")
+    sandbox.files.write("/home/user/iterated/new.txt", "x")
+    seen = []
+    deadline = time.time() + 10
+    while time.time() < deadline and len(seen) < 3:
+        seen += [(e.name, e.type) for e in handle.get_new_events()]
+        time.sleep(0.1)
+    time.sleep(0.3)
+    seen += [(e.name, e.type) for e in handle.get_new_events()]
+    handle.stop()
+    t = FilesystemEventType
+    assert seen == [("new.txt", t.CREATE), ("new.txt", t.CHMOD), ("new.txt", t.WRITE)], seen
+
+
 def test_watch_dir_stream(server):
     async def run():
         sandkit = await AsyncSandbox.create()

@@ -848,8 +848,9 @@ async fn watch_refuses_missing_and_file_paths(c: Ctx) -> CaseResult {
     Ok(())
 }
 
-/// A write through the sandbox's file API shows as the file being made and written, never as
-/// a temporary file of the backend.
+/// A write through the sandbox's file API shows as the file being made, its mode set and
+/// written (as E2B's envd reports a new file it writes), never as a temporary file of the
+/// backend.
 async fn watch_sees_api_writes_as_the_file(c: Ctx) -> CaseResult {
     use sandkit_core::FsEventKind::*;
     let sb = c.shared().await?;
@@ -859,11 +860,12 @@ async fn watch_sees_api_writes_as_the_file(c: Ctx) -> CaseResult {
     sb.files()
         .write_str(&format!("{dir}/doc.txt"), "v1")
         .await?;
-    let got = events_until(&mut events, 2).await;
+    let got = events_until(&mut events, 3).await;
     assert_eq!(
         got,
         [
             ("doc.txt".to_string(), Create),
+            ("doc.txt".to_string(), Chmod),
             ("doc.txt".to_string(), Write)
         ]
     );

@@ -37,7 +37,7 @@ struct Watcher {
 }
 
 /// Whether `name` is a temporary file of [`LocalFiles`](crate::LocalFiles)' atomic writes,
-/// which watchers never see: the write shows as `Create` and `Write` of the file itself.
+/// which watchers never see: the write shows as `Create`, `Chmod` and `Write` of the file itself.
 fn is_temp(name: &str) -> bool {
     name.rsplit('/')
         .next()
@@ -145,6 +145,10 @@ impl Watcher {
                         m & libc::IN_MOVED_TO != 0 && self.temp_moves.remove(&ev.cookie);
                     out.push(FsEvent::new(rel.clone(), FsEventKind::Create));
                     if from_temp {
+                        // A file written whole (staged beside it, then renamed in): reported
+                        // as E2B's envd reports the file it writes in place, create, mode,
+                        // content; the staged name is never shown.
+                        out.push(FsEvent::new(rel.clone(), FsEventKind::Chmod));
                         out.push(FsEvent::new(rel, FsEventKind::Write));
                         continue;
                     }
