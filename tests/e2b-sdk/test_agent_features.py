@@ -167,3 +167,14 @@ def test_auto_resume_on_traffic(server):
         assert Sandbox.get_info(sandkit.sandbox_id).state == SandboxState.RUNNING
     finally:
         Sandbox.kill(sandkit.sandbox_id)
+
+
+def test_user_may_sudo_as_on_e2b_and_root_stays_contained(sandbox):
+    """As E2B's base template: `user` runs sudo without a password (E2B's own SDK tests do).
+    The rest of the hardening holds for the root it gets: no raw sockets."""
+    assert sandbox.commands.run("sudo -n id -u", user="user").stdout.strip() == "0"
+    raw = sandbox.commands.run(
+        "sudo -n python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)' "
+        "2>&1; echo exit=$?", user="user")
+    assert "PermissionError" in raw.stdout or "Operation not permitted" in raw.stdout, raw.stdout
+    assert "exit=0" not in raw.stdout, raw.stdout

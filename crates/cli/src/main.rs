@@ -403,7 +403,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Cmd::ServeE2b(args) => {
             args.config().map_err(|e| fail(e, None))?;
-            let runtime = config.runtime().await?;
+            let runtime = sandkit_e2b_local::serving_config(config.clone())
+                .runtime()
+                .await?;
             eprintln!(
                 "serving E2B: E2B_API_URL=http://{} E2B_SANDBOX_URL=http://{}",
                 args.api_addr, args.envd_addr

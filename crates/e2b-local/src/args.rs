@@ -195,6 +195,20 @@ fn default_data_dir() -> Option<std::path::PathBuf> {
     Some(base.join("e2b-local"))
 }
 
+/// `config` as e2b-local serves it: where `[docker] no_new_privileges` is left at its
+/// default, sandboxes let `user` run `sudo`, as E2B's base template does (E2B's own SDK tests
+/// run it); every other hardening stays (capabilities, no raw sockets, the network guard).
+/// Set `no_new_privileges = true` to refuse it. Both binaries that serve E2B call this.
+pub fn serving_config(mut config: sandkit_config::Config) -> sandkit_config::Config {
+    if config.source_of("docker.no_new_privileges") == "default" {
+        config.docker.no_new_privileges = false;
+        tracing::info!(
+            "sandboxes let `user` sudo, as on E2B ([docker] no_new_privileges = true refuses it)"
+        );
+    }
+    config
+}
+
 /// Sets up a server binary's logs: stderr at the level `RUST_LOG` (or `SANDKIT_LOG`) asks for,
 /// else `default_level`; and with `audit_log`, the audit lines (target `e2b_local::audit`)
 /// appended to that file whatever the stderr level.

@@ -48,7 +48,7 @@ use sandkit_core::Runtime;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use args::{init_logging, ServeArgs};
+pub use args::{init_logging, serving_config, ServeArgs};
 pub use keys::Revoked;
 pub use state::{Limits, ServerConfig};
 

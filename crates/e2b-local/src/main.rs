@@ -51,6 +51,7 @@ async fn run(args: Args) -> Result<(), String> {
             "e2b-local serves a local backend; set runtime = \"docker\" (RUNTIME=docker)".into(),
         );
     }
+    let config = sandkit_e2b_local::serving_config(config);
     let runtime = config.runtime().await.map_err(|e| e.to_string())?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
