@@ -76,3 +76,14 @@ def test_killed_mid_command_is_a_timeout_not_an_exit_code(server):
         handle.wait()
     # The words E2B's SDK uses once it found the sandbox gone, not a body read error.
     assert "killed or reached its" in str(raised.value), str(raised.value)
+
+
+def test_the_mcp_gateway_is_refused_in_e2bs_words(server):
+    """Asked for MCP servers, the SDK makes its sandbox from the `mcp-gateway` template;
+    without it (here: no MCP gateway, it pulls servers from the internet) E2B's API answers
+    404 `template 'mcp-gateway' not found`, and so does e2b-local."""
+    before = len(Sandbox.list().next_items())
+    with pytest.raises(SandboxException) as e:
+        Sandbox.create(mcp={"exa": {"apiKey": "not-a-key"}})
+    assert str(e.value).startswith("404: template 'mcp-gateway' not found"), str(e.value)
+    assert len(Sandbox.list().next_items()) == before, "no sandbox is left behind"

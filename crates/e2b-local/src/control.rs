@@ -172,6 +172,17 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
+    if req.template_id == MCP_TEMPLATE && req.mcp.as_ref().is_some_and(|m| !m.is_null()) {
+        // What E2B's API answers when its MCP gateway template is not there (the SDK asks
+        // for it whenever `mcp` is given without a template), so callers' handling works.
+        return api_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "template '{MCP_TEMPLATE}' not found (e2b-local has no MCP gateway: it pulls MCP \
+                 servers from the internet)"
+            ),
+        );
+    }
     if let Some(why) = unsupported_options(&req) {
         return api_error(StatusCode::BAD_REQUEST, why);
     }
@@ -333,6 +344,9 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
         .insert(crate::caller::Made(info.id.clone()));
     response
 }
+
+/// The template E2B's SDK starts an MCP gateway from (`mcp` without a template).
+const MCP_TEMPLATE: &str = "mcp-gateway";
 
 /// What a create asks for that this server cannot honour: refused with a reason, never
 /// silently dropped (a dropped network policy would leave a sandbox more open than asked).

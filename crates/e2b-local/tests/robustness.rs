@@ -441,6 +441,20 @@ async fn hostile_requests_get_clear_answers() {
         .as_str()
         .unwrap()
         .contains("mcp"));
+    // The MCP gateway's own template, as the SDK asks for it: E2B's answer when a deployment
+    // does not have it.
+    let r = http
+        .post(a("/v2/sandboxes"))
+        .header("x-api-key", key)
+        .body("{\"templateID\":\"mcp-gateway\",\"mcp\":{\"servers\":{}}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(json(&r.text().await.unwrap())["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("template 'mcp-gateway' not found"));
     // Ids that are not ids.
     for id in ["..%2F..%2Fetc", "UPPER", "a%00b", "x;rm -rf /"] {
         let r = http
