@@ -42,6 +42,9 @@ pub(crate) fn routes(routes: Router<Shared>) -> Router<Shared> {
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/metrics", get(crate::history::batch))
+        .route("/sandboxes/{id}/logs", get(crate::logs::v1))
+        .route("/v2/sandboxes/{id}/logs", get(crate::logs::v2))
 }
 
 fn visible(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -338,6 +341,13 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     drop(applying);
     state.remember_made(&info.id).await;
     state.insert(sandbox).await;
+    let mut fields = vec![("templateID", req.template_id.clone())];
+    if let Some(end) = info.expires_at {
+        fields.push(("end_time", sandkit_e2b_protocol::json::rfc3339(end)));
+    }
+    state
+        .logs
+        .event_with(state.owner(), &info.id, "info", "Sandbox created", fields);
     let mut response = (StatusCode::CREATED, Json(created(&state, &info))).into_response();
     response
         .extensions_mut()
@@ -414,6 +424,11 @@ async fn connect(state: Caller, id: String, body: Bytes) -> Response {
     };
     state.forget(&id).await;
     state.insert(sandbox).await;
+    if was_paused {
+        state
+            .logs
+            .event(state.owner(), &id, "info", "Sandbox resumed");
+    }
     let status = if was_paused {
         StatusCode::CREATED
     } else {
@@ -473,6 +488,10 @@ async fn kill(state: Caller, Path(id): Path<String>) -> Response {
     match state.runtime.kill(&id).await {
         Ok(()) => {
             info!(sandbox_id = %id, "sandbox killed");
+            let reason = vec![("kill_reason", "request".to_string())];
+            state
+                .logs
+                .event_with(state.owner(), &id, "info", "Killing sandbox", reason);
             state.secrets.forget_policy(&id);
             StatusCode::NO_CONTENT.into_response()
         }
@@ -504,7 +523,14 @@ async fn keep_for(state: &Caller, id: &str, timeout: Duration) -> Response {
         Err(e) => return from_error(&e, id),
     };
     match served.sandbox().set_timeout(timeout).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            let end = SystemTime::now() + timeout;
+            let fields = vec![("end_time", sandkit_e2b_protocol::json::rfc3339(end))];
+            state
+                .logs
+                .event_with(state.owner(), id, "info", "Sandbox timeout set", fields);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => from_error(&e, id),
     }
 }
@@ -557,6 +583,9 @@ async fn pause(state: Caller, Path(id): Path<String>) -> Response {
     };
     match served.sandbox().pause().await {
         Ok(()) => {
+            state
+                .logs
+                .event(state.owner(), &id, "info", "Pausing sandbox");
             // envd is gone until the sandbox is resumed: the next envd call must look again.
             state.mark_stale(&id).await;
             StatusCode::NO_CONTENT.into_response()
@@ -576,15 +605,10 @@ struct MetricsRange {
     end: Option<i64>,
 }
 
-impl MetricsRange {
-    fn holds(&self, unix: i64) -> bool {
-        self.start.is_none_or(|s| unix >= s) && self.end.is_none_or(|e| unix <= e)
-    }
-}
-
-/// `GET /sandboxes/{id}/metrics`: what the sandbox uses now, one sample (no history is kept),
-/// and only when now is inside the asked range (a range in the past has no samples); none for
-/// a paused sandbox or a backend that cannot measure (Docker's exec path).
+/// `GET /sandboxes/{id}/metrics`: the samples taken inside the asked range (every 5 s while
+/// this server holds the sandbox, kept an hour; see [`crate::history`]), and one taken now
+/// when now is inside it and the sandbox runs. None where the backend cannot measure
+/// (Docker's exec path).
 async fn metrics(
     state: Caller,
     Path(id): Path<String>,
@@ -598,39 +622,17 @@ async fn metrics(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
+    let mut samples = state
+        .history
+        .range(state.owner(), &id, range.start, range.end);
     // The sample is taken a moment from now: a range ending just before it still holds now.
-    if info.state != SandboxState::Running || !range.holds(now) {
-        return Json(Vec::<serde_json::Value>::new()).into_response();
-    }
-    let served = match state.served(&id).await {
-        Ok(s) => s,
-        Err(e) => return from_error(&e, &id),
-    };
-    match served.sandbox().metrics().await {
-        Ok(m) => {
-            let unix = m
-                .timestamp
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default();
-            Json(vec![serde_json::json!({
-                "timestamp": sandkit_e2b_protocol::json::rfc3339(m.timestamp),
-                "timestampUnix": unix,
-                "cpuCount": m.cpu_count,
-                "cpuUsedPct": m.cpu_used_pct,
-                "memUsed": m.mem_used,
-                "memTotal": m.mem_total,
-                "memCache": m.mem_cache,
-                "diskUsed": m.disk_used,
-                "diskTotal": m.disk_total,
-            })])
-            .into_response()
+    let now_inside = range.start.is_none_or(|s| now >= s) && range.end.is_none_or(|e| now <= e);
+    if info.state == SandboxState::Running && now_inside {
+        if let Some(m) = crate::history::live(&state, &id).await {
+            samples.push(m);
         }
-        Err(e) if e.kind() == ErrorKind::Unsupported => {
-            Json(Vec::<serde_json::Value>::new()).into_response()
-        }
-        Err(e) => from_error(&e, &id),
     }
+    Json(samples.iter().map(crate::history::json).collect::<Vec<_>>()).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]

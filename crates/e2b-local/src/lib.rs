@@ -25,10 +25,12 @@ mod builds;
 mod caller;
 mod catalog;
 mod control;
+mod history;
 mod hosts;
 mod http;
 mod keys;
 mod listen;
+mod logs;
 mod metrics;
 mod network;
 mod ports;
@@ -178,6 +180,7 @@ impl Server {
             .keys_file
             .clone()
             .map(|file| tokio::spawn(watch_keys(self.clone(), file, rx.clone())));
+        let sampler = tokio::spawn(history::sample_all(self.state.clone(), rx.clone()));
         let limits = self.state.config.limits.clone();
         // Two listeners' connections, and room for the backend's own files and sockets.
         listen::raise_open_file_limit(2 * limits.max_connections as u64 + 1024);
@@ -209,6 +212,7 @@ impl Server {
         if let Some(t) = keys_task {
             t.abort();
         }
+        sampler.abort();
         self.state.shutdown().await;
         Ok(())
     }

@@ -214,6 +214,10 @@ pub(crate) struct State {
     pub(crate) metrics: crate::metrics::Metrics,
     /// Every key's secrets (see [`crate::secret_store`]).
     pub(crate) secrets: crate::secret_store::Store,
+    /// Sandboxes' logs (see [`crate::logs`]).
+    pub(crate) logs: Arc<crate::logs::Logs>,
+    /// Sandboxes' metrics over time (see [`crate::history`]).
+    pub(crate) history: Arc<crate::history::History>,
 }
 
 /// A sandbox this server holds a handle to, and the owner it was made for.
@@ -292,6 +296,8 @@ impl State {
             ports_domain: std::sync::OnceLock::new(),
             metrics: Default::default(),
             secrets,
+            logs: Default::default(),
+            history: Default::default(),
             config,
         })
     }
@@ -502,7 +508,13 @@ impl State {
     /// Holds a handle to `sandbox`, made for `owner`.
     pub(crate) async fn insert(&self, sandbox: Box<dyn Sandbox>, owner: &str) -> Arc<Served> {
         let id = sandbox.id().to_string();
-        let served = Arc::new(Served::new(sandbox, self.config.default_user.clone()));
+        let logs = self.logs.clone();
+        let (journal_owner, journal_id) = (owner.to_string(), id.clone());
+        let served = Arc::new(
+            Served::new(sandbox, self.config.default_user.clone()).journal(Arc::new(
+                move |record| logs.record(&journal_owner, &journal_id, "envd", record),
+            )),
+        );
         let held = Held {
             owner: owner.to_string(),
             served: served.clone(),
@@ -510,6 +522,16 @@ impl State {
         self.served.lock().await.insert(id.clone(), held);
         self.alive.lock().await.insert(id, Instant::now());
         served
+    }
+
+    /// Every sandbox held now: its id, its owner and its handle.
+    pub(crate) async fn all_held(&self) -> Vec<(String, String, Arc<Served>)> {
+        self.served
+            .lock()
+            .await
+            .iter()
+            .map(|(id, h)| (id.clone(), h.owner.clone(), h.served.clone()))
+            .collect()
     }
 
     /// Makes the next [`State::live`] ask the backend whether the sandbox still runs.

@@ -22,6 +22,7 @@
 mod auth;
 mod files;
 mod filesystem;
+mod journal;
 mod process;
 mod procs;
 mod served;
@@ -39,6 +40,7 @@ use sandkit_e2b_protocol::envd::rpc;
 use sandkit_e2b_protocol::ConnectError;
 
 pub use auth::{check_file_auth, unauthorized, Auth, FileQuery, OneSandbox, Resolve};
+pub use journal::{Journal, Record};
 pub use served::Served;
 pub use wire::{plain_error, sandbox_not_found};
 

@@ -290,7 +290,7 @@ pub(crate) async fn start(
     });
     let (_entry, rx) = served
         .processes
-        .start(process, config, req.tag.clone(), pty, alive);
+        .start(process, config, req.tag.clone(), pty, &user, alive);
     stream_response(
         event_stream(pid, rx, keepalive_interval(&headers), None)
             .take_until(served.streams_ended())

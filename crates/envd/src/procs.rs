@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use sandkit_core::{ErrorKind, Process, ProcessEvent, ProcessHandle};
 use sandkit_e2b_protocol::envd::{DataEvent, EndEvent, ProcessConfig, ProcessEvent as WireEvent};
 use sandkit_e2b_protocol::ConnectError;
+
+use crate::journal::Journal;
 use tokio::sync::mpsc;
 
 /// How long the end of an exited process is kept for `Connect` (envd's value).
@@ -60,9 +62,19 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct Processes {
     entries: Mutex<HashMap<u32, Arc<Entry>>>,
+    /// Where each process's start and end are told, when the server asked.
+    journal: Option<Journal>,
 }
 
 impl Processes {
+    /// No process yet; each one's start and end will be told to `journal`.
+    pub(crate) fn journaled(journal: Journal) -> Self {
+        Processes {
+            entries: Mutex::default(),
+            journal: Some(journal),
+        }
+    }
+
     /// Registers a started process and starts pumping its events. Returns the entry and the
     /// first watcher (the `Start` stream).
     pub(crate) fn start(
@@ -71,6 +83,7 @@ impl Processes {
         config: ProcessConfig,
         tag: Option<String>,
         pty: bool,
+        user: &str,
         alive: AliveProbe,
     ) -> (Arc<Entry>, mpsc::Receiver<Item>) {
         let entry = Arc::new(Entry {
@@ -83,6 +96,18 @@ impl Processes {
             ended: Mutex::new(None),
         });
         let first = entry.watch();
+        if let Some(journal) = &self.journal {
+            let command = std::iter::once(entry.config.cmd.as_str())
+                .chain(entry.config.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ");
+            journal(crate::journal::started(
+                entry.pid,
+                &command,
+                user,
+                entry.tag.as_deref(),
+            ));
+        }
         self.entries
             .lock()
             .unwrap()
@@ -156,14 +181,18 @@ fn data(stdout: bool, pty: bool, chunk: &[u8]) -> Item {
 }
 
 async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process, alive: AliveProbe) {
+    // Bytes of stdout, stderr and pty output, for the journal.
+    let mut bytes = [0u64; 3];
     let end = loop {
         match process.next_event().await {
             Some(Ok(ProcessEvent::Stdout(b))) => {
+                bytes[if entry.pty { 2 } else { 0 }] += b.len() as u64;
                 for chunk in b.chunks(MAX_CHUNK) {
                     fan_out(&entry, data(true, entry.pty, chunk)).await;
                 }
             }
             Some(Ok(ProcessEvent::Stderr(b))) => {
+                bytes[1] += b.len() as u64;
                 for chunk in b.chunks(MAX_CHUNK) {
                     fan_out(&entry, data(false, entry.pty, chunk)).await;
                 }
@@ -179,6 +208,8 @@ async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process, aliv
                 // As envd: the deadline killed the process; the streams end with deadline_exceeded.
                 let ended = Item::Event(WireEvent::End(EndEvent::signaled("killed")));
                 *entry.ended.lock().unwrap() = Some((ended, Instant::now()));
+                // Told before the streams hear it, so the log has it once a client does.
+                all.tell_end(&entry, None, "deadline", bytes);
                 fan_out(
                     &entry,
                     Item::Fail(ConnectError::new(
@@ -202,9 +233,25 @@ async fn pump(all: Arc<Processes>, entry: Arc<Entry>, mut process: Process, aliv
         }
     };
     *entry.ended.lock().unwrap() = Some((end.clone(), Instant::now()));
+    let (code, how) = match &end {
+        Item::Event(WireEvent::End(e)) if e.exited => (Some(e.exit_code), String::new()),
+        Item::Event(WireEvent::End(e)) => (None, e.status.clone()),
+        Item::Gone => (None, "sandbox ended".to_string()),
+        Item::Fail(e) => (None, e.message.clone()),
+        Item::Event(_) => (None, "ended".to_string()),
+    };
+    all.tell_end(&entry, code, &how, bytes);
     fan_out(&entry, end).await;
     entry.watchers.lock().unwrap().clear();
     schedule_forget(all);
+}
+
+impl Processes {
+    fn tell_end(&self, entry: &Entry, code: Option<i32>, how: &str, bytes: [u64; 3]) {
+        if let Some(journal) = &self.journal {
+            journal(crate::journal::ended(entry.pid, code, how, bytes));
+        }
+    }
 }
 
 fn schedule_forget(all: Arc<Processes>) {

@@ -45,6 +45,12 @@ impl Served {
         }
     }
 
+    /// Tells `journal` of every process started and ended through envd (a sandbox's logs).
+    pub fn journal(mut self, journal: crate::Journal) -> Self {
+        self.processes = Arc::new(Processes::journaled(journal));
+        self
+    }
+
     /// Ends every stream open on this sandbox (command output, watches) and any a caller
     /// ties to [`Served::streams_ended`]: for a server that took the clients' access back.
     pub fn end_streams(&self) {
