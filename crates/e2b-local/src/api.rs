@@ -31,7 +31,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/snapshots", get(crate::snapshots::list))
         .route("/templates/{id}", delete(crate::snapshots::delete))
         .route("/health", get(|| async { StatusCode::OK }))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/dashboard/link", post(crate::dashboard::link));
     crate::volumes::routes(crate::catalog::routes(crate::templates::routes(routes)))
         // A route of E2B's API not served here: never 404, which the SDK reads as "sandbox not
         // found" for a sandbox that is running.
@@ -44,7 +45,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state.clone())
         .merge(crate::templates::upload_router(state.clone()))
-        .merge(crate::volumes::content_router(state))
+        .merge(crate::volumes::content_router(state.clone()))
+        .merge(crate::dashboard::router(state))
 }
 
 async fn not_served(method: axum::http::Method, uri: axum::http::Uri) -> Response {

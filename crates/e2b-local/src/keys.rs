@@ -235,6 +235,11 @@ impl KeySet {
             .collect()
     }
 
+    /// Every key.
+    pub(crate) fn all(&self) -> Vec<Arc<Key>> {
+        self.by_hash.values().cloned().collect()
+    }
+
     /// How many keys there are.
     pub(crate) fn len(&self) -> usize {
         self.by_hash.len()

@@ -25,6 +25,7 @@ mod builds;
 mod caller;
 mod catalog;
 mod control;
+mod dashboard;
 mod history;
 mod hosts;
 mod http;

@@ -190,7 +190,7 @@ impl Entry {
 /// letters and digits is refused.
 fn sandbox_id(raw: &str) -> Result<&str, Response> {
     let id = raw.split_once('-').map_or(raw, |(id, _)| id);
-    let valid = !raw.matches('-').nth(1).is_some()
+    let valid = raw.matches('-').nth(1).is_none()
         && !id.is_empty()
         && id
             .bytes()

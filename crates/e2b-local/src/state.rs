@@ -497,6 +497,11 @@ impl State {
         let _ = self.ports_domain.set(domain);
     }
 
+    /// A signature of `what` for `purpose`, with the server's secret.
+    pub(crate) fn sign(&self, what: &str, purpose: &str) -> String {
+        sandkit_e2b_protocol::derive_token(&self.secret, what, purpose)
+    }
+
     pub(crate) fn access_token(&self, sandbox_id: &str) -> String {
         sandkit_e2b_protocol::derive_token(&self.secret, sandbox_id, "envd")
     }

@@ -411,6 +411,9 @@ pub struct Snapshot {
     pub created_at: SystemTime,
     /// The sandbox's metadata when it was taken (empty where the backend does not say).
     pub metadata: BTreeMap<String, String>,
+    /// Bytes it holds on disk, where the backend says (Docker: the image's size, layers it
+    /// shares with its base image included).
+    pub size: Option<u64>,
 }
 
 impl Snapshot {
@@ -422,6 +425,7 @@ impl Snapshot {
             sandbox_id: sandbox_id.into(),
             created_at: SystemTime::now(),
             metadata: BTreeMap::new(),
+            size: None,
         }
     }
 }

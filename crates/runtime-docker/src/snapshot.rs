@@ -214,7 +214,8 @@ impl DockerRuntime {
                     .into_iter()
                     .filter(|t| t.starts_with(&repo))
                     .collect();
-                let snapshot = self.snapshot_from_labels(names, &image.labels)?;
+                let mut snapshot = self.snapshot_from_labels(names, &image.labels)?;
+                snapshot.size = u64::try_from(image.size).ok();
                 Some(snapshot)
             })
             .collect();
