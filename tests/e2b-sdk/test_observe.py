@@ -102,9 +102,15 @@ def test_batch_metrics_give_each_own_sandbox_its_latest_sample(server, monkeypat
     a, b = Sandbox.create(), Sandbox.create()
     try:
         ids = [a.sandbox_id, b.sandbox_id, "nosuchsandbox"]
-        r = get_sandboxes_metrics.sync_detailed(client=client(), sandbox_ids=ids)
-        assert r.status_code == 200, r.content
-        got = r.parsed.sandboxes
+        # Samples are taken every 5 s: within a few, both sandboxes have one.
+        deadline = time.time() + 15
+        while True:
+            r = get_sandboxes_metrics.sync_detailed(client=client(), sandbox_ids=ids)
+            assert r.status_code == 200, r.content
+            got = r.parsed.sandboxes
+            if len(got) == 2 or time.time() > deadline:
+                break
+            time.sleep(0.5)
         assert set(got) == {a.sandbox_id, b.sandbox_id}, got
         for m in got.values():
             assert m["cpuCount"] >= 1

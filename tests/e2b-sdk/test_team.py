@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 from e2b import Sandbox, Secret, Template, Volume
 from e2b.exceptions import AuthenticationException, RateLimitException
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, LocalServer
 
@@ -34,6 +35,8 @@ def team(server, tmp_path, monkeypatch):
     keys.write_text(entry("alice", ALICE, "operator = true\nmax_snapshots = 1")
                     + entry("bob", BOB, "max_sandboxes = 1"))
     srv = LocalServer("--keys-file", str(keys), "--data-dir", str(tmp_path / "data"))
+    # A warm pool of one, so that its depth is in /metrics.
+    monkeypatch.setenv("SANDKIT_DOCKER__POOL", "1")
     srv.start()
     monkeypatch.setenv("E2B_API_URL", srv.api_url)
     monkeypatch.setenv("E2B_VOLUME_API_URL", srv.api_url)
@@ -83,6 +86,30 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
         extra = Sandbox.create(api_key=ALICE)
         extra.kill()
 
+        # What an operator scrapes, read with Prometheus' own parser; only operators may.
+        assert call(team, "GET", "/metrics", BOB)[0] == 403
+        status, text = call(team, "GET", "/metrics", ALICE)
+        assert status == 200, text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+        }
+        def value(name, **labels):
+            return samples.get((name, tuple(sorted(labels.items()))))
+        assert value("e2b_local_sandboxes", key="alice", state="running") == 1
+        assert value("e2b_local_sandboxes", key="bob", state="running") == 1
+        assert value("e2b_local_creates_total", key="alice", outcome="made") == 2
+        # (the SDK tries a refused create again before it raises)
+        assert value("e2b_local_quota_refusals_total", key="bob", limit="concurrent") >= 1
+        assert value("e2b_local_quota_refusals_total", key="alice", limit="snapshots") >= 1
+        assert value("e2b_local_create_seconds_count") == 3
+        assert value("e2b_local_request_seconds_count", listener="api") >= 5
+        assert value("e2b_local_runtime_pool_size") == 1
+        assert value("e2b_local_runtime_pool_ready") in (0, 1)
+        assert value("e2b_local_runtime_guard_up") == 1
+        assert value("e2b_local_runtime_guard_sandboxes") >= 2
+
         # Bob's key taken out of the file: refused from the next request, alice untouched.
         team.keys_file.write_text(entry("alice", ALICE, "operator = true\nmax_snapshots = 1"))
         team.proc.send_signal(signal.SIGHUP)
@@ -129,7 +156,11 @@ def test_the_dashboard_shows_the_team_in_a_browser(team):
         assert status == 200, body
         url = team.api_url + json.loads(body)["path"]
 
-        dom = chromium("--dump-dom", url)
+        # Chromium's `--dump-dom` and `--screenshot` are two browsers: a link each. The
+        # link answers with a session cookie and the page without the token in its address.
+        links = [url] + [team.api_url + json.loads(call(team, "POST", "/dashboard/link", ALICE)[1])["path"]]
+        opened = time.time()
+        dom = chromium("--dump-dom", links[0])
         assert dom.returncode == 0, dom.stderr
         page = dom.stdout
         for shown in (a.sandbox_id, b.sandbox_id, "alice", "bob", "running", "base", "snapshot",
@@ -140,7 +171,7 @@ def test_the_dashboard_shows_the_team_in_a_browser(team):
 
         shot = ROOT / "target" / "dashboard.png"
         shot.unlink(missing_ok=True)
-        ran = chromium(f"--screenshot={shot}", url)
+        ran = chromium(f"--screenshot={shot}", links[1])
         assert ran.returncode == 0 and shot.exists(), ran.stderr
         image = Image.open(shot).convert("RGB")
         assert image.size == (1400, 900)
@@ -150,9 +181,12 @@ def test_the_dashboard_shows_the_team_in_a_browser(team):
         assert len(colours) > 50, len(colours)
         assert any(b > 180 and r < 80 and g < 150 for _, (r, g, b) in colours), "no CPU plot line"
 
-        # A link past its use cannot be forged: a changed signature is the sign-in form.
+        # A link signs in once (and again only within 10 s): opened later, or forged, it is
+        # the sign-in form.
+        time.sleep(max(0, opened + 10.5 - time.time()))
+        assert "was used already" in chromium("--dump-dom", url).stdout
         forged = url[:-1] + ("0" if url[-1] != "0" else "1")
-        assert "Sign in" in chromium("--dump-dom", forged).stdout
+        assert "was used already" in chromium("--dump-dom", forged).stdout
     finally:
         Sandbox.delete_snapshot(snap.snapshot_id, api_key=ALICE)
         a.kill()

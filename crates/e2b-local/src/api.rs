@@ -129,7 +129,8 @@ async fn metrics(state: Caller) -> Response {
             })
         })
         .collect();
-    let text = state.metrics.render(&counted, keys.len());
+    let gauges = state.runtime.gauges().await;
+    let text = state.metrics.render(&counted, keys.len(), &gauges);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -485,13 +485,14 @@ async fn kill(state: Caller, Path(id): Path<String>) -> Response {
         return from_error(&e, &id);
     }
     state.forget(&id).await;
+    // Logged before, as E2B does: the processes' ends come after it.
+    let reason = vec![("kill_reason", "request".to_string())];
+    state
+        .logs
+        .event_with(state.owner(), &id, "info", "Killing sandbox", reason);
     match state.runtime.kill(&id).await {
         Ok(()) => {
             info!(sandbox_id = %id, "sandbox killed");
-            let reason = vec![("kill_reason", "request".to_string())];
-            state
-                .logs
-                .event_with(state.owner(), &id, "info", "Killing sandbox", reason);
             state.secrets.forget_policy(&id);
             StatusCode::NO_CONTENT.into_response()
         }
@@ -581,11 +582,11 @@ async fn pause(state: Caller, Path(id): Path<String>) -> Response {
         }
         Err(e) => return from_error(&e, &id),
     };
+    state
+        .logs
+        .event(state.owner(), &id, "info", "Pausing sandbox");
     match served.sandbox().pause().await {
         Ok(()) => {
-            state
-                .logs
-                .event(state.owner(), &id, "info", "Pausing sandbox");
             // envd is gone until the sandbox is resumed: the next envd call must look again.
             state.mark_stale(&id).await;
             StatusCode::NO_CONTENT.into_response()

@@ -4,12 +4,15 @@
 //!
 //! Server-rendered HTML with inline SVG plots: no script, no build step; it reloads itself
 //! every 10 seconds. A browser signs in with an operator key through the page's form
-//! (`POST /dashboard/login`), or opens a link an operator key asked for
-//! (`POST /dashboard/link`, valid 5 minutes); either sets a session cookie (12 hours,
-//! `HttpOnly`, `SameSite=Strict`) that names the key, so taking the key out of the keys file
-//! (or its `operator` flag) ends the session at the next load.
+//! (`POST /dashboard/login`, from the page's own origin only), or opens a link an operator
+//! key asked for (`POST /dashboard/link`: within 5 minutes, and once — again only within
+//! seconds of its first use); either sets a session
+//! cookie (12 hours, `HttpOnly`, `SameSite=Strict`) that names the key, so taking the key out
+//! of the keys file (or its `operator` flag) ends the session at the next load. Serve it
+//! behind TLS beyond loopback (the cookie is not marked `Secure`, so that plain loopback
+//! works).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +33,27 @@ use crate::state::{State, OWNER_KEY, TEMPLATE_KEY};
 const COOKIE: &str = "e2b_local_dashboard";
 const SESSION: Duration = Duration::from_secs(12 * 3600);
 const LINK: Duration = Duration::from_secs(300);
+
+/// Links already opened, until they expire: each signs in once (a browser that loads it
+/// again within [`REOPEN`], as Chromium's screenshot mode does, is let in again).
+#[derive(Debug, Default)]
+pub(crate) struct Links(std::sync::Mutex<HashMap<String, (u64, std::time::Instant)>>);
+
+/// How long after its first use a link still opens.
+const REOPEN: Duration = Duration::from_secs(10);
+
+impl Links {
+    /// Whether `token` (which expires at `expiry`) may sign a browser in now.
+    fn open(&self, token: &str, expiry: u64) -> bool {
+        let mut used = self.0.lock().expect("links");
+        let now = now_unix();
+        used.retain(|_, (e, _)| *e >= now);
+        let (_, first) = used
+            .entry(token.to_string())
+            .or_insert((expiry, std::time::Instant::now()));
+        first.elapsed() < REOPEN
+    }
+}
 
 /// The page and its sign-in, outside the API key check (a browser sends no `X-API-Key`).
 pub(crate) fn router(state: Shared) -> Router {
@@ -65,17 +89,20 @@ fn mint(state: &State, owner: &str, ttl: Duration, purpose: &str) -> String {
     format!("{body}.{mac}")
 }
 
-/// The operator key a token names, if it is signed, unexpired and still an operator's.
-fn check(state: &State, token: &str, purpose: &str) -> Option<Arc<Key>> {
+/// The operator key a token names, and when the token expires, if it is signed, unexpired
+/// and still an operator's.
+fn check(state: &State, token: &str, purpose: &str) -> Option<(Arc<Key>, u64)> {
     let (body, mac) = token.rsplit_once('.')?;
     if !sandkit_e2b_protocol::secrets_equal(mac, &state.sign(body, purpose)) {
         return None;
     }
     let (expiry, owner) = body.split_once('.')?;
-    if expiry.parse::<u64>().ok()? < now_unix() {
+    let expiry = expiry.parse::<u64>().ok()?;
+    if expiry < now_unix() {
         return None;
     }
-    state.keys().by_owner(owner).filter(|k| k.operator)
+    let key = state.keys().by_owner(owner).filter(|k| k.operator)?;
+    Some((key, expiry))
 }
 
 fn session_cookie(state: &State, owner: &str) -> HeaderValue {
@@ -108,19 +135,21 @@ async fn page(
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    if let Some(key) = cookie(&headers).and_then(|t| check(&state, t, "dashboard")) {
-        return html(StatusCode::OK, &render(&state, &key).await);
+    if let Some(token) = q.token.as_deref() {
+        // A link: good once, then the page without it in the address bar.
+        return match check(&state, token, "dashboard-link") {
+            Some((key, expiry)) if state.dashboard_links.open(token, expiry) => {
+                audit(&key, "signed in with a link");
+                signed_in(&state, &key)
+            }
+            _ => html(
+                StatusCode::UNAUTHORIZED,
+                &sign_in(Some("This link is not valid, or was used already.")),
+            ),
+        };
     }
-    if let Some(key) = q
-        .token
-        .as_deref()
-        .and_then(|t| check(&state, t, "dashboard-link"))
-    {
-        let mut answer = html(StatusCode::OK, &render(&state, &key).await);
-        answer
-            .headers_mut()
-            .insert(header::SET_COOKIE, session_cookie(&state, &key.owner));
-        return answer;
+    if let Some((key, _)) = cookie(&headers).and_then(|t| check(&state, t, "dashboard")) {
+        return html(StatusCode::OK, &render(&state, &key).await);
     }
     html(StatusCode::UNAUTHORIZED, &sign_in(None))
 }
@@ -130,15 +159,54 @@ struct LoginForm {
     key: String,
 }
 
-async fn login(AxState(state): AxState<Shared>, Form(form): Form<LoginForm>) -> Response {
+/// A session for `key`, and on to the page.
+fn signed_in(state: &State, key: &Key) -> Response {
+    let mut answer = (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
+    answer
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(state, &key.owner));
+    answer
+}
+
+fn audit(key: &Key, what: &str) {
+    tracing::info!(target: "e2b_local::audit", key = %key.name, action = what, "dashboard");
+}
+
+/// Whether a form post comes from a page of this server (login CSRF): the browser's
+/// `Sec-Fetch-Site`, else `Origin` against `Host`; a client that sends neither (curl) is not
+/// a browser another site could drive.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+        }
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+async fn login(
+    AxState(state): AxState<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return html(
+            StatusCode::FORBIDDEN,
+            &sign_in(Some("Sign in from this server's own page.")),
+        );
+    }
     match state.keys().find(form.key.trim()) {
         Some(key) if key.operator => {
-            let mut answer =
-                (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
-            answer
-                .headers_mut()
-                .insert(header::SET_COOKIE, session_cookie(&state, &key.owner));
-            answer
+            audit(&key, "signed in");
+            signed_in(&state, &key)
         }
         Some(_) => html(
             StatusCode::FORBIDDEN,
@@ -156,11 +224,14 @@ fn html(status: StatusCode, body: &str) -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
-            // Nothing from elsewhere, no script, not framed.
+            // Nothing from elsewhere, no script, not framed, no address handed on.
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'",
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; \
+                 frame-ancestors 'none'; base-uri 'none'",
             ),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         body.to_string(),
     )
@@ -484,5 +555,29 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
         assert_eq!(duration(Duration::from_secs(3725)), "1h 2m");
+    }
+
+    #[test]
+    fn a_form_post_from_another_site_is_refused() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
+        // A sandbox's port page (`<port>-<id>.localhost`) is the same site, not the same origin.
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(same_origin(&headers(&[
+            ("origin", "http://127.0.0.1:3000"),
+            ("host", "127.0.0.1:3000")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "http://8080-abc.localhost:3002"),
+            ("host", "127.0.0.1:3000")
+        ])));
+        assert!(same_origin(&headers(&[])));
     }
 }

@@ -47,7 +47,6 @@ impl History {
     /// Keeps a sample of sandbox `id`, owned by `owner`.
     pub(crate) fn add(&self, owner: &str, id: &str, sample: Metrics) {
         let mut inner = self.inner.lock().expect("history");
-        inner.retain(|_, t| t.seen.elapsed() < FORGET);
         let track = inner.entry(id.to_string()).or_insert_with(|| Track {
             owner: owner.to_string(),
             samples: VecDeque::new(),
@@ -61,6 +60,14 @@ impl History {
         if track.samples.len() > KEEP {
             track.samples.pop_front();
         }
+    }
+
+    /// Forgets the sandboxes not measured for [`FORGET`].
+    fn prune(&self) {
+        self.inner
+            .lock()
+            .expect("history")
+            .retain(|_, t| t.seen.elapsed() < FORGET);
     }
 
     /// The samples of `id` for `owner` taken inside `[start, end]` (Unix seconds, both
@@ -118,9 +125,13 @@ pub(crate) fn json(m: &Metrics) -> Value {
     })
 }
 
-/// Measures every sandbox the server holds, every [`INTERVAL`], until `stop` turns true.
-/// Sandboxes that cannot be measured now (paused, ended, no agent) are skipped.
+/// Most sandboxes measured at once.
+const AT_ONCE: usize = 16;
+
+/// Measures every running sandbox the server holds, every [`INTERVAL`], until `stop` turns
+/// true (at most [`AT_ONCE`] at a time; paused ones are not asked).
 pub(crate) async fn sample_all(state: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use futures_util::StreamExt;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -128,17 +139,30 @@ pub(crate) async fn sample_all(state: Arc<State>, mut stop: tokio::sync::watch::
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        state.history.prune();
         let held = state.all_held().await;
-        let rounds = held.into_iter().map(|(id, owner, served)| {
-            let history = state.history.clone();
-            async move {
-                let sample = tokio::time::timeout(SAMPLE_TIMEOUT, served.sandbox().metrics());
-                if let Ok(Ok(m)) = sample.await {
-                    history.add(&owner, &id, m);
+        if held.is_empty() {
+            continue;
+        }
+        let running: HashSet<String> = match state
+            .runtime
+            .list(&sandkit_core::ListFilter::all().state(sandkit_core::SandboxState::Running))
+            .await
+        {
+            Ok(list) => list.into_iter().map(|i| i.id).collect(),
+            Err(_) => continue,
+        };
+        futures_util::stream::iter(held.into_iter().filter(|(id, _, _)| running.contains(id)))
+            .for_each_concurrent(AT_ONCE, |(id, owner, served)| {
+                let history = state.history.clone();
+                async move {
+                    let sample = tokio::time::timeout(SAMPLE_TIMEOUT, served.sandbox().metrics());
+                    if let Ok(Ok(m)) = sample.await {
+                        history.add(&owner, &id, m);
+                    }
                 }
-            }
-        });
-        futures_util::future::join_all(rounds).await;
+            })
+            .await;
     }
 }
 
@@ -147,8 +171,9 @@ pub(crate) struct BatchQuery {
     sandbox_ids: Option<String>,
 }
 
-/// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample of each named sandbox of the
-/// caller's, by id; ids that are not the caller's, or have no sample, are left out (as E2B).
+/// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample the sampler kept of each named
+/// sandbox of the caller's, by id; ids that are not the caller's, or have no sample yet (made
+/// in the last few seconds), are left out, as on E2B.
 pub(crate) async fn batch(state: Caller, Query(q): Query<BatchQuery>) -> Response {
     let bad = |m: &str| api_error(StatusCode::BAD_REQUEST, m);
     let Some(ids) = q.sandbox_ids.filter(|s| !s.is_empty()) else {
@@ -172,26 +197,20 @@ pub(crate) async fn batch(state: Caller, Query(q): Query<BatchQuery>) -> Respons
     }
     let mut sandboxes = Map::new();
     for id in ids {
-        let mut latest = state.history.latest(state.owner(), id);
-        if latest.is_none() {
-            // Made since the last round: measured now, if it is the caller's and running.
-            latest = live(&state, id).await;
-        }
-        if let Some(m) = latest {
+        if let Some(m) = state.history.latest(state.owner(), id) {
             sandboxes.insert(id.to_string(), json(&m));
         }
     }
     Json(json!({ "sandboxes": sandboxes })).into_response()
 }
 
-/// A sample of the caller's sandbox `id` taken now (kept with the others), if it can be
-/// measured.
+/// A sample of the caller's sandbox `id` taken now, if it can be measured (not kept: a client
+/// that polls does not push the sampler's hour out).
 pub(crate) async fn live(state: &Caller, id: &str) -> Option<Metrics> {
     let served = state.served(id).await.ok()?;
     let m = tokio::time::timeout(SAMPLE_TIMEOUT, served.sandbox().metrics())
         .await
         .ok()?
         .ok()?;
-    state.history.add(state.owner(), id, m.clone());
     Some(m)
 }

@@ -22,9 +22,13 @@ use crate::http::api_error;
 
 /// Entries kept per sandbox (the oldest go first), as many as one v2 page.
 const PER_SANDBOX: usize = 1000;
-/// Entries kept in all: past it, the sandbox written to longest ago is forgotten.
-const TOTAL: usize = 200_000;
-/// How far back E2B's API reads (7 days).
+/// Bytes kept per sandbox, and per key: past the key's, the log of its sandbox written to
+/// longest ago is forgotten (one key's logs never push out another's).
+const SANDBOX_BYTES: usize = 256 << 10;
+const KEY_BYTES: usize = 32 << 20;
+/// Longest text of one field or message; longer ones are cut (a command line can be long).
+const MAX_TEXT: usize = 1024;
+/// How far back E2B's API reads (7 days); older entries are dropped.
 const WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest v2 page, and longest `search`.
 const MAX_LIMIT: usize = 1000;
@@ -39,24 +43,37 @@ pub(crate) struct Entry {
     fields: BTreeMap<String, String>,
 }
 
-/// The logs of every sandbox this server has seen at work.
-#[derive(Debug, Default)]
-pub(crate) struct Logs {
-    inner: Mutex<Inner>,
+impl Entry {
+    /// Roughly what it holds in memory.
+    fn size(&self) -> usize {
+        64 + self.message.len()
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| 32 + k.len() + v.len())
+                .sum::<usize>()
+    }
 }
 
+/// The logs of every sandbox this server has seen at work, by owner.
 #[derive(Debug, Default)]
-struct Inner {
+pub(crate) struct Logs {
+    owners: Mutex<HashMap<String, Owned>>,
+}
+
+/// One key's logs.
+#[derive(Debug, Default)]
+struct Owned {
     journals: HashMap<String, Journal>,
-    total: usize,
+    bytes: usize,
     /// Counts writes, to find the journal written to longest ago.
     clock: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Journal {
-    owner: String,
     entries: VecDeque<Entry>,
+    bytes: usize,
     written: u64,
 }
 
@@ -71,53 +88,76 @@ fn rank(level: &str) -> Option<u8> {
     }
 }
 
+/// `text`, cut to [`MAX_TEXT`] bytes at a character boundary.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+impl Journal {
+    fn drop_front(&mut self) -> usize {
+        let size = self.entries.pop_front().map_or(0, |e| e.size());
+        self.bytes -= size;
+        size
+    }
+}
+
 impl Logs {
     /// Adds an entry to the log of sandbox `id`, owned by `owner`.
     pub(crate) fn record(&self, owner: &str, id: &str, logger: &str, record: sandkit_envd::Record) {
         let mut fields: BTreeMap<String, String> = record
             .fields
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
+            .map(|(k, v)| (k.to_string(), cut(v)))
             .collect();
         fields.insert("sandboxID".into(), id.to_string());
         fields.insert("logger".into(), logger.to_string());
+        let mut owners = self.owners.lock().expect("logs");
+        let owned = owners.entry(owner.to_string()).or_default();
+        owned.clock += 1;
+        let clock = owned.clock;
+        let journal = owned.journals.entry(id.to_string()).or_default();
+        // Stamped under the lock, never before the last entry: the log is in time order, so
+        // a reader paging by time neither skips nor repeats.
+        let now = SystemTime::now();
+        let at = journal.entries.back().map_or(now, |last| now.max(last.at));
         let entry = Entry {
-            at: SystemTime::now(),
+            at,
             level: record.level,
-            message: record.message,
+            message: cut(record.message),
             fields,
         };
-        let mut inner = self.inner.lock().expect("logs");
-        inner.clock += 1;
-        let clock = inner.clock;
-        let journal = inner
-            .journals
-            .entry(id.to_string())
-            .or_insert_with(|| Journal {
-                owner: owner.to_string(),
-                entries: VecDeque::new(),
-                written: clock,
-            });
-        if journal.owner != owner {
-            // An id is one sandbox's; a journal never changes hands.
-            return;
-        }
+        let size = entry.size();
         journal.written = clock;
+        journal.bytes += size;
         journal.entries.push_back(entry);
-        let dropped = journal.entries.len().saturating_sub(PER_SANDBOX);
-        journal.entries.drain(..dropped);
-        inner.total = inner.total + 1 - dropped;
-        while inner.total > TOTAL {
-            let Some(oldest) = inner
+        let mut freed = 0;
+        while journal.entries.len() > PER_SANDBOX
+            || journal.bytes > SANDBOX_BYTES
+            || journal.entries.front().is_some_and(|e| e.at + WINDOW < now)
+        {
+            freed += journal.drop_front();
+        }
+        owned.bytes = owned.bytes + size - freed;
+        while owned.bytes > KEY_BYTES {
+            let Some(oldest) = owned
                 .journals
                 .iter()
+                .filter(|(other, _)| other.as_str() != id)
                 .min_by_key(|(_, j)| j.written)
                 .map(|(id, _)| id.clone())
             else {
                 break;
             };
-            if let Some(j) = inner.journals.remove(&oldest) {
-                inner.total -= j.entries.len();
+            if let Some(j) = owned.journals.remove(&oldest) {
+                owned.bytes -= j.bytes;
             }
         }
     }
@@ -146,16 +186,18 @@ impl Logs {
 
     /// The entries of `id` for `owner` inside `[from, to]`, oldest first.
     fn read(&self, owner: &str, id: &str, from: SystemTime, to: SystemTime) -> Vec<Entry> {
-        let inner = self.inner.lock().expect("logs");
-        match inner.journals.get(id) {
-            Some(j) if j.owner == owner => j
-                .entries
-                .iter()
-                .filter(|e| e.at >= from && e.at <= to)
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        }
+        let owners = self.owners.lock().expect("logs");
+        owners
+            .get(owner)
+            .and_then(|o| o.journals.get(id))
+            .map(|j| {
+                j.entries
+                    .iter()
+                    .filter(|e| e.at >= from && e.at <= to)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -330,15 +372,45 @@ mod tests {
         let got = logs.read("alice", "a1", SystemTime::UNIX_EPOCH, far);
         assert_eq!(got.len(), PER_SANDBOX);
         assert_eq!(got[0].message, "n5");
+        assert!(got.windows(2).all(|w| w[0].at <= w[1].at));
         assert!(got.iter().all(|e| e.message != "not hers"));
-        assert!(logs
-            .read("bob", "a1", SystemTime::UNIX_EPOCH, far)
-            .is_empty());
+        // Logs are kept by owner: another key's entries under the same id never mix in.
+        let bobs = logs.read("bob", "a1", SystemTime::UNIX_EPOCH, far);
+        assert_eq!(bobs.len(), 1);
+        assert_eq!(bobs[0].message, "not hers");
         assert_eq!(got[0].fields["sandboxID"], "a1");
         let line: Value = serde_json::from_str(&got[0].line()).unwrap();
         assert_eq!(line["message"], "n5");
         assert_eq!(line["event_type"], "x");
         assert_eq!(line["logger"], "envd");
+    }
+
+    #[test]
+    fn a_key_that_logs_much_pushes_out_only_its_own_logs() {
+        let logs = Logs::default();
+        logs.record("bob", "b1", "envd", record("bob's"));
+        let long = "x".repeat(2 * MAX_TEXT);
+        // 140 sandboxes of 256 KiB each are more than a key's 32 MiB.
+        for i in 0..140 {
+            for _ in 0..130 {
+                let mut r = record(&long);
+                r.fields.push(("command", long.clone()));
+                logs.record("alice", &format!("a{i}"), "envd", r);
+            }
+        }
+        let far = SystemTime::now() + Duration::from_secs(1);
+        let kept = logs.read("alice", "a139", SystemTime::UNIX_EPOCH, far);
+        assert!(!kept.is_empty());
+        assert!(logs
+            .read("alice", "a0", SystemTime::UNIX_EPOCH, far)
+            .is_empty());
+        // Texts are cut; the key stays under its bytes; the other key's log is untouched.
+        assert!(
+            kept[0].message.len() <= MAX_TEXT + 3
+                && kept[0].fields["command"].len() <= MAX_TEXT + 3
+        );
+        assert!(logs.owners.lock().unwrap()["alice"].bytes <= KEY_BYTES);
+        assert_eq!(logs.read("bob", "b1", SystemTime::UNIX_EPOCH, far).len(), 1);
     }
 
     #[test]

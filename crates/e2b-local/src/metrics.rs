@@ -105,7 +105,12 @@ impl Metrics {
     }
 
     /// The text of a scrape: these counters, and the sandboxes and keys as they are now.
-    pub(crate) fn render(&self, sandboxes: &[Counted], keys: usize) -> String {
+    pub(crate) fn render(
+        &self,
+        sandboxes: &[Counted],
+        keys: usize,
+        runtime: &[sandkit_core::Gauge],
+    ) -> String {
         let mut out = String::new();
         let mut gauge: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for s in sandboxes {
@@ -122,6 +127,12 @@ impl Metrics {
         }
         out.push_str("# HELP e2b_local_keys API keys served.\n# TYPE e2b_local_keys gauge\n");
         let _ = writeln!(out, "e2b_local_keys {keys}");
+        // The backend's own: a warm pool's depth, the network guard's state.
+        for g in runtime {
+            let name = format!("e2b_local_runtime_{}", g.name);
+            let _ = writeln!(out, "# HELP {name} {}", g.help);
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", g.value);
+        }
         self.with(|m| {
             out.push_str("# HELP e2b_local_creates_total Sandbox creates, by key and outcome.\n");
             out.push_str("# TYPE e2b_local_creates_total counter\n");
@@ -206,11 +217,14 @@ mod tests {
                 state: "paused",
             },
         ];
-        let text = m.render(&sandboxes, 2);
+        let gauges = [sandkit_core::Gauge::new("pool_ready", "Ready.", 3.0)];
+        let text = m.render(&sandboxes, 2, &gauges);
         for line in [
             "e2b_local_sandboxes{key=\"ci\",state=\"running\"} 2",
             "e2b_local_sandboxes{key=\"ci\",state=\"paused\"} 1",
             "e2b_local_keys 2",
+            "# TYPE e2b_local_runtime_pool_ready gauge",
+            "e2b_local_runtime_pool_ready 3",
             "e2b_local_creates_total{key=\"ci\",outcome=\"made\"} 1",
             "e2b_local_creates_total{key=\"ci\",outcome=\"failed\"} 1",
             "e2b_local_create_seconds_bucket{le=\"0.25\"} 0",

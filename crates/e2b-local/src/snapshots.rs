@@ -244,6 +244,14 @@ pub(crate) async fn fork(state: Caller, Path(id): Path<String>, body: Bytes) -> 
                     state.remember_made(&info.id).await;
                     state.insert(sandbox).await;
                     info!(sandbox_id = %info.id, source = %id, "sandbox forked");
+                    let fields = vec![("forked_from", id.clone())];
+                    state.logs.event_with(
+                        state.owner(),
+                        &info.id,
+                        "info",
+                        "Sandbox created",
+                        fields,
+                    );
                     ForkResult {
                         sandbox: Some(created(&state, &info)),
                         error: None,

@@ -218,6 +218,8 @@ pub(crate) struct State {
     pub(crate) logs: Arc<crate::logs::Logs>,
     /// Sandboxes' metrics over time (see [`crate::history`]).
     pub(crate) history: Arc<crate::history::History>,
+    /// Dashboard links already opened (see [`crate::dashboard`]).
+    pub(crate) dashboard_links: crate::dashboard::Links,
 }
 
 /// A sandbox this server holds a handle to, and the owner it was made for.
@@ -298,6 +300,7 @@ impl State {
             secrets,
             logs: Default::default(),
             history: Default::default(),
+            dashboard_links: Default::default(),
             config,
         })
     }

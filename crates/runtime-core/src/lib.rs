@@ -51,6 +51,6 @@ pub use request_rules::{
 };
 pub use runtime::{Runtime, Sandbox, MAX_FORKS};
 pub use sandbox_types::{
-    Capabilities, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources, SandboxInfo,
-    SandboxSpec, SandboxState, Snapshot, Volume, DEFAULT_SANDBOX_TIMEOUT,
+    Capabilities, Gauge, ListFilter, Metrics, Mount, MountSource, NetworkMode, Resources,
+    SandboxInfo, SandboxSpec, SandboxState, Snapshot, Volume, DEFAULT_SANDBOX_TIMEOUT,
 };

@@ -131,6 +131,12 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// Releases what the runtime keeps ready for later creates (Docker's warm pool), for a
     /// process about to end. Sandboxes handed out are not touched. The default does nothing.
     async fn shutdown(&self) {}
+    /// What an operator watches of the runtime now (a warm pool's depth, a network guard's
+    /// state), for a server's `/metrics`. Cheap, and never starts anything to measure it. The
+    /// default has none.
+    async fn gauges(&self) -> Vec<crate::Gauge> {
+        Vec::new()
+    }
 }
 
 /// One live sandbox.

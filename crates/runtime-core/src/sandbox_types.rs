@@ -455,6 +455,27 @@ impl Volume {
     }
 }
 
+/// One number an operator watches about a runtime, now: from
+/// [`Runtime::gauges`](crate::Runtime::gauges) (Docker: the warm pool's depth, the network
+/// guard's state).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Gauge {
+    /// A `snake_case` name, the same for every runtime of a backend (`pool_ready`).
+    pub name: &'static str,
+    /// What it counts, in words.
+    pub help: &'static str,
+    /// Its value now.
+    pub value: f64,
+}
+
+impl Gauge {
+    /// A gauge; for backends.
+    pub fn new(name: &'static str, help: &'static str, value: f64) -> Self {
+        Gauge { name, help, value }
+    }
+}
+
 /// What a sandbox uses, at one moment: from [`Sandbox::metrics`](crate::Sandbox::metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bollard::container::Config;
 use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::Docker;
-use sandkit_core::{ErrorKind, NetworkPolicy, Result};
+use sandkit_core::{ErrorKind, Gauge, NetworkPolicy, Result};
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{debug, info};
@@ -243,6 +243,54 @@ impl NetGuard {
             })
             .await
             .cloned()
+    }
+
+    /// What the guard holds now, for an operator: `None` when it is not running here (it is
+    /// never started to answer this).
+    pub(crate) async fn gauges(&self) -> Vec<Gauge> {
+        if self.channel.lock().await.is_none() {
+            return vec![Gauge::new(
+                "guard_up",
+                "Whether this runtime's network guard answers (it starts with the first policy).",
+                0.0,
+            )];
+        }
+        #[derive(serde::Deserialize)]
+        struct Status {
+            sandboxes: u64,
+            connections: u64,
+            failed: u64,
+        }
+        let status = self
+            .ask("status")
+            .await
+            .ok()
+            .and_then(|r| serde_json::from_str::<Status>(&r).ok());
+        let mut gauges = vec![Gauge::new(
+            "guard_up",
+            "Whether this runtime's network guard answers (it starts with the first policy).",
+            if status.is_some() { 1.0 } else { 0.0 },
+        )];
+        if let Some(s) = status {
+            gauges.extend([
+                Gauge::new(
+                    "guard_sandboxes",
+                    "Sandboxes the network guard holds to a policy.",
+                    s.sandboxes as f64,
+                ),
+                Gauge::new(
+                    "guard_connections",
+                    "Connections open through the network guard's proxy.",
+                    s.connections as f64,
+                ),
+                Gauge::new(
+                    "guard_failed_connections",
+                    "Connections through the guard's proxy that ended in an error, since it started.",
+                    s.failed as f64,
+                ),
+            ]);
+        }
+        gauges
     }
 
     /// Stops holding sandbox `id` (it is gone). Nothing to do when the guard is not running.

@@ -215,6 +215,32 @@ impl DockerRuntime {
         }
     }
 
+    /// The warm pool's depth, for an operator (none without a pool).
+    pub(crate) fn pool_gauges(&self) -> Vec<sandkit_core::Gauge> {
+        let Some(pool) = self.pool() else {
+            return Vec::new();
+        };
+        let ready = pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let making = *pool.making.lock().unwrap_or_else(|e| e.into_inner());
+        vec![
+            sandkit_core::Gauge::new(
+                "pool_size",
+                "Sandboxes the warm pool keeps ready.",
+                pool.size as f64,
+            ),
+            sandkit_core::Gauge::new(
+                "pool_ready",
+                "Sandboxes ready in the warm pool now.",
+                ready as f64,
+            ),
+            sandkit_core::Gauge::new(
+                "pool_making",
+                "Sandboxes being made for the warm pool now.",
+                making as f64,
+            ),
+        ]
+    }
+
     /// How many sandboxes are ready in the warm pool now (0 without a pool).
     pub fn pool_ready(&self) -> usize {
         self.pool()

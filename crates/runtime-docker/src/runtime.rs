@@ -1778,6 +1778,14 @@ impl Runtime for DockerRuntime {
         self.drain_pool().await;
     }
 
+    async fn gauges(&self) -> Vec<sandkit_core::Gauge> {
+        let mut gauges = self.pool_gauges();
+        if let Some(guard) = &self.settings.netguard {
+            gauges.extend(guard.gauges().await);
+        }
+        gauges
+    }
+
     async fn kill(&self, id: &str) -> Result<()> {
         if !valid_id(id) {
             return Err(Self::not_found(id, "kill"));

@@ -378,6 +378,16 @@ async fn answer(stream: tokio::net::UnixStream, guard: Arc<Guard>) {
                 Some(e) => hex(&serde_json::to_vec(e).unwrap_or_default()),
                 None => "none".into(),
             },
+            "status" => {
+                let (connections, failed) = guard.live.counts();
+                let sandboxes = guard.entries.lock().expect("entries").len();
+                serde_json::json!({
+                    "sandboxes": sandboxes,
+                    "connections": connections,
+                    "failed": failed,
+                })
+                .to_string()
+            }
             "ca" => hex(guard.authority.certificate().as_bytes()),
             "trust" => match unhex(&arg).and_then(|pem| guard.authority.trust(&pem)) {
                 Ok(()) => "ok".into(),

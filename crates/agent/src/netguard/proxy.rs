@@ -62,6 +62,14 @@ struct Conn {
 }
 
 impl Live {
+    /// Connections open through the proxy now, and those that ended in an error so far.
+    pub(crate) fn counts(&self) -> (usize, u64) {
+        (
+            self.conns.lock().expect("conns").len(),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Closes the connections of the sandbox at `from` that its policy no longer allows as
     /// they were allowed.
     pub(crate) fn rejudge(&self, guard: &Guard, from: Ipv4Addr) {

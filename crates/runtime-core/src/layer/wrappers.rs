@@ -182,6 +182,10 @@ impl<L: Layer> Runtime for LayeredRuntime<L> {
     async fn shutdown(&self) {
         self.inner.shutdown().await
     }
+
+    async fn gauges(&self) -> Vec<crate::Gauge> {
+        self.inner.gauges().await
+    }
 }
 
 /// Where a wrapped store's files come from.
