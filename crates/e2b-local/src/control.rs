@@ -341,6 +341,9 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     drop(applying);
     state.remember_made(&info.id).await;
     state.insert(sandbox).await;
+    if let Some(refused) = state.revoked_meanwhile(state.owner(), &info.id).await {
+        return refused;
+    }
     let mut fields = vec![("templateID", req.template_id.clone())];
     if let Some(end) = info.expires_at {
         fields.push(("end_time", sandkit_e2b_protocol::json::rfc3339(end)));
@@ -424,6 +427,13 @@ async fn connect(state: Caller, id: String, body: Bytes) -> Response {
     };
     state.forget(&id).await;
     state.insert(sandbox).await;
+    if !state.serves(state.owner()) {
+        // Revoked while this ran: what it owned stays as the revocation left it.
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid API key, please check your E2B_API_KEY (it was revoked while this request ran)",
+        );
+    }
     if was_paused {
         state
             .logs

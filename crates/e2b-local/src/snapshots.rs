@@ -243,6 +243,9 @@ pub(crate) async fn fork(state: Caller, Path(id): Path<String>, body: Bytes) -> 
                 Ok(info) => {
                     state.remember_made(&info.id).await;
                     state.insert(sandbox).await;
+                    if let Some(refused) = state.revoked_meanwhile(state.owner(), &info.id).await {
+                        return refused;
+                    }
                     info!(sandbox_id = %info.id, source = %id, "sandbox forked");
                     let fields = vec![("forked_from", id.clone())];
                     state.logs.event_with(

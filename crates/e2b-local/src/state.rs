@@ -527,9 +527,48 @@ impl State {
             owner: owner.to_string(),
             served: served.clone(),
         };
-        self.served.lock().await.insert(id.clone(), held);
+        {
+            let mut all = self.served.lock().await;
+            all.insert(id.clone(), held);
+            // A key revoked while this request was under way: `reload_keys` swaps the keys
+            // before it lets the revoked key's handles go (under this lock), so a handle put
+            // here after that is caught here, and one put before, there.
+            if !self.serves(owner) {
+                all.remove(&id);
+                served.end_streams();
+                return served;
+            }
+        }
         self.alive.lock().await.insert(id, Instant::now());
         served
+    }
+
+    /// Whether `owner`'s key is served now (the anonymous owner of debug and no-auth mode
+    /// always is).
+    pub(crate) fn serves(&self, owner: &str) -> bool {
+        owner == ANONYMOUS || self.keys().by_owner(owner).is_some()
+    }
+
+    /// For a request that made sandbox `id` for `owner` and finished after `owner`'s key was
+    /// revoked: the sandbox goes as the revoked key's things went (killed with
+    /// `--revoked remove`), and the request is answered `401`. `None` while the key is served.
+    pub(crate) async fn revoked_meanwhile(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Option<axum::response::Response> {
+        if self.serves(owner) {
+            return None;
+        }
+        if self.config.revoked == Revoked::Remove {
+            if let Err(e) = self.runtime.kill(id).await {
+                tracing::warn!(sandbox_id = id, error = %e, "cannot kill a revoked key's new sandbox");
+            }
+        }
+        Some(crate::http::api_error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "Invalid API key, please check your E2B_API_KEY (it was revoked while this request ran)",
+        ))
     }
 
     /// Every sandbox held now: its id, its owner and its handle.

@@ -836,7 +836,18 @@ async fn run_build(
         })
     })?;
     let outcome = async {
+        let revoked = || {
+            (!state.serves(state.owner())).then(|| {
+                (
+                    "finalize".to_string(),
+                    "the key that started this build was revoked".to_string(),
+                )
+            })
+        };
         for (i, step) in req.steps.iter().enumerate() {
+            if let Some(e) = revoked() {
+                return Err(e);
+            }
             let name = (i + 1).to_string();
             build.log(
                 "info",
@@ -847,12 +858,28 @@ async fn run_build(
                 .await
                 .map_err(|m| (name.clone(), m))?;
         }
+        if let Some(e) = revoked() {
+            return Err(e);
+        }
+        let mut made = Vec::new();
         for tag in &build.tags {
             let name = snapshot_name(state, &build.alias, tag);
-            sandbox
+            let snapshot = sandbox
                 .snapshot(Some(&name))
                 .await
                 .map_err(|e| ("finalize".to_string(), e.to_string()))?;
+            made.push(snapshot.id);
+        }
+        if let Some(e) = revoked() {
+            // Revoked while the template was saved: it goes as the key's other things went.
+            if state.config.revoked == crate::keys::Revoked::Remove {
+                for id in made {
+                    if let Err(e) = state.runtime.delete_snapshot(&id).await {
+                        warn!(error = %e, "could not delete a revoked key's new template");
+                    }
+                }
+            }
+            return Err(e);
         }
         build.log("info", "finalize", "Template is ready");
         Ok(())

@@ -1266,3 +1266,90 @@ async fn retries_end_across_the_whole_chain() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+/// Holds every create until it is let go, and says when one is waiting.
+#[derive(Debug, Clone, Default)]
+struct HoldCreates {
+    waiting: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+}
+
+impl sandkit_core::layer::Layer for HoldCreates {
+    fn call<'a, T: Send + 'a>(
+        &'a self,
+        call: &'a sandkit_core::layer::Call<'a>,
+        next: sandkit_core::layer::Next<'a, T>,
+    ) -> futures_util::future::BoxFuture<'a, sandkit_core::Result<T>> {
+        Box::pin(async move {
+            if call.operation() == sandkit_core::Operation::Create {
+                self.waiting.notify_one();
+                self.go.notified().await;
+            }
+            next.run().await
+        })
+    }
+}
+
+/// A key revoked while its create is under way: the create answers `401` and, with
+/// `--revoked remove`, the sandbox it made is removed (it would otherwise outlive the sweep
+/// that removed the key's other things).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_under_way_when_its_key_is_revoked_leaves_nothing() {
+    let docker: Arc<dyn Runtime> = Arc::new(sandkit_conformance::needs_engine(
+        DockerRuntime::builder().build().await,
+    ));
+    let hold = HoldCreates::default();
+    let runtime = sandkit_core::layer::wrap(docker.clone(), hold.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let (alice, bob) = ("e2b_revoke_race_alice", "e2b_revoke_race_bob");
+    std::fs::write(
+        &keys,
+        key_entry("alice", alice, "") + &key_entry("bob", bob, ""),
+    )
+    .unwrap();
+    let server = Server::new(
+        runtime,
+        ServerConfig {
+            keys_file: Some(keys.clone()),
+            revoked: sandkit_e2b_local::Revoked::Remove,
+            ..Default::default()
+        },
+    )
+    .expect("the server starts");
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, e) = (api.local_addr().unwrap(), envd.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.clone().serve(api, envd, async {
+        let _ = stopped.await;
+    }));
+    let test = "revoked_mid_create";
+    let bobs = client(a, e, bob, Duration::from_secs(60));
+    let create = tokio::spawn(async move {
+        bobs.create(
+            SandboxSpec::new()
+                .template("sandkit-mini:latest")
+                .metadata(LABEL, test),
+        )
+        .await
+    });
+    hold.waiting.notified().await;
+    std::fs::write(&keys, key_entry("alice", alice, "")).unwrap();
+    server.reload_keys().await;
+    hold.go.notify_one();
+    let outcome = create.await.unwrap();
+    let left = docker
+        .list(&ListFilter::all().metadata(LABEL, test))
+        .await
+        .unwrap();
+    kill_labelled(docker.as_ref(), test).await;
+    let _ = stop.send(());
+    let _ = task.await;
+    let error = outcome.map(|s| s.id().to_string()).unwrap_err();
+    assert!(error.to_string().contains("revoked"), "{error}");
+    assert!(
+        left.is_empty(),
+        "the revoked key's new sandbox was kept: {left:?}"
+    );
+}
