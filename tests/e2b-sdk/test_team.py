@@ -33,7 +33,7 @@ def entry(name, key, extra=""):
 def team(server, tmp_path, monkeypatch):
     keys = tmp_path / "keys.toml"
     keys.write_text(entry("alice", ALICE, "operator = true\nmax_snapshots = 1")
-                    + entry("bob", BOB, "max_sandboxes = 1"))
+                    + entry("bob", BOB, "max_sandboxes = 1\nmax_disk_mib = 1"))
     srv = LocalServer("--keys-file", str(keys), "--data-dir", str(tmp_path / "data"))
     # A warm pool of one, so that its depth is in /metrics.
     monkeypatch.setenv("SANDKIT_DOCKER__POOL", "1")
@@ -85,6 +85,14 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
             a.create_snapshot()
         extra = Sandbox.create(api_key=ALICE)
         extra.kill()
+        # Bob may hold 1 MiB of disk: a snapshot holding 3 MiB passes it, so the next waits.
+        b.files.write("/home/user/big.bin", os.urandom(3 << 20))
+        held = b.create_snapshot()
+        with pytest.raises(RateLimitException):
+            b.create_snapshot()
+        assert Sandbox.delete_snapshot(held.snapshot_id, api_key=BOB) is True
+        again = b.create_snapshot()  # room again
+        assert Sandbox.delete_snapshot(again.snapshot_id, api_key=BOB) is True
 
         # What an operator scrapes, read with Prometheus' own parser; only operators may.
         assert call(team, "GET", "/metrics", BOB)[0] == 403
@@ -103,6 +111,7 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
         # (the SDK tries a refused create again before it raises)
         assert value("e2b_local_quota_refusals_total", key="bob", limit="concurrent") >= 1
         assert value("e2b_local_quota_refusals_total", key="alice", limit="snapshots") >= 1
+        assert value("e2b_local_quota_refusals_total", key="bob", limit="disk") >= 1
         assert value("e2b_local_create_seconds_count") == 3
         assert value("e2b_local_request_seconds_count", listener="api") >= 5
         assert value("e2b_local_runtime_pool_size") == 1

@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Template builds a key may run at once; past it, starting one answers 429.
     #[arg(long, default_value_t = Limits::default().max_builds)]
     pub max_builds: usize,
+    /// Disk a key may hold, in MiB (its snapshots' and templates' own bytes, and its template
+    /// uploads); past it, a snapshot, a build or an upload answers 429.
+    #[arg(long, default_value_t = Limits::default().max_disk_mib)]
+    pub max_disk_mib: u64,
 }
 
 impl ServeArgs {
@@ -137,6 +141,7 @@ impl ServeArgs {
                 max_snapshots: self.max_snapshots,
                 max_volumes: self.max_volumes,
                 max_builds: self.max_builds,
+                max_disk_mib: self.max_disk_mib,
             },
             ..Default::default()
         })

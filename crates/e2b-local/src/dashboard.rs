@@ -386,6 +386,8 @@ async fn render(state: &State, viewer: &Key) -> String {
     );
     let mut shown = 0;
     let mut used: BTreeMap<String, [usize; 4]> = BTreeMap::new();
+    // Bytes held by key name: snapshots and templates here, uploads below.
+    let mut disk: BTreeMap<String, u64> = BTreeMap::new();
     for info in &sandboxes {
         let Some(key) = owner_name(&info.metadata) else {
             continue;
@@ -483,6 +485,7 @@ async fn render(state: &State, viewer: &Key) -> String {
         if template.is_none() {
             used.entry(key.clone()).or_default()[2] += 1;
         }
+        *disk.entry(key.clone()).or_default() += s.size.unwrap_or(0);
         listed += 1;
         let name = match template {
             Some(alias) => alias.clone(),
@@ -513,7 +516,7 @@ async fn render(state: &State, viewer: &Key) -> String {
         "<h2>Keys and their limits</h2><table id=\"keys\"><tr><th>Key</th><th>Operator</th>\
          <th class=\"num\">Running</th><th class=\"num\">Paused</th><th class=\"num\">Sandboxes / limit</th>\
          <th class=\"num\">Creates a minute</th><th class=\"num\">Snapshots / limit</th>\
-         <th class=\"num\">Volumes / limit</th><th class=\"num\">Builds at once</th></tr>",
+         <th class=\"num\">Volumes / limit</th><th class=\"num\">Builds at once</th><th class=\"num\">Disk / limit</th></tr>",
     );
     let mut all = keys.all();
     all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -521,11 +524,15 @@ async fn render(state: &State, viewer: &Key) -> String {
         let [running, paused, snaps, vols] = used.get(&key.name).copied().unwrap_or_default();
         let l = &key.limits;
         let full = |n: usize, max: usize| if n >= max { " full" } else { "" };
+        let held = disk.get(&key.name).copied().unwrap_or(0)
+            + crate::disk::uploads(state, &key.owner).await;
+        let disk_max = crate::disk::limit(&key);
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td class=\"num\">{running}</td><td class=\"num\">{paused}</td>\
              <td class=\"num{}\">{} / {}</td><td class=\"num\">{}</td><td class=\"num{}\">{snaps} / {}</td>\
-             <td class=\"num{}\">{vols} / {}</td><td class=\"num\">{}</td></tr>",
+             <td class=\"num{}\">{vols} / {}</td><td class=\"num\">{}</td>\
+             <td class=\"num{}\">{} / {}</td></tr>",
             esc(&key.name),
             if key.operator { "yes" } else { "" },
             full(running + paused, l.max_sandboxes),
@@ -537,6 +544,9 @@ async fn render(state: &State, viewer: &Key) -> String {
             full(vols, l.max_volumes),
             l.max_volumes,
             l.max_builds,
+            if held >= disk_max { " full" } else { "" },
+            bytes(held),
+            bytes(disk_max),
         );
     }
     body.push_str("</table>");

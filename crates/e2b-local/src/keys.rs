@@ -12,6 +12,7 @@
 //! max_snapshots = 50          # optional: overrides --max-snapshots
 //! max_volumes = 10            # optional: overrides --max-volumes
 //! max_builds = 2              # optional: template builds at once, overrides --max-builds
+//! max_disk_mib = 4096         # optional: disk held (snapshots, templates, uploads), overrides --max-disk-mib
 //! operator = true             # optional: may read /metrics (the --api-key key always may)
 //! ```
 //!
@@ -39,6 +40,8 @@ pub(crate) struct KeyLimits {
     pub(crate) max_volumes: usize,
     /// Template builds running at once.
     pub(crate) max_builds: usize,
+    /// Disk held, in MiB (snapshots' and templates' own bytes, uploads).
+    pub(crate) max_disk_mib: u64,
 }
 
 /// The owner of what is made without authentication (`--insecure-no-auth`).
@@ -74,6 +77,7 @@ struct FileKey {
     max_snapshots: Option<usize>,
     max_volumes: Option<usize>,
     max_builds: Option<usize>,
+    max_disk_mib: Option<u64>,
     #[serde(default)]
     operator: bool,
 }
@@ -174,6 +178,7 @@ impl KeySet {
                     max_snapshots: k.max_snapshots.unwrap_or(limits.max_snapshots),
                     max_volumes: k.max_volumes.unwrap_or(limits.max_volumes),
                     max_builds: k.max_builds.unwrap_or(limits.max_builds),
+                    max_disk_mib: k.max_disk_mib.unwrap_or(limits.max_disk_mib),
                 },
                 k.operator,
             )
@@ -309,6 +314,7 @@ mod tests {
             max_snapshots: 500,
             max_volumes: 100,
             max_builds: 4,
+            max_disk_mib: 20 * 1024,
         }
     }
 

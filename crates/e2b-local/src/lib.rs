@@ -26,6 +26,7 @@ mod caller;
 mod catalog;
 mod control;
 mod dashboard;
+mod disk;
 mod history;
 mod hosts;
 mod http;

@@ -98,6 +98,9 @@ pub(crate) async fn create(state: Caller, Path(id): Path<String>, body: Bytes) -
         Ok(_) => {}
         Err(e) => return from_error(&e, &id),
     }
+    if let Some(full) = crate::disk::refuse_if_full(&state, &state.key).await {
+        return full;
+    }
     match served.sandbox().snapshot(name.as_deref()).await {
         Ok(s) => {
             info!(sandbox_id = %id, snapshot = %s.id, "snapshot taken");

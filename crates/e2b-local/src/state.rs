@@ -61,6 +61,10 @@ pub struct Limits {
     pub max_volumes: usize,
     /// Template builds a key may run at once; past it, starting one is `429`. Default 4.
     pub max_builds: usize,
+    /// Disk a key may hold, in MiB: its snapshots' and templates' own bytes (beyond the image
+    /// each was made from) and its template uploads waiting on disk; past it, a snapshot, a
+    /// build or an upload is `429`. Default 20480 (20 GiB).
+    pub max_disk_mib: u64,
 }
 
 impl Limits {
@@ -72,6 +76,7 @@ impl Limits {
             max_snapshots: self.max_snapshots,
             max_volumes: self.max_volumes,
             max_builds: self.max_builds,
+            max_disk_mib: self.max_disk_mib,
         }
     }
 }
@@ -87,6 +92,7 @@ impl Default for Limits {
             max_snapshots: 500,
             max_volumes: 100,
             max_builds: 4,
+            max_disk_mib: 20 * 1024,
         }
     }
 }

@@ -531,6 +531,18 @@ async fn upload(
     if path.exists() {
         return StatusCode::OK.into_response();
     }
+    // What the key holds counts against its disk limit, and so does this upload as it comes.
+    let Some(key) = state.keys().by_owner(&tenant) else {
+        return api_error(StatusCode::FORBIDDEN, "this upload URL is not valid");
+    };
+    let held = match crate::disk::used(&state, &tenant).await {
+        Ok(n) => n,
+        Err(e) => return crate::http::from_error(&e, ""),
+    };
+    if held >= crate::disk::limit(&key) {
+        return crate::disk::full(&state, &key, held);
+    }
+    let room = crate::disk::limit(&key) - held;
     let partial = path.with_extension(format!("part-{:x}", rand::random::<u64>()));
     let written: Result<(), String> = async {
         let dir = path.parent().expect("a parent");
@@ -549,6 +561,9 @@ async fn upload(
             if total > MAX_UPLOAD {
                 return Err(format!("the upload is over {MAX_UPLOAD} bytes"));
             }
+            if total as u64 > room {
+                return Err(DISK_FULL.to_string());
+            }
             file.write_all(&chunk).await.map_err(|e| e.to_string())?;
         }
         file.flush().await.map_err(|e| e.to_string())?;
@@ -559,6 +574,10 @@ async fn upload(
     .await;
     match written {
         Ok(()) => StatusCode::OK.into_response(),
+        Err(e) if e == DISK_FULL => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            crate::disk::full(&state, &key, held)
+        }
         Err(e) => {
             let _ = tokio::fs::remove_file(&partial).await;
             api_error(
@@ -568,6 +587,9 @@ async fn upload(
         }
     }
 }
+
+/// What an upload that would pass its key's disk limit stops with.
+const DISK_FULL: &str = "the key's disk limit";
 
 /// Makes the uploads directory readable by this user only.
 async fn private(dir: &std::path::Path) {
@@ -666,6 +688,10 @@ async fn start(
             );
         }
         p.status = "building";
+    }
+    if let Some(full) = crate::disk::refuse_if_full(&state, &state.key).await {
+        build.progress.lock().expect("build").status = "waiting";
+        return full;
     }
     // The build's sandbox counts against the key's limits like any other.
     let admission = match state.admit_create().await {

@@ -411,8 +411,8 @@ pub struct Snapshot {
     pub created_at: SystemTime,
     /// The sandbox's metadata when it was taken (empty where the backend does not say).
     pub metadata: BTreeMap<String, String>,
-    /// Bytes it holds on disk, where the backend says (Docker: the image's size, layers it
-    /// shares with its base image included).
+    /// Bytes it holds on disk beyond what it was made from, where the backend says (Docker:
+    /// its image's size less the size of the image its sandbox ran).
     pub size: Option<u64>,
 }
 

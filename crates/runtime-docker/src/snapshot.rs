@@ -205,6 +205,15 @@ impl DockerRuntime {
             }))
             .await
             .map_err(|e| map(e, "snapshots", "image"))?;
+        // A snapshot's own bytes are its image's beyond the image it was made from.
+        let sizes: HashMap<String, i64> = self
+            .docker
+            .list_images(None::<ListImagesOptions<String>>)
+            .await
+            .map_err(|e| map(e, "snapshots", "image"))?
+            .into_iter()
+            .map(|i| (i.id, i.size))
+            .collect();
         let repo = format!("{}/", self.snapshot_repo());
         let mut out: Vec<Snapshot> = images
             .into_iter()
@@ -215,7 +224,8 @@ impl DockerRuntime {
                     .filter(|t| t.starts_with(&repo))
                     .collect();
                 let mut snapshot = self.snapshot_from_labels(names, &image.labels)?;
-                snapshot.size = u64::try_from(image.size).ok();
+                let base = sizes.get(&image.parent_id).copied().unwrap_or(0);
+                snapshot.size = u64::try_from(image.size - base).ok();
                 Some(snapshot)
             })
             .collect();
