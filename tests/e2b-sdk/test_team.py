@@ -60,14 +60,22 @@ def call(srv, method, path, key, body=None):
         return e.code, e.read()
 
 
-def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
+def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team, tmp_path):
     a = Sandbox.create(api_key=ALICE)
     b = Sandbox.create(api_key=BOB)
     secret = Secret.create("team-token-%06x" % random.getrandbits(24), "sk-1", api_key=ALICE)
     volume = Volume.create("vol-%06x" % random.getrandbits(24), api_key=ALICE)
     snap = a.create_snapshot()
+    tpl = "team-tpl-%06x" % random.getrandbits(24)
+    Template.build(Template().from_base_image().run_cmd("echo alice > /tmp/who"), tpl, api_key=ALICE)
     try:
         assert [s.sandbox_id for s in Sandbox.list(api_key=ALICE).next_items()] == [a.sandbox_id]
+        # A template is its key's: another key cannot start it (as on E2B, the name is taken).
+        with pytest.raises(Exception):
+            Sandbox.create(tpl, api_key=BOB)
+        from_tpl = Sandbox.create(tpl, api_key=ALICE)
+        assert from_tpl.files.read("/tmp/who") == "alice\n"
+        from_tpl.kill()
         assert [s.sandbox_id for s in Sandbox.list(api_key=BOB).next_items()] == [b.sandbox_id]
         with pytest.raises(Exception):
             Sandbox.connect(a.sandbox_id, api_key=BOB)
@@ -93,6 +101,13 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
         assert Sandbox.delete_snapshot(held.snapshot_id, api_key=BOB) is True
         again = b.create_snapshot()  # room again
         assert Sandbox.delete_snapshot(again.snapshot_id, api_key=BOB) is True
+        # Uploads count too: a build copying 3 MiB is cut off at bob's 1 MiB.
+        (tmp_path / "ctx").mkdir()
+        (tmp_path / "ctx" / "big.bin").write_bytes(os.urandom(3 << 20))
+        with pytest.raises(Exception) as refused:
+            Template.build(Template(file_context_path=str(tmp_path / "ctx")).from_base_image()
+                           .copy("big.bin", "/tmp/big.bin"), "bob-tpl", api_key=BOB)
+        assert "429" in str(refused.value) or "disk" in str(refused.value), refused.value
 
         # What an operator scrapes, read with Prometheus' own parser; only operators may.
         assert call(team, "GET", "/metrics", BOB)[0] == 403
@@ -107,12 +122,12 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
             return samples.get((name, tuple(sorted(labels.items()))))
         assert value("e2b_local_sandboxes", key="alice", state="running") == 1
         assert value("e2b_local_sandboxes", key="bob", state="running") == 1
-        assert value("e2b_local_creates_total", key="alice", outcome="made") == 2
+        assert value("e2b_local_creates_total", key="alice", outcome="made") == 3  # a, from_tpl, extra
         # (the SDK tries a refused create again before it raises)
         assert value("e2b_local_quota_refusals_total", key="bob", limit="concurrent") >= 1
         assert value("e2b_local_quota_refusals_total", key="alice", limit="snapshots") >= 1
         assert value("e2b_local_quota_refusals_total", key="bob", limit="disk") >= 1
-        assert value("e2b_local_create_seconds_count") == 3
+        assert value("e2b_local_create_seconds_count") == 4
         assert value("e2b_local_request_seconds_count", listener="api") >= 5
         assert value("e2b_local_runtime_pool_size") == 1
         assert value("e2b_local_runtime_pool_ready") in (0, 1)
@@ -132,6 +147,7 @@ def test_two_keys_see_only_their_own_and_a_revoked_key_is_refused(team):
         assert a.commands.run("echo still").stdout == "still\n"
     finally:
         Sandbox.delete_snapshot(snap.snapshot_id, api_key=ALICE)
+        assert call(team, "DELETE", f"/templates/{tpl}", ALICE)[0] == 204
         Volume.destroy(volume.volume_id, api_key=ALICE)
         Secret.destroy(secret.secret_id, api_key=ALICE)
         a.kill()
