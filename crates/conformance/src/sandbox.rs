@@ -849,8 +849,8 @@ async fn watch_refuses_missing_and_file_paths(c: Ctx) -> CaseResult {
 }
 
 /// A write through the sandbox's file API shows as the file being made, its mode set and
-/// written (as E2B's envd reports a new file it writes), never as a temporary file of the
-/// backend.
+/// written (as E2B's envd reports a new file it writes), and a file written again as a write,
+/// never as a temporary file of the backend.
 async fn watch_sees_api_writes_as_the_file(c: Ctx) -> CaseResult {
     use sandkit_core::FsEventKind::*;
     let sb = c.shared().await?;
@@ -867,6 +867,23 @@ async fn watch_sees_api_writes_as_the_file(c: Ctx) -> CaseResult {
             ("doc.txt".to_string(), Create),
             ("doc.txt".to_string(), Chmod),
             ("doc.txt".to_string(), Write)
+        ]
+    );
+    // Written again: one write, and nothing else before the next file's events.
+    sb.files()
+        .write_str(&format!("{dir}/doc.txt"), "v2")
+        .await?;
+    sb.files()
+        .write_str(&format!("{dir}/end.txt"), "end")
+        .await?;
+    let got = events_until(&mut events, 4).await;
+    assert_eq!(
+        got,
+        [
+            ("doc.txt".to_string(), Write),
+            ("end.txt".to_string(), Create),
+            ("end.txt".to_string(), Chmod),
+            ("end.txt".to_string(), Write)
         ]
     );
     sb.files().remove(&dir).await?;

@@ -222,8 +222,12 @@ impl Drop for TempGuard {
     }
 }
 
+/// A temporary name beside `target`; its first letter says whether the write replaces a file
+/// (`r`) or makes a new one (`n`), so that watchers report it as E2B's envd does.
 fn temp_beside(target: &Path) -> PathBuf {
-    let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
+    let replaces = fs::symlink_metadata(target).is_ok_and(|m| m.is_file());
+    let kind = if replaces { 'r' } else { 'n' };
+    let name = format!("{TEMP_PREFIX}{kind}{:016x}", rand::random::<u64>());
     target.with_file_name(name)
 }
 

@@ -1,7 +1,7 @@
 //! Directory watching with inotify: one event per change, recursive on request (directories
 //! made later are watched as they appear).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -32,12 +32,14 @@ struct Watcher {
     dirs: HashMap<i32, String>,
     root: PathBuf,
     recursive: bool,
-    /// Cookies of moves away from a temporary file of an atomic write.
-    temp_moves: HashSet<u32>,
+    /// Cookies of moves away from a temporary file of an atomic write, and whether that write
+    /// replaces a file.
+    temp_moves: HashMap<u32, bool>,
 }
 
 /// Whether `name` is a temporary file of [`LocalFiles`](crate::LocalFiles)' atomic writes,
-/// which watchers never see: the write shows as `Create`, `Chmod` and `Write` of the file itself.
+/// which watchers never see: a new file shows as `Create`, `Chmod` and `Write` of the file
+/// itself, a replaced one as `Write`, as E2B's envd reports the files it writes in place.
 fn is_temp(name: &str) -> bool {
     name.rsplit('/')
         .next()
@@ -136,15 +138,28 @@ impl Watcher {
                 let m = ev.mask;
                 if is_temp(&rel) {
                     if m & libc::IN_MOVED_FROM != 0 {
-                        self.temp_moves.insert(ev.cookie);
+                        let replaces = rel
+                            .rsplit('/')
+                            .next()
+                            .and_then(|n| n.strip_prefix(crate::files::TEMP_PREFIX))
+                            .is_some_and(|kind| kind.starts_with('r'));
+                        self.temp_moves.insert(ev.cookie, replaces);
                     }
                     continue;
                 }
                 let kind = if m & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
-                    let from_temp =
-                        m & libc::IN_MOVED_TO != 0 && self.temp_moves.remove(&ev.cookie);
+                    let from_temp = if m & libc::IN_MOVED_TO != 0 {
+                        self.temp_moves.remove(&ev.cookie)
+                    } else {
+                        None
+                    };
+                    if from_temp == Some(true) {
+                        // A file replaced whole: E2B's envd writes it in place, a write.
+                        out.push(FsEvent::new(rel, FsEventKind::Write));
+                        continue;
+                    }
                     out.push(FsEvent::new(rel.clone(), FsEventKind::Create));
-                    if from_temp {
+                    if from_temp.is_some() {
                         // A file written whole (staged beside it, then renamed in): reported
                         // as E2B's envd reports the file it writes in place, create, mode,
                         // content; the staged name is never shown.
@@ -202,7 +217,7 @@ pub(crate) fn watch(root: &Path, shown: &str, recursive: bool) -> Result<FsEvent
         dirs: HashMap::new(),
         root: root.to_path_buf(),
         recursive,
-        temp_moves: HashSet::new(),
+        temp_moves: HashMap::new(),
     };
     w.add("", None).map_err(|e| io_error(e, "watch", shown))?;
     let (tx, rx) = mpsc::channel(BUFFER);
