@@ -6,6 +6,7 @@ already reads, and stops it with SIGINT at the end.
 """
 
 import contextlib
+import hashlib
 import os
 import random
 import secrets
@@ -29,10 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def our_containers() -> list:
-    """Containers made through e2b-local (they carry its template label)."""
+def owner_of(key: str) -> str:
+    """The owner digest e2b-local puts on what `--api-key KEY` makes."""
+    return hashlib.sha256(f"{key}::owner".encode()).hexdigest()[:32]
+
+
+def our_containers(owner: str) -> list:
+    """Containers made through e2b-local for `owner` (another test worker's server makes its
+    own at the same time)."""
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=sandkit.meta.sandkit.e2b.template"],
+        ["docker", "ps", "-aq", "--filter", "label=sandkit.meta.sandkit.e2b.template",
+         "--filter", f"label=sandkit.meta.sandkit.e2b.owner={owner}"],
         capture_output=True, text=True, check=True,
     )
     return out.stdout.split()
@@ -43,6 +51,7 @@ class LocalServer:
         self.extra_args = list(extra_args)
         self.bin = os.environ.get("E2B_LOCAL_BIN", str(ROOT / "target" / "debug" / "e2b-local"))
         self.key = "e2b_" + secrets.token_hex(16)
+        self.owner = owner_of(self.key)
         self.api_port, self.envd_port, self.ports_port = free_port(), free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.envd_url = f"http://127.0.0.1:{self.envd_port}"
@@ -91,7 +100,7 @@ def server():
     yield srv
     if srv.proc.poll() is None:
         assert srv.stop() == 0
-    left = our_containers()
+    left = our_containers(srv.owner)
     assert not left, f"containers left after e2b-local stopped: {left}"
 
 

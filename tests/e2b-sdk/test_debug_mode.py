@@ -24,7 +24,7 @@ def port_free(port: int) -> bool:
 def test_debug_mode(monkeypatch):
     if not (port_free(3000) and port_free(49983)):
         pytest.skip("ports 3000 and 49983 (fixed by the SDK's debug mode) are in use")
-    before = set(our_containers())
+    before = set(our_containers("anonymous"))
     srv = LocalServer("--debug")
     srv.api_port, srv.envd_port = 3000, 49983
     srv.api_url, srv.envd_url = "http://127.0.0.1:3000", "http://127.0.0.1:49983"
@@ -42,5 +42,5 @@ def test_debug_mode(monkeypatch):
         assert again.files.read("/home/user/d.txt") == "kept between calls"
     finally:
         assert srv.stop() == 0
-    left = set(our_containers()) - before
+    left = set(our_containers("anonymous")) - before
     assert not left, f"the debug sandbox was not killed on shutdown: {left}"

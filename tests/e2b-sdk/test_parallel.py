@@ -53,7 +53,7 @@ def test_ctrl_c_kills_what_the_server_made(monkeypatch):
         monkeypatch.setenv("E2B_SANDBOX_URL", srv.envd_url)
         sandkit = Sandbox.create(timeout=600)
         assert sandkit.commands.run("echo alive").stdout == "alive\n"
-        before = set(our_containers())
+        before = set(our_containers(srv.owner))
         assert len(before) >= 1
     finally:
         code = srv.stop()

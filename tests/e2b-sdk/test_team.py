@@ -184,8 +184,8 @@ def test_the_dashboard_shows_the_team_in_a_browser(team):
         # Chromium's `--dump-dom` and `--screenshot` are two browsers: a link each. The
         # link answers with a session cookie and the page without the token in its address.
         links = [url] + [team.api_url + json.loads(call(team, "POST", "/dashboard/link", ALICE)[1])["path"]]
-        opened = time.time()
         dom = chromium("--dump-dom", links[0])
+        opened = time.time()  # the link's first use was before this
         assert dom.returncode == 0, dom.stderr
         page = dom.stdout
         for shown in (a.sandbox_id, b.sandbox_id, "alice", "bob", "running", "base", "snapshot",

@@ -204,7 +204,9 @@ fn e2b_sdk_tests(agent: &Path) -> Result {
     run(cargo().args(["build", "-p", "sandkit-e2b-local"]))?;
     let python = sdk_python()?;
     run(Command::new(&python)
-        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
+        // Two workers, each with a server of its own: an SDK user's test run at the default
+        // limits, and half the time.
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2"])
         .arg(root().join("tests/e2b-sdk"))
         .env("E2B_LOCAL_BIN", root().join("target/debug/e2b-local"))
         .env("SANDKIT_AGENT_BIN", agent)
