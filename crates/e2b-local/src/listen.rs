@@ -265,6 +265,10 @@ pub(crate) async fn serve(
             let busy = Busy::new(mark.clone());
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(Proven(mark.clone()));
+            // Who asked: envd's `/files` does not compress for a client on this machine.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             async move {
                 let response = router.oneshot(request).await?;
                 if !health && response.status().is_success() {

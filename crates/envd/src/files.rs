@@ -33,9 +33,46 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
+/// How much of a file is looked at to judge whether compressing it pays.
+const SAMPLE: usize = 64 << 10;
+/// Compressed to more than this share of its size, a sample says the file does not compress
+/// (archives, images, random data): it goes as it is.
+const WORTH: f64 = 0.85;
+
+/// Whether `sample` shrinks enough under gzip's fastest level to be worth compressing.
+fn compresses(sample: &[u8]) -> bool {
+    use std::io::Write;
+    if sample.len() < 512 {
+        // Too small to matter either way: as asked.
+        return true;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    if gz.write_all(sample).is_err() {
+        return false;
+    }
+    gz.finish()
+        .is_ok_and(|out| (out.len() as f64) < sample.len() as f64 * WORTH)
+}
+
+/// Takes the first [`SAMPLE`] bytes (or all, if less) off `stream`.
+async fn sample(stream: &mut ByteStream) -> sandkit_core::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    while head.len() < SAMPLE {
+        match stream.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk?),
+            None => break,
+        }
+    }
+    Ok(head)
+}
+
+/// `GET /files`. Compressed (gzip, fastest level) only where it pays: the client accepts it,
+/// is not on this machine (over loopback, compressing costs more time than the bytes it
+/// saves), and the file's first 64 KiB shrink under it.
 pub(crate) async fn download(
     AxState(state): AxState<Shared>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Query(q): Query<FileQuery>,
 ) -> Response {
     let served = match state
@@ -62,7 +99,7 @@ pub(crate) async fn download(
         Err(e) => return plain_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let fs = files.get();
-    let content = match fs.read_stream(&path).await {
+    let mut content = match fs.read_stream(&path).await {
         Ok(s) => s,
         Err(e) => {
             return match e.kind() {
@@ -90,11 +127,25 @@ pub(crate) async fn download(
             header::CONTENT_DISPOSITION,
             format!("inline; filename=\"{name}\""),
         );
-    let io = content.map_err(std::io::Error::other);
-    if accepts_gzip(&headers) {
+    let remote = peer.is_none_or(|p| !p.0 .0.ip().is_loopback());
+    let mut gzip = accepts_gzip(&headers) && remote;
+    let mut head = Vec::new();
+    if gzip {
+        head = match sample(&mut content).await {
+            Ok(h) => h,
+            Err(e) => return plain_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        gzip = compresses(&head);
+    }
+    let io = futures_util::stream::iter((!head.is_empty()).then(|| Ok(Bytes::from(head))))
+        .chain(content)
+        .map_err(std::io::Error::other);
+    if gzip {
         let reader = tokio_util::io::StreamReader::new(io);
-        let gz =
-            async_compression::tokio::bufread::GzipEncoder::new(tokio::io::BufReader::new(reader));
+        let gz = async_compression::tokio::bufread::GzipEncoder::with_quality(
+            tokio::io::BufReader::new(reader),
+            async_compression::Level::Fastest,
+        );
         builder
             .header(header::CONTENT_ENCODING, "gzip")
             .body(Body::from_stream(tokio_util::io::ReaderStream::new(gz)))

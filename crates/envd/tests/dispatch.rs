@@ -177,3 +177,77 @@ async fn files_round_trip_behind_the_token() {
     assert_eq!(body, "every byte\0\u{ff}");
     done(&served, &dir).await;
 }
+
+/// `GET /files` with `Accept-Encoding: gzip` (httpx, and so the SDK, always sends it): gzip
+/// only for a client beyond this machine and a file whose start compresses; the bytes are the
+/// file's either way.
+#[tokio::test]
+async fn downloads_are_compressed_only_where_it_pays() {
+    use std::io::Read;
+    let (app, served, dir) = envd("gzip").await;
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: Vec<u8> = "a line of a log that repeats itself\n"
+        .repeat(8000)
+        .into_bytes();
+    // Bytes that do not compress (xorshift).
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(format!("{dir}/text.log"), &text).unwrap();
+    std::fs::write(format!("{dir}/noise.bin"), &noise).unwrap();
+    let get = |name: &str, peer: Option<&str>| {
+        let mut r = Request::get(format!("/files?path={dir}/{name}"))
+            .header("x-access-token", TOKEN)
+            .header("accept-encoding", "gzip, deflate")
+            .body(Body::empty())
+            .unwrap();
+        if let Some(p) = peer {
+            let addr: std::net::SocketAddr = p.parse().unwrap();
+            r.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        }
+        r
+    };
+    let fetch = |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let gzip = response.headers().get("content-encoding").is_some();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+                .await
+                .unwrap();
+            let bytes = if gzip {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            } else {
+                body.to_vec()
+            };
+            (gzip, bytes)
+        }
+    };
+    // From another machine: text is compressed, noise is not.
+    let (gzip, bytes) = fetch(get("text.log", Some("10.1.2.3:5555"))).await;
+    assert!(gzip, "compressible text to a remote client goes gzipped");
+    assert_eq!(bytes, text);
+    let (gzip, bytes) = fetch(get("noise.bin", Some("10.1.2.3:5555"))).await;
+    assert!(!gzip, "incompressible bytes go as they are");
+    assert_eq!(bytes, noise);
+    // From this machine: never compressed.
+    let (gzip, bytes) = fetch(get("text.log", Some("127.0.0.1:5555"))).await;
+    assert!(!gzip, "a client on loopback gets the bytes as they are");
+    assert_eq!(bytes, text);
+    // Served without a peer address (another embedding): judged as remote.
+    let (gzip, bytes) = fetch(get("text.log", None)).await;
+    assert!(gzip);
+    assert_eq!(bytes, text);
+    done(&served, &dir).await;
+}
