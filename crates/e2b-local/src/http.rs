@@ -25,13 +25,21 @@ pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> Respo
     (status, Json(body)).into_response()
 }
 
-/// `429` with `Retry-After`.
+/// `429` with `Retry-After`. Past a few seconds the connection is closed after it: a client
+/// that waits as told would otherwise send its retry on a connection the server closes as
+/// idle at about the same moment (the header timeout, 30 s) and see it reset.
 pub(crate) fn too_many(message: String, retry_after: u64) -> Response {
     let mut r = api_error(StatusCode::TOO_MANY_REQUESTS, message);
     r.headers_mut().insert(
         axum::http::header::RETRY_AFTER,
         HeaderValue::from_str(&retry_after.to_string()).expect("digits"),
     );
+    if retry_after >= 10 {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     r
 }
 
@@ -73,4 +81,19 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> R
             format!("invalid request body: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_wait_closes_the_connection_and_a_short_one_keeps_it() {
+        // A client that waits 30 s as told must not retry on a connection closed as idle.
+        let long = too_many("wait".into(), 30);
+        assert_eq!(long.headers()["retry-after"], "30");
+        assert_eq!(long.headers()["connection"], "close");
+        let short = too_many("wait".into(), 1);
+        assert!(short.headers().get("connection").is_none());
+    }
 }
