@@ -162,6 +162,12 @@ def test_a_rule_sends_a_secret_the_sandbox_never_holds(rules_server, internet):
             Secret.update("api-token", "sk-second")
             assert curl(sandkit, "https://api.test/") == \
                 f"auth={digest('Bearer sk-second')} at={a}"
+            # A change made while the sandbox is paused reaches it when it is resumed.
+            sandkit.pause()
+            Secret.update("api-token", "sk-while-paused")
+            sandkit = Sandbox.connect(sandkit.sandbox_id)
+            assert curl(sandkit, "https://api.test/") == \
+                f"auth={digest('Bearer sk-while-paused')} at={a}"
             # A secret's change keeps the policy in force: set with allow_internet_access=False,
             # the other address stays closed after the secret changes.
             sandkit.update_network({

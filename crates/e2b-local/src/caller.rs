@@ -61,11 +61,7 @@ impl Caller {
 
     /// The namespace of this key's snapshot names: two keys' names never meet.
     pub(crate) fn tenant(&self) -> String {
-        self.key
-            .owner
-            .chars()
-            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            .collect()
+        crate::state::tenant_of(&self.key.owner)
     }
 
     /// What the backend says of one of this key's sandboxes (another's is `NotFound`).

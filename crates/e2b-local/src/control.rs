@@ -414,6 +414,11 @@ async fn connect(state: Caller, id: String, body: Bytes) -> Response {
         Ok(s) => s,
         Err(e) => return from_error(&e, &id),
     };
+    if was_paused {
+        state
+            .refill_secrets(&id, state.owner(), sandbox.as_ref())
+            .await;
+    }
     let new_end = SystemTime::now() + timeout;
     let extend = was_paused || before.expires_at.is_none_or(|end| new_end > end);
     if extend {

@@ -193,7 +193,7 @@ pub(crate) async fn destroy(state: Caller, UrlPath(id): UrlPath<String>) -> Resp
 
 /// Gives the running sandboxes of the caller's key whose rules name secret `name` its value
 /// as it is now (or none, when it was deleted), in the policy each is held to. A paused
-/// sandbox gets it when its policy is next set (see RELIABILITY.md).
+/// sandbox gets it when it is resumed ([`State::refill_secrets`](crate::state::State)).
 async fn reapply(state: &Caller, name: &str) {
     let _applying = state.secrets.applying.lock().await;
     let Ok(list) = state.runtime.list(&state.owned_filter()).await else {

@@ -180,6 +180,15 @@ impl Default for ServerConfig {
     }
 }
 
+/// The namespace of an owner's snapshot names and secrets: the owner digest's lower letters
+/// and digits.
+pub(crate) fn tenant_of(owner: &str) -> String {
+    owner
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect()
+}
+
 /// The images a server allows by default: the ones sandkit builds.
 pub(crate) fn default_allowed_images() -> Vec<String> {
     vec!["sandkit-base:*".into(), "sandkit-mini:*".into()]
@@ -798,6 +807,23 @@ impl State {
         spec
     }
 
+    /// A sandbox `id` of `owner` back from a pause gets its rules' secrets as they are now: a
+    /// change made while it was paused reached no guard (`crate::secrets` gives changes to the
+    /// running ones only).
+    pub(crate) async fn refill_secrets(&self, id: &str, owner: &str, sandbox: &dyn Sandbox) {
+        let _applying = self.secrets.applying.lock().await;
+        let Some(mut policy) = self.secrets.policy_in_force(id) else {
+            return;
+        };
+        if policy.secret_names().is_empty() {
+            return;
+        }
+        self.secrets.fill(&tenant_of(owner), &mut policy);
+        if let Err(e) = sandbox.set_network_policy(policy).await {
+            tracing::warn!(sandbox = id, error = %e, "a resumed sandbox's rules did not get its secrets as they are now");
+        }
+    }
+
     /// A paused sandbox found by an authenticated envd request: resumed if it was made with
     /// `autoResume`, else gone for envd (as on E2B).
     async fn resume_on_traffic(&self, id: &str) -> Result<Arc<Served>> {
@@ -815,6 +841,7 @@ impl State {
         self.forget(id).await;
         let sandbox = self.runtime.connect(id).await?;
         let owner = info.metadata.get(OWNER_KEY).cloned().unwrap_or_default();
+        self.refill_secrets(id, &owner, sandbox.as_ref()).await;
         Ok(self.insert(sandbox, &owner).await)
     }
 
