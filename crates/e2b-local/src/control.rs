@@ -42,9 +42,9 @@ pub(crate) fn routes(routes: Router<Shared>) -> Router<Shared> {
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
-        .route("/sandboxes/metrics", get(crate::history::batch))
-        .route("/sandboxes/{id}/logs", get(crate::logs::v1))
-        .route("/v2/sandboxes/{id}/logs", get(crate::logs::v2))
+        .route("/sandboxes/metrics", get(crate::observe::batch))
+        .route("/sandboxes/{id}/logs", get(crate::observe::v1))
+        .route("/v2/sandboxes/{id}/logs", get(crate::observe::v2))
 }
 
 fn visible(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -341,8 +341,8 @@ async fn create(state: Caller, body: Bytes, default_timeout: i64) -> Response {
     drop(applying);
     state.remember_made(&info.id).await;
     state.insert(sandbox).await;
-    if let Some(refused) = state.revoked_meanwhile(state.owner(), &info.id).await {
-        return refused;
+    if state.revoked_meanwhile(state.owner(), &info.id).await {
+        return crate::http::revoked_meanwhile();
     }
     let mut fields = vec![("templateID", req.template_id.clone())];
     if let Some(end) = info.expires_at {
@@ -434,10 +434,7 @@ async fn connect(state: Caller, id: String, body: Bytes) -> Response {
     state.insert(sandbox).await;
     if !state.serves(state.owner()) {
         // Revoked while this ran: what it owned stays as the revocation left it.
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid API key, please check your E2B_API_KEY (it was revoked while this request ran)",
-        );
+        return crate::http::revoked_meanwhile();
     }
     if was_paused {
         state
@@ -644,7 +641,7 @@ async fn metrics(
     // The sample is taken a moment from now: a range ending just before it still holds now.
     let now_inside = range.start.is_none_or(|s| now >= s) && range.end.is_none_or(|e| now <= e);
     if info.state == SandboxState::Running && now_inside {
-        if let Some(m) = crate::history::live(&state, &id).await {
+        if let Some(m) = crate::observe::live(&state, &id).await {
             samples.push(m);
         }
     }

@@ -12,7 +12,7 @@
 //! behind TLS beyond loopback (the cookie is not marked `Secure`, so that plain loopback
 //! works).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,25 +34,20 @@ const COOKIE: &str = "e2b_local_dashboard";
 const SESSION: Duration = Duration::from_secs(12 * 3600);
 const LINK: Duration = Duration::from_secs(300);
 
-/// Links already opened, until they expire: each signs in once (a browser that loads it
-/// again within [`REOPEN`], as Chromium's screenshot mode does, is let in again).
-#[derive(Debug, Default)]
-pub(crate) struct Links(std::sync::Mutex<HashMap<String, (u64, std::time::Instant)>>);
-
-/// How long after its first use a link still opens.
+/// How long after its first use a link still opens (a browser may load it twice, as
+/// Chromium's screenshot mode does).
 const REOPEN: Duration = Duration::from_secs(10);
 
-impl Links {
-    /// Whether `token` (which expires at `expiry`) may sign a browser in now.
-    fn open(&self, token: &str, expiry: u64) -> bool {
-        let mut used = self.0.lock().expect("links");
-        let now = now_unix();
-        used.retain(|_, (e, _)| *e >= now);
-        let (_, first) = used
-            .entry(token.to_string())
-            .or_insert((expiry, std::time::Instant::now()));
-        first.elapsed() < REOPEN
-    }
+/// Whether link `token` (which expires at `expiry`) may sign a browser in now: once, and
+/// again only within [`REOPEN`] of its first use.
+fn open_link(state: &State, token: &str, expiry: u64) -> bool {
+    let mut used = state.dashboard_links.lock().expect("links");
+    let now = now_unix();
+    used.retain(|_, (e, _)| *e >= now);
+    let (_, first) = used
+        .entry(token.to_string())
+        .or_insert((expiry, std::time::Instant::now()));
+    first.elapsed() < REOPEN
 }
 
 /// The page and its sign-in, outside the API key check (a browser sends no `X-API-Key`).
@@ -138,7 +133,7 @@ async fn page(
     if let Some(token) = q.token.as_deref() {
         // A link: good once, then the page without it in the address bar.
         return match check(&state, token, "dashboard-link") {
-            Some((key, expiry)) if state.dashboard_links.open(token, expiry) => {
+            Some((key, expiry)) if open_link(&state, token, expiry) => {
                 audit(&key, "signed in with a link");
                 signed_in(&state, &key)
             }

@@ -1,23 +1,14 @@
-//! Sandboxes' metrics over time: a sample of every sandbox this server holds, every
-//! [`INTERVAL`] (as E2B samples), kept for an hour in memory; served by
-//! `GET /sandboxes/{id}/metrics` (the samples in a range), `GET /sandboxes/metrics` (the
-//! latest sample of each sandbox asked for) and the dashboard's plots.
+//! Sandboxes' metrics over time: a sample of every running sandbox this server holds, every
+//! [`INTERVAL`] (as E2B samples; [`crate::observe`] takes them), kept for an hour in memory;
+//! served by `GET /sandboxes/{id}/metrics` (the samples in a range), `GET /sandboxes/metrics`
+//! (the latest sample of each sandbox asked for) and the dashboard's plots.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::Query;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use sandkit_core::Metrics;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
-
-use crate::caller::Caller;
-use crate::http::api_error;
-use crate::state::State;
+use serde_json::{json, Value};
 
 /// How often each held sandbox is measured.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
@@ -25,10 +16,6 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
 const KEEP: usize = 720;
 /// A sandbox not measured for this long is forgotten (it ended, or is no longer held).
 const FORGET: Duration = Duration::from_secs(3600);
-/// Longest wait for one sample.
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most sandboxes one batch request may name (E2B's limit).
-const MAX_BATCH: usize = 100;
 
 /// The samples of every sandbox measured lately.
 #[derive(Debug, Default)]
@@ -63,7 +50,7 @@ impl History {
     }
 
     /// Forgets the sandboxes not measured for [`FORGET`].
-    fn prune(&self) {
+    pub(crate) fn prune(&self) {
         self.inner
             .lock()
             .expect("history")
@@ -123,94 +110,4 @@ pub(crate) fn json(m: &Metrics) -> Value {
         "diskUsed": m.disk_used,
         "diskTotal": m.disk_total,
     })
-}
-
-/// Most sandboxes measured at once.
-const AT_ONCE: usize = 16;
-
-/// Measures every running sandbox the server holds, every [`INTERVAL`], until `stop` turns
-/// true (at most [`AT_ONCE`] at a time; paused ones are not asked).
-pub(crate) async fn sample_all(state: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    use futures_util::StreamExt;
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        state.history.prune();
-        let held = state.all_held().await;
-        if held.is_empty() {
-            continue;
-        }
-        let running: HashSet<String> = match state
-            .runtime
-            .list(&sandkit_core::ListFilter::all().state(sandkit_core::SandboxState::Running))
-            .await
-        {
-            Ok(list) => list.into_iter().map(|i| i.id).collect(),
-            Err(_) => continue,
-        };
-        futures_util::stream::iter(held.into_iter().filter(|(id, _, _)| running.contains(id)))
-            .for_each_concurrent(AT_ONCE, |(id, owner, served)| {
-                let history = state.history.clone();
-                async move {
-                    let sample = tokio::time::timeout(SAMPLE_TIMEOUT, served.sandbox().metrics());
-                    if let Ok(Ok(m)) = sample.await {
-                        history.add(&owner, &id, m);
-                    }
-                }
-            })
-            .await;
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct BatchQuery {
-    sandbox_ids: Option<String>,
-}
-
-/// `GET /sandboxes/metrics?sandbox_ids=a,b`: the newest sample the sampler kept of each named
-/// sandbox of the caller's, by id; ids that are not the caller's, or have no sample yet (made
-/// in the last few seconds), are left out, as on E2B.
-pub(crate) async fn batch(state: Caller, Query(q): Query<BatchQuery>) -> Response {
-    let bad = |m: &str| api_error(StatusCode::BAD_REQUEST, m);
-    let Some(ids) = q.sandbox_ids.filter(|s| !s.is_empty()) else {
-        return bad("sandbox_ids is required: a comma-separated list of sandbox ids");
-    };
-    let ids: Vec<&str> = ids.split(',').map(str::trim).collect();
-    if ids.len() > MAX_BATCH {
-        return bad("Too many sandboxes requested, maximum is 100");
-    }
-    let mut seen = HashSet::new();
-    if !ids.iter().all(|id| seen.insert(*id)) {
-        return bad("sandbox_ids must not repeat an id");
-    }
-    if ids.iter().any(|id| {
-        id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    }) {
-        return bad("Invalid sandbox ID");
-    }
-    let mut sandboxes = Map::new();
-    for id in ids {
-        if let Some(m) = state.history.latest(state.owner(), id) {
-            sandboxes.insert(id.to_string(), json(&m));
-        }
-    }
-    Json(json!({ "sandboxes": sandboxes })).into_response()
-}
-
-/// A sample of the caller's sandbox `id` taken now, if it can be measured (not kept: a client
-/// that polls does not push the sampler's hour out).
-pub(crate) async fn live(state: &Caller, id: &str) -> Option<Metrics> {
-    let served = state.served(id).await.ok()?;
-    let m = tokio::time::timeout(SAMPLE_TIMEOUT, served.sandbox().metrics())
-        .await
-        .ok()?
-        .ok()?;
-    Some(m)
 }

@@ -43,6 +43,14 @@ pub(crate) fn too_many(message: String, retry_after: u64) -> Response {
     r
 }
 
+/// The answer to a request whose key was revoked while it ran.
+pub(crate) fn revoked_meanwhile() -> Response {
+    api_error(
+        StatusCode::UNAUTHORIZED,
+        "Invalid API key, please check your E2B_API_KEY (it was revoked while this request ran)",
+    )
+}
+
 pub(crate) fn not_found(id: &str) -> Response {
     api_error(
         StatusCode::NOT_FOUND,

@@ -35,6 +35,7 @@ mod listen;
 mod logs;
 mod metrics;
 mod network;
+mod observe;
 mod ports;
 mod resolve;
 mod secret_store;
@@ -182,7 +183,7 @@ impl Server {
             .keys_file
             .clone()
             .map(|file| tokio::spawn(watch_keys(self.clone(), file, rx.clone())));
-        let sampler = tokio::spawn(history::sample_all(self.state.clone(), rx.clone()));
+        let sampler = tokio::spawn(observe::sample_all(self.state.clone(), rx.clone()));
         let limits = self.state.config.limits.clone();
         // Two listeners' connections, and room for the backend's own files and sockets.
         listen::raise_open_file_limit(2 * limits.max_connections as u64 + 1024);

@@ -1,6 +1,6 @@
-//! A sandbox's logs, as E2B's API serves them (`GET /sandboxes/{id}/logs`,
-//! `GET /v2/sandboxes/{id}/logs`): what the server did to the sandbox (created, paused,
-//! resumed, killed, its timeout set) and what envd did in it (each process started and ended).
+//! Sandboxes' logs, as E2B's API serves them ([`crate::observe`]'s routes): what the server
+//! did to a sandbox (created, paused, resumed, killed, its timeout set) and what envd did in it
+//! (each process started and ended).
 //!
 //! Kept in this server's memory, by owner: a restart of the server forgets them. As on E2B,
 //! a sandbox's logs outlive it, and a sandbox that is not the caller's (or not known) has
@@ -10,15 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, Query};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
-
-use crate::caller::Caller;
-use crate::http::api_error;
 
 /// Entries kept per sandbox (the oldest go first), as many as one v2 page.
 const PER_SANDBOX: usize = 1000;
@@ -29,17 +21,14 @@ const KEY_BYTES: usize = 32 << 20;
 /// Longest text of one field or message; longer ones are cut (a command line can be long).
 const MAX_TEXT: usize = 1024;
 /// How far back E2B's API reads (7 days); older entries are dropped.
-const WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Longest v2 page, and longest `search`.
-const MAX_LIMIT: usize = 1000;
-const MAX_SEARCH: usize = 256;
+pub(crate) const WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One entry of a sandbox's log.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    at: SystemTime,
-    level: &'static str,
-    message: String,
+    pub(crate) at: SystemTime,
+    pub(crate) level: &'static str,
+    pub(crate) message: String,
     fields: BTreeMap<String, String>,
 }
 
@@ -78,7 +67,7 @@ struct Journal {
 }
 
 /// Level order for the `level` filter: an entry passes when its level is at least the asked one.
-fn rank(level: &str) -> Option<u8> {
+pub(crate) fn rank(level: &str) -> Option<u8> {
     match level {
         "debug" => Some(0),
         "info" => Some(1),
@@ -185,7 +174,13 @@ impl Logs {
     }
 
     /// The entries of `id` for `owner` inside `[from, to]`, oldest first.
-    fn read(&self, owner: &str, id: &str, from: SystemTime, to: SystemTime) -> Vec<Entry> {
+    pub(crate) fn read(
+        &self,
+        owner: &str,
+        id: &str,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Vec<Entry> {
         let owners = self.owners.lock().expect("logs");
         owners
             .get(owner)
@@ -203,7 +198,7 @@ impl Logs {
 
 impl Entry {
     /// `logEntries[]` and v2's `logs[]`: `{timestamp, level, message, fields}`.
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "timestamp": sandkit_e2b_protocol::json::rfc3339(self.at),
             "level": self.level,
@@ -213,7 +208,7 @@ impl Entry {
     }
 
     /// v1's `logs[].line`: the entry as one flat JSON line, as the log store holds it.
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let mut flat = Map::new();
         for (k, v) in &self.fields {
             flat.insert(k.clone(), Value::String(v.clone()));
@@ -226,127 +221,6 @@ impl Entry {
         flat.insert("message".into(), self.message.clone().into());
         Value::Object(flat).to_string()
     }
-}
-
-/// The sandbox id of a logs path: E2B's `id-suffix` form is cut to `id`; anything but lower
-/// letters and digits is refused.
-fn sandbox_id(raw: &str) -> Result<&str, Response> {
-    let id = raw.split_once('-').map_or(raw, |(id, _)| id);
-    let valid = raw.matches('-').nth(1).is_none()
-        && !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if valid {
-        Ok(id)
-    } else {
-        Err(api_error(StatusCode::BAD_REQUEST, "Invalid sandbox ID"))
-    }
-}
-
-fn millis(ms: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct V1Query {
-    start: Option<i64>,
-    limit: Option<usize>,
-}
-
-/// `GET /sandboxes/{id}/logs`: from `start` (ms; default 7 days ago) to now, oldest first, at
-/// most `limit` (default 1000).
-pub(crate) async fn v1(
-    state: Caller,
-    Path(id): Path<String>,
-    Query(q): Query<V1Query>,
-) -> Response {
-    let id = match sandbox_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let now = SystemTime::now();
-    let from = q.start.map_or(now - WINDOW, millis).max(now - WINDOW);
-    let entries: Vec<Entry> = state
-        .logs
-        .read(state.owner(), id, from, now)
-        .into_iter()
-        .take(q.limit.unwrap_or(MAX_LIMIT))
-        .collect();
-    let logs: Vec<Value> = entries
-        .iter()
-        .map(|e| json!({"timestamp": sandkit_e2b_protocol::json::rfc3339(e.at), "line": e.line()}))
-        .collect();
-    let log_entries: Vec<Value> = entries.iter().map(Entry::json).collect();
-    Json(json!({"logs": logs, "logEntries": log_entries})).into_response()
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct V2Query {
-    cursor: Option<i64>,
-    limit: Option<usize>,
-    direction: Option<String>,
-    level: Option<String>,
-    search: Option<String>,
-}
-
-/// `GET /v2/sandboxes/{id}/logs`: a page of at most `limit` entries (default and most 1000)
-/// from `cursor` (ms) `backward` (the default: newest first, up to the cursor) or `forward`
-/// (oldest first, from it), of at least `level`, whose message holds `search`.
-pub(crate) async fn v2(
-    state: Caller,
-    Path(id): Path<String>,
-    Query(q): Query<V2Query>,
-) -> Response {
-    let id = match sandbox_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let bad = |m: String| api_error(StatusCode::BAD_REQUEST, m);
-    let limit = q.limit.unwrap_or(MAX_LIMIT);
-    if limit > MAX_LIMIT {
-        return bad(format!("limit must be at most {MAX_LIMIT}"));
-    }
-    let forward = match q.direction.as_deref() {
-        None | Some("backward") => false,
-        Some("forward") => true,
-        Some(other) => {
-            return bad(format!(
-                "direction must be forward or backward, not {other:?}"
-            ))
-        }
-    };
-    let least = match q.level.as_deref().map(|l| (l, rank(l))) {
-        None => 0,
-        Some((_, Some(r))) => r,
-        Some((l, None)) => {
-            return bad(format!(
-                "level must be debug, info, warn or error, not {l:?}"
-            ))
-        }
-    };
-    let search = q.search.unwrap_or_default();
-    if search.chars().count() > MAX_SEARCH {
-        return bad(format!("search must be at most {MAX_SEARCH} characters"));
-    }
-    let now = SystemTime::now();
-    let (from, to) = match (q.cursor.map(millis), forward) {
-        (None, _) => (now - WINDOW, now),
-        (Some(c), false) => (c.checked_sub(WINDOW).unwrap_or(SystemTime::UNIX_EPOCH), c),
-        (Some(c), true) => (c, c + WINDOW),
-    };
-    let from = from.max(now - WINDOW);
-    let mut entries: Vec<Entry> = state
-        .logs
-        .read(state.owner(), id, from, to)
-        .into_iter()
-        .filter(|e| rank(e.level).unwrap_or(1) >= least && e.message.contains(&search))
-        .collect();
-    if !forward {
-        entries.reverse();
-    }
-    let logs: Vec<Value> = entries.iter().take(limit).map(Entry::json).collect();
-    Json(json!({ "logs": logs })).into_response()
 }
 
 #[cfg(test)]
@@ -411,14 +285,5 @@ mod tests {
         );
         assert!(logs.owners.lock().unwrap()["alice"].bytes <= KEY_BYTES);
         assert_eq!(logs.read("bob", "b1", SystemTime::UNIX_EPOCH, far).len(), 1);
-    }
-
-    #[test]
-    fn ids_are_checked_as_e2b_checks_them() {
-        assert_eq!(sandbox_id("abc123").ok(), Some("abc123"));
-        assert_eq!(sandbox_id("abc123-client").ok(), Some("abc123"));
-        for bad in ["ABC", "a-b-c", "", "a.b", "-x"] {
-            assert!(sandbox_id(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -246,8 +246,8 @@ pub(crate) async fn fork(state: Caller, Path(id): Path<String>, body: Bytes) -> 
                 Ok(info) => {
                     state.remember_made(&info.id).await;
                     state.insert(sandbox).await;
-                    if let Some(refused) = state.revoked_meanwhile(state.owner(), &info.id).await {
-                        return refused;
+                    if state.revoked_meanwhile(state.owner(), &info.id).await {
+                        return crate::http::revoked_meanwhile();
                     }
                     info!(sandbox_id = %info.id, source = %id, "sandbox forked");
                     let fields = vec![("forked_from", id.clone())];

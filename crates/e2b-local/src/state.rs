@@ -233,8 +233,9 @@ pub(crate) struct State {
     pub(crate) logs: Arc<crate::logs::Logs>,
     /// Sandboxes' metrics over time (see [`crate::history`]).
     pub(crate) history: Arc<crate::history::History>,
-    /// Dashboard links already opened (see [`crate::dashboard`]).
-    pub(crate) dashboard_links: crate::dashboard::Links,
+    /// Dashboard links already opened, with when each expires and was first opened (see
+    /// `crate::dashboard`).
+    pub(crate) dashboard_links: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 /// A sandbox this server holds a handle to, and the owner it was made for.
@@ -566,24 +567,18 @@ impl State {
 
     /// For a request that made sandbox `id` for `owner` and finished after `owner`'s key was
     /// revoked: the sandbox goes as the revoked key's things went (killed with
-    /// `--revoked remove`), and the request is answered `401`. `None` while the key is served.
-    pub(crate) async fn revoked_meanwhile(
-        &self,
-        owner: &str,
-        id: &str,
-    ) -> Option<axum::response::Response> {
+    /// `--revoked remove`), and `true` (the request is to be refused). `false` while the key
+    /// is served.
+    pub(crate) async fn revoked_meanwhile(&self, owner: &str, id: &str) -> bool {
         if self.serves(owner) {
-            return None;
+            return false;
         }
         if self.config.revoked == Revoked::Remove {
             if let Err(e) = self.runtime.kill(id).await {
                 tracing::warn!(sandbox_id = id, error = %e, "cannot kill a revoked key's new sandbox");
             }
         }
-        Some(crate::http::api_error(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "Invalid API key, please check your E2B_API_KEY (it was revoked while this request ran)",
-        ))
+        true
     }
 
     /// Every sandbox held now: its id, its owner and its handle.
