@@ -23,7 +23,8 @@ use sandkit_core::{Sandbox, SandboxSpec, SandboxState};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::runtime::{epoch, DockerRuntime, Settings};
+use crate::labels::epoch;
+use crate::runtime::{DockerRuntime, Settings};
 use crate::sandbox::DockerSandbox;
 
 /// How long a ready, unclaimed sandbox lives without its pool.

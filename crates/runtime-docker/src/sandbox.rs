@@ -12,7 +12,8 @@ use tracing::debug;
 use crate::error::{err, map};
 use crate::exec::{run_helper, script};
 use crate::files::DockerFiles;
-use crate::runtime::{epoch, DockerRuntime};
+use crate::labels::epoch;
+use crate::runtime::DockerRuntime;
 use crate::template::TemplateInfo;
 
 /// Replaces `/.sandkit/deadline` whole (a reader never sees it empty), for sandboxes that keep their
@@ -34,7 +35,7 @@ pub(crate) enum Ttl {
 impl Ttl {
     pub(crate) fn from_labels(
         labels: &std::collections::HashMap<String, String>,
-        l: &crate::runtime::Labels,
+        l: &crate::labels::Labels,
     ) -> Self {
         match labels.get(&l.ttl()).map(String::as_str) {
             Some("keeper") => Ttl::Keeper {

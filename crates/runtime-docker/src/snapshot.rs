@@ -8,7 +8,7 @@
 //! Mounts are not part of a commit, so the agent's volume and the user's mounts stay out of
 //! it. An image inherits every label of the container it was committed from and a label
 //! cannot be removed, so the commit sets each of our container labels to the empty string
-//! (read as absent: [`crate::runtime::flag`]) and adds its own `snapshot.*` labels: of which
+//! (read as absent: [`crate::labels::flag`]) and adds its own `snapshot.*` labels: of which
 //! sandbox, when, and that sandbox's metadata.
 //!
 //! A fork is a snapshot made for the copies only: its image is untagged as soon as they are
@@ -29,7 +29,8 @@ use sandkit_core::{
 use tracing::{debug, info};
 
 use crate::error::{err, map};
-use crate::runtime::{flag, DockerRuntime};
+use crate::labels::flag;
+use crate::runtime::DockerRuntime;
 
 /// The tag of every snapshot image (E2B's snapshot names carry one too).
 const TAG: &str = "default";
@@ -88,8 +89,8 @@ impl DockerRuntime {
                 ))
             }
             Some(n) => n.to_string(),
-            None if fork => format!("fork-{}", crate::runtime::new_id()),
-            None => crate::runtime::new_id(),
+            None if fork => format!("fork-{}", crate::labels::new_id()),
+            None => crate::labels::new_id(),
         };
         // The sandbox as its owner sees it (a pooled one's metadata is in its claim).
         let (_, _, labels) = self.sandbox_from_container(id, op).await?;
@@ -114,7 +115,7 @@ impl DockerRuntime {
         let now = SystemTime::now();
         image_labels.insert(l.snapshot(), "1".into());
         image_labels.insert(l.snapshot_of("sandbox"), id.to_string());
-        image_labels.insert(l.snapshot_of("created"), crate::runtime::created_label(now));
+        image_labels.insert(l.snapshot_of("created"), crate::labels::created_label(now));
         image_labels.insert(
             l.snapshot_of("metadata"),
             serde_json::to_string(&info.metadata).expect("json"),
@@ -256,7 +257,7 @@ impl DockerRuntime {
         snapshot.names = names;
         if let Some(t) = labels
             .get(&l.snapshot_of("created"))
-            .and_then(|c| crate::runtime::parse_created(c))
+            .and_then(|c| crate::labels::parse_created(c))
         {
             snapshot.created_at = t;
         }

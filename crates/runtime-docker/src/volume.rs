@@ -125,7 +125,7 @@ impl DockerRuntime {
             }) => return Err(missing()),
             Err(e) => return Err(map(e, "remove_volume", "volume")),
         };
-        if !crate::runtime::flag(&volume.labels, &self.volume_label()) {
+        if !crate::labels::flag(&volume.labels, &self.volume_label()) {
             return Err(missing());
         }
         match self
