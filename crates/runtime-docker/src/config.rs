@@ -107,7 +107,7 @@ impl DockerRuntimeBuilder {
         self.network = network;
         self
     }
-    /// Mounts every sandbox gets (on top of [`SandboxSpec::mounts`]).
+    /// Mounts every sandbox gets (on top of [`SandboxSpec::mounts`](sandkit_core::SandboxSpec::mounts)).
     pub fn mounts(mut self, mounts: Vec<Mount>) -> Self {
         self.mounts = mounts;
         self
@@ -142,7 +142,7 @@ impl DockerRuntimeBuilder {
         self.additional_networks = networks;
         self
     }
-    /// Default limits (a sandbox's own [`SandboxSpec::resources`] wins field by field).
+    /// Default limits (a sandbox's own [`SandboxSpec::resources`](sandkit_core::SandboxSpec::resources) wins field by field).
     /// Default: 1 CPU ([`DEFAULT_CPUS`]), 2048 MiB of memory, 1024 processes.
     pub fn resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
